@@ -1,0 +1,3 @@
+"""flightdeck: a flight recorder for asyncio web services."""
+
+from ._version import __version__

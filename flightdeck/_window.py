@@ -1,0 +1,225 @@
+"""The rolling window: a lock-free append buffer drained into sealed, compacted segments.
+
+The hot path is a bound ``deque.append`` of a tuple (thread-safe under the GIL, no lock).
+A background thread drains that deque into the open segment; a segment is sealed when it
+is old or large enough, compacted with ``marshal`` + ``zlib`` (about 10-20 bytes an
+event), and old segments are evicted by age (``window``) and by bytes (``max_bytes``,
+which wins). Like a Go trace generation, every segment carries the status of every task
+and request alive when it opened, so a snapshot never refers to something it lacks.
+"""
+
+from __future__ import annotations
+
+import marshal
+import threading
+import zlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from time import perf_counter_ns
+from typing import Any
+
+Event = tuple[Any, ...]
+
+#: Rough in-memory cost of an event that is not compacted yet (a tuple and its ints).
+EST_OPEN_EVENT_BYTES = 160
+#: Rough cost of one entry of a status table (dict slot; the tuple is shared with its event).
+EST_STATUS_BYTES = 120
+#: Hard cap on the append buffer, a safety net should the drain thread starve.
+BUFFER_MAXLEN = 1 << 20
+
+
+@dataclass(slots=True)
+class Segment:
+    """A sealed run of events, compacted."""
+
+    t_start: int
+    t_end: int
+    count: int
+    data: bytes
+    tasks: dict[int, Event]
+    requests: dict[int, Event]
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data) + (len(self.tasks) + len(self.requests)) * EST_STATUS_BYTES
+
+    def events(self) -> list[Event]:
+        return marshal.loads(zlib.decompress(self.data))  # type: ignore[no-any-return]
+
+
+@dataclass(slots=True)
+class Frozen:
+    """What ``Window.freeze`` hands to the snapshot builder: immutable, cheap to take."""
+
+    segments: list[Segment]
+    tail: list[Event]
+    tasks: dict[int, Event]
+    requests: dict[int, Event]
+    dropped: int
+    t_now: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def iter_segments(self) -> list[list[Event]]:
+        out = [s.events() for s in self.segments]
+        out.append(self.tail)
+        return out
+
+
+class Window:
+    """Bounded storage of recent events. ``append`` is the only hot-path member."""
+
+    def __init__(
+        self,
+        window_ns: int,
+        max_bytes: int,
+        segment_events: int = 32768,
+        segment_ns: int = 1_000_000_000,
+        clock: Callable[[], int] = perf_counter_ns,
+    ) -> None:
+        self.window_ns = window_ns
+        self.max_bytes = max_bytes
+        self.segment_events = segment_events
+        self.segment_ns = segment_ns
+        self.clock = clock
+        self._buffer: deque[Event] = deque(maxlen=BUFFER_MAXLEN)
+        #: The hot path: append one event tuple. Thread-safe, never blocks.
+        self.append: Callable[[Event], None] = self._buffer.append
+        self._lock = threading.Lock()
+        self._open: list[Event] = []
+        self._open_t0 = 0
+        self._sealing: list[Event] = []
+        self._sealing_tables: tuple[dict[int, Event], dict[int, Event]] = ({}, {})
+        self._segments: deque[Segment] = deque()
+        self._segment_bytes = 0
+        # Status tables: what is alive now. Updated by the instrumentation.
+        self.live_tasks: dict[int, Event] = {}
+        self.live_requests: dict[int, Event] = {}
+        self._open_tasks: dict[int, Event] = {}
+        self._open_requests: dict[int, Event] = {}
+        self.recorded = 0
+        self.evicted = 0
+        self.dropped = 0
+        self.overflows = 0
+        self.seal_errors = 0
+        self.sealed = 0
+
+    # -- accounting ---------------------------------------------------------------------
+    @property
+    def nbytes(self) -> int:
+        """Estimated bytes held: compacted segments plus events not compacted yet."""
+        pending = len(self._open) + len(self._sealing) + len(self._buffer)
+        status = (len(self._open_tasks) + len(self._open_requests)) * EST_STATUS_BYTES
+        return self._segment_bytes + pending * EST_OPEN_EVENT_BYTES + status
+
+    @property
+    def events(self) -> int:
+        """Events currently held in the window."""
+        return (
+            sum(s.count for s in self._segments)
+            + len(self._open)
+            + len(self._sealing)
+            + len(self._buffer)
+        )
+
+    @property
+    def segments(self) -> int:
+        return len(self._segments)
+
+    # -- background work ----------------------------------------------------------------
+    def _drain_locked(self) -> None:
+        buf = self._buffer
+        n = len(buf)
+        if not n:
+            return
+        if n >= BUFFER_MAXLEN:
+            # The buffer was full, so its oldest events were pushed out unseen.
+            self.overflows += 1
+            self.dropped += 1
+        if not self._open:
+            self._open_t0 = self.clock()
+            self._open_tasks = dict(self.live_tasks)
+            self._open_requests = dict(self.live_requests)
+        pop = buf.popleft
+        self._open.extend([pop() for _ in range(n)])
+        self.recorded += n
+
+    def maintain(self, force_seal: bool = False) -> None:
+        """Drain the append buffer, seal and compact a segment when due, evict old ones.
+
+        Called periodically from the recorder's thread (never from the event loop).
+        """
+        with self._lock:
+            self._drain_locked()
+            now = self.clock()
+            open_ = self._open
+            due = bool(open_) and (
+                force_seal
+                or len(open_) >= self.segment_events
+                or now - self._open_t0 >= self.segment_ns
+                or len(open_) * EST_OPEN_EVENT_BYTES >= self.max_bytes // 4
+            )
+            if due:
+                self._sealing = open_
+                self._open = []
+                tasks, requests = self._open_tasks, self._open_requests
+                self._sealing_tables = (tasks, requests)
+                t0 = self._open_t0
+        if due:
+            seg: Segment | None = None
+            try:
+                data = zlib.compress(marshal.dumps(open_), 1)
+                seg = Segment(t0, now, len(open_), data, tasks, requests)
+            except (ValueError, TypeError):
+                self.seal_errors += 1
+            with self._lock:
+                self._sealing = []
+                if seg is None:
+                    self.dropped += len(open_)
+                else:
+                    self._segments.append(seg)
+                    self._segment_bytes += seg.nbytes
+                    self.sealed += 1
+        self._evict()
+
+    def _evict(self) -> None:
+        with self._lock:
+            now = self.clock()
+            horizon = now - self.window_ns
+            segs = self._segments
+            while segs:
+                oldest = segs[0]
+                if oldest.t_end < horizon:
+                    self.evicted += oldest.count
+                elif self.nbytes > self.max_bytes:
+                    # Younger than the window but over budget: max_bytes wins; count it.
+                    self.dropped += oldest.count
+                else:
+                    break
+                segs.popleft()
+                self._segment_bytes -= oldest.nbytes
+
+    def freeze(self) -> Frozen:
+        """Take an immutable view of the window. Cost: a drain and a few list copies."""
+        with self._lock:
+            self._drain_locked()
+            segs = list(self._segments)
+            tail = list(self._sealing) + list(self._open)
+            if segs:
+                tasks, requests = segs[0].tasks, segs[0].requests
+            elif self._sealing:
+                tasks, requests = self._sealing_tables
+            elif tail:
+                tasks, requests = self._open_tasks, self._open_requests
+            else:
+                tasks, requests = dict(self.live_tasks), dict(self.live_requests)
+            return Frozen(segs, tail, tasks, requests, self.dropped, self.clock())
+
+    def clear(self) -> None:
+        with self._lock:
+            self._buffer.clear()
+            self._open = []
+            self._segments.clear()
+            self._segment_bytes = 0
+            self.live_tasks.clear()
+            self.live_requests.clear()

@@ -1,0 +1,5 @@
+"""``python -m flightdeck``: the same as the ``flightdeck`` command."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,293 @@
+"""Turn a frozen window into a ``flightdeck/1`` document (runs off the event loop)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from . import _events as ev
+from ._snapshot import FORMAT, rfc3339
+from ._window import Event, Frozen
+
+Doc = dict[str, Any]
+
+
+def _stack(frames: Any) -> list[dict[str, Any]] | None:
+    if not frames:
+        return None
+    return [{"function": f[0], "file": f[1], "line": f[2]} for f in frames]
+
+
+class _Builder:
+    def __init__(self, offset_ns: int) -> None:
+        self.offset = offset_ns
+        self.uid: dict[int, str] = {}
+        self.tasks: dict[str, Doc] = {}
+        self.last_end: dict[str, int] = {}
+        self.requests: dict[int, Doc] = {}
+        self.loop: list[Doc] = []
+        self.events: list[Doc] = []
+        self.n = 0
+        self.status_tasks: dict[int, Event] = {}
+        self.t_min: int | None = None
+
+    def ts(self, t_ns: int) -> float:
+        return (t_ns + self.offset) / 1e9
+
+    # -- tasks ------------------------------------------------------------------------------
+    def _new_task(self, raw: int, e: Event | None) -> Doc:
+        self.n += 1
+        uid = f"t{self.n}"
+        self.uid[raw] = uid
+        if e is None:
+            rec: Doc = {"id": uid, "name": None, "coro": None, "parent": None, "request": None}
+            rec["created"] = None
+            rec["site"] = None
+        else:
+            _, t, _, name, coro, parent, rid, site = e
+            rec = {
+                "id": uid,
+                "name": name,
+                "coro": coro,
+                "parent": self.uid.get(parent) if parent is not None else None,
+                "request": rid,
+                "created": self.ts(t),
+                "site": {"function": site[0], "file": site[1], "line": site[2]} if site else None,
+            }
+            self.last_end[uid] = t
+        rec.update(done=None, state="pending", error=None, steps=[], awaiting=None, waits=[])
+        self.tasks[uid] = rec
+        return rec
+
+    def task(self, raw: int) -> Doc:
+        uid = self.uid.get(raw)
+        if uid is None:
+            return self._new_task(raw, None)
+        return self.tasks[uid]
+
+    # -- requests ---------------------------------------------------------------------------
+    def _request(self, e: Event) -> Doc:
+        _, t, rid, kind, method, path, query, client, headers = e
+        rec: Doc = {
+            "id": rid,
+            "kind": kind,
+            "method": method,
+            "path": path,
+            "query": query,
+            "route": None,
+            "status": None,
+            "start": self.ts(t),
+            "end": None,
+            "duration": None,
+            "ttfb": None,
+            "client": client,
+            "disconnected": False,
+            "error": None,
+            "headers": dict(headers) if headers else {},
+            "tasks": [],
+            "_t0": t,
+        }
+        self.requests[rid] = rec
+        return rec
+
+    def feed_status(self, tasks: dict[int, Event], requests: dict[int, Event]) -> None:
+        for e in requests.values():
+            self._request(e)
+        self.status_tasks = tasks
+        for raw, e in tasks.items():
+            self._new_task(raw, e)
+
+    def feed(self, events: list[Event]) -> None:
+        ts = self.ts
+        for e in events:
+            k = e[0]
+            t = e[1]
+            if self.t_min is None or t < self.t_min:
+                self.t_min = t
+            if k == ev.TASK_STEP:
+                _, t0, t1, raw, tq = e
+                task = self.task(raw)
+                uid = task["id"]
+                prev = self.last_end.get(uid)
+                if tq and prev is not None:
+                    waited: float | None = max(0, tq - prev) / 1e9
+                    ready: float | None = max(0, t0 - tq) / 1e9
+                elif tq:
+                    waited = None
+                    ready = max(0, t0 - tq) / 1e9
+                else:
+                    waited = ready = None
+                task["steps"].append([ts(t0), (t1 - t0) / 1e9, waited, ready])
+                self.last_end[uid] = t1
+            elif k == ev.TASK_CREATE:
+                raw = e[2]
+                if raw in self.uid and self.status_tasks.get(raw) == e:
+                    continue  # the status record already describes this very task
+                self._new_task(raw, e)
+            elif k == ev.TASK_DONE:
+                _, t, raw, state, exc = e
+                task = self.task(raw)
+                task["done"] = ts(t)
+                task["state"] = state
+                task["error"] = exc
+            elif k == ev.TASK_WAIT:
+                _, t0, t1, raw, stack = e
+                self.task(raw)["waits"].append(
+                    {"start": ts(t0), "duration": (t1 - t0) / 1e9, "stack": _stack(stack) or []}
+                )
+            elif k == ev.REQ_START:
+                self._request(e)
+            elif k == ev.REQ_END:
+                _, t, rid, status, t_ttfb, route, disconnected, error, _t_body = e
+                req = self.requests.get(rid)
+                if req is None:
+                    continue
+                if status is not None:
+                    req["status"] = status
+                if route is not None:
+                    req["route"] = route
+                if t_ttfb and req["ttfb"] is None:
+                    req["ttfb"] = (t_ttfb - req["_t0"]) / 1e9
+                req["end"] = ts(t)
+                req["duration"] = (t - req["_t0"]) / 1e9
+                req["disconnected"] = bool(disconnected)
+                req["error"] = error
+            elif k == ev.REQ_TTFB:
+                req = self.requests.get(e[2])
+                if req is not None:
+                    req["status"] = e[3]
+                    req["ttfb"] = (t - req["_t0"]) / 1e9
+            elif k == ev.REQ_ROUTE:
+                req = self.requests.get(e[2])
+                if req is not None:
+                    req["route"] = e[3]
+            elif k == ev.LOOP_BLOCK:
+                _, t0, t1, cb, stack = e
+                self.loop.append(
+                    {
+                        "kind": "block",
+                        "start": ts(t0),
+                        "duration": (t1 - t0) / 1e9,
+                        "callback": cb,
+                        "stack": _stack(stack) or [],
+                    }
+                )
+            elif k == ev.LOOP_CALLBACK:
+                _, t0, t1, name = e
+                self.loop.append(
+                    {
+                        "kind": "callback",
+                        "start": ts(t0),
+                        "duration": (t1 - t0) / 1e9,
+                        "callback": name,
+                        "stack": None,
+                    }
+                )
+            elif k == ev.LOOP_LAG:
+                self.loop.append(
+                    {
+                        "kind": "lag",
+                        "start": ts(t),
+                        "duration": e[2] / 1e9,
+                        "callback": None,
+                        "stack": None,
+                    }
+                )
+            elif k == ev.REGION:
+                _, t0, t1, name, raw = e
+                self.events.append(
+                    {
+                        "kind": "region",
+                        "start": ts(t0),
+                        "duration": (t1 - t0) / 1e9,
+                        "name": name,
+                        "task": self._task_ref(raw),
+                    }
+                )
+            elif k == ev.LOG:
+                _, t, category, message, raw = e
+                self.events.append(
+                    {
+                        "kind": "log",
+                        "start": ts(t),
+                        "category": category,
+                        "message": message,
+                        "task": self._task_ref(raw),
+                    }
+                )
+            elif k == ev.EXECUTOR:
+                _, tq, t0, t1, func, thread, raw, rid, error = e
+                self.events.append(
+                    {
+                        "kind": "executor",
+                        "start": ts(tq),
+                        "started": ts(t0) if t0 else None,
+                        "end": ts(t1) if t1 else None,
+                        "duration": (t1 - t0) / 1e9 if t0 and t1 else None,
+                        "func": func,
+                        "thread": thread,
+                        "task": self._task_ref(raw),
+                        "request": rid,
+                        "error": error,
+                    }
+                )
+            elif k == ev.MARK:
+                _, t, kind, reason = e
+                self.events.append(
+                    {"kind": "trigger", "start": ts(t), "trigger_kind": kind, "reason": reason}
+                )
+
+    def _task_ref(self, raw: int | None) -> str | None:
+        if raw is None:
+            return None
+        return self.task(raw)["id"]
+
+    def finish(self, awaiting: dict[int, Any]) -> tuple[list[Doc], list[Doc]]:
+        for raw, frames in awaiting.items():
+            uid = self.uid.get(raw)
+            if uid is not None and self.tasks[uid]["state"] == "pending":
+                self.tasks[uid]["awaiting"] = _stack(frames)
+        for task in self.tasks.values():
+            rid = task["request"]
+            if rid is not None:
+                req = self.requests.get(rid)
+                if req is not None:
+                    req["tasks"].append(task["id"])
+        for req in self.requests.values():
+            del req["_t0"]
+        return list(self.requests.values()), list(self.tasks.values())
+
+
+def build_document(
+    frozen: Frozen,
+    *,
+    snapshot_id: str,
+    offset_ns: int,
+    trigger: dict[str, Any],
+    process: dict[str, Any],
+    trigger_time_ns: int | None = None,
+) -> Doc:
+    """Assemble the native document from a frozen window."""
+    b = _Builder(offset_ns)
+    b.feed_status(frozen.tasks, frozen.requests)
+    count = 0
+    for events in frozen.iter_segments():
+        count += len(events)
+        b.feed(events)
+    requests, tasks = b.finish(frozen.extra.get("awaiting", {}))
+    end = b.ts(frozen.t_now)
+    start = b.ts(b.t_min) if b.t_min is not None else end
+    trig = dict(trigger)
+    trig["time"] = b.ts(trigger_time_ns if trigger_time_ns is not None else frozen.t_now)
+    return {
+        "format": FORMAT,
+        "id": snapshot_id,
+        "created_at": rfc3339(time.time()),
+        "trigger": trig,
+        "process": process,
+        "window": {"start": start, "end": end, "dropped": frozen.dropped, "events": count},
+        "requests": requests,
+        "tasks": tasks,
+        "loop": b.loop,
+        "events": b.events,
+    }

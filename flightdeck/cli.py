@@ -1,0 +1,220 @@
+"""The ``flightdeck`` command: read, convert and download snapshots.
+
+Only the standard library is used here (plus the exporters), so the CLI works on a
+laptop that has flightdeck installed but not the service's dependencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import NoReturn
+
+from ._snapshot import Snapshot, SnapshotError, is_valid_id
+
+__all__ = ["main"]
+
+PROG = "flightdeck"
+EXPORT_SUFFIX = {"perfetto": ".perfetto.json", "html": ".html"}
+
+DESCRIPTION = """\
+Read, convert and download flightdeck snapshots (flight-recorder windows of an asyncio
+web service). A SNAPSHOT is a native flightdeck/1 JSON file (optionally gzipped), as
+written by the recorder, the debug endpoint or `flightdeck pull`."""
+
+EPILOG = """\
+examples:
+  flightdeck pull http://127.0.0.1:8000/debug/flight --token "$FLIGHTDECK_TOKEN"
+  flightdeck summary 20261126T015000Z-1234-a1b2c3d4.json
+  flightdeck export snap.json --format html          # writes snap.html; open it in a browser
+  flightdeck export snap.json --format perfetto      # open in https://ui.perfetto.dev
+"""
+
+
+class CLIError(Exception):
+    """A failure to report as one line and exit status 2."""
+
+
+def _fail(message: str) -> NoReturn:
+    raise CLIError(message)
+
+
+def _load(path: str) -> Snapshot:
+    try:
+        return Snapshot.load(path)
+    except SnapshotError as exc:
+        _fail(str(exc))
+
+
+def _write(out: str, data: bytes) -> None:
+    if out == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    try:
+        Path(out).write_bytes(data)
+    except OSError as exc:
+        _fail(f"cannot write {out}: {exc.strerror or exc}")
+    print(f"wrote {out} ({len(data)} bytes)", file=sys.stderr)
+
+
+def _default_out(snapshot_path: str, suffix: str) -> str:
+    p = Path(snapshot_path)
+    name = p.name
+    for ext in (".gz", ".json"):
+        name = name.removesuffix(ext)
+    return str(p.with_name(name + suffix))
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from ._summary import summarize
+
+    snap = _load(args.snapshot)
+    sys.stdout.write(summarize(snap.to_dict()))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    snap = _load(args.snapshot)
+    data = snap.dumps(args.format)
+    out = args.output or _default_out(args.snapshot, EXPORT_SUFFIX[args.format])
+    _write(out, data)
+    return 0
+
+
+def _snapshot_url(base: str, snap_id: str) -> str:
+    parts = urllib.parse.urlsplit(base)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        _fail(f"URL must be an http(s) URL of the debug endpoint, not {base!r}")
+    return base.rstrip("/") + "/snapshots/" + urllib.parse.quote(snap_id, safe="")
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    snap_id = args.id or "latest"
+    if snap_id != "latest" and not is_valid_id(snap_id):
+        _fail(f"malformed snapshot id {snap_id!r}")
+    url = _snapshot_url(args.url, snap_id)
+    headers = {"Accept-Encoding": "gzip", "Accept": "application/json"}
+    headers["User-Agent"] = f"{PROG}-cli"
+    if args.token:
+        headers["Authorization"] = f"Bearer {args.token}"
+    req = urllib.request.Request(url, headers=headers, method="GET")
+    try:
+        with urllib.request.urlopen(req, timeout=args.timeout) as resp:
+            body = resp.read()
+            encoding = (resp.headers.get("Content-Encoding") or "").lower()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            hint = "a valid --token is required" if not args.token else "the token was refused"
+            _fail(f"401 Unauthorized from {url}: {hint}")
+        if exc.code == 404:
+            _fail(
+                f"404 Not Found: {url} (no snapshot {snap_id!r}, wrong endpoint URL, or a "
+                "token-less endpoint refusing a non-loopback client)"
+            )
+        _fail(f"HTTP {exc.code} {exc.reason} from {url}")
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        if isinstance(reason, ConnectionRefusedError):
+            _fail(f"cannot connect to {args.url}: connection refused (is the service running?)")
+        if isinstance(reason, TimeoutError):
+            _fail(f"timed out connecting to {args.url}")
+        _fail(f"cannot reach {args.url}: {reason}")
+    except TimeoutError:
+        _fail(f"timed out reading from {url}")
+    except OSError as exc:
+        _fail(f"cannot reach {args.url}: {exc}")
+    if encoding == "gzip":
+        try:
+            body = gzip.decompress(body)
+        except (OSError, EOFError) as exc:
+            _fail(f"corrupt gzip response from {url}: {exc}")
+    try:
+        snap = Snapshot.load(body)
+    except SnapshotError as exc:
+        _fail(f"{url} did not return a snapshot: {exc}".replace(": data: ", ": "))
+    out = args.output or f"{snap.id}.json"
+    _write(out, body)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``flightdeck`` command."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "summary",
+        help="print what a snapshot shows: trigger, slowest requests, loop blocks, delays",
+        description="Print a text summary of a snapshot: the trigger, process and window, what "
+        "stands out, the slowest requests, the worst loop blocks with their stacks, the worst "
+        "scheduling delays and the longest waits with where they happened.",
+    )
+    p.add_argument("snapshot", metavar="SNAPSHOT", help="path of a native snapshot (.json[.gz])")
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser(
+        "export",
+        help="convert a snapshot to Perfetto/Chrome trace JSON or a self-contained HTML page",
+        description="Convert a snapshot. 'perfetto' writes Chrome Trace Event JSON for "
+        "https://ui.perfetto.dev or chrome://tracing; 'html' writes one self-contained page "
+        "with an interactive timeline (no network access needed).",
+    )
+    p.add_argument("snapshot", metavar="SNAPSHOT", help="path of a native snapshot (.json[.gz])")
+    p.add_argument(
+        "--format", "-f", required=True, choices=sorted(EXPORT_SUFFIX), help="output format"
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        help="output path ('-' for stdout; default: SNAPSHOT's stem + .perfetto.json or .html)",
+    )
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "pull",
+        help="download a snapshot from a running service's debug endpoint",
+        description="Download a snapshot from a running service: GET URL/snapshots/ID "
+        "(ID defaults to 'latest') and check it is a readable snapshot before saving it.",
+    )
+    p.add_argument(
+        "url", metavar="URL", help="the endpoint, e.g. http://127.0.0.1:8000/debug/flight"
+    )
+    p.add_argument("--token", "-t", help="bearer token of the endpoint (FLIGHTDECK_TOKEN)")
+    p.add_argument("--id", help="snapshot id to fetch (default: latest)")
+    p.add_argument(
+        "-o", "--output", metavar="OUT", help="output path ('-' for stdout; default: <id>.json)"
+    )
+    p.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for the server (default 30)"
+    )
+    p.set_defaults(func=cmd_pull)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``flightdeck`` command; returns the exit status (2 on any error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status: int = args.func(args)
+    except CLIError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `flightdeck summary x | head`: the reader went away, nothing left to say.
+        return 0
+    return status

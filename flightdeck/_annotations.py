@@ -13,7 +13,7 @@ from . import _events as ev
 from ._recorder import _active
 
 try:
-    from _asyncio import current_task as _current_task
+    from _asyncio import current_task as _current_task  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover - pure-Python asyncio
     from asyncio import current_task as _current_task
 

@@ -49,7 +49,7 @@ class _Builder:
                 "id": uid,
                 "name": name,
                 "coro": coro,
-                "parent": self.uid.get(parent) if parent is not None else None,
+                "parent": self.task(parent)["id"] if parent is not None else None,
                 "request": rid,
                 "created": self.ts(t),
                 "site": {"function": site[0], "file": site[1], "line": site[2]} if site else None,
@@ -67,7 +67,7 @@ class _Builder:
 
     # -- requests ---------------------------------------------------------------------------
     def _request(self, e: Event) -> Doc:
-        _, t, rid, kind, method, path, query, client, headers = e
+        _, t, rid, kind, method, path, query, client, headers, host = e
         rec: Doc = {
             "id": rid,
             "kind": kind,
@@ -80,7 +80,7 @@ class _Builder:
             "end": None,
             "duration": None,
             "ttfb": None,
-            "client": client,
+            "client": f"{client[0]}:{client[1]}" if client else None,
             "disconnected": False,
             "error": None,
             "headers": dict(headers) if headers else {},
@@ -88,6 +88,10 @@ class _Builder:
             "_t0": t,
         }
         self.requests[rid] = rec
+        if host is not None:
+            task = self.task(host)
+            if task["request"] is None:
+                task["request"] = rid
         return rec
 
     def feed_status(self, tasks: dict[int, Event], requests: dict[int, Event]) -> None:
@@ -240,13 +244,19 @@ class _Builder:
     def _task_ref(self, raw: int | None) -> str | None:
         if raw is None:
             return None
-        return self.task(raw)["id"]
+        uid: str = self.task(raw)["id"]
+        return uid
 
-    def finish(self, awaiting: dict[int, Any]) -> tuple[list[Doc], list[Doc]]:
+    def finish(
+        self, awaiting: dict[int, Any], names: dict[int, Any]
+    ) -> tuple[list[Doc], list[Doc]]:
         for raw, frames in awaiting.items():
             uid = self.uid.get(raw)
             if uid is not None and self.tasks[uid]["state"] == "pending":
-                self.tasks[uid]["awaiting"] = _stack(frames)
+                task = self.tasks[uid]
+                task["awaiting"] = _stack(frames)
+                if task["name"] is None and raw in names:
+                    task["name"], task["coro"] = names[raw]
         for task in self.tasks.values():
             rid = task["request"]
             if rid is not None:
@@ -274,7 +284,7 @@ def build_document(
     for events in frozen.iter_segments():
         count += len(events)
         b.feed(events)
-    requests, tasks = b.finish(frozen.extra.get("awaiting", {}))
+    requests, tasks = b.finish(frozen.extra.get("awaiting", {}), frozen.extra.get("names", {}))
     end = b.ts(frozen.t_now)
     start = b.ts(b.t_min) if b.t_min is not None else end
     trig = dict(trigger)

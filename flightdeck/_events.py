@@ -26,7 +26,8 @@ LOOP_BLOCK: Final = 5
 LOOP_CALLBACK: Final = 6
 # (LOOP_LAG, t, lag_ns)
 LOOP_LAG: Final = 7
-# (REQ_START, t, rid, scope_type, method, path, query, client, headers)
+# (REQ_START, t, rid, scope_type, method, path, query, client, headers, tid | None)
+# tid: the task that runs the request (the server's per-connection/per-request task)
 REQ_START: Final = 8
 # (REQ_END, t, rid, status, t_ttfb | 0, route | None, disconnected, error | None, t_body_end | 0)
 REQ_END: Final = 9

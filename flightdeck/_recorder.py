@@ -13,7 +13,6 @@ from collections.abc import Callable
 from time import perf_counter_ns
 from typing import IO, Any
 
-from . import _events as ev
 from ._snapshot import Snapshot, SnapshotInProgress, new_id
 from ._window import Frozen, Window
 

@@ -10,7 +10,7 @@ import os
 import re
 import secrets
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,8 +23,18 @@ ExportFormat = Literal["json", "perfetto", "html"]
 #: Snapshot ids: ``<UTC timestamp>-<pid>-<random>``, URL- and filename-safe, never a path.
 ID_PATTERN = re.compile(r"\A[0-9]{8}T[0-9]{6}Z-[0-9]{1,10}-[0-9a-f]{8}\Z")
 
-REQUIRED_KEYS = ("format", "id", "created_at", "trigger", "process", "window", "requests")
-REQUIRED_KEYS += ("tasks", "loop", "events")
+REQUIRED_KEYS: tuple[str, ...] = (
+    "format",
+    "id",
+    "created_at",
+    "trigger",
+    "process",
+    "window",
+    "requests",
+    "tasks",
+    "loop",
+    "events",
+)
 
 
 class SnapshotError(Exception):
@@ -47,11 +57,7 @@ def is_valid_id(value: object) -> bool:
 
 
 def rfc3339(ts: float) -> str:
-    return (
-        datetime.fromtimestamp(ts, timezone.utc)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Snapshot:
@@ -90,7 +96,12 @@ class Snapshot:
         """Serialize as native JSON, Perfetto/Chrome trace JSON or a self-contained HTML page."""
         if format == "json":
             if self._json is None:
-                self._json = orjson.dumps(self._doc, option=orjson.OPT_NON_STR_KEYS)
+                try:
+                    self._json = orjson.dumps(self._doc, option=orjson.OPT_NON_STR_KEYS)
+                except TypeError:
+                    # Lone surrogates (undecodable bytes) somewhere: make the text valid.
+                    self._doc = _sanitize(self._doc)
+                    self._json = orjson.dumps(self._doc, option=orjson.OPT_NON_STR_KEYS)
             return self._json
         if format == "perfetto":
             from ._perfetto import to_perfetto
@@ -164,3 +175,15 @@ def validate_document(doc: object, where: str = "data") -> None:
         raise SnapshotError(f"{where}: truncated snapshot, missing {', '.join(missing)}")
     if not is_valid_id(doc["id"]):
         raise SnapshotError(f"{where}: malformed snapshot id {doc['id']!r}")
+
+
+def _sanitize(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_sanitize(k): _sanitize(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_sanitize(v) for v in value]
+    if isinstance(value, (int, float, bool)) or value is None:
+        return value
+    return str(value)

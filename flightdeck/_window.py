@@ -223,3 +223,14 @@ class Window:
             self._segment_bytes = 0
             self.live_tasks.clear()
             self.live_requests.clear()
+
+    def last_event_time(self) -> int | None:
+        """When the most recent event ended (any thread may ask)."""
+        try:
+            e = self._buffer[-1]
+        except IndexError:
+            with self._lock:
+                if not self._open:
+                    return None
+                e = self._open[-1]
+        return int(e[2]) if e[0] == 2 else int(e[1])

@@ -1,0 +1,56 @@
+# flightdeck — `make run` serves the example app, `make test` runs the whole suite.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYENV_ROOT ?= $(HOME)/.pyenv
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test test-all lint typecheck pytest soak bench bench-http browser clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11+"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/uvicorn --app-dir examples/fastapi_app app:app --host $(HOST) --port $(PORT)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check flightdeck tests examples benchmarks
+	$(VENV)/bin/ruff format --check flightdeck tests examples benchmarks
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy flightdeck
+
+pytest: $(STAMP)
+	$(PY) -m pytest -q
+
+test: lint typecheck pytest
+
+# The suite on every supported interpreter (each in its own venv); a missing one is skipped.
+test-all: test
+	@for v in 3.12 3.13; do \
+	  exe=$$(ls -d $(PYENV_ROOT)/versions/$$v.*/bin/python 2>/dev/null | tail -1); \
+	  [ -z "$$exe" ] && exe=$$(command -v python$$v || true); \
+	  if [ -z "$$exe" ]; then echo "== Python $$v not found: skipped"; continue; fi; \
+	  echo "== Python $$v ($$exe)"; \
+	  $(MAKE) --no-print-directory pytest PYTHON=$$exe VENV=.venv-$$v || exit 1; \
+	done
+
+soak: $(STAMP)
+	$(PY) -m pytest -q -m soak -p no:cacheprovider -o addopts=""
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_recorder.py
+	$(PY) benchmarks/bench_loop.py
+
+bench-http: $(STAMP)
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) benchmarks/bench_http.py
+
+clean:
+	rm -rf .venv .venv-3.12 .venv-3.13 .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,565 @@
+"""``FlightDeck``: the pure ASGI middleware that records request spans and fires triggers.
+
+Per request it appends two events to the window and wraps ``send``/``receive`` to note
+the first byte, the status and a disconnect; it forwards every message at once and
+buffers nothing. Everything after the app returns (trigger checks, snapshots) is guarded:
+flightdeck's own failures are counted and logged once, never raised into the app. The
+app's own exceptions are re-raised unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import os
+import threading
+from collections.abc import Iterable, Mapping
+from time import perf_counter_ns
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import _events as ev
+from ._context import current_request
+from ._recorder import FlightRecorder, check_positive_int, check_seconds
+from ._redact import capture_headers as _capture_headers
+from ._redact import redact_query
+from ._snapshot import Snapshot, SnapshotInProgress
+from ._store import SnapshotStore
+from ._triggers import (
+    Gate,
+    LoopBlocked,
+    RateLimiter,
+    RequestInfo,
+    ServerError,
+    SlowRequest,
+    Trigger,
+)
+
+logger = logging.getLogger("flightdeck")
+_current_task = asyncio.current_task
+
+_UNSET: Any = object()
+_SCOPE_KEY = "flightdeck"
+
+#: Global rate limit across all triggers: at most this many snapshots per RATE_PERIOD.
+RATE_COUNT = 6
+RATE_PERIOD = 60.0
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name)
+    return None if value is None or value.strip() == "" else value.strip()
+
+
+def _env_seconds(name: str, default: float | None) -> float | None:
+    raw = _env(name)
+    if raw is None:
+        return default
+    if raw.lower() in ("none", "off", "0"):
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number of seconds") from None
+
+
+def _enabled_from_env() -> bool:
+    raw = _env("FLIGHTDECK_ENABLED")
+    return raw is None or raw.lower() not in ("0", "false", "no", "off")
+
+
+class _ErrorLog:
+    """Counts flightdeck's own failures by kind and logs each kind once."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def __call__(self, where: str, exc: BaseException) -> None:
+        first = where not in self.counts
+        self.counts[where] = self.counts.get(where, 0) + 1
+        if first:
+            logger.warning(
+                "flightdeck: internal error in %s (recording continues; the app is unaffected)",
+                where,
+                exc_info=exc,
+            )
+
+
+class FlightDeck:
+    """Flight recorder middleware for any ASGI 3 app.
+
+    ``FlightDeck(app, slow_request=0.5)`` or ``app.add_middleware(FlightDeck, ...)``. See
+    the README for every option; each bad value raises ``ValueError``/``TypeError`` naming
+    the option. ``FLIGHTDECK_ENABLED=0`` turns it into a pass-through.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        window: float | None = None,
+        max_bytes: int | None = None,
+        slow_request: float | None = _UNSET,
+        server_errors: bool = True,
+        loop_blocked: float | None = _UNSET,
+        triggers: Iterable[Trigger] | None = None,
+        cooldown: float = 60.0,
+        directory: str | os.PathLike[str] | None = _UNSET,
+        max_snapshots: int = 20,
+        endpoint: str | None = _UNSET,
+        token: str | None = _UNSET,
+        instrument_loop: bool = True,
+        capture_headers: Iterable[str] = (),
+        capture_delay: float = 0.25,
+        slow_routes: Mapping[str, float | None] | None = None,
+        rate_limit: tuple[int, float] = (RATE_COUNT, RATE_PERIOD),
+        enabled: bool | None = None,
+    ) -> None:
+        self.app = app
+        self.enabled = _enabled_from_env() if enabled is None else bool(enabled)
+        if slow_request is _UNSET:
+            slow_request = _env_seconds("FLIGHTDECK_SLOW_REQUEST", 1.0)
+        if loop_blocked is _UNSET:
+            loop_blocked = _env_seconds("FLIGHTDECK_LOOP_BLOCKED", 0.1)
+        if directory is _UNSET:
+            directory = _env("FLIGHTDECK_DIR")
+        if endpoint is _UNSET:
+            endpoint = _env("FLIGHTDECK_ENDPOINT") or "/debug/flight"
+            if endpoint.lower() in ("off", "none", "0"):
+                endpoint = None
+        if token is _UNSET:
+            token = _env("FLIGHTDECK_TOKEN")
+        self.slow_request = check_seconds("slow_request", slow_request, allow_none=True)
+        self.loop_blocked = check_seconds("loop_blocked", loop_blocked, allow_none=True)
+        if not isinstance(server_errors, bool):
+            raise TypeError("server_errors must be a bool")
+        cd = check_seconds("cooldown", cooldown)
+        assert cd is not None
+        self.cooldown = cd
+        if isinstance(capture_delay, bool) or not isinstance(capture_delay, (int, float)):
+            raise TypeError("capture_delay must be a number of seconds")
+        if not math.isfinite(capture_delay) or capture_delay < 0:
+            raise ValueError("capture_delay must be zero or a positive number of seconds")
+        self.capture_delay = float(capture_delay)
+        self.max_snapshots = check_positive_int("max_snapshots", max_snapshots)
+        if endpoint is not None:
+            if not isinstance(endpoint, str):
+                raise TypeError("endpoint must be a path string or None")
+            if not endpoint.startswith("/") or (len(endpoint) > 1 and endpoint.endswith("/")):
+                raise ValueError("endpoint must start with '/' and not end with '/'")
+        self.endpoint = endpoint
+        if token is not None and (not isinstance(token, str) or not token.strip()):
+            raise ValueError("token must be a non-empty string or None")
+        if isinstance(capture_headers, (str, bytes)):
+            raise TypeError("capture_headers must be a list of header names, not a string")
+        names = []
+        for name in capture_headers:
+            if not isinstance(name, str):
+                raise TypeError("capture_headers must contain header names (str)")
+            names.append(name.lower())
+        self.capture_headers = frozenset(names)
+        if not (isinstance(rate_limit, tuple) and len(rate_limit) == 2):
+            raise TypeError("rate_limit must be a (count, period_seconds) tuple")
+        rate_count = check_positive_int("rate_limit count", rate_limit[0])
+        rate_period = check_seconds("rate_limit period", rate_limit[1])
+        assert rate_period is not None
+
+        if triggers is None:
+            built: list[Trigger] = []
+            if self.slow_request is not None:
+                built.append(SlowRequest(self.slow_request, slow_routes))
+            if server_errors:
+                built.append(ServerError())
+            if self.loop_blocked is not None:
+                built.append(LoopBlocked(self.loop_blocked))
+        else:
+            if isinstance(triggers, Trigger):
+                raise TypeError("triggers must be a list of Trigger objects")
+            built = list(triggers)
+            for trig in built:
+                if not isinstance(trig, Trigger):
+                    raise TypeError(f"triggers must be Trigger objects, not {type(trig).__name__}")
+        self.triggers = built
+        self._inflight_triggers = [
+            t for t in built if type(t).on_inflight is not Trigger.on_inflight
+        ]
+        self._block_triggers = [t for t in built if type(t).on_block is not Trigger.on_block]
+        self._poll_triggers = [t for t in built if type(t).poll is not Trigger.poll]
+        self._request_triggers = [t for t in built if type(t).on_request is not Trigger.on_request]
+
+        # The watchdog's threshold: the smallest block any trigger cares about.
+        watch = self.loop_blocked
+        self.recorder = FlightRecorder(
+            window,
+            max_bytes,
+            instrument_loop=bool(instrument_loop),
+            loop_blocked=watch if watch is not None else 0.1,
+        )
+        self.store = SnapshotStore(max_snapshots=self.max_snapshots, directory=directory)
+        self.gate = Gate(self.cooldown, RateLimiter(rate_count, rate_period))
+        self.errors = _ErrorLog()
+        self._started = False
+        self._start_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ids = itertools.count(1)
+        self._inflight: dict[int, list[Any]] = {}
+        self._capturing = False
+        self.captures = 0
+        self.capture_failures = 0
+        self._endpoint_app: ASGIApp | None = None
+        if self.enabled and endpoint is not None:
+            from ._endpoint import make_endpoint
+
+            self._endpoint_app = make_endpoint(self, prefix=endpoint, token=token)
+            self._prefix_slash = endpoint + "/"
+
+    # -- start ------------------------------------------------------------------------------
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._started:
+                return
+            self._started = True
+        try:
+            loop = asyncio.get_running_loop()
+            self._loop = loop
+            self.recorder.block_listeners.append(self._on_block_threadsafe)
+            self.recorder.start(loop)
+            interval = 0.25
+            if self.slow_request is not None:
+                interval = min(interval, max(self.slow_request / 4, 0.01))
+            self._tick_interval = interval
+            loop.call_later(interval, self._tick)
+        except Exception as exc:
+            self.errors("start", exc)
+
+    # -- ASGI -------------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope.get("type")
+        if not self.enabled or (kind != "http" and kind != "websocket"):
+            if kind == "lifespan" and self.enabled and not self._started:
+                self._start()
+            await self.app(scope, receive, send)
+            return
+        if not self._started:
+            self._start()
+        if self._endpoint_app is not None and kind == "http":
+            path = scope.get("path") or ""
+            if path == self.endpoint or path.startswith(self._prefix_slash):
+                await self._endpoint_app(scope, receive, send)
+                return
+        if scope.get(_SCOPE_KEY) is not None:
+            # An outer FlightDeck already records this request.
+            await self.app(scope, receive, send)
+            return
+        try:
+            scope[_SCOPE_KEY] = self
+        except TypeError:
+            pass
+        await self._record(scope, receive, send, kind)
+
+    async def _record(self, scope: Scope, receive: Receive, send: Send, kind: str) -> None:
+        rid = next(self._ids)
+        emit = self.recorder.emit
+        pc = perf_counter_ns
+        # state: [status, t_ttfb, disconnected, t_body_end]
+        state: list[Any] = [None, 0, False, 0]
+        t0 = pc()
+        try:
+            qs = scope.get("query_string")
+            query = redact_query(qs) if qs else ""
+            headers = (
+                _capture_headers(scope.get("headers"), self.capture_headers)
+                if self.capture_headers
+                else None
+            )
+            start = (
+                ev.REQ_START,
+                t0,
+                rid,
+                kind,
+                scope.get("method") or ("WS" if kind == "websocket" else ""),
+                scope.get("path") or "",
+                query,
+                _client(scope.get("client")),
+                tuple(headers.items()) if headers else None,
+                _task_id(),
+            )
+            self.recorder.live_requests[rid] = start
+            self._inflight[rid] = [start, scope, state, False]
+            emit(start)
+        except Exception as exc:
+            self.errors("request_start", exc)
+
+        async def send_wrapper(message: Message) -> None:
+            mtype = message.get("type")
+            if mtype == "http.response.start":
+                state[0] = message.get("status")
+                state[1] = pc()
+            elif mtype == "http.response.body" and not message.get("more_body", False):
+                state[3] = pc()
+            elif mtype == "websocket.accept":
+                state[1] = pc()
+            await send(message)
+
+        async def receive_wrapper() -> Message:
+            message = await receive()
+            mtype = message.get("type")
+            if mtype == "http.disconnect" or mtype == "websocket.disconnect":
+                state[2] = True
+            return message
+
+        token = current_request.set(rid)
+        error: str | None = None
+        try:
+            await self.app(scope, receive_wrapper, send_wrapper)
+        except BaseException as exc:
+            error = type(exc).__qualname__
+            raise
+        finally:
+            current_request.reset(token)
+            self._finish(rid, scope, state, t0, kind, error)
+
+    def _finish(
+        self, rid: int, scope: Scope, state: list[Any], t0: int, kind: str, error: str | None
+    ) -> None:
+        try:
+            t1 = perf_counter_ns()
+            route = _route(scope)
+            status = state[0]
+            if error is not None and status is None and kind == "http":
+                status = 500
+            self.recorder.emit(
+                (ev.REQ_END, t1, rid, status, state[1], route, state[2], error, state[3])
+            )
+            self.recorder.live_requests.pop(rid, None)
+            entry = self._inflight.pop(rid, None)
+            if not self._request_triggers:
+                return
+            if entry is not None and entry[3]:
+                already = True  # fired while in flight; don't fire again for the same request
+            else:
+                already = False
+            info = self._info(rid, scope, state, t0, kind, error, t1, status, route)
+            for trig in self._request_triggers:
+                if already and isinstance(trig, SlowRequest):
+                    continue
+                reason = trig.on_request(info)
+                if reason:
+                    trig_kind = trig.kind
+                    if isinstance(trig, ServerError) and info.error is not None:
+                        trig_kind = "exception"
+                    self._fire(trig_kind, info.route or info.path, reason, info, trig.cooldown)
+        except Exception as exc:
+            self.errors("request_end", exc)
+
+    def _info(
+        self,
+        rid: int,
+        scope: Scope,
+        state: list[Any],
+        t0: int,
+        kind: str,
+        error: str | None,
+        t_end: int | None,
+        status: int | None,
+        route: str | None,
+    ) -> RequestInfo:
+        rec = self.recorder
+        now = perf_counter_ns()
+        client = _client(scope.get("client"))
+        return RequestInfo(
+            id=rid,
+            kind=kind,
+            method=str(scope.get("method") or ("WS" if kind == "websocket" else "")),
+            path=str(scope.get("path") or ""),
+            route=route,
+            status=status,
+            start=rec.to_epoch(t0),
+            duration=None if t_end is None else (t_end - t0) / 1e9,
+            elapsed=((t_end or now) - t0) / 1e9,
+            ttfb=(state[1] - t0) / 1e9 if state[1] else None,
+            client=f"{client[0]}:{client[1]}" if client else None,
+            disconnected=bool(state[2]),
+            error=error,
+        )
+
+    # -- periodic checks (on the loop) ------------------------------------------------------
+    def _tick(self) -> None:
+        loop = self._loop
+        if loop is None or not self.recorder.enabled:
+            return
+        try:
+            if self._inflight_triggers and self._inflight:
+                for rid, entry in list(self._inflight.items()):
+                    if entry[3]:
+                        continue
+                    _start, scope, state, _ = entry
+                    info = self._info(
+                        rid, scope, state, _start[1], _start[3], None, None, state[0], _route(scope)
+                    )
+                    for trig in self._inflight_triggers:
+                        reason = trig.on_inflight(info)
+                        if reason:
+                            entry[3] = True
+                            self._fire(
+                                trig.kind, info.route or info.path, reason, info, trig.cooldown
+                            )
+                            break
+            for trig in self._poll_triggers:
+                reason = trig.poll()
+                if reason:
+                    self._fire(trig.kind, None, reason, None, trig.cooldown)
+        except Exception as exc:
+            self.errors("tick", exc)
+        finally:
+            try:
+                loop.call_later(self._tick_interval, self._tick)
+            except RuntimeError:
+                pass  # loop closed
+
+    def _on_block_threadsafe(self, event: tuple[Any, ...]) -> None:
+        # Called on the loop thread by the watchdog's heartbeat when a block ended.
+        try:
+            _, t0, t1, where, _stack = event
+            duration = (t1 - t0) / 1e9
+            for trig in self._block_triggers:
+                reason = trig.on_block(duration, where)
+                if reason:
+                    self._fire(trig.kind, None, reason, None, trig.cooldown)
+        except Exception as exc:
+            self.errors("block_trigger", exc)
+
+    # -- snapshots --------------------------------------------------------------------------
+    def _fire(
+        self,
+        kind: str,
+        route: str | None,
+        reason: str,
+        info: RequestInfo | None,
+        cooldown: float | None,
+    ) -> None:
+        if self._capturing:
+            self.gate.suppress(kind)
+            return
+        if not self.gate.admit(kind, route, cooldown):
+            return
+        self.recorder.emit((ev.MARK, perf_counter_ns(), kind, reason[:500]))
+        self._capturing = True
+        record = info.to_record() if info is not None else None
+        t_fire = perf_counter_ns()
+        loop = self._loop
+        if loop is None:
+            self._capturing = False
+            return
+        loop.call_later(self.capture_delay, self._capture_now, kind, reason, record, t_fire)
+
+    def _capture_now(
+        self, kind: str, reason: str, record: dict[str, Any] | None, t_fire: int
+    ) -> None:
+        try:
+            frozen = self.recorder.freeze()
+        except Exception as exc:
+            self._capturing = False
+            self.capture_failures += 1
+            self.errors("freeze", exc)
+            return
+
+        def work() -> None:
+            try:
+                snap = self.recorder.build(
+                    frozen, kind=kind, reason=reason, request=record, trigger_time_ns=t_fire
+                )
+                self.store.put(snap)
+                self.captures += 1
+            except Exception as exc:
+                self.capture_failures += 1
+                self.errors("capture", exc)
+            finally:
+                self._capturing = False
+
+        threading.Thread(target=work, name="flightdeck-snapshot", daemon=True).start()
+
+    # -- endpoint backend -------------------------------------------------------------------
+    async def capture(self, reason: str = "") -> Snapshot:
+        """Take a manual snapshot now and keep it in the store (the endpoint's capture)."""
+        import anyio.to_thread
+
+        if not self._started:
+            self._start()
+        if self._capturing:
+            raise SnapshotInProgress("a snapshot is already being built")
+        self._capturing = True
+        try:
+            self.gate.fired["manual"] = self.gate.fired.get("manual", 0) + 1
+            self.recorder.emit((ev.MARK, perf_counter_ns(), "manual", reason[:500]))
+            frozen = self.recorder.freeze()
+
+            def work() -> Snapshot:
+                snap = self.recorder.build(frozen, kind="manual", reason=reason or "captured")
+                self.store.put(snap)
+                return snap
+
+            snap = await anyio.to_thread.run_sync(work)
+            self.captures += 1
+            return snap
+        finally:
+            self._capturing = False
+
+    def status(self) -> dict[str, Any]:
+        """Counters for ``/debug/flight/status``."""
+        stats = self.recorder.stats
+        return {
+            "enabled": self.enabled,
+            "started": self._started,
+            "window": stats["window"],
+            "max_bytes": stats["max_bytes"],
+            "events": stats["events"],
+            "bytes": stats["bytes"],
+            "recorded": stats["recorded"],
+            "evicted": stats["evicted"],
+            "dropped": stats["dropped"],
+            "snapshots": self.captures,
+            "capture_failures": self.capture_failures,
+            "triggers": {
+                "fired": dict(self.gate.fired),
+                "suppressed": dict(self.gate.suppressed),
+            },
+            "loop": stats["loop"],
+            "coverage": stats["coverage"],
+            "inflight": len(self._inflight),
+            "errors": dict(self.errors.counts),
+            "recorder": stats,
+        }
+
+    def close(self) -> None:
+        """Stop recording (the app keeps working; flightdeck becomes a pass-through)."""
+        self.recorder.stop()
+
+
+def _task_id() -> int | None:
+    try:
+        task = _current_task()
+    except RuntimeError:
+        return None
+    return None if task is None else id(task)
+
+
+def _client(client: Any) -> tuple[str, int] | None:
+    if client is None:
+        return None
+    try:
+        host, port = client[0], client[1]
+    except (TypeError, IndexError, KeyError):
+        return None
+    return (str(host)[:256], port if isinstance(port, int) else 0)
+
+
+def _route(scope: Scope) -> str | None:
+    route = scope.get("route")
+    if route is None:
+        return None
+    path = getattr(route, "path_format", None) or getattr(route, "path", None)
+    return path if isinstance(path, str) else None

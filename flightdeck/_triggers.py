@@ -1,0 +1,220 @@
+"""Triggers: when to snapshot, and the engine that keeps a storm down to a few snapshots.
+
+A trigger looks at finished requests, requests still in flight, loop blocks, or polls a
+metric of its own, and answers with a reason when it fires. The engine applies a cooldown
+per (kind, route), a global rate limit, and builds one snapshot at a time; everything it
+refuses is counted as suppressed, never queued.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(slots=True)
+class RequestInfo:
+    """What a trigger sees of a request (finished, or in flight when ``duration`` is None)."""
+
+    id: int
+    kind: str
+    method: str
+    path: str
+    route: str | None
+    status: int | None
+    start: float
+    duration: float | None
+    elapsed: float
+    ttfb: float | None
+    client: str | None
+    disconnected: bool
+    error: str | None
+
+    def to_record(self) -> dict[str, Any]:
+        end = None if self.duration is None else self.start + self.duration
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "method": self.method,
+            "path": self.path,
+            "route": self.route,
+            "status": self.status,
+            "start": self.start,
+            "end": end,
+            "duration": self.duration,
+            "ttfb": self.ttfb,
+            "client": self.client,
+            "disconnected": self.disconnected,
+            "error": self.error,
+        }
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} {self.route or self.path}"
+
+
+class Trigger:
+    """Base class of triggers. Override any of the hooks; each returns a reason to fire.
+
+    ``kind`` names the trigger in snapshots; ``cooldown`` (seconds, ``None`` for the
+    engine's default) is the least time between two snapshots of this kind and route.
+    """
+
+    kind: str = "custom"
+    cooldown: float | None = None
+
+    def on_request(self, request: RequestInfo) -> str | None:
+        """A request finished."""
+        return None
+
+    def on_inflight(self, request: RequestInfo) -> str | None:
+        """A request is still running (checked periodically)."""
+        return None
+
+    def on_block(self, duration: float, where: str | None) -> str | None:
+        """The loop was blocked for ``duration`` seconds."""
+        return None
+
+    def poll(self) -> str | None:
+        """Called periodically on the event loop, for triggers on a metric of your own."""
+        return None
+
+
+def _seconds(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
+class SlowRequest(Trigger):
+    """Fires when a request takes longer than ``threshold`` (per-route overrides allowed).
+
+    Checked at completion and while the request is still in flight, so a hung request is
+    captured while it hangs. Websocket connections never fire: their length is not latency.
+    """
+
+    kind = "slow_request"
+
+    def __init__(self, threshold: float = 1.0, routes: Mapping[str, float | None] | None = None):
+        self.threshold = _seconds("slow_request", threshold)
+        self.routes: dict[str, float | None] = {}
+        for route, value in (routes or {}).items():
+            if not isinstance(route, str):
+                raise TypeError("slow_request routes must be route templates (str)")
+            self.routes[route] = None if value is None else _seconds(f"routes[{route!r}]", value)
+
+    def limit(self, request: RequestInfo) -> float | None:
+        for key in (request.route, request.path):
+            if key is not None and key in self.routes:
+                return self.routes[key]
+        return self.threshold
+
+    def on_request(self, request: RequestInfo) -> str | None:
+        if request.kind != "http" or request.duration is None:
+            return None
+        limit = self.limit(request)
+        if limit is not None and request.duration > limit:
+            return f"{request.label} took {request.duration:.3f} s (threshold {limit:g} s)"
+        return None
+
+    def on_inflight(self, request: RequestInfo) -> str | None:
+        if request.kind != "http":
+            return None
+        limit = self.limit(request)
+        if limit is not None and request.elapsed > limit:
+            return (
+                f"{request.label} still running after {request.elapsed:.3f} s"
+                f" (threshold {limit:g} s)"
+            )
+        return None
+
+
+class ServerError(Trigger):
+    """Fires on a 5xx response, or an exception escaping the app (kind ``exception``)."""
+
+    kind = "server_error"
+
+    def on_request(self, request: RequestInfo) -> str | None:
+        if request.error is not None:
+            return f"{request.label} raised {request.error}"
+        if request.status is not None and request.status >= 500:
+            return f"{request.label} answered {request.status}"
+        return None
+
+
+class LoopBlocked(Trigger):
+    """Fires when one callback or task step held the loop longer than ``threshold``."""
+
+    kind = "loop_blocked"
+
+    def __init__(self, threshold: float = 0.1) -> None:
+        self.threshold = _seconds("loop_blocked", threshold)
+
+    def on_block(self, duration: float, where: str | None) -> str | None:
+        if duration >= self.threshold:
+            return f"event loop blocked for {duration:.3f} s" + (f" in {where}" if where else "")
+        return None
+
+
+class RateLimiter:
+    """At most ``count`` firings per ``period`` seconds (sliding window)."""
+
+    def __init__(self, count: int, period: float, clock: Any = time.monotonic) -> None:
+        self.count = count
+        self.period = period
+        self.clock = clock
+        self._times: deque[float] = deque()
+
+    def allow(self) -> bool:
+        now = self.clock()
+        times = self._times
+        while times and now - times[0] >= self.period:
+            times.popleft()
+        if len(times) >= self.count:
+            return False
+        times.append(now)
+        return True
+
+
+class Gate:
+    """Cooldowns per (kind, route) and a global rate limit; counts fired and suppressed."""
+
+    def __init__(
+        self,
+        cooldown: float,
+        rate: RateLimiter,
+        clock: Any = time.monotonic,
+    ) -> None:
+        self.cooldown = cooldown
+        self.rate = rate
+        self.clock = clock
+        self._last: dict[tuple[str, str | None], float] = {}
+        self.fired: dict[str, int] = {}
+        self.suppressed: dict[str, int] = {}
+
+    def admit(self, kind: str, route: str | None, cooldown: float | None = None) -> bool:
+        now = self.clock()
+        key = (kind, route)
+        wait = self.cooldown if cooldown is None else cooldown
+        last = self._last.get(key)
+        if last is not None and now - last < wait:
+            self.suppress(kind)
+            return False
+        if not self.rate.allow():
+            self.suppress(kind)
+            return False
+        if len(self._last) > 10_000:  # many distinct routes: forget the oldest half
+            for old in list(self._last)[:5_000]:
+                del self._last[old]
+        self._last[key] = now
+        self.fired[kind] = self.fired.get(kind, 0) + 1
+        return True
+
+    def suppress(self, kind: str) -> None:
+        self.suppressed[kind] = self.suppressed.get(kind, 0) + 1

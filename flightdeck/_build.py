@@ -22,6 +22,10 @@ class _Builder:
     def __init__(self, offset_ns: int) -> None:
         self.offset = offset_ns
         self.uid: dict[int, str] = {}
+        #: Earlier tasks that had the same raw id (CPython reuses addresses): raw ->
+        #: [(created_ns, uid), ...], so an event stamped before a reuse finds its own task.
+        self.older: dict[int, list[tuple[int, str]]] = {}
+        self.created_ns: dict[str, int] = {}
         self.tasks: dict[str, Doc] = {}
         self.last_end: dict[str, int] = {}
         self.requests: dict[int, Doc] = {}
@@ -35,7 +39,11 @@ class _Builder:
         return (t_ns + self.offset) / 1e9
 
     # -- tasks ------------------------------------------------------------------------------
-    def _new_task(self, raw: int, e: Event | None) -> Doc:
+    def _new_task(self, raw: int, e: Event | None, *, status: bool = False) -> Doc:
+        """A task record; ``status``: from a status table (its earlier steps are not held)."""
+        prev_uid = self.uid.get(raw)
+        if prev_uid is not None:
+            self.older.setdefault(raw, []).append((self.created_ns.get(prev_uid, 0), prev_uid))
         self.n += 1
         uid = f"t{self.n}"
         self.uid[raw] = uid
@@ -54,7 +62,11 @@ class _Builder:
                 "created": self.ts(t),
                 "site": {"function": site[0], "file": site[1], "line": site[2]} if site else None,
             }
-            self.last_end[uid] = t
+            self.created_ns[uid] = t
+            if not status:
+                # Its first step's ``waited`` counts from creation; for a status record the
+                # previous step is outside the window, so that step's ``waited`` is unknown.
+                self.last_end[uid] = t
         rec.update(done=None, state="pending", error=None, steps=[], awaiting=None, waits=[])
         self.tasks[uid] = rec
         return rec
@@ -64,6 +76,41 @@ class _Builder:
         if uid is None:
             return self._new_task(raw, None)
         return self.tasks[uid]
+
+    def task_at(self, raw: int, t: int) -> Doc:
+        """The task that had id ``raw`` at time ``t`` (for events recorded after the fact)."""
+        uid = self.uid.get(raw)
+        if uid is not None and self.created_ns.get(uid, 0) > t:
+            for created, old in reversed(self.older.get(raw, ())):
+                if created <= t:
+                    return self.tasks[old]
+        return self.task(raw)
+
+    def _create(self, raw: int, e: Event) -> None:
+        uid = self.uid.get(raw)
+        if uid is not None:
+            rec = self.tasks[uid]
+            if self.status_tasks.get(raw) == e and rec["created"] is not None:
+                return  # the status record already describes this very task
+            if rec["created"] is None and rec["state"] == "pending":
+                # Referenced before its creation was recorded (a child made during an
+                # eager first step is created before its parent's factory returns): the
+                # same live task, since a pending task's address cannot be reused.
+                self._fill(rec, e)
+                return
+        self._new_task(raw, e)
+
+    def _fill(self, rec: Doc, e: Event) -> None:
+        _, t, _, name, coro, parent, rid, site = e
+        uid = rec["id"]
+        rec["name"] = name
+        rec["coro"] = coro
+        rec["parent"] = self.task(parent)["id"] if parent is not None else None
+        if rec["request"] is None:
+            rec["request"] = rid
+        rec["created"] = self.ts(t)
+        rec["site"] = {"function": site[0], "file": site[1], "line": site[2]} if site else None
+        self.created_ns[uid] = t
 
     # -- requests ---------------------------------------------------------------------------
     def _request(self, e: Event) -> Doc:
@@ -99,7 +146,7 @@ class _Builder:
             self._request(e)
         self.status_tasks = tasks
         for raw, e in tasks.items():
-            self._new_task(raw, e)
+            self._new_task(raw, e, status=True)
 
     def feed(self, events: list[Event]) -> None:
         ts = self.ts
@@ -124,16 +171,14 @@ class _Builder:
                 task["steps"].append([ts(t0), (t1 - t0) / 1e9, waited, ready])
                 self.last_end[uid] = t1
             elif k == ev.TASK_CREATE:
-                raw = e[2]
-                if raw in self.uid and self.status_tasks.get(raw) == e:
-                    continue  # the status record already describes this very task
-                self._new_task(raw, e)
+                self._create(e[2], e)
             elif k == ev.TASK_DONE:
-                _, t, raw, state, exc = e
-                task = self.task(raw)
+                task = self.task(e[2])
                 task["done"] = ts(t)
-                task["state"] = state
-                task["error"] = exc
+                task["state"] = e[3]
+                task["error"] = e[4]
+                if len(e) > 5 and e[5] is not None:
+                    task["name"] = e[5]
             elif k == ev.TASK_WAIT:
                 _, t0, t1, raw, stack = e
                 self.task(raw)["waits"].append(
@@ -230,7 +275,7 @@ class _Builder:
                         "duration": (t1 - t0) / 1e9 if t0 and t1 else None,
                         "func": func,
                         "thread": thread,
-                        "task": self._task_ref(raw),
+                        "task": self._task_ref(raw, tq),
                         "request": rid,
                         "error": error,
                     }
@@ -241,10 +286,10 @@ class _Builder:
                     {"kind": "trigger", "start": ts(t), "trigger_kind": kind, "reason": reason}
                 )
 
-    def _task_ref(self, raw: int | None) -> str | None:
+    def _task_ref(self, raw: int | None, t: int | None = None) -> str | None:
         if raw is None:
             return None
-        uid: str = self.task(raw)["id"]
+        uid: str = (self.task(raw) if t is None else self.task_at(raw, t))["id"]
         return uid
 
     def finish(
@@ -255,14 +300,22 @@ class _Builder:
             if uid is not None and self.tasks[uid]["state"] == "pending":
                 task = self.tasks[uid]
                 task["awaiting"] = _stack(frames)
-                if task["name"] is None and raw in names:
-                    task["name"], task["coro"] = names[raw]
+                if raw in names:
+                    # Its name now (create_task(name=) on 3.11/3.12 names it after the
+                    # factory ran; set_name() may have renamed it since).
+                    name, coro = names[raw]
+                    task["name"] = name
+                    if task["coro"] is None:
+                        task["coro"] = coro
         for task in self.tasks.values():
             rid = task["request"]
             if rid is not None:
                 req = self.requests.get(rid)
                 if req is not None:
                     req["tasks"].append(task["id"])
+                else:
+                    # The request ended before the window: refer to nothing missing.
+                    task["request"] = None
         for req in self.requests.values():
             del req["_t0"]
         return list(self.requests.values()), list(self.tasks.values())

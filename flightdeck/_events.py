@@ -16,7 +16,8 @@ TASK_CREATE: Final = 1
 # (TASK_STEP, t_start, t_end, tid, t_queued) -- t_queued: when the step was scheduled
 # (call_soon of the step or of its wakeup), 0 when the loop cannot tell.
 TASK_STEP: Final = 2
-# (TASK_DONE, t, tid, state, exc_type | None) -- state: "done" | "cancelled" | "error"
+# (TASK_DONE, t, tid, state, exc_type | None, name) -- state: "done" | "cancelled" | "error";
+# name: the task's name when it finished (older recordings may lack it)
 TASK_DONE: Final = 3
 # (TASK_WAIT, t_start, t_end, tid, stack) -- a suspension longer than the wait threshold
 TASK_WAIT: Final = 4

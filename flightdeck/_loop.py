@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import sys
 import threading
 import types
+import weakref
 from collections.abc import Callable
 from contextvars import Context
 from time import perf_counter_ns
@@ -30,17 +32,16 @@ if TYPE_CHECKING:
     from ._recorder import FlightRecorder
     from ._window import Frozen
 
-_TASK_TYPES: tuple[type, ...] = (asyncio.Task,)
-if hasattr(asyncio.tasks, "_PyTask"):
-    _TASK_TYPES += (asyncio.tasks._PyTask,)
-
 _current_task = asyncio.current_task
 _THIS_FILE = __file__
 MAX_STACK = 48
 MAX_AWAITING_TASKS = 1000
 MAX_LIVE_TASKS = 200_000
 
-_instrumented: dict[int, LoopInstrumentation] = {}
+#: Which instrumentation owns a loop. Keyed by id but holding a weak reference to the loop,
+#: so a loop that was closed and collected without ``stop()`` does not block a new loop that
+#: happens to get the same address.
+_instrumented: dict[int, tuple[weakref.ref[Any], LoopInstrumentation]] = {}
 _instrumented_lock = threading.Lock()
 
 
@@ -119,7 +120,17 @@ def callable_name(fn: Any) -> str:
             ):
                 fn = fn.args[0] if fn.args else inner
             else:
-                fn = inner
+                # Framework wrappers (e.g. FastAPI's sync-endpoint runner) carry the user's
+                # function as an argument: that is the name worth showing.
+                user = next(
+                    (
+                        a
+                        for a in (*fn.args, *fn.keywords.values())
+                        if isinstance(a, types.FunctionType)
+                    ),
+                    None,
+                )
+                fn = user if user is not None and _is_framework(inner) else inner
         else:
             break
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
@@ -127,6 +138,27 @@ def callable_name(fn: Any) -> str:
         name = type(fn).__qualname__
     mod = getattr(fn, "__module__", None)
     return f"{mod}.{name}" if mod and mod not in ("builtins", "__main__") else str(name)
+
+
+_FRAMEWORKS = ("fastapi", "starlette", "anyio")
+
+
+def _is_framework(fn: Any) -> bool:
+    return str(getattr(fn, "__module__", "")).partition(".")[0] in _FRAMEWORKS
+
+
+def _done_event(kind: int, t: int, raw: int, task: Any) -> tuple[Any, ...]:
+    """``(TASK_DONE, t, tid, state, exc_type, name)`` for a finished task.
+
+    The name is taken now because on 3.11/3.12 ``create_task(name=...)`` names the task
+    only after the task factory has run (and ``set_name`` may rename it later).
+    """
+    if task.cancelled():
+        return (kind, t, raw, "cancelled", None, task.get_name())
+    exc = task._exception  # not .exception(): that would mark it retrieved
+    if exc is None:
+        return (kind, t, raw, "done", None, task.get_name())
+    return (kind, t, raw, "error", type(exc).__qualname__, task.get_name())
 
 
 def _coro_name(coro: Any) -> str:
@@ -154,25 +186,26 @@ class LoopInstrumentation:
             return
         key = id(self.loop)
         with _instrumented_lock:
-            other = _instrumented.get(key)
-            if other is not None and other is not self:
+            entry = _instrumented.get(key)
+            if entry is not None and entry[0]() is self.loop and entry[1] is not self:
                 raise RuntimeError(
                     "this event loop is already instrumented by another FlightRecorder"
                 )
-            _instrumented[key] = self
+            _instrumented[key] = (weakref.ref(self.loop), self)
         self.installed = True
         cov = self.rec.coverage
-        try:
-            self._install_factory()
-            cov["task_lifecycle"] = True
-        except Exception:
-            self.errors += 1
         try:
             self._install_class()
             cov["task_steps"] = cov["scheduling_delay"] = cov["executor"] = True
             self.steps_hooked = True
         except Exception:
-            # A loop we cannot subclass: degrade to lifecycle + watchdog (reported).
+            # A loop we cannot subclass: degrade to lifecycle + watchdog (reported in
+            # coverage); completions then come from done callbacks added by the factory.
+            self.errors += 1
+        try:
+            self._install_factory()
+            cov["task_lifecycle"] = True
+        except Exception:
             self.errors += 1
         _patch_anyio()
         self.rec.freeze_hooks.append(self._freeze_hook)
@@ -200,7 +233,8 @@ class LoopInstrumentation:
         self._last_end.clear()
         _unpatch_anyio()
         with _instrumented_lock:
-            if _instrumented.get(id(loop)) is self:
+            entry = _instrumented.get(id(loop))
+            if entry is not None and entry[1] is self:
                 del _instrumented[id(loop)]
 
     def counters(self) -> dict[str, Any]:
@@ -223,7 +257,10 @@ class LoopInstrumentation:
         get_request = current_request.get
         Task = asyncio.Task
         TASK_CREATE = ev.TASK_CREATE
+        DONE = ev.TASK_DONE
         counters = self
+        # Without the step hook nothing notices completions: ask the task to tell us.
+        on_done = None if self.steps_hooked else self._done_callback()
 
         def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
             task: Any
@@ -244,15 +281,33 @@ class LoopInstrumentation:
                     get_request(),
                     None,
                 )
-                if len(live) < MAX_LIVE_TASKS:
-                    live[raw] = event
                 emit(event)
+                if task.done():
+                    # eager_start: the task ran to completion inside its constructor.
+                    emit(_done_event(DONE, pc(), raw, task))
+                else:
+                    if len(live) < MAX_LIVE_TASKS:
+                        live[raw] = event
+                    if on_done is not None:
+                        task.add_done_callback(on_done)
             except Exception:
                 counters.errors += 1
             return task
 
         loop.set_task_factory(factory)
         self._factory = factory
+
+    def _done_callback(self) -> Callable[[Any], None]:
+        emit = self.rec.emit
+        live = self.rec.live_tasks
+        DONE = ev.TASK_DONE
+
+        def on_done(task: Any) -> None:
+            raw = id(task)
+            live.pop(raw, None)
+            emit(_done_event(DONE, perf_counter_ns(), raw, task))
+
+        return on_done
 
     # -- steps ------------------------------------------------------------------------------
     def _install_class(self) -> None:
@@ -269,24 +324,18 @@ class LoopInstrumentation:
         wait_ns = int(self.rec.wait_threshold * 1e9)
         step_type = _STEP_TYPE
         builtin_method = _BUILTIN_METHOD
-        task_types = _TASK_TYPES
         base_call_soon = base.call_soon
         base_run_in_executor = base.run_in_executor
         get_request = current_request.get
         current_task = _current_task
         counters = self
+        iscoroutine = asyncio.iscoroutine
+        iscoroutinefunction = inspect.iscoroutinefunction
 
         def finished(task: Any, raw: int, t: int) -> None:
             last_end.pop(raw, None)
             live.pop(raw, None)
-            if task.cancelled():
-                emit((DONE, t, raw, "cancelled", None))
-            else:
-                exc = task._exception  # not .exception(): that would mark it retrieved
-                if exc is None:
-                    emit((DONE, t, raw, "done", None))
-                else:
-                    emit((DONE, t, raw, "error", type(exc).__qualname__))
+            emit(_done_event(DONE, t, raw, task))
 
         def run_step(callback: Any, t_queued: int) -> None:
             t0 = pc()
@@ -327,11 +376,16 @@ class LoopInstrumentation:
             cls = type(callback)
             if cls is step_type:
                 return base_call_soon(self, run_step, callback, pc(), context=context)
-            if cls is builtin_method and isinstance(callback.__self__, task_types):
+            # Only the Task's own wakeup: ``call_soon(task.cancel)`` is a builtin method of a
+            # task too, and is not a step of it.
+            if cls is builtin_method and callback.__name__ == "task_wakeup":
                 return base_call_soon(self, run_wakeup, callback, pc(), *args, context=context)
             return base_call_soon(self, callback, *args, context=context)
 
         def run_in_executor(self: Any, executor: Any, func: Any, *args: Any) -> Any:
+            if iscoroutinefunction(func) or iscoroutine(func):
+                # Let the loop refuse it (TypeError) exactly as it would have.
+                return base_run_in_executor(self, executor, func, *args)
             t_queued = pc()
             try:
                 task = current_task(self)

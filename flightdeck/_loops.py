@@ -8,11 +8,16 @@ works on asyncio's loops and on ``uvloop.Loop`` alike, so no special loop is req
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any
 
 from ._recorder import FlightRecorder
 
-_installed: dict[int, FlightRecorder] = {}
+#: The recorder ``install()`` started on each loop. Weak keys: a closed loop's address may
+#: be reused by a new loop, which must get a recorder of its own.
+_installed: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FlightRecorder] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def install(**options: Any) -> FlightRecorder:
@@ -22,12 +27,12 @@ def install(**options: Any) -> FlightRecorder:
     the recorder already installed.
     """
     loop = asyncio.get_running_loop()
-    rec = _installed.get(id(loop))
+    rec = _installed.get(loop)
     if rec is not None and rec.enabled:
         return rec
     rec = FlightRecorder(**options)
     rec.start(loop)
-    _installed[id(loop)] = rec
+    _installed[loop] = rec
     return rec
 
 

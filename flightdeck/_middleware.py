@@ -25,7 +25,7 @@ from . import _events as ev
 from ._context import current_request
 from ._recorder import FlightRecorder, check_positive_int, check_seconds
 from ._redact import capture_headers as _capture_headers
-from ._redact import redact_query
+from ._redact import MAX_METHOD, MAX_PATH, redact_query, safe_text
 from ._snapshot import Snapshot, SnapshotInProgress
 from ._store import SnapshotStore
 from ._triggers import (
@@ -238,9 +238,15 @@ class FlightDeck:
     # -- ASGI -------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope.get("type")
-        if not self.enabled or (kind != "http" and kind != "websocket"):
-            if kind == "lifespan" and self.enabled and not self._started:
-                self._start()
+        if not self.enabled or scope.get(_SCOPE_KEY) is not None:
+            # Disabled, or an outer FlightDeck already records this app.
+            await self.app(scope, receive, send)
+            return
+        if kind != "http" and kind != "websocket":
+            if kind == "lifespan":
+                self._mark(scope)
+                if not self._started:
+                    self._start()
             await self.app(scope, receive, send)
             return
         if not self._started:
@@ -250,15 +256,14 @@ class FlightDeck:
             if path == self.endpoint or path.startswith(self._prefix_slash):
                 await self._endpoint_app(scope, receive, send)
                 return
-        if scope.get(_SCOPE_KEY) is not None:
-            # An outer FlightDeck already records this request.
-            await self.app(scope, receive, send)
-            return
+        self._mark(scope)
+        await self._record(scope, receive, send, kind)
+
+    def _mark(self, scope: Scope) -> None:
         try:
             scope[_SCOPE_KEY] = self
         except TypeError:
-            pass
-        await self._record(scope, receive, send, kind)
+            pass  # an immutable scope: nothing to mark, recording still works
 
     async def _record(self, scope: Scope, receive: Receive, send: Send, kind: str) -> None:
         rid = next(self._ids)
@@ -280,8 +285,8 @@ class FlightDeck:
                 t0,
                 rid,
                 kind,
-                scope.get("method") or ("WS" if kind == "websocket" else ""),
-                scope.get("path") or "",
+                _method(scope, kind),
+                safe_text(scope.get("path") or "", MAX_PATH),
                 query,
                 _client(scope.get("client")),
                 tuple(headers.items()) if headers else None,
@@ -373,8 +378,8 @@ class FlightDeck:
         return RequestInfo(
             id=rid,
             kind=kind,
-            method=str(scope.get("method") or ("WS" if kind == "websocket" else "")),
-            path=str(scope.get("path") or ""),
+            method=_method(scope, kind),
+            path=safe_text(scope.get("path") or "", MAX_PATH),
             route=route,
             status=status,
             start=rec.to_epoch(t0),
@@ -545,6 +550,12 @@ def _task_id() -> int | None:
     except RuntimeError:
         return None
     return None if task is None else id(task)
+
+
+def _method(scope: Scope, kind: str) -> str:
+    # Paths and methods come from the server as str, possibly with lone surrogates (bytes a
+    # server decoded with surrogateescape) or of any length: record them valid and capped.
+    return safe_text(scope.get("method") or ("WS" if kind == "websocket" else ""), MAX_METHOD)
 
 
 def _client(client: Any) -> tuple[str, int] | None:

@@ -113,7 +113,7 @@ class FlightRecorder:
             "loop_blocks": False,
             "executor": False,
         }
-        #: Called (from the recorder thread) with a LOOP_BLOCK event tuple when a block ends.
+        #: Called on the loop's thread with a LOOP_BLOCK event tuple when a block ends.
         self.block_listeners: list[Callable[[tuple[Any, ...]], None]] = []
         #: Called at freeze time on the calling thread; may add to ``Frozen.extra``.
         self.freeze_hooks: list[Callable[[Frozen], None]] = []
@@ -145,19 +145,31 @@ class FlightRecorder:
         self._stop.clear()
         self._clock_offset_ns = time.time_ns() - perf_counter_ns()
         self._pid = os.getpid()
-        if loop is not None:
-            from ._loop import describe_loop
+        try:
+            if loop is not None:
+                from ._loop import describe_loop
 
-            self.loop_kind = describe_loop(loop)
-            if self.instrument_loop:
-                from ._loop import LoopInstrumentation
+                self.loop_kind = describe_loop(loop)
+                if self.instrument_loop:
+                    from ._loop import LoopInstrumentation
 
-                self._instrumentation = LoopInstrumentation(self, loop)
-                self._instrumentation.install()
-            if self.loop_blocked is not None:
-                from ._watchdog import Watchdog
+                    inst = LoopInstrumentation(self, loop)
+                    inst.install()
+                    self._instrumentation = inst
+                if self.loop_blocked is not None:
+                    from ._watchdog import Watchdog
 
-                self._watchdog = Watchdog(self, loop)
+                    self._watchdog = Watchdog(self, loop)
+        except BaseException:
+            # A failed start leaves nothing behind: not started, loop untouched.
+            self._started = False
+            if self._instrumentation is not None:
+                self._instrumentation.uninstall()
+                self._instrumentation = None
+            self._watchdog = None
+            for key in self.coverage:
+                self.coverage[key] = False
+            raise
         _active.append(self)
         self._start_thread()
 
@@ -183,6 +195,9 @@ class FlightRecorder:
         if self._watchdog is not None:
             self._watchdog.close()
             self._watchdog = None
+        # Nothing is instrumented any more; a later start() sets what it installs again.
+        for key in self.coverage:
+            self.coverage[key] = False
 
     def _run(self) -> None:
         tick = 0.02
@@ -341,6 +356,7 @@ def _after_fork_in_child() -> None:
         try:
             rec._build_lock = threading.Lock()
             rec._window._lock = threading.Lock()
+            rec._window._maintain_lock = threading.Lock()
             rec._window.clear()
             rec._stop = threading.Event()
             rec._pid = os.getpid()

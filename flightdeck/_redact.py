@@ -15,6 +15,9 @@ TRUNCATED = "…[truncated]"
 MAX_QUERY = 4096
 MAX_HEADER_VALUE = 1024
 MAX_HEADERS = 64
+#: Request paths (and methods, at MAX_METHOD) are cut to this many characters.
+MAX_PATH = 2048
+MAX_METHOD = 32
 
 #: Substrings that mark a query key or header name as sensitive (case-insensitive, ``-`` = ``_``).
 #: OpenTelemetry's URL redaction keys, Sentry's default denylists and a few common names.

@@ -10,6 +10,7 @@ import os
 import re
 import secrets
 import time
+import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -142,17 +143,26 @@ class Snapshot:
         if data[:2] == b"\x1f\x8b":
             try:
                 data = gzip.decompress(data)
-            except (OSError, EOFError) as exc:
-                raise SnapshotError(f"{where}: corrupt gzip data: {exc}") from None
+            except (OSError, EOFError, zlib.error) as exc:
+                raise SnapshotError(f"{where}: corrupt or truncated gzip data: {exc}") from None
         try:
             doc = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
-            raise SnapshotError(f"{where}: not JSON ({exc})") from None
+            raise SnapshotError(f"{where}: not JSON, or truncated ({exc})") from None
         validate_document(doc, where)
         return cls(doc)
 
     def __repr__(self) -> str:
         return f"<Snapshot {self.id} trigger={self.trigger.get('kind')!r}>"
+
+
+def schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of the ``flightdeck/1`` document, shipped in the package."""
+    from importlib.resources import files
+
+    text = files("flightdeck").joinpath("schema", "flightdeck-1.schema.json").read_bytes()
+    loaded: dict[str, Any] = orjson.loads(text)
+    return loaded
 
 
 def validate_document(doc: object, where: str = "data") -> None:

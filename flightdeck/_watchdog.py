@@ -124,6 +124,13 @@ class Watchdog:
     def tick(self) -> None:
         if self.closed or self.loop.is_closed():
             return
+        if not self.loop.is_running():
+            # A stopped loop runs no heartbeat: that is not a block. Forget a pending one so
+            # the wait is not counted from before the loop ran again.
+            with self._lock:
+                self._pending_since = 0
+                self._blocked = False
+            return
         now = perf_counter_ns()
         with self._lock:
             posted = self._pending_since

@@ -5,7 +5,10 @@ A background thread drains that deque into the open segment; a segment is sealed
 is old or large enough, compacted with ``marshal`` + ``zlib`` (about 10-20 bytes an
 event), and old segments are evicted by age (``window``) and by bytes (``max_bytes``,
 which wins). Like a Go trace generation, every segment carries the status of every task
-and request alive when it opened, so a snapshot never refers to something it lacks.
+and request alive when it opened, so a snapshot never refers to something it lacks. The
+status tables are derived from the sealed events themselves (creations minus completions),
+off the event loop; a copy of a dict that the loop mutates would race with the events
+drained alongside it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,12 @@ EST_OPEN_EVENT_BYTES = 160
 EST_STATUS_BYTES = 120
 #: Hard cap on the append buffer, a safety net should the drain thread starve.
 BUFFER_MAXLEN = 1 << 20
+#: Bound of each status table, should completions go missing (dropped, or never recorded).
+MAX_STATUS = 200_000
+
+# Event kinds that change the status tables (see ``_events``; not imported, to keep this
+# module free of the instrumentation's layout beyond these four numbers).
+_TASK_CREATE, _TASK_DONE, _REQ_START, _REQ_END = 1, 3, 8, 9
 
 
 @dataclass(slots=True)
@@ -46,6 +55,27 @@ class Segment:
 
     def events(self) -> list[Event]:
         return marshal.loads(zlib.decompress(self.data))  # type: ignore[no-any-return]
+
+
+def advance_status(
+    tasks: dict[int, Event], requests: dict[int, Event], events: list[Event]
+) -> tuple[dict[int, Event], dict[int, Event]]:
+    """The status tables after ``events``: what was alive before, plus creations, minus ends."""
+    tasks = dict(tasks)
+    requests = dict(requests)
+    for e in events:
+        k = e[0]
+        if k == _TASK_CREATE:
+            if len(tasks) < MAX_STATUS:
+                tasks[e[2]] = e
+        elif k == _TASK_DONE:
+            tasks.pop(e[2], None)
+        elif k == _REQ_START:
+            if len(requests) < MAX_STATUS:
+                requests[e[2]] = e
+        elif k == _REQ_END:
+            requests.pop(e[2], None)
+    return tasks, requests
 
 
 @dataclass(slots=True)
@@ -86,17 +116,20 @@ class Window:
         #: The hot path: append one event tuple. Thread-safe, never blocks.
         self.append: Callable[[Event], None] = self._buffer.append
         self._lock = threading.Lock()
+        # Serializes maintain(): two concurrent seals would reorder segments and clobber
+        # ``_sealing``. Never taken on the hot path nor by freeze().
+        self._maintain_lock = threading.Lock()
         self._open: list[Event] = []
         self._open_t0 = 0
         self._sealing: list[Event] = []
         self._sealing_tables: tuple[dict[int, Event], dict[int, Event]] = ({}, {})
         self._segments: deque[Segment] = deque()
         self._segment_bytes = 0
-        # Status tables: what is alive now. Updated by the instrumentation.
+        #: What the instrumentation knows is alive now (for labels; mutated by the loop).
         self.live_tasks: dict[int, Event] = {}
         self.live_requests: dict[int, Event] = {}
-        self._open_tasks: dict[int, Event] = {}
-        self._open_requests: dict[int, Event] = {}
+        #: Status after every sealed event: the tables of the next segment to seal.
+        self._next_tables: tuple[dict[int, Event], dict[int, Event]] = ({}, {})
         self.recorded = 0
         self.evicted = 0
         self.dropped = 0
@@ -109,7 +142,8 @@ class Window:
     def nbytes(self) -> int:
         """Estimated bytes held: compacted segments plus events not compacted yet."""
         pending = len(self._open) + len(self._sealing) + len(self._buffer)
-        status = (len(self._open_tasks) + len(self._open_requests)) * EST_STATUS_BYTES
+        tasks, requests = self._next_tables
+        status = (len(tasks) + len(requests)) * EST_STATUS_BYTES
         return self._segment_bytes + pending * EST_OPEN_EVENT_BYTES + status
 
     @property
@@ -138,8 +172,6 @@ class Window:
             self.dropped += 1
         if not self._open:
             self._open_t0 = self.clock()
-            self._open_tasks = dict(self.live_tasks)
-            self._open_requests = dict(self.live_requests)
         pop = buf.popleft
         self._open.extend([pop() for _ in range(n)])
         self.recorded += n
@@ -149,6 +181,11 @@ class Window:
 
         Called periodically from the recorder's thread (never from the event loop).
         """
+        with self._maintain_lock:
+            self._maintain(force_seal)
+            self._evict()
+
+    def _maintain(self, force_seal: bool) -> None:
         with self._lock:
             self._drain_locked()
             now = self.clock()
@@ -159,28 +196,29 @@ class Window:
                 or now - self._open_t0 >= self.segment_ns
                 or len(open_) * EST_OPEN_EVENT_BYTES >= self.max_bytes // 4
             )
-            if due:
-                self._sealing = open_
-                self._open = []
-                tasks, requests = self._open_tasks, self._open_requests
-                self._sealing_tables = (tasks, requests)
-                t0 = self._open_t0
-        if due:
-            seg: Segment | None = None
-            try:
-                data = zlib.compress(marshal.dumps(open_), 1)
-                seg = Segment(t0, now, len(open_), data, tasks, requests)
-            except (ValueError, TypeError):
-                self.seal_errors += 1
-            with self._lock:
-                self._sealing = []
-                if seg is None:
-                    self.dropped += len(open_)
-                else:
-                    self._segments.append(seg)
-                    self._segment_bytes += seg.nbytes
-                    self.sealed += 1
-        self._evict()
+            if not due:
+                return
+            self._sealing = open_
+            self._open = []
+            tasks, requests = self._sealing_tables = self._next_tables
+            t0 = self._open_t0
+        # The expensive part, outside the lock: freeze() sees these events in ``_sealing``.
+        seg: Segment | None = None
+        try:
+            data = zlib.compress(marshal.dumps(open_), 1)
+            seg = Segment(t0, now, len(open_), data, tasks, requests)
+        except (ValueError, TypeError):
+            self.seal_errors += 1
+        after = advance_status(tasks, requests, open_)
+        with self._lock:
+            self._sealing = []
+            self._next_tables = after
+            if seg is None:
+                self.dropped += len(open_)
+            else:
+                self._segments.append(seg)
+                self._segment_bytes += seg.nbytes
+                self.sealed += 1
 
     def _evict(self) -> None:
         with self._lock:
@@ -205,22 +243,23 @@ class Window:
             self._drain_locked()
             segs = list(self._segments)
             tail = list(self._sealing) + list(self._open)
+            # The status of the oldest event held; the tables are never mutated once made.
             if segs:
                 tasks, requests = segs[0].tasks, segs[0].requests
             elif self._sealing:
                 tasks, requests = self._sealing_tables
-            elif tail:
-                tasks, requests = self._open_tasks, self._open_requests
             else:
-                tasks, requests = dict(self.live_tasks), dict(self.live_requests)
+                tasks, requests = self._next_tables
             return Frozen(segs, tail, tasks, requests, self.dropped, self.clock())
 
     def clear(self) -> None:
         with self._lock:
             self._buffer.clear()
             self._open = []
+            self._sealing = []
             self._segments.clear()
             self._segment_bytes = 0
+            self._next_tables = ({}, {})
             self.live_tasks.clear()
             self.live_requests.clear()
 

@@ -142,11 +142,12 @@ class _Builder:
         return rec
 
     def feed_status(self, tasks: dict[int, Event], requests: dict[int, Event]) -> None:
-        for e in requests.values():
-            self._request(e)
+        # Tasks first: a request names the task that runs it.
         self.status_tasks = tasks
         for raw, e in tasks.items():
             self._new_task(raw, e, status=True)
+        for e in requests.values():
+            self._request(e)
 
     def feed(self, events: list[Event]) -> None:
         ts = self.ts

@@ -166,8 +166,14 @@ class _Endpoint:
         request = Request(scope, receive)
         try:
             response = await self._handle(request)
-        except Exception:
-            logger.exception("flightdeck: the debug endpoint failed on %s", scope.get("path"))
+        except Exception as exc:
+            # The middleware's error log counts failures (shown in status) and logs each kind
+            # once, so a broken exporter hit in a loop cannot flood the logs.
+            report = getattr(self.backend, "errors", None)
+            if callable(report):
+                report("endpoint", exc)
+            else:
+                logger.exception("flightdeck: the debug endpoint failed on %s", scope.get("path"))
             response = _error(500, "internal error")
         await response(scope, receive, send)
 

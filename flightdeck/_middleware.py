@@ -312,7 +312,8 @@ class FlightDeck:
         async def receive_wrapper() -> Message:
             message = await receive()
             mtype = message.get("type")
-            if mtype == "http.disconnect" or mtype == "websocket.disconnect":
+            # A disconnect after the last body byte is just the end of the exchange.
+            if (mtype == "http.disconnect" and not state[3]) or mtype == "websocket.disconnect":
                 state[2] = True
             return message
 

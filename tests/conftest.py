@@ -101,10 +101,12 @@ async def drive(
     scope: dict[str, Any],
     incoming: list[Message] | None = None,
     send: Callable[[Message], Any] | None = None,
+    keep: bool = True,
 ) -> list[Message]:
     """Call ``app`` once; ``receive`` hands out ``incoming`` then ``http.disconnect``.
 
-    Returns every message the app sent, the very objects (so identity can be checked).
+    Returns every message the app sent, the very objects (so identity can be checked);
+    with ``keep=False`` none is kept (for memory tests), and ``send`` sees each one.
     """
     queue = list(incoming if incoming is not None else [{"type": "http.request", "body": b""}])
     sent: list[Message] = []
@@ -116,7 +118,8 @@ async def drive(
         return {"type": "http.disconnect"}
 
     async def _send(message: Message) -> None:
-        sent.append(message)
+        if keep:
+            sent.append(message)
         if send is not None:
             result = send(message)
             if asyncio.iscoroutine(result):

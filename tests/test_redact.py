@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flightdeck._redact import (
@@ -133,6 +133,7 @@ def test_truncation_marks_and_bounds() -> None:
     assert out == f"token={REDACTED}&{TRUNCATED}"
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(query_pairs())
 def test_no_sensitive_value_survives(pairs: list[tuple[str, str, bool]]) -> None:
     raw = "&".join(f"{k}={v}" for k, v, _ in pairs)
@@ -146,6 +147,7 @@ def test_no_sensitive_value_survives(pairs: list[tuple[str, str, bool]]) -> None
                 assert got == f"{key}={REDACTED if sensitive else value}"
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.one_of(st.binary(max_size=3000), st.text(max_size=3000)))
 def test_never_raises_bounded_idempotent(raw: bytes | str) -> None:
     out = redact_query(raw)
@@ -155,6 +157,7 @@ def test_never_raises_bounded_idempotent(raw: bytes | str) -> None:
     assert redact_query(out) == out
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.binary(min_size=MAX_QUERY - 50, max_size=MAX_QUERY * 20))
 def test_large_inputs_bounded_idempotent(raw: bytes) -> None:
     out = redact_query(raw)
@@ -162,6 +165,7 @@ def test_large_inputs_bounded_idempotent(raw: bytes) -> None:
     assert redact_query(out) == out
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.lists(st.sampled_from(["a=1", "token=xyz", "&", "=", "sig", "%", "é"]), max_size=2000))
 def test_structured_large_idempotent(parts: list[str]) -> None:
     out = redact_query("&".join(parts))
@@ -214,6 +218,7 @@ def test_capture_headers_bounds() -> None:
 header_name = st.one_of(sensitive_key(), plain_key).map(lambda s: s.lower())
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.lists(st.tuples(header_name, st.binary(max_size=2000)), max_size=80))
 def test_capture_headers_property(items: list[tuple[str, bytes]]) -> None:
     names = frozenset(n for n, _ in items)
@@ -246,6 +251,7 @@ def test_safe_text(raw: bytes | str | None, limit: int, expected: str) -> None:
     assert safe_text(raw, limit) == expected
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.one_of(st.none(), st.binary(max_size=500), st.text(max_size=500)), st.integers(0, 300))
 def test_safe_text_property(raw: bytes | str | None, limit: int) -> None:
     out = safe_text(raw, limit)

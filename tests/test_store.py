@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 from endpoint_samples import make_document, make_snapshot, write_many
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flightdeck._snapshot import ID_PATTERN, Snapshot, new_id
@@ -353,7 +353,7 @@ ids = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ids)
 def test_ids_never_escape_the_directory(ident: str) -> None:
     directory = os.path.realpath("/tmp/flightdeck-never-created")
@@ -366,7 +366,11 @@ def test_ids_never_escape_the_directory(ident: str) -> None:
         assert os.path.basename(path) == ident + SUFFIX
 
 
-@settings(max_examples=200, deadline=None)
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 @given(st.text(max_size=60).filter(lambda s: ID_PATTERN.match(s) is None))
 def test_invalid_ids_never_touch_the_filesystem(ident: str) -> None:
     store = SnapshotStore(directory="/nonexistent-flightdeck")

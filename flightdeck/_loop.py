@@ -197,16 +197,18 @@ class LoopInstrumentation:
         try:
             self._install_class()
             cov["task_steps"] = cov["scheduling_delay"] = cov["executor"] = True
+            cov["task_lifecycle"] = True
             self.steps_hooked = True
         except Exception:
             # A loop we cannot subclass: degrade to lifecycle + watchdog (reported in
-            # coverage); completions then come from done callbacks added by the factory.
+            # coverage). Creations then come from a chained task factory and completions
+            # from done callbacks it adds.
             self.errors += 1
-        try:
-            self._install_factory()
-            cov["task_lifecycle"] = True
-        except Exception:
-            self.errors += 1
+            try:
+                self._install_factory()
+                cov["task_lifecycle"] = True
+            except Exception:
+                self.errors += 1
         _patch_anyio()
         self.rec.freeze_hooks.append(self._freeze_hook)
 
@@ -244,23 +246,64 @@ class LoopInstrumentation:
             "tracked_tasks": len(self._last_end),
         }
 
-    # -- task factory -----------------------------------------------------------------------
+    # -- task creation ----------------------------------------------------------------------
+    def _creation_recorder(self, *, track_done: bool) -> Callable[[Any, Any, Any], None]:
+        """``created(task, coro, context)``: record a new task (and an eager completion).
+
+        ``track_done``: add a done callback to notice the completion (no step hook).
+        """
+        loop = self.loop
+        emit = self.rec.emit
+        live = self.rec.live_tasks
+        last_end = self._last_end
+        pc = perf_counter_ns
+        current_task = _current_task
+        get_request = current_request.get
+        TASK_CREATE = ev.TASK_CREATE
+        done_callback = self._done_callback()
+        # Without the step hook nothing notices completions: ask the task to tell us.
+        on_done = done_callback if track_done else None
+
+        def created(task: Any, coro: Any, context: Any) -> None:
+            parent = current_task(loop)
+            raw = id(task)
+            t = pc()
+            event = (
+                TASK_CREATE,
+                t,
+                raw,
+                task.get_name(),
+                _coro_name(coro),
+                None if parent is None or parent is task else id(parent),
+                # The task runs in ``context`` when one is given: its request is that one's.
+                get_request() if context is None else context.get(current_request),
+                None,
+            )
+            emit(event)
+            if task.done():
+                # eager_start: the task ran to completion inside create_task(). Recorded
+                # from a done callback (scheduled right away) rather than now, because
+                # asyncio.create_task() on 3.11/3.12 names the task only after this returns.
+                task.add_done_callback(done_callback)
+                return
+            if len(live) < MAX_LIVE_TASKS:
+                live[raw] = event
+            if on_done is not None:
+                task.add_done_callback(on_done)
+            else:
+                # An eager task's next step is a wakeup: its wait counts from here.
+                last_end[raw] = t
+
+        return created
+
     def _install_factory(self) -> None:
         loop = self.loop
         prev = loop.get_task_factory()
         self._prev_factory = prev
-        rec = self.rec
-        emit = rec.emit
-        live = rec.live_tasks
-        pc = perf_counter_ns
-        current_task = _current_task
-        get_request = current_request.get
         Task = asyncio.Task
-        TASK_CREATE = ev.TASK_CREATE
-        DONE = ev.TASK_DONE
         counters = self
-        # Without the step hook nothing notices completions: ask the task to tell us.
-        on_done = None if self.steps_hooked else self._done_callback()
+        # Only used when the step hook is missing: completions come from done callbacks.
+        created = self._creation_recorder(track_done=True)
 
         def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
             task: Any
@@ -269,27 +312,7 @@ class LoopInstrumentation:
             else:
                 task = prev(loop, coro, **kwargs)
             try:
-                parent = current_task(loop)
-                raw = id(task)
-                event = (
-                    TASK_CREATE,
-                    pc(),
-                    raw,
-                    task.get_name(),
-                    _coro_name(coro),
-                    None if parent is None else id(parent),
-                    get_request(),
-                    None,
-                )
-                emit(event)
-                if task.done():
-                    # eager_start: the task ran to completion inside its constructor.
-                    emit(_done_event(DONE, pc(), raw, task))
-                else:
-                    if len(live) < MAX_LIVE_TASKS:
-                        live[raw] = event
-                    if on_done is not None:
-                        task.add_done_callback(on_done)
+                created(task, coro, kwargs.get("context"))
             except Exception:
                 counters.errors += 1
             return task
@@ -326,9 +349,11 @@ class LoopInstrumentation:
         builtin_method = _BUILTIN_METHOD
         base_call_soon = base.call_soon
         base_run_in_executor = base.run_in_executor
+        base_create_task = base.create_task
         get_request = current_request.get
         current_task = _current_task
         counters = self
+        created = self._creation_recorder(track_done=False)  # run_step notices completions
         iscoroutine = asyncio.iscoroutine
         iscoroutinefunction = inspect.iscoroutinefunction
 
@@ -382,6 +407,16 @@ class LoopInstrumentation:
                 return base_call_soon(self, run_wakeup, callback, pc(), *args, context=context)
             return base_call_soon(self, callback, *args, context=context)
 
+        def create_task(self: Any, coro: Any, **kwargs: Any) -> Any:
+            # Recorded here rather than in a task factory: the user's factory (if any) stays
+            # in place untouched, and on 3.11-3.13 the name is only set after the factory.
+            task = base_create_task(self, coro, **kwargs)
+            try:
+                created(task, coro, kwargs.get("context"))
+            except Exception:
+                counters.errors += 1
+            return task
+
         def run_in_executor(self: Any, executor: Any, func: Any, *args: Any) -> Any:
             if iscoroutinefunction(func) or iscoroutine(func):
                 # Let the loop refuse it (TypeError) exactly as it would have.
@@ -416,6 +451,7 @@ class LoopInstrumentation:
             "__doc__": base.__doc__,
             "call_soon": call_soon,
             "run_in_executor": run_in_executor,
+            "create_task": create_task,
             "_flightdeck_base": base,
         }
         hooked = type(base.__name__, (base,), ns)

@@ -24,8 +24,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import _events as ev
 from ._context import current_request
 from ._recorder import FlightRecorder, check_positive_int, check_seconds
-from ._redact import capture_headers as _capture_headers
 from ._redact import MAX_METHOD, MAX_PATH, redact_query, safe_text
+from ._redact import capture_headers as _capture_headers
 from ._snapshot import Snapshot, SnapshotInProgress
 from ._store import SnapshotStore
 from ._triggers import (

@@ -11,6 +11,7 @@ import re
 import secrets
 import time
 import zlib
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -107,12 +108,21 @@ class Snapshot:
         if format == "perfetto":
             from ._perfetto import to_perfetto
 
-            return to_perfetto(self._doc)
+            return self._export(to_perfetto)
         if format == "html":
             from ._html import to_html
 
-            return to_html(self._doc)
+            return self._export(to_html)
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
+
+    def _export(self, convert: Callable[[dict[str, Any]], bytes]) -> bytes:
+        try:
+            return convert(self._doc)
+        except (TypeError, UnicodeError):
+            # Lone surrogates (undecodable bytes) somewhere: make the text valid, once.
+            self._doc = _sanitize(self._doc)
+            self._json = None
+            return convert(self._doc)
 
     def write(self, path: str | os.PathLike[str], format: ExportFormat = "json") -> int:
         """Write the snapshot to ``path`` in ``format``; returns the number of bytes written."""

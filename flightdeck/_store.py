@@ -291,6 +291,9 @@ class SnapshotStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            # Make room first, so that the directory never holds more than the limit (in one
+            # process; concurrent writers can each be one ahead until the last one rotates).
+            self._enforce_quota(directory, incoming=ident)
             os.replace(tmp, final)
             created = False
         except OSError as exc:
@@ -304,12 +307,17 @@ class SnapshotStore:
             self.written += 1
         return final
 
-    def _enforce_quota(self, directory: str) -> None:
+    def _enforce_quota(self, directory: str, incoming: str | None = None) -> None:
         # Every writer enforces after its own write, on a fresh listing that includes it, so
         # whichever process writes last leaves at most max_snapshots files behind. Unlinking
-        # a file another process already removed is harmless.
+        # a file another process already removed is harmless. With ``incoming`` (a file about
+        # to be renamed into place) one slot is kept free for it.
         files = self._scan(directory, include_unreadable=True)
-        excess = len(files) - self.max_snapshots
+        limit = self.max_snapshots
+        if incoming is not None:
+            files = [item for item in files if item[1]["id"] != incoming]
+            limit -= 1
+        excess = len(files) - limit
         if excess <= 0:
             return
         files.sort(key=lambda item: _sort_key(item[1]))

@@ -175,14 +175,18 @@ def uvicorn_thread(app: Any, **config: Any) -> Iterator[ThreadServer]:
 
 
 def http_get(url: str, timeout: float = 10.0, **headers: str) -> tuple[int, dict[str, str], bytes]:
-    """A blocking GET with no proxy and no redirects: (status, headers, body)."""
+    """A blocking GET with no proxy: (status, headers with lower-case names, body)."""
     request = urllib.request.Request(url, headers=headers)
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(request, timeout=timeout) as answer:
-            return answer.status, dict(answer.headers), answer.read()
+            return answer.status, _lower(answer.headers), answer.read()
     except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), error.read()
+        return error.code, _lower(error.headers), error.read()
+
+
+def _lower(headers: Any) -> dict[str, str]:
+    return {name.lower(): value for name, value in headers.items()}
 
 
 def get_json(url: str, timeout: float = 10.0) -> Any:

@@ -81,7 +81,11 @@ _starlette = Starlette(
 async def _sse(scope: Any, receive: Any, send: Any) -> None:
     """An endless event stream that stops when the client goes away (as SSE apps do)."""
     await send(
-        {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]}
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/event-stream")],
+        }
     )
     gone = asyncio.Event()
 
@@ -94,7 +98,9 @@ async def _sse(scope: Any, receive: Any, send: Any) -> None:
     i = 0
     try:
         while not gone.is_set():
-            await send({"type": "http.response.body", "body": b"data: %d\n\n" % i, "more_body": True})
+            await send(
+                {"type": "http.response.body", "body": b"data: %d\n\n" % i, "more_body": True}
+            )
             i += 1
             await asyncio.sleep(0.005)
     finally:

@@ -105,7 +105,9 @@ def test_block_fanout_and_executor_all_named(server: tuple[str, Path]) -> None:
 
     # The sync route ran in the thread pool, attributed to its request.
     sync = next(r for r in doc["requests"] if r["path"] == "/sync")
-    jobs = [e for e in doc["events"] if e["kind"] == "executor" and e["func"].endswith("sync_route")]
+    jobs = [
+        e for e in doc["events"] if e["kind"] == "executor" and e["func"].endswith("sync_route")
+    ]
     assert len(jobs) == 1 and jobs[0]["request"] == sync["id"]
     assert jobs[0]["duration"] >= 0.05
 

@@ -61,9 +61,7 @@ async def test_row13_own_faults_never_change_the_response(
     paths = ["/fail", "/ok", "/fail", "/fail"]
     reference = [strip(await drive(inner, http_scope(p))) for p in paths]
     triggers = [BrokenTrigger()] if fault == "trigger" else [ServerError()]
-    deck = make_deck(
-        inner, decks, triggers=triggers, cooldown=0.001, rate_limit=(1000, 60.0)
-    )
+    deck = make_deck(inner, decks, triggers=triggers, cooldown=0.001, rate_limit=(1000, 60.0))
     await drive(deck, http_scope("/warm-up"))  # started, so that the fault hits a live recorder
     breaker, kind = FAULTS[fault]
     breaker(deck, monkeypatch)
@@ -100,7 +98,8 @@ async def test_row13_exporter_fault_on_download_leaves_app_alone(
         assert ok.status_code == 200 and ok.text == "body of /ok"
         status = (await client.get("/debug/flight/status")).json()
     assert status["errors"].get("endpoint") == 2
-    assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 1
+    logged = [r for r in caplog.records if "internal error in endpoint" in r.getMessage()]
+    assert len(logged) == 1
 
 
 # -- row 14 ---------------------------------------------------------------------------------------
@@ -111,7 +110,8 @@ async def test_row14_five_second_block_one_event_with_stack(decks: list[Any]) ->
         time.sleep(5.0)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        hold_the_loop_for_five_seconds()
+        if scope["path"] == "/block":
+            hold_the_loop_for_five_seconds()
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"done"})
 
@@ -135,7 +135,9 @@ async def test_row14_five_second_block_one_event_with_stack(decks: list[Any]) ->
     assert len(blocks) == 1, [(b["duration"], b["callback"]) for b in blocks]
     assert 4.9 <= blocks[0]["duration"] < 5.5
     functions = [frame["function"] for frame in blocks[0]["stack"]]
-    assert "hold_the_loop_for_five_seconds" in functions
+    assert functions[-1] == "sleep" or functions[-1].endswith("hold_the_loop_for_five_seconds")
+    assert any(f.endswith(".hold_the_loop_for_five_seconds") for f in functions), functions
+    assert blocks[0]["callback"].startswith("GET /block: ")
     assert deck.recorder.stats["watchdog"]["blocks"] == 1
     assert deck.status()["triggers"]["fired"] == {"loop_blocked": 1}
 

@@ -102,7 +102,9 @@ async def test_row09_endless_stream_unbuffered_memory_flat(decks: list[Any]) -> 
         await send({"type": "http.response.start", "status": 200, "headers": []})
         for i in range(chunks):
             produced += 1
-            await send({"type": "http.response.body", "body": b"data: %d\n\n" % i, "more_body": True})
+            await send(
+                {"type": "http.response.body", "body": b"data: %d\n\n" % i, "more_body": True}
+            )
             await asyncio.sleep(0)  # let the loop (and the recorder's hooks) run every chunk
         await send({"type": "http.response.body", "body": b""})
 

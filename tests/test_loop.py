@@ -294,7 +294,7 @@ def test_install_uninstall_leaves_the_loop_identical(run: Runner) -> None:
         hooked = type(loop)
         assert hooked is not cls and issubclass(hooked, cls)
         assert hooked.__name__ == cls.__name__ and hooked.__module__ == cls.__module__
-        assert loop.get_task_factory() is not None
+        assert loop.get_task_factory() is None  # tasks are seen in create_task instead
         await asyncio.sleep(0)
         rec.stop()
         assert type(loop) is cls
@@ -362,9 +362,23 @@ def test_eager_task_factory_passes_through(run: Runner) -> None:
         # A child created during the parent's eager first step.
         await asyncio.create_task(later(), name="eager-child")
 
-    async def main() -> dict[str, Any]:
+    async def main() -> dict[str, Any] | None:
         loop = asyncio.get_running_loop()
         loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+        probe = immediate()
+        try:
+            await asyncio.create_task(probe)
+        except TypeError:
+            probe.close()
+            # uvloop on 3.13 passes eager_start= to the factory, which asyncio's own eager
+            # factory refuses: flightdeck must change nothing about that either.
+            async with recording():
+                probe = immediate()
+                with pytest.raises(TypeError):
+                    asyncio.create_task(probe)  # noqa: RUF006 - it raises
+                probe.close()
+            loop.set_task_factory(None)  # or the runner's own shutdown tasks fail too
+            return None
         async with recording() as rec:
             t1 = asyncio.create_task(immediate(), name="eager-done")
             assert t1.done() and t1.result() == 1  # it really ran eagerly
@@ -376,9 +390,12 @@ def test_eager_task_factory_passes_through(run: Runner) -> None:
             stats = rec.stats
         assert loop.get_task_factory() is asyncio.eager_task_factory  # type: ignore[attr-defined]
         assert stats["live_tasks"] == 0  # the eagerly finished ones are not "alive" forever
+        loop.set_task_factory(None)
         return doc
 
     doc = run(main())
+    if doc is None:
+        return
     assert named(doc, "eager-done")["state"] == "done"
     later_t = named(doc, "eager-later")
     assert later_t["state"] == "done" and len(later_t["steps"]) >= 1
@@ -615,3 +632,20 @@ def test_degraded_asyncio_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(LoopInstrumentation, "_install_class", refuse)
     doc, stats = _degraded_doc(asyncio.new_event_loop())
     _check_degraded(doc, stats)
+
+
+def test_flightdeck_install_once_per_loop(run: Runner) -> None:
+    import flightdeck
+
+    async def main() -> FlightRecorder:
+        rec = flightdeck.install(loop_blocked=None)
+        try:
+            assert flightdeck.install() is rec  # idempotent on the same loop
+            assert rec.enabled
+        finally:
+            rec.stop()
+        return rec
+
+    first = run(main())
+    second = run(main())  # a new loop (maybe at the same address) gets its own recorder
+    assert first is not second

@@ -1,0 +1,165 @@
+"""The apps and variants of the HTTP benchmark.
+
+Apps: ``hello`` (Starlette, plain text), ``steps`` (Starlette, awaits three times, small
+JSON), ``fastapi`` (path + query parameters, a pydantic model validated and returned,
+about 0.3 ms of CPU work). Variants: ``bare``, ``fd_mw`` (flightdeck middleware only),
+``fd_full`` (flightdeck defaults), ``otel`` (OpenTelemetry ASGI middleware, SDK tracer
+provider, a span processor that discards), ``sentry`` (Sentry ASGI middleware,
+``traces_sample_rate=1.0``, a transport that discards).
+
+For uvicorn: ``BENCH_APP=steps BENCH_VARIANT=fd_full uvicorn --factory apps:create_app``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+APPS = ("hello", "steps", "fastapi")
+VARIANTS = ("bare", "fd_mw", "fd_full", "otel", "sentry")
+PATHS = {"hello": "/", "steps": "/steps", "fastapi": "/items/42?q=widget&limit=5"}
+#: Iterations of the CPU work of the FastAPI route (about 0.3 ms on the reference machine).
+WORK = int(os.environ.get("BENCH_WORK", "6000"))
+
+
+async def hello(request: Request) -> Response:
+    return PlainTextResponse("Hello, world!")
+
+
+async def steps(request: Request) -> Response:
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    return JSONResponse({"ok": True, "steps": 3})
+
+
+def make_hello() -> Any:
+    return Starlette(routes=[Route("/", hello)])
+
+
+def make_steps() -> Any:
+    return Starlette(routes=[Route("/steps", steps)])
+
+
+def cpu_work(n: int) -> int:
+    """Deterministic pure-Python work standing in for a handler's own logic."""
+    acc = 0
+    for i in range(n):
+        acc = (acc * 31 + i) % 1_000_003
+    return acc
+
+
+def make_fastapi() -> Any:
+    from fastapi import FastAPI, Query
+    from pydantic import BaseModel, Field
+
+    class Item(BaseModel):
+        id: int = Field(ge=0)
+        name: str
+        tags: list[str]
+        price: float
+        score: int
+        limit: int
+
+    api = FastAPI()
+
+    @api.get("/items/{item_id}", response_model=Item)
+    async def get_item(item_id: int, q: str = Query("", max_length=50), limit: int = 10) -> Item:
+        score = cpu_work(WORK)
+        raw: dict[str, Any] = {
+            "id": item_id,
+            "name": f"item-{item_id}-{q}",
+            "tags": [q, "bench", str(limit)],
+            "price": item_id * 1.25,
+            "score": score,
+            "limit": limit,
+        }
+        return Item.model_validate(raw)
+
+    return api
+
+
+class _DiscardProcessor:
+    """An OpenTelemetry span processor that drops every span."""
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        pass
+
+    def on_end(self, span: Any) -> None:
+        pass
+
+    def _on_ending(self, span: Any) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+_sentry_ready = False
+
+
+def _init_sentry() -> None:
+    global _sentry_ready
+    if _sentry_ready:
+        return
+    import sentry_sdk
+    from sentry_sdk.transport import Transport
+
+    class DiscardTransport(Transport):
+        def capture_envelope(self, envelope: Any) -> None:
+            pass
+
+    # No auto-enabled integrations: they would patch Starlette/FastAPI for every variant
+    # in the same process; the ASGI middleware below is what is measured.
+    sentry_sdk.init(
+        dsn="https://public@sentry.invalid/1",
+        transport=DiscardTransport,
+        traces_sample_rate=1.0,
+        auto_enabling_integrations=False,
+    )
+    _sentry_ready = True
+
+
+def wrap(app: Any, variant: str) -> Any:
+    """``app`` wrapped for ``variant``."""
+    if variant == "bare":
+        return app
+    if variant == "fd_mw":
+        from flightdeck import FlightDeck
+
+        return FlightDeck(app, instrument_loop=False, loop_blocked=None)
+    if variant == "fd_full":
+        from flightdeck import FlightDeck
+
+        return FlightDeck(app)
+    if variant == "otel":
+        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+        from opentelemetry.sdk.trace import TracerProvider
+
+        provider = TracerProvider()
+        provider.add_span_processor(_DiscardProcessor())  # type: ignore[arg-type]
+        return OpenTelemetryMiddleware(app, tracer_provider=provider)
+    if variant == "sentry":
+        from sentry_sdk.integrations.asgi import SentryAsgiMiddleware
+
+        _init_sentry()
+        return SentryAsgiMiddleware(app)
+    raise ValueError(f"unknown variant {variant!r}")
+
+
+def make_app(name: str) -> Any:
+    return {"hello": make_hello, "steps": make_steps, "fastapi": make_fastapi}[name]()
+
+
+def create_app() -> Any:
+    """uvicorn ``--factory`` entry point: the app and variant named by the environment."""
+    return wrap(make_app(os.environ["BENCH_APP"]), os.environ["BENCH_VARIANT"])

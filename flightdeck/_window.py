@@ -58,20 +58,27 @@ class Segment:
 
 
 def advance_status(
-    tasks: dict[int, Event], requests: dict[int, Event], events: list[Event]
+    tasks: dict[int, Event],
+    requests: dict[int, Event],
+    events: list[Event],
+    limit: int = MAX_STATUS,
 ) -> tuple[dict[int, Event], dict[int, Event]]:
-    """The status tables after ``events``: what was alive before, plus creations, minus ends."""
+    """The status tables after ``events``: what was alive before, plus creations, minus ends.
+
+    Each table holds at most ``limit`` entries (the window's byte bound must hold even with
+    more tasks or requests alive than it can describe); what did not fit is not described.
+    """
     tasks = dict(tasks)
     requests = dict(requests)
     for e in events:
         k = e[0]
         if k == _TASK_CREATE:
-            if len(tasks) < MAX_STATUS:
+            if len(tasks) < limit:
                 tasks[e[2]] = e
         elif k == _TASK_DONE:
             tasks.pop(e[2], None)
         elif k == _REQ_START:
-            if len(requests) < MAX_STATUS:
+            if len(requests) < limit:
                 requests[e[2]] = e
         elif k == _REQ_END:
             requests.pop(e[2], None)
@@ -150,7 +157,8 @@ class Window:
     def events(self) -> int:
         """Events currently held in the window."""
         return (
-            sum(s.count for s in self._segments)
+            # list() copies atomically under the GIL; the drain thread mutates the deque.
+            sum(s.count for s in list(self._segments))
             + len(self._open)
             + len(self._sealing)
             + len(self._buffer)
@@ -209,7 +217,9 @@ class Window:
             seg = Segment(t0, now, len(open_), data, tasks, requests)
         except (ValueError, TypeError):
             self.seal_errors += 1
-        after = advance_status(tasks, requests, open_)
+        # Status tables get at most an eighth of the budget: they are copied per segment.
+        limit = max(64, min(MAX_STATUS, self.max_bytes // (8 * EST_STATUS_BYTES)))
+        after = advance_status(tasks, requests, open_, limit)
         with self._lock:
             self._sealing = []
             self._next_tables = after

@@ -243,11 +243,6 @@ async def test_row12_10k_concurrent_slow_requests(decks: list[Any]) -> None:
     assert deck.status()["inflight"] == 0 and stats["live_requests"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (_window): the status tables of live tasks and requests are not bounded by"
-    " max_bytes; with 10k requests in flight (~2.4 MB of tables) a 1 MiB window stays above it",
-)
 async def test_row12_window_bound_holds_even_when_live_state_exceeds_it(
     decks: list[Any],
 ) -> None:

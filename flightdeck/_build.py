@@ -12,6 +12,13 @@ from ._window import Event, Frozen
 Doc = dict[str, Any]
 
 
+def _text(value: Any) -> Any:
+    """Recorded raw on the hot path; made valid text here (lone surrogates become U+FFFD)."""
+    if isinstance(value, str) and not value.isascii():
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return value
+
+
 def _stack(frames: Any) -> list[dict[str, Any]] | None:
     if not frames:
         return None
@@ -118,8 +125,8 @@ class _Builder:
         rec: Doc = {
             "id": rid,
             "kind": kind,
-            "method": method,
-            "path": path,
+            "method": _text(method),
+            "path": _text(path),
             "query": query,
             "route": None,
             "status": None,

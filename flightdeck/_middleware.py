@@ -189,6 +189,17 @@ class FlightDeck:
         self._block_triggers = [t for t in built if type(t).on_block is not Trigger.on_block]
         self._poll_triggers = [t for t in built if type(t).poll is not Trigger.poll]
         self._request_triggers = [t for t in built if type(t).on_request is not Trigger.on_request]
+        # Pre-check for the common case: only built-in request triggers, whose firing can be
+        # ruled out from the status, the error and the duration against the lowest threshold.
+        self._builtin_request_triggers = all(
+            type(t) in (SlowRequest, ServerError) for t in self._request_triggers
+        )
+        floors = [
+            min([t.threshold, *(v for v in t.routes.values() if v is not None)])
+            for t in self._request_triggers
+            if isinstance(t, SlowRequest)
+        ]
+        self._slow_floor_ns = int(min(floors) * 1e9) if floors else 1 << 62
 
         # The watchdog's threshold: the smallest block any trigger cares about.
         watch = self.loop_blocked
@@ -205,7 +216,7 @@ class FlightDeck:
         self._start_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ids = itertools.count(1)
-        self._inflight: dict[int, list[Any]] = {}
+        self._inflight: dict[int, tuple[Any, ...]] = {}
         self._capturing = False
         self.captures = 0
         self.capture_failures = 0
@@ -238,16 +249,8 @@ class FlightDeck:
     # -- ASGI -------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope.get("type")
-        if not self.enabled or scope.get(_SCOPE_KEY) is not None:
-            # Disabled, or an outer FlightDeck already records this app.
-            await self.app(scope, receive, send)
-            return
-        if kind != "http" and kind != "websocket":
-            if kind == "lifespan":
-                self._mark(scope)
-                if not self._started:
-                    self._start()
-            await self.app(scope, receive, send)
+        if (kind != "http" and kind != "websocket") or not self.enabled or _SCOPE_KEY in scope:
+            await self._pass_through(scope, receive, send, kind)
             return
         if not self._started:
             self._start()
@@ -256,55 +259,35 @@ class FlightDeck:
             if path == self.endpoint or path.startswith(self._prefix_slash):
                 await self._endpoint_app(scope, receive, send)
                 return
-        self._mark(scope)
-        await self._record(scope, receive, send, kind)
-
-    def _mark(self, scope: Scope) -> None:
         try:
             scope[_SCOPE_KEY] = self
         except TypeError:
             pass  # an immutable scope: nothing to mark, recording still works
 
-    async def _record(self, scope: Scope, receive: Receive, send: Send, kind: str) -> None:
+        # The hot path: everything per request is inline here (one coroutine frame), raw
+        # values are recorded as they come (sanitized off the loop, at snapshot time) and
+        # triggers only see a RequestInfo when a cheap pre-check says one might fire.
         rid = next(self._ids)
-        emit = self.recorder.emit
         pc = perf_counter_ns
-        # state: [status, t_ttfb, disconnected, t_body_end]
-        state: list[Any] = [None, 0, False, 0]
+        # state: [status, t_ttfb, disconnected, t_body_end, fired_in_flight]
+        state: list[Any] = [None, 0, False, 0, False]
         t0 = pc()
         try:
-            qs = scope.get("query_string")
-            query = redact_query(qs) if qs else ""
-            headers = (
-                _capture_headers(scope.get("headers"), self.capture_headers)
-                if self.capture_headers
-                else None
-            )
-            start = (
-                ev.REQ_START,
-                t0,
-                rid,
-                kind,
-                _method(scope, kind),
-                safe_text(scope.get("path") or "", MAX_PATH),
-                query,
-                _client(scope.get("client")),
-                tuple(headers.items()) if headers else None,
-                _task_id(),
-            )
+            start = self._start_event(scope, kind, rid, t0)
             self.recorder.live_requests[rid] = start
-            self._inflight[rid] = [start, scope, state, False]
-            emit(start)
+            self._inflight[rid] = (start, scope, state)
+            self.recorder.emit(start)
         except Exception as exc:
             self.errors("request_start", exc)
 
         async def send_wrapper(message: Message) -> None:
-            mtype = message.get("type")
+            mtype = message["type"]
             if mtype == "http.response.start":
                 state[0] = message.get("status")
                 state[1] = pc()
-            elif mtype == "http.response.body" and not message.get("more_body", False):
-                state[3] = pc()
+            elif mtype == "http.response.body":
+                if not message.get("more_body", False):
+                    state[3] = pc()
             elif mtype == "websocket.accept":
                 state[1] = pc()
             await send(message)
@@ -328,6 +311,52 @@ class FlightDeck:
             current_request.reset(token)
             self._finish(rid, scope, state, t0, kind, error)
 
+    async def _pass_through(self, scope: Scope, receive: Receive, send: Send, kind: Any) -> None:
+        if kind == "lifespan" and self.enabled and _SCOPE_KEY not in scope:
+            try:
+                scope[_SCOPE_KEY] = self
+            except TypeError:
+                pass
+            if not self._started:
+                self._start()
+        await self.app(scope, receive, send)
+
+    def _start_event(self, scope: Scope, kind: str, rid: int, t0: int) -> tuple[Any, ...]:
+        qs = scope.get("query_string")
+        method = scope.get("method") or ("WS" if kind == "websocket" else "")
+        path = scope.get("path") or ""
+        client = scope.get("client")
+        # Only the unusual is normalized here: str of sane length, (str, int) clients.
+        if type(method) is not str or len(method) > MAX_METHOD:
+            method = safe_text(method, MAX_METHOD)
+        if type(path) is not str or len(path) > MAX_PATH:
+            path = safe_text(path, MAX_PATH)
+        if client is not None and not (
+            type(client) is tuple
+            and len(client) == 2
+            and type(client[0]) is str
+            and len(client[0]) <= 256
+            and type(client[1]) is int
+        ):
+            client = _client(client)
+        headers = None
+        if self.capture_headers:
+            captured = _capture_headers(scope.get("headers"), self.capture_headers)
+            headers = tuple(captured.items()) if captured else None
+        task = _current_task()
+        return (
+            ev.REQ_START,
+            t0,
+            rid,
+            kind,
+            method,
+            path,
+            redact_query(qs) if qs else "",
+            client,
+            headers,
+            None if task is None else id(task),
+        )
+
     def _finish(
         self, rid: int, scope: Scope, state: list[Any], t0: int, kind: str, error: str | None
     ) -> None:
@@ -341,17 +370,20 @@ class FlightDeck:
                 (ev.REQ_END, t1, rid, status, state[1], route, state[2], error, state[3])
             )
             self.recorder.live_requests.pop(rid, None)
-            entry = self._inflight.pop(rid, None)
+            self._inflight.pop(rid, None)
             if not self._request_triggers:
                 return
-            if entry is not None and entry[3]:
-                already = True  # fired while in flight; don't fire again for the same request
-            else:
-                already = False
+            if (
+                self._builtin_request_triggers
+                and error is None
+                and (status is None or status < 500)
+                and (state[4] or kind != "http" or t1 - t0 <= self._slow_floor_ns)
+            ):
+                return  # nothing can fire: the common case, decided without RequestInfo
             info = self._info(rid, scope, state, t0, kind, error, t1, status, route)
             for trig in self._request_triggers:
-                if already and isinstance(trig, SlowRequest):
-                    continue
+                if state[4] and isinstance(trig, SlowRequest):
+                    continue  # fired while in flight; not again for the same request
                 reason = trig.on_request(info)
                 if reason:
                     trig_kind = trig.kind
@@ -399,20 +431,18 @@ class FlightDeck:
             return
         try:
             if self._inflight_triggers and self._inflight:
-                for rid, entry in list(self._inflight.items()):
-                    if entry[3]:
+                for rid, (start, scope, state) in list(self._inflight.items()):
+                    if state[4]:
                         continue
-                    _start, scope, state, _ = entry
                     info = self._info(
-                        rid, scope, state, _start[1], _start[3], None, None, state[0], _route(scope)
+                        rid, scope, state, start[1], start[3], None, None, state[0], _route(scope)
                     )
                     for trig in self._inflight_triggers:
                         reason = trig.on_inflight(info)
                         if reason:
-                            entry[3] = True
-                            self._fire(
-                                trig.kind, info.route or info.path, reason, info, trig.cooldown
-                            )
+                            state[4] = True
+                            route = info.route or info.path
+                            self._fire(trig.kind, route, reason, info, trig.cooldown)
                             break
             for trig in self._poll_triggers:
                 reason = trig.poll()

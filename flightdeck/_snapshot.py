@@ -199,7 +199,8 @@ def validate_document(doc: object, where: str = "data") -> None:
 
 def _sanitize(value: Any) -> Any:
     if isinstance(value, str):
-        return value.encode("utf-8", "replace").decode("utf-8")
+        # Lone surrogates stand for undecodable bytes: show them as U+FFFD.
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     if isinstance(value, dict):
         return {_sanitize(k): _sanitize(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -119,7 +119,11 @@ class Window:
         self.segment_events = segment_events
         self.segment_ns = segment_ns
         self.clock = clock
-        self._buffer: deque[Event] = deque(maxlen=BUFFER_MAXLEN)
+        # The append buffer's hard cap: a quarter of the byte budget (at least 16k events).
+        self.buffer_maxlen = min(
+            BUFFER_MAXLEN, max(1 << 14, max_bytes // (4 * EST_OPEN_EVENT_BYTES))
+        )
+        self._buffer: deque[Event] = deque(maxlen=self.buffer_maxlen)
         #: The hot path: append one event tuple. Thread-safe, never blocks.
         self.append: Callable[[Event], None] = self._buffer.append
         self._lock = threading.Lock()
@@ -174,7 +178,7 @@ class Window:
         n = len(buf)
         if not n:
             return
-        if n >= BUFFER_MAXLEN:
+        if n >= self.buffer_maxlen:
             # The buffer was full, so its oldest events were pushed out unseen.
             self.overflows += 1
             self.dropped += 1

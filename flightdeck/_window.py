@@ -119,10 +119,9 @@ class Window:
         self.segment_events = segment_events
         self.segment_ns = segment_ns
         self.clock = clock
-        # The append buffer's hard cap: a quarter of the byte budget (at least 16k events).
-        self.buffer_maxlen = min(
-            BUFFER_MAXLEN, max(1 << 14, max_bytes // (4 * EST_OPEN_EVENT_BYTES))
-        )
+        # The append buffer's hard cap: the whole byte budget, at least 64k events (a burst
+        # of thousands of requests at once must not overflow between two drains).
+        self.buffer_maxlen = min(BUFFER_MAXLEN, max(1 << 16, max_bytes // EST_OPEN_EVENT_BYTES))
         self._buffer: deque[Event] = deque(maxlen=self.buffer_maxlen)
         #: The hot path: append one event tuple. Thread-safe, never blocks.
         self.append: Callable[[Event], None] = self._buffer.append

@@ -66,6 +66,9 @@ class Watchdog:
         self._block_start = 0
         self._block_stack: tuple[Any, ...] = ()
         self._block_name: str | None = None
+        #: A heartbeat later than this means a slow callback, sampled and named (not a block).
+        self.slow_ns = int(recorder.slow_callback * 1e9)
+        self._slow_name: str | None = None
         self._beats = 0
         self.blocks = 0
         self.closed = False
@@ -104,6 +107,8 @@ class Watchdog:
             blocked = self._blocked
             self._blocked = False
             start, stack, name = self._block_start, self._block_stack, self._block_name
+            slow_name = self._slow_name
+            self._slow_name = None
         self._beats += 1
         emit = self.rec.emit
         if blocked:
@@ -117,6 +122,10 @@ class Watchdog:
                     self.rec.internal_errors += 1
         elif posted:
             lag = now - posted
+            if slow_name is not None and lag > self.slow_ns:
+                # Busy past the slow-callback threshold but short of a block: named by the
+                # stack sampled meanwhile (a sample, not an exact account of one callback).
+                emit((ev.LOOP_CALLBACK, posted, now, slow_name))
             if lag > LAG_NOTABLE_NS or self._beats % LAG_EVERY == 0:
                 emit((ev.LOOP_LAG, posted, lag))
 
@@ -132,6 +141,7 @@ class Watchdog:
                 self._blocked = False
             return
         now = perf_counter_ns()
+        slow = capture = False
         with self._lock:
             posted = self._pending_since
             if posted == 0:
@@ -139,6 +149,11 @@ class Watchdog:
                 post = True
             else:
                 post = False
+                slow = (
+                    self._slow_name is None
+                    and not self._blocked
+                    and self.slow_ns < now - posted <= self.threshold_ns
+                )
                 if not self._blocked and now - posted > self.threshold_ns:
                     self._blocked = True
                     self._block_start = max(self._last_beat, self._last_activity(posted))
@@ -154,6 +169,12 @@ class Watchdog:
                 with self._lock:
                     self._pending_since = 0
             return
+        if slow and self.thread_id is not None:
+            frame = sys._current_frames().get(self.thread_id)
+            name = self._describe(_frames(frame)) if frame is not None else None
+            with self._lock:
+                if self._pending_since == posted and not self._blocked:
+                    self._slow_name = name or "busy"
         if capture and self.thread_id is not None:
             frame = sys._current_frames().get(self.thread_id)
             stack = _frames(frame) if frame is not None else ()

@@ -178,3 +178,35 @@ def test_blocking_site_prefers_user_frames() -> None:
     assert blocking_site(()) is None
     only_lib = (("Handle._run", asyncio.events.__file__, 80),)
     assert blocking_site(only_lib) == "Handle._run (events.py:80)"
+
+
+def busy_for_a_while(done: Callable[[], bool]) -> None:
+    # A slow callback (longer than slow_callback, shorter than loop_blocked).
+    deadline = time.monotonic() + 5
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
+def test_slow_callback_sampled_and_named(run: Runner) -> None:
+    async def main() -> dict[str, Any]:
+        rec = FlightRecorder(loop_blocked=2.0, slow_callback=0.01)
+        rec.start()
+        try:
+            wd = rec._watchdog
+            assert isinstance(wd, Watchdog)
+            # Hold the loop until the watchdog has sampled the slow callback (no sleeps-and-
+            # hope: the loop stays busy exactly until the sample exists, then lets go).
+            assert wait_for(lambda: wd._pending_since != 0)
+            busy_for_a_while(lambda: wd._slow_name is not None)
+            beats = wd._beats
+            assert await await_for(lambda: wd._beats > beats)
+            return rec.snapshot().to_dict()
+        finally:
+            rec.stop()
+
+    doc = run(main())
+    slow = [e for e in doc["loop"] if e["kind"] == "callback"]
+    assert len(slow) == 1, doc["loop"]
+    assert slow[0]["duration"] >= 0.01
+    assert "busy_for_a_while" in (slow[0]["callback"] or "")
+    assert not any(e["kind"] == "block" for e in doc["loop"])

@@ -73,6 +73,7 @@ def _step_wrapper_type() -> type:
 _STEP_TYPE: type = _step_wrapper_type()
 _BUILTIN_METHOD = types.BuiltinMethodType
 _BASE_CALL_SOON = asyncio.base_events.BaseEventLoop.call_soon
+_SLEEP_CALLBACK: Any = getattr(asyncio.futures, "_set_result_unless_cancelled", None)
 
 
 def describe_loop(loop: asyncio.AbstractEventLoop) -> str:
@@ -398,6 +399,34 @@ class LoopInstrumentation:
                 else:
                     last_end[raw] = t1
 
+        # asyncio.sleep()'s timer: while it runs, the task it wakes counts as woken when the
+        # timer fell due, not when an overdue timer finally ran (that delay is the loop's).
+        sleep_done = _SLEEP_CALLBACK
+        base_call_later = base.call_later
+        due: list[int] = [0]
+
+        def timer_fired(t_due: int, *args: Any) -> None:
+            due[0] = t_due
+            try:
+                sleep_done(*args)
+            finally:
+                due[0] = 0
+
+        def woken() -> int:
+            now = pc()
+            t_due = due[0]
+            return t_due if 0 < t_due < now else now
+
+        def call_later(
+            self: Any, delay: float, callback: Any, *args: Any, context: Any = None
+        ) -> Any:
+            if callback is sleep_done:
+                t_due = pc() + int(max(delay, 0) * 1e9)
+                return base_call_later(self, delay, timer_fired, t_due, *args, context=context)
+            if args:
+                return base_call_later(self, delay, callback, *args, context=context)
+            return base_call_later(self, delay, callback, context=context)
+
         def call_soon(self: Any, callback: Any, *args: Any, context: Any = None) -> Any:
             cls = type(callback)
             if cls is step_type:
@@ -405,7 +434,7 @@ class LoopInstrumentation:
             # Only the Task's own wakeup: ``call_soon(task.cancel)`` is a builtin method of a
             # task too, and is not a step of it.
             if cls is builtin_method and callback.__name__ == "task_wakeup":
-                return base_call_soon(self, run_wakeup, callback, pc(), *args, context=context)
+                return base_call_soon(self, run_wakeup, callback, woken(), *args, context=context)
             if args:
                 return base_call_soon(self, callback, *args, context=context)
             # No star-args: a call with ``*args`` and a keyword builds a tuple and a dict.
@@ -425,7 +454,7 @@ class LoopInstrumentation:
                 if cls is step_type:
                     handle = handle_type(run_step, (callback, pc()), self, context)
                 elif cls is builtin_method and callback.__name__ == "task_wakeup":
-                    handle = handle_type(run_wakeup, (callback, pc(), *args), self, context)
+                    handle = handle_type(run_wakeup, (callback, woken(), *args), self, context)
                 else:
                     handle = handle_type(callback, args, self, context)
                 self._ready.append(handle)
@@ -476,6 +505,7 @@ class LoopInstrumentation:
             "call_soon": call_soon,
             "run_in_executor": run_in_executor,
             "create_task": create_task,
+            "call_later": call_later,
             "_flightdeck_base": base,
         }
         hooked = type(base.__name__, (base,), ns)

@@ -78,6 +78,26 @@ def test_suspended_time_of_asyncio_sleep(run: Runner) -> None:
     assert second[0] >= first[0] + first[1] + waited - 0.001
 
 
+def test_overdue_timer_counts_as_woken_when_it_fell_due(run: Runner) -> None:
+    async def sleeper() -> None:
+        await asyncio.sleep(0.05)
+
+    async def main() -> dict[str, Any]:
+        async with recording() as rec:
+            task = asyncio.create_task(sleeper(), name="sleeper")
+            await asyncio.sleep(0)  # the sleeper arms its 50 ms timer
+            time.sleep(0.15)  # and the loop is held well past the timer's due time
+            await task
+            return rec.snapshot().to_dict()
+
+    doc = run(main())
+    second = named(doc, "sleeper")["steps"][1]
+    waited, ready = second[2], second[3]
+    # Suspended for the sleep itself; the 100 ms the timer was overdue is scheduling delay.
+    assert 0.048 <= waited < 0.1
+    assert ready >= 0.09
+
+
 def test_ready_wait_when_another_callback_holds_the_loop(run: Runner) -> None:
     async def main() -> dict[str, Any]:
         loop = asyncio.get_running_loop()

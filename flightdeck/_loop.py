@@ -73,6 +73,8 @@ def _step_wrapper_type() -> type:
 _STEP_TYPE: type = _step_wrapper_type()
 _BUILTIN_METHOD = types.BuiltinMethodType
 _BASE_CALL_SOON = asyncio.base_events.BaseEventLoop.call_soon
+#: Benchmark seam: ``factory(emit, last_end, finished) -> run_step`` (benchmarks/accel).
+_step_runner_factory: Callable[..., Any] | None = None
 _SLEEP_CALLBACK: Any = getattr(asyncio.futures, "_set_result_unless_cancelled", None)
 
 
@@ -377,6 +379,10 @@ class LoopInstrumentation:
                     finished(task, raw, t1)
                 else:
                     last_end[raw] = t1
+
+        if _step_runner_factory is not None:
+            # A compiled stand-in for run_step (benchmarks/accel: a prototype, not shipped).
+            run_step = _step_runner_factory(emit, last_end, finished)
 
         def run_wakeup(callback: Any, t_queued: int, *args: Any) -> None:
             task = callback.__self__

@@ -20,7 +20,7 @@ import sys
 import threading
 import types
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextvars import Context
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
@@ -262,8 +262,8 @@ class LoopInstrumentation:
         last_end = self._last_end
         pc = perf_counter_ns
         current_task = _current_task
-        get_request = current_request.get
         TASK_CREATE = ev.TASK_CREATE
+        get_request = current_request.get
         done_callback = self._done_callback()
         # Without the step hook nothing notices completions: ask the task to tell us.
         on_done = done_callback if track_done else None
@@ -347,14 +347,12 @@ class LoopInstrumentation:
         STEP = ev.TASK_STEP
         DONE = ev.TASK_DONE
         WAIT = ev.TASK_WAIT
-        EXECUTOR = ev.EXECUTOR
         wait_ns = int(self.rec.wait_threshold * 1e9)
         step_type = _STEP_TYPE
         builtin_method = _BUILTIN_METHOD
         base_call_soon = base.call_soon
         base_run_in_executor = base.run_in_executor
         base_create_task = base.create_task
-        get_request = current_request.get
         current_task = _current_task
         counters = self
         created = self._creation_recorder(track_done=False)  # run_step notices completions
@@ -480,27 +478,7 @@ class LoopInstrumentation:
             if iscoroutinefunction(func) or iscoroutine(func):
                 # Let the loop refuse it (TypeError) exactly as it would have.
                 return base_run_in_executor(self, executor, func, *args)
-            t_queued = pc()
-            try:
-                task = current_task(self)
-            except RuntimeError:
-                task = None
-            tid = None if task is None else id(task)
-            rid = get_request()
-            name = callable_name(func)
-
-            def call(*a: Any) -> Any:
-                t0 = pc()
-                error = None
-                try:
-                    return func(*a)
-                except BaseException as exc:
-                    error = type(exc).__qualname__
-                    raise
-                finally:
-                    thread = threading.current_thread().name
-                    emit((EXECUTOR, t_queued, t0, pc(), name, thread, tid, rid, error))
-
+            call = _timed_job(func, current_task(self), (emit,))
             return base_run_in_executor(self, executor, call, *args)
 
         ns = {
@@ -539,6 +517,36 @@ class LoopInstrumentation:
         frozen.extra["names"] = names
 
 
+def _timed_job(
+    func: Callable[..., Any], task: Any, emitters: Sequence[Callable[[tuple[Any, ...]], None]]
+) -> Callable[..., Any]:
+    """Wrap a thread-pool job so it records when it was queued, started and finished.
+
+    Called on the loop, where the job is handed over: the task and request it belongs to are
+    the caller's. The wrapper runs in the worker thread.
+    """
+    t_queued = perf_counter_ns()
+    tid = None if task is None else id(task)
+    rid = current_request.get()
+    name = callable_name(func)
+
+    def call(*args: Any) -> Any:
+        t0 = perf_counter_ns()
+        error = None
+        try:
+            return func(*args)
+        except BaseException as exc:
+            error = type(exc).__qualname__
+            raise
+        finally:
+            thread = threading.current_thread().name
+            event = (ev.EXECUTOR, t_queued, t0, perf_counter_ns(), name, thread, tid, rid, error)
+            for emit in emitters:
+                emit(event)
+
+    return call
+
+
 # -- anyio.to_thread.run_sync (FastAPI/Starlette sync routes go through it) --------------------
 _anyio_patch_count = 0
 _anyio_original: Any = None
@@ -560,39 +568,11 @@ def _patch_anyio() -> None:
     async def run_sync(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if not _active:
             return await original(func, *args, **kwargs)
-        t_queued = perf_counter_ns()
         try:
             task = _current_task()
         except RuntimeError:
             task = None
-        tid = None if task is None else id(task)
-        rid = current_request.get()
-        name = callable_name(func)
-        recorders = list(_active)
-
-        def call(*a: Any) -> Any:
-            t0 = perf_counter_ns()
-            error = None
-            try:
-                return func(*a)
-            except BaseException as exc:
-                error = type(exc).__qualname__
-                raise
-            finally:
-                event = (
-                    ev.EXECUTOR,
-                    t_queued,
-                    t0,
-                    perf_counter_ns(),
-                    name,
-                    threading.current_thread().name,
-                    tid,
-                    rid,
-                    error,
-                )
-                for rec in recorders:
-                    rec.emit(event)
-
+        call = _timed_job(func, task, [rec.emit for rec in _active])
         return await original(call, *args, **kwargs)
 
     functools.update_wrapper(run_sync, original)

@@ -575,14 +575,6 @@ class FlightDeck:
         self.recorder.stop()
 
 
-def _task_id() -> int | None:
-    try:
-        task = _current_task()
-    except RuntimeError:
-        return None
-    return None if task is None else id(task)
-
-
 def _method(scope: Scope, kind: str) -> str:
     # Paths and methods come from the server as str, possibly with lone surrogates (bytes a
     # server decoded with surrogateescape) or of any length: record them valid and capped.

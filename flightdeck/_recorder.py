@@ -8,7 +8,6 @@ import math
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from time import perf_counter_ns
 from typing import IO, Any
@@ -371,5 +370,3 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-
-_ = weakref  # reserved for future weak registries

@@ -257,17 +257,17 @@ def test_freeze_while_a_segment_is_being_sealed(monkeypatch: pytest.MonkeyPatch)
     w = make(clock)
     entered = threading.Event()
     release = threading.Event()
-    real_compress = _window.zlib.compress
+    real_dumps = _window.marshal.dumps
 
-    def slow_compress(data: bytes, level: int = -1) -> bytes:
+    def slow_dumps(value: object) -> bytes:
         entered.set()
         assert release.wait(10)
-        return real_compress(data, level)
+        return real_dumps(value)
 
     w.append((ev.TASK_CREATE, 0, 5, "T", "c", None, None, None))
     w.maintain(force_seal=True)
     log(w, clock, 3, tag="sealing")
-    monkeypatch.setattr(_window.zlib, "compress", slow_compress)
+    monkeypatch.setattr(_window.marshal, "dumps", slow_dumps)
     sealer = threading.Thread(target=w.maintain, kwargs={"force_seal": True})
     sealer.start()
     assert entered.wait(10)
@@ -323,3 +323,23 @@ def test_last_event_time() -> None:
     assert w.last_event_time() == 25
     w.maintain()
     assert w.last_event_time() == 25  # from the open segment once drained
+
+
+def test_segments_compressed_only_past_half_the_budget() -> None:
+    clock = FakeClock()
+    w = Window(10**12, 64 << 10, clock=clock)
+    for i in range(200):
+        w.append((ev.TASK_STEP, i, i + 1, 7, i))
+    w.maintain(force_seal=True)
+    assert w.segments == 1 and not w._segments[0].compressed  # room to spare: no zlib
+    for batch in range(40):
+        for i in range(500):
+            w.append((ev.TASK_STEP, 10**9 + i, 10**9 + i + 1, batch, i))
+        w.maintain(force_seal=True)
+    assert w.nbytes <= w.max_bytes
+    assert any(s.compressed for s in w._segments)  # pressure: oldest compressed first
+    flags = [s.compressed for s in w._segments]
+    assert flags == sorted(flags, reverse=True)
+    frozen = w.freeze()
+    events = [e for seg in frozen.iter_segments() for e in seg]
+    assert len(events) == sum(s.count for s in frozen.segments) + len(frozen.tail)

@@ -158,27 +158,37 @@ class _Builder:
 
     def feed(self, events: list[Event]) -> None:
         ts = self.ts
+        # Task steps are most of the window: their branch is kept to local lookups only.
+        STEP = ev.TASK_STEP
+        off = self.offset
+        uid_of = self.uid.get
+        tasks = self.tasks
+        last_end = self.last_end
+        t_min = self.t_min
         for e in events:
             k = e[0]
             t = e[1]
-            if self.t_min is None or t < self.t_min:
-                self.t_min = t
-            if k == ev.TASK_STEP:
+            if t_min is None or t < t_min:
+                t_min = t
+            if k == STEP:
                 _, t0, t1, raw, tq = e
-                task = self.task(raw)
+                uid = uid_of(raw)
+                task = self.task(raw) if uid is None else tasks[uid]
                 uid = task["id"]
-                prev = self.last_end.get(uid)
-                if tq and prev is not None:
-                    waited: float | None = max(0, tq - prev) / 1e9
-                    ready: float | None = max(0, t0 - tq) / 1e9
-                elif tq:
-                    waited = None
-                    ready = max(0, t0 - tq) / 1e9
+                prev = last_end.get(uid)
+                if tq:
+                    ready: float | None = (t0 - tq) / 1e9 if t0 > tq else 0.0
+                    if prev is not None:
+                        waited: float | None = (tq - prev) / 1e9 if tq > prev else 0.0
+                    else:
+                        waited = None
                 else:
                     waited = ready = None
-                task["steps"].append([ts(t0), (t1 - t0) / 1e9, waited, ready])
-                self.last_end[uid] = t1
-            elif k == ev.TASK_CREATE:
+                task["steps"].append(((t0 + off) / 1e9, (t1 - t0) / 1e9, waited, ready))
+                last_end[uid] = t1
+                continue
+            self.t_min = t_min
+            if k == ev.TASK_CREATE:
                 self._create(e[2], e)
             elif k == ev.TASK_DONE:
                 task = self.task(e[2])
@@ -293,6 +303,7 @@ class _Builder:
                 self.events.append(
                     {"kind": "trigger", "start": ts(t), "trigger_kind": kind, "reason": reason}
                 )
+        self.t_min = t_min
 
     def _task_ref(self, raw: int | None, t: int | None = None) -> str | None:
         if raw is None:

@@ -113,7 +113,9 @@ class Window:
         self,
         window_ns: int,
         max_bytes: int,
-        segment_events: int = 32768,
+        # Small segments: sealing (marshal, status tables) holds the GIL, and a long hold is a
+        # latency spike in the app (p99 went from 6.9 ms to 2.7 ms going from 32k to 4k).
+        segment_events: int = 4096,
         segment_ns: int = 1_000_000_000,
         clock: Callable[[], int] = perf_counter_ns,
     ) -> None:

@@ -7,7 +7,7 @@ PYENV_ROOT ?= $(HOME)/.pyenv
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test test-all lint typecheck pytest soak bench bench-http browser clean
+.PHONY: run test test-all lint typecheck pytest soak bench bench-http bench-accel clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11+"; exit 1; }
@@ -49,8 +49,15 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_loop.py
 
 bench-http: $(STAMP)
+	@command -v wrk >/dev/null 2>&1 || { echo "installing wrk (Debian package) for the load runs"; \
+	  (apt-get update -qq && apt-get install -y -qq wrk >/dev/null) || \
+	  { echo "wrk not found and could not be installed: apt-get install wrk"; exit 1; }; }
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/bench_http.py
+
+# Prototype: what a compiled step hook would save (needs a C compiler).
+bench-accel: $(STAMP)
+	$(PY) benchmarks/bench_accel.py
 
 clean:
 	rm -rf .venv .venv-3.12 .venv-3.13 .mypy_cache .ruff_cache .pytest_cache

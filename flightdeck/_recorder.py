@@ -35,6 +35,23 @@ def _env_float(name: str, default: float | None) -> float | None:
         raise ValueError(f"{name}={raw!r} is not a number") from None
 
 
+def _env_bytes(name: str, default: int) -> int:
+    """Bytes from the environment: ``16777216``, ``16M``, ``16MiB``, ``512k``."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    text = raw.lower().removesuffix("b").removesuffix("i")
+    scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(text[-1:], 1)
+    if scale != 1:
+        text = text[:-1]
+    try:
+        return int(text) * scale
+    except ValueError:
+        raise ValueError(
+            f"{name}={raw!r} is not a number of bytes (e.g. 16777216 or 16M)"
+        ) from None
+
+
 def check_seconds(name: str, value: object, *, allow_none: bool = False) -> float | None:
     """Validate a positive, finite duration option; the message names the option."""
     if value is None:
@@ -77,8 +94,7 @@ class FlightRecorder:
         if window is None:
             window = _env_float("FLIGHTDECK_WINDOW", DEFAULT_WINDOW)
         if max_bytes is None:
-            env = os.environ.get("FLIGHTDECK_MAX_BYTES")
-            max_bytes = int(env) if env else DEFAULT_MAX_BYTES
+            max_bytes = _env_bytes("FLIGHTDECK_MAX_BYTES", DEFAULT_MAX_BYTES)
         w = check_seconds("window", window)
         assert w is not None
         self.window = w

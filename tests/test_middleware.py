@@ -301,11 +301,29 @@ async def test_environment_sets_defaults(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("FLIGHTDECK_LOOP_BLOCKED", "off")
     monkeypatch.setenv("FLIGHTDECK_WINDOW", "3")
     monkeypatch.setenv("FLIGHTDECK_ENDPOINT", "off")
+    monkeypatch.setenv("FLIGHTDECK_MAX_BYTES", "8MiB")
     deck = FlightDeck(starlette_app())
+    assert deck.recorder.max_bytes == 8 << 20
     assert deck.slow_request == 0.25
     assert deck.loop_blocked is None
     assert deck.recorder.window == 3.0
     assert deck.endpoint is None
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("FLIGHTDECK_MAX_BYTES", "lots"),
+        ("FLIGHTDECK_WINDOW", "ten"),
+        ("FLIGHTDECK_SLOW_REQUEST", "x"),
+    ],
+)
+def test_bad_environment_values_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValueError, match=variable):
+        FlightDeck(starlette_app())
 
 
 @pytest.mark.parametrize(

@@ -319,6 +319,17 @@ class FlightDeck:
                 pass
             if not self._started:
                 self._start()
+
+            async def lifespan_send(message: Message) -> None:
+                await send(message)
+                if message.get("type") == "lifespan.shutdown.complete":
+                    try:
+                        self.close()  # the app is done: restore the loop, stop the thread
+                    except Exception as exc:
+                        self.errors("shutdown", exc)
+
+            await self.app(scope, receive, lifespan_send)
+            return
         await self.app(scope, receive, send)
 
     def _start_event(self, scope: Scope, kind: str, rid: int, t0: int) -> tuple[Any, ...]:
@@ -572,6 +583,7 @@ class FlightDeck:
 
     def close(self) -> None:
         """Stop recording (the app keeps working; flightdeck becomes a pass-through)."""
+        self.enabled = False
         self.recorder.stop()
 
 

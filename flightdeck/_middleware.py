@@ -319,17 +319,6 @@ class FlightDeck:
                 pass
             if not self._started:
                 self._start()
-
-            async def lifespan_send(message: Message) -> None:
-                await send(message)
-                if message.get("type") == "lifespan.shutdown.complete":
-                    try:
-                        self.close()  # the app is done: restore the loop, stop the thread
-                    except Exception as exc:
-                        self.errors("shutdown", exc)
-
-            await self.app(scope, receive, lifespan_send)
-            return
         await self.app(scope, receive, send)
 
     def _start_event(self, scope: Scope, kind: str, rid: int, t0: int) -> tuple[Any, ...]:

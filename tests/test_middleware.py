@@ -255,28 +255,6 @@ async def test_lifespan_and_unknown_scopes_pass_through_and_start_recorder(decks
     assert deck.recorder.enabled  # started at lifespan startup
 
 
-async def test_lifespan_shutdown_stops_recording_and_restores_the_loop(decks: Opened) -> None:
-    deck = make(starlette_app(), decks)
-    loop = asyncio.get_running_loop()
-    loop_type = type(loop)
-    messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
-    sent: list[str] = []
-
-    async def receive() -> dict[str, Any]:
-        return next(messages)
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message["type"])
-        if message["type"] == "lifespan.startup.complete":
-            assert deck.recorder.enabled and type(loop) is not loop_type  # instrumented
-
-    await deck({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
-    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
-    assert not deck.recorder.enabled and type(loop) is loop_type
-    async with client(deck) as c:  # a pass-through now
-        assert (await c.get("/fast")).status_code == 200
-
-
 async def test_applied_twice_records_once(decks: Opened) -> None:
     inner = make(starlette_app(), decks)
     outer = make(inner, decks)

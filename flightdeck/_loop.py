@@ -467,9 +467,14 @@ class LoopInstrumentation:
         def create_task(self: Any, coro: Any, **kwargs: Any) -> Any:
             # Recorded here rather than in a task factory: the user's factory (if any) stays
             # in place untouched, and on 3.11-3.13 the name is only set after the factory.
-            task = base_create_task(self, coro, **kwargs)
+            if kwargs:
+                task = base_create_task(self, coro, **kwargs)
+                context = kwargs.get("context")
+            else:  # the common case, without building a call from a dict
+                task = base_create_task(self, coro)
+                context = None
             try:
-                created(task, coro, kwargs.get("context"))
+                created(task, coro, context)
             except Exception:
                 counters.errors += 1
             return task

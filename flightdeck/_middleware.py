@@ -281,7 +281,7 @@ class FlightDeck:
             self.errors("request_start", exc)
 
         async def send_wrapper(message: Message) -> None:
-            mtype = message["type"]
+            mtype = message.get("type")
             if mtype == "http.response.start":
                 state[0] = message.get("status")
                 state[1] = pc()

@@ -230,36 +230,12 @@ class _Builder:
                     req["route"] = e[3]
             elif k == ev.LOOP_BLOCK:
                 _, t0, t1, cb, stack = e
-                self.loop.append(
-                    {
-                        "kind": "block",
-                        "start": ts(t0),
-                        "duration": (t1 - t0) / 1e9,
-                        "callback": cb,
-                        "stack": _stack(stack) or [],
-                    }
-                )
+                self._loop_entry("block", t0, t1 - t0, cb, _stack(stack) or [])
             elif k == ev.LOOP_CALLBACK:
                 _, t0, t1, name = e
-                self.loop.append(
-                    {
-                        "kind": "callback",
-                        "start": ts(t0),
-                        "duration": (t1 - t0) / 1e9,
-                        "callback": name,
-                        "stack": None,
-                    }
-                )
+                self._loop_entry("callback", t0, t1 - t0, name, None)
             elif k == ev.LOOP_LAG:
-                self.loop.append(
-                    {
-                        "kind": "lag",
-                        "start": ts(t),
-                        "duration": e[2] / 1e9,
-                        "callback": None,
-                        "stack": None,
-                    }
-                )
+                self._loop_entry("lag", t, e[2], None, None)
             elif k == ev.REGION:
                 _, t0, t1, name, raw = e
                 self.events.append(
@@ -304,6 +280,19 @@ class _Builder:
                     {"kind": "trigger", "start": ts(t), "trigger_kind": kind, "reason": reason}
                 )
         self.t_min = t_min
+
+    def _loop_entry(
+        self, kind: str, t0: int, dur_ns: int, callback: str | None, stack: Any
+    ) -> None:
+        self.loop.append(
+            {
+                "kind": kind,
+                "start": self.ts(t0),
+                "duration": dur_ns / 1e9,
+                "callback": callback,
+                "stack": stack,
+            }
+        )
 
     def _task_ref(self, raw: int | None, t: int | None = None) -> str | None:
         if raw is None:

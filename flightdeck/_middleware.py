@@ -216,7 +216,8 @@ class FlightDeck:
         self._start_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ids = itertools.count(1)
-        self._inflight: dict[int, tuple[Any, ...]] = {}
+        # Requests in flight, shared with the watchdog (which labels blocks with them).
+        self._inflight = self.recorder.live_requests
         self._capturing = False
         self.captures = 0
         self.capture_failures = 0
@@ -274,7 +275,6 @@ class FlightDeck:
         t0 = pc()
         try:
             start = self._start_event(scope, kind, rid, t0)
-            self.recorder.live_requests[rid] = start
             self._inflight[rid] = (start, scope, state)
             self.recorder.emit(start)
         except Exception as exc:
@@ -369,7 +369,6 @@ class FlightDeck:
             self.recorder.emit(
                 (ev.REQ_END, t1, rid, status, state[1], route, state[2], error, state[3])
             )
-            self.recorder.live_requests.pop(rid, None)
             self._inflight.pop(rid, None)
             if not self._request_triggers:
                 return

@@ -202,9 +202,11 @@ class Watchdog:
             cname = getattr(coro, "__qualname__", None) or task.get_name()
             tid = id(task)
             info = self.rec.live_tasks.get(tid)
-            req = self.rec.live_requests.get(info[6]) if info and info[6] is not None else None
+            live = self.rec.live_requests
+            entry = live.get(info[6]) if info and info[6] is not None else None
+            req = entry[0] if entry is not None else None
             if req is None:
-                for candidate in list(self.rec.live_requests.values()):
+                for candidate, _scope, _state in list(live.values()):
                     if candidate[9] == tid:
                         req = candidate
                         break

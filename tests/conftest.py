@@ -40,6 +40,16 @@ def anyio_backend() -> str:
 # -- polling ----------------------------------------------------------------------------------
 
 
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest) -> Callable[[Any], Any]:
+    """Run a coroutine to completion on a fresh loop of the parametrised kind."""
+    import uvloop
+
+    if request.param == "uvloop":
+        return uvloop.run  # type: ignore[no-any-return]
+    return asyncio.run
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
     """Poll ``predicate`` until it returns something truthy; fail at the deadline."""
     deadline = time.monotonic() + timeout

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from conftest import ROOT, ServerProcess, get_json
 
 PREFIX = "/debug/flight"
@@ -208,8 +207,6 @@ def test_uvicorn_two_workers_share_a_directory(server: Any, tmp_path: Path) -> N
 def test_gunicorn_preload_two_uvicorn_workers_share_a_directory(
     server: Any, tmp_path: Path
 ) -> None:
-    pytest.importorskip("gunicorn")
-    pytest.importorskip("uvicorn_worker")
     # --preload: the app (and FlightDeck) is built in the master, then fork()ed into workers.
     srv = server(
         kind="gunicorn", workers=2, env={"FLIGHTDECK_DIR": str(tmp_path)}, args=["--preload"]

@@ -25,14 +25,6 @@ Runner = Callable[[Coroutine[Any, Any, Any]], Any]
 THIS_FILE = __file__
 
 
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run(request: pytest.FixtureRequest) -> Runner:
-    """Run a coroutine to completion on a fresh loop of the parametrised kind."""
-    if request.param == "uvloop":
-        return uvloop.run
-    return asyncio.run
-
-
 @asynccontextmanager
 async def recording(**options: Any) -> AsyncIterator[FlightRecorder]:
     options.setdefault("loop_blocked", None)
@@ -369,6 +361,7 @@ def test_context_passes_through_the_factory(run: Runner) -> None:
     assert run(main()) == "from-context"
 
 
+# asyncio.eager_task_factory and Task(eager_start=) do not exist before 3.12: nothing to test.
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks are 3.12+")
 def test_eager_task_factory_passes_through(run: Runner) -> None:
     async def immediate() -> int:

@@ -8,21 +8,11 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import pytest
-import uvloop
-
 from flightdeck import FlightRecorder
 from flightdeck._watchdog import Watchdog, blocking_site
 
 Runner = Callable[[Coroutine[Any, Any, Any]], Any]
 THIS_FILE = __file__
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run(request: pytest.FixtureRequest) -> Runner:
-    if request.param == "uvloop":
-        return uvloop.run
-    return asyncio.run
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> bool:

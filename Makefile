@@ -7,7 +7,7 @@ PYENV_ROOT ?= $(HOME)/.pyenv
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test test-all lint typecheck pytest soak bench bench-http bench-accel clean
+.PHONY: run test test-all lint typecheck pytest soak bench bench-http clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" && command -v $(PYTHON) >/dev/null 2>&1 || { echo "python3.11 not found; set PYTHON=/path/to/python3.11+"; exit 1; }
@@ -22,6 +22,7 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check flightdeck tests examples benchmarks
 	$(VENV)/bin/ruff format --check flightdeck tests examples benchmarks
+	$(VENV)/bin/lint-imports
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy flightdeck
@@ -54,10 +55,6 @@ bench-http: $(STAMP)
 	  { echo "wrk not found and could not be installed: apt-get install wrk"; exit 1; }; }
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/bench_http.py
-
-# Prototype: what a compiled step hook would save (needs a C compiler).
-bench-accel: $(STAMP)
-	$(PY) benchmarks/bench_accel.py
 
 clean:
 	rm -rf .venv .venv-3.12 .venv-3.13 .mypy_cache .ruff_cache .pytest_cache

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from time import perf_counter_ns
 from typing import Any
 
-from flightdeck import _events as ev
+from flightdeck.core import events as ev
 
 CORO = "RequestResponseCycle.run_asgi"
 ROUTE = "/items/{item_id}"

@@ -36,7 +36,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 from _common import header, line, machine, median, write_json
 
 from flightdeck import FlightRecorder
-from flightdeck import _events as ev
+from flightdeck.core import events as ev
 
 TARGET_RATIO = 0.92
 TARGET_US_PER_STEP = 0.5

@@ -4,13 +4,14 @@ Always on, bounded in age and bytes; snapshots the last seconds of what the even
 and the requests did when a request is slow, fails, or the loop is blocked.
 """
 
-from ._annotations import log, region
-from ._loops import install, new_event_loop
-from ._middleware import FlightDeck
-from ._recorder import FlightRecorder
-from ._snapshot import Snapshot, SnapshotError, SnapshotInProgress
-from ._triggers import LoopBlocked, RequestInfo, ServerError, SlowRequest, Trigger
+from . import export  # noqa: F401  (registers the export formats with Snapshot.dumps)
 from ._version import __version__
+from .asgi.middleware import FlightDeck
+from .asgi.triggers import LoopBlocked, RequestInfo, ServerError, SlowRequest, Trigger
+from .instrument.annotations import log, region
+from .snapshot.document import Snapshot, SnapshotError, SnapshotInProgress
+from .snapshot.loops import install, new_event_loop
+from .snapshot.recorder import FlightRecorder
 
 __all__ = [
     "FlightDeck",

@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import NoReturn
 
-from ._snapshot import Snapshot, SnapshotError, is_valid_id
+from .snapshot.document import Snapshot, SnapshotError, is_valid_id
 
 __all__ = ["main"]
 
@@ -72,7 +72,7 @@ def _default_out(snapshot_path: str, suffix: str) -> str:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from ._summary import summarize
+    from .export.summary import summarize
 
     snap = _load(args.snapshot)
     sys.stdout.write(summarize(snap.to_dict()))

@@ -6,8 +6,8 @@ import os
 import time
 from typing import Any
 
-from flightdeck._snapshot import FORMAT, Snapshot, new_id, rfc3339
-from flightdeck._store import SnapshotStore
+from flightdeck.snapshot.document import FORMAT, Snapshot, new_id, rfc3339
+from flightdeck.snapshot.store import SnapshotStore
 
 
 def make_document(

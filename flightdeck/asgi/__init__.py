@@ -1,0 +1,1 @@
+"""The ASGI layer: the ``FlightDeck`` middleware, triggers, the debug endpoint, redaction."""

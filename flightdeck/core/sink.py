@@ -1,0 +1,64 @@
+"""``Sink``: the narrow face of a recorder that instruments write into.
+
+An instrument gets a sink, never the recorder: it can emit events, keep the live tables,
+say what it covers and hook into freezes and loop blocks, and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .window import Event, Frozen
+
+
+class Sink:
+    __slots__ = (
+        "block_listeners",
+        "coverage",
+        "emit",
+        "errors",
+        "freeze_hooks",
+        "last_event_time",
+        "live_requests",
+        "live_tasks",
+        "slow_callback_ns",
+        "to_epoch",
+        "wait_threshold_ns",
+    )
+
+    def __init__(
+        self,
+        emit: Callable[[Event], None],
+        live_tasks: dict[int, Event],
+        live_requests: dict[int, tuple[Any, ...]],
+        last_event_time: Callable[[], int | None],
+        to_epoch: Callable[[int], float],
+        *,
+        wait_threshold_ns: int,
+        slow_callback_ns: int,
+    ) -> None:
+        #: The hot path: append one event tuple (see ``events``). Thread-safe, never raises.
+        self.emit = emit
+        #: Tasks alive now, ``tid -> TASK_CREATE event`` (for labels; mutated by the loop).
+        self.live_tasks = live_tasks
+        #: Requests in flight, ``rid -> (REQ_START event, scope, state)`` (the middleware's).
+        self.live_requests = live_requests
+        self.last_event_time = last_event_time
+        self.to_epoch = to_epoch
+        self.wait_threshold_ns = wait_threshold_ns
+        self.slow_callback_ns = slow_callback_ns
+        #: What the instruments record, for ``process.coverage``.
+        self.coverage: dict[str, bool] = {
+            "task_lifecycle": False,
+            "task_steps": False,
+            "scheduling_delay": False,
+            "loop_blocks": False,
+            "executor": False,
+        }
+        #: Called on the loop's thread with a LOOP_BLOCK event when a block ends.
+        self.block_listeners: list[Callable[[Event], None]] = []
+        #: Called at freeze time on the freezing thread; may add to ``Frozen.extra``.
+        self.freeze_hooks: list[Callable[[Frozen], None]] = []
+        #: Failures inside instruments (counted, never raised into the app).
+        self.errors = 0

@@ -1,0 +1,12 @@
+"""Exporters: the text summary, Perfetto's trace format, the offline HTML timeline.
+
+Importing this package registers the formats with ``Snapshot.dumps`` (the snapshot layer
+sits below the exporters and knows them only by name).
+"""
+
+from ..snapshot.document import register_exporter
+from .html import to_html
+from .perfetto import to_perfetto
+
+register_exporter("perfetto", to_perfetto)
+register_exporter("html", to_html)

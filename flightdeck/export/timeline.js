@@ -1,0 +1,525 @@
+// The offline HTML timeline: reads the snapshot from #flightdeck-data and draws it.
+// Shipped as package data; flightdeck/export/html.py inlines it into each page.
+(function () {
+'use strict';
+var T_START = performance.now();
+var doc = JSON.parse(document.getElementById('flightdeck-data').textContent);
+var ROW_H = 20, AXIS_H = 22, LABEL_W = 260, CHAR_W = 6.6;
+var C = {
+  step: '#4a7bd0', ready: '#f0a030', suspended: '#c9ced6', block: '#d62828', callback: '#7d8597',
+  lag: '#e07b00', executor: '#2a9d8f', queued: '#9fd8d0', region: '#9b5de5', log: '#1d2330',
+  ok: '#4c9f70', redirect: '#5b8def', warn: '#d9a13b', err: '#d62828', pending: '#8a7fc7',
+  trigger: '#d62828', mark: '#e07b00', grid: '#e5e7eb', rowAlt: '#fafbfc', label: '#1d2330',
+  group: '#eef1f6'
+};
+
+function num(v) { return (typeof v === 'number' && isFinite(v)) ? v : null; }
+function str(v) { return v === null || v === undefined ? '' : String(v); }
+function arr(v) { return Array.isArray(v) ? v.filter(function (x) { return x && typeof x === 'object'; }) : []; }
+function obj(v) { return v && typeof v === 'object' && !Array.isArray(v) ? v : {}; }
+function fmtDur(s) {
+  if (s === null || s === undefined) return '?';
+  var a = Math.abs(s);
+  if (a < 0.001) return (s * 1e6).toFixed(0) + ' µs';
+  if (a < 0.1) return (s * 1e3).toFixed(1) + ' ms';
+  if (a < 1) return (s * 1e3).toFixed(0) + ' ms';
+  return s.toFixed(2) + ' s';
+}
+function frameText(f) {
+  if (!f || typeof f !== 'object') return str(f);
+  var where = str(f.file) || '?';
+  if (typeof f.line === 'number' && f.line > 0) where += ':' + f.line;
+  return f['function'] ? where + ' in ' + f['function'] : where;
+}
+function reqLabel(r) {
+  var st = (typeof r.status === 'number') ? String(r.status) : (r.error ? 'ERR' : (num(r.end) === null ? '…' : '-'));
+  return (str(r.method) || '?') + ' ' + (str(r.path) || str(r.route) || '?') + ' ' + st;
+}
+
+var win = obj(doc.window), trig = obj(doc.trigger);
+var requests = arr(doc.requests), tasks = arr(doc.tasks), loopEv = arr(doc.loop), events = arr(doc.events);
+var W0 = num(win.start), W1 = num(win.end);
+if (W0 === null) {
+  W0 = Infinity;
+  requests.concat(loopEv, events).forEach(function (e) { var s = num(e.start); if (s !== null && s < W0) W0 = s; });
+  if (W0 === Infinity) W0 = 0;
+}
+if (W1 === null || W1 < W0) W1 = W0;
+var SPAN = Math.max(W1 - W0, 1e-3);
+function rel(t) { return t - W0; }
+
+// ---- rows ---------------------------------------------------------------------------
+// A row holds layers; a layer holds items sorted by start with a running max of ends,
+// so the first visible item is found by binary search even when items nest or overlap.
+var rows = [], byKind = {};
+function Row(label, kind, group) {
+  this.label = label; this.kind = kind; this.group = group || ''; this.layers = [[], []]; this.idx = [];
+}
+function add(row, layer, it) {
+  it.row = row;
+  row.layers[layer].push(it);
+  (byKind[it.kind] = byKind[it.kind] || []).push(it);
+  return it;
+}
+function packFast(items) {
+  // Same, with a heap of busy lanes, for thousands of requests.
+  var order = items.slice().sort(function (a, b) { return a.s - b.s; });
+  var busy = [], free = [], n = 0, lanes = new Map();
+  function push(h, v, less) { h.push(v); var i = h.length - 1; while (i > 0) { var p = (i - 1) >> 1; if (!less(h[i], h[p])) break; var t = h[i]; h[i] = h[p]; h[p] = t; i = p; } }
+  function pop(h, less) { var top = h[0], last = h.pop(); if (h.length) { h[0] = last; var i = 0; for (;;) { var l = 2 * i + 1, r = l + 1, m = i; if (l < h.length && less(h[l], h[m])) m = l; if (r < h.length && less(h[r], h[m])) m = r; if (m === i) break; var t = h[i]; h[i] = h[m]; h[m] = t; i = m; } } return top; }
+  var byEnd = function (a, b) { return a[0] < b[0]; }, byNum = function (a, b) { return a < b; };
+  order.forEach(function (it) {
+    while (busy.length && busy[0][0] <= it.s) push(free, pop(busy, byEnd)[1], byNum);
+    var lane = free.length ? pop(free, byNum) : n++;
+    lanes.set(it, lane); push(busy, [Math.max(it.e, it.s), lane], byEnd);
+  });
+  return {lanes: lanes, n: n};
+}
+
+// Requests.
+var reqItems = [], reqById = new Map();
+requests.forEach(function (r, i) {
+  var s = num(r.start); if (s === null) return;
+  var e = num(r.end); var inflight = e === null; if (e === null || e < s) e = W1;
+  var st = r.status, color = inflight ? C.pending : (r.error || st >= 500) ? C.err : st >= 400 ? C.warn : st >= 300 ? C.redirect : C.ok;
+  var it = {kind: 'request', s: rel(s), e: rel(Math.max(e, s)), label: reqLabel(r), color: color, h: 1, ref: r, index: i};
+  reqItems.push(it); if (r.id !== undefined && r.id !== null) reqById.set(r.id, it);
+});
+var rp = packFast(reqItems), reqRows = [];
+for (var l = 0; l < Math.max(rp.n, 1); l++) reqRows.push(new Row(l === 0 ? 'requests' : 'requests (' + (l + 1) + ')', 'requests', 'requests'));
+reqItems.forEach(function (it) { add(reqRows[rp.lanes.get(it)], 0, it); });
+reqRows.forEach(function (r) { rows.push(r); });
+
+// Event loop.
+var loopRow = new Row('event loop', 'loop', 'event loop'); rows.push(loopRow);
+loopEv.forEach(function (ev, i) {
+  var s = num(ev.start); if (s === null) return;
+  var d = Math.max(0, num(ev.duration) || 0);
+  if (ev.kind === 'block') {
+    add(loopRow, 1, {kind: 'block', s: rel(s), e: rel(s + d), label: 'blocked ' + fmtDur(d) + (ev.callback ? ' ' + ev.callback : ''), color: C.block, h: 1, ref: ev, index: i});
+  } else if (ev.kind === 'lag') {
+    add(loopRow, 1, {kind: 'lag', s: rel(s), e: rel(s), label: 'lag ' + fmtDur(d), color: C.lag, h: 0.45, ref: ev, index: i, tick: true});
+  } else {
+    add(loopRow, 0, {kind: 'callback', s: rel(s), e: rel(s + d), label: str(ev.callback) || str(ev.kind), color: C.callback, h: 1, ref: ev, index: i});
+  }
+});
+
+// Executor threads, regions, logs.
+var threadRows = new Map(), regionItems = [], logRow = null;
+events.forEach(function (ev, i) {
+  var s = num(ev.start); if (s === null) return;
+  if (ev.kind === 'executor') {
+    var th = str(ev.thread) || 'executor', row = threadRows.get(th);
+    if (!row) { row = new Row('thread ' + th, 'thread', 'executor threads'); threadRows.set(th, row); }
+    var st = num(ev.started), en = num(ev.end);
+    if (st !== null && st > s) add(row, 0, {kind: 'queued', s: rel(s), e: rel(st), label: 'queued', color: C.queued, h: 0.35, ref: ev, index: i});
+    if (st !== null) {
+      if (en === null || en < st) en = Math.max(st, W1);
+      add(row, 0, {kind: 'executor', s: rel(st), e: rel(en), label: str(ev.func) || 'job', color: ev.error ? C.err : C.executor, h: 1, ref: ev, index: i});
+    }
+  } else if (ev.kind === 'region') {
+    regionItems.push({kind: 'region', s: rel(s), e: rel(s + Math.max(0, num(ev.duration) || 0)), label: str(ev.name) || 'region', color: C.region, h: 1, ref: ev, index: i});
+  } else if (ev.kind === 'log') {
+    if (!logRow) logRow = new Row('logs', 'logs', 'logs');
+    add(logRow, 0, {kind: 'log', s: rel(s), e: rel(s), label: str(ev.category) + ': ' + str(ev.message), color: C.log, h: 0.7, ref: ev, index: i, tick: true});
+  } else if (ev.kind === 'trigger') {
+    add(loopRow, 1, {kind: 'mark', s: rel(s), e: rel(s), label: 'trigger ' + str(ev.trigger_kind), color: C.mark, h: 0.45, ref: ev, index: i, tick: true});
+  }
+});
+threadRows.forEach(function (r) { rows.push(r); });
+if (regionItems.length) {
+  var gp = packFast(regionItems), regRows = [];
+  for (var k = 0; k < gp.n; k++) regRows.push(new Row(k === 0 ? 'regions' : 'regions (' + (k + 1) + ')', 'regions', 'regions'));
+  regionItems.forEach(function (it) { add(regRows[gp.lanes.get(it)], 0, it); });
+  regRows.forEach(function (r) { rows.push(r); });
+}
+if (logRow) rows.push(logRow);
+
+// Tasks, grouped under their request (in request start order), background tasks first.
+var reqOrder = new Map();
+reqItems.slice().sort(function (a, b) { return a.s - b.s; }).forEach(function (it, i) { reqOrder.set(it.ref.id, i); });
+var taskIdx = tasks.map(function (t, i) { return i; });
+// The trigger request's tasks come first, so they are on screen when the page opens.
+var trigReqId = obj(trig.request).id;
+function tkey(i) { var t = tasks[i]; var o = (trigReqId !== undefined && trigReqId !== null && t.request === trigReqId) ? -2 : reqOrder.has(t.request) ? reqOrder.get(t.request) : -1; return [o, num(t.created) || 0]; }
+taskIdx.sort(function (a, b) { var x = tkey(a), y = tkey(b); return x[0] - y[0] || x[1] - y[1]; });
+var taskRow = new Map();
+taskIdx.forEach(function (ti) {
+  var t = tasks[ti], req = reqById.get(t.request);
+  var group = req ? req.label : 'background tasks';
+  var row = new Row(str(t.id) + ' ' + (str(t.coro) || str(t.name)), 'task', group);
+  row.task = t; rows.push(row); taskRow.set(t.id, row);
+  var what = str(t.coro) || str(t.name) || 'task';
+  var waits = arr(t.waits).map(function (w) { var s = num(w.start); return s === null ? null : {s: rel(s), e: rel(s + (num(w.duration) || 0)), w: w}; }).filter(Boolean);
+  function susp(a, b, extra) {
+    var wait = null;
+    for (var j = 0; j < waits.length; j++) if (waits[j].s < b && waits[j].e > a) { wait = waits[j].w; break; }
+    add(row, 0, {kind: 'suspended', s: a, e: b, label: 'suspended', color: C.suspended, h: 0.3, ref: t, index: ti, wait: wait, extra: extra});
+  }
+  var prev = num(t.created) !== null ? rel(Math.max(num(t.created), W0)) : null;
+  var steps = Array.isArray(t.steps) ? t.steps : [];
+  for (var j = 0; j < steps.length; j++) {
+    var st = steps[j]; if (!Array.isArray(st)) continue;
+    var s = num(st[0]); if (s === null) continue;
+    s = rel(s);
+    var d = Math.max(0, num(st[1]) || 0), waited = num(st[2]), ready = num(st[3]);
+    if (prev === null && waited !== null) prev = Math.max(0, s - (ready || 0) - waited);
+    if (prev !== null && prev < s) {
+      var woke = Math.min(s, Math.max(prev, ready !== null ? s - ready : s));
+      if (woke > prev) susp(prev, woke, {waited: waited});
+      if (s > woke) add(row, 0, {kind: 'ready', s: woke, e: s, label: 'ready', color: C.ready, h: 0.6, ref: t, index: ti, step: st});
+    }
+    var it = {kind: 'step', s: s, e: s + d, label: what, color: C.step, h: 1, ref: t, index: ti, step: st, stepNo: j};
+    add(row, 0, it);
+    add(loopRow, 0, {kind: 'step', s: s, e: s + d, label: what, color: C.step, h: 1, ref: t, index: ti, step: st, stepNo: j});
+    prev = prev === null ? s + d : Math.max(prev, s + d);
+  }
+  var done = num(t.done);
+  if (prev !== null) {
+    if (done === null && (t.state === 'pending' || !t.state)) { if (rel(W1) > prev) susp(prev, rel(W1), {awaiting: t.awaiting}); }
+    else if (done !== null && rel(done) > prev) susp(prev, rel(Math.min(done, W1)), {});
+  }
+});
+
+// Index every layer: sorted starts and running max of ends.
+var nItems = 0;
+rows.forEach(function (row) {
+  row.layers = row.layers.map(function (items) {
+    items.sort(function (a, b) { return a.s - b.s || (b.e - b.s) - (a.e - a.s); });
+    var n = items.length, st = new Float64Array(n), mx = new Float64Array(n), m = -Infinity;
+    for (var i = 0; i < n; i++) { st[i] = items[i].s; m = Math.max(m, items[i].e); mx[i] = m; }
+    nItems += n;
+    return {items: items, starts: st, maxEnds: mx};
+  });
+});
+function firstVisible(layer, t) {
+  var lo = 0, hi = layer.maxEnds.length;
+  while (lo < hi) { var mid = (lo + hi) >> 1; if (layer.maxEnds[mid] < t) lo = mid + 1; else hi = mid; }
+  return lo;
+}
+
+// ---- view ---------------------------------------------------------------------------
+var canvas = document.getElementById('timeline'), ctx = canvas.getContext('2d');
+var details = document.getElementById('details'), status = document.getElementById('status');
+var view = {s: 0, e: SPAN, y: 0}, selected = null, cssW = 0, cssH = 0, lastDrawMs = 0, draws = 0;
+var trigT = num(trig.time);
+if (trigT === null) { var mk = (byKind.mark || []).filter(function (m) { return m.ref.trigger_kind === trig.kind; }); trigT = mk.length ? mk[mk.length - 1].s + W0 : W1; }
+var TRIG = rel(trigT);
+function trigView() {
+  var r = obj(trig.request), s = num(r.start), e = num(r.end);
+  var a, b;
+  if (s !== null) { a = rel(s); b = Math.max(e !== null ? rel(e) : TRIG, TRIG); }
+  else { a = TRIG - Math.min(1, SPAN / 4); b = TRIG + Math.min(0.25, SPAN / 10); }
+  var pad = Math.max((b - a) * 0.15, 0.002);
+  setView(a - pad, b + pad);
+  var rr = reqById.get(r.id);
+  if (rr) scrollToRow(rr.row); else view.y = 0;
+}
+function clampY() {
+  var maxY = Math.max(0, rows.length * ROW_H - (cssH - AXIS_H) + ROW_H);
+  view.y = Math.min(Math.max(0, view.y), maxY);
+}
+function setView(s, e) {
+  var span = Math.min(Math.max(e - s, 1e-6), SPAN * 1.5);
+  var mid = (s + e) / 2;
+  s = mid - span / 2; e = mid + span / 2;
+  var lo = -SPAN * 0.25, hi = SPAN * 1.25;
+  if (s < lo) { e += lo - s; s = lo; }
+  if (e > hi) { s -= e - hi; e = hi; }
+  view.s = s; view.e = e;
+}
+function fit() { setView(-SPAN * 0.01, SPAN * 1.01); }
+function zoom(f, atX) {
+  var tw = cssW - LABEL_W; if (tw <= 0) return;
+  var fx = atX === undefined ? 0.5 : Math.min(1, Math.max(0, (atX - LABEL_W) / tw));
+  var t = view.s + fx * (view.e - view.s), span = (view.e - view.s) * f;
+  setView(t - fx * span, t - fx * span + span);
+}
+function pan(fraction) { var d = (view.e - view.s) * fraction; setView(view.s + d, view.e + d); }
+function X(t) { return LABEL_W + (t - view.s) / (view.e - view.s) * (cssW - LABEL_W); }
+function T(x) { return view.s + (x - LABEL_W) / (cssW - LABEL_W) * (view.e - view.s); }
+function rowY(i) { return AXIS_H + i * ROW_H - view.y; }
+function scrollToRow(row) {
+  var i = rows.indexOf(row); if (i < 0) return;
+  var y = i * ROW_H, h = cssH - AXIS_H;
+  if (y < view.y || y + ROW_H > view.y + h) view.y = y - h / 3;
+  clampY();
+}
+
+function resize() {
+  var r = canvas.getBoundingClientRect(), dpr = window.devicePixelRatio || 1;
+  cssW = Math.max(r.width, LABEL_W + 50); cssH = Math.max(r.height, 100);
+  canvas.width = Math.round(cssW * dpr); canvas.height = Math.round(cssH * dpr);
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  clampY();
+}
+function niceStep(span, px) {
+  var raw = span / Math.max(1, px / 110), p = Math.pow(10, Math.floor(Math.log10(raw))), m = raw / p;
+  return p * (m < 1.5 ? 1 : m < 3.5 ? 2 : m < 7.5 ? 5 : 10);
+}
+function fmtT(t, step) {
+  if (step >= 1) return t.toFixed(0) + ' s';
+  if (step >= 0.001) return (t * 1e3).toFixed(Math.max(0, -Math.floor(Math.log10(step * 1e3)))) + ' ms';
+  return (t * 1e3).toFixed(Math.min(6, Math.max(0, -Math.floor(Math.log10(step * 1e3))))) + ' ms';
+}
+
+function drawLayer(layer, y, top) {
+  var items = layer.items, n = items.length; if (!n) return;
+  var i = firstVisible(layer, view.s), lastPx = -1, lastColor = '', tw = cssW;
+  for (; i < n; i++) {
+    var it = items[i]; if (it.s > view.e) break;
+    if (it.e < view.s) continue;
+    var x0 = X(it.s), x1 = X(it.e), h = (ROW_H - 4) * it.h, yy = y + 2 + (ROW_H - 4 - h) / 2;
+    if (it.tick) { x0 -= 1; x1 = x0 + 2; }
+    if (x0 < LABEL_W) x0 = LABEL_W;
+    if (x1 > tw) x1 = tw;
+    var w = x1 - x0;
+    if (w < 1) {
+      // Sub-pixel items: one rect per pixel column is all the eye can see.
+      var px = x0 | 0;
+      if (px === lastPx && it.color === lastColor) continue;
+      lastPx = px; w = 1;
+    }
+    if (ctx.fillStyle !== it.color) ctx.fillStyle = it.color;
+    lastColor = it.color;
+    ctx.fillRect(x0, yy, w, h);
+    if (w > 30 && it.h >= 0.99) {
+      var nch = Math.floor((w - 6) / CHAR_W);
+      if (nch > 1) {
+        var lab = it.label.length > nch ? it.label.slice(0, nch - 1) + '…' : it.label;
+        ctx.fillStyle = '#fff'; ctx.fillText(lab, x0 + 3, y + ROW_H / 2 + 1); ctx.fillStyle = it.color;
+      }
+    }
+    if (it === selected) { ctx.save(); ctx.strokeStyle = '#111'; ctx.lineWidth = 2; ctx.strokeRect(x0 - 1, yy - 1, w + 2, h + 2); ctx.restore(); }
+  }
+}
+function draw() {
+  var t0 = performance.now();
+  ctx.clearRect(0, 0, cssW, cssH);
+  ctx.fillStyle = '#fff'; ctx.fillRect(0, 0, cssW, cssH);
+  ctx.font = '11px ui-monospace, Menlo, Consolas, "DejaVu Sans Mono", monospace';
+  ctx.textBaseline = 'middle';
+  var first = Math.max(0, Math.floor(view.y / ROW_H)), last = Math.min(rows.length, Math.ceil((view.y + cssH - AXIS_H) / ROW_H) + 1);
+  // Grid.
+  var step = niceStep(view.e - view.s, cssW - LABEL_W), g0 = Math.ceil(view.s / step) * step;
+  ctx.fillStyle = C.grid;
+  for (var g = g0; g <= view.e; g += step) ctx.fillRect(Math.round(X(g)), AXIS_H, 1, cssH - AXIS_H);
+  // Rows.
+  for (var i = first; i < last; i++) {
+    var row = rows[i], y = rowY(i);
+    if (i % 2) { ctx.fillStyle = C.rowAlt; ctx.fillRect(LABEL_W, y, cssW - LABEL_W, ROW_H); }
+    if (i > 0 && rows[i - 1].group !== row.group) { ctx.fillStyle = '#b8bfcc'; ctx.fillRect(0, y, cssW, 1); }
+    ctx.save(); ctx.beginPath(); ctx.rect(LABEL_W, y, cssW - LABEL_W, ROW_H); ctx.clip();
+    drawLayer(row.layers[0], y); drawLayer(row.layers[1], y, true);
+    ctx.restore();
+  }
+  // Labels.
+  ctx.fillStyle = C.group; ctx.fillRect(0, AXIS_H, LABEL_W, cssH - AXIS_H);
+  for (i = first; i < last; i++) {
+    row = rows[i]; y = rowY(i);
+    if (y + ROW_H < AXIS_H) continue;
+    var lab = row.label, showGroup = row.kind === 'task' && (i === 0 || rows[i - 1].group !== row.group || i === first);
+    ctx.fillStyle = row.kind === 'loop' ? '#2f5fb3' : C.label;
+    if (row.kind === 'task') lab = (showGroup ? row.group + ' › ' : '   ↳ ') + lab;
+    var maxc = Math.floor((LABEL_W - 8) / CHAR_W);
+    if (lab.length > maxc) lab = lab.slice(0, maxc - 1) + '…';
+    ctx.fillText(lab, 4, y + ROW_H / 2 + 1);
+    if (i > 0 && rows[i - 1].group !== row.group) { ctx.fillStyle = '#b8bfcc'; ctx.fillRect(0, y, LABEL_W, 1); }
+  }
+  ctx.fillStyle = '#b8bfcc'; ctx.fillRect(LABEL_W - 1, AXIS_H, 1, cssH - AXIS_H);
+  // Axis.
+  ctx.fillStyle = '#fff'; ctx.fillRect(0, 0, cssW, AXIS_H);
+  ctx.fillStyle = '#b8bfcc'; ctx.fillRect(0, AXIS_H - 1, cssW, 1);
+  ctx.fillStyle = '#4b5563';
+  for (g = g0; g <= view.e; g += step) { var gx = X(g); ctx.fillRect(Math.round(gx), AXIS_H - 5, 1, 5); ctx.fillText(fmtT(g, step), gx + 3, 9); }
+  ctx.fillText('t after window start', 4, 9);
+  // Trigger.
+  var tx = X(TRIG);
+  if (tx >= LABEL_W && tx <= cssW) {
+    ctx.fillStyle = C.trigger; ctx.fillRect(Math.round(tx) - 1, 0, 2, cssH);
+    ctx.beginPath(); ctx.moveTo(tx - 6, 0); ctx.lineTo(tx + 6, 0); ctx.lineTo(tx, 9); ctx.fill();
+    ctx.font = 'bold 11px ui-monospace, Menlo, Consolas, monospace';
+    var tl = '▼ ' + str(trig.kind || 'trigger'), tlw = ctx.measureText(tl).width + 8;
+    var lx = tx + 8 + tlw > cssW ? tx - 8 - tlw : tx + 8;
+    ctx.fillStyle = '#fff'; ctx.fillRect(lx, 1, tlw, AXIS_H - 3);
+    ctx.fillStyle = C.trigger; ctx.fillText(tl, lx + 4, 10);
+  }
+  lastDrawMs = performance.now() - t0; draws++;
+  if (window.flightdeck) { window.flightdeck.lastDrawMs = lastDrawMs; window.flightdeck.draws = draws; }
+}
+var pending = false;
+function redraw() { if (!pending) { pending = true; requestAnimationFrame(function () { pending = false; draw(); }); } }
+
+// ---- hit testing and details --------------------------------------------------------
+function rowAt(y) { var i = Math.floor((y - AXIS_H + view.y) / ROW_H); return (y >= AXIS_H && i >= 0 && i < rows.length) ? rows[i] : null; }
+function hit(x, y) {
+  if (x < LABEL_W) return null;
+  var row = rowAt(y); if (!row) return null;
+  var t = T(x), tol = 3 * (view.e - view.s) / Math.max(1, cssW - LABEL_W), best = null, bestD = Infinity;
+  for (var L = row.layers.length - 1; L >= 0; L--) {
+    var layer = row.layers[L], i = firstVisible(layer, t - tol);
+    for (; i < layer.items.length; i++) {
+      var it = layer.items[i]; if (it.s > t + tol) break;
+      if (it.e < t - tol) continue;
+      var d = (t >= it.s && t <= it.e) ? 0 : Math.min(Math.abs(t - it.s), Math.abs(t - it.e));
+      if (d < bestD || (d === bestD && it.e - it.s < best.e - best.s)) { best = it; bestD = d; }
+    }
+    if (best) return best;  // the upper layer (blocks, marks) wins
+  }
+  return best;
+}
+function el(tag, textContent, cls) { var e = document.createElement(tag); if (textContent !== undefined) e.textContent = textContent; if (cls) e.className = cls; return e; }
+function kv(table, k, v) { if (v === null || v === undefined || v === '') return; var tr = el('tr'); tr.appendChild(el('td', k, 'k')); tr.appendChild(el('td', typeof v === 'object' ? JSON.stringify(v) : String(v))); table.appendChild(tr); }
+function stackPre(title, frames) {
+  var fr = arr(frames); if (!fr.length) return null;
+  var div = el('div'); div.appendChild(el('div', title, 'muted'));
+  div.appendChild(el('pre', fr.map(frameText).join('\n'), 'stack')); return div;
+}
+function at(t) { return '+' + t.toFixed(6) + ' s'; }
+function taskInfo(tb, t) {
+  kv(tb, 'task', str(t.id) + ' ' + str(t.name)); kv(tb, 'coro', t.coro); kv(tb, 'state', t.state);
+  kv(tb, 'error', t.error); kv(tb, 'parent', t.parent);
+  var r = reqById.get(t.request); if (r) kv(tb, 'request', r.label);
+  if (num(t.created) !== null) kv(tb, 'created', at(rel(t.created)));
+  if (num(t.done) !== null) kv(tb, 'done', at(rel(t.done)));
+  if (t.site && typeof t.site === 'object') kv(tb, 'created at', frameText(t.site));
+}
+function showDetails(it) {
+  details.textContent = '';
+  if (!it) { details.appendChild(el('p', 'Click a slice for details.', 'muted')); return; }
+  var r = it.ref, tb = el('table'), extra = [];
+  var titles = {request: it.label, block: 'loop blocked ' + fmtDur(it.e - it.s), step: 'task step: ' + it.label,
+    ready: 'ready (scheduling delay)', suspended: 'suspended', callback: 'callback ' + it.label, lag: 'loop lag',
+    executor: 'executor: ' + it.label, queued: 'executor queue', region: 'region ' + it.label, log: 'log', mark: it.label};
+  details.appendChild(el('h3', titles[it.kind] || it.kind));
+  kv(tb, 'kind', it.kind);
+  kv(tb, 'start', at(it.s));
+  if (!it.tick) kv(tb, 'duration', fmtDur(it.e - it.s));
+  if (it.kind === 'request') {
+    kv(tb, 'method', r.method); kv(tb, 'path', r.path); kv(tb, 'query', r.query); kv(tb, 'route', r.route);
+    kv(tb, 'status', r.status === null || r.status === undefined ? (num(r.end) === null ? 'in flight' : 'none') : r.status);
+    if (num(r.ttfb) !== null) kv(tb, 'ttfb', fmtDur(r.ttfb));
+    kv(tb, 'client', r.client); kv(tb, 'disconnected', r.disconnected ? 'yes' : null);
+    kv(tb, 'exception', r.error); kv(tb, 'kind', r.kind); kv(tb, 'id', r.id);
+    if (r.headers && typeof r.headers === 'object' && Object.keys(r.headers).length) kv(tb, 'headers', r.headers);
+    if (Array.isArray(r.tasks)) kv(tb, 'tasks', r.tasks.join(' '));
+  } else if (it.kind === 'block' || it.kind === 'callback' || it.kind === 'lag') {
+    kv(tb, 'callback', r.callback);
+    if (it.kind === 'lag') kv(tb, 'late by', fmtDur(num(r.duration)));
+    extra.push(stackPre('stack while blocked (innermost last)', r.stack));
+  } else if (it.kind === 'step' || it.kind === 'ready' || it.kind === 'suspended') {
+    if (it.step) { kv(tb, 'waited before', fmtDur(num(it.step[2]))); kv(tb, 'ready (sched. delay)', num(it.step[3]) === null ? 'not measured' : fmtDur(num(it.step[3]))); }
+    taskInfo(tb, r);
+    if (it.wait) extra.push(stackPre('suspended at (innermost last)', it.wait.stack));
+    if (it.extra && it.extra.awaiting) extra.push(stackPre('awaiting at snapshot time (innermost last)', it.extra.awaiting));
+  } else if (it.kind === 'executor' || it.kind === 'queued') {
+    kv(tb, 'func', r.func); kv(tb, 'thread', r.thread);
+    if (num(r.started) !== null && num(r.start) !== null) kv(tb, 'queued', fmtDur(r.started - r.start));
+    if (num(r.end) === null) kv(tb, 'state', 'still running');
+    kv(tb, 'exception', r.error); kv(tb, 'task', r.task);
+    var rq = reqById.get(r.request); if (rq) kv(tb, 'request', rq.label);
+  } else if (it.kind === 'region' || it.kind === 'log') {
+    kv(tb, 'name', r.name); kv(tb, 'category', r.category); kv(tb, 'message', r.message); kv(tb, 'task', r.task);
+  } else if (it.kind === 'mark') {
+    kv(tb, 'trigger', r.trigger_kind); kv(tb, 'reason', r.reason);
+  }
+  details.appendChild(tb);
+  extra.forEach(function (e) { if (e) details.appendChild(e); });
+}
+function select(it) { selected = it || null; showDetails(selected); draw(); return selected ? details.textContent : null; }
+
+// ---- input --------------------------------------------------------------------------
+var drag = null;
+canvas.addEventListener('mousedown', function (e) {
+  var r = canvas.getBoundingClientRect();
+  drag = {x: e.clientX, y: e.clientY, s: view.s, e: view.e, vy: view.y, moved: false, ox: e.clientX - r.left, oy: e.clientY - r.top};
+  canvas.focus(); e.preventDefault();
+});
+window.addEventListener('mousemove', function (e) {
+  var r = canvas.getBoundingClientRect();
+  if (drag) {
+    var dx = e.clientX - drag.x, dy = e.clientY - drag.y;
+    if (!drag.moved && Math.abs(dx) + Math.abs(dy) > 3) { drag.moved = true; canvas.classList.add('dragging'); }
+    if (drag.moved) {
+      var dt = dx / Math.max(1, cssW - LABEL_W) * (drag.e - drag.s);
+      setView(drag.s - dt, drag.e - dt); view.y = drag.vy - dy; clampY(); redraw();
+    }
+    return;
+  }
+  var x = e.clientX - r.left, y = e.clientY - r.top;
+  if (x < 0 || y < 0 || x > r.width || y > r.height) return;
+  var it = hit(x, y), t = T(x);
+  status.textContent = (x >= LABEL_W ? at(t) : '') + (it ? '  ' + it.kind + ': ' + it.label + (it.tick ? '' : ' (' + fmtDur(it.e - it.s) + ')') : '');
+});
+window.addEventListener('mouseup', function (e) {
+  if (!drag) return;
+  var d = drag; drag = null; canvas.classList.remove('dragging');
+  if (!d.moved) select(hit(d.ox, d.oy));
+});
+canvas.addEventListener('wheel', function (e) {
+  e.preventDefault();
+  var r = canvas.getBoundingClientRect();
+  if (e.shiftKey) { view.y += e.deltaY || e.deltaX; clampY(); }
+  else if (Math.abs(e.deltaX) > Math.abs(e.deltaY)) pan(e.deltaX / Math.max(1, cssW - LABEL_W));
+  else zoom(Math.exp(e.deltaY * (e.deltaMode === 1 ? 0.05 : 0.0015)), e.clientX - r.left);
+  redraw();
+}, {passive: false});
+window.addEventListener('keydown', function (e) {
+  if (e.ctrlKey || e.metaKey || e.altKey) return;
+  var k = e.key, h = cssH - AXIS_H;
+  if (k === '+' || k === '=') zoom(0.6);
+  else if (k === '-' || k === '_') zoom(1 / 0.6);
+  else if (k === 'ArrowLeft') pan(-0.2);
+  else if (k === 'ArrowRight') pan(0.2);
+  else if (k === 'ArrowUp') view.y -= ROW_H * 3;
+  else if (k === 'ArrowDown') view.y += ROW_H * 3;
+  else if (k === 'PageUp') view.y -= h * 0.9;
+  else if (k === 'PageDown') view.y += h * 0.9;
+  else if (k === '0' || k === 'f' || k === 'F') { fit(); view.y = 0; }
+  else if (k === 't' || k === 'T') trigView();
+  else if (k === 'Escape') { select(null); return; }
+  else return;
+  e.preventDefault(); clampY(); redraw();
+});
+document.getElementById('btn-fit').onclick = function () { fit(); view.y = 0; redraw(); };
+document.getElementById('btn-trigger').onclick = function () { trigView(); redraw(); };
+document.getElementById('btn-in').onclick = function () { zoom(0.6); redraw(); };
+document.getElementById('btn-out').onclick = function () { zoom(1 / 0.6); redraw(); };
+window.addEventListener('resize', function () { resize(); redraw(); });
+
+// ---- test and automation hooks ------------------------------------------------------
+function locate(kind, index) {
+  // Bring an item into view (zooming so it is at least a few pixels wide) and return
+  // the canvas coordinates of its middle.
+  var it = (byKind[kind] || [])[index || 0]; if (!it) return null;
+  var d = Math.max(it.e - it.s, 1e-6), span = view.e - view.s;
+  if (it.s < view.s || it.e > view.e || d / span * (cssW - LABEL_W) < 8) setView(it.s - d, it.e + d);
+  scrollToRow(it.row); draw();
+  var i = rows.indexOf(it.row);
+  var xs = Math.max(X(it.s), LABEL_W), xe = Math.min(X(it.e), cssW);
+  return {x: (xs + xe) / 2, y: rowY(i) + ROW_H / 2};
+}
+window.flightdeck = {
+  doc: doc,
+  rows: rows.map(function (r) { return r.label; }),
+  rowKinds: rows.map(function (r) { return r.kind; }),
+  itemCount: nItems,
+  trigger: TRIG,
+  kinds: function () { var o = {}; Object.keys(byKind).forEach(function (k) { o[k] = byKind[k].length; }); return o; },
+  view: function () { return {start: view.s, end: view.e, y: view.y, span: SPAN}; },
+  setView: function (s, e) { setView(s, e); draw(); },
+  fit: function () { fit(); view.y = 0; draw(); },
+  zoom: function (f) { zoom(f); draw(); },
+  locate: locate,
+  selectAt: function (x, y) { return select(hit(x, y)); },
+  select: function (kind, index) { var it = (byKind[kind] || [])[index || 0]; return it ? select(it) : null; },
+  selected: function () { return selected ? {kind: selected.kind, label: selected.label, start: selected.s, end: selected.e} : null; },
+  draw: draw,
+  ready: false
+};
+resize();
+trigView();
+draw();
+window.flightdeck.firstDrawMs = performance.now() - T_START;
+window.flightdeck.ready = true;
+})();

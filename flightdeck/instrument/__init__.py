@@ -1,0 +1,1 @@
+"""Instruments that feed the window: the loop hook, the watchdog, executor hooks, annotations."""

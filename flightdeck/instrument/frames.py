@@ -1,0 +1,85 @@
+"""Stacks and names as the window stores them: ``(function, file, line)`` tuples and strings.
+
+Nothing here keeps a frame, task or callable alive: only these plain values are recorded.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import types
+from contextvars import Context
+from typing import Any
+
+MAX_STACK = 48
+#: The instruments' own frames (step runners, job wrappers) are noise in a user's stack.
+_OWN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def stack_of(frame: types.FrameType | None, limit: int = MAX_STACK) -> tuple[Any, ...]:
+    """``(function, file, line)`` tuples, innermost last."""
+    out: list[tuple[str, str, int]] = []
+    while frame is not None and len(out) < limit:
+        code = frame.f_code
+        if not code.co_filename.startswith(_OWN_DIR):
+            out.append((code.co_qualname, code.co_filename, frame.f_lineno))
+        frame = frame.f_back
+    out.reverse()
+    return tuple(out)
+
+
+def await_chain(coro: Any, limit: int = MAX_STACK) -> tuple[Any, ...]:
+    """Where a suspended coroutine waits: its await chain's frames, innermost last."""
+    out: list[tuple[str, str, int]] = []
+    while coro is not None and len(out) < limit:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            break
+        code = frame.f_code
+        out.append((code.co_qualname, code.co_filename, frame.f_lineno))
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return tuple(out)
+
+
+def callable_name(fn: Any) -> str:
+    """A readable name for a callable (unwrapping ``partial`` and ``Context.run``)."""
+    for _ in range(4):
+        if isinstance(fn, functools.partial):
+            inner = fn.func
+            if getattr(inner, "__name__", None) == "run" and isinstance(
+                getattr(inner, "__self__", None), Context
+            ):
+                fn = fn.args[0] if fn.args else inner
+            else:
+                # Framework wrappers (e.g. FastAPI's sync-endpoint runner) carry the user's
+                # function as an argument: that is the name worth showing.
+                user = next(
+                    (
+                        a
+                        for a in (*fn.args, *fn.keywords.values())
+                        if isinstance(a, types.FunctionType)
+                    ),
+                    None,
+                )
+                fn = user if user is not None and _is_framework(inner) else inner
+        else:
+            break
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    if name is None:
+        name = type(fn).__qualname__
+    mod = getattr(fn, "__module__", None)
+    return f"{mod}.{name}" if mod and mod not in ("builtins", "__main__") else str(name)
+
+
+_FRAMEWORKS = ("fastapi", "starlette", "anyio")
+
+
+def _is_framework(fn: Any) -> bool:
+    return str(getattr(fn, "__module__", "")).partition(".")[0] in _FRAMEWORKS
+
+
+def current_frames_of(thread_id: int) -> tuple[Any, ...]:
+    """The stack of another thread right now, innermost last (empty if unknown)."""
+    frame = sys._current_frames().get(thread_id)
+    return stack_of(frame) if frame is not None else ()

@@ -1,0 +1,1 @@
+"""Snapshots: building the document, the ``Snapshot`` class, the store, ``FlightRecorder``."""

@@ -1,0 +1,358 @@
+"""Turn a frozen window into a ``flightdeck/1`` document (runs off the event loop)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..core import events as ev
+from ..core.window import Event, Frozen
+from .document import FORMAT, rfc3339
+
+Doc = dict[str, Any]
+
+
+def _text(value: Any) -> Any:
+    """Recorded raw on the hot path; made valid text here (lone surrogates become U+FFFD)."""
+    if isinstance(value, str) and not value.isascii():
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return value
+
+
+def _stack(frames: Any) -> list[dict[str, Any]] | None:
+    if not frames:
+        return None
+    return [{"function": f[0], "file": f[1], "line": f[2]} for f in frames]
+
+
+class _Builder:
+    def __init__(self, offset_ns: int) -> None:
+        self.offset = offset_ns
+        self.uid: dict[int, str] = {}
+        #: Earlier tasks that had the same raw id (CPython reuses addresses): raw ->
+        #: [(created_ns, uid), ...], so an event stamped before a reuse finds its own task.
+        self.older: dict[int, list[tuple[int, str]]] = {}
+        self.created_ns: dict[str, int] = {}
+        self.tasks: dict[str, Doc] = {}
+        self.last_end: dict[str, int] = {}
+        self.requests: dict[int, Doc] = {}
+        self.loop: list[Doc] = []
+        self.events: list[Doc] = []
+        self.n = 0
+        self.status_tasks: dict[int, Event] = {}
+        self.t_min: int | None = None
+
+    def ts(self, t_ns: int) -> float:
+        return (t_ns + self.offset) / 1e9
+
+    # -- tasks ------------------------------------------------------------------------------
+    def _new_task(self, raw: int, e: Event | None, *, status: bool = False) -> Doc:
+        """A task record; ``status``: from a status table (its earlier steps are not held)."""
+        prev_uid = self.uid.get(raw)
+        if prev_uid is not None:
+            self.older.setdefault(raw, []).append((self.created_ns.get(prev_uid, 0), prev_uid))
+        self.n += 1
+        uid = f"t{self.n}"
+        self.uid[raw] = uid
+        if e is None:
+            rec: Doc = {"id": uid, "name": None, "coro": None, "parent": None, "request": None}
+            rec["created"] = None
+            rec["site"] = None
+        else:
+            _, t, _, name, coro, parent, rid, site = e
+            rec = {
+                "id": uid,
+                "name": name,
+                "coro": coro,
+                "parent": self.task(parent)["id"] if parent is not None else None,
+                "request": rid,
+                "created": self.ts(t),
+                "site": {"function": site[0], "file": site[1], "line": site[2]} if site else None,
+            }
+            self.created_ns[uid] = t
+            if not status:
+                # Its first step's ``waited`` counts from creation; for a status record the
+                # previous step is outside the window, so that step's ``waited`` is unknown.
+                self.last_end[uid] = t
+        rec.update(done=None, state="pending", error=None, steps=[], awaiting=None, waits=[])
+        self.tasks[uid] = rec
+        return rec
+
+    def task(self, raw: int) -> Doc:
+        uid = self.uid.get(raw)
+        if uid is None:
+            return self._new_task(raw, None)
+        return self.tasks[uid]
+
+    def task_at(self, raw: int, t: int) -> Doc:
+        """The task that had id ``raw`` at time ``t`` (for events recorded after the fact)."""
+        uid = self.uid.get(raw)
+        if uid is not None and self.created_ns.get(uid, 0) > t:
+            for created, old in reversed(self.older.get(raw, ())):
+                if created <= t:
+                    return self.tasks[old]
+        return self.task(raw)
+
+    def _create(self, raw: int, e: Event) -> None:
+        uid = self.uid.get(raw)
+        if uid is not None:
+            rec = self.tasks[uid]
+            if self.status_tasks.get(raw) == e and rec["created"] is not None:
+                return  # the status record already describes this very task
+            if rec["created"] is None and rec["state"] == "pending":
+                # Referenced before its creation was recorded (a child made during an
+                # eager first step is created before its parent's factory returns): the
+                # same live task, since a pending task's address cannot be reused.
+                self._fill(rec, e)
+                return
+        self._new_task(raw, e)
+
+    def _fill(self, rec: Doc, e: Event) -> None:
+        _, t, _, name, coro, parent, rid, site = e
+        uid = rec["id"]
+        rec["name"] = name
+        rec["coro"] = coro
+        rec["parent"] = self.task(parent)["id"] if parent is not None else None
+        if rec["request"] is None:
+            rec["request"] = rid
+        rec["created"] = self.ts(t)
+        rec["site"] = {"function": site[0], "file": site[1], "line": site[2]} if site else None
+        self.created_ns[uid] = t
+
+    # -- requests ---------------------------------------------------------------------------
+    def _request(self, e: Event) -> Doc:
+        _, t, rid, kind, method, path, query, client, headers, host = e
+        rec: Doc = {
+            "id": rid,
+            "kind": kind,
+            "method": _text(method),
+            "path": _text(path),
+            "query": query,
+            "route": None,
+            "status": None,
+            "start": self.ts(t),
+            "end": None,
+            "duration": None,
+            "ttfb": None,
+            "body_end": None,
+            "client": f"{client[0]}:{client[1]}" if client else None,
+            "disconnected": False,
+            "error": None,
+            "headers": dict(headers) if headers else {},
+            "tasks": [],
+            "_t0": t,
+        }
+        self.requests[rid] = rec
+        if host is not None:
+            task = self.task(host)
+            if task["request"] is None:
+                task["request"] = rid
+        return rec
+
+    def feed_status(self, tasks: dict[int, Event], requests: dict[int, Event]) -> None:
+        # Tasks first: a request names the task that runs it.
+        self.status_tasks = tasks
+        for raw, e in tasks.items():
+            self._new_task(raw, e, status=True)
+        for e in requests.values():
+            self._request(e)
+
+    def feed(self, events: list[Event]) -> None:
+        ts = self.ts
+        # Task steps are most of the window: their branch is kept to local lookups only.
+        STEP = ev.TASK_STEP
+        off = self.offset
+        uid_of = self.uid.get
+        tasks = self.tasks
+        last_end = self.last_end
+        t_min = self.t_min
+        for e in events:
+            k = e[0]
+            t = e[1]
+            if t_min is None or t < t_min:
+                t_min = t
+            if k == STEP:
+                _, t0, t1, raw, tq = e
+                uid = uid_of(raw)
+                task = self.task(raw) if uid is None else tasks[uid]
+                uid = task["id"]
+                prev = last_end.get(uid)
+                if tq:
+                    ready: float | None = (t0 - tq) / 1e9 if t0 > tq else 0.0
+                    if prev is not None:
+                        waited: float | None = (tq - prev) / 1e9 if tq > prev else 0.0
+                    else:
+                        waited = None
+                else:
+                    waited = ready = None
+                task["steps"].append(((t0 + off) / 1e9, (t1 - t0) / 1e9, waited, ready))
+                last_end[uid] = t1
+                continue
+            self.t_min = t_min
+            if k == ev.TASK_CREATE:
+                self._create(e[ev.TASK_CREATE_TID], e)
+            elif k == ev.TASK_DONE:
+                _, t, raw, state, error, name = e
+                task = self.task(raw)
+                task["done"] = ts(t)
+                task["state"] = state
+                task["error"] = error
+                if name is not None:
+                    task["name"] = name
+            elif k == ev.TASK_WAIT:
+                _, t0, t1, raw, stack = e
+                self.task(raw)["waits"].append(
+                    {"start": ts(t0), "duration": (t1 - t0) / 1e9, "stack": _stack(stack) or []}
+                )
+            elif k == ev.REQ_START:
+                self._request(e)
+            elif k == ev.REQ_END:
+                _, t, rid, status, t_ttfb, route, disconnected, error, t_body = e
+                req = self.requests.get(rid)
+                if req is None:
+                    continue
+                if status is not None:
+                    req["status"] = status
+                if route is not None:
+                    req["route"] = route
+                if t_ttfb and req["ttfb"] is None:
+                    req["ttfb"] = (t_ttfb - req["_t0"]) / 1e9
+                req["end"] = ts(t)
+                req["duration"] = (t - req["_t0"]) / 1e9
+                req["body_end"] = ts(t_body) if t_body else None
+                req["disconnected"] = bool(disconnected)
+                req["error"] = error
+            elif k == ev.LOOP_BLOCK:
+                _, t0, t1, cb, stack = e
+                self._loop_entry("block", t0, t1 - t0, cb, _stack(stack) or [])
+            elif k == ev.LOOP_CALLBACK:
+                _, t0, t1, name = e
+                self._loop_entry("callback", t0, t1 - t0, name, None)
+            elif k == ev.LOOP_LAG:
+                self._loop_entry("lag", t, e[ev.LOOP_LAG_LAG], None, None)
+            elif k == ev.REGION:
+                _, t0, t1, name, raw = e
+                self.events.append(
+                    {
+                        "kind": "region",
+                        "start": ts(t0),
+                        "duration": (t1 - t0) / 1e9,
+                        "name": name,
+                        "task": self._task_ref(raw),
+                    }
+                )
+            elif k == ev.LOG:
+                _, t, category, message, raw = e
+                self.events.append(
+                    {
+                        "kind": "log",
+                        "start": ts(t),
+                        "category": category,
+                        "message": message,
+                        "task": self._task_ref(raw),
+                    }
+                )
+            elif k == ev.EXECUTOR:
+                _, tq, t0, t1, func, thread, raw, rid, error = e
+                self.events.append(
+                    {
+                        "kind": "executor",
+                        "start": ts(tq),
+                        "started": ts(t0) if t0 else None,
+                        "end": ts(t1) if t1 else None,
+                        "duration": (t1 - t0) / 1e9 if t0 and t1 else None,
+                        "func": func,
+                        "thread": thread,
+                        "task": self._task_ref(raw, tq),
+                        "request": rid,
+                        "error": error,
+                    }
+                )
+            elif k == ev.MARK:
+                _, t, kind, reason = e
+                self.events.append(
+                    {"kind": "trigger", "start": ts(t), "trigger_kind": kind, "reason": reason}
+                )
+        self.t_min = t_min
+
+    def _loop_entry(
+        self, kind: str, t0: int, dur_ns: int, callback: str | None, stack: Any
+    ) -> None:
+        self.loop.append(
+            {
+                "kind": kind,
+                "start": self.ts(t0),
+                "duration": dur_ns / 1e9,
+                "callback": callback,
+                "stack": stack,
+            }
+        )
+
+    def _task_ref(self, raw: int | None, t: int | None = None) -> str | None:
+        if raw is None:
+            return None
+        uid: str = (self.task(raw) if t is None else self.task_at(raw, t))["id"]
+        return uid
+
+    def finish(
+        self, awaiting: dict[int, Any], names: dict[int, Any]
+    ) -> tuple[list[Doc], list[Doc]]:
+        for raw, frames in awaiting.items():
+            uid = self.uid.get(raw)
+            if uid is not None and self.tasks[uid]["state"] == "pending":
+                task = self.tasks[uid]
+                task["awaiting"] = _stack(frames)
+                if raw in names:
+                    # Its name now (create_task(name=) on 3.11/3.12 names it after the
+                    # factory ran; set_name() may have renamed it since).
+                    name, coro = names[raw]
+                    task["name"] = name
+                    if task["coro"] is None:
+                        task["coro"] = coro
+        for task in self.tasks.values():
+            rid = task["request"]
+            if rid is not None:
+                req = self.requests.get(rid)
+                if req is not None:
+                    req["tasks"].append(task["id"])
+                else:
+                    # The request ended before the window: refer to nothing missing.
+                    task["request"] = None
+        for req in self.requests.values():
+            del req["_t0"]
+        return list(self.requests.values()), list(self.tasks.values())
+
+
+def build_document(
+    frozen: Frozen,
+    *,
+    snapshot_id: str,
+    offset_ns: int,
+    trigger: dict[str, Any],
+    process: dict[str, Any],
+    trigger_time_ns: int | None = None,
+) -> Doc:
+    """Assemble the native document from a frozen window."""
+    b = _Builder(offset_ns)
+    b.feed_status(frozen.tasks, frozen.requests)
+    count = 0
+    for events in frozen.iter_segments():
+        count += len(events)
+        b.feed(events)
+    requests, tasks = b.finish(frozen.extra.get("awaiting", {}), frozen.extra.get("names", {}))
+    end = b.ts(frozen.t_now)
+    start = b.ts(b.t_min) if b.t_min is not None else end
+    trig = dict(trigger)
+    trig["time"] = b.ts(trigger_time_ns if trigger_time_ns is not None else frozen.t_now)
+    return {
+        "format": FORMAT,
+        "id": snapshot_id,
+        "created_at": rfc3339(time.time()),
+        "trigger": trig,
+        "process": process,
+        "window": {"start": start, "end": end, "dropped": frozen.dropped, "events": count},
+        "requests": requests,
+        "tasks": tasks,
+        "loop": b.loop,
+        "events": b.events,
+    }

@@ -1,0 +1,340 @@
+"""``FlightRecorder``: the always-on rolling window and the snapshots made from it."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import io
+import os
+import threading
+import time
+from collections.abc import Callable
+from time import perf_counter_ns
+from typing import IO, Any
+
+from .._version import __version__
+from ..core import registry
+from ..core.config import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_WINDOW,
+    check_bool,
+    check_optional_seconds,
+    check_positive_int,
+    check_seconds,
+    env_bytes,
+    env_seconds,
+)
+from ..core.sink import Sink
+from ..core.window import Frozen, Window
+from ..instrument.loop import LoopInstrumentation, describe_loop
+from ..instrument.watchdog import Watchdog
+from . import build as builder
+from .document import Snapshot, SnapshotInProgress, new_id
+
+
+class FlightRecorder:
+    """Keeps the last ``window`` seconds of what the event loop did, within ``max_bytes``.
+
+    ``start()`` instruments the running event loop (when ``instrument_loop``) and starts a
+    background thread that compacts the window and watches for a blocked loop.
+    ``snapshot()`` freezes the window and builds a :class:`Snapshot`.
+    """
+
+    def __init__(
+        self,
+        window: float | None = None,
+        max_bytes: int | None = None,
+        *,
+        instrument_loop: bool = True,
+        loop_blocked: float | None = 0.1,
+        wait_threshold: float = 0.05,
+        slow_callback: float = 0.01,
+    ) -> None:
+        if window is None:
+            window = env_seconds("FLIGHTDECK_WINDOW", DEFAULT_WINDOW, can_disable=False)
+        if max_bytes is None:
+            max_bytes = env_bytes("FLIGHTDECK_MAX_BYTES", DEFAULT_MAX_BYTES)
+        self.window = check_seconds("window", window)
+        self.max_bytes = check_positive_int("max_bytes", max_bytes)
+        self.instrument_loop = check_bool("instrument_loop", instrument_loop)
+        self.loop_blocked = check_optional_seconds("loop_blocked", loop_blocked)
+        self.wait_threshold = check_seconds("wait_threshold", wait_threshold)
+        self.slow_callback = check_seconds("slow_callback", slow_callback)
+
+        self._window = Window(int(self.window * 1e9), self.max_bytes)
+        self._clock_offset_ns = time.time_ns() - perf_counter_ns()
+        self.sink = Sink(
+            self._window.append,
+            self._window.live_tasks,
+            self._window.live_requests,
+            self._window.last_event_time,
+            self.to_epoch,
+            wait_threshold_ns=int(self.wait_threshold * 1e9),
+            slow_callback_ns=int(self.slow_callback * 1e9),
+        )
+        #: The hot path: append one event tuple (see ``core.events``). Thread-safe.
+        self.emit: Callable[[tuple[Any, ...]], None] = self.sink.emit
+        self.live_tasks = self.sink.live_tasks
+        self.live_requests = self.sink.live_requests
+        self._started = False
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._build_lock = threading.Lock()
+        self._instrumentation: LoopInstrumentation | None = None
+        self._watchdog: Watchdog | None = None
+        self.loop_kind = "none"
+        self.coverage = self.sink.coverage
+        self.block_listeners = self.sink.block_listeners
+        self.freeze_hooks = self.sink.freeze_hooks
+        self.snapshots_taken = 0
+        self.snapshots_refused = 0
+        self._errors = 0
+
+    # -- lifecycle --------------------------------------------------------------------------
+    @property
+    def enabled(self) -> bool:
+        """True between ``start()`` and ``stop()``."""
+        return self._started
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Start recording; instruments ``loop`` (default: the running loop, if any).
+
+        Raises :class:`RuntimeError` if this recorder is already started.
+        """
+        if self._started:
+            raise RuntimeError("FlightRecorder is already started")
+        if loop is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+        self._started = True
+        self._stop.clear()
+        self._clock_offset_ns = time.time_ns() - perf_counter_ns()
+        try:
+            if loop is not None:
+                self.loop_kind = describe_loop(loop)
+                if self.instrument_loop:
+                    inst = LoopInstrumentation(self.sink, loop)
+                    inst.install()
+                    self._instrumentation = inst
+                if self.loop_blocked is not None:
+                    self._watchdog = Watchdog(self.sink, loop, self.loop_blocked)
+        except BaseException:
+            # A failed start leaves nothing behind: not started, loop untouched.
+            self._started = False
+            if self._instrumentation is not None:
+                self._instrumentation.uninstall()
+                self._instrumentation = None
+            self._watchdog = None
+            for key in self.coverage:
+                self.coverage[key] = False
+            raise
+        registry.active.append(self)
+        self._start_thread()
+
+    def _start_thread(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="flightdeck-recorder", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop recording and restore the loop. Harmless if not started or already stopped."""
+        if not self._started:
+            return
+        self._started = False
+        self._stop.set()
+        if self in registry.active:
+            registry.active.remove(self)
+        if self._instrumentation is not None:
+            self._instrumentation.uninstall()
+            self._instrumentation = None
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=2.0)
+        self._thread = None
+        if self._watchdog is not None:
+            self._watchdog.close()
+            self._watchdog = None
+        # Nothing is instrumented any more; a later start() sets what it installs again.
+        for key in self.coverage:
+            self.coverage[key] = False
+
+    def _run(self) -> None:
+        tick = 0.02
+        if self.loop_blocked is not None:
+            tick = min(tick, self.loop_blocked / 4)
+        # Drain every tick: a busy loop can append ~250k events/s, and what waits in the
+        # append buffer is the least compact form of the window.
+        while not self._stop.wait(tick):
+            try:
+                wd = self._watchdog
+                if wd is not None:
+                    wd.tick()
+                self._window.maintain()
+            except Exception:  # the recorder thread must outlive its own bugs
+                self._errors += 1
+
+    def maintain(self, force_seal: bool = False) -> None:
+        """Compact and evict now (normally done by the recorder's thread)."""
+        self._window.maintain(force_seal)
+
+    # -- snapshots --------------------------------------------------------------------------
+    def freeze(self) -> Frozen:
+        """Take the cheap, immutable part of a snapshot on the calling thread."""
+        if not self._started:
+            raise RuntimeError("FlightRecorder is not started; call start() first")
+        frozen = self._window.freeze()
+        for hook in self.freeze_hooks:
+            try:
+                hook(frozen)
+            except Exception:
+                self._errors += 1
+        return frozen
+
+    def build(
+        self,
+        frozen: Frozen,
+        *,
+        kind: str = "manual",
+        reason: str = "",
+        request: dict[str, Any] | None = None,
+        trigger_time_ns: int | None = None,
+    ) -> Snapshot:
+        """Build a :class:`Snapshot` from a frozen window (the expensive part; any thread).
+
+        Only one build runs at a time per recorder: a concurrent one raises
+        :class:`SnapshotInProgress` rather than queueing.
+        """
+        if not self._build_lock.acquire(blocking=False):
+            self.snapshots_refused += 1
+            raise SnapshotInProgress("a snapshot of this recorder is already being built")
+        try:
+            # The build allocates hundreds of thousands of containers that all survive it:
+            # left on, the cyclic GC would run full collections over the whole heap, with
+            # the GIL, stalling the event loop (and halving the build's throughput).
+            gc_was_enabled = gc.isenabled()
+            gc.disable()
+            try:
+                doc = builder.build_document(
+                    frozen,
+                    snapshot_id=new_id(),
+                    offset_ns=self._clock_offset_ns,
+                    trigger={"kind": kind, "reason": reason, "request": request},
+                    trigger_time_ns=trigger_time_ns,
+                    process=self._process_info(),
+                )
+            finally:
+                if gc_was_enabled:
+                    gc.enable()
+            self.snapshots_taken += 1
+            return Snapshot(doc)
+        finally:
+            self._build_lock.release()
+
+    def snapshot(self, reason: str = "", *, kind: str = "manual") -> Snapshot:
+        """Snapshot the current window (trigger kind ``manual`` by default).
+
+        The window is frozen on the calling thread and the document built right away; from
+        async code prefer ``await capture()``, which builds it in a worker thread.
+        """
+        return self.build(self.freeze(), kind=kind, reason=reason)
+
+    async def capture(self, reason: str = "", *, kind: str = "manual") -> Snapshot:
+        """Like :meth:`snapshot`, but builds the document off the event loop."""
+        import anyio.to_thread
+
+        frozen = self.freeze()
+        return await anyio.to_thread.run_sync(lambda: self.build(frozen, kind=kind, reason=reason))
+
+    def write_to(self, fileobj: IO[bytes] | IO[str]) -> int:
+        """Snapshot the window and write it to ``fileobj`` as native JSON; returns bytes written."""
+        data = self.snapshot().dumps("json")
+        if isinstance(fileobj, io.TextIOBase):
+            fileobj.write(data.decode())
+        else:
+            fileobj.write(data)  # type: ignore[arg-type]
+        return len(data)
+
+    def to_epoch(self, t_ns: int) -> float:
+        """Convert a recorder timestamp (``perf_counter_ns``) to Unix epoch seconds."""
+        return (t_ns + self._clock_offset_ns) / 1e9
+
+    def _process_info(self) -> dict[str, Any]:
+        import platform
+        import socket
+
+        return {
+            "pid": os.getpid(),
+            "hostname": socket.gethostname(),
+            "python": platform.python_version(),
+            "loop": self.loop_kind,
+            "flightdeck": __version__,
+            "coverage": dict(self.coverage),
+        }
+
+    def _after_fork(self) -> None:
+        self._build_lock = threading.Lock()
+        self._window.after_fork()
+        self._stop = threading.Event()
+        if self._watchdog is not None:
+            self._watchdog.after_fork()
+        self._start_thread()
+
+    @property
+    def internal_errors(self) -> int:
+        """flightdeck's own failures (recorder thread, freeze hooks, instruments)."""
+        return self._errors + self.sink.errors
+
+    # -- introspection ----------------------------------------------------------------------
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Counters: events held, bytes, segments, recorded/evicted/dropped, snapshots, ..."""
+        w = self._window
+        out: dict[str, Any] = {
+            "enabled": self._started,
+            "window": self.window,
+            "max_bytes": self.max_bytes,
+            "events": w.events,
+            "bytes": w.nbytes,
+            "segments": w.segments,
+            "recorded": w.recorded,
+            "evicted": w.evicted,
+            "dropped": w.dropped,
+            "overflows": w.overflows,
+            "seal_errors": w.seal_errors,
+            "snapshots": self.snapshots_taken,
+            "snapshots_refused": self.snapshots_refused,
+            "internal_errors": self.internal_errors,
+            "loop": self.loop_kind,
+            "coverage": dict(self.coverage),
+            "live_tasks": len(w.live_tasks),
+            "live_requests": len(w.live_requests),
+        }
+        if self._instrumentation is not None:
+            out["instrumentation"] = self._instrumentation.counters()
+        if self._watchdog is not None:
+            out["watchdog"] = self._watchdog.counters()
+        return out
+
+    def __repr__(self) -> str:
+        state = "started" if self._started else "stopped"
+        return f"<FlightRecorder {state} window={self.window}s max_bytes={self.max_bytes}>"
+
+
+def active_recorders() -> list[FlightRecorder]:
+    """The started recorders, in start order."""
+    return [r for r in registry.active if isinstance(r, FlightRecorder)]
+
+
+def _after_fork_in_child() -> None:
+    # Threads do not survive fork(): give each started recorder fresh locks and a new
+    # thread, and forget what the parent recorded so the child records on its own.
+    for rec in active_recorders():
+        try:
+            rec._after_fork()
+        except Exception:
+            rec._errors += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

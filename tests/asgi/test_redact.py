@@ -1,0 +1,258 @@
+from __future__ import annotations
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from flightdeck.asgi.redact import (
+    DEFAULT_SENSITIVE,
+    MAX_HEADER_VALUE,
+    MAX_HEADERS,
+    MAX_QUERY,
+    REDACTED,
+    capture_headers,
+    is_sensitive,
+    redact_query,
+)
+from flightdeck.core.text import TRUNCATED, safe_text
+
+SECRET = "S3CR3T"
+
+REQUIRED_KEYS = [
+    # OpenTelemetry url.query redaction
+    "AWSAccessKeyId",
+    "Signature",
+    "sig",
+    "X-Goog-Signature",
+    "X-Amz-Signature",
+    "X-Amz-Credential",
+    "X-Amz-Security-Token",
+    # Sentry's default denylist
+    "password",
+    "passwd",
+    "secret",
+    "api_key",
+    "apikey",
+    "auth",
+    "credentials",
+    "mysql_pwd",
+    "privatekey",
+    "private_key",
+    "token",
+    "session",
+    "sessionid",
+    "csrftoken",
+    "x_csrftoken",
+    "x_forwarded_for",
+    "set_cookie",
+    "cookie",
+    "authorization",
+    "x_api_key",
+]
+
+
+def _flip_case(key: str, flips: list[bool]) -> str:
+    return "".join(
+        c.upper() if f else c.lower() for c, f in zip(key, flips + [False] * len(key), strict=False)
+    )
+
+
+safe_chars = st.characters(codec="utf-8", exclude_characters="&=%+")
+plain_key = st.text(
+    alphabet=st.sampled_from("bcfhmqvwxyz0123456789_."), min_size=1, max_size=8
+).filter(lambda k: not is_sensitive(k))
+
+
+@st.composite
+def sensitive_key(draw: st.DrawFn) -> str:
+    base = draw(st.sampled_from(REQUIRED_KEYS))
+    base = _flip_case(base, draw(st.lists(st.booleans(), max_size=len(base))))
+    if draw(st.booleans()):
+        base = base.replace("_", "-")
+    return draw(st.text(safe_chars, max_size=4)) + base + draw(st.text(safe_chars, max_size=4))
+
+
+@st.composite
+def query_pairs(draw: st.DrawFn) -> list[tuple[str, str, bool]]:
+    pairs = []
+    for _ in range(draw(st.integers(0, 12))):
+        if draw(st.booleans()):
+            value = SECRET + draw(st.text(st.characters(exclude_characters="&"), max_size=20))
+            pairs.append((draw(sensitive_key()), value, True))
+        else:
+            pairs.append((draw(plain_key), draw(st.text(safe_chars, max_size=20)), False))
+    return pairs
+
+
+@pytest.mark.parametrize("key", [*REQUIRED_KEYS, "access_token", "X-AMZ-SIGNATURE", "Api-Key"])
+def test_required_keys_are_sensitive(key: str) -> None:
+    assert is_sensitive(key)
+    assert redact_query(f"a=1&{key}=v&b=2") == f"a=1&{key}={REDACTED}&b=2"
+
+
+def test_default_list_covers_otel_and_sentry() -> None:
+    lowered = {k.lower() for k in DEFAULT_SENSITIVE}
+    for key in REQUIRED_KEYS:
+        assert key.lower() in lowered
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"", ""),
+        ("", ""),
+        (b"a=1&b=2", "a=1&b=2"),
+        (b"q=hello%20world&page=2", "q=hello%20world&page=2"),
+        (b"flag&token&&a=", "flag&token&&a="),
+        (b"token=", f"token={REDACTED}"),
+        (b"token=a=b=c", f"token={REDACTED}"),
+        (b"b=%zz&%=1&password=%", f"b=%zz&%=1&password={REDACTED}"),
+        (b"pass%77ord=x", f"pass%77ord={REDACTED}"),
+        (b"pass%2577ord=x", f"pass%2577ord={REDACTED}"),
+        (b"api+key=x&user%5Btoken%5D=y", f"api+key={REDACTED}&user%5Btoken%5D={REDACTED}"),
+        (b"z=1&y=2&x=3&Secret=4", f"z=1&y=2&x=3&Secret={REDACTED}"),
+        (b"\xff\xfe=1&sig=\xff&v=\xc3", f"\ufffd\ufffd=1&sig={REDACTED}&v=\ufffd"),
+    ],
+)
+def test_examples(raw: bytes | str, expected: str) -> None:
+    assert redact_query(raw) == expected
+
+
+def test_truncation_marks_and_bounds() -> None:
+    out = redact_query(b"a=1&" * 5000)
+    assert len(out) <= MAX_QUERY
+    assert out.endswith("&" + TRUNCATED)
+    assert out.startswith("a=1&a=1")
+    # A single giant pair is cut inside it.
+    out = redact_query(b"q=" + b"x" * 100_000)
+    assert len(out) <= MAX_QUERY and out.endswith(TRUNCATED)
+    # A giant secret still ends up redacted, and what was lost is marked.
+    out = redact_query(b"token=" + b"x" * 100_000 + b"&a=1")
+    assert out == f"token={REDACTED}&{TRUNCATED}"
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(query_pairs())
+def test_no_sensitive_value_survives(pairs: list[tuple[str, str, bool]]) -> None:
+    raw = "&".join(f"{k}={v}" for k, v, _ in pairs)
+    for source in (raw, raw.encode("utf-8", "surrogatepass")):
+        out = redact_query(source)
+        assert SECRET not in out
+        if len(raw) < MAX_QUERY // 2:
+            kept = out.split("&") if out else []
+            assert len(kept) == len(pairs)
+            for (key, value, sensitive), got in zip(pairs, kept, strict=True):
+                assert got == f"{key}={REDACTED if sensitive else value}"
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.one_of(st.binary(max_size=3000), st.text(max_size=3000)))
+def test_never_raises_bounded_idempotent(raw: bytes | str) -> None:
+    out = redact_query(raw)
+    assert isinstance(out, str)
+    assert len(out) <= MAX_QUERY
+    out.encode("utf-8")  # serializable: no lone surrogates
+    assert redact_query(out) == out
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.binary(min_size=MAX_QUERY - 50, max_size=MAX_QUERY * 20))
+def test_large_inputs_bounded_idempotent(raw: bytes) -> None:
+    out = redact_query(raw)
+    assert len(out) <= MAX_QUERY
+    assert redact_query(out) == out
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(st.sampled_from(["a=1", "token=xyz", "&", "=", "sig", "%", "é"]), max_size=2000))
+def test_structured_large_idempotent(parts: list[str]) -> None:
+    out = redact_query("&".join(parts))
+    assert len(out) <= MAX_QUERY
+    assert "xyz" not in out
+    assert redact_query(out) == out
+
+
+def test_capture_headers_opt_in_and_redaction() -> None:
+    headers = [
+        (b"User-Agent", b"curl/8"),
+        (b"Authorization", b"Bearer abc"),
+        (b"Cookie", b"session=abc"),
+        (b"X-Api-Key", b"k"),
+        (b"X-My-Token", b"t"),
+        (b"Accept", b"text/html"),
+        (b"accept", b"application/json"),
+        (b"X-Bin", b"\xff\xfe ok"),
+        (b"Host", b"example"),
+    ]
+    names = frozenset(
+        {"user-agent", "authorization", "cookie", "x-api-key", "x-my-token", "accept", "x-bin"}
+    )
+    got = capture_headers(headers, names)
+    assert got == {
+        "user-agent": "curl/8",
+        "authorization": REDACTED,
+        "cookie": REDACTED,
+        "x-api-key": REDACTED,
+        "x-my-token": REDACTED,
+        "accept": "text/html, application/json",
+        "x-bin": "\ufffd\ufffd ok",
+    }
+    assert capture_headers(None, names) == {}
+    assert capture_headers(headers, frozenset()) == {}
+
+
+def test_capture_headers_bounds() -> None:
+    long = [(b"x-long", b"v" * 5000)]
+    value = capture_headers(long, frozenset({"x-long"}))["x-long"]
+    assert len(value) == MAX_HEADER_VALUE and value.endswith(TRUNCATED)
+    repeated = [(b"x-rep", b"abc")] * 2000
+    value = capture_headers(repeated, frozenset({"x-rep"}))["x-rep"]
+    assert len(value) == MAX_HEADER_VALUE and value.endswith(TRUNCATED)
+    many_names = frozenset(f"x-h{i}" for i in range(200))
+    many = [(name.encode(), b"1") for name in sorted(many_names)]
+    assert len(capture_headers(many, many_names)) == MAX_HEADERS
+
+
+header_name = st.one_of(sensitive_key(), plain_key).map(lambda s: s.lower())
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(st.tuples(header_name, st.binary(max_size=2000)), max_size=80))
+def test_capture_headers_property(items: list[tuple[str, bytes]]) -> None:
+    names = frozenset(n for n, _ in items)
+    headers = [(n.encode("utf-8"), SECRET.encode() + v) for n, v in items]
+    got = capture_headers(headers, names)
+    assert len(got) <= MAX_HEADERS
+    for name, value in got.items():
+        assert len(value) <= MAX_HEADER_VALUE
+        value.encode("utf-8")
+        if is_sensitive(name):
+            assert value == REDACTED
+        else:
+            assert value.startswith(SECRET[:MAX_HEADER_VALUE])
+    orjson.dumps(got)
+
+
+@pytest.mark.parametrize(
+    ("raw", "limit", "expected"),
+    [
+        (None, 10, ""),
+        ("/a/b", 10, "/a/b"),
+        (b"/caf\xc3\xa9", 10, "/café"),
+        (b"/\xff", 10, "/\ufffd"),
+        ("/x\udcff", 10, "/x\ufffd\ufffd\ufffd"),
+        ("/" + "a" * 50, 20, "/" + "a" * 7 + TRUNCATED),
+        ("abcdef", 3, "…[t"),
+    ],
+)
+def test_safe_text(raw: bytes | str | None, limit: int, expected: str) -> None:
+    assert safe_text(raw, limit) == expected
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.one_of(st.none(), st.binary(max_size=500), st.text(max_size=500)), st.integers(0, 300))
+def test_safe_text_property(raw: bytes | str | None, limit: int) -> None:
+    out = safe_text(raw, limit)
+    assert len(out) <= limit
+    out.encode("utf-8")

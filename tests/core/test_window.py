@@ -1,0 +1,345 @@
+"""The rolling window: eviction by age and bytes (fake clock), status records, threads."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from flightdeck.core import events as ev
+from flightdeck.core import window as _window
+from flightdeck.core.window import Window
+from flightdeck.snapshot.build import build_document
+
+S = 1_000_000_000  # one second in ns
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def make(clock: FakeClock, **kw: Any) -> Window:
+    opts: dict[str, Any] = {"window_ns": 10 * S, "max_bytes": 1 << 30, "segment_ns": S}
+    opts.update(kw)
+    return Window(clock=clock, **opts)
+
+
+def log(w: Window, clock: FakeClock, n: int, tag: str = "x") -> None:
+    for i in range(n):
+        w.append((ev.LOG, clock.now, "c", f"{tag}{i}", None))
+
+
+def build(w: Window) -> dict[str, Any]:
+    frozen = w.freeze()
+    return build_document(
+        frozen,
+        snapshot_id="20260101T000000Z-1-00000000",
+        offset_ns=0,
+        trigger={"kind": "manual", "reason": "", "request": None},
+        process={},
+    )
+
+
+def test_eviction_by_age_keeps_at_least_the_window() -> None:
+    clock = FakeClock()
+    w = make(clock)
+    for sec in range(15):
+        clock.now = sec * S
+        log(w, clock, 10, tag=f"s{sec}-")
+        w.maintain(force_seal=True)  # one segment per second
+    # At 14 s the horizon is 4 s: the segments that ended at 0..3 s are out of the window.
+    assert w.segments == 11 and w.evicted == 4 * 10
+    clock.now = 16 * S + 1
+    w.maintain()
+    # horizon = 6 s + 1 ns: segments ending at 0..6 s are older than the window; 7..14 stay.
+    assert w.segments == 8
+    assert w.evicted == 7 * 10
+    assert w.dropped == 0
+    doc = build(w)
+    messages = {e["message"] for e in doc["events"]}
+    assert "s7-0" in messages and "s14-9" in messages
+    assert not any(m.startswith(("s0-", "s6-")) for m in messages)
+    assert doc["window"]["events"] == 80
+
+
+def test_eviction_by_bytes_wins_over_window() -> None:
+    clock = FakeClock()
+    w = make(clock, window_ns=3600 * S, max_bytes=4096)
+    total = 0
+    for sec in range(40):
+        clock.now = sec * S
+        log(w, clock, 50, tag=f"s{sec}-")
+        total += 50
+        w.maintain(force_seal=True)
+        assert w.nbytes <= w.max_bytes
+    # Everything is younger than the hour-long window, yet old segments went: counted dropped.
+    assert w.evicted == 0
+    assert w.dropped > 0
+    assert w.events + w.dropped == total
+    assert w.recorded == total
+    doc = build(w)
+    assert doc["window"]["dropped"] == w.dropped
+    assert any(e["message"] == "s39-49" for e in doc["events"])  # the newest is kept
+
+
+def test_segment_sealed_when_old_or_large_enough() -> None:
+    clock = FakeClock()
+    w = make(clock, segment_events=100)
+    log(w, clock, 99)
+    w.maintain()
+    assert w.segments == 0  # neither 100 events nor a second old
+    log(w, clock, 1)
+    w.maintain()
+    assert w.segments == 1
+    log(w, clock, 5)
+    w.maintain()
+    assert w.segments == 1
+    clock.now += S
+    w.maintain()
+    assert w.segments == 2 and w.sealed == 2
+
+
+def test_status_records_survive_eviction_of_the_creation() -> None:
+    clock = FakeClock()
+    w = make(clock)
+    # A task and a request created at t=0, alive for a minute; another task done at t=1.
+    w.append((ev.TASK_CREATE, 0, 111, "Task-1", "long_job", None, 7, None))
+    w.append((ev.REQ_START, 0, 7, "http", "GET", "/hang", "", None, (), 111))
+    w.append((ev.TASK_CREATE, 0, 222, "Task-2", "short_job", None, None, None))
+    w.maintain(force_seal=True)
+    clock.now = S
+    w.append((ev.TASK_DONE, S, 222, "done", None, "Task-2"))
+    w.maintain(force_seal=True)
+    for sec in range(2, 60):
+        clock.now = sec * S
+        w.append((ev.TASK_STEP, clock.now, clock.now + 1000, 111, clock.now - 10))
+        w.maintain(force_seal=True)
+    assert w.evicted > 0
+    doc = build(w)
+    tasks = {t["id"]: t for t in doc["tasks"]}
+    (long_job,) = [t for t in doc["tasks"] if t["coro"] == "long_job"]
+    assert long_job["name"] == "Task-1" and long_job["request"] == 7
+    assert long_job["created"] == 0.0 and long_job["state"] == "pending"
+    assert len(long_job["steps"]) >= 10
+    # The first step held follows evicted ones: its ``waited`` is unknown, not "since creation".
+    assert long_job["steps"][0][2] is None and long_job["steps"][1][2] is not None
+    assert not any(t["coro"] == "short_job" for t in doc["tasks"])  # ended before the window
+    (req,) = doc["requests"]
+    assert req["id"] == 7 and req["path"] == "/hang" and req["tasks"] == [long_job["id"]]
+    # Referential integrity: every reference points into the document.
+    for t in doc["tasks"]:
+        assert t["name"] is not None
+        assert t["parent"] is None or t["parent"] in tasks
+    for r in doc["requests"]:
+        assert all(tid in tasks for tid in r["tasks"])
+
+
+def test_status_comes_from_events_not_from_a_racing_live_table() -> None:
+    """A task that ends in the first batch of a segment is still described after eviction.
+
+    (A status table copied from the loop's live dict at drain time missed such a task: its
+    completion was drained with the copy already taken without it.)
+    """
+    clock = FakeClock()
+    w = make(clock, window_ns=5 * S)
+    w.append((ev.TASK_CREATE, 0, 333, "Task-3", "quick", None, None, None))
+    w.maintain(force_seal=True)
+    # The loop already dropped it from its live table when the next segment opened.
+    assert w.live_tasks == {}
+    clock.now = S
+    w.append((ev.TASK_STEP, S, S + 5, 333, S - 5))
+    w.append((ev.TASK_DONE, S + 5, 333, "error", "ValueError", "renamed"))
+    w.maintain(force_seal=True)
+    clock.now = 5 * S + S // 2  # horizon 0.5 s: evicts the creation segment only
+    w.maintain()
+    assert w.segments == 1 and w.evicted == 1
+    (task,) = build(w)["tasks"]
+    assert task["coro"] == "quick" and task["name"] == "renamed"
+    assert task["state"] == "error" and task["error"] == "ValueError"
+
+
+def test_ended_request_is_not_in_the_next_status() -> None:
+    clock = FakeClock()
+    w = make(clock, window_ns=2 * S)
+    w.append((ev.REQ_START, 0, 9, "http", "GET", "/a", "", None, (), None))
+    w.append((ev.REQ_END, 10, 9, 200, 5, "/a", False, None, 10))
+    w.append((ev.TASK_CREATE, 1, 444, "T", "bg", None, 9, None))  # outlives its request
+    w.maintain(force_seal=True)
+    for sec in range(1, 6):
+        clock.now = sec * S
+        w.append((ev.TASK_STEP, clock.now, clock.now + 1, 444, clock.now))
+        w.maintain(force_seal=True)
+    doc = build(w)
+    assert doc["requests"] == []
+    (task,) = doc["tasks"]
+    assert task["coro"] == "bg"
+    assert task["request"] is None  # the request is not in the document: no dangling ref
+
+
+def test_threads_emitting_while_maintaining_lose_nothing() -> None:
+    w = Window(60 * S, 1 << 30, segment_events=500)
+    n_threads, per_thread = 4, 20_000
+    go = threading.Event()
+    done = threading.Event()
+
+    def producer(k: int) -> None:
+        append = w.append
+        go.wait()
+        for i in range(per_thread):
+            append((ev.LOG, i, "t", k, None))
+
+    def maintainer() -> None:
+        go.wait()
+        while not done.is_set():
+            w.maintain()
+            w.freeze()
+
+    threads = [threading.Thread(target=producer, args=(k,)) for k in range(n_threads)]
+    m = threading.Thread(target=maintainer)
+    for t in [*threads, m]:
+        t.start()
+    go.set()
+    for t in threads:
+        t.join()
+    done.set()
+    m.join()
+    w.maintain(force_seal=True)
+    total = n_threads * per_thread
+    assert w.recorded == total
+    assert w.events == total and w.dropped == 0 and w.evicted == 0
+    frozen = w.freeze()
+    seen: dict[int, list[int]] = {k: [] for k in range(n_threads)}
+    for events in frozen.iter_segments():
+        for e in events:
+            seen[e[3]].append(e[1])
+    for k in range(n_threads):
+        assert seen[k] == list(range(per_thread))  # each thread's events, all, in order
+
+
+def test_concurrent_maintain_keeps_segments_in_order() -> None:
+    clock_lock = threading.Lock()
+    ticks = [0]
+
+    def clock() -> int:
+        with clock_lock:
+            ticks[0] += 1
+            return ticks[0]
+
+    w = Window(1 << 62, 1 << 30, segment_events=1, clock=clock)
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.is_set():
+            w.append((ev.LOG, 0, "c", "m", None))
+            w.maintain(force_seal=True)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    deadline = threading.Event()
+    deadline.wait(0.3)  # how long to hammer it; correctness does not depend on it
+    stop.set()
+    for t in threads:
+        t.join()
+    w.maintain(force_seal=True)
+    segs = list(w._segments)
+    assert [s.t_start for s in segs] == sorted(s.t_start for s in segs)
+    assert sum(s.count for s in segs) == w.recorded
+
+
+def test_freeze_while_a_segment_is_being_sealed(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    w = make(clock)
+    entered = threading.Event()
+    release = threading.Event()
+    real_dumps = _window.marshal.dumps
+
+    def slow_dumps(value: object) -> bytes:
+        entered.set()
+        assert release.wait(10)
+        return real_dumps(value)
+
+    w.append((ev.TASK_CREATE, 0, 5, "T", "c", None, None, None))
+    w.maintain(force_seal=True)
+    log(w, clock, 3, tag="sealing")
+    monkeypatch.setattr(_window.marshal, "dumps", slow_dumps)
+    sealer = threading.Thread(target=w.maintain, kwargs={"force_seal": True})
+    sealer.start()
+    assert entered.wait(10)
+    log(w, clock, 2, tag="open")
+    frozen = w.freeze()  # the sealing events are neither lost nor duplicated
+    release.set()
+    sealer.join()
+    msgs = [e[3] for events in frozen.iter_segments() for e in events if e[0] == ev.LOG]
+    assert msgs == ["sealing0", "sealing1", "sealing2", "open0", "open1"]
+    assert len(frozen.segments) == 1 and frozen.tasks == {}  # status before the oldest event
+    assert w.segments == 2
+
+
+def test_buffer_overflow_is_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_window, "BUFFER_MAXLEN", 8)
+    clock = FakeClock()
+    w = make(clock)
+    assert w._buffer.maxlen == 8
+    log(w, clock, 20)
+    w.maintain()
+    assert w.overflows == 1 and w.dropped >= 1
+    assert w.recorded == 8
+
+
+def test_unmarshallable_event_counts_as_dropped() -> None:
+    clock = FakeClock()
+    w = make(clock)
+    w.append((ev.LOG, 0, "c", object(), None))  # not marshal-able: a bug elsewhere
+    w.maintain(force_seal=True)
+    assert w.seal_errors == 1 and w.dropped == 1 and w.segments == 0
+    log(w, clock, 1)
+    w.maintain(force_seal=True)
+    assert w.segments == 1
+
+
+def test_clear_forgets_everything() -> None:
+    clock = FakeClock()
+    w = make(clock)
+    w.append((ev.TASK_CREATE, 0, 5, "T", "c", None, None, None))
+    w.maintain(force_seal=True)
+    log(w, clock, 3)
+    w.clear()
+    frozen = w.freeze()
+    assert frozen.tasks == {} and frozen.segments == [] and frozen.tail == []
+    assert w.events == 0
+
+
+def test_last_event_time() -> None:
+    clock = FakeClock()
+    w = make(clock)
+    assert w.last_event_time() is None
+    w.append((ev.TASK_STEP, 10, 25, 1, 5))
+    assert w.last_event_time() == 25
+    w.maintain()
+    assert w.last_event_time() == 25  # from the open segment once drained
+
+
+def test_segments_compressed_only_past_half_the_budget() -> None:
+    clock = FakeClock()
+    w = Window(10**12, 64 << 10, clock=clock)
+    for i in range(200):
+        w.append((ev.TASK_STEP, i, i + 1, 7, i))
+    w.maintain(force_seal=True)
+    assert w.segments == 1 and not w._segments[0].compressed  # room to spare: no zlib
+    for batch in range(40):
+        for i in range(500):
+            w.append((ev.TASK_STEP, 10**9 + i, 10**9 + i + 1, batch, i))
+        w.maintain(force_seal=True)
+    assert w.nbytes <= w.max_bytes
+    assert any(s.compressed for s in w._segments)  # pressure: oldest compressed first
+    flags = [s.compressed for s in w._segments]
+    assert flags == sorted(flags, reverse=True)
+    frozen = w.freeze()
+    events = [e for seg in frozen.iter_segments() for e in seg]
+    assert len(events) == sum(s.count for s in frozen.segments) + len(frozen.tail)

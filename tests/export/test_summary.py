@@ -1,0 +1,95 @@
+"""The findings list and the text summary."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from samples import T0, make_big_doc, make_doc, make_empty_doc
+
+from flightdeck.export.summary import findings, fmt_duration, summarize
+
+
+def test_fmt_duration() -> None:
+    assert fmt_duration(0.00085) == "850 µs"
+    assert fmt_duration(0.04) == "40.0 ms"
+    assert fmt_duration(0.4) == "400 ms"
+    assert fmt_duration(1.2) == "1.20 s"
+    assert fmt_duration(None) == "?"
+
+
+def test_findings_of_sample() -> None:
+    found = findings(make_doc())
+    assert found[0] == "loop blocked 1.20 s in block at app.py:30 (handler /block)"
+    assert "GET /slow 200 took 1.20 s" in found
+    assert "GET /block 200 took 1.25 s" in found
+    assert "POST /upload still in flight after 1.20 s" in found
+    assert "GET /error 500 failed: ValueError" in found
+    assert any(
+        f.startswith("worst scheduling delay 40.0 ms for task t4 slow.<locals>.fetch_user")
+        for f in found
+    )
+    assert any(f.startswith("longest wait 1.12 s") and "app.py:41" in f for f in found)
+    assert any(f.startswith("3 events dropped") for f in found)
+    assert all(isinstance(f, str) and "\n" not in f for f in found)
+
+
+def test_findings_of_quiet_window() -> None:
+    assert findings(make_empty_doc()) == []
+
+
+def test_coverage_gaps_are_reported() -> None:
+    doc = make_doc()
+    doc["process"]["loop"] = "uvloop"
+    doc["process"]["coverage"]["scheduling_delay"] = False
+    assert "not measured on uvloop: scheduling delay" in findings(doc)
+
+
+def test_summary_sections() -> None:
+    text = summarize(make_doc())
+    assert text.startswith("snapshot 20261126T015000Z-1234-a1b2c3d4")
+    assert "trigger:  slow_request — GET /slow took 1.20 s (threshold 1.00 s)" in text
+    assert "pid 1234 on web-1, Python 3.11.7, loop asyncio" in text
+    assert "window:   10.20 s" in text and "3 dropped" in text
+    slowest = text.split("slowest requests")[1].split("worst loop blocks")[0]
+    lines = [ln for ln in slowest.splitlines()[1:] if ln.strip()]
+    assert lines[0].split()[:4] == ["1.25", "s", "GET", "/block"]  # slowest first
+    assert "route /slow" in slowest and "ttfb 1.19 s" in slowest and "[3 tasks]" in slowest
+    assert "(in flight)" in slowest and "error ValueError" in slowest
+    blocks = text.split("worst loop blocks")[1].split("worst scheduling delays")[0]
+    assert "handler /block" in blocks
+    assert blocks.index("httptools_impl.py:401 in run_asgi") < blocks.index("app.py:30 in block")
+    delays = text.split("worst scheduling delays")[1].split("long waits")[0]
+    delay_lines = [ln for ln in delays.splitlines()[1:] if ln.strip()]
+    assert "40.0 ms" in delay_lines[0] and "t4" in delay_lines[0]
+    assert len(delay_lines) == 5
+    waits = text.split("long waits")[1]
+    assert "app.py:52 in fetch_user (awaiting acquire)" in waits
+    assert "awaiting starlette/requests.py:230 in receive" in text
+    assert text.rstrip().endswith("dropped: 3 events")
+
+
+def test_top_n_limits() -> None:
+    doc = make_big_doc(5_000)
+    text = summarize(doc)
+    slowest = text.split("slowest requests")[1].split("worst loop blocks")[0]
+    assert len([ln for ln in slowest.splitlines()[1:] if ln.strip()]) == 5
+    blocks = text.split("worst loop blocks")[1].split("worst scheduling delays")[0]
+    assert blocks.count("stack (innermost last)") == 3
+
+
+def test_defensive_against_missing_and_junk() -> None:
+    assert "trigger:  ?" in summarize({})
+    assert findings({}) == []
+    doc = make_doc(
+        requests=[{"id": 1, "start": "soon", "status": "200"}, "junk", None],
+        tasks=[{"id": "t1", "steps": [[T0, 0.1, None, None], None, ["x"]], "waits": "no"}],
+        loop=[{"kind": "block", "duration": None, "stack": [None, {"file": None}]}],
+        events=None,
+        window={"start": None, "end": T0, "dropped": "many"},
+        process=None,
+        trigger=None,
+    )
+    assert summarize(doc)
+    assert findings(doc)[0].startswith("loop blocked ?")

@@ -56,6 +56,7 @@ class EventSource:
             ("127.0.0.1", 40000 + rid % 20000),
             None,
             conn,
+            None,
         )
         self.live_requests[rid] = start
         emit(start)

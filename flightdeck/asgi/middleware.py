@@ -37,6 +37,7 @@ from ..snapshot.recorder import FlightRecorder
 from ..snapshot.store import SnapshotStore
 from .redact import MAX_METHOD, MAX_PATH, redact_query
 from .redact import capture_headers as _capture_headers
+from .tracecontext import trace_id_from_headers
 from .triggers import (
     Gate,
     LoopBlocked,
@@ -314,6 +315,7 @@ class FlightDeck:
             captured = _capture_headers(scope.get("headers"), self.capture_headers)
             headers = tuple(captured.items()) if captured else None
         task = _current_task()
+        raw_headers = scope.get("headers")
         return (
             ev.REQ_START,
             t0,
@@ -325,6 +327,7 @@ class FlightDeck:
             client,
             headers,
             None if task is None else id(task),
+            trace_id_from_headers(raw_headers) if raw_headers else None,
         )
 
     def _finish(

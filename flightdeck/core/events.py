@@ -153,6 +153,7 @@ SPECS: Final[dict[int, Spec]] = {
             ("client", "client"),
             ("headers", "pairs?", "the captured, redacted headers"),
             ("tid", "int?", "the task running the request"),
+            ("trace_id", "str?", "from a valid W3C traceparent header"),
         ),
         _spec(
             REQ_END,
@@ -222,6 +223,7 @@ LOOP_CALLBACK_START, LOOP_CALLBACK_END, LOOP_CALLBACK_NAME = 1, 2, 3
 LOOP_LAG_T, LOOP_LAG_LAG = 1, 2
 REQ_START_T, REQ_START_RID, REQ_START_SCOPE_TYPE, REQ_START_METHOD = 1, 2, 3, 4
 REQ_START_PATH, REQ_START_QUERY, REQ_START_CLIENT, REQ_START_HEADERS, REQ_START_TID = 5, 6, 7, 8, 9
+REQ_START_TRACE_ID = 10
 REQ_END_T, REQ_END_RID, REQ_END_STATUS, REQ_END_TTFB, REQ_END_ROUTE = 1, 2, 3, 4, 5
 REQ_END_DISCONNECTED, REQ_END_ERROR, REQ_END_BODY_END = 6, 7, 8
 REGION_START, REGION_END, REGION_NAME, REGION_TID = 1, 2, 3, 4

@@ -121,7 +121,7 @@ class _Builder:
 
     # -- requests ---------------------------------------------------------------------------
     def _request(self, e: Event) -> Doc:
-        _, t, rid, kind, method, path, query, client, headers, host = e
+        _, t, rid, kind, method, path, query, client, headers, host, trace_id = e
         rec: Doc = {
             "id": rid,
             "kind": kind,
@@ -139,6 +139,7 @@ class _Builder:
             "disconnected": False,
             "error": None,
             "headers": dict(headers) if headers else {},
+            "trace_id": trace_id,
             "tasks": [],
             "_t0": t,
         }

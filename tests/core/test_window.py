@@ -109,7 +109,7 @@ def test_status_records_survive_eviction_of_the_creation() -> None:
     w = make(clock)
     # A task and a request created at t=0, alive for a minute; another task done at t=1.
     w.append((ev.TASK_CREATE, 0, 111, "Task-1", "long_job", None, 7, None))
-    w.append((ev.REQ_START, 0, 7, "http", "GET", "/hang", "", None, (), 111))
+    w.append((ev.REQ_START, 0, 7, "http", "GET", "/hang", "", None, (), 111, None))
     w.append((ev.TASK_CREATE, 0, 222, "Task-2", "short_job", None, None, None))
     w.maintain(force_seal=True)
     clock.now = S
@@ -166,7 +166,7 @@ def test_status_comes_from_events_not_from_a_racing_live_table() -> None:
 def test_ended_request_is_not_in_the_next_status() -> None:
     clock = FakeClock()
     w = make(clock, window_ns=2 * S)
-    w.append((ev.REQ_START, 0, 9, "http", "GET", "/a", "", None, (), None))
+    w.append((ev.REQ_START, 0, 9, "http", "GET", "/a", "", None, (), None, None))
     w.append((ev.REQ_END, 10, 9, 200, 5, "/a", False, None, 10))
     w.append((ev.TASK_CREATE, 1, 444, "T", "bg", None, 9, None))  # outlives its request
     w.maintain(force_seal=True)

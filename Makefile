@@ -7,7 +7,7 @@ PYENV_ROOT ?= $(HOME)/.pyenv
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test test-all lint typecheck pytest soak bench bench-http clean
+.PHONY: run test test-all lint typecheck pytest pytest-pure soak bench bench-http clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" && command -v $(PYTHON) >/dev/null 2>&1 || { echo "python3.11 not found; set PYTHON=/path/to/python3.11+"; exit 1; }
@@ -32,7 +32,12 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
-# The suite on every supported interpreter (each in its own venv); a missing one is skipped.
+# The suite with the extension ignored at import: the pure-Python core.
+pytest-pure: $(STAMP)
+	FLIGHTDECK_NO_EXTENSIONS=1 $(PY) -m pytest -q
+
+# The suite on every supported interpreter (each in its own venv; a missing one is
+# skipped), then once more on the pure-Python core.
 test-all: test
 	@for v in 3.12 3.13; do \
 	  exe=$$(ls -d $(PYENV_ROOT)/versions/$$v.*/bin/python 2>/dev/null | tail -1); \
@@ -41,6 +46,8 @@ test-all: test
 	  echo "== Python $$v ($$exe)"; \
 	  $(MAKE) --no-print-directory pytest PYTHON=$$exe VENV=.venv-$$v || exit 1; \
 	done
+	@echo "== pure-Python core"
+	$(MAKE) --no-print-directory pytest-pure
 
 soak: $(STAMP)
 	$(PY) -m pytest -q -m soak -p no:cacheprovider -o addopts=""

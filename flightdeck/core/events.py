@@ -78,6 +78,9 @@ LOG: Final = 11
 EXECUTOR: Final = 12
 # 13 and 14 were REQ_ROUTE and REQ_TTFB, never emitted; their numbers stay unused.
 MARK: Final = 15
+GC: Final = 16
+TASK_CANCEL: Final = 17
+TASK_SLOW_STEP: Final = 18
 
 SPECS: Final[dict[int, Spec]] = {
     s.kind: s
@@ -207,6 +210,33 @@ SPECS: Final[dict[int, Spec]] = {
             ("kind", "str"),
             ("reason", "str"),
         ),
+        _spec(
+            GC,
+            "gc",
+            "a garbage collection that took at least the GC threshold (1 ms)",
+            ("t_start", "time"),
+            ("t_end", "time"),
+            ("generation", "int"),
+            ("collected", "int", "unreachable objects found"),
+        ),
+        _spec(
+            TASK_CANCEL,
+            "task_cancel",
+            "a task was woken because what it awaited was cancelled",
+            ("t", "time", "when it was woken"),
+            ("tid", "int"),
+            ("stack", "stack", "the await chain the cancellation was delivered at"),
+            ("cause", "str?", '"timeout" when the woken step turned it into a timeout'),
+        ),
+        _spec(
+            TASK_SLOW_STEP,
+            "task_slow_step",
+            "a task step longer than slow_callback, and where the task stood when it ended",
+            ("t_start", "time"),
+            ("t_end", "time"),
+            ("tid", "int"),
+            ("stack", "stack", "the await chain after the step (empty if it finished)"),
+        ),
     )
 }
 
@@ -231,6 +261,9 @@ LOG_T, LOG_CATEGORY, LOG_MESSAGE, LOG_TID = 1, 2, 3, 4
 EXECUTOR_QUEUED, EXECUTOR_START, EXECUTOR_END, EXECUTOR_FUNC = 1, 2, 3, 4
 EXECUTOR_THREAD, EXECUTOR_TID, EXECUTOR_REQUEST, EXECUTOR_ERROR = 5, 6, 7, 8
 MARK_T, MARK_KIND, MARK_REASON = 1, 2, 3
+GC_START, GC_END, GC_GENERATION, GC_COLLECTED = 1, 2, 3, 4
+TASK_CANCEL_T, TASK_CANCEL_TID, TASK_CANCEL_STACK, TASK_CANCEL_CAUSE = 1, 2, 3, 4
+TASK_SLOW_STEP_START, TASK_SLOW_STEP_END, TASK_SLOW_STEP_TID, TASK_SLOW_STEP_STACK = 1, 2, 3, 4
 
 
 def end_time(event: tuple[Any, ...]) -> int:

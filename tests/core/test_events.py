@@ -36,6 +36,9 @@ KIND_CONSTANTS = {
         "LOG",
         "EXECUTOR",
         "MARK",
+        "GC",
+        "TASK_CANCEL",
+        "TASK_SLOW_STEP",
     )
 }
 

@@ -25,7 +25,9 @@ def _stack(frames: Any) -> list[dict[str, Any]] | None:
     return [{"function": f[0], "file": f[1], "line": f[2]} for f in frames]
 
 
-class _Builder:
+class TaskTable:
+    """Task records by raw id, telling apart tasks that reused an address (CPython does)."""
+
     def __init__(self, offset_ns: int) -> None:
         self.offset = offset_ns
         self.uid: dict[int, str] = {}
@@ -35,12 +37,8 @@ class _Builder:
         self.created_ns: dict[str, int] = {}
         self.tasks: dict[str, Doc] = {}
         self.last_end: dict[str, int] = {}
-        self.requests: dict[int, Doc] = {}
-        self.loop: list[Doc] = []
-        self.events: list[Doc] = []
         self.n = 0
         self.status_tasks: dict[int, Event] = {}
-        self.t_min: int | None = None
 
     def ts(self, t_ns: int) -> float:
         return (t_ns + self.offset) / 1e9
@@ -118,6 +116,17 @@ class _Builder:
         rec["created"] = self.ts(t)
         rec["site"] = {"function": site[0], "file": site[1], "line": site[2]} if site else None
         self.created_ns[uid] = t
+
+
+class _Builder(TaskTable):
+    """Feeds events, in order, into the document's requests, tasks, loop and events."""
+
+    def __init__(self, offset_ns: int) -> None:
+        super().__init__(offset_ns)
+        self.requests: dict[int, Doc] = {}
+        self.loop: list[Doc] = []
+        self.events: list[Doc] = []
+        self.t_min: int | None = None
 
     # -- requests ---------------------------------------------------------------------------
     def _request(self, e: Event) -> Doc:

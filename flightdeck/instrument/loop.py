@@ -302,7 +302,10 @@ class LoopInstrumentation:
         STEP = ev.TASK_STEP
         DONE = ev.TASK_DONE
         WAIT = ev.TASK_WAIT
+        SLOW = ev.TASK_SLOW_STEP
+        CANCEL = ev.TASK_CANCEL
         wait_ns = self.rec.wait_threshold_ns
+        slow_ns = self.rec.slow_callback_ns
         step_type = _STEP_TYPE
         builtin_method = _BUILTIN_METHOD
         base_call_soon = base.call_soon
@@ -319,6 +322,49 @@ class LoopInstrumentation:
             live.pop(raw, None)
             emit(_done_event(DONE, t, raw, task))
 
+        def slow_step(task: Any, raw: int, t0: int, t1: int) -> None:
+            # A step past slow_callback: where the task stood when it ended names the hog
+            # when the watchdog had no sample of it (diagnosis: loop hogs).
+            try:
+                chain = () if task.done() else await_chain(task.get_coro())
+                emit((SLOW, t0, t1, raw, chain))
+            except Exception:
+                counters.errors += 1
+
+        def cancelled_wakeup(task: Any, raw: int, t_queued: int, callback: Any, *args: Any) -> None:
+            # What the task awaited was cancelled: record where it was delivered, run the
+            # step, and call it a timeout when that step took the cancellation back
+            # (``asyncio.timeout`` uncancels and raises TimeoutError in the same step).
+            try:
+                chain = await_chain(task.get_coro())
+                before = task.cancelling()
+            except Exception:
+                counters.errors += 1
+                chain, before = (), 0
+            t0 = pc()
+            try:
+                callback(*args)
+            finally:
+                t1 = pc()
+                emit((STEP, t0, t1, raw, t_queued))
+                cause = None
+                try:
+                    if task.cancelling() < before or (
+                        task.done()
+                        and not task.cancelled()
+                        and isinstance(task._exception, TimeoutError)
+                    ):
+                        cause = "timeout"
+                except Exception:
+                    counters.errors += 1
+                emit((CANCEL, t_queued, raw, chain, cause))
+                if t1 - t0 > slow_ns:
+                    slow_step(task, raw, t0, t1)
+                if task.done():
+                    finished(task, raw, t1)
+                else:
+                    last_end[raw] = t1
+
         def run_step(callback: Any, t_queued: int) -> None:
             t0 = pc()
             try:
@@ -328,6 +374,8 @@ class LoopInstrumentation:
                 task = callback.__self__
                 raw = id(task)
                 emit((STEP, t0, t1, raw, t_queued))
+                if t1 - t0 > slow_ns:
+                    slow_step(task, raw, t0, t1)
                 if task.done():
                     finished(task, raw, t1)
                 else:
@@ -343,12 +391,19 @@ class LoopInstrumentation:
                     emit((WAIT, prev, t_queued, raw, await_chain(task.get_coro())))
                 except Exception:
                     counters.errors += 1
+            try:
+                if args[0].cancelled():
+                    return cancelled_wakeup(task, raw, t_queued, callback, *args)
+            except Exception:  # a foreign future without cancelled(): an ordinary wakeup
+                pass
             t0 = pc()
             try:
                 callback(*args)
             finally:
                 t1 = pc()
                 emit((STEP, t0, t1, raw, t_queued))
+                if t1 - t0 > slow_ns:
+                    slow_step(task, raw, t0, t1)
                 if task.done():
                     finished(task, raw, t1)
                 else:

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..core import events as ev
 from ..core.window import Event, Frozen
+from . import causes
 from .document import FORMAT, rfc3339
 
 Doc = dict[str, Any]
@@ -153,8 +154,10 @@ class _Builder(TaskTable):
             "_t0": t,
         }
         self.requests[rid] = rec
+        rec["task"] = None
         if host is not None:
             task = self.task(host)
+            rec["task"] = task["id"]
             if task["request"] is None:
                 task["request"] = rid
         return rec
@@ -278,6 +281,25 @@ class _Builder(TaskTable):
                         "error": error,
                     }
                 )
+            elif k == ev.GC:
+                _, t0, t1, generation, collected = e
+                self._loop_entry("gc", t0, t1 - t0, None, None)
+                self.loop[-1].update(generation=generation, collected=collected)
+            elif k == ev.TASK_SLOW_STEP:
+                _, t0, t1, raw, stack = e
+                self._loop_entry("step", t0, t1 - t0, None, _stack(stack))
+                self.loop[-1]["task"] = self.task_at(raw, t0)["id"]
+            elif k == ev.TASK_CANCEL:
+                _, t, raw, stack, cause = e
+                self.events.append(
+                    {
+                        "kind": "cancel",
+                        "start": ts(t),
+                        "task": self.task_at(raw, t)["id"],
+                        "cause": cause,
+                        "stack": _stack(stack) or [],
+                    }
+                )
             elif k == ev.MARK:
                 _, t, kind, reason = e
                 self.events.append(
@@ -330,6 +352,10 @@ class _Builder(TaskTable):
                     task["request"] = None
         for req in self.requests.values():
             del req["_t0"]
+        for entry in self.loop:
+            if entry["kind"] == "step":
+                entry["callback"] = self.tasks[entry["task"]]["coro"]
+        causes.explain(self.events, self.tasks, self.requests)
         return list(self.requests.values()), list(self.tasks.values())
 
 

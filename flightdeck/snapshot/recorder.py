@@ -6,6 +6,7 @@ import asyncio
 import gc
 import io
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +27,9 @@ from ..core.config import (
 )
 from ..core.sink import Sink
 from ..core.window import Frozen, Window
+from ..instrument.gc import GcMonitor
 from ..instrument.loop import LoopInstrumentation, describe_loop
+from ..instrument.paths import app_module, process_paths
 from ..instrument.watchdog import Watchdog
 from . import build as builder
 from .document import Snapshot, SnapshotInProgress, new_id
@@ -82,6 +85,9 @@ class FlightRecorder:
         self._build_lock = threading.Lock()
         self._instrumentation: LoopInstrumentation | None = None
         self._watchdog: Watchdog | None = None
+        self._gc = GcMonitor(self.sink)
+        #: The application's top-level module (never folded in stacks), from who made us.
+        self.app_module = app_module(sys._getframe(1))
         self.loop_kind = "none"
         self.coverage = self.sink.coverage
         self.block_listeners = self.sink.block_listeners
@@ -120,6 +126,7 @@ class FlightRecorder:
                     self._instrumentation = inst
                 if self.loop_blocked is not None:
                     self._watchdog = Watchdog(self.sink, loop, self.loop_blocked)
+            self._gc.install()
         except BaseException:
             # A failed start leaves nothing behind: not started, loop untouched.
             self._started = False
@@ -127,6 +134,7 @@ class FlightRecorder:
                 self._instrumentation.uninstall()
                 self._instrumentation = None
             self._watchdog = None
+            self._gc.uninstall()
             for key in self.coverage:
                 self.coverage[key] = False
             raise
@@ -145,6 +153,7 @@ class FlightRecorder:
         self._stop.set()
         if self in registry.active:
             registry.active.remove(self)
+        self._gc.uninstall()
         if self._instrumentation is not None:
             self._instrumentation.uninstall()
             self._instrumentation = None
@@ -270,6 +279,7 @@ class FlightRecorder:
             "loop": self.loop_kind,
             "flightdeck": __version__,
             "coverage": dict(self.coverage),
+            "paths": process_paths(self.app_module),
         }
 
     def _after_fork(self) -> None:
@@ -314,6 +324,7 @@ class FlightRecorder:
             out["instrumentation"] = self._instrumentation.counters()
         if self._watchdog is not None:
             out["watchdog"] = self._watchdog.counters()
+        out["gc"] = self._gc.counters()
         return out
 
     def __repr__(self) -> str:

@@ -378,7 +378,7 @@ async def test_internal_failure_never_reaches_the_app(
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("flightdeck bug")
 
-    monkeypatch.setattr(deck, "_info", broken)
+    monkeypatch.setattr(deck.engine, "info", broken)
     monkeypatch.setattr("flightdeck.asgi.middleware.redact_query", broken)
     async with client(deck) as c:
         r = await c.get("/fast?a=1")

@@ -1,0 +1,306 @@
+"""The capture engine: triggers, the gate (cooldown, rate limit), the pending capture.
+
+The middleware hands it finished requests (``request_done``) only when an integer pre-check
+says a trigger may fire; the engine checks requests in flight and polled triggers on a
+periodic tick, hears loop blocks from the watchdog, and fires: a ``MARK`` event now, the
+capture ``capture_delay`` later (so the aftermath is in it), the document built in a thread.
+Everything here runs guarded: a failure is counted in ``errors`` and never reaches the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from time import perf_counter_ns
+from typing import Any
+
+from ..core import events as ev
+from ..core.text import ErrorLog, safe_text
+from ..snapshot.document import Snapshot, SnapshotInProgress
+from ..snapshot.recorder import FlightRecorder
+from ..snapshot.store import SnapshotStore
+from .config import Config
+from .redact import MAX_METHOD, MAX_PATH
+from .triggers import Gate, RateLimiter, RequestInfo, ServerError, SlowRequest, Trigger
+
+
+class RequestState:
+    """What the middleware notes about one request while it runs (times in ns)."""
+
+    __slots__ = ("body_end", "disconnected", "fired", "status", "ttfb")
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.ttfb = 0  # when http.response.start (or websocket.accept) was sent
+        self.disconnected = False
+        self.body_end = 0  # when the last body byte was sent
+        self.fired = False  # an in-flight trigger fired for this request
+
+
+class CaptureEngine:
+    """Decides when to snapshot and takes the snapshot; one per ``FlightDeck``."""
+
+    def __init__(self, config: Config, recorder: FlightRecorder, store: SnapshotStore) -> None:
+        self.config = config
+        self.recorder = recorder
+        self.store = store
+        self.gate = Gate(config.cooldown, RateLimiter(config.rate_count, config.rate_period))
+        self.errors = ErrorLog()
+        triggers = config.triggers
+        self.inflight_triggers = [t for t in triggers if _overrides(t, "on_inflight")]
+        self.block_triggers = [t for t in triggers if _overrides(t, "on_block")]
+        self.poll_triggers = [t for t in triggers if _overrides(t, "poll")]
+        self.request_triggers = [t for t in triggers if _overrides(t, "on_request")]
+        # Pre-check for the common case: only built-in request triggers, whose firing can be
+        # ruled out from the status, the error and the duration against the lowest threshold.
+        self.builtin_request_triggers = all(
+            type(t) in (SlowRequest, ServerError) for t in self.request_triggers
+        )
+        floors = [
+            min([t.threshold, *(v for v in t.routes.values() if v is not None)])
+            for t in self.request_triggers
+            if isinstance(t, SlowRequest)
+        ]
+        #: No finished request faster than this (ns) can fire a built-in trigger.
+        self.slow_floor_ns = int(min(floors) * 1e9) if floors else 1 << 62
+        #: Requests in flight, shared with the watchdog (which labels blocks with them):
+        #: rid -> (REQ_START event, scope, RequestState).
+        self.inflight = recorder.live_requests
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.capturing = False
+        self.captures = 0
+        self.capture_failures = 0
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Begin the periodic checks and listen for loop blocks (on ``loop``)."""
+        self.loop = loop
+        self.recorder.block_listeners.append(self.on_block)
+        loop.call_later(self.config.tick_interval, self._tick)
+
+    # -- requests ---------------------------------------------------------------------------
+    def request_done(
+        self,
+        rid: int,
+        scope: Any,
+        state: RequestState,
+        t0: int,
+        t1: int,
+        kind: str,
+        status: int | None,
+        route: str | None,
+        error: str | None,
+    ) -> None:
+        """A finished request that the middleware's pre-check could not rule out."""
+        try:
+            info = self.info(rid, scope, state, t0, kind, error, t1, status, route)
+            for trig in self.request_triggers:
+                if state.fired and isinstance(trig, SlowRequest):
+                    continue  # fired while in flight; not again for the same request
+                reason = trig.on_request(info)
+                if reason:
+                    trig_kind = trig.kind
+                    if isinstance(trig, ServerError) and info.error is not None:
+                        trig_kind = "exception"
+                    self.fire(trig_kind, info.route or info.path, reason, info, trig.cooldown)
+        except Exception as exc:
+            self.errors("request_end", exc)
+
+    def info(
+        self,
+        rid: int,
+        scope: Any,
+        state: RequestState,
+        t0: int,
+        kind: str,
+        error: str | None,
+        t_end: int | None,
+        status: int | None,
+        route: str | None,
+    ) -> RequestInfo:
+        """What a trigger sees of a request, finished (``t_end``) or in flight."""
+        now = perf_counter_ns()
+        client = client_of(scope.get("client"))
+        return RequestInfo(
+            id=rid,
+            kind=kind,
+            method=method_of(scope, kind),
+            path=safe_text(scope.get("path") or "", MAX_PATH),
+            route=route,
+            status=status,
+            start=self.recorder.to_epoch(t0),
+            duration=None if t_end is None else (t_end - t0) / 1e9,
+            elapsed=((t_end or now) - t0) / 1e9,
+            ttfb=(state.ttfb - t0) / 1e9 if state.ttfb else None,
+            client=f"{client[0]}:{client[1]}" if client else None,
+            disconnected=state.disconnected,
+            error=error,
+        )
+
+    # -- periodic checks and blocks (on the loop) -------------------------------------------
+    def _tick(self) -> None:
+        loop = self.loop
+        if loop is None or not self.recorder.enabled:
+            return
+        try:
+            if self.inflight_triggers and self.inflight:
+                for rid, (start, scope, state) in list(self.inflight.items()):
+                    if not state.fired:
+                        self._check_inflight(rid, start, scope, state)
+            for trig in self.poll_triggers:
+                reason = trig.poll()
+                if reason:
+                    self.fire(trig.kind, None, reason, None, trig.cooldown)
+        except Exception as exc:
+            self.errors("tick", exc)
+        finally:
+            try:
+                loop.call_later(self.config.tick_interval, self._tick)
+            except RuntimeError:
+                pass  # loop closed
+
+    def _check_inflight(self, rid: int, start: Any, scope: Any, state: RequestState) -> None:
+        info = self.info(
+            rid,
+            scope,
+            state,
+            start[ev.REQ_START_T],
+            start[ev.REQ_START_SCOPE_TYPE],
+            None,
+            None,
+            state.status,
+            route_of(scope),
+        )
+        for trig in self.inflight_triggers:
+            reason = trig.on_inflight(info)
+            if reason:
+                state.fired = True
+                self.fire(trig.kind, info.route or info.path, reason, info, trig.cooldown)
+                return
+
+    def on_block(self, event: tuple[Any, ...]) -> None:
+        """Called on the loop thread by the watchdog's heartbeat when a block ended."""
+        try:
+            _, t0, t1, where, _stack = event
+            duration = (t1 - t0) / 1e9
+            for trig in self.block_triggers:
+                reason = trig.on_block(duration, where)
+                if reason:
+                    self.fire(trig.kind, None, reason, None, trig.cooldown)
+        except Exception as exc:
+            self.errors("block_trigger", exc)
+
+    # -- snapshots --------------------------------------------------------------------------
+    def fire(
+        self,
+        kind: str,
+        route: str | None,
+        reason: str,
+        info: RequestInfo | None,
+        cooldown: float | None,
+    ) -> None:
+        """A trigger fired: pass it through the gate and schedule its capture."""
+        if self.capturing:
+            self.gate.suppress(kind)
+            return
+        if not self.gate.admit(kind, route, cooldown):
+            return
+        self.recorder.emit((ev.MARK, perf_counter_ns(), kind, reason[:500]))
+        self.capturing = True
+        record = info.to_record() if info is not None else None
+        t_fire = perf_counter_ns()
+        loop = self.loop
+        if loop is None:
+            self.capturing = False
+            return
+        loop.call_later(self.config.capture_delay, self._capture_now, kind, reason, record, t_fire)
+
+    def _capture_now(
+        self, kind: str, reason: str, record: dict[str, Any] | None, t_fire: int
+    ) -> None:
+        try:
+            frozen = self.recorder.freeze()
+        except Exception as exc:
+            self.capturing = False
+            self.capture_failures += 1
+            self.errors("freeze", exc)
+            return
+
+        def work() -> None:
+            try:
+                snap = self.recorder.build(
+                    frozen, kind=kind, reason=reason, request=record, trigger_time_ns=t_fire
+                )
+                self.store.put(snap)
+                self.captures += 1
+            except Exception as exc:
+                self.capture_failures += 1
+                self.errors("capture", exc)
+            finally:
+                self.capturing = False
+
+        threading.Thread(target=work, name="flightdeck-snapshot", daemon=True).start()
+
+    async def capture(self, reason: str = "") -> Snapshot:
+        """Take a manual snapshot now and keep it in the store (the endpoint's capture)."""
+        import anyio.to_thread
+
+        if self.capturing:
+            raise SnapshotInProgress("a snapshot is already being built")
+        self.capturing = True
+        try:
+            self.gate.fired["manual"] = self.gate.fired.get("manual", 0) + 1
+            self.recorder.emit((ev.MARK, perf_counter_ns(), "manual", reason[:500]))
+            frozen = self.recorder.freeze()
+
+            def work() -> Snapshot:
+                snap = self.recorder.build(frozen, kind="manual", reason=reason or "captured")
+                self.store.put(snap)
+                return snap
+
+            snap = await anyio.to_thread.run_sync(work)
+            self.captures += 1
+            return snap
+        finally:
+            self.capturing = False
+
+    def status(self) -> dict[str, Any]:
+        """The engine's part of ``/debug/flight/status``."""
+        return {
+            "snapshots": self.captures,
+            "capture_failures": self.capture_failures,
+            "triggers": {
+                "fired": dict(self.gate.fired),
+                "suppressed": dict(self.gate.suppressed),
+            },
+        }
+
+
+def _overrides(trig: Trigger, hook: str) -> bool:
+    return getattr(type(trig), hook) is not getattr(Trigger, hook)
+
+
+def method_of(scope: Any, kind: str) -> str:
+    """The request method, valid and capped (servers may hand over any str)."""
+    # Paths and methods come from the server as str, possibly with lone surrogates (bytes a
+    # server decoded with surrogateescape) or of any length: record them valid and capped.
+    return safe_text(scope.get("method") or ("WS" if kind == "websocket" else ""), MAX_METHOD)
+
+
+def client_of(client: Any) -> tuple[str, int] | None:
+    """The scope's ``client`` as ``(host, port)``, whatever shape the server gave."""
+    if client is None:
+        return None
+    try:
+        host, port = client[0], client[1]
+    except (TypeError, IndexError, KeyError):
+        return None
+    return (str(host)[:256], port if isinstance(port, int) else 0)
+
+
+def route_of(scope: Any) -> str | None:
+    """The route template the framework matched (Starlette's ``scope["route"]``), else None."""
+    route = scope.get("route")
+    if route is None:
+        return None
+    path = getattr(route, "path_format", None) or getattr(route, "path", None)
+    return path if isinstance(path, str) else None

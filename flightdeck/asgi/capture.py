@@ -227,10 +227,14 @@ class CaptureEngine:
 
         def work() -> None:
             try:
-                snap = self.recorder.build(
-                    frozen, kind=kind, reason=reason, request=record, trigger_time_ns=t_fire
+                self.recorder.build_into(
+                    self.store,
+                    frozen,
+                    kind=kind,
+                    reason=reason,
+                    request=record,
+                    trigger_time_ns=t_fire,
                 )
-                self.store.put(snap)
                 self.captures += 1
             except Exception as exc:
                 self.capture_failures += 1

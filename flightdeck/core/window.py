@@ -17,7 +17,7 @@ import marshal
 import threading
 import zlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from time import perf_counter_ns
 from typing import Any
@@ -98,10 +98,11 @@ class Frozen:
     t_now: int
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def iter_segments(self) -> list[list[Event]]:
-        out = [s.events() for s in self.segments]
-        out.append(self.tail)
-        return out
+    def iter_segments(self) -> Iterator[list[Event]]:
+        """Each segment's events, oldest first, decoded one at a time (then the tail)."""
+        for s in self.segments:
+            yield s.events()
+        yield self.tail
 
 
 class Window:

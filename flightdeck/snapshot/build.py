@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import time
+from array import array
+from collections.abc import Iterator
 from typing import Any
+
+import orjson
 
 from ..core import events as ev
 from ..core.window import Event, Frozen
 from . import causes
-from .document import FORMAT, rfc3339
+from .document import FORMAT, rfc3339, sanitize
 
 Doc = dict[str, Any]
+NAN = float("nan")
 
 
 def _text(value: Any) -> Any:
@@ -73,7 +78,10 @@ class TaskTable:
                 # Its first step's ``waited`` counts from creation; for a status record the
                 # previous step is outside the window, so that step's ``waited`` is unknown.
                 self.last_end[uid] = t
-        rec.update(done=None, state="pending", error=None, steps=[], awaiting=None, waits=[])
+        # Steps are most of a document: four doubles each (NaN for None) until written out.
+        rec.update(
+            done=None, state="pending", error=None, steps=array("d"), awaiting=None, waits=[]
+        )
         self.tasks[uid] = rec
         return rec
 
@@ -191,14 +199,14 @@ class _Builder(TaskTable):
                 uid = task["id"]
                 prev = last_end.get(uid)
                 if tq:
-                    ready: float | None = (t0 - tq) / 1e9 if t0 > tq else 0.0
+                    ready = (t0 - tq) / 1e9 if t0 > tq else 0.0
                     if prev is not None:
-                        waited: float | None = (tq - prev) / 1e9 if tq > prev else 0.0
+                        waited = (tq - prev) / 1e9 if tq > prev else 0.0
                     else:
-                        waited = None
+                        waited = NAN
                 else:
-                    waited = ready = None
-                task["steps"].append(((t0 + off) / 1e9, (t1 - t0) / 1e9, waited, ready))
+                    waited = ready = NAN
+                task["steps"].extend(((t0 + off) / 1e9, (t1 - t0) / 1e9, waited, ready))
                 last_end[uid] = t1
                 continue
             self.t_min = t_min
@@ -359,7 +367,7 @@ class _Builder(TaskTable):
         return list(self.requests.values()), list(self.tasks.values())
 
 
-def build_document(
+def assemble(
     frozen: Frozen,
     *,
     snapshot_id: str,
@@ -368,7 +376,11 @@ def build_document(
     process: dict[str, Any],
     trigger_time_ns: int | None = None,
 ) -> Doc:
-    """Assemble the native document from a frozen window."""
+    """The document, except that each task's ``steps`` is still a compact ``array``.
+
+    :func:`build_document` makes it plain; :func:`iter_json` writes it out task by task,
+    so a capture never holds every step as Python objects at once.
+    """
     b = _Builder(offset_ns)
     b.feed_status(frozen.tasks, frozen.requests)
     count = 0
@@ -392,3 +404,67 @@ def build_document(
         "loop": b.loop,
         "events": b.events,
     }
+
+
+def plain_steps(steps: Any) -> Any:
+    """``[[start, duration, waited, ready], ...]`` from the compact form (NaN is None)."""
+    if not isinstance(steps, array):
+        return steps
+    it = iter(steps)
+    return [
+        (a, b, None if c != c else c, None if d != d else d)
+        for a, b, c, d in zip(it, it, it, it, strict=True)
+    ]
+
+
+def build_document(
+    frozen: Frozen,
+    *,
+    snapshot_id: str,
+    offset_ns: int,
+    trigger: dict[str, Any],
+    process: dict[str, Any],
+    trigger_time_ns: int | None = None,
+) -> Doc:
+    """Assemble the native document from a frozen window."""
+    doc = assemble(
+        frozen,
+        snapshot_id=snapshot_id,
+        offset_ns=offset_ns,
+        trigger=trigger,
+        process=process,
+        trigger_time_ns=trigger_time_ns,
+    )
+    for task in doc["tasks"]:
+        task["steps"] = plain_steps(task["steps"])
+    return doc
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        # Lone surrogates (undecodable bytes) somewhere: make the text valid.
+        return orjson.dumps(sanitize(value), option=orjson.OPT_NON_STR_KEYS)
+
+
+def iter_json(doc: Doc) -> Iterator[bytes]:
+    """The document from :func:`assemble` as native JSON, in pieces (tasks one at a time).
+
+    The bytes are those ``Snapshot(build_document(...)).dumps("json")`` would give.
+    """
+    yield b"{"
+    first = True
+    for key, value in doc.items():
+        yield (b"" if first else b",") + _dumps(key) + b":"
+        first = False
+        if key != "tasks":
+            yield _dumps(value)
+            continue
+        yield b"["
+        for i, task in enumerate(value):
+            plain = dict(task)
+            plain["steps"] = plain_steps(task["steps"])
+            yield (b"," if i else b"") + _dumps(plain)
+        yield b"]"
+    yield b"}"

@@ -111,7 +111,7 @@ class Snapshot:
                     self._json = orjson.dumps(self._doc, option=orjson.OPT_NON_STR_KEYS)
                 except TypeError:
                     # Lone surrogates (undecodable bytes) somewhere: make the text valid.
-                    self._doc = _sanitize(self._doc)
+                    self._doc = sanitize(self._doc)
                     self._json = orjson.dumps(self._doc, option=orjson.OPT_NON_STR_KEYS)
             return self._json
         convert = _EXPORTERS.get(format)
@@ -124,7 +124,7 @@ class Snapshot:
             return convert(self._doc)
         except (TypeError, UnicodeError):
             # Lone surrogates (undecodable bytes) somewhere: make the text valid, once.
-            self._doc = _sanitize(self._doc)
+            self._doc = sanitize(self._doc)
             self._json = None
             return convert(self._doc)
 
@@ -201,14 +201,14 @@ def validate_document(doc: object, where: str = "data") -> None:
         raise SnapshotError(f"{where}: malformed snapshot id {doc['id']!r}")
 
 
-def _sanitize(value: Any) -> Any:
+def sanitize(value: Any) -> Any:
     if isinstance(value, str):
         # Lone surrogates stand for undecodable bytes: show them as U+FFFD.
         return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     if isinstance(value, dict):
-        return {_sanitize(k): _sanitize(v) for k, v in value.items()}
+        return {sanitize(k): sanitize(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_sanitize(v) for v in value]
+        return [sanitize(v) for v in value]
     if isinstance(value, (int, float, bool)) or value is None:
         return value
     return str(value)

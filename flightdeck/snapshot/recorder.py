@@ -33,6 +33,7 @@ from ..instrument.paths import app_module, process_paths
 from ..instrument.watchdog import Watchdog
 from . import build as builder
 from .document import Snapshot, SnapshotInProgress, new_id
+from .store import SnapshotStore, StoredInfo, encode_stream
 
 
 class FlightRecorder:
@@ -237,6 +238,49 @@ class FlightRecorder:
                     gc.enable()
             self.snapshots_taken += 1
             return Snapshot(doc)
+        finally:
+            self._build_lock.release()
+
+    def build_into(
+        self,
+        store: SnapshotStore,
+        frozen: Frozen,
+        *,
+        kind: str = "manual",
+        reason: str = "",
+        request: dict[str, Any] | None = None,
+        trigger_time_ns: int | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> StoredInfo:
+        """Build a snapshot of ``frozen`` straight into ``store`` (the capture path).
+
+        Like :meth:`build`, but the document is written out and compressed task by task
+        instead of being built whole as Python objects: a capture's peak memory stays a
+        fraction of the window's. ``extra`` is merged into the trigger record.
+        """
+        if not self._build_lock.acquire(blocking=False):
+            self.snapshots_refused += 1
+            raise SnapshotInProgress("a snapshot of this recorder is already being built")
+        try:
+            gc_was_enabled = gc.isenabled()
+            gc.disable()  # see build()
+            try:
+                trigger = {"kind": kind, "reason": reason, "request": request, **(extra or {})}
+                doc = builder.assemble(
+                    frozen,
+                    snapshot_id=new_id(),
+                    offset_ns=self._clock_offset_ns,
+                    trigger=trigger,
+                    trigger_time_ns=trigger_time_ns,
+                    process=self._process_info(),
+                )
+                data, summary = encode_stream(doc, builder.iter_json(doc))
+                del doc
+            finally:
+                if gc_was_enabled:
+                    gc.enable()
+            self.snapshots_taken += 1
+            return store.put_encoded(data, summary)
         finally:
             self._build_lock.release()
 

@@ -28,6 +28,7 @@ import threading
 import time
 import zlib
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -146,17 +147,34 @@ def _sort_key(summary: Summary) -> tuple[float, str]:
 
 def encode(snapshot: Snapshot, level: int = _GZIP_LEVEL) -> tuple[bytes, Summary]:
     """The snapshot as a gzip member whose header carries its summary, and that summary."""
-    data = snapshot.dumps("json")
-    summary = _clean(snapshot.to_dict(), len(data))
-    if summary is None:
-        raise ValueError(f"not a storable snapshot: malformed id {snapshot.id!r}")
-    meta = orjson.dumps({"format": snapshot.to_dict().get("format"), "summary": summary})
+    return encode_stream(snapshot.to_dict(), [snapshot.dumps("json")], level)
+
+
+def encode_stream(
+    head: dict[str, Any], pieces: Iterable[bytes], level: int = _GZIP_LEVEL
+) -> tuple[bytes, Summary]:
+    """Like :func:`encode`, from a document's JSON in ``pieces`` (compressed as they come).
+
+    ``head`` is the document or any dict with its ``id``, ``format``, ``created_at``,
+    ``trigger`` and ``process``: what the summary is made of.
+    """
     compressor = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
-    body = compressor.compress(data) + compressor.flush()
+    body: list[bytes] = []
+    crc = 0
+    size = 0
+    for piece in pieces:
+        crc = zlib.crc32(piece, crc)
+        size += len(piece)
+        body.append(compressor.compress(piece))
+    body.append(compressor.flush())
+    summary = _clean(head, size)
+    if summary is None:
+        raise ValueError(f"not a storable snapshot: malformed id {head.get('id')!r}")
+    meta = orjson.dumps({"format": head.get("format"), "summary": summary})
     sub = _META_TAG + struct.pack("<H", len(meta)) + meta
     header = _GZIP_MAGIC + b"\0\0\0\0\0\xff" + struct.pack("<H", len(sub)) + sub
-    trailer = struct.pack("<II", zlib.crc32(data), len(data) & 0xFFFFFFFF)
-    return header + body + trailer, summary
+    trailer = struct.pack("<II", crc, size & 0xFFFFFFFF)
+    return b"".join([header, *body, trailer]), summary
 
 
 def _parse_header(head: bytes) -> tuple[Summary, int] | None:
@@ -254,7 +272,10 @@ class SnapshotStore:
 
     def put(self, snapshot: Snapshot) -> StoredInfo:
         """Keep ``snapshot`` (evicting the oldest beyond the bounds) and write it to disk."""
-        data, summary = encode(snapshot)
+        return self.put_encoded(*encode(snapshot))
+
+    def put_encoded(self, data: bytes, summary: Summary) -> StoredInfo:
+        """Keep a snapshot already encoded by :func:`encode` or :func:`encode_stream`."""
         ident = summary["id"]
         with self._lock:
             old = self._memory.pop(ident, None)

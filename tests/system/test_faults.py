@@ -12,8 +12,9 @@ import pytest
 from support import Message, await_until, drive, http_scope, make_deck
 
 import flightdeck.snapshot.document
-from flightdeck import FlightDeck, Snapshot
+from flightdeck import FlightDeck
 from flightdeck.asgi.triggers import RequestInfo, ServerError
+from flightdeck.snapshot import build as builder
 
 pytestmark = pytest.mark.anyio
 
@@ -41,11 +42,15 @@ def _boom(*args: Any, **kwargs: Any) -> Any:
 FAULTS = {
     # where flightdeck breaks -> (how to break it, the error kind counted in status)
     "recorder.freeze": (lambda deck, mp: mp.setattr(deck.recorder, "freeze", _boom), "freeze"),
-    "recorder.build": (lambda deck, mp: mp.setattr(deck.recorder, "build", _boom), "capture"),
+    "recorder.build": (
+        lambda deck, mp: mp.setattr(deck.recorder, "build_into", _boom),
+        "capture",
+    ),
     "recorder.emit": (lambda deck, mp: mp.setattr(deck.recorder, "emit", _boom), "request_start"),
     "trigger": (lambda deck, mp: None, "request_end"),
-    "store": (lambda deck, mp: mp.setattr(deck.store, "put", _boom), "capture"),
-    "exporter": (lambda deck, mp: mp.setattr(Snapshot, "dumps", _boom), "capture"),
+    "store": (lambda deck, mp: mp.setattr(deck.store, "put_encoded", _boom), "capture"),
+    # The capture path serializes the document itself, task by task.
+    "exporter": (lambda deck, mp: mp.setattr(builder, "iter_json", _boom), "capture"),
 }
 
 

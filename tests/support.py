@@ -73,7 +73,7 @@ def http_scope(path: str = "/", **overrides: Any) -> dict[str, Any]:
         "raw_path": path.encode("ascii", "replace"),
         "root_path": "",
         "query_string": b"",
-        "headers": [(b"host", b"test")],
+        "headers": [(b"host", b"127.0.0.1:8000")],
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 8000),
     }

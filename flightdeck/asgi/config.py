@@ -18,14 +18,20 @@ from ..core.config import (
     DEFAULT_MAX_BYTES,
     DEFAULT_WINDOW,
     check_bool,
+    check_endpoint,
+    check_hosts,
     check_optional_seconds,
     check_positive_int,
     check_seconds,
+    check_token,
     env,
     env_bytes,
     env_flag,
+    env_list,
     env_seconds,
 )
+from .redact import DEFAULT as DEFAULT_REDACTOR
+from .redact import Redactor
 from .triggers import LoopBlocked, ServerError, SlowRequest, Trigger
 
 #: Global rate limit across all triggers: at most this many snapshots per period.
@@ -54,6 +60,7 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "endpoint": ("FLIGHTDECK_ENDPOINT", _endpoint_from_env),
     "token": ("FLIGHTDECK_TOKEN", env),
     "enabled": ("FLIGHTDECK_ENABLED", lambda n: env_flag(n, True)),
+    "allowed_hosts": ("FLIGHTDECK_ALLOWED_HOSTS", env_list),
 }
 
 
@@ -84,6 +91,8 @@ class Config:
         slow_routes: Mapping[str, float | None] | None = None,
         rate_limit: tuple[int, float] = (RATE_COUNT, RATE_PERIOD),
         enabled: bool = True,
+        allowed_hosts: Iterable[str] | None = None,
+        redact_keys: Iterable[str] = (),
     ) -> None:
         self.window = check_seconds("window", window)
         self.max_bytes = check_positive_int("max_bytes", max_bytes)
@@ -93,10 +102,10 @@ class Config:
         self.cooldown = check_seconds("cooldown", cooldown)
         self.directory = directory
         self.max_snapshots = check_positive_int("max_snapshots", max_snapshots)
-        self.endpoint = _check_endpoint(endpoint)
-        if token is not None and (not isinstance(token, str) or not token.strip()):
-            raise ValueError("token must be a non-empty string or None")
-        self.token = token
+        self.endpoint = check_endpoint(endpoint)
+        self.token = check_token(token)
+        self.allowed_hosts = check_hosts(allowed_hosts)
+        self.redactor = Redactor(redact_keys) if redact_keys else DEFAULT_REDACTOR
         self.instrument_loop = check_bool("instrument_loop", bool(instrument_loop))
         self.capture_headers = _check_header_names(capture_headers)
         if isinstance(capture_delay, bool) or not isinstance(capture_delay, (int, float)):
@@ -150,16 +159,6 @@ class Config:
         if self.slow_request is not None:
             interval = min(interval, max(self.slow_request / 4, 0.01))
         return interval
-
-
-def _check_endpoint(endpoint: object) -> str | None:
-    if endpoint is None:
-        return None
-    if not isinstance(endpoint, str):
-        raise TypeError("endpoint must be a path string or None")
-    if not endpoint.startswith("/") or (len(endpoint) > 1 and endpoint.endswith("/")):
-        raise ValueError("endpoint must start with '/' and not end with '/'")
-    return endpoint
 
 
 def _check_header_names(names: Iterable[str]) -> frozenset[str]:

@@ -1,19 +1,17 @@
 """The debug endpoint (``/debug/flight`` by default): list, capture and download snapshots.
 
 A small ASGI app built on starlette's Request and Response. The middleware forwards it
-every HTTP request whose path is the prefix or below it, with the scope unchanged.
+every HTTP request whose path is the prefix or below it, with the scope unchanged. Who may
+use it is decided in ``access.py``; the login form and its page are in ``pages.py``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import html
-import ipaddress
 import logging
 import secrets
+from collections.abc import Iterable
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import anyio.to_thread
 import orjson
@@ -21,14 +19,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..core.config import check_endpoint, check_hosts, check_token
 from ..core.text import safe_text
 from ..snapshot.document import Snapshot, SnapshotInProgress, is_valid_id
 from ..snapshot.store import SnapshotStore
+from .access import MANUAL_RATE, Access, ManualLimit
+from .pages import login_page, render_index
 
 logger = logging.getLogger("flightdeck")
 
 _COMMON_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
-_PROXY_HEADERS = frozenset({b"forwarded", b"x-forwarded-for", b"x-real-ip"})
+_MAX_LOGIN_BODY = 4096
 _READ_METHODS = ("GET", "HEAD")
 _EXPORTS = {
     "perfetto": ("application/json", "attachment", "perfetto.json"),
@@ -39,6 +40,10 @@ _EXPORTS = {
 _EXPORT_CSP = (
     "sandbox allow-scripts allow-downloads; default-src 'none'; script-src 'unsafe-inline';"
     " style-src 'unsafe-inline'; img-src data: blob:; font-src data:"
+)
+_PAGE_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'self';"
+    " frame-ancestors 'none'"
 )
 _warned_tokenless = False
 
@@ -58,29 +63,32 @@ class EndpointBackend(Protocol):
 
 
 def make_endpoint(
-    backend: EndpointBackend, *, prefix: str = "/debug/flight", token: str | None = None
+    backend: EndpointBackend,
+    *,
+    prefix: str = "/debug/flight",
+    token: str | None = None,
+    allowed_hosts: Iterable[str] = (),
 ) -> ASGIApp:
     """The ASGI app serving the debug endpoint under ``prefix``.
 
-    With ``token``, every request must carry ``Authorization: Bearer <token>``; without,
-    only loopback clients that came through no proxy are answered.
+    With ``token``, every request must carry ``Authorization: Bearer <token>`` or the
+    session cookie of ``{prefix}/login``; without, only loopback clients that came through
+    no proxy and asked for a loopback ``Host`` (or one of ``allowed_hosts``) are answered.
     """
     global _warned_tokenless
-    if not isinstance(prefix, str) or not prefix.startswith("/") or prefix.endswith("/"):
-        raise ValueError(f"endpoint must be a path like '/debug/flight', not {prefix!r}")
-    if token is not None:
-        if not isinstance(token, str):
-            raise TypeError(f"token must be a str or None, not {type(token).__name__}")
-        if not token or token != token.strip() or any(c.isspace() for c in token):
-            raise ValueError("token must be a non-empty string without whitespace")
-    elif not _warned_tokenless:
+    checked = check_endpoint(prefix)
+    if checked is None:
+        raise ValueError("endpoint must be a path like '/debug/flight', not None")
+    token = check_token(token)
+    hosts = check_hosts(allowed_hosts)
+    if token is None and not _warned_tokenless:
         _warned_tokenless = True
         logger.warning(
             "flightdeck: the debug endpoint %s has no token; only loopback clients without"
             " proxy headers are answered (set FLIGHTDECK_TOKEN to allow remote access)",
             prefix,
         )
-    return _Endpoint(backend, prefix, token)
+    return _Endpoint(backend, checked, Access(token, hosts))
 
 
 def _response(
@@ -109,16 +117,6 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 def _not_found() -> Response:
     # Also the answer to clients that may not see the endpoint: nothing tells them apart.
     return _response("Not Found", 404, "text/plain")
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
 
 
 def _accepts_gzip(accept_encoding: str) -> bool:
@@ -153,10 +151,11 @@ def _cross_site(request: Request) -> bool:
 
 
 class _Endpoint:
-    def __init__(self, backend: EndpointBackend, prefix: str, token: str | None) -> None:
+    def __init__(self, backend: EndpointBackend, prefix: str, access: Access) -> None:
         self.backend = backend
         self.prefix = prefix
-        self._token_digest = None if token is None else hashlib.sha256(token.encode()).digest()
+        self.access = access
+        self.manual = ManualLimit(*MANUAL_RATE)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -177,25 +176,24 @@ class _Endpoint:
             response = _error(500, "internal error")
         await response(scope, receive, send)
 
-    def _denied(self, scope: Scope) -> Response | None:
-        headers: list[tuple[bytes, bytes]] = scope.get("headers") or []
-        if self._token_digest is not None:
-            given = next((value for name, value in headers if name == b"authorization"), None)
-            scheme, _, credentials = (given or b"").partition(b" ")
-            # Digests have one length whatever was sent, and the comparison always runs
-            # (against an empty credential when the header is missing): constant time.
-            matches = hmac.compare_digest(
-                hashlib.sha256(credentials.strip(b" \t")).digest(), self._token_digest
-            )
-            if matches and given is not None and scheme.lower() == b"bearer":
+    def _denied(self, request: Request, base: str, sub: str) -> Response | None:
+        access = self.access
+        if access.token is None:
+            refused = access.tokenless_refusal(request.scope)
+            if refused is None:
                 return None
-            return _error(401, "a bearer token is required", {"WWW-Authenticate": "Bearer"})
-        client = scope.get("client")
-        if not client or not _is_loopback(str(client[0])):
-            return _not_found()
-        if any(name in _PROXY_HEADERS for name, _ in headers):
-            return _not_found()
-        return None
+            status, reason = refused
+            return _not_found() if status == 404 else _response(reason, status, "text/plain")
+        if sub == "/login" or access.authorized(request.scope):
+            return None
+        if (
+            sub in ("", "/")
+            and request.method in _READ_METHODS
+            and "text/html" in request.headers.get("accept", "")
+            and "authorization" not in request.headers
+        ):
+            return _response(b"", 303, "text/plain", {"Location": f"{base}/login"})
+        return _error(401, "a bearer token is required", {"WWW-Authenticate": "Bearer"})
 
     def _locate(self, scope: Scope) -> tuple[str, str] | None:
         """(base URL path of the endpoint, the path below it), or None when not under it."""
@@ -210,14 +208,16 @@ class _Endpoint:
         return None
 
     async def _handle(self, request: Request) -> Response:
-        denied = self._denied(request.scope)
-        if denied is not None:
-            return denied
         located = self._locate(request.scope)
         if located is None:
             return _not_found()
         base, sub = located
+        denied = self._denied(request, base, sub)
+        if denied is not None:
+            return denied
         method = request.method
+        if sub == "/login":
+            return await self._login(request, base)
         if sub in ("", "/"):
             if method not in _READ_METHODS:
                 return _error(405, "method not allowed", {"Allow": "GET, HEAD"})
@@ -240,12 +240,39 @@ class _Endpoint:
                 return _error(405, "method not allowed", {"Allow": "GET, HEAD"})
             status = dict(self.backend.status())
             status.setdefault("store", self.backend.store.stats())
+            status.setdefault("manual_refused", self.manual.refused)
             return _json(status)
         return _not_found()
+
+    async def _login(self, request: Request, base: str) -> Response:
+        if self.access.token is None:
+            return _not_found()  # nothing to log in to: loopback access needs no login
+        headers = {"Content-Security-Policy": _PAGE_CSP, "Referrer-Policy": "no-referrer"}
+        if request.method in _READ_METHODS:
+            return _response(login_page(base), 200, "text/html", headers)
+        if request.method != "POST":
+            return _error(405, "method not allowed", {"Allow": "GET, HEAD, POST"})
+        if _cross_site(request):
+            return _error(403, "cross-site login refused")
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > _MAX_LOGIN_BODY:
+                return _error(413, "login form too large")
+        given = parse_qs(body.decode("utf-8", "replace")).get("token", [""])[0]
+        if not self.access.token_matches(given.strip().encode()):
+            page = login_page(base, "That token was refused.")
+            return _response(page, 401, "text/html", headers)
+        cookie = self.access.session_cookie(base, request.url.scheme in ("https", "wss"))
+        return _response(b"", 303, "text/plain", {"Location": f"{base}/", "Set-Cookie": cookie})
 
     async def _capture(self, request: Request, base: str) -> Response:
         if _cross_site(request):
             return _error(403, "cross-site capture refused")
+        wait = self.manual.retry_after()
+        if wait:
+            message = f"too many manual captures; try again in {wait} s"
+            return _error(429, message, {"Retry-After": str(wait)})
         reason = safe_text(request.query_params.get("reason") or "", 200)
         try:
             snapshot = await self.backend.capture(reason or "captured from the debug endpoint")
@@ -304,93 +331,6 @@ class _Endpoint:
         if "application/json" in accept and "text/html" not in accept:
             return _json(listing)
         nonce = secrets.token_urlsafe(16)
-        csp = (
-            f"default-src 'none'; style-src 'unsafe-inline'; script-src 'nonce-{nonce}';"
-            " connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-        )
+        csp = _PAGE_CSP + f"; script-src 'nonce-{nonce}'; connect-src 'self'"
         headers = {"Content-Security-Policy": csp, "Referrer-Policy": "no-referrer"}
-        return _response(_render_index(listing, base, nonce), 200, "text/html", headers)
-
-
-def _size(size: int) -> str:
-    if size < 1024:
-        return f"{size} B"
-    if size < 1 << 20:
-        return f"{size / 1024:.1f} KiB"
-    return f"{size / (1 << 20):.1f} MiB"
-
-
-def _render_row(item: dict[str, Any], base: str) -> str:
-    e = html.escape
-    url = f"{base}/snapshots/{item['id']}"
-    request = item.get("request")
-    described = ""
-    if request:
-        described = f"{request['method']} {request['path']}"
-        if request.get("status") is not None:
-            described += f" → {request['status']}"
-        if request.get("duration") is not None:
-            described += f" in {request['duration']:.3f} s"
-    return (
-        "<tr>"
-        f"<td>{e(str(item['created_at']))}</td>"
-        f"<td>{e(str(item['trigger']['kind']))}</td>"
-        f"<td>{e(str(item['trigger']['reason']))}</td>"
-        f"<td>{e(described)}</td>"
-        f"<td>{e(str(item.get('pid') or ''))}</td>"
-        f"<td>{e(_size(int(item.get('size') or 0)))}</td>"
-        f'<td><a href="{e(url)}" download>json</a> · '
-        f'<a href="{e(url)}?format=perfetto" download>perfetto</a> · '
-        f'<a href="{e(url)}?format=html" target="_blank" rel="noopener noreferrer">view</a></td>'
-        "</tr>"
-    )
-
-
-def _render_index(listing: list[dict[str, Any]], base: str, nonce: str) -> str:
-    e = html.escape
-    rows = "\n".join(_render_row(item, base) for item in listing) or (
-        '<tr><td colspan="7">No snapshots yet.</td></tr>'
-    )
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>flightdeck</title>
-<style>
-body {{ font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; width: 100%; }}
-th, td {{ text-align: left; padding: .3em .6em; border-bottom: 1px solid #ddd; }}
-td:nth-child(3), td:nth-child(4) {{ word-break: break-all; }}
-button {{ font: inherit; padding: .3em 1em; }}
-#message {{ margin-left: 1em; color: #a00; }}
-</style></head>
-<body>
-<h1>flightdeck</h1>
-<p><button id="capture" data-url="{e(base)}/snapshots">Capture now</button>
-<span id="message"></span> · <a href="{e(base)}/status">status</a></p>
-<table>
-<thead><tr><th>created</th><th>trigger</th><th>reason</th><th>request</th><th>pid</th>
-<th>size</th><th>download</th></tr></thead>
-<tbody>
-{rows}
-</tbody></table>
-<script nonce="{e(nonce)}">
-const button = document.getElementById("capture");
-const message = document.getElementById("message");
-button.addEventListener("click", async () => {{
-  button.disabled = true;
-  message.textContent = "";
-  try {{
-    const answer = await fetch(button.dataset.url, {{
-      method: "POST", headers: {{"Accept": "application/json"}}, credentials: "same-origin"
-    }});
-    if (answer.ok) {{ location.reload(); return; }}
-    const body = await answer.json().catch(() => ({{}}));
-    message.textContent = "Capture failed: " + (body.error || answer.status);
-  }} catch (error) {{
-    message.textContent = "Capture failed: " + error;
-  }}
-  button.disabled = false;
-}});
-</script>
-</body></html>
-"""
+        return _response(render_index(listing, base, nonce), 200, "text/html", headers)

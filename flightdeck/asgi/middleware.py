@@ -26,8 +26,7 @@ from ..snapshot.recorder import FlightRecorder
 from ..snapshot.store import SnapshotStore
 from .capture import CaptureEngine, RequestState, client_of, route_of
 from .config import Config
-from .redact import MAX_METHOD, MAX_PATH, redact_query
-from .redact import capture_headers as _capture_headers
+from .redact import MAX_METHOD, MAX_PATH
 from .tracecontext import trace_id_from_headers
 
 _current_task = asyncio.current_task
@@ -63,12 +62,15 @@ class FlightDeck:
         self._ids = itertools.count(1)
         self._inflight = engine.inflight
         self._capture_headers = config.capture_headers
+        self.redactor = config.redactor
         self._endpoint_app: ASGIApp | None = None
         endpoint = config.endpoint
         if self.enabled and endpoint is not None:
             from ..asgi.endpoint import make_endpoint
 
-            self._endpoint_app = make_endpoint(self, prefix=endpoint, token=config.token)
+            self._endpoint_app = make_endpoint(
+                self, prefix=endpoint, token=config.token, allowed_hosts=config.allowed_hosts
+            )
             self._prefix_slash = endpoint + "/"
 
     # Options read by the endpoint and by users.
@@ -200,7 +202,7 @@ class FlightDeck:
             client = client_of(client)
         headers = None
         if self._capture_headers:
-            captured = _capture_headers(scope.get("headers"), self._capture_headers)
+            captured = self.redactor.headers(scope.get("headers"), self._capture_headers)
             headers = tuple(captured.items()) if captured else None
         task = _current_task()
         raw_headers = scope.get("headers")
@@ -211,7 +213,7 @@ class FlightDeck:
             kind,
             method,
             path,
-            redact_query(qs) if qs else "",
+            self.redactor.query(qs) if qs else "",
             client,
             headers,
             None if task is None else id(task),

@@ -1,14 +1,18 @@
 """Redaction and capping of what is recorded from a request: query strings, headers, paths.
 
 Runs on every request, on the event loop, so the common cases (no query string, or one
-without any sensitive-looking key) take a fast path that allocates almost nothing.
+without any sensitive-looking key) take a fast path: one regex search over the whole query.
+
+A key is sensitive when, case-insensitively and with ``-`` read as ``_``, it contains one
+of the long keys below (``access_token`` contains ``token``) or has one of the short keys
+(at most :data:`SHORT` characters) as a whole word (``user_pw``, but not ``postcode``).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from urllib.parse import unquote_plus
+from urllib.parse import quote, unquote_plus
 
 from ..core.text import TRUNCATED, decode_capped
 
@@ -19,9 +23,10 @@ MAX_HEADERS = 64
 #: Request paths (and methods, at MAX_METHOD) are cut to this many characters.
 MAX_PATH = 2048
 MAX_METHOD = 32
+#: Keys of at most this many characters match only as a whole word of a key.
+SHORT = 4
 
-#: Substrings that mark a query key or header name as sensitive (case-insensitive, ``-`` = ``_``).
-#: OpenTelemetry's URL redaction keys, Sentry's default denylists and a few common names.
+#: Keys that mark a query key or header name as sensitive (see the module docstring).
 DEFAULT_SENSITIVE: tuple[str, ...] = (
     # OpenTelemetry semantic conventions, url.query redaction
     "AWSAccessKeyId",
@@ -63,18 +68,57 @@ DEFAULT_SENSITIVE: tuple[str, ...] = (
     "symfony",
     "remote_addr",
     "ip_address",
-    # other common spellings
+    # OWASP Logging Cheat Sheet: passwords, one-time codes, session ids, access tokens,
+    # keys, connection strings, payment card data; OAuth 2.0 (RFC 6749) authorization codes
     "key",
     "credential",
     "pwd",
     "jwt",
     "bearer",
+    "pass",
+    "pw",
+    "passphrase",
+    "passcode",
+    "pin",
+    "otp",
+    "totp",
+    "mfa",
+    "code",
+    "authcode",
+    "auth_code",
+    "accesskey",
+    "access_key",
+    "authkey",
+    "signingkey",
+    "assertion",
+    "saml",
+    "ticket",
+    "dsn",
+    "connection_string",
+    "connectionstring",
+    "cvv",
+    "cvc",
+    "card_number",
+    "cardnumber",
+    "ssn",
 )
 
-#: Header names redacted even when they do not contain a sensitive substring.
+#: Header names redacted even when they do not contain a sensitive key.
 SENSITIVE_HEADERS = frozenset(
     {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "x-auth-token"}
 )
+
+# An HTTP authentication scheme followed by credentials (RFC 9110 section 11, the IANA
+# registry's schemes and common bespoke ones): the rest of the value is redacted.
+_SCHEME_RE = re.compile(
+    r"(?i)\b(bearer|basic|digest|negotiate|ntlm|token|apikey|api-key|aws4-hmac-sha256|hoba"
+    r"|mutual|scram-sha-1|scram-sha-256|vapid|dpop|privatetoken|hawk)[ \t]+\S"
+)
+# A JSON Web Token (header.payload.signature, base64url, the header starting '{"').
+_JWT_RE = re.compile(r"\beyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*")
+# Bounds the work done on absurd inputs; the output is capped at MAX_QUERY anyway.
+_MAX_QUERY_INPUT = 16 * MAX_QUERY
+_NESTING = 2  # URLs inside values inside URLs are redacted this deep
 
 
 def _normalize(text: str) -> str:
@@ -83,100 +127,208 @@ def _normalize(text: str) -> str:
     return text.casefold().replace("-", "_")
 
 
-def _trie_pattern(words: set[str]) -> str:
-    """One regex for a set of literals, factored by common prefix.
+def _trie_branches(words: set[str], guard: str = "") -> list[str]:
+    """Regex branches matching a set of literals, one per first character, factored by prefix.
 
     ``re`` tries the branches of a flat alternation one by one at every position; a trie
-    rejects most positions after one character, which keeps the per-request fast path cheap.
+    rejects most positions after one character, and a top-level alternation whose branches
+    all start with a literal lets ``re`` skip positions by their first character: both keep
+    the per-request fast path cheap.
     """
     groups: dict[str, set[str]] = {}
     for word in words:
         groups.setdefault(word[0], set()).add(word[1:])
     branches = []
     for first, rests in sorted(groups.items()):
-        # Substring search: once a shorter word matched, longer ones add nothing.
-        tail = "" if "" in rests else _trie_pattern(rests)
-        branches.append(re.escape(first) + tail)
-    return branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+        tail = ""
+        if rests - {""}:
+            tail = "(?:" + "|".join(_trie_branches(rests - {""})) + ")"
+            if "" in rests:
+                tail += "?"  # whole-word matching needs the shorter word and the longer ones
+        branches.append(re.escape(first) + guard + tail)
+    return branches
 
 
-_NEEDLES = {_normalize(s) for s in DEFAULT_SENSITIVE}
-# A word containing another (``api_key`` contains ``key``) can never change a substring match.
-_SENSITIVE_RE = re.compile(
-    _trie_pattern({w for w in _NEEDLES if not any(o != w and o in w for o in _NEEDLES)})
-)
-# Bounds the work done on absurd inputs; the output is capped at MAX_QUERY anyway.
-_MAX_QUERY_INPUT = 16 * MAX_QUERY
+def _decoded(text: str) -> str:
+    """``text`` percent-decoded twice: what any key or nested URL in it can reveal.
 
-
-def is_sensitive(name: str) -> bool:
-    """True when a query key or header name looks like it carries a secret."""
-    return _SENSITIVE_RE.search(_normalize(name)) is not None
-
-
-def _key_is_sensitive(key: str) -> bool:
-    if "%" in key or "+" in key:
-        key = unquote_plus(key, errors="replace")
-        # Double-encoded keys reach some frameworks decoded twice; redacting more is harmless.
-        if "%" in key:
-            key = unquote_plus(key, errors="replace")
-    return is_sensitive(key)
-
-
-def redact_query(raw: bytes | str) -> str:
-    """The query string with the values of sensitive keys replaced by ``REDACTED``.
-
-    Key order, empty pairs and keys without ``=`` are kept as sent; invalid percent-encoding
-    and non-UTF-8 bytes are tolerated. The result is at most :data:`MAX_QUERY` characters,
-    ending in ``&…[truncated]`` when it was cut. Idempotent.
+    Decoding never consumes a ``&``, ``;`` or ``=`` that was there already (an escape is
+    ``%`` and two hex digits), so no key decoded on its own shows more than this does.
     """
-    if not raw:
-        return ""
-    text, cut = decode_capped(raw, _MAX_QUERY_INPUT)
-    if "%" in text or _SENSITIVE_RE.search(_normalize(text)) is not None:
+    text = unquote_plus(text, errors="replace")
+    return unquote_plus(text, errors="replace") if "%" in text else text
+
+
+def _check_keys(keys: Iterable[str]) -> list[str]:
+    if isinstance(keys, (str, bytes)):
+        raise TypeError("redact_keys must be a list of key names, not a string")
+    checked = []
+    for key in keys:
+        if not isinstance(key, str):
+            raise TypeError(f"redact_keys must contain str key names, not {type(key).__name__}")
+        if not key.strip() or any(c.isspace() for c in key):
+            raise ValueError(f"redact_keys: {key!r} is not a key name (empty or has whitespace)")
+        checked.append(key)
+    return checked
+
+
+class Redactor:
+    """The redaction rules: :data:`DEFAULT_SENSITIVE` plus ``extra`` keys (``redact_keys=``)."""
+
+    def __init__(self, extra: Iterable[str] = ()) -> None:
+        self.keys = (*DEFAULT_SENSITIVE, *_check_keys(extra))
+        needles = {_normalize(k) for k in self.keys}
+        long = {w for w in needles if len(w) > SHORT}
+        short = needles - long
+        # A long word containing another can never change a substring match.
+        long = {w for w in long if not any(o != w and o in w for o in long)}
+        branches = _trie_branches(long)
+        # A short word checks the character before it once its first character matched, so
+        # that every branch still starts with a literal.
+        for branch in _trie_branches(short, guard=r"(?<![^\W_].)"):
+            branches.append(branch + r"(?![^\W_])")
+        self._sensitive = re.compile("|".join(branches)).search
+        # Every word as a plain substring: cheaper to scan a whole query for, and a query it
+        # finds nothing in holds no sensitive key (the strict pattern only matches less).
+        plain = {w for w in needles if not any(o != w and o in w for o in needles)}
+        self._candidate = re.compile("|".join(_trie_branches(plain))).search
+
+    def is_sensitive(self, name: str) -> bool:
+        """True when a query key or header name looks like it carries a secret."""
+        return self._sensitive(_normalize(name)) is not None
+
+    def _suspect(self, text: str) -> bool:
+        normalized = _normalize(text)
+        return self._candidate(normalized) is not None and self._sensitive(normalized) is not None
+
+    def _key_is_sensitive(self, key: str) -> bool:
+        if "%" in key or "+" in key:
+            key = unquote_plus(key, errors="replace")
+            # Double-encoded keys reach some frameworks decoded twice; redacting more is harmless.
+            if "%" in key:
+                key = unquote_plus(key, errors="replace")
+        return self.is_sensitive(key)
+
+    def query(self, raw: bytes | str) -> str:
+        """The query string with the values of sensitive keys replaced by ``REDACTED``.
+
+        Pairs are separated by ``&`` or ``;``; a value that is itself a URL or a query
+        (percent-encoded or not) is redacted the same way. Key order, empty pairs and keys
+        without ``=`` are kept as sent; invalid percent-encoding and non-UTF-8 bytes are
+        tolerated. The result is at most :data:`MAX_QUERY` characters, ending in
+        ``&…[truncated]`` when it was cut. Idempotent.
+        """
+        if not raw:
+            return ""
+        text, cut = decode_capped(raw, _MAX_QUERY_INPUT)
+        if self._suspect(text) or ("%" in text and self._suspect(_decoded(text))):
+            text = self._pairs(text, 0)
+        if not cut and len(text) <= MAX_QUERY:
+            return text
+        # Cut at a pair boundary so that no pair is left half-redacted: running the function
+        # again must give the same answer.
+        budget = MAX_QUERY - len(TRUNCATED) - 1
+        head = text[: budget + 1]
+        boundary = head.rfind("&")
+        head = head[:boundary] if boundary > 0 else head[:budget]
+        return head + "&" + TRUNCATED
+
+    def _pairs(self, text: str, depth: int) -> str:
         pairs = text.split("&")
         for i, pair in enumerate(pairs):
             key, eq, value = pair.partition("=")
-            if eq and value != REDACTED and _key_is_sensitive(key):
-                pairs[i] = key + "=" + REDACTED
-        text = "&".join(pairs)
-    if not cut and len(text) <= MAX_QUERY:
-        return text
-    # Cut at a pair boundary so that no pair is left half-redacted: running the function
-    # again must give the same answer.
-    budget = MAX_QUERY - len(TRUNCATED) - 1
-    head = text[: budget + 1]
-    boundary = head.rfind("&")
-    head = head[:boundary] if boundary > 0 else head[:budget]
-    return head + "&" + TRUNCATED
-
-
-def capture_headers(
-    headers: Iterable[tuple[bytes, bytes]] | None, names: frozenset[str]
-) -> dict[str, str]:
-    """The headers named in ``names`` (lower-case), with sensitive values redacted.
-
-    Repeated headers are joined with ``", "``; each value is capped at
-    :data:`MAX_HEADER_VALUE` characters and at most :data:`MAX_HEADERS` names are kept.
-    """
-    if not headers or not names:
-        return {}
-    found: dict[str, str] = {}
-    for raw_name, raw_value in headers:
-        name = raw_name.decode("latin-1").lower()
-        if name not in names or (name not in found and len(found) >= MAX_HEADERS):
-            continue
-        if name in SENSITIVE_HEADERS or is_sensitive(name):
-            found[name] = REDACTED
-            continue
-        value, _ = decode_capped(raw_value, MAX_HEADER_VALUE + 1)
-        previous = found.get(name)
-        if previous is not None:
-            if len(previous) > MAX_HEADER_VALUE:
+            if not eq or value == REDACTED:
                 continue
-            value = previous + ", " + value
-        found[name] = value[: MAX_HEADER_VALUE + 1]
-    for name, value in found.items():
-        if len(value) > MAX_HEADER_VALUE:
-            found[name] = value[: MAX_HEADER_VALUE - len(TRUNCATED)] + TRUNCATED
-    return found
+            if self._key_is_sensitive(key):
+                # The value runs to the next "&", ";" included: a secret may hold one.
+                pairs[i] = key + "=" + REDACTED
+            elif ";" in pair:
+                pairs[i] = ";".join([self._pair(sub, depth) for sub in pair.split(";")])
+            else:
+                pairs[i] = self._pair(pair, depth)
+        return "&".join(pairs)
+
+    def _pair(self, pair: str, depth: int) -> str:
+        key, eq, value = pair.partition("=")
+        if not eq or value == REDACTED:
+            return pair
+        if self._key_is_sensitive(key):
+            return key + "=" + REDACTED
+        # A query nested in a value has an "=", plain or percent-encoded (%3D, %253D, ...).
+        if depth < _NESTING and ("=" in value or "3D" in value or "3d" in value):
+            nested = self._value(value, depth + 1)
+            if nested is not value:
+                return key + "=" + nested
+        return pair
+
+    def _value(self, value: str, depth: int) -> str:
+        """A value holding a URL or a query, redacted; ``value`` itself when nothing changed."""
+        # Percent-encoded as a whole (a URL passed as one query value) when the structure
+        # itself is encoded; otherwise the URL's own parts may hold escapes.
+        encoded = "%" in value and "=" not in value and "?" not in value
+        text = unquote_plus(value, errors="replace") if encoded else value
+        if "=" not in text or (not self._suspect(text) and "%" not in text):
+            return value
+        base, qmark, rest = text.partition("?")
+        if not qmark:
+            base, rest = "", text
+        query, hash_, fragment = rest.partition("#")
+        redacted = base + qmark + self._pairs(query, depth)
+        if hash_:
+            # OAuth's implicit flow returns tokens in the fragment: read it as a query too.
+            redacted += hash_ + self._pairs(fragment, depth)
+        if redacted == text:
+            return value
+        return quote(redacted, safe="") if encoded else redacted
+
+    def header_value(self, value: str) -> str:
+        """A captured header value with credentials and secrets in URLs redacted."""
+        match = _SCHEME_RE.search(value)
+        if match is not None:
+            value = value[: match.end(1)] + " " + REDACTED
+        if "eyJ" in value:
+            value = _JWT_RE.sub(REDACTED, value)
+        if "=" in value or "%" in value:
+            redacted = self._value(value, 1)
+            if redacted is not value:
+                return redacted
+        return value
+
+    def headers(
+        self, headers: Iterable[tuple[bytes, bytes]] | None, names: frozenset[str]
+    ) -> dict[str, str]:
+        """The headers named in ``names`` (lower-case), with sensitive values redacted.
+
+        A header whose name is sensitive is kept only as ``REDACTED``; in others, credentials
+        after an authentication scheme, JWTs and sensitive query values of URLs are redacted.
+        Repeated headers are joined with ``", "``; each value is capped at
+        :data:`MAX_HEADER_VALUE` characters and at most :data:`MAX_HEADERS` names are kept.
+        """
+        if not headers or not names:
+            return {}
+        found: dict[str, str] = {}
+        for raw_name, raw_value in headers:
+            name = raw_name.decode("latin-1").lower()
+            if name not in names or (name not in found and len(found) >= MAX_HEADERS):
+                continue
+            if name in SENSITIVE_HEADERS or self.is_sensitive(name):
+                found[name] = REDACTED
+                continue
+            value, _ = decode_capped(raw_value, MAX_HEADER_VALUE + 1)
+            value = self.header_value(value)
+            previous = found.get(name)
+            if previous is not None:
+                if len(previous) > MAX_HEADER_VALUE:
+                    continue
+                value = previous + ", " + value
+            found[name] = value[: MAX_HEADER_VALUE + 1]
+        for name, value in found.items():
+            if len(value) > MAX_HEADER_VALUE:
+                found[name] = value[: MAX_HEADER_VALUE - len(TRUNCATED)] + TRUNCATED
+        return found
+
+
+DEFAULT = Redactor()
+is_sensitive = DEFAULT.is_sensitive
+redact_query = DEFAULT.query
+capture_headers = DEFAULT.headers

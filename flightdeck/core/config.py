@@ -99,3 +99,62 @@ def check_bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
     return value
+
+
+def env_list(name: str) -> list[str] | None:
+    """A comma-separated list from the environment (blank items dropped), or None when unset."""
+    raw = env(name)
+    if raw is None:
+        return None
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def check_endpoint(value: object) -> str | None:
+    """The endpoint prefix: None (disabled) or a path like ``/debug/flight``."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"endpoint must be a path string or None, not {type(value).__name__}")
+    if not value.startswith("/") or value.endswith("/") or "//" in value:
+        raise ValueError(f"endpoint must be a path like '/debug/flight', not {value!r}")
+    if any(c.isspace() or c in "?#%" for c in value):
+        raise ValueError(f"endpoint must be a plain path like '/debug/flight', not {value!r}")
+    return value
+
+
+def check_token(value: object) -> str | None:
+    """The endpoint's bearer token: None or a non-empty string without whitespace."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"token must be a str or None, not {type(value).__name__}")
+    if not value or any(c.isspace() for c in value) or not value.isprintable():
+        raise ValueError("token must be a non-empty string without whitespace")
+    return value
+
+
+def check_hosts(value: object) -> tuple[str, ...]:
+    """``allowed_hosts``: host names or addresses (no port, no scheme), lower-cased."""
+    if value is None:
+        return ()
+    if isinstance(value, (str, bytes)):
+        raise TypeError("allowed_hosts must be a list of host names, not a string")
+    try:
+        items = list(value)  # type: ignore[call-overload]
+    except TypeError:
+        raise TypeError("allowed_hosts must be a list of host names") from None
+    hosts = []
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"allowed_hosts must contain str, not {type(item).__name__}")
+        host = item.strip().lower().rstrip(".")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if host == "*":
+            raise ValueError("allowed_hosts: '*' would allow any Host; set a token instead")
+        if not host or any(c.isspace() or c in "/@?#*" for c in host) or host.count(":") == 1:
+            raise ValueError(
+                f"allowed_hosts: {item!r} is not a host name or address (no scheme, no port)"
+            )
+        hosts.append(host)
+    return tuple(hosts)

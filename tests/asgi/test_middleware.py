@@ -46,7 +46,7 @@ def make(app: Any, decks: Opened, **options: Any) -> FlightDeck:
 
 def client(app: Any, host: str = "127.0.0.1") -> httpx.AsyncClient:
     transport = httpx.ASGITransport(app=app, client=(host, 5555))
-    return httpx.AsyncClient(transport=transport, base_url="http://test")
+    return httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1")
 
 
 async def wait_for(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
@@ -379,7 +379,7 @@ async def test_internal_failure_never_reaches_the_app(
         raise RuntimeError("flightdeck bug")
 
     monkeypatch.setattr(deck.engine, "info", broken)
-    monkeypatch.setattr("flightdeck.asgi.middleware.redact_query", broken)
+    monkeypatch.setattr(deck.redactor, "query", broken)
     async with client(deck) as c:
         r = await c.get("/fast?a=1")
     assert r.status_code == 200 and r.json() == {"ok": True}

@@ -11,6 +11,7 @@ from flightdeck.asgi.redact import (
     MAX_HEADERS,
     MAX_QUERY,
     REDACTED,
+    SHORT,
     capture_headers,
     is_sensitive,
     redact_query,
@@ -70,7 +71,11 @@ def sensitive_key(draw: st.DrawFn) -> str:
     base = _flip_case(base, draw(st.lists(st.booleans(), max_size=len(base))))
     if draw(st.booleans()):
         base = base.replace("_", "-")
-    return draw(st.text(safe_chars, max_size=4)) + base + draw(st.text(safe_chars, max_size=4))
+    before, after = draw(st.text(safe_chars, max_size=4)), draw(st.text(safe_chars, max_size=4))
+    if len(base) <= SHORT:
+        # Short keys match as a whole word: whatever surrounds them is set apart.
+        before, after = (before + "_" if before else ""), ("." + after if after else "")
+    return before + base + after
 
 
 @st.composite
@@ -256,3 +261,100 @@ def test_safe_text_property(raw: bytes | str | None, limit: int) -> None:
     out = safe_text(raw, limit)
     assert len(out) <= limit
     out.encode("utf-8")
+
+
+# -- round 2 (issue 12 item 3) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        # Short keys match whole words only: OAuth's code, one-time codes, pins, pw.
+        ("code=abc&state=s", f"code={REDACTED}&state=s"),
+        (
+            "pw=1&user_pw=2&otp=3&PIN=4&pass=5",
+            f"pw={REDACTED}&user_pw={REDACTED}&otp={REDACTED}&PIN={REDACTED}&pass={REDACTED}",
+        ),
+        (
+            "postcode=SW1A&barcode=1&codec=h264&spin=2&compass=n",
+            "postcode=SW1A&barcode=1&codec=h264&spin=2&compass=n",
+        ),
+        ("passphrase=x&passcode=y", f"passphrase={REDACTED}&passcode={REDACTED}"),
+        # ";"-separated pairs.
+        ("a=1;token=abc;b=2", f"a=1;token={REDACTED};b=2"),
+        ("a=1&x=2;sig=abc", f"a=1&x=2;sig={REDACTED}"),
+        ("token=abc;def&b=2", f"token={REDACTED}&b=2"),
+        # A value that is itself a URL, plain or percent-encoded, with a token in it.
+        (
+            "next=https://a.example/cb?access_token=abc&x=1",
+            f"next=https://a.example/cb?access_token={REDACTED}&x=1",
+        ),
+        (
+            "next=https%3A%2F%2Fa.example%2Fcb%3Faccess_token%3Dabc%26v%3D1&x=1",
+            f"next=https%3A%2F%2Fa.example%2Fcb%3Faccess_token%3D{REDACTED}%26v%3D1&x=1",
+        ),
+        (
+            "r=https%3A%2F%2Fa%2F%3Fn%3Dhttps%253A%252F%252Fb%252F%253Fsig%253Dabc",
+            "r=https%3A%2F%2Fa%2F%3Fn%3Dhttps%253A%252F%252Fb%252F%253Fsig%253DREDACTED",
+        ),
+        (
+            "next=https%3A%2F%2Fa.example%2Fplain%3Fpage%3D2",
+            "next=https%3A%2F%2Fa.example%2Fplain%3Fpage%3D2",
+        ),
+    ],
+)
+def test_round2_query_examples(raw: str, expected: str) -> None:
+    out = redact_query(raw)
+    assert out == expected
+    assert "abc" not in out
+    assert redact_query(out) == out
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        (
+            "referer",
+            "https://a.example/cb?access_token=abc&x=1",
+            f"https://a.example/cb?access_token={REDACTED}&x=1",
+        ),
+        (
+            "x-original-url",
+            "/login?next=%2Fhome&password=abc",
+            f"/login?next=%2Fhome&password={REDACTED}",
+        ),
+        ("x-forwarded-uri", "/cb#id_token=abc&state=1", f"/cb#id_token={REDACTED}&state=1"),
+        ("x-upstream", "Bearer abc.def", f"Bearer {REDACTED}"),
+        ("x-upstream", "basic YWxhZGRpbjpvcGVuc2VzYW1l", f"basic {REDACTED}"),
+        ("x-id", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abc", REDACTED),
+        (
+            "user-agent",
+            "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7)",
+            "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7)",
+        ),
+        ("accept", "text/html;q=0.9, */*;q=0.8", "text/html;q=0.9, */*;q=0.8"),
+    ],
+)
+def test_round2_header_values(name: str, value: str, expected: str) -> None:
+    got = capture_headers([(name.encode(), value.encode())], frozenset({name}))
+    assert got == {name: expected}
+
+
+def test_redact_keys_extend_the_list() -> None:
+    from flightdeck.asgi.redact import Redactor
+
+    custom = Redactor(["tenant_ref", "cc"])
+    assert custom.query("tenant_ref=1&cc=2&acc=3&x_cc=4") == (
+        f"tenant_ref={REDACTED}&cc={REDACTED}&acc=3&x_cc={REDACTED}"
+    )
+    assert custom.query("my_tenant_ref_id=1") == f"my_tenant_ref_id={REDACTED}"
+    assert custom.query("token=1") == f"token={REDACTED}"  # the defaults stay
+    assert custom.headers([(b"x-tenant-ref", b"v")], frozenset({"x-tenant-ref"})) == {
+        "x-tenant-ref": REDACTED
+    }
+    assert redact_query("tenant_ref=1") == "tenant_ref=1"  # the default list is unchanged
+    for bad in ("", " ", "a b"):
+        with pytest.raises(ValueError, match="redact_keys"):
+            Redactor([bad])
+    with pytest.raises(TypeError, match="redact_keys"):
+        Redactor("token")  # type: ignore[arg-type]

@@ -25,6 +25,7 @@ from support import (
 )
 
 from flightdeck import FlightDeck
+from flightdeck.asgi import access as _access
 from flightdeck.asgi import endpoint as _endpoint
 from flightdeck.snapshot import store as _store
 from flightdeck.snapshot.document import new_id
@@ -153,13 +154,13 @@ async def test_bad_tokens_get_401_with_bearer_challenge(
 ) -> None:
     deck = make_deck(inner, decks, endpoint=PREFIX, token=TOKEN)
     compared: list[tuple[bytes, bytes]] = []
-    real_compare = _endpoint.hmac.compare_digest
+    real_compare = _access.hmac.compare_digest
 
     def spy(a: Any, b: Any) -> bool:
         compared.append((a, b))
         return real_compare(a, b)
 
-    monkeypatch.setattr(_endpoint.hmac, "compare_digest", spy)
+    monkeypatch.setattr(_access.hmac, "compare_digest", spy)
     for name, headers in _wrong_credentials().items():
         for path in (PREFIX, f"{PREFIX}/status", f"{PREFIX}/snapshots/latest"):
             compared.clear()
@@ -186,7 +187,7 @@ def test_timing_does_not_depend_on_the_token() -> None:
     """Loose check of what the digest comparison guarantees: how close a guess is to the
     token does not change the time to refuse it (medians of interleaved runs)."""
     app = _endpoint.make_endpoint(_NullBackend(), prefix=PREFIX, token=TOKEN)
-    denied = app._denied  # type: ignore[attr-defined]
+    denied = app.access.authorized  # type: ignore[attr-defined]
     guesses = {
         "first-char-wrong": "X" + TOKEN[1:],
         "last-char-wrong": TOKEN[:-1] + "X",
@@ -206,7 +207,7 @@ def test_timing_does_not_depend_on_the_token() -> None:
             times[name].append(pc() - t0)
     medians = {name: statistics.median(values) for name, values in times.items()}
     assert max(medians.values()) < 1.5 * min(medians.values()), medians
-    assert hashlib.sha256(TOKEN.encode()).digest() == app._token_digest  # type: ignore[attr-defined]
+    assert hashlib.sha256(TOKEN.encode()).digest() == app.access._digest  # type: ignore[attr-defined]
 
 
 class _NullBackend:

@@ -1,0 +1,118 @@
+"""The debug endpoint's HTML pages: the snapshot list and the login form."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+_STYLE = """body { font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }
+input, button { font: inherit; padding: .3em .6em; }
+p.error { color: #a00; }"""
+
+
+def login_page(base: str, error: str = "") -> str:
+    """The form that exchanges the endpoint's token for a session cookie."""
+    e = html.escape
+    message = f'<p class="error">{e(error)}</p>' if error else ""
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>flightdeck: log in</title>
+<style>{_STYLE}</style></head>
+<body>
+<h1>flightdeck</h1>
+<p>This endpoint needs its token (<code>FLIGHTDECK_TOKEN</code>). Logging in sets a
+cookie for this endpoint only, valid for a few hours.</p>
+{message}
+<form method="post" action="{e(base)}/login">
+<label>Token <input type="password" name="token" autocomplete="current-password"
+ required autofocus></label>
+<button type="submit">Log in</button>
+</form>
+</body></html>
+"""
+
+
+def _size(size: int) -> str:
+    if size < 1024:
+        return f"{size} B"
+    if size < 1 << 20:
+        return f"{size / 1024:.1f} KiB"
+    return f"{size / (1 << 20):.1f} MiB"
+
+
+def _render_row(item: dict[str, Any], base: str) -> str:
+    e = html.escape
+    url = f"{base}/snapshots/{item['id']}"
+    request = item.get("request")
+    described = ""
+    if request:
+        described = f"{request['method']} {request['path']}"
+        if request.get("status") is not None:
+            described += f" → {request['status']}"
+        if request.get("duration") is not None:
+            described += f" in {request['duration']:.3f} s"
+    return (
+        "<tr>"
+        f"<td>{e(str(item['created_at']))}</td>"
+        f"<td>{e(str(item['trigger']['kind']))}</td>"
+        f"<td>{e(str(item['trigger']['reason']))}</td>"
+        f"<td>{e(described)}</td>"
+        f"<td>{e(str(item.get('pid') or ''))}</td>"
+        f"<td>{e(_size(int(item.get('size') or 0)))}</td>"
+        f'<td><a href="{e(url)}" download>json</a> · '
+        f'<a href="{e(url)}?format=perfetto" download>perfetto</a> · '
+        f'<a href="{e(url)}?format=html" target="_blank" rel="noopener noreferrer">view</a></td>'
+        "</tr>"
+    )
+
+
+def render_index(listing: list[dict[str, Any]], base: str, nonce: str) -> str:
+    """The snapshot list with its "capture now" button (the script carries ``nonce``)."""
+    e = html.escape
+    rows = "\n".join(_render_row(item, base) for item in listing) or (
+        '<tr><td colspan="7">No snapshots yet.</td></tr>'
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>flightdeck</title>
+<style>
+body {{ font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; width: 100%; }}
+th, td {{ text-align: left; padding: .3em .6em; border-bottom: 1px solid #ddd; }}
+td:nth-child(3), td:nth-child(4) {{ word-break: break-all; }}
+button {{ font: inherit; padding: .3em 1em; }}
+#message {{ margin-left: 1em; color: #a00; }}
+</style></head>
+<body>
+<h1>flightdeck</h1>
+<p><button id="capture" data-url="{e(base)}/snapshots">Capture now</button>
+<span id="message"></span> · <a href="{e(base)}/status">status</a></p>
+<table>
+<thead><tr><th>created</th><th>trigger</th><th>reason</th><th>request</th><th>pid</th>
+<th>size</th><th>download</th></tr></thead>
+<tbody>
+{rows}
+</tbody></table>
+<script nonce="{e(nonce)}">
+const button = document.getElementById("capture");
+const message = document.getElementById("message");
+button.addEventListener("click", async () => {{
+  button.disabled = true;
+  message.textContent = "";
+  try {{
+    const answer = await fetch(button.dataset.url, {{
+      method: "POST", headers: {{"Accept": "application/json"}}, credentials: "same-origin"
+    }});
+    if (answer.ok) {{ location.reload(); return; }}
+    const body = await answer.json().catch(() => ({{}}));
+    message.textContent = "Capture failed: " + (body.error || answer.status);
+  }} catch (error) {{
+    message.textContent = "Capture failed: " + error;
+  }}
+  button.disabled = false;
+}});
+</script>
+</body></html>
+"""

@@ -1,0 +1,233 @@
+"""Who reaches the endpoint, over real HTTP: Host checks (DNS rebinding), proxy headers,
+the manual-capture limit and the token's login cookie."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from typing import Any
+
+import pytest
+from support import uvicorn_thread
+
+from flightdeck import FlightDeck
+from flightdeck.asgi import access as _access
+
+PREFIX = "/debug/flight"
+TOKEN = "tok-0123456789abcdef"
+
+
+async def inner(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"app"})
+
+
+def request(
+    port: int, method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b""
+) -> tuple[int, dict[str, str], bytes]:
+    """One request over a real socket with exactly these headers (Host included)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        for name, value in (headers or {}).items():
+            conn.putheader(name, value)
+        if body:
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body or None)
+        answer = conn.getresponse()
+        return answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read()
+    finally:
+        conn.close()
+
+
+def deck(decks: list[Any], **options: Any) -> FlightDeck:
+    options.setdefault("slow_request", None)
+    options.setdefault("capture_delay", 0.0)
+    made = FlightDeck(inner, endpoint=PREFIX, **options)
+    decks.append(made)
+    return made
+
+
+def test_foreign_host_refused_without_token(decks: list[Any]) -> None:
+    """Issue 12 item 1: a DNS-rebinding page reaches 127.0.0.1 but names its own domain."""
+    d = deck(decks)
+    with uvicorn_thread(d) as srv:
+        latest = f"{PREFIX}/snapshots/latest"
+        created = request(
+            srv.port, "POST", f"{PREFIX}/snapshots", {"Host": f"localhost:{srv.port}"}
+        )
+        assert created[0] == 201
+        for host in ("evil.com", f"evil.com:{srv.port}", "127.0.0.1.evil.com", "0.0.0.0", ""):
+            for method, path, extra in (
+                ("GET", latest, {}),
+                ("GET", PREFIX, {"Accept": "text/html"}),
+                ("POST", f"{PREFIX}/snapshots", {"Origin": f"http://{host}"}),
+            ):
+                status, _, body = request(srv.port, method, path, {"Host": host, **extra})
+                assert status == 403, (host, method, path)
+                assert b"allowed_hosts" in body and b"flightdeck/1" not in body
+        assert len(d.store.list()) == 1  # the refused POSTs captured nothing
+        for host in (
+            f"127.0.0.1:{srv.port}",
+            "127.0.0.1",
+            "127.9.9.9",
+            f"localhost:{srv.port}",
+            "LOCALHOST.",
+            f"[::1]:{srv.port}",
+            "[::ffff:127.0.0.1]",
+        ):
+            status, _, body = request(srv.port, "GET", latest, {"Host": host})
+            assert status == 200 and body.startswith(b'{"format":"flightdeck/1"'), host
+        # Not a loopback client or proxied: still 404, as if nothing were there.
+        status, _, _ = request(srv.port, "GET", latest, {"Host": "localhost", "Via": "1.1 p"})
+        assert status == 404
+        # The app itself answers any Host.
+        assert request(srv.port, "GET", "/x", {"Host": "evil.com"})[0] == 200
+
+
+def test_allowed_hosts_option_and_environment(
+    decks: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    by_option = deck(decks, allowed_hosts=["devbox.internal", "10.1.2.3"])
+    monkeypatch.setenv("FLIGHTDECK_ALLOWED_HOSTS", " devbox.internal , ,other.lan")
+    by_env = deck(decks)
+    assert by_env.config.allowed_hosts == ("devbox.internal", "other.lan")
+    for d in (by_option, by_env):
+        with uvicorn_thread(d) as srv:
+            status = request(srv.port, "GET", f"{PREFIX}/status", {"Host": "DevBox.Internal:80"})
+            assert status[0] == 200
+            assert request(srv.port, "GET", f"{PREFIX}/status", {"Host": "evil.com"})[0] == 403
+    for bad, error in (("*", ValueError), ("http://x", ValueError), ("a:80", ValueError)):
+        with pytest.raises(error, match="allowed_hosts"):
+            FlightDeck(inner, allowed_hosts=[bad])
+    with pytest.raises(TypeError, match="allowed_hosts"):
+        FlightDeck(inner, allowed_hosts="devbox")
+
+
+WIDENED = [
+    "Via",
+    "X-Forwarded-Host",
+    "X-Forwarded-Proto",
+    "True-Client-IP",
+    "CF-Connecting-IP",
+    "X-Client-IP",
+    "X-Cluster-Client-IP",
+    "Fastly-Client-IP",
+]
+
+
+def test_more_proxy_headers_mark_a_request_as_proxied(decks: list[Any]) -> None:
+    """Issue 12 item 5: each of these headers alone makes a loopback request look proxied."""
+    d = deck(decks)
+    with uvicorn_thread(d) as srv:
+        url = f"{PREFIX}/status"
+        assert request(srv.port, "GET", url, {"Host": "127.0.0.1"})[0] == 200
+        for name in WIDENED:
+            status, _, _ = request(srv.port, "GET", url, {"Host": "127.0.0.1", name: "1.2.3.4"})
+            assert status == 404, name
+
+
+def test_manual_captures_are_rate_limited(decks: list[Any]) -> None:
+    """Issue 12 item 4: thirty POSTs in a burst; beyond the limit, 429 with Retry-After."""
+    d = deck(decks)
+    host = {"Host": "127.0.0.1"}
+    with uvicorn_thread(d) as srv:
+        answers = [request(srv.port, "POST", f"{PREFIX}/snapshots", host) for _ in range(30)]
+        statuses = [status for status, _, _ in answers]
+        limit = _access.MANUAL_RATE[0]
+        assert statuses[:limit] == [201] * limit
+        assert statuses[limit:] == [429] * (30 - limit)
+        retry = int(answers[-1][1]["retry-after"])
+        assert 1 <= retry <= _access.MANUAL_RATE[1]
+        assert b"too many manual captures" in answers[-1][2]
+        status = json.loads(request(srv.port, "GET", f"{PREFIX}/status", host)[2])
+        assert status["manual_refused"] == 30 - limit
+    assert len(d.store.list()) == limit
+
+
+def test_manual_limit_frees_up_after_its_period() -> None:
+    now = [100.0]
+    limit = _access.ManualLimit(2, 60.0, clock=lambda: now[0])
+    assert limit.retry_after() == 0 and limit.retry_after() == 0
+    assert limit.retry_after() == 60
+    now[0] += 59.5
+    assert limit.retry_after() == 1
+    now[0] += 0.5
+    assert limit.retry_after() == 0
+    assert limit.refused == 2
+
+
+def _cookie_of(headers: dict[str, str]) -> str:
+    return headers["set-cookie"].split(";", 1)[0]
+
+
+def _login(port: int, token: str, **extra: str) -> tuple[int, dict[str, str], bytes]:
+    body = f"token={token}".encode()
+    headers = {"Host": f"127.0.0.1:{port}", "Content-Type": "application/x-www-form-urlencoded"}
+    return request(port, "POST", f"{PREFIX}/login", {**headers, **extra}, body)
+
+
+def test_login_form_exchanges_the_token_for_a_cookie(decks: list[Any]) -> None:
+    """Issue 12 item 15: a browser cannot send a bearer header; it logs in once."""
+    d = deck(decks, token=TOKEN)
+    with uvicorn_thread(d) as srv:
+        host = {"Host": f"127.0.0.1:{srv.port}"}
+        status, headers, _ = request(srv.port, "GET", PREFIX, {**host, "Accept": "text/html"})
+        assert status == 303 and headers["location"] == f"{PREFIX}/login"
+        status, headers, page = request(srv.port, "GET", f"{PREFIX}/login", host)
+        assert status == 200 and b'type="password" name="token"' in page
+        assert "form-action 'self'" in headers["content-security-policy"]
+        assert _login(srv.port, "wrong")[0] == 401
+        assert "set-cookie" not in _login(srv.port, "wrong")[1]
+        cross = _login(srv.port, TOKEN, Origin="http://evil.com")
+        assert cross[0] == 403 and "set-cookie" not in cross[1]
+        status, headers, _ = _login(srv.port, TOKEN)
+        assert status == 303 and headers["location"] == f"{PREFIX}/"
+        attributes = [a.strip().lower() for a in headers["set-cookie"].split(";")]
+        assert "httponly" in attributes and "samesite=strict" in attributes
+        assert f"path={PREFIX}" in attributes and f"max-age={_access.SESSION_TTL}" in attributes
+        assert TOKEN not in headers["set-cookie"]
+        cookie = _cookie_of(headers)
+        with_cookie = {**host, "Cookie": f"theme=dark; {cookie}"}
+        status, _, page = request(srv.port, "GET", PREFIX, {**with_cookie, "Accept": "text/html"})
+        assert status == 200 and b"Capture now" in page
+        assert request(srv.port, "POST", f"{PREFIX}/snapshots", with_cookie)[0] == 201
+        listing = json.loads(request(srv.port, "GET", f"{PREFIX}/snapshots", with_cookie)[2])
+        assert len(listing) == 1
+        assert request(srv.port, "GET", "/x", with_cookie)[0] == 200
+        # A tampered cookie, and the cookie on a request without it: 401.
+        name, _, value = cookie.partition("=")
+        forged = value[:-1] + ("0" if value[-1] != "0" else "1")
+        for jar in (f"{name}={forged}", f"{name}=v1.9999999999.{value.rsplit('.', 1)[1]}", ""):
+            status, _, _ = request(srv.port, "GET", f"{PREFIX}/snapshots", {**host, "Cookie": jar})
+            assert status == 401, jar
+
+
+def test_cookie_works_on_every_worker_and_expires(
+    decks: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stateless: a cookie from one process is valid on another with the same token; not on
+    one with another token, and not after it expires."""
+    first, second, other = (
+        deck(decks, token=TOKEN),
+        deck(decks, token=TOKEN),
+        deck(decks, token="x" * 20),
+    )
+    with uvicorn_thread(first) as a, uvicorn_thread(second) as b, uvicorn_thread(other) as c:
+        cookie = _cookie_of(_login(a.port, TOKEN)[1])
+        for srv, expected in ((a, 200), (b, 200), (c, 401)):
+            headers = {"Host": "127.0.0.1", "Cookie": cookie}
+            assert request(srv.port, "GET", f"{PREFIX}/status", headers)[0] == expected
+        later = time.time() + _access.SESSION_TTL + 1
+        monkeypatch.setattr(second._endpoint_app.access, "clock", lambda: later)  # type: ignore[union-attr]
+        headers = {"Host": "127.0.0.1", "Cookie": cookie}
+        assert request(b.port, "GET", f"{PREFIX}/status", headers)[0] == 401
+
+
+def test_no_login_without_a_token(decks: list[Any]) -> None:
+    d = deck(decks)
+    with uvicorn_thread(d) as srv:
+        assert request(srv.port, "GET", f"{PREFIX}/login", {"Host": "127.0.0.1"})[0] == 404

@@ -176,6 +176,14 @@ def test_asgi_app_snapshot_is_valid(
         assert client.get("/stream", params={"chunks": 3}).status_code == 200
         doc: dict[str, Any] = {}
         deadline = time.monotonic() + 10
+        # The block is in the window once its automatic snapshot is listed; manual captures
+        # are rate-limited, so they are not spent polling for it.
+        while not any(
+            item["trigger"]["kind"] == "loop_blocked"
+            for item in client.get("/debug/flight/snapshots").json()
+        ):
+            assert time.monotonic() < deadline, "the block was never recorded"
+            time.sleep(0.02)
         while time.monotonic() < deadline:
             made = client.post("/debug/flight/snapshots")
             if made.status_code == 409:  # a triggered snapshot is being built: try again

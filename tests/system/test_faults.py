@@ -89,7 +89,7 @@ async def test_exporter_fault_on_download_leaves_app_alone(
 
     deck = make_deck(inner, decks, endpoint="/debug/flight")
     transport = httpx.ASGITransport(app=deck, client=("127.0.0.1", 5555))
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         created = await client.post("/debug/flight/snapshots")
         assert created.status_code == 201
         monkeypatch.setitem(flightdeck.snapshot.document._EXPORTERS, "perfetto", _boom)

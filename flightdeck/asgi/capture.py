@@ -27,14 +27,32 @@ from .triggers import Gate, RateLimiter, RequestInfo, ServerError, SlowRequest, 
 class RequestState:
     """What the middleware notes about one request while it runs (times in ns)."""
 
-    __slots__ = ("body_end", "disconnected", "fired", "status", "ttfb")
+    __slots__ = ("body_end", "close_code", "disconnected", "fired", "status", "ttfb")
 
     def __init__(self) -> None:
-        self.status: int | None = None
+        self.status: Any = None  # as the app sent it (an int unless the app is broken)
         self.ttfb = 0  # when http.response.start (or websocket.accept) was sent
         self.disconnected = False
         self.body_end = 0  # when the last body byte was sent
         self.fired = False  # an in-flight trigger fired for this request
+        self.close_code: Any = None  # WebSocket: the first close code sent or received
+
+
+#: At most this many triggers join one snapshot's ``trigger.also``; more are suppressed.
+MAX_ALSO = 32
+
+
+class PendingCapture:
+    """A trigger admitted by the gate whose snapshot is not built yet."""
+
+    __slots__ = ("also", "kind", "reason", "record", "t_fire")
+
+    def __init__(self, kind: str, reason: str, record: dict[str, Any] | None, t_fire: int):
+        self.kind = kind
+        self.reason = reason
+        self.record = record
+        self.t_fire = t_fire
+        self.also: list[dict[str, Any]] = []
 
 
 class CaptureEngine:
@@ -67,7 +85,10 @@ class CaptureEngine:
         #: rid -> (REQ_START event, scope, RequestState).
         self.inflight = recorder.live_requests
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.capturing = False
+        self.pending: PendingCapture | None = None  # fired, its window not frozen yet
+        self.building = False  # a document is being built in a thread
+        self.queued: PendingCapture | None = None  # fired while building: captured next
+        self.joined: dict[str, int] = {}  # triggers listed in another's trigger.also
         self.captures = 0
         self.capture_failures = 0
 
@@ -198,51 +219,91 @@ class CaptureEngine:
         info: RequestInfo | None,
         cooldown: float | None,
     ) -> None:
-        """A trigger fired: pass it through the gate and schedule its capture."""
-        if self.capturing:
-            self.gate.suppress(kind)
+        """A trigger fired: admit it through the gate, then capture it or join it to one.
+
+        One capture at a time. While one is pending (before its window is frozen), a new
+        trigger joins it (``trigger.also``); while one is being built, the first new trigger
+        is queued to be captured next and later ones join that. Nothing admitted is lost;
+        whatever is refused is counted in ``gate.why`` with the reason.
+        """
+        pending = self.pending or self.queued
+        if pending is not None:
+            if len(pending.also) >= MAX_ALSO:
+                self.gate.suppress(kind, "capture_full")
+                return
+            if not self.gate.admit(kind, route, cooldown, rate=False):
+                return
+            self.joined[kind] = self.joined.get(kind, 0) + 1
+            request = info.to_record() if info is not None else None
+            pending.also.append({"kind": kind, "reason": reason, "request": request})
+            self.recorder.emit((ev.MARK, perf_counter_ns(), kind, reason[:500]))
             return
-        if not self.gate.admit(kind, route, cooldown):
+        loop = self.loop
+        if loop is None or not self.gate.admit(kind, route, cooldown):
             return
         self.recorder.emit((ev.MARK, perf_counter_ns(), kind, reason[:500]))
-        self.capturing = True
         record = info.to_record() if info is not None else None
-        t_fire = perf_counter_ns()
-        loop = self.loop
-        if loop is None:
-            self.capturing = False
+        capture = PendingCapture(kind, reason, record, perf_counter_ns())
+        if self.building:
+            self.queued = capture  # captured as soon as the build running now is done
             return
-        loop.call_later(self.config.capture_delay, self._capture_now, kind, reason, record, t_fire)
+        self.pending = capture
+        loop.call_later(self.config.capture_delay, self._capture_now)
 
-    def _capture_now(
-        self, kind: str, reason: str, record: dict[str, Any] | None, t_fire: int
-    ) -> None:
+    @property
+    def capturing(self) -> bool:
+        """A capture is pending, being built, or queued."""
+        return self.pending is not None or self.building or self.queued is not None
+
+    def _capture_now(self) -> None:
+        capture = self.pending
+        if capture is None:
+            return
         try:
             frozen = self.recorder.freeze()
         except Exception as exc:
-            self.capturing = False
+            self.pending = None
             self.capture_failures += 1
             self.errors("freeze", exc)
             return
+        self.pending = None
+        self.building = True
 
         def work() -> None:
             try:
                 self.recorder.build_into(
                     self.store,
                     frozen,
-                    kind=kind,
-                    reason=reason,
-                    request=record,
-                    trigger_time_ns=t_fire,
+                    kind=capture.kind,
+                    reason=capture.reason,
+                    request=capture.record,
+                    trigger_time_ns=capture.t_fire,
+                    extra={"also": capture.also},
                 )
                 self.captures += 1
             except Exception as exc:
                 self.capture_failures += 1
                 self.errors("capture", exc)
             finally:
-                self.capturing = False
+                self._built()
 
         threading.Thread(target=work, name="flightdeck-snapshot", daemon=True).start()
+
+    def _built(self) -> None:
+        # On the build thread: hand a queued capture to the loop (or drop it if it is gone).
+        loop = self.loop
+        if self.queued is not None and loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._start_queued)
+                return
+            except RuntimeError:
+                self.queued = None  # the loop is closed: nothing left to capture
+        self.building = False
+
+    def _start_queued(self) -> None:
+        self.building = False
+        self.pending, self.queued = self.queued, None
+        self._capture_now()
 
     async def capture(self, reason: str = "") -> Snapshot:
         """Take a manual snapshot now and keep it in the store (the endpoint's capture)."""
@@ -250,7 +311,7 @@ class CaptureEngine:
 
         if self.capturing:
             raise SnapshotInProgress("a snapshot is already being built")
-        self.capturing = True
+        self.building = True
         try:
             self.gate.fired["manual"] = self.gate.fired.get("manual", 0) + 1
             self.recorder.emit((ev.MARK, perf_counter_ns(), "manual", reason[:500]))
@@ -265,7 +326,7 @@ class CaptureEngine:
             self.captures += 1
             return snap
         finally:
-            self.capturing = False
+            self.building = False
 
     def status(self) -> dict[str, Any]:
         """The engine's part of ``/debug/flight/status``."""
@@ -275,6 +336,10 @@ class CaptureEngine:
             "triggers": {
                 "fired": dict(self.gate.fired),
                 "suppressed": dict(self.gate.suppressed),
+                "suppressed_why": {why: dict(c) for why, c in self.gate.why.items()},
+                "joined": dict(self.joined),
+                "pending": self.pending is not None,
+                "queued": self.queued is not None,
             },
         }
 

@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import threading
 from time import perf_counter_ns
+from collections.abc import Awaitable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -115,19 +116,19 @@ class FlightDeck:
             return
         if not self._started:
             self._start()
-        if self._endpoint_app is not None and kind == "http":
-            path = scope.get("path") or ""
-            if path == self.config.endpoint or path.startswith(self._prefix_slash):
-                await self._endpoint_app(scope, receive, send)
-                return
+        if self._endpoint_app is not None and kind == "http" and self._for_endpoint(scope):
+            await self._endpoint_app(scope, receive, send)
+            return
         try:
             scope[_SCOPE_KEY] = self
         except TypeError:
             pass  # an immutable scope: nothing to mark, recording still works
 
-        # The hot path: everything per request is inline here (one coroutine frame), raw
-        # values are recorded as they come (sanitized off the loop, at snapshot time) and
-        # triggers only see a RequestInfo when a cheap pre-check says one might fire.
+        # The hot path: one coroutine frame per request (this one), none per message: send
+        # is wrapped by a plain function returning the server's awaitable. Raw values are
+        # recorded as they come (sanitized off the loop, at snapshot time) and triggers only
+        # see a RequestInfo when an integer pre-check says one might fire. A message that is
+        # not a dict is forwarded untouched, so the server raises what it would raise alone.
         rid = next(self._ids)
         pc = perf_counter_ns
         state = RequestState()
@@ -139,26 +140,33 @@ class FlightDeck:
         except Exception as exc:
             self.errors("request_start", exc)
 
-        async def send_wrapper(message: Message) -> None:
-            mtype = message.get("type")
-            if mtype == "http.response.start":
-                state.status = message.get("status")
-                state.ttfb = pc()
-            elif mtype == "http.response.body":
-                if not message.get("more_body", False):
-                    state.body_end = pc()
-            elif mtype == "websocket.accept":
-                state.ttfb = pc()
-            await send(message)
+        def send_wrapper(message: Message) -> Awaitable[None]:
+            if type(message) is dict:
+                mtype = message.get("type")
+                if mtype == "http.response.body":
+                    if not message.get("more_body", False):
+                        state.body_end = pc()
+                elif mtype == "http.response.start" or mtype == "websocket.http.response.start":
+                    state.status = message.get("status")
+                    state.ttfb = pc()
+                elif mtype == "websocket.accept":
+                    state.ttfb = pc()
+                elif mtype == "websocket.close" and state.close_code is None:
+                    state.close_code = message.get("code", 1000)
+            return send(message)
 
         async def receive_wrapper() -> Message:
             message = await receive()
-            mtype = message.get("type")
-            # A disconnect after the last body byte is just the end of the exchange.
-            if (
-                mtype == "http.disconnect" and not state.body_end
-            ) or mtype == "websocket.disconnect":
-                state.disconnected = True
+            if type(message) is dict:
+                mtype = message.get("type")
+                # A disconnect after the last body byte is just the end of the exchange; a
+                # WebSocket disconnect after the app closed is the close completing.
+                if mtype == "http.disconnect":
+                    if not state.body_end:
+                        state.disconnected = True
+                elif mtype == "websocket.disconnect" and state.close_code is None:
+                    state.disconnected = True
+                    state.close_code = message.get("code", 1005)
             return message
 
         token = current_request.set(rid)
@@ -171,6 +179,21 @@ class FlightDeck:
         finally:
             current_request.reset(token)
             self._finish(rid, scope, state, t0, kind, error)
+
+    def _for_endpoint(self, scope: Scope) -> bool:
+        """Whether the request is for the debug endpoint (below ``root_path``, if any)."""
+        path = scope.get("path")
+        if type(path) is not str:
+            return False
+        # As Starlette's routing does: the path includes root_path (ASGI spec); match on
+        # what follows it, so ``uvicorn --root-path /api`` serves the endpoint where the
+        # app's own routes are.
+        root = scope.get("root_path")
+        if root and type(root) is str and path.startswith(root):
+            rest = path[len(root) :]
+            if rest == "" or rest[0] == "/":
+                path = rest
+        return path == self.config.endpoint or path.startswith(self._prefix_slash)
 
     async def _pass_through(self, scope: Scope, receive: Receive, send: Send, kind: Any) -> None:
         if kind == "lifespan" and self.enabled and _SCOPE_KEY not in scope:
@@ -227,6 +250,8 @@ class FlightDeck:
             t1 = perf_counter_ns()
             route = route_of(scope)
             status = state.status
+            if type(status) is not int:
+                status = None  # not an HTTP status: the server refuses it
             if error is not None and status is None and kind == "http":
                 status = 500
             self.recorder.emit(
@@ -240,6 +265,7 @@ class FlightDeck:
                     state.disconnected,
                     error,
                     state.body_end,
+                    state.close_code if type(state.close_code) is int else None,
                 )
             )
             self._inflight.pop(rid, None)
@@ -249,7 +275,7 @@ class FlightDeck:
             if (
                 engine.builtin_request_triggers
                 and error is None
-                and (status is None or status < 500)
+                and (type(status) is not int or status < 500)
                 and (state.fired or kind != "http" or t1 - t0 <= engine.slow_floor_ns)
             ):
                 return  # nothing can fire: the common case, decided without RequestInfo

@@ -1,9 +1,9 @@
 """Triggers: when to snapshot, and the engine that keeps a storm down to a few snapshots.
 
 A trigger looks at finished requests, requests still in flight, loop blocks, or polls a
-metric of its own, and answers with a reason when it fires. The engine applies a cooldown
-per (kind, route), a global rate limit, and builds one snapshot at a time; everything it
-refuses is counted as suppressed, never queued.
+metric of its own, and answers with a reason when it fires. The gate applies a cooldown
+per (kind, route) and a global rate limit, and counts what it refuses and why; the capture
+engine (``capture.py``) builds one snapshot at a time.
 """
 
 from __future__ import annotations
@@ -183,7 +183,11 @@ class RateLimiter:
 
 
 class Gate:
-    """Cooldowns per (kind, route) and a global rate limit; counts fired and suppressed."""
+    """Cooldowns per (kind, route) and a global rate limit; counts fired and suppressed.
+
+    ``why`` says why each suppression happened: ``{reason: {kind: count}}`` with reasons
+    ``cooldown``, ``rate_limit`` and whatever the capture engine passes to :meth:`suppress`.
+    """
 
     def __init__(
         self,
@@ -197,17 +201,25 @@ class Gate:
         self._last: dict[tuple[str, str | None], float] = {}
         self.fired: dict[str, int] = {}
         self.suppressed: dict[str, int] = {}
+        self.why: dict[str, dict[str, int]] = {}
 
-    def admit(self, kind: str, route: str | None, cooldown: float | None = None) -> bool:
+    def admit(
+        self, kind: str, route: str | None, cooldown: float | None = None, *, rate: bool = True
+    ) -> bool:
+        """Whether a trigger of ``kind`` on ``route`` may fire now (and note that it did).
+
+        ``rate=False``: the firing makes no snapshot of its own (it joins a pending one), so
+        it is not counted against the rate limit; its cooldown still applies and starts.
+        """
         now = self.clock()
         key = (kind, route)
         wait = self.cooldown if cooldown is None else cooldown
         last = self._last.get(key)
         if last is not None and now - last < wait:
-            self.suppress(kind)
+            self.suppress(kind, "cooldown")
             return False
-        if not self.rate.allow():
-            self.suppress(kind)
+        if rate and not self.rate.allow():
+            self.suppress(kind, "rate_limit")
             return False
         if len(self._last) > 10_000:  # many distinct routes: forget the oldest half
             for old in list(self._last)[:5_000]:
@@ -216,5 +228,7 @@ class Gate:
         self.fired[kind] = self.fired.get(kind, 0) + 1
         return True
 
-    def suppress(self, kind: str) -> None:
+    def suppress(self, kind: str, reason: str = "capturing") -> None:
         self.suppressed[kind] = self.suppressed.get(kind, 0) + 1
+        counts = self.why.setdefault(reason, {})
+        counts[kind] = counts.get(kind, 0) + 1

@@ -170,6 +170,7 @@ SPECS: Final[dict[int, Spec]] = {
             ("disconnected", "bool"),
             ("error", "str?", "the exception's type"),
             ("t_body_end", "time0", "the last body byte was sent"),
+            ("close_code", "int?", "WebSocket close code (sent or received), else None"),
         ),
         _spec(
             REGION,
@@ -255,7 +256,7 @@ REQ_START_T, REQ_START_RID, REQ_START_SCOPE_TYPE, REQ_START_METHOD = 1, 2, 3, 4
 REQ_START_PATH, REQ_START_QUERY, REQ_START_CLIENT, REQ_START_HEADERS, REQ_START_TID = 5, 6, 7, 8, 9
 REQ_START_TRACE_ID = 10
 REQ_END_T, REQ_END_RID, REQ_END_STATUS, REQ_END_TTFB, REQ_END_ROUTE = 1, 2, 3, 4, 5
-REQ_END_DISCONNECTED, REQ_END_ERROR, REQ_END_BODY_END = 6, 7, 8
+REQ_END_DISCONNECTED, REQ_END_ERROR, REQ_END_BODY_END, REQ_END_CLOSE_CODE = 6, 7, 8, 9
 REGION_START, REGION_END, REGION_NAME, REGION_TID = 1, 2, 3, 4
 LOG_T, LOG_CATEGORY, LOG_MESSAGE, LOG_TID = 1, 2, 3, 4
 EXECUTOR_QUEUED, EXECUTOR_START, EXECUTOR_END, EXECUTOR_FUNC = 1, 2, 3, 4

@@ -153,6 +153,7 @@ class _Builder(TaskTable):
             "duration": None,
             "ttfb": None,
             "body_end": None,
+            "close_code": None,
             "client": f"{client[0]}:{client[1]}" if client else None,
             "disconnected": False,
             "error": None,
@@ -228,7 +229,7 @@ class _Builder(TaskTable):
             elif k == ev.REQ_START:
                 self._request(e)
             elif k == ev.REQ_END:
-                _, t, rid, status, t_ttfb, route, disconnected, error, t_body = e
+                _, t, rid, status, t_ttfb, route, disconnected, error, t_body, close = e
                 req = self.requests.get(rid)
                 if req is None:
                     continue
@@ -243,6 +244,7 @@ class _Builder(TaskTable):
                 req["body_end"] = ts(t_body) if t_body else None
                 req["disconnected"] = bool(disconnected)
                 req["error"] = error
+                req["close_code"] = close
             elif k == ev.LOOP_BLOCK:
                 _, t0, t1, cb, stack = e
                 self._loop_entry("block", t0, t1 - t0, cb, _stack(stack) or [])

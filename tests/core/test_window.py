@@ -167,7 +167,7 @@ def test_ended_request_is_not_in_the_next_status() -> None:
     clock = FakeClock()
     w = make(clock, window_ns=2 * S)
     w.append((ev.REQ_START, 0, 9, "http", "GET", "/a", "", None, (), None, None))
-    w.append((ev.REQ_END, 10, 9, 200, 5, "/a", False, None, 10))
+    w.append((ev.REQ_END, 10, 9, 200, 5, "/a", False, None, 10, None))
     w.append((ev.TASK_CREATE, 1, 444, "T", "bg", None, 9, None))  # outlives its request
     w.maintain(force_seal=True)
     for sec in range(1, 6):

@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
-from time import perf_counter_ns
 from collections.abc import Awaitable
+from time import perf_counter_ns
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send

@@ -136,9 +136,7 @@ def test_a_trigger_during_a_pending_capture_is_kept(decks: list[Any]) -> None:
         await asyncio.get_running_loop().run_in_executor(None, release.wait, 10)
         return JSONResponse({"slow": True})
 
-    app = Starlette(
-        routes=[Route("/block", block), Route("/error", error), Route("/slow", slow)]
-    )
+    app = Starlette(routes=[Route("/block", block), Route("/error", error), Route("/slow", slow)])
     deck = FlightDeck(
         app, endpoint="/debug/flight", capture_delay=1.5, loop_blocked=0.2, slow_request=None
     )

@@ -72,10 +72,14 @@ def _default_out(snapshot_path: str, suffix: str) -> str:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from .export.summary import summarize
+    from .export.summary import UnknownRequest, summarize
 
     snap = _load(args.snapshot)
-    sys.stdout.write(summarize(snap.to_dict()))
+    try:
+        text = summarize(snap.to_dict(), request=args.request, full=args.full)
+    except UnknownRequest as exc:
+        _fail(f"{args.snapshot}: {exc}")
+    sys.stdout.write(text)
     return 0
 
 
@@ -155,12 +159,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "summary",
-        help="print what a snapshot shows: trigger, slowest requests, loop blocks, delays",
-        description="Print a text summary of a snapshot: the trigger, process and window, what "
-        "stands out, the slowest requests, the worst loop blocks with their stacks, the worst "
-        "scheduling delays and the longest waits with where they happened.",
+        help="print what a snapshot shows: why the trigger request was slow, what stands out",
+        description="Print a text summary of a snapshot: the trigger and where its request's "
+        "time went (running, waiting for the loop and who held it, suspended and where, the "
+        "thread pool), what stands out, what held the loop, the slowest requests, loop blocks "
+        "with their stacks (library frames folded), cancellations, GC pauses, scheduling "
+        "delays and the longest waits.",
     )
     p.add_argument("snapshot", metavar="SNAPSHOT", help="path of a native snapshot (.json[.gz])")
+    p.add_argument(
+        "--request",
+        metavar="ID",
+        help="explain this request (its id from the 'slowest requests' list) instead of the "
+        "trigger's",
+    )
+    p.add_argument("--full", action="store_true", help="show library frames instead of folding")
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .breakdown import breakdown, sentence, table
 from .common import (
     dicts,
     fmt_duration,
@@ -20,17 +21,23 @@ from .common import (
     text,
     utc_text,
 )
+from .diagnose import cancellations
+from .findings import (
+    LONG_WAIT,
+    Reading,
+    findings,
+    long_waits,
+    ranked,
+    request_duration,
+    sched_delays,
+    wait_site,
+)
 
-__all__ = ["findings", "fmt_duration", "summarize"]
+__all__ = ["findings", "fmt_duration", "request_duration", "summarize"]
 
-#: Requests slower than this are called out as findings.
-SLOW_REQUEST = 0.5
-#: Scheduling delays (``ready``) at least this long are worth a finding.
-SCHED_DELAY = 0.005
-#: Suspensions at least this long are listed under "long waits".
-LONG_WAIT = 0.1
-#: Loop lag at least this long is worth a finding.
-LAG = 0.05
+
+class UnknownRequest(LookupError):
+    """``summarize(request=ID)`` names a request the snapshot does not hold."""
 
 
 def _window(doc: dict[str, Any]) -> tuple[float | None, float | None]:
@@ -38,160 +45,9 @@ def _window(doc: dict[str, Any]) -> tuple[float | None, float | None]:
     return num(win.get("start")), num(win.get("end"))
 
 
-def request_duration(req: dict[str, Any], window_end: float | None) -> tuple[float | None, bool]:
-    """(duration, in_flight): an in-flight request's age at the end of the window."""
-    dur = num(req.get("duration"))
-    if dur is not None:
-        return dur, False
-    start, end = num(req.get("start")), num(req.get("end"))
-    if start is not None and end is not None:
-        return end - start, False
-    if start is not None and window_end is not None:
-        return max(0.0, window_end - start), True
-    return None, num(req.get("end")) is None
-
-
-def _requests_by_id(doc: dict[str, Any]) -> dict[Any, dict[str, Any]]:
-    return {r.get("id"): r for r in dicts(doc.get("requests")) if r.get("id") is not None}
-
-
-def _blocks(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    blocks = [e for e in dicts(doc.get("loop")) if e.get("kind") == "block"]
-    return sorted(blocks, key=lambda e: -(num(e.get("duration")) or 0.0))
-
-
-def _sched_delays(doc: dict[str, Any]) -> list[tuple[float, float | None, dict[str, Any]]]:
-    """(ready, step start, task), worst first; one entry per task (its worst step)."""
-    out = []
-    for task in dicts(doc.get("tasks")):
-        worst: tuple[float, float | None] | None = None
-        steps = task.get("steps")
-        for step in steps if isinstance(steps, list) else ():
-            if not isinstance(step, (list, tuple)) or len(step) < 4:
-                continue
-            ready = num(step[3])
-            if ready is not None and (worst is None or ready > worst[0]):
-                worst = (ready, num(step[0]))
-        if worst is not None:
-            out.append((worst[0], worst[1], task))
-    out.sort(key=lambda x: -x[0])
-    return out
-
-
-def _long_waits(doc: dict[str, Any]) -> list[tuple[float, dict[str, Any], dict[str, Any]]]:
-    """(duration, wait, task) for recorded suspensions of at least LONG_WAIT, longest first."""
-    out = []
-    for task in dicts(doc.get("tasks")):
-        for wait in dicts(task.get("waits")):
-            dur = num(wait.get("duration"))
-            if dur is not None and dur >= LONG_WAIT:
-                out.append((dur, wait, task))
-    out.sort(key=lambda x: -x[0])
-    return out
-
-
 def _request_of(task: dict[str, Any], reqs: dict[Any, dict[str, Any]]) -> str:
     req = reqs.get(task.get("request"))
     return f" ({request_label(req)})" if req else ""
-
-
-def _wait_site(wait: dict[str, Any]) -> str:
-    """Where a task waited: the innermost frame of non-asyncio code, and what it awaited.
-
-    The innermost frames are usually asyncio's own (``locks.py in acquire``); the user's
-    frame says *where*, asyncio's says *what*.
-    """
-    frames = dicts(wait.get("stack"))
-    if not frames:
-        return "unknown site"
-    inner = frames[-1]
-    user = next(
-        (f for f in reversed(frames) if "asyncio/" not in text(f.get("file")).replace("\\", "/")),
-        inner,
-    )
-    site = frame_text(user, short=True)
-    if user is not inner and inner.get("function"):
-        site += f" (awaiting {text(inner.get('function'))})"
-    return site
-
-
-def findings(doc: dict[str, Any]) -> list[str]:
-    """Short human lines on what stands out in the snapshot, most important first."""
-    out: list[str] = []
-    w_start, w_end = _window(doc)
-    reqs = _requests_by_id(doc)
-    for block in _blocks(doc)[:3]:
-        line = f"loop blocked {fmt_duration(num(block.get('duration')))}"
-        frame = innermost(block.get("stack"))
-        if frame is not None:
-            line += f" in {text(frame.get('function')) or '?'} at "
-            line += frame_text({**frame, "function": None}, short=True)
-        if block.get("callback"):
-            line += f" ({text(block.get('callback'))})"
-        out.append(line)
-    errors = []
-    slow = []
-    for req in dicts(doc.get("requests")):
-        status = req.get("status")
-        if (isinstance(status, int) and status >= 500) or req.get("error"):
-            errors.append(req)
-        dur, in_flight = request_duration(req, w_end)
-        if dur is not None and (dur >= SLOW_REQUEST or in_flight):
-            slow.append((dur, in_flight, req))
-    slow.sort(key=lambda x: -x[0])
-    for dur, in_flight, req in slow[:3]:
-        if in_flight:
-            label = request_label(req).removesuffix(" …")
-            out.append(f"{label} still in flight after {fmt_duration(dur)}")
-        else:
-            out.append(f"{request_label(req)} took {fmt_duration(dur)}")
-    if len(slow) > 3:
-        out.append(f"{len(slow) - 3} more requests slower than {fmt_duration(SLOW_REQUEST)}")
-    for req in errors[:3]:
-        line = f"{request_label(req)} failed"
-        if req.get("error"):
-            line += f": {text(req.get('error'))}"
-        out.append(line)
-    if len(errors) > 3:
-        out.append(f"{len(errors) - 3} more failed requests")
-    delays = _sched_delays(doc)
-    if delays and delays[0][0] >= SCHED_DELAY:
-        ready, _, task = delays[0]
-        out.append(
-            f"worst scheduling delay {fmt_duration(ready)} for task {task_label(task)}"
-            + _request_of(task, reqs)
-        )
-    waits = _long_waits(doc)
-    if waits:
-        dur, wait, task = waits[0]
-        out.append(
-            f"longest wait {fmt_duration(dur)}: task {task_label(task)} at {_wait_site(wait)}"
-        )
-    lags = [num(e.get("duration")) or 0.0 for e in dicts(doc.get("loop")) if e.get("kind") == "lag"]
-    if lags and max(lags) >= LAG:
-        out.append(f"event loop lagged up to {fmt_duration(max(lags))}")
-    jobs = [e for e in dicts(doc.get("events")) if e.get("kind") == "executor"]
-    queued = [
-        (started - start, job)
-        for job in jobs
-        if (start := num(job.get("start"))) is not None
-        and (started := num(job.get("started"))) is not None
-    ]
-    if queued:
-        worst_q, job = max(queued, key=lambda x: x[0])
-        if worst_q >= LONG_WAIT:
-            out.append(f"executor job {text(job.get('func'))} queued {fmt_duration(worst_q)}")
-    dropped = num(section(doc, "window").get("dropped"))
-    if dropped:
-        out.append(f"{int(dropped)} events dropped (window bounds or overload)")
-    coverage = section(section(doc, "process"), "coverage")
-    missing = [k.replace("_", " ") for k, v in coverage.items() if v is False]
-    if missing:
-        loop = text(section(doc, "process").get("loop")) or "this loop"
-        out.append(f"not measured on {loop}: {', '.join(missing)}")
-    if w_start is not None and w_end is not None and w_end < w_start:
-        out.append("window end precedes its start (clock skew?)")
-    return out
 
 
 def _utc(ts: float | None) -> str:
@@ -204,19 +60,33 @@ def _rel(ts: float | None, w_start: float | None) -> str:
     return f"+{ts - w_start:.3f} s"
 
 
-def summarize(doc: dict[str, Any]) -> str:
-    """The ``flightdeck summary`` text: trigger, process and window, then the worst offenders."""
+def summarize(doc: dict[str, Any], *, request: Any = None, full: bool = False) -> str:
+    """The ``flightdeck summary`` text: the trigger and why it was slow, then what stands out.
+
+    ``request``: explain this request id instead of the trigger's (``UnknownRequest`` if the
+    snapshot lacks it). ``full``: show library frames instead of folding them.
+    """
     lines: list[str] = []
     add = lines.append
     trig = section(doc, "trigger")
     proc = section(doc, "process")
     win = section(doc, "window")
     w_start, w_end = _window(doc)
-    reqs = _requests_by_id(doc)
+    r = Reading(doc)
+    reqs = r.index.requests
+    folder = r.folder
+    focus = r.trigger
+    if request is not None:
+        req = r.request(request)
+        if req is None:
+            raise UnknownRequest(f"no request {request} in this snapshot")
+        focus = breakdown(doc, req, r.index)
 
     add(f"snapshot {text(doc.get('id'))}  created {text(doc.get('created_at'))}")
     reason = text(trig.get("reason"))
     add(f"trigger:  {text(trig.get('kind')) or '?'}" + (f" — {reason}" if reason else ""))
+    if focus is not None:
+        add(f"why:      {sentence(focus)}")
     add(
         f"process:  pid {text(proc.get('pid')) or '?'} on {text(proc.get('hostname')) or '?'}, "
         f"Python {text(proc.get('python')) or '?'}, loop {text(proc.get('loop')) or '?'}, "
@@ -232,19 +102,40 @@ def summarize(doc: dict[str, Any]) -> str:
 
     add("")
     add("what stands out:")
-    found = findings(doc)
+    found = [f.text for f in ranked(r)]
+    if focus is not None and found and found[0] == sentence(focus):
+        found = found[1:]  # said on the "why" line already
     lines.extend(f"  - {f}" for f in found) if found else add("  nothing")
 
+    if focus is not None:
+        add("")
+        rid = text(focus.request.get("id"))
+        add(f"where the time of {request_label(focus.request)} (request {rid}) went:")
+        lines.extend(f"  {line}" for line in table(focus))
+
     add("")
-    ranked = []
+    add(f"what held the loop (≥ {fmt_duration(0.01)}, blocks and steps together):")
+    if not r.hogs:
+        add("  nothing")
+    for h in r.hogs[:8]:
+        where = f"  at {_rel(h.start, w_start)}"
+        req = reqs.get(h.request)
+        add(
+            f"  {fmt_duration(h.duration):>9}  {h.kind:<8} {h.label}"
+            + (f" ({request_label(req)})" if req else "")
+            + where
+        )
+
+    add("")
+    rows = []
     for req in dicts(doc.get("requests")):
         dur, in_flight = request_duration(req, w_end)
-        ranked.append((dur if dur is not None else -1.0, in_flight, req))
-    ranked.sort(key=lambda x: -x[0])
-    add(f"slowest requests ({len(ranked)} in window):")
-    if not ranked:
+        rows.append((dur if dur is not None else -1.0, in_flight, req))
+    rows.sort(key=lambda x: -x[0])
+    add(f"slowest requests ({len(rows)} in window):")
+    if not rows:
         add("  none")
-    for dur, in_flight, req in ranked[:5]:
+    for dur, in_flight, req in rows[:5]:
         bits = [f"{fmt_duration(dur if dur >= 0 else None):>9}", request_label(req)]
         if in_flight:
             bits.append("(in flight)")
@@ -262,11 +153,15 @@ def summarize(doc: dict[str, Any]) -> str:
         tasks = req.get("tasks")
         if isinstance(tasks, list) and tasks:
             bits.append(f"[{len(tasks)} task{'s' if len(tasks) != 1 else ''}]")
+        bits.append(f"id {text(req.get('id'))}")
         bits.append(f"at {_rel(num(req.get('start')), w_start)}")
         add("  " + "  ".join(bits))
 
     add("")
-    blocks = _blocks(doc)
+    blocks = sorted(
+        (e for e in dicts(doc.get("loop")) if e.get("kind") == "block"),
+        key=lambda e: -(num(e.get("duration")) or 0.0),
+    )
     add(f"worst loop blocks ({len(blocks)}):")
     if not blocks:
         add("  none")
@@ -279,12 +174,33 @@ def summarize(doc: dict[str, Any]) -> str:
         frames = dicts(block.get("stack"))
         if frames:
             add("      stack (innermost last):")
-            lines.extend(f"        {frame_text(f)}" for f in frames)
+            lines.extend(f"        {ln}" for ln in folder.lines(frames, full=full))
         else:
             add("      (no stack captured)")
 
+    groups, delivered, ended = cancellations(doc, r.index)
+    if groups:
+        add("")
+        add(f"cancellations: {delivered} delivered to waiting tasks, {ended} tasks ended cancelled")
+        for g in groups[:6]:
+            add(f"  {g.count:>6} ×  {g.what} at {g.site}  cause: {g.cause}")
+        if len(groups) > 6:
+            add(f"  ... {len(groups) - 6} more groups")
+
+    pauses = [e for e in r.index.entries if e.get("kind") == "gc"]
+    if pauses:
+        total = sum(num(e.get("duration")) or 0.0 for e in pauses)
+        add("")
+        add(f"garbage collection: {len(pauses)} pauses ≥ 1 ms, {fmt_duration(total)} in all")
+        for e in sorted(pauses, key=lambda e: -(num(e.get("duration")) or 0.0))[:3]:
+            add(
+                f"  {fmt_duration(num(e.get('duration'))):>9}"
+                f"  generation {text(e.get('generation'))}, {text(e.get('collected'))} collected"
+                f"  at {_rel(num(e.get('start')), w_start)}"
+            )
+
     add("")
-    delays = _sched_delays(doc)
+    delays = sched_delays(doc)
     add("worst scheduling delays (woken but waiting for the loop):")
     if not delays:
         add("  none measured")
@@ -295,13 +211,13 @@ def summarize(doc: dict[str, Any]) -> str:
         )
 
     add("")
-    waits = _long_waits(doc)
+    waits = long_waits(doc)
     add(f"long waits (suspended ≥ {fmt_duration(LONG_WAIT)}):")
     if not waits:
         add("  none")
     for dur, wait, task in waits[:5]:
         add(f"  {fmt_duration(dur):>9}  task {task_label(task)}{_request_of(task, reqs)}")
-        add(f"             at {_wait_site(wait)}")
+        add(f"             at {wait_site(wait, folder)}")
     pending = [t for t in dicts(doc.get("tasks")) if dicts(t.get("awaiting"))]
     if pending:
         add("")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from samples import T0, make_big_doc, make_doc, make_empty_doc
@@ -21,10 +22,13 @@ def test_fmt_duration() -> None:
 
 def test_findings_of_sample() -> None:
     found = findings(make_doc())
-    assert found[0] == "loop blocked 1.20 s in block at app.py:30 (handler /block)"
-    assert "GET /slow 200 took 1.20 s" in found
-    assert "GET /block 200 took 1.25 s" in found
-    assert "POST /upload still in flight after 1.20 s" in found
+    # The trigger request first, its time broken down; then the window's worst, by impact.
+    assert found[0].startswith(
+        "GET /slow 200 took 1.20 s: 1.14 s suspended (awaiting gather at slow (app.py:41))"
+    )
+    assert found[1] == "loop blocked 1.20 s in block at app.py:30 (handler /block)"
+    assert any(f.startswith("GET /block 200 took 1.25 s") for f in found)
+    assert any(f.startswith("POST /upload still in flight after 1.20 s") for f in found)
     assert "GET /error 500 failed: ValueError" in found
     assert any(
         f.startswith("worst scheduling delay 40.0 ms for task t4 slow.<locals>.fetch_user")
@@ -93,3 +97,55 @@ def test_defensive_against_missing_and_junk() -> None:
     )
     assert summarize(doc)
     assert findings(doc)[0].startswith("loop blocked ?")
+
+
+SITE = "/srv/venv/lib/python3.11/site-packages"
+STDLIB = "/usr/lib/python3.11"
+
+
+def _frames_doc(app: str | None) -> dict[str, Any]:
+    stack = [
+        {"function": "run", "file": f"{STDLIB}/asyncio/runners.py", "line": 118},
+        {"function": "main", "file": f"{SITE}/click/core.py", "line": 1078},
+        {"function": "run_asgi", "file": f"{SITE}/uvicorn/protocols/http/h11_impl.py", "line": 404},
+        {"function": "__call__", "file": f"{SITE}/starlette/routing.py", "line": 74},
+        {"function": "render", "file": f"{SITE}/reports/pdf.py", "line": 88},
+        {"function": "handler", "file": "/srv/app/views.py", "line": 12},
+        {"function": "dumps", "file": f"{STDLIB}/json/__init__.py", "line": 231},
+        {"function": "encode", "file": f"{STDLIB}/json/encoder.py", "line": 200},
+    ]
+    doc = make_doc()
+    doc["loop"] = [
+        {"kind": "block", "start": T0 + 1, "duration": 0.3, "callback": None, "stack": stack}
+    ]
+    doc["process"]["paths"] = {
+        "stdlib": STDLIB,
+        "site_packages": [SITE],
+        "cwd": "/srv/app",
+        "app": app,
+    }
+    return doc
+
+
+def test_library_frames_fold_by_the_recorded_paths() -> None:
+    text = summarize(_frames_doc(None)).split("worst loop blocks")[1].split("\n\n")[0]
+    lines = [ln.strip() for ln in text.splitlines()[3:]]
+    assert lines == [
+        "... 5 library frames (--full shows them)",
+        "/srv/app/views.py:12 in handler",
+        "... 2 library frames (--full shows them)",
+    ]
+    # The app's own package is never folded, even installed into site-packages.
+    text = summarize(_frames_doc("reports")).split("worst loop blocks")[1].split("\n\n")[0]
+    lines = [ln.strip() for ln in text.splitlines()[3:]]
+    assert lines[:2] == [
+        "... 4 library frames (--full shows them)",
+        f"{SITE}/reports/pdf.py:88 in render",
+    ]
+    full = summarize(_frames_doc(None), full=True).split("worst loop blocks")[1]
+    assert "library frames" not in full.split("\n\n")[0]
+    assert f"{SITE}/click/core.py:1078 in main" in full
+    # The finding names the user's frame, not the innermost library one.
+    assert "loop blocked 300 ms in handler at app/views.py:12 (task t1 Server.serve)" in findings(
+        _frames_doc(None)
+    )

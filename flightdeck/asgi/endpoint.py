@@ -34,6 +34,7 @@ _READ_METHODS = ("GET", "HEAD")
 _EXPORTS = {
     "perfetto": ("application/json", "attachment", "perfetto.json"),
     "html": ("text/html; charset=utf-8", "inline", "html"),
+    "summary": ("text/plain; charset=utf-8", "inline", "txt"),
 }
 # The exported page is self-contained; the sandbox gives it an opaque origin, so even a
 # markup injection in it could not read the endpoint, and nothing may be fetched.
@@ -291,7 +292,7 @@ class _Endpoint:
     async def _download(self, request: Request, ident: str) -> Response:
         fmt = request.query_params.get("format", "json")
         if fmt != "json" and fmt not in _EXPORTS:
-            return _error(400, "format must be json, perfetto or html")
+            return _error(400, "format must be json, perfetto, html or summary")
         store = self.backend.store
         if ident == "latest":
             latest = await anyio.to_thread.run_sync(store.latest_id)
@@ -323,7 +324,9 @@ class _Endpoint:
         snapshot = self.backend.store.get(ident)
         if snapshot is None:
             return None
-        return snapshot.dumps("perfetto" if fmt == "perfetto" else "html")
+        return snapshot.dumps(
+            "summary" if fmt == "summary" else "perfetto" if fmt == "perfetto" else "html"
+        )
 
     async def _index(self, request: Request, base: str) -> Response:
         listing = await anyio.to_thread.run_sync(self.backend.store.list)

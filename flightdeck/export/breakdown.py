@@ -11,6 +11,7 @@ tasks are listed beside it, not summed. The parts add up to the request's durati
 from __future__ import annotations
 
 import bisect
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,15 +137,17 @@ class LoopIndex:
             site = self.folder.site(block.get("stack"))
             break
         if site is None:
+            # The watchdog's sample, taken while it ran, names the function best.
+            for entry in self.entries_between(s, e, "callback"):
+                name = text(entry.get("callback"))
+                site = name.split(": ", 1)[-1] if ": " in name else None
+                break
+        if site is None:
+            # Else where the task stood when the step ended.
             for entry in self.entries_between(s, e, "step"):
                 if (tid is None or entry.get("task") == tid) and dicts(entry.get("stack")):
                     site = self.folder.site(entry.get("stack"))
                     break
-        if site is None:
-            for entry in self.entries_between(s, e, "callback"):
-                name = text(entry.get("callback"))
-                site = name.split(": ", 1)[-1] if name else None
-                break
         if tid is None:
             return site or "?"
         label = f"{text(tid)} {what}" + (f" at {site}" if site and site != what else "")
@@ -195,6 +198,23 @@ def breakdown(
     jobs = [
         j for j in dicts(doc.get("events")) if j.get("kind") == "executor" and j.get("task") == tid
     ]
+    out.children = [
+        t
+        for t in index.tasks.values()
+        if t.get("parent") == tid and t.get("request") == req.get("id")
+    ]
+
+    def _short(a: float, b: float) -> str:
+        # No stack for waits under the wait threshold: say what it likely awaited.
+        alive = sum(
+            1
+            for c in out.children
+            if (num(c.get("created")) or b) < b and (num(c.get("done")) or b) > a
+        )
+        if alive:
+            return "awaiting its child tasks"
+        return "short awaits"
+
     waits = sorted(dicts(task.get("waits")), key=lambda w: num(w.get("start")) or 0.0)
     wait_starts = [num(w.get("start")) or 0.0 for w in waits]
 
@@ -203,18 +223,33 @@ def breakdown(
         if b <= a:
             return
         rest = b - a
-        for job in jobs:
-            q, s0, e0 = num(job.get("start")), num(job.get("started")), num(job.get("end"))
-            if q is None:
-                continue
-            name = text(job.get("func")) or "job"
-            queued = _overlap(a, b, q, s0 if s0 is not None else b)
-            running = _overlap(a, b, s0, e0 if e0 is not None else b) if s0 is not None else 0.0
-            out.pool_queued += queued
-            out.pool_running += running
-            _add(out.pool, f"{name} queued", queued)
-            _add(out.pool, f"{name} running", running)
-            rest -= queued + running
+        if jobs:
+            # Several jobs may overlap: each moment counts once, as running when one of
+            # the task's jobs runs, else as queued when one waits for a thread.
+            cuts = {a, b}
+            spans = []
+            for job in jobs:
+                q, s0, e0 = num(job.get("start")), num(job.get("started")), num(job.get("end"))
+                if q is None:
+                    continue
+                s1 = s0 if s0 is not None else b
+                e1 = e0 if e0 is not None else b
+                spans.append((q, s1, e1, text(job.get("func")) or "job"))
+                cuts.update(x for x in (q, s1, e1) if a < x < b)
+            edges = sorted(cuts)
+            for x0, x1 in itertools.pairwise(edges):
+                mid = (x0 + x1) / 2
+                run = next((f for q, s1, e1, f in spans if s1 <= mid < e1), None)
+                if run is not None:
+                    out.pool_running += x1 - x0
+                    _add(out.pool, f"{run} running", x1 - x0)
+                    rest -= x1 - x0
+                    continue
+                queued = next((f for q, s1, e1, f in spans if q <= mid < s1), None)
+                if queued is not None:
+                    out.pool_queued += x1 - x0
+                    _add(out.pool, f"{queued} queued", x1 - x0)
+                    rest -= x1 - x0
         if rest <= 0:
             return
         out.suspended += rest
@@ -223,7 +258,7 @@ def breakdown(
         else:
             i = bisect.bisect_left(wait_starts, a - _SAME)
             wait = waits[i] if i < len(waits) and abs(wait_starts[i] - a) <= _SAME else None
-            label = _wait_label(folder, wait, "short awaits")
+            label = _wait_label(folder, wait, _short(a, b))
         _add(out.sites, label, rest)
 
     def ready(a: float, b: float) -> None:
@@ -271,11 +306,6 @@ def breakdown(
         prev_end = start
     if prev_end < end:
         suspended(prev_end, end, tail=True)
-    out.children = [
-        t
-        for t in index.tasks.values()
-        if t.get("parent") == tid and t.get("request") == req.get("id")
-    ]
     return out
 
 
@@ -316,6 +346,8 @@ def sentence(b: Breakdown) -> str:
             (b.running, f"{fd(b.running)} running on the loop" + (f" ({what})" if what else ""))
         )
     parts = [p for p in parts if p[0] >= 0.02 * b.total] or parts
+    if b.gc >= 0.02 * b.total:
+        parts.append((b.gc * 0.0, f"garbage collection paused it {fd(b.gc)} of that"))
     parts.sort(key=lambda p: -p[0])
     return head + ": " + "; ".join(p[1] for p in parts) if parts else head
 

@@ -127,18 +127,9 @@ def ranked(r: Reading) -> list[Finding]:
     add = out.append
     if b is not None:
         add(Finding(b.total, b.total, sentence(b)))
-        if b.gc > 0.001:
-            add(
-                Finding(
-                    b.gc, b.gc, f"GC pauses took {fmt_duration(b.gc)} of {request_label(b.request)}"
-                )
-            )
-    for h in r.hogs[:8]:
-        add(
-            Finding(
-                _on_trigger(b, h.start, h.start + h.duration, h.task), h.duration, _hog_text(h, r)
-            )
-        )
+    for h in [h for h in r.hogs if h.kind != "gc"][:8]:
+        on_trigger = _on_trigger(b, h.start, h.start + h.duration, h.task)
+        add(Finding(on_trigger, h.duration, _hog_text(h, r)))
     trigger_id = b.request.get("id") if b is not None else None
     errors, slow = [], []
     for req in dicts(doc.get("requests")):
@@ -217,22 +208,22 @@ def _cancel_findings(r: Reading, add: Any) -> None:
 
 
 def _gc_finding(r: Reading, add: Any) -> None:
+    """One finding for all GC pauses: how often, how long, and how much of the trigger."""
     pauses = [e for e in r.index.entries if e.get("kind") == "gc"]
     total = sum(num(e.get("duration")) or 0.0 for e in pauses)
-    if not pauses or total < GC_TOTAL:
+    b = r.trigger
+    during = b.gc if b is not None else 0.0
+    worst = max(pauses, key=lambda e: num(e.get("duration")) or 0.0) if pauses else {}
+    if total < GC_TOTAL and during < 0.001 and (num(worst.get("duration")) or 0.0) < SLOW_CALLBACK:
         return
-    worst = max(pauses, key=lambda e: num(e.get("duration")) or 0.0)
-    if (num(worst.get("duration")) or 0.0) >= SLOW_CALLBACK:
-        return  # already named among the loop hogs
-    add(
-        Finding(
-            0.0,
-            total,
-            f"garbage collection paused the loop {len(pauses)} times, {fmt_duration(total)} in"
-            f" all (worst {fmt_duration(num(worst.get('duration')))},"
-            f" generation {text(worst.get('generation'))})",
-        )
+    line = (
+        f"garbage collection paused the loop {len(pauses)} time{'s' if len(pauses) != 1 else ''},"
+        f" {fmt_duration(total)} in all; worst {fmt_duration(num(worst.get('duration')))}"
+        f" (generation {text(worst.get('generation'))}, {text(worst.get('collected'))} collected)"
     )
+    if b is not None and during > 0:
+        line += f"; {fmt_duration(during)} of it during {request_label(b.request)}"
+    add(Finding(during, total, line))
 
 
 def sched_delays(doc: dict[str, Any]) -> list[tuple[float, float | None, dict[str, Any]]]:

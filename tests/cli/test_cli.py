@@ -72,6 +72,20 @@ def test_summary(snap_file: Path) -> None:
     assert "app.py:30 in block" in out
 
 
+def test_summary_explains_any_request_and_folds_unless_full(snap_file: Path) -> None:
+    out = run("summary", str(snap_file)).stdout.decode()
+    assert out.splitlines()[2].startswith("why:      GET /slow 200 took 1.20 s: 1.14 s suspended")
+    proc = run("summary", str(snap_file), "--request", "4")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.decode().splitlines()
+    assert lines[2].startswith("why:      GET /block 200 took 1.25 s: 1.21 s running on the loop")
+    assert "where the time of GET /block 200 (request 4) went:" in lines
+    line = one_error_line(run("summary", str(snap_file), "--request", "99"))
+    assert "no request 99 in this snapshot" in line
+    full = run("summary", str(snap_file), "--full").stdout.decode()
+    assert "uvicorn/protocols/http/httptools_impl.py:401 in run_asgi" in full
+
+
 def test_summary_of_gzipped_snapshot(tmp_path: Path) -> None:
     path = tmp_path / "snap.json.gz"
     path.write_bytes(gzip.compress(orjson.dumps(make_doc())))

@@ -216,7 +216,7 @@ def test_a_gc_pause_is_a_finding_and_counted_in_the_request(srv: ThreadServer) -
     pauses = [e for e in doc["loop"] if e["kind"] == "gc" and e["collected"] >= 390_000]
     assert pauses and pauses[0]["generation"] == 2, doc["loop"]
     line = next(ln for ln in head.splitlines() if "garbage collection paused the loop" in ln)
-    assert "(generation 2, 3999" in line and "of it during GET /gc 200" in line, head
+    assert "(generation 2, " in line and "of it during GET /gc 200" in line, head
     assert "garbage collection:" in text
     _adds_up(doc)
 

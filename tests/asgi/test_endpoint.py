@@ -287,7 +287,7 @@ async def test_status(client: httpx.AsyncClient) -> None:
     assert response.status_code == 200
     body = response.json()
     assert body["events"] == 12 and body["loop"] == "asyncio"
-    assert body["store"]["snapshots"] == 3
+    assert body["store"]["written"] == 3
 
 
 @pytest.mark.anyio

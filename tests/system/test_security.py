@@ -27,7 +27,7 @@ from support import (
 from flightdeck import FlightDeck
 from flightdeck.asgi import access as _access
 from flightdeck.asgi import endpoint as _endpoint
-from flightdeck.snapshot import store as _store
+from flightdeck.snapshot import directory as _directory
 from flightdeck.snapshot.document import new_id
 from flightdeck.snapshot.store import SUFFIX, SnapshotStore
 
@@ -77,7 +77,7 @@ async def test_hostile_ids_are_404_nothing_read_outside(
             opened.append((os.path.abspath(path), (st.st_dev, st.st_ino)))
             return fd
 
-    monkeypatch.setattr(_store, "os", SpyOS())
+    monkeypatch.setattr(_directory, "os", SpyOS())
     hostile = [
         "../etc/passwd",
         "..%2f..%2fetc%2fpasswd",

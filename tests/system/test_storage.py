@@ -17,9 +17,21 @@ from typing import Any
 
 import pytest
 from endpoint_samples import make_snapshot
-from support import ROOT, TESTS, await_until, drive, http_scope, make_deck
+from support import (
+    ROOT,
+    TESTS,
+    await_until,
+    drive,
+    get_json,
+    http_get,
+    http_scope,
+    make_deck,
+    uvicorn_thread,
+    wait_until,
+)
 
-from flightdeck.snapshot import store as _store
+from flightdeck import FlightDeck
+from flightdeck.snapshot import directory as _directory
 from flightdeck.snapshot.document import new_id
 from flightdeck.snapshot.store import SUFFIX, SnapshotStore, encode
 
@@ -70,7 +82,7 @@ async def test_disk_full_or_read_only_keeps_snapshot_in_memory(
     where: str,
 ) -> None:
     deck = make_deck(inner, decks, directory=tmp_path, cooldown=0.001, slow_request=None)
-    monkeypatch.setattr(_store, "os", FailingOS(error, where))
+    monkeypatch.setattr(_directory, "os", FailingOS(error, where))
     caplog.set_level(logging.WARNING, logger="flightdeck")
     for _ in range(2):
         sent = await drive(deck, http_scope("/fail"))
@@ -96,7 +108,7 @@ async def test_directory_deleted_while_running_is_recreated(
     await drive(deck, http_scope("/fail"))
     await await_until(lambda: not deck._capturing and snapshot_files(directory), timeout=10)
     shutil.rmtree(directory)
-    assert len(deck.store.list()) == 1  # listing copes with the missing directory
+    assert deck.store.list() == []  # listing copes with the missing directory (its truth)
     await drive(deck, http_scope("/fail"))
     await await_until(lambda: not deck._capturing, timeout=10)
     assert directory.is_dir()
@@ -227,7 +239,7 @@ def test_quota_oldest_first_never_above(tmp_path: Path, monkeypatch: pytest.Monk
     limit = 5
     store = SnapshotStore(max_snapshots=limit, directory=tmp_path)
     spy = CountingOS(tmp_path)
-    monkeypatch.setattr(_store, "os", spy)
+    monkeypatch.setattr(_directory, "os", spy)
     base = time.time() - 1000
     written = []
     for i in range(30):
@@ -239,3 +251,73 @@ def test_quota_oldest_first_never_above(tmp_path: Path, monkeypatch: pytest.Monk
         assert [s["id"] for s in store.list()] == written[-limit:][::-1]
     # Checked at every change the store makes to the directory: never above the limit.
     assert len(spy.counts) >= 30 and max(spy.counts) <= limit, spy.counts
+
+
+def test_two_workers_list_only_what_either_can_serve(decks: list[Any], tmp_path: Path) -> None:
+    """Issue 12 item 9: with a directory, the directory is the truth. Worker A's capture is
+    rotated out by worker B's; A must no longer list it, since B (answering a download
+    that lands there) cannot serve it."""
+    import serverapps
+
+    def worker() -> Any:
+        made = FlightDeck(
+            serverapps.inner,
+            directory=tmp_path,
+            max_snapshots=2,
+            slow_request=None,
+            capture_delay=0.0,
+        )
+        decks.append(made)
+        return made
+
+    prefix = "/debug/flight"
+    with uvicorn_thread(worker()) as a, uvicorn_thread(worker()) as b:
+        created = http_post(a.url + prefix + "/snapshots")
+        assert created == 201
+        for _ in range(2):
+            assert http_post(b.url + prefix + "/snapshots") == 201
+        for srv in (a, b):
+            listing = get_json(srv.url + prefix + "/snapshots")
+            assert len(listing) == 2
+            for item in listing:
+                for other in (a, b):
+                    url = f"{other.url}{prefix}/snapshots/{item['id']}"
+                    assert http_get(url)[0] == 200, (srv.url, other.url)
+
+
+def test_manual_captures_leave_automatic_snapshots_alone(decks: list[Any], tmp_path: Path) -> None:
+    """Issue 12 item 4 end to end: a burst of captures from the endpoint does not push the
+    automatic snapshots out of the store."""
+    import serverapps
+
+    deck = FlightDeck(
+        serverapps.inner,
+        directory=tmp_path,
+        max_snapshots=3,
+        slow_request=None,
+        capture_delay=0.0,
+        cooldown=0.001,
+    )
+    decks.append(deck)
+    prefix = "/debug/flight"
+    with uvicorn_thread(deck) as srv:
+        for path in ("/error", "/fail"):
+            assert http_get(srv.url + path)[0] == 500
+            wait_until(lambda: not deck._capturing and len(deck.store.list()) >= 1)
+        wait_until(lambda: len(get_json(srv.url + prefix + "/snapshots")) == 2)
+        statuses = [http_post(srv.url + prefix + "/snapshots") for _ in range(30)]
+        assert statuses.count(201) >= 1 and set(statuses) <= {201, 429}
+        kinds = [item["trigger"]["kind"] for item in get_json(srv.url + prefix + "/snapshots")]
+    assert sorted(kinds) == ["exception", "manual", "server_error"]
+
+
+def http_post(url: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(urllib.request.Request(url, method="POST"), timeout=10) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as error:
+        return error.code

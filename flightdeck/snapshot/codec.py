@@ -1,0 +1,250 @@
+"""The on-disk and in-memory form of a stored snapshot: a gzip member carrying its summary.
+
+Each snapshot is kept as gzip'd native JSON. Its summary (what ``SnapshotStore.list``
+returns) travels in the gzip header's FEXTRA field, a standard part of the format that
+gunzip, zlib and browsers skip: listing reads a few hundred bytes per file, and since
+metadata and data are one file there is nothing to keep consistent.
+"""
+
+from __future__ import annotations
+
+import calendar
+import os
+import struct
+import time
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from ..core.text import safe_text
+from .document import FORMAT, Snapshot, is_valid_id
+
+SUFFIX = ".json.gz"
+_META_TAG = b"FD"  # FEXTRA subfield id carrying the summary
+GZIP_MAGIC = b"\x1f\x8b\x08\x04"  # gzip, deflate, FLG.FEXTRA only
+# A low level: every put compresses, and repetitive JSON compresses well even at low levels.
+_GZIP_LEVEL = 4
+#: Files and decompressed documents larger than this (or the store's max_bytes) are refused.
+MIN_READ_LIMIT = 64 << 20
+
+Summary = dict[str, Any]
+Listing = list[Summary]
+
+
+@dataclass(frozen=True)
+class StoredInfo:
+    """What :meth:`SnapshotStore.put` did with a snapshot."""
+
+    id: str
+    size: int  #: native JSON bytes
+    stored: int  #: gzip'd bytes held in memory (and written to disk)
+    path: str | None  #: the file written, or None when kept in memory only
+
+
+def _str(value: object, limit: int) -> str:
+    return safe_text(value if isinstance(value, str) else "", limit)
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _float(value: object) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def clean(raw: object, size: object) -> Summary | None:
+    """A summary of the documented shape from untrusted data, or None when it is not one."""
+    if not isinstance(raw, dict) or not is_valid_id(raw.get("id")):
+        return None
+    trigger = raw.get("trigger")
+    trigger = trigger if isinstance(trigger, dict) else {}
+    req = trigger.get("request", raw.get("request"))
+    request = None
+    if isinstance(req, dict):
+        request = {
+            "method": _str(req.get("method"), 16),
+            "path": _str(req.get("path"), 2048),
+            "status": _int(req.get("status")),
+            "duration": _float(req.get("duration")),
+        }
+    pid = raw.get("pid")
+    if pid is None and isinstance(raw.get("process"), dict):
+        pid = raw["process"].get("pid")
+    return {
+        "id": raw["id"],
+        "created_at": _str(raw.get("created_at"), 64),
+        "trigger": {
+            "kind": _str(trigger.get("kind"), 64),
+            "reason": _str(trigger.get("reason"), 1024),
+        },
+        "request": request,
+        "pid": _int(pid),
+        "size": _int(size) or 0,
+    }
+
+
+def sort_key(summary: Summary) -> tuple[float, str]:
+    """Oldest first: created time, then id (ids of one second sort by pid and randomness)."""
+    ident: str = summary["id"]
+    try:
+        created = datetime.fromisoformat(summary["created_at"].replace("Z", "+00:00"))
+        return created.timestamp(), ident
+    except (ValueError, AttributeError, OverflowError):
+        pass
+    try:
+        return float(calendar.timegm(time.strptime(ident[:16], "%Y%m%dT%H%M%SZ"))), ident
+    except (ValueError, OverflowError):
+        return 0.0, ident  # the pattern admits impossible dates such as month 99
+
+
+def encode(snapshot: Snapshot, level: int = _GZIP_LEVEL) -> tuple[bytes, Summary]:
+    """The snapshot as a gzip member whose header carries its summary, and that summary."""
+    return encode_stream(snapshot.to_dict(), [snapshot.dumps("json")], level)
+
+
+def encode_stream(
+    head: dict[str, Any], pieces: Iterable[bytes], level: int = _GZIP_LEVEL
+) -> tuple[bytes, Summary]:
+    """Like :func:`encode`, from a document's JSON in ``pieces`` (compressed as they come).
+
+    ``head`` is the document or any dict with its ``id``, ``format``, ``created_at``,
+    ``trigger`` and ``process``: what the summary is made of.
+    """
+    compressor = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
+    body: list[bytes] = []
+    crc = 0
+    size = 0
+    for piece in pieces:
+        crc = zlib.crc32(piece, crc)
+        size += len(piece)
+        body.append(compressor.compress(piece))
+    body.append(compressor.flush())
+    summary = clean(head, size)
+    if summary is None:
+        raise ValueError(f"not a storable snapshot: malformed id {head.get('id')!r}")
+    meta = orjson.dumps({"format": head.get("format"), "summary": summary})
+    sub = _META_TAG + struct.pack("<H", len(meta)) + meta
+    header = GZIP_MAGIC + b"\0\0\0\0\0\xff" + struct.pack("<H", len(sub)) + sub
+    trailer = struct.pack("<II", crc, size & 0xFFFFFFFF)
+    return b"".join([header, *body, trailer]), summary
+
+
+def parse_header(head: bytes) -> tuple[Summary, int] | None:
+    """(summary, header length) from the first bytes of a member written by :func:`encode`.
+
+    None for anything else: not gzip, no summary, another format version (skipped, so that
+    an older flightdeck sharing a directory with a newer one never serves what it cannot read).
+    """
+    if len(head) < 12 or head[:4] != GZIP_MAGIC:
+        return None
+    (xlen,) = struct.unpack_from("<H", head, 10)
+    if len(head) < 12 + xlen or xlen < 4 or head[12:14] != _META_TAG:
+        return None
+    (length,) = struct.unpack_from("<H", head, 14)
+    if 4 + length > xlen:
+        return None
+    try:
+        meta = orjson.loads(head[16 : 16 + length])
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        return None
+    raw = meta.get("summary")
+    summary = clean(raw, raw.get("size") if isinstance(raw, dict) else None)
+    return (summary, 12 + xlen) if summary is not None else None
+
+
+def gunzip(data: bytes, limit: int) -> bytes | None:
+    """Decompress one gzip member, checking CRC and length; None if corrupt or over ``limit``."""
+    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = decompressor.decompress(data, limit + 1)
+    except zlib.error:
+        return None
+    if len(out) > limit or not decompressor.eof or decompressor.unused_data:
+        return None
+    return out
+
+
+def read_exact(fd: int, size: int) -> bytes:
+    chunks = []
+    while size > 0:
+        chunk = os.read(fd, min(size, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def is_manual(summary: Summary) -> bool:
+    """True for a snapshot captured by hand (``trigger.kind == "manual"``)."""
+    return bool(summary["trigger"]["kind"] == "manual")
+
+
+def eviction_key(summary: Summary) -> tuple[bool, float, str]:
+    """Order in which snapshots give way to new ones: manual ones first, oldest first within.
+
+    An operator's (or a script's) captures never push out the snapshots that triggers took.
+    """
+    return (not is_manual(summary), *sort_key(summary))
+
+
+def id_time(ident: str) -> float | None:
+    """The creation second encoded in a snapshot id, or None for an impossible date."""
+    try:
+        return float(calendar.timegm(time.strptime(ident[:16], "%Y%m%dT%H%M%SZ")))
+    except (ValueError, OverflowError):
+        return None
+
+
+#: ``created_at`` is taken when the build ends, the id when it starts: this much apart at most.
+MAX_BUILD_SECONDS = 3600.0
+
+
+def consistent(summary: Summary) -> bool:
+    """The summary's ``created_at`` agrees with its id (a forged date cannot sort first)."""
+    stamp = id_time(summary["id"])
+    try:
+        created = datetime.fromisoformat(summary["created_at"].replace("Z", "+00:00"))
+    except (ValueError, AttributeError, OverflowError):
+        return False
+    return stamp is not None and -2.0 <= created.timestamp() - stamp <= MAX_BUILD_SECONDS
+
+
+def verify(fd: int, header_length: int, ident: str, limit: int) -> bool:
+    """The gzip member open at ``fd`` decompresses whole (CRC and length checked by zlib)
+    to at most ``limit`` bytes of a ``flightdeck/1`` document with id ``ident``.
+
+    Streams in chunks: memory stays small whatever the size.
+    """
+    os.lseek(fd, 0, os.SEEK_SET)
+    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    expected = b'{"format":"' + FORMAT.encode() + b'","id":"' + ident.encode() + b'"'
+    head = b""
+    total = 0
+    try:
+        while not decompressor.eof:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                return False
+            while chunk:
+                out = decompressor.decompress(chunk, 1 << 20)
+                total += len(out)
+                if total > limit:
+                    return False
+                if len(head) < len(expected):
+                    head += out[: len(expected) - len(head)]
+                chunk = decompressor.unconsumed_tail
+                if decompressor.eof:
+                    break
+    except zlib.error:
+        return False
+    return head == expected and not decompressor.unused_data and not os.read(fd, 1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import json
 import sys
 import urllib.error
 import urllib.parse
@@ -98,7 +99,48 @@ def _snapshot_url(base: str, snap_id: str) -> str:
     return base.rstrip("/") + "/snapshots/" + urllib.parse.quote(snap_id, safe="")
 
 
+def _pull_incident(args: argparse.Namespace) -> int:
+    """Every snapshot of a fleet incident into a directory (default ``incident-ID``)."""
+    incident = args.incident
+    if not is_valid_id(incident):
+        _fail(f"malformed incident id {incident!r}")
+    if args.id:
+        _fail("--id and --incident cannot be combined")
+    url = _snapshot_url(args.url, "x").rsplit("/snapshots/", 1)[0] + "/incidents"
+    headers = {"Accept": "application/json", "User-Agent": f"{PROG}-cli"}
+    if args.token:
+        headers["Authorization"] = f"Bearer {args.token}"
+    try:
+        req = urllib.request.Request(url, headers=headers, method="GET")
+        with urllib.request.urlopen(req, timeout=args.timeout) as resp:
+            listing = json.loads(resp.read(16 << 20))
+    except urllib.error.HTTPError as exc:
+        _fail(f"HTTP {exc.code} {exc.reason} from {url}")
+    except (urllib.error.URLError, OSError) as exc:
+        _fail(f"cannot reach {url}: {getattr(exc, 'reason', exc)}")
+    except ValueError:
+        _fail(f"{url} did not return an incident list")
+    found = [i for i in listing if isinstance(i, dict) and i.get("id") == incident]
+    if not found:
+        _fail(f"no incident {incident} at {url}")
+    snapshots = [s for s in found[0].get("snapshots") or [] if is_valid_id(s.get("id"))]
+    directory = Path(args.output or f"incident-{incident}")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _fail(f"cannot create {directory}: {exc.strerror or exc}")
+    for snap in snapshots:
+        one = argparse.Namespace(**vars(args))
+        one.incident, one.id = None, snap["id"]
+        one.output = str(directory / f"{snap['id']}.json")
+        cmd_pull(one)
+    print(f"pulled {len(snapshots)} snapshot(s) of incident {incident} into {directory}")
+    return 0
+
+
 def cmd_pull(args: argparse.Namespace) -> int:
+    if getattr(args, "incident", None):
+        return _pull_incident(args)
     snap_id = args.id or "latest"
     if snap_id != "latest" and not is_valid_id(snap_id):
         _fail(f"malformed snapshot id {snap_id!r}")
@@ -206,6 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--token", "-t", help="bearer token of the endpoint (FLIGHTDECK_TOKEN)")
     p.add_argument("--id", help="snapshot id to fetch (default: latest)")
+    p.add_argument(
+        "--incident",
+        metavar="ID",
+        help="fetch every snapshot of this fleet incident into -o DIR (default incident-ID)",
+    )
     p.add_argument(
         "-o", "--output", metavar="OUT", help="output path ('-' for stdout; default: <id>.json)"
     )

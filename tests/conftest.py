@@ -103,3 +103,18 @@ def server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     yield start
     for srv in started:
         srv.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Any]:
+    """A real redis-server on a free loopback port (persistence off), stopped afterwards."""
+    import shutil
+
+    from support import RedisServer
+
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed (apt-get install redis-server; .ci/run does)")
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.kill()

@@ -65,6 +65,22 @@ async def stream(request: Request) -> Response:
     return StreamingResponse(body(), media_type="text/plain")
 
 
+async def chain(request: Request) -> Response:
+    """Call ``next`` with this request's ``traceparent`` (as a traced client would), then
+    sleep ``ms``: a slow request in one service whose trace another service handled."""
+    import httpx
+
+    headers = {}
+    if "traceparent" in request.headers:
+        headers["traceparent"] = request.headers["traceparent"]
+    target = request.query_params.get("next")
+    if target:
+        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+            await client.get(target, headers=headers)
+    await asyncio.sleep(_ms(request, 0))
+    return PlainTextResponse("chained")
+
+
 _starlette = Starlette(
     routes=[
         Route("/fast", fast),
@@ -74,6 +90,7 @@ _starlette = Starlette(
         Route("/error", error),
         Route("/fail", fail),
         Route("/stream", stream),
+        Route("/chain", chain),
     ]
 )
 

@@ -91,6 +91,8 @@ class CaptureEngine:
         self.joined: dict[str, int] = {}  # triggers listed in another's trigger.also
         self.captures = 0
         self.capture_failures = 0
+        #: The fleet (``fleet.Fleet``) when one is configured: told of every capture built.
+        self.fleet: Any = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Begin the periodic checks and listen for loop blocks (on ``loop``)."""
@@ -271,7 +273,8 @@ class CaptureEngine:
 
         def work() -> None:
             try:
-                self.recorder.build_into(
+                fleet = self.fleet
+                stored = self.recorder.build_into(
                     self.store,
                     frozen,
                     kind=capture.kind,
@@ -279,8 +282,12 @@ class CaptureEngine:
                     request=capture.record,
                     trigger_time_ns=capture.t_fire,
                     extra={"also": capture.also},
+                    # The fleet may open an incident (trigger.incident); it never raises.
+                    annotate=None if fleet is None else fleet.originate,
                 )
                 self.captures += 1
+                if fleet is not None:
+                    fleet.share(stored)  # uploads in the background; never raises
             except Exception as exc:
                 self.capture_failures += 1
                 self.errors("capture", exc)

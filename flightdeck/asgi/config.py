@@ -30,6 +30,7 @@ from ..core.config import (
     env_list,
     env_seconds,
 )
+from .fleet.options import fleet_options
 from .redact import DEFAULT as DEFAULT_REDACTOR
 from .redact import Redactor
 from .triggers import LoopBlocked, ServerError, SlowRequest, Trigger
@@ -61,6 +62,7 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "token": ("FLIGHTDECK_TOKEN", env),
     "enabled": ("FLIGHTDECK_ENABLED", lambda n: env_flag(n, True)),
     "allowed_hosts": ("FLIGHTDECK_ALLOWED_HOSTS", env_list),
+    "fleet": ("FLIGHTDECK_FLEET", env),
 }
 
 
@@ -93,6 +95,11 @@ class Config:
         enabled: bool = True,
         allowed_hosts: Iterable[str] | None = None,
         redact_keys: Iterable[str] = (),
+        service: str | None = None,
+        fleet: str | None = None,
+        fleet_capture: str = "trace",
+        fleet_namespace: str = "flightdeck",
+        fleet_ttl: float = 24 * 3600.0,
     ) -> None:
         self.window = check_seconds("window", window)
         self.max_bytes = check_positive_int("max_bytes", max_bytes)
@@ -119,6 +126,11 @@ class Config:
         self.rate_period = check_seconds("rate_limit period", rate_limit[1])
         self.enabled = bool(enabled)
         self.triggers = self._triggers(triggers, slow_routes)
+        if service is not None and (not isinstance(service, str) or not service.strip()):
+            raise ValueError("service must be a non-empty string or None")
+        #: None: from FLIGHTDECK_SERVICE, OTEL_SERVICE_NAME or the app (``resolve_service``).
+        self.service = service
+        self.fleet = fleet_options(fleet, fleet_capture, fleet_namespace, fleet_ttl)
 
     @classmethod
     def from_env(cls, **options: Any) -> Config:

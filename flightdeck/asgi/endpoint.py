@@ -24,6 +24,7 @@ from ..core.text import safe_text
 from ..snapshot.document import Snapshot, SnapshotInProgress, is_valid_id
 from ..snapshot.store import SnapshotStore
 from .access import MANUAL_RATE, Access, ManualLimit
+from .fleet import TRACE_ID, list_incidents, snapshots_of_trace
 from .pages import login_page, render_index
 
 logger = logging.getLogger("flightdeck")
@@ -225,7 +226,14 @@ class _Endpoint:
             return await self._index(request, base)
         if sub == "/snapshots":
             if method in _READ_METHODS:
-                return _json(await anyio.to_thread.run_sync(self.backend.store.list))
+                trace_id = request.query_params.get("trace_id")
+                if trace_id is None:
+                    return _json(await anyio.to_thread.run_sync(self.backend.store.list))
+                if not TRACE_ID.match(trace_id):
+                    return _error(400, "trace_id must be 32 lowercase hex digits")
+                return _json(
+                    await anyio.to_thread.run_sync(snapshots_of_trace, self.backend, trace_id)
+                )
             if method == "POST":
                 return await self._capture(request, base)
             return _error(405, "method not allowed", {"Allow": "GET, HEAD, POST"})
@@ -236,6 +244,10 @@ class _Endpoint:
             if method not in _READ_METHODS:
                 return _error(405, "method not allowed", {"Allow": "GET, HEAD"})
             return await self._download(request, ident)
+        if sub == "/incidents":
+            if method not in _READ_METHODS:
+                return _error(405, "method not allowed", {"Allow": "GET, HEAD"})
+            return _json(await anyio.to_thread.run_sync(list_incidents, self.backend))
         if sub == "/status":
             if method not in _READ_METHODS:
                 return _error(405, "method not allowed", {"Allow": "GET, HEAD"})

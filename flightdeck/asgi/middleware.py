@@ -27,6 +27,7 @@ from ..snapshot.recorder import FlightRecorder
 from ..snapshot.store import SnapshotStore
 from .capture import CaptureEngine, RequestState, client_of, route_of
 from .config import Config
+from .fleet import Fleet, resolve_service
 from .redact import MAX_METHOD, MAX_PATH
 from .tracecontext import trace_id_from_headers
 
@@ -58,6 +59,10 @@ class FlightDeck:
         self.store = SnapshotStore(max_snapshots=config.max_snapshots, directory=config.directory)
         self.engine = engine = CaptureEngine(config, self.recorder, self.store)
         self.errors = engine.errors
+        self.service = self.recorder.service = resolve_service(config.service, app)
+        self.fleet: Fleet | None = None
+        if config.fleet is not None and self.enabled:
+            self.fleet = engine.fleet = Fleet(engine, config.fleet, self.service)
         self._started = False
         self._start_lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -105,6 +110,8 @@ class FlightDeck:
             loop = asyncio.get_running_loop()
             self.engine.start(loop)
             self.recorder.start(loop)
+            if self.fleet is not None:
+                self.fleet.start(loop)
         except Exception as exc:
             self.errors("start", exc)
 
@@ -312,9 +319,13 @@ class FlightDeck:
             "inflight": len(self._inflight),
             "errors": dict(self.errors.counts),
             "recorder": stats,
+            "service": self.service,
+            "fleet": None if self.fleet is None else self.fleet.stats(),
         }
 
     def close(self) -> None:
         """Stop recording (the app keeps working; flightdeck becomes a pass-through)."""
         self.enabled = False
         self.recorder.stop()
+        if self.fleet is not None:
+            self.fleet.close()

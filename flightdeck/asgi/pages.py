@@ -55,7 +55,8 @@ def _render_row(item: dict[str, Any], base: str) -> str:
     return (
         "<tr>"
         f"<td>{e(str(item['created_at']))}</td>"
-        f"<td>{e(str(item['trigger']['kind']))}</td>"
+        f"<td>{e(str(item['trigger']['kind']))}"
+        f"{e(' · ' + str(item['service'])) if item.get('service') else ''}</td>"
         f"<td>{e(str(item['trigger']['reason']))}</td>"
         f"<td>{e(described)}</td>"
         f"<td>{e(str(item.get('pid') or ''))}</td>"
@@ -67,12 +68,35 @@ def _render_row(item: dict[str, Any], base: str) -> str:
     )
 
 
+def _render_rows(listing: list[dict[str, Any]], base: str) -> str:
+    # Snapshots of one fleet incident are listed together, under a row naming it, where
+    # the newest of them would be; the others keep their place (newest first).
+    e = html.escape
+    groups: dict[str | None, list[dict[str, Any]]] = {}
+    order: list[tuple[str | None, dict[str, Any]]] = []
+    for item in listing:
+        incident = item.get("incident")
+        if incident is None or incident not in groups:
+            order.append((incident, item))
+        if incident is not None:
+            groups.setdefault(incident, []).append(item)
+    rows = []
+    for incident, item in order:
+        if incident is None:
+            rows.append(_render_row(item, base))
+            continue
+        rows.append(
+            f'<tr class="incident"><td colspan="7">incident {e(incident)}'
+            f" · {len(groups[incident])} snapshot(s)</td></tr>"
+        )
+        rows.extend(_render_row(member, base) for member in groups[incident])
+    return "\n".join(rows)
+
+
 def render_index(listing: list[dict[str, Any]], base: str, nonce: str) -> str:
     """The snapshot list with its "capture now" button (the script carries ``nonce``)."""
     e = html.escape
-    rows = "\n".join(_render_row(item, base) for item in listing) or (
-        '<tr><td colspan="7">No snapshots yet.</td></tr>'
-    )
+    rows = _render_rows(listing, base) or ('<tr><td colspan="7">No snapshots yet.</td></tr>')
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -83,6 +107,7 @@ table {{ border-collapse: collapse; width: 100%; }}
 th, td {{ text-align: left; padding: .3em .6em; border-bottom: 1px solid #ddd; }}
 td:nth-child(3), td:nth-child(4) {{ word-break: break-all; }}
 button {{ font: inherit; padding: .3em 1em; }}
+tr.incident td {{ background: #f3f0e6; font-weight: 600; }}
 #message {{ margin-left: 1em; color: #a00; }}
 </style></head>
 <body>

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import calendar
 import os
+import re
 import struct
 import time
 import zlib
@@ -30,6 +31,9 @@ GZIP_MAGIC = b"\x1f\x8b\x08\x04"  # gzip, deflate, FLG.FEXTRA only
 _GZIP_LEVEL = 4
 #: Files and decompressed documents larger than this (or the store's max_bytes) are refused.
 MIN_READ_LIMIT = 64 << 20
+
+_TRACE_ID = re.compile(r"\A[0-9a-f]{32}\Z")
+_MAX_TRACE_IDS = 1000  # per snapshot, in its summary (the gzip header holds 64 KiB)
 
 Summary = dict[str, Any]
 Listing = list[Summary]
@@ -75,8 +79,13 @@ def clean(raw: object, size: object) -> Summary | None:
             "duration": _float(req.get("duration")),
         }
     pid = raw.get("pid")
-    if pid is None and isinstance(raw.get("process"), dict):
-        pid = raw["process"].get("pid")
+    process = raw.get("process")
+    if isinstance(process, dict):
+        pid = process.get("pid") if pid is None else pid
+        service = process.get("service")
+    else:
+        service = raw.get("service")
+    incident = trigger.get("incident", raw.get("incident"))
     return {
         "id": raw["id"],
         "created_at": _str(raw.get("created_at"), 64),
@@ -87,7 +96,28 @@ def clean(raw: object, size: object) -> Summary | None:
         "request": request,
         "pid": _int(pid),
         "size": _int(size) or 0,
+        "service": _str(service, 128) if isinstance(service, str) else None,
+        "incident": incident if is_valid_id(incident) else None,
+        "trace_ids": _trace_ids(raw),
     }
+
+
+def _trace_ids(raw: dict[str, Any]) -> list[str]:
+    """The trace ids of a document's requests, or of a stored summary's list, checked."""
+    requests = raw.get("requests")
+    found: Iterable[object]
+    if isinstance(requests, list):
+        found = (r.get("trace_id") for r in requests if isinstance(r, dict))
+    else:
+        listed = raw.get("trace_ids")
+        found = listed if isinstance(listed, list) else ()
+    seen: dict[str, None] = {}
+    for tid in found:
+        if isinstance(tid, str) and _TRACE_ID.match(tid):
+            seen[tid] = None
+            if len(seen) >= _MAX_TRACE_IDS:
+                break
+    return list(seen)
 
 
 def sort_key(summary: Summary) -> tuple[float, str]:

@@ -96,6 +96,8 @@ class FlightRecorder:
         self.snapshots_taken = 0
         self.snapshots_refused = 0
         self._errors = 0
+        #: ``process.service`` of its snapshots (``FlightDeck`` sets it; None leaves it out).
+        self.service: str | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
     @property
@@ -251,12 +253,15 @@ class FlightRecorder:
         request: dict[str, Any] | None = None,
         trigger_time_ns: int | None = None,
         extra: dict[str, Any] | None = None,
+        annotate: Callable[[dict[str, Any]], None] | None = None,
     ) -> StoredInfo:
         """Build a snapshot of ``frozen`` straight into ``store`` (the capture path).
 
         Like :meth:`build`, but the document is written out and compressed task by task
         instead of being built whole as Python objects: a capture's peak memory stays a
-        fraction of the window's. ``extra`` is merged into the trigger record.
+        fraction of the window's. ``extra`` is merged into the trigger record; ``annotate``
+        sees the assembled document before it is written (the fleet adds its incident
+        there) and may raise to drop the snapshot.
         """
         if not self._build_lock.acquire(blocking=False):
             self.snapshots_refused += 1
@@ -274,6 +279,8 @@ class FlightRecorder:
                     trigger_time_ns=trigger_time_ns,
                     process=self._process_info(),
                 )
+                if annotate is not None:
+                    annotate(doc)
                 data, summary = encode_stream(doc, builder.iter_json(doc))
                 del doc
             finally:
@@ -316,7 +323,7 @@ class FlightRecorder:
         import platform
         import socket
 
-        return {
+        info: dict[str, Any] = {
             "pid": os.getpid(),
             "hostname": socket.gethostname(),
             "python": platform.python_version(),
@@ -325,6 +332,9 @@ class FlightRecorder:
             "coverage": dict(self.coverage),
             "paths": process_paths(self.app_module),
         }
+        if self.service is not None:
+            info["service"] = self.service
+        return info
 
     def _after_fork(self) -> None:
         self._build_lock = threading.Lock()

@@ -19,6 +19,7 @@ import errno
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from ..core.text import ErrorLog
@@ -72,6 +73,9 @@ class SnapshotStore:
         self._bytes = 0
         self._lock = threading.Lock()
         self._log = ErrorLog()
+        #: Asked for a snapshot this store does not hold (the fleet's, in Redis): returns
+        #: its gzip'd native JSON, already checked, or None.
+        self.remote: Callable[[str], bytes | None] | None = None
         self.directory: str | None = None
         self._dir: SnapshotDirectory | None = None
         if directory is not None:
@@ -145,7 +149,18 @@ class SnapshotStore:
             entry = self._memory.get(ident)
         if entry is not None:
             return entry[0]
-        return self._dir.read(ident) if self._dir is not None else None
+        data = self._dir.read(ident) if self._dir is not None else None
+        return data if data is not None else self._remote(ident)
+
+    def _remote(self, ident: str) -> bytes | None:
+        if self.remote is None:
+            return None
+        try:
+            return self.remote(ident)
+        except Exception:
+            with self._lock:
+                self.errors += 1
+            return None
 
     def get(self, id: str) -> Snapshot | None:
         """The snapshot ``id``, or None."""
@@ -166,11 +181,13 @@ class SnapshotStore:
             return data
         return gunzip(data, self._read_limit)
 
-    def list(self) -> Listing:
+    def list(self, trace_id: str | None = None) -> Listing:
         """Summaries of the stored snapshots, newest first.
 
-        ``[{id, created_at, trigger: {kind, reason}, request, pid, size}]`` where ``request``
-        is ``{method, path, status, duration}`` or None and ``size`` is the native JSON size.
+        ``[{id, created_at, trigger: {kind, reason}, request, pid, size, service, incident}]``
+        where ``request`` is ``{method, path, status, duration}`` or None and ``size`` is the
+        native JSON size. With ``trace_id``, only the snapshots whose window holds a request
+        of that trace (the trace ids are in each snapshot's verified summary).
         """
         with self._lock:
             found = {ident: summary for ident, (_, summary) in self._memory.items()}
@@ -178,6 +195,8 @@ class SnapshotStore:
             for _, summary in self._dir.scan():
                 found.setdefault(summary["id"], summary)
         ordered = sorted(found.values(), key=sort_key, reverse=True)
+        if trace_id is not None:
+            ordered = [item for item in ordered if trace_id in item.get("trace_ids", ())]
         return [_copy(summary) for summary in ordered]
 
     def latest_id(self) -> str | None:
@@ -207,6 +226,7 @@ class SnapshotStore:
 
 def _copy(summary: Summary) -> Summary:
     copied = dict(summary)
+    copied.pop("trace_ids", None)  # internal: up to 1000 per snapshot; see list(trace_id=)
     copied["trigger"] = dict(summary["trigger"])
     if summary["request"] is not None:
         copied["request"] = dict(summary["request"])

@@ -12,7 +12,7 @@ import anyio.to_thread
 import httpx
 import orjson
 import pytest
-from endpoint_samples import make_snapshot
+from endpoint_samples import make_document, make_snapshot
 from starlette.types import ASGIApp, Message
 
 from flightdeck.asgi import endpoint as _endpoint
@@ -162,7 +162,10 @@ async def test_index_json_and_list(
     listing = response.json()
     assert listing == expected
     assert [item["id"] for item in listing] == [s.id for s in reversed(snapshots)]
-    assert set(listing[0]) == {"id", "created_at", "trigger", "request", "pid", "size"}
+    assert set(listing[0]) == {"id", "created_at", "trigger", "request", "pid", "size"} | {
+        "service",
+        "incident",
+    }
     assert set(listing[0]["trigger"]) == {"kind", "reason"}
 
 
@@ -573,3 +576,29 @@ async def test_real_exports(client: httpx.AsyncClient, snapshots: list[Snapshot]
     assert perfetto.status_code == 200 and "traceEvents" in perfetto.json()
     page = common(await client.get(url + "?format=html"))
     assert page.status_code == 200 and page.text.lower().startswith("<!doctype html>")
+
+
+@pytest.mark.anyio
+async def test_list_by_trace_id_and_local_incidents(
+    client: httpx.AsyncClient, backend: FakeBackend
+) -> None:
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    incident = new_id()
+    docs = [make_document(reason=f"n{i}") for i in range(3)]
+    docs[0]["requests"][0]["trace_id"] = trace
+    docs[0]["trigger"]["incident"] = docs[1]["trigger"]["incident"] = incident
+    for doc in docs:
+        backend.store.put(Snapshot(doc))
+    response = common(await client.get(PREFIX + f"/snapshots?trace_id={trace}"))
+    assert [item["id"] for item in response.json()] == [docs[0]["id"]]
+    assert common(await client.get(PREFIX + "/snapshots?trace_id=" + "0" * 31 + "1")).json() == []
+    for bad in ["XYZ", trace.upper(), trace + "0", ""]:
+        response = common(await client.get(PREFIX + f"/snapshots?trace_id={bad}"))
+        assert response.status_code == 400, bad
+    # Without a fleet, /incidents groups this process's snapshots by incident.
+    incidents = common(await client.get(PREFIX + "/incidents")).json()
+    assert [i["id"] for i in incidents] == [incident]
+    assert {s["id"] for s in incidents[0]["snapshots"]} == {docs[0]["id"], docs[1]["id"]}
+    page = (await client.get(PREFIX, headers={"Accept": "text/html"})).text
+    assert page.count(f"incident {incident}") == 1
+    assert common(await client.post(PREFIX + "/incidents")).status_code == 405

@@ -87,6 +87,8 @@ def test_list_summary_shape() -> None:
         "request": {"method": "GET", "path": "/a", "status": 200, "duration": 1.2},
         "pid": os.getpid(),
         "size": len(snap.dumps("json")),
+        "service": None,
+        "incident": None,
     }
     assert info.size == item["size"]
     item["trigger"]["kind"] = "mutated"
@@ -420,3 +422,36 @@ def test_header_summary_is_sanitized(tmp_path: Path) -> None:
     assert item["request"]["status"] is None
     assert item["pid"] is None
     orjson.dumps(item)
+
+
+def test_trace_ids_kept_in_the_verified_summary(tmp_path: Path) -> None:
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    doc = make_document()
+    doc["requests"][0]["trace_id"] = trace
+    doc["requests"].append({**doc["requests"][0], "id": 2, "trace_id": "NOT-A-TRACE"})
+    traced, plain = Snapshot(doc), make_snapshot()
+    store = SnapshotStore(directory=tmp_path)
+    store.put(traced)
+    store.put(plain)
+    assert [s["id"] for s in store.list(trace_id=trace)] == [traced.id]
+    # Another process sharing the directory reads them from the files' summaries.
+    other = SnapshotStore(directory=tmp_path)
+    assert [s["id"] for s in other.list(trace_id=trace)] == [traced.id]
+    assert other.list(trace_id="0" * 31 + "1") == []
+    assert all("trace_ids" not in s for s in other.list())  # internal, not in the listing
+
+
+def test_remote_snapshots_are_read_through_the_hook() -> None:
+    store = SnapshotStore()
+    elsewhere = make_snapshot()
+    data = gzip.compress(elsewhere.dumps("json"))
+    store.remote = lambda ident: data if ident == elsewhere.id else None
+    assert store.get_bytes(elsewhere.id, gzip=True) == data
+    assert store.get_bytes(elsewhere.id, gzip=False) == elsewhere.dumps("json")
+    got = store.get(elsewhere.id)
+    assert got is not None and got.id == elsewhere.id
+    assert store.get(new_id()) is None
+    assert store.list() == []  # listed by the fleet's incidents, never as local
+    # A hook answering for another id is not believed.
+    store.remote = lambda ident: data
+    assert store.get(new_id()) is None

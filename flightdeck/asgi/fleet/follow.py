@@ -1,0 +1,112 @@
+"""Following incidents that other processes opened: capture this window when it matters."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from ..triggers import RateLimiter
+from .protocol import MAX_MESSAGE, clean_incident, decode_json, trace_ids
+
+if TYPE_CHECKING:
+    from .engine import Fleet
+
+_BUSY_RETRIES = 50  # a follower capture waits up to 5 s for the local one to finish
+
+
+class _NotInvolved(Exception):
+    """This process's window holds no request of the incident's trace."""
+
+
+class Follower:
+    """Hears incidents (fleet thread), freezes the window (app loop), builds (a thread)."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        rate = fleet.deck.gate.rate
+        # The fleet-wide limit bounds incidents already; this bounds what one process does
+        # whatever is published on the channel.
+        self._rate = RateLimiter(rate.count, rate.period)
+
+    def message(self, data: bytes) -> None:
+        # On the fleet thread.
+        incident = clean_incident(decode_json(data, MAX_MESSAGE))
+        if incident is None:
+            self.fleet.counters.add("malformed")
+            return
+        self.fleet.counters.add("received")
+        if incident["sender"] == self.fleet.sender:
+            return
+        loop = self.fleet.app_loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(self._follow, incident, 0)
+        except RuntimeError:
+            pass  # the app's loop closed
+
+    def _follow(self, incident: dict[str, Any], attempt: int) -> None:
+        # On the app's loop: freeze now, build in a thread.
+        deck = self.fleet.deck
+        try:
+            if not deck.recorder.enabled:
+                return
+            if deck.capturing:
+                if attempt < _BUSY_RETRIES and self.fleet.app_loop is not None:
+                    self.fleet.app_loop.call_later(0.1, self._follow, incident, attempt + 1)
+                else:
+                    self.fleet.counters.add("follow_busy")
+                return
+            if not self._rate.allow():
+                self.fleet.counters.add("follow_suppressed")
+                return
+            deck.building = True  # local triggers meanwhile are queued, not lost
+            try:
+                frozen = deck.recorder.freeze()
+                threading.Thread(
+                    target=self._build_follower,
+                    args=(frozen, incident),
+                    name="flightdeck-fleet-snapshot",
+                    daemon=True,
+                ).start()
+            except Exception:
+                deck._built()
+                raise
+        except Exception as exc:
+            self.fleet.counters.add("internal_errors")
+            deck.errors("fleet_follow", exc)
+
+    def _build_follower(self, frozen: Any, incident: dict[str, Any]) -> None:
+        deck = self.fleet.deck
+        origin = incident["origin"]
+
+        def involved(doc: dict[str, Any]) -> None:
+            trace_id = incident["trace_id"]
+            everywhere = self.fleet.options.capture == "all" or trace_id is None
+            if not everywhere and trace_id not in trace_ids(doc):
+                raise _NotInvolved
+            self.fleet.remember(doc)
+
+        try:
+            reason = (
+                f"incident {incident['id']} opened by {origin['service']}"
+                f" ({origin['kind']}: {origin['reason']})"
+            )
+            stored = deck.recorder.build_into(
+                deck.store,
+                frozen,
+                kind="fleet",
+                reason=reason[:1024],
+                extra={"incident": incident["id"], "origin": dict(origin)},
+                annotate=involved,
+            )
+            deck.captures += 1
+            self.fleet.counters.add("followed")
+            self.fleet.share(stored)
+        except _NotInvolved:
+            self.fleet.counters.add("not_involved")
+        except Exception as exc:
+            self.fleet.counters.add("internal_errors")
+            deck.errors("fleet_capture", exc)
+        finally:
+            deck._built()

@@ -1,0 +1,259 @@
+"""The fleet against real parts: a real redis-server and real uvicorn processes.
+
+Services A, B and C are separate uvicorn processes with their own ``service`` name. A's
+``/chain`` route calls B with the caller's ``traceparent`` and then is slow, so A opens an
+incident for that trace; B handled the trace, C did not.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import secrets
+import subprocess
+import sys
+import threading
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from support import RedisServer, ServerProcess, http_get, wait_until
+
+from flightdeck.snapshot.document import Snapshot
+
+TOKEN = "fleet-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+DEADLINE = 30.0
+
+
+def _options(redis: RedisServer, service: str, **extra: Any) -> dict[str, Any]:
+    options = {
+        "service": service,
+        "fleet": redis.url,
+        "fleet_namespace": "t" + secrets.token_hex(4),
+        "slow_request": 0.4,
+        "loop_blocked": None,
+        "capture_delay": 0.05,
+        "token": TOKEN,
+    }
+    options.update(extra)
+    return options
+
+
+def _get(srv: ServerProcess, path: str, **headers: str) -> Any:
+    status, _, body = http_get(srv.url + "/debug/flight" + path, **AUTH, **headers)
+    assert status == 200, (status, body[:300])
+    return json.loads(body)
+
+
+def _fleet(srv: ServerProcess) -> dict[str, Any]:
+    fleet: dict[str, Any] = _get(srv, "/status")["fleet"]
+    return fleet
+
+
+def _start_fleet(
+    server: Callable[..., ServerProcess], redis: RedisServer, specs: dict[str, dict[str, Any]]
+) -> dict[str, ServerProcess]:
+    namespace = "t" + secrets.token_hex(4)
+    started = {}
+    for name, extra in specs.items():
+        options = _options(redis, name, fleet_namespace=namespace, **extra)
+        started[name] = server(options=options)
+    for srv in started.values():
+        wait_until(lambda srv=srv: _fleet(srv)["connected"], timeout=DEADLINE, interval=0.1)
+    return started
+
+
+def _traceparent() -> tuple[str, str]:
+    trace_id = secrets.token_hex(16)
+    return trace_id, f"00-{trace_id}-{secrets.token_hex(8)}-01"
+
+
+def _incident(srv: ServerProcess, services: set[str]) -> dict[str, Any]:
+    """Poll ``srv``'s incident list until one holds snapshots of exactly ``services``."""
+
+    def ready() -> dict[str, Any] | None:
+        for incident in _get(srv, "/incidents"):
+            if {s["service"] for s in incident["snapshots"]} >= services:
+                return dict(incident)
+        return None
+
+    found: dict[str, Any] = wait_until(ready, timeout=DEADLINE, interval=0.1)
+    return found
+
+
+def _slow_chain(a: ServerProcess, b: ServerProcess, traceparent: str) -> None:
+    target = urllib.parse.quote(b.url + "/fast", safe="")
+    status, _, _ = http_get(f"{a.url}/chain?next={target}&ms=600", traceparent=traceparent)
+    assert status == 200
+
+
+def test_incident_captures_the_services_of_the_trace(
+    server: Callable[..., ServerProcess], redis_server: RedisServer, tmp_path: Path
+) -> None:
+    fleet = _start_fleet(server, redis_server, {"svc-a": {}, "svc-b": {}, "svc-c": {}})
+    a, b, c = fleet["svc-a"], fleet["svc-b"], fleet["svc-c"]
+    # C serves traffic of another trace meanwhile.
+    _, other = _traceparent()
+    assert http_get(c.url + "/fast", traceparent=other)[0] == 200
+    trace_id, traceparent = _traceparent()
+    _slow_chain(a, b, traceparent)
+
+    incident = _incident(c, {"svc-a", "svc-b"})
+    assert incident["trace_id"] == trace_id
+    assert incident["origin"]["service"] == "svc-a"
+    assert incident["origin"]["kind"] == "slow_request"
+    wait_until(lambda: _fleet(c).get("not_involved", 0) >= 1, timeout=DEADLINE)
+    incident = _incident(a, {"svc-a", "svc-b"})  # listed the same from any process
+    services = sorted(s["service"] for s in incident["snapshots"])
+    assert services == ["svc-a", "svc-b"], services  # none from C
+
+    # The originator's own snapshot and B's follower snapshot say what they are.
+    by_service = {s["service"]: s for s in incident["snapshots"]}
+    status, headers, body = http_get(
+        f"{c.url}/debug/flight/snapshots/{by_service['svc-b']['id']}", **AUTH
+    )
+    assert status == 200
+    doc = Snapshot.load(body).to_dict()
+    assert doc["trigger"]["kind"] == "fleet"
+    assert doc["trigger"]["incident"] == incident["id"]
+    assert doc["trigger"]["origin"]["service"] == "svc-a"
+    assert doc["process"]["service"] == "svc-b"
+    assert trace_id in {r["trace_id"] for r in doc["requests"]}
+    origin = Snapshot.load(
+        http_get(f"{b.url}/debug/flight/snapshots/{by_service['svc-a']['id']}", **AUTH)[2]
+    ).to_dict()
+    assert origin["trigger"]["kind"] == "slow_request"
+    assert origin["trigger"]["incident"] == incident["id"]
+    assert origin["trigger"]["request"]["trace_id"] == trace_id
+
+    # ?trace_id= finds A's own snapshot locally and B's through the fleet.
+    listed = _get(a, f"/snapshots?trace_id={trace_id}")
+    assert {item["id"] for item in listed} == {s["id"] for s in incident["snapshots"]}
+    assert _get(c, f"/snapshots?trace_id={trace_id}") != []  # only the fleet's, from C
+    assert _get(a, f"/snapshots?trace_id={other[3:35]}") == []
+
+    # A fleet snapshot downloads from C like C's own: same headers, same access rules.
+    local = _get(c, "/snapshots")
+    assert local == []  # C took none: everything it serves below comes from Redis
+    fleet_id = by_service["svc-b"]["id"]
+    url = f"{c.url}/debug/flight/snapshots/{fleet_id}"
+    status, headers, body = http_get(url, **AUTH, **{"Accept-Encoding": "gzip"})
+    assert status == 200
+    assert headers["content-encoding"] == "gzip"
+    assert Snapshot.load(gzip.decompress(body)).id == fleet_id
+    assert headers["cache-control"] == "no-store"
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["content-disposition"] == f'attachment; filename="{fleet_id}.json"'
+    assert http_get(url)[0] == 401  # no token
+    assert http_get(url, Authorization="Bearer wrong")[0] == 401
+    status, headers, _ = http_get(url + "?format=html", **AUTH)
+    assert status == 200 and "sandbox" in headers["content-security-policy"]
+    # A local snapshot on B answers with the very same header names.
+    own = f"{b.url}/debug/flight/snapshots/{fleet_id}"
+    assert set(http_get(own, **AUTH)[1]) - {"date"} == set(http_get(url, **AUTH)[1]) - {"date"}
+
+    # Pulled from C with the CLI: every snapshot of the incident, checked.
+    out = tmp_path / "pulled"
+    cmd = [sys.executable, "-m", "flightdeck", "pull", c.url + "/debug/flight"]
+    cmd += ["--token", TOKEN, "--incident", incident["id"], "-o", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    pulled = sorted(Snapshot.load(p).to_dict()["process"]["service"] for p in out.iterdir())
+    assert pulled == ["svc-a", "svc-b"]
+
+    # The HTML list groups B's snapshot under its incident.
+    status, _, page = http_get(b.url + "/debug/flight", **AUTH)
+    assert status == 200 and f"incident {incident['id']}".encode() in page
+
+
+def test_fleet_capture_all_captures_every_service(
+    server: Callable[..., ServerProcess], redis_server: RedisServer
+) -> None:
+    fleet = _start_fleet(
+        server, redis_server, {"svc-a": {}, "svc-b": {}, "svc-c": {"fleet_capture": "all"}}
+    )
+    _, traceparent = _traceparent()
+    _slow_chain(fleet["svc-a"], fleet["svc-b"], traceparent)
+    incident = _incident(fleet["svc-b"], {"svc-a", "svc-b", "svc-c"})
+    assert len(incident["snapshots"]) == 3
+
+
+def test_fleet_cooldown_holds_under_a_storm(
+    server: Callable[..., ServerProcess], redis_server: RedisServer
+) -> None:
+    fleet = _start_fleet(server, redis_server, {"svc-a": {}, "svc-b": {}, "svc-c": {}})
+    failures: list[Any] = []
+
+    def storm(srv: ServerProcess) -> None:
+        for _ in range(40):
+            status = http_get(srv.url + "/fail")[0]
+            if status != 500:
+                failures.append(status)
+
+    threads = [threading.Thread(target=storm, args=(s,)) for s in fleet.values() for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert failures == []
+
+    def decided() -> list[dict[str, Any]] | None:
+        stats = [_fleet(s) for s in fleet.values()]
+        keys = ("opened", "suppressed_cooldown", "suppressed_rate")
+        return stats if sum(s.get(k, 0) for s in stats for k in keys) >= 3 else None
+
+    stats = wait_until(decided, timeout=DEADLINE, interval=0.1)
+    assert sum(s.get("opened", 0) for s in stats) == 1, stats
+    assert sum(s.get("suppressed_cooldown", 0) for s in stats) == 2, stats
+    incidents = _get(fleet["svc-a"], "/incidents")
+    assert len(incidents) == 1
+    assert incidents[0]["origin"]["kind"] == "server_error"
+
+
+def test_redis_killed_mid_traffic(
+    server: Callable[..., ServerProcess], redis_server: RedisServer
+) -> None:
+    fleet = _start_fleet(server, redis_server, {"svc-a": {}, "svc-b": {}})
+    a, b = fleet["svc-a"], fleet["svc-b"]
+    redis_server.kill()
+    answers = [http_get(a.url + path)[0] for path in ["/fast", "/fail"] * 10]
+    answers += [http_get(b.url + "/fast")[0] for _ in range(10)]
+    assert answers == [200, 500] * 10 + [200] * 10  # what the app answers, nothing else
+
+    # The local snapshot is taken as without a fleet, outside any incident.
+    listed = wait_until(lambda: _get(a, "/snapshots"), timeout=DEADLINE)
+    assert listed[0]["trigger"]["kind"] == "server_error"
+    assert listed[0]["incident"] is None
+
+    def down() -> dict[str, Any] | None:
+        stats = _fleet(a)
+        return stats if not stats["connected"] and stats.get("connection_errors") else None
+
+    stats = wait_until(down, timeout=DEADLINE)
+    assert stats["last_error"]
+    assert stats.get("open_skipped", 0) + stats.get("open_failed", 0) >= 1
+    assert _get(a, "/incidents") == []  # nothing to list from Redis: the local view
+
+    # Redis back on the same port: both reconnect and the next incident spans the fleet.
+    redis_server.start()
+    for srv in (a, b):
+        wait_until(lambda srv=srv: _fleet(srv)["connected"], timeout=DEADLINE, interval=0.1)
+    assert http_get(a.url + "/error")[0] == 500
+    incident = _incident(b, {"svc-a", "svc-b"})
+    assert incident["origin"]["kind"] == "exception"
+
+
+def test_malformed_messages_are_counted_and_ignored(
+    server: Callable[..., ServerProcess], redis_server: RedisServer
+) -> None:
+    (srv,) = _start_fleet(server, redis_server, {"svc-a": {}}).values()
+    namespace = _fleet(srv)["namespace"]
+    client = redis_server.client()
+    for junk in [b"not json", b"{}", b'{"v": 1, "id": "../../etc"}', b"\xff" * 100, b"[]"]:
+        client.publish(f"{namespace}:events", junk)
+    wait_until(lambda: _fleet(srv).get("malformed", 0) == 5, timeout=DEADLINE)
+    assert http_get(srv.url + "/fast")[0] == 200
+    assert _get(srv, "/snapshots") == []
+    assert _fleet(srv)["connected"]

@@ -25,6 +25,20 @@ def _esc(value: object) -> str:
     return html.escape(text(value), quote=True)
 
 
+def _fleet(trig: dict[str, Any]) -> str:
+    # The incident (fleet) and the trace of the trigger request, for the tracing backend.
+    bits = []
+    if trig.get("incident"):
+        bits.append(f"incident <code>{_esc(trig.get('incident'))}</code>")
+    origin = trig.get("origin")
+    if isinstance(origin, dict):
+        bits.append(f"opened by <b>{_esc(origin.get('service'))}</b>")
+    request = trig.get("request")
+    if isinstance(request, dict) and request.get("trace_id"):
+        bits.append(f"trace <code>{_esc(request.get('trace_id'))}</code>")
+    return "".join(f" · {bit}" for bit in bits)
+
+
 def _header(doc: dict[str, Any]) -> str:
     trig = section(doc, "trigger")
     proc = section(doc, "process")
@@ -35,7 +49,8 @@ def _header(doc: dict[str, Any]) -> str:
     events = num(win.get("events"))
     found = findings(doc)
     items = "".join(f"<li>{_esc(f)}</li>" for f in found) or '<li class="none">nothing</li>'
-    proc_bits = [
+    proc_bits = [f"service <b>{_esc(proc.get('service'))}</b>"] if proc.get("service") else []
+    proc_bits += [
         f"pid <b>{_esc(proc.get('pid'))}</b>",
         f"host <b>{_esc(proc.get('hostname'))}</b>",
         f"Python <b>{_esc(proc.get('python'))}</b>",
@@ -53,7 +68,7 @@ def _header(doc: dict[str, Any]) -> str:
 <div class="title"><span class="brand">flightdeck</span> snapshot <code>{_esc(doc.get("id"))}</code>
  <span class="muted">created {_esc(doc.get("created_at"))}</span></div>
 <div class="trigger" id="trigger">trigger <span class="kind">{_esc(trig.get("kind") or "?")}</span>
- {_esc(trig.get("reason"))}</div>
+ {_esc(trig.get("reason"))}{_fleet(trig)}</div>
 <div class="meta" id="process">{" · ".join(proc_bits)}</div>
 <div class="meta" id="window">{" · ".join(win_bits)}</div>
 <details open><summary>what stands out</summary><ul id="findings">{items}</ul></details>

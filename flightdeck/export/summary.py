@@ -60,6 +60,23 @@ def _rel(ts: float | None, w_start: float | None) -> str:
     return f"+{ts - w_start:.3f} s"
 
 
+def _fleet_line(trig: dict[str, Any]) -> str:
+    """The incident a snapshot belongs to, who opened it, and the trigger request's trace."""
+    bits = []
+    if trig.get("incident"):
+        bits.append(f"incident {text(trig.get('incident'))}")
+    origin = trig.get("origin")
+    if isinstance(origin, dict):
+        bits.append(
+            f"opened by {text(origin.get('service'))} (pid {text(origin.get('pid'))} on"
+            f" {text(origin.get('hostname'))}): {text(origin.get('kind'))}"
+        )
+    request = trig.get("request")
+    if isinstance(request, dict) and request.get("trace_id"):
+        bits.append(f"trace {text(request.get('trace_id'))}")
+    return ", ".join(bits)
+
+
 def summarize(doc: dict[str, Any], *, request: Any = None, full: bool = False) -> str:
     """The ``flightdeck summary`` text: the trigger and why it was slow, then what stands out.
 
@@ -87,8 +104,13 @@ def summarize(doc: dict[str, Any], *, request: Any = None, full: bool = False) -
     add(f"trigger:  {text(trig.get('kind')) or '?'}" + (f" — {reason}" if reason else ""))
     if focus is not None:
         add(f"why:      {sentence(focus)}")
+    fleet = _fleet_line(trig)
+    if fleet:
+        add(f"fleet:    {fleet}")
+    service = text(proc.get("service"))
     add(
-        f"process:  pid {text(proc.get('pid')) or '?'} on {text(proc.get('hostname')) or '?'}, "
+        ("process:  " + (f"{service}, " if service else ""))
+        + f"pid {text(proc.get('pid')) or '?'} on {text(proc.get('hostname')) or '?'}, "
         f"Python {text(proc.get('python')) or '?'}, loop {text(proc.get('loop')) or '?'}, "
         f"flightdeck {text(proc.get('flightdeck')) or '?'}"
     )
@@ -146,6 +168,8 @@ def summarize(doc: dict[str, Any], *, request: Any = None, full: bool = False) -
             bits.append(f"ttfb {fmt_duration(ttfb)}")
         if req.get("client"):
             bits.append(f"client {text(req.get('client'))}")
+        if req.get("trace_id"):
+            bits.append(f"trace {text(req.get('trace_id'))}")
         if req.get("error"):
             bits.append(f"error {text(req.get('error'))}")
         if req.get("disconnected"):

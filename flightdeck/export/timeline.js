@@ -400,6 +400,7 @@ function showDetails(it) {
     kv(tb, 'status', r.status === null || r.status === undefined ? (num(r.end) === null ? 'in flight' : 'none') : r.status);
     if (num(r.ttfb) !== null) kv(tb, 'ttfb', fmtDur(r.ttfb));
     kv(tb, 'client', r.client); kv(tb, 'disconnected', r.disconnected ? 'yes' : null);
+    kv(tb, 'trace id', r.trace_id);
     kv(tb, 'exception', r.error); kv(tb, 'kind', r.kind); kv(tb, 'id', r.id);
     if (r.headers && typeof r.headers === 'object' && Object.keys(r.headers).length) kv(tb, 'headers', r.headers);
     if (Array.isArray(r.tasks)) kv(tb, 'tasks', r.tasks.join(' '));

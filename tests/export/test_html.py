@@ -252,3 +252,19 @@ def test_big_document_renders_quickly(open_page: Any) -> None:
     pos = p.js("window.flightdeck.locate('block', 3)")
     p.click_canvas(pos["x"], pos["y"])
     assert "app.py:99 in compute" in p.page.locator("#details").inner_text()
+
+
+@browser_only
+@pytest.mark.browser
+def test_trace_id_and_incident_shown(open_page: Any) -> None:
+    doc = make_doc()
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    doc["requests"][2]["trace_id"] = trace
+    doc["process"]["service"] = "checkout"
+    doc["trigger"]["incident"] = "20261130T120000Z-42-0123abcd"
+    p = open_page(doc)
+    header = p.page.locator("#header").inner_text()
+    assert "service checkout" in header and "incident 20261130T120000Z-42-0123abcd" in header
+    pos = p.js("window.flightdeck.locate('request', 2)")
+    p.click_canvas(pos["x"], pos["y"])
+    assert f"trace id{trace}" in p.page.locator("#details").inner_text().replace("\t", "")

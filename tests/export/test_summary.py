@@ -149,3 +149,25 @@ def test_library_frames_fold_by_the_recorded_paths() -> None:
     assert "loop blocked 300 ms in handler at app/views.py:12 (task t1 Server.serve)" in findings(
         _frames_doc(None)
     )
+
+
+def test_summary_shows_trace_ids_service_and_incident() -> None:
+    doc = make_doc()
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    doc["process"]["service"] = "checkout"
+    for req in doc["requests"]:
+        req["trace_id"] = trace
+    doc["trigger"]["incident"] = "20261130T120000Z-42-0123abcd"
+    doc["trigger"]["origin"] = {
+        "service": "payments",
+        "hostname": "h2",
+        "pid": 42,
+        "kind": "slow_request",
+        "reason": "slow",
+    }
+    text = summarize(doc)
+    assert "process:  checkout, pid" in text
+    assert "fleet:    incident 20261130T120000Z-42-0123abcd, opened by payments (pid 42" in text
+    slowest = text.split("slowest requests")[1].split("\n\n")[0]
+    assert f"trace {trace}" in slowest
+    assert "fleet:" not in summarize(make_doc())  # nothing said without a fleet

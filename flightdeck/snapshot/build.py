@@ -394,6 +394,8 @@ def assemble(
     start = b.ts(b.t_min) if b.t_min is not None else end
     trig = dict(trigger)
     trig["time"] = b.ts(trigger_time_ns if trigger_time_ns is not None else frozen.t_now)
+    if trig.get("request") is None and trig.get("kind") == "loop_blocked":
+        trig["request"] = causes.blocked_request(trig["time"], b.loop, b.requests)
     return {
         "format": FORMAT,
         "id": snapshot_id,

@@ -39,3 +39,24 @@ def explain(events: list[dict[str, Any]], tasks: dict[str, Any], requests: dict[
             ):
                 cause = "task group"
         event["cause"] = cause or "unknown"
+
+
+def blocked_request(
+    when: float, loop: list[dict[str, Any]], requests: dict[int, Any]
+) -> dict[str, Any] | None:
+    """The request a loop block happened in, for a ``loop_blocked`` trigger without one.
+
+    The watchdog names a block after the request it caught running (``GET /block: ...``);
+    the block is the last one ending by the trigger's time.
+    """
+    blocks = [e for e in loop if e["kind"] == "block" and e["start"] + e["duration"] <= when + 0.5]
+    if not blocks:
+        return None
+    block = max(blocks, key=lambda e: e["start"] + e["duration"])
+    label = block["callback"] or ""
+    b0, b1 = block["start"], block["start"] + block["duration"]
+    for req in requests.values():
+        end = req["end"] if req["end"] is not None else b1
+        if req["start"] <= b1 and end >= b0 and label.startswith(f"{req['method']} {req['path']}"):
+            return dict(req)
+    return None

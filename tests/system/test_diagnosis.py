@@ -108,6 +108,11 @@ async def pool(request: Request) -> Response:
     return PlainTextResponse("pooled")
 
 
+async def block(request: Request) -> Response:
+    time.sleep(0.6)  # past loop_blocked
+    return PlainTextResponse("blocked")
+
+
 APP = Starlette(
     routes=[
         Route("/victim", victim),
@@ -118,6 +123,7 @@ APP = Starlette(
         Route("/waiter", waiter),
         Route("/pool", pool),
         Route("/pool-hog", pool_hog),
+        Route("/block", block),
     ]
 )
 
@@ -128,7 +134,7 @@ def srv() -> Iterator[ThreadServer]:
         APP,
         endpoint=PREFIX,
         slow_request=0.06,
-        slow_routes={"/hog": None, "/holder": None, "/pool-hog": None},
+        slow_routes={"/hog": None, "/holder": None, "/pool-hog": None, "/block": None},
         loop_blocked=0.5,
         capture_delay=0.4,
         rate_limit=(100, 60.0),
@@ -205,7 +211,7 @@ def test_a_cancellation_burst_is_counted_with_its_site_and_cause(srv: ThreadServ
     assert "cancellation burst: 200 within" in head, head
     assert "200 × burst_child at burst_child (test_diagnosis.py:" in head, head
     assert "(timeout)" in head
-    assert "cancellations: 200 delivered to waiting tasks" in head
+    assert "cancellations: 200 delivered to waiting tasks" in text
     _adds_up(doc)
 
 
@@ -239,3 +245,19 @@ def test_a_saturated_thread_pool_shows_queued_time(srv: ThreadServer) -> None:
     table = head.split("went:")[1]
     assert "thread pool queued" in table and "blocking_io queued" in table
     _adds_up(doc)
+
+
+def test_the_loop_blocked_row_of_the_list_names_the_request_it_blocked(
+    srv: ThreadServer,
+) -> None:
+    http_get(f"{srv.url}/block")
+
+    def blocked() -> dict[str, Any] | None:
+        return next((i for i in _listing(srv) if i["trigger"]["kind"] == "loop_blocked"), None)
+
+    item = wait_until(blocked, timeout=15)
+    assert item["request"]["method"] == "GET" and item["request"]["path"] == "/block", item
+    status, _, page = http_get(f"{srv.url}{PREFIX}", Accept="text/html")
+    assert status == 200
+    row = next(r for r in page.decode().split("<tr") if item["id"] in r)
+    assert "GET /block" in row, row

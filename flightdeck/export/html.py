@@ -15,10 +15,20 @@ from typing import Any
 
 import orjson
 
-from .common import fmt_duration, num, section, text, utc_text
-from .summary import findings
+from .breakdown import breakdown, sentence, table
+from .common import dicts, fmt_duration, num, section, text, utc_text
+from .findings import Reading, findings, request_duration
+
+#: Requests whose time breakdown the page carries (the trigger's and the slowest).
+BREAKDOWNS = 50
 
 __all__ = ["to_html"]
+
+
+def _fold_config(r: Reading) -> dict[str, Any]:
+    """What the page needs to fold library frames as the summary does."""
+    f = r.folder
+    return {"known": f.known, "stdlib": f.stdlib, "site": f.site_dirs, "app": f.app}
 
 
 def _esc(value: object) -> str:
@@ -39,7 +49,27 @@ def _fleet(trig: dict[str, Any]) -> str:
     return "".join(f" · {bit}" for bit in bits)
 
 
-def _header(doc: dict[str, Any]) -> str:
+def _breakdowns(doc: dict[str, Any], r: Reading) -> dict[str, Any]:
+    """``{request id: {sentence, lines}}`` for the trigger request and the slowest ones."""
+    end = r.window_end
+    reqs = sorted(
+        dicts(doc.get("requests")),
+        key=lambda q: -(request_duration(q, end)[0] or 0.0),
+    )[:BREAKDOWNS]
+    if r.trigger_request is not None:
+        reqs.insert(0, r.trigger_request)
+    out: dict[str, Any] = {}
+    for req in reqs:
+        key = text(req.get("id"))
+        if key in out:
+            continue
+        b = breakdown(doc, req, r.index)
+        if b is not None:
+            out[key] = {"sentence": sentence(b), "lines": table(b)}
+    return out
+
+
+def _header(doc: dict[str, Any], r: Reading) -> str:
     trig = section(doc, "trigger")
     proc = section(doc, "process")
     win = section(doc, "window")
@@ -47,7 +77,7 @@ def _header(doc: dict[str, Any]) -> str:
     span = end - start if start is not None and end is not None else None
     dropped = int(num(win.get("dropped")) or 0)
     events = num(win.get("events"))
-    found = findings(doc)
+    found = findings(doc, r)
     items = "".join(f"<li>{_esc(f)}</li>" for f in found) or '<li class="none">nothing</li>'
     proc_bits = [f"service <b>{_esc(proc.get('service'))}</b>"] if proc.get("service") else []
     proc_bits += [
@@ -64,11 +94,12 @@ def _header(doc: dict[str, Any]) -> str:
     if events is not None:
         win_bits.append(f"<b>{int(events)}</b> events")
     win_bits.append(f'<span class="{"warn" if dropped else ""}"><b>{dropped}</b> dropped</span>')
+    why = f'\n<div class="why" id="why">{_esc(sentence(r.trigger))}</div>' if r.trigger else ""
     return f"""<header id="header">
 <div class="title"><span class="brand">flightdeck</span> snapshot <code>{_esc(doc.get("id"))}</code>
  <span class="muted">created {_esc(doc.get("created_at"))}</span></div>
 <div class="trigger" id="trigger">trigger <span class="kind">{_esc(trig.get("kind") or "?")}</span>
- {_esc(trig.get("reason"))}{_fleet(trig)}</div>
+ {_esc(trig.get("reason"))}{_fleet(trig)}</div>{why}
 <div class="meta" id="process">{" · ".join(proc_bits)}</div>
 <div class="meta" id="window">{" · ".join(win_bits)}</div>
 <details open><summary>what stands out</summary><ul id="findings">{items}</ul></details>
@@ -86,6 +117,9 @@ body{display:flex;flex-direction:column}
 #header code{background:#eef1f6;padding:0 4px;border-radius:3px}
 .muted{color:#6b7280}
 .trigger{margin-top:2px}
+.why{margin-top:2px;font-weight:600;color:#1d2330}
+#details .breakdown{background:#fff8e6;border:1px solid #f0d9a0}
+#details button.full{font:inherit;font-size:11px;padding:0 6px;margin:2px 0;cursor:pointer}
 .trigger .kind{background:#d62828;color:#fff;padding:0 6px;border-radius:3px;font-weight:700}
 .meta{color:#374151}.meta b{color:#111}.warn b{color:#d62828}
 details summary{cursor:pointer;color:#374151;margin-top:4px}
@@ -127,7 +161,8 @@ _BODY = """
  style="background:#f0a030"></span>ready (woken, waiting for loop)<span
  style="background:#c9ced6"></span>suspended<span style="background:#d62828"></span>loop
  blocked<span style="background:#2a9d8f"></span>executor<span
- style="background:#9b5de5"></span>region</span>
+ style="background:#9b5de5"></span>region<span
+ style="background:#b5179e"></span>GC<span style="background:#6a040f"></span>cancelled</span>
 </div>
 <div id="main"><div id="wrap"><canvas id="timeline" tabindex="0"></canvas></div>
 <aside id="details"><p class="muted">Click a slice for details.</p></aside></div>
@@ -146,6 +181,10 @@ def to_html(doc: dict[str, Any]) -> bytes:
     # "<" only occurs inside JSON strings, where "\\u003c" means the same; with none left the
     # data can never end its <script> element or start a comment.
     data = orjson.dumps(doc, default=repr, option=orjson.OPT_NON_STR_KEYS).replace(b"<", b"\\u003c")
+    reading = Reading(doc)
+    extra = orjson.dumps(
+        {"breakdowns": _breakdowns(doc, reading), "fold": _fold_config(reading)}
+    ).replace(b"<", b"\\u003c")
     trig = section(doc, "trigger")
     title = f"flightdeck {text(trig.get('kind')) or 'snapshot'} · {text(doc.get('id'))}"
     head = (
@@ -158,10 +197,12 @@ def to_html(doc: dict[str, Any]) -> bytes:
     )
     parts = [
         head.encode(),
-        _header(doc).encode(),
+        _header(doc, reading).encode(),
         _BODY.encode(),
         b'<script type="application/json" id="flightdeck-data">',
         data,
+        b'</script>\n<script type="application/json" id="flightdeck-diagnosis">',
+        extra,
         b"</script>\n<script>",
         _script(),
         b"</script>\n</body></html>\n",

@@ -4,13 +4,16 @@
 'use strict';
 var T_START = performance.now();
 var doc = JSON.parse(document.getElementById('flightdeck-data').textContent);
+var diagEl = document.getElementById('flightdeck-diagnosis');
+var diag = diagEl ? JSON.parse(diagEl.textContent) : {};
+var FOLD = diag.fold || {}, FULL = false;
 var ROW_H = 20, AXIS_H = 22, LABEL_W = 260, CHAR_W = 6.6;
 var C = {
   step: '#4a7bd0', ready: '#f0a030', suspended: '#c9ced6', block: '#d62828', callback: '#7d8597',
   lag: '#e07b00', executor: '#2a9d8f', queued: '#9fd8d0', region: '#9b5de5', log: '#1d2330',
   ok: '#4c9f70', redirect: '#5b8def', warn: '#d9a13b', err: '#d62828', pending: '#8a7fc7',
   trigger: '#d62828', mark: '#e07b00', grid: '#e5e7eb', rowAlt: '#fafbfc', label: '#1d2330',
-  group: '#eef1f6'
+  group: '#eef1f6', gc: '#b5179e', cancel: '#6a040f'
 };
 
 function num(v) { return (typeof v === 'number' && isFinite(v)) ? v : null; }
@@ -30,6 +33,30 @@ function frameText(f) {
   var where = str(f.file) || '?';
   if (typeof f.line === 'number' && f.line > 0) where += ':' + f.line;
   return f['function'] ? where + ' in ' + f['function'] : where;
+}
+// Library frames (stdlib, site-packages) fold into one line, by the paths the snapshot
+// recorded (process.paths), as `flightdeck summary` does; the app's own package never folds.
+function normDir(p) { return str(p).replace(/\\/g, '/').replace(/\/+$/, '') + '/'; }
+var SITE = (FOLD.site || []).map(normDir), STDLIB = FOLD.stdlib ? normDir(FOLD.stdlib) : null;
+function isApp(rest) { if (!FOLD.app) return false; var h = rest.split('/')[0]; return h === FOLD.app || h === FOLD.app + '.py'; }
+function isLib(f) {
+  var file = str(f && f.file).replace(/\\/g, '/');
+  if (!file) return false;
+  if (file.charAt(0) === '<') return true;
+  if (FOLD.known) {
+    for (var i = 0; i < SITE.length; i++) if (file.indexOf(SITE[i]) === 0) return !isApp(file.slice(SITE[i].length));
+    return STDLIB !== null && file.indexOf(STDLIB) === 0;
+  }
+  var m = file.match(/\/(site|dist)-packages\/(.*)$/);
+  if (m) return !isApp(m[2]);
+  return /\/lib\/python3\.[0-9]+\//.test(file);
+}
+function stackLines(frames) {
+  var out = [], run = 0;
+  function flush() { if (run) out.push('... ' + run + ' library frame' + (run === 1 ? '' : 's')); run = 0; }
+  frames.forEach(function (f) { if (!FULL && isLib(f)) { run++; return; } flush(); out.push(frameText(f)); });
+  flush();
+  return out;
 }
 function reqLabel(r) {
   var st = (typeof r.status === 'number') ? String(r.status) : (r.error ? 'ERR' : (num(r.end) === null ? '…' : '-'));
@@ -92,9 +119,18 @@ reqRows.forEach(function (r) { rows.push(r); });
 
 // Event loop.
 var loopRow = new Row('event loop', 'loop', 'event loop'); rows.push(loopRow);
+var stepEntries = new Map();
 loopEv.forEach(function (ev, i) {
   var s = num(ev.start); if (s === null) return;
   var d = Math.max(0, num(ev.duration) || 0);
+  if (ev.kind === 'step') {
+    // A long step: drawn as the task's step already; kept for its details.
+    stepEntries.set(str(ev.task) + '@' + s, ev); return;
+  }
+  if (ev.kind === 'gc') {
+    add(loopRow, 1, {kind: 'gc', s: rel(s), e: rel(s + d), label: 'GC gen ' + str(ev.generation) + ' · ' + str(ev.collected) + ' collected', color: C.gc, h: 1, ref: ev, index: i});
+    return;
+  }
   if (ev.kind === 'block') {
     add(loopRow, 1, {kind: 'block', s: rel(s), e: rel(s + d), label: 'blocked ' + fmtDur(d) + (ev.callback ? ' ' + ev.callback : ''), color: C.block, h: 1, ref: ev, index: i});
   } else if (ev.kind === 'lag') {
@@ -181,6 +217,13 @@ taskIdx.forEach(function (ti) {
   }
 });
 
+// Cancellations delivered to tasks: a tick on the task's row.
+events.forEach(function (ev, i) {
+  var s = num(ev.start); if (s === null || ev.kind !== 'cancel') return;
+  var row = taskRow.get(ev.task); if (!row) return;
+  add(row, 1, {kind: 'cancel', s: rel(s), e: rel(s), label: 'cancelled (' + (str(ev.cause) || 'unknown') + ')', color: C.cancel, h: 1, ref: ev, index: i, tick: true});
+});
+
 // Index every layer: sorted starts and running max of ends.
 var nItems = 0;
 rows.forEach(function (row) {
@@ -201,6 +244,7 @@ function firstVisible(layer, t) {
 // ---- view ---------------------------------------------------------------------------
 var canvas = document.getElementById('timeline'), ctx = canvas.getContext('2d');
 var details = document.getElementById('details'), status = document.getElementById('status');
+var axisBoxes = {trigger: null, ticks: []};
 var view = {s: 0, e: SPAN, y: 0}, selected = null, cssW = 0, cssH = 0, lastDrawMs = 0, draws = 0;
 var trigT = num(trig.time);
 if (trigT === null) { var mk = (byKind.mark || []).filter(function (m) { return m.ref.trigger_kind === trig.kind; }); trigT = mk.length ? mk[mk.length - 1].s + W0 : W1; }
@@ -330,20 +374,35 @@ function draw() {
   // Axis.
   ctx.fillStyle = '#fff'; ctx.fillRect(0, 0, cssW, AXIS_H);
   ctx.fillStyle = '#b8bfcc'; ctx.fillRect(0, AXIS_H - 1, cssW, 1);
+  // The trigger's label is placed first; axis labels it would touch are left out, so the
+  // two never overlap at any zoom (the tick marks stay).
+  var tx = X(TRIG), trigBox = null, tl = '▼ ' + str(trig.kind || 'trigger'), tlw = 0;
+  if (tx >= LABEL_W && tx <= cssW) {
+    ctx.font = 'bold 11px ui-monospace, Menlo, Consolas, monospace';
+    tlw = ctx.measureText(tl).width + 8;
+    var lx = tx + 8 + tlw > cssW ? tx - 8 - tlw : tx + 8;
+    if (lx < LABEL_W) lx = Math.min(LABEL_W, cssW - tlw);
+    trigBox = [lx, lx + tlw];
+    ctx.font = '11px ui-monospace, Menlo, Consolas, "DejaVu Sans Mono", monospace';
+  }
   ctx.fillStyle = '#4b5563';
-  for (g = g0; g <= view.e; g += step) { var gx = X(g); ctx.fillRect(Math.round(gx), AXIS_H - 5, 1, 5); ctx.fillText(fmtT(g, step), gx + 3, 9); }
+  var tickBoxes = [];
+  for (g = g0; g <= view.e; g += step) {
+    var gx = X(g), tt = fmtT(g, step), bx = [gx + 3, gx + 3 + ctx.measureText(tt).width];
+    ctx.fillRect(Math.round(gx), AXIS_H - 5, 1, 5);
+    if (bx[0] < LABEL_W || (trigBox && bx[0] < trigBox[1] + 2 && bx[1] > trigBox[0] - 2)) continue;
+    ctx.fillText(tt, bx[0], 9); tickBoxes.push(bx);
+  }
   ctx.fillText('t after window start', 4, 9);
   // Trigger.
-  var tx = X(TRIG);
-  if (tx >= LABEL_W && tx <= cssW) {
+  if (trigBox) {
     ctx.fillStyle = C.trigger; ctx.fillRect(Math.round(tx) - 1, 0, 2, cssH);
     ctx.beginPath(); ctx.moveTo(tx - 6, 0); ctx.lineTo(tx + 6, 0); ctx.lineTo(tx, 9); ctx.fill();
     ctx.font = 'bold 11px ui-monospace, Menlo, Consolas, monospace';
-    var tl = '▼ ' + str(trig.kind || 'trigger'), tlw = ctx.measureText(tl).width + 8;
-    var lx = tx + 8 + tlw > cssW ? tx - 8 - tlw : tx + 8;
-    ctx.fillStyle = '#fff'; ctx.fillRect(lx, 1, tlw, AXIS_H - 3);
-    ctx.fillStyle = C.trigger; ctx.fillText(tl, lx + 4, 10);
+    ctx.fillStyle = '#fff'; ctx.fillRect(trigBox[0], 1, tlw, AXIS_H - 3);
+    ctx.fillStyle = C.trigger; ctx.fillText(tl, trigBox[0] + 4, 10);
   }
+  axisBoxes = {trigger: trigBox, ticks: tickBoxes};
   lastDrawMs = performance.now() - t0; draws++;
   if (window.flightdeck) { window.flightdeck.lastDrawMs = lastDrawMs; window.flightdeck.draws = draws; }
 }
@@ -373,7 +432,14 @@ function kv(table, k, v) { if (v === null || v === undefined || v === '') return
 function stackPre(title, frames) {
   var fr = arr(frames); if (!fr.length) return null;
   var div = el('div'); div.appendChild(el('div', title, 'muted'));
-  div.appendChild(el('pre', fr.map(frameText).join('\n'), 'stack')); return div;
+  var lines = stackLines(fr);
+  div.appendChild(el('pre', lines.join('\n'), 'stack'));
+  if (FULL || lines.length !== fr.length) {
+    var b = el('button', FULL ? 'fold library frames' : 'show library frames', 'full');
+    b.onclick = function () { FULL = !FULL; showDetails(selected); };
+    div.appendChild(b);
+  }
+  return div;
 }
 function at(t) { return '+' + t.toFixed(6) + ' s'; }
 function taskInfo(tb, t) {
@@ -390,7 +456,8 @@ function showDetails(it) {
   var r = it.ref, tb = el('table'), extra = [];
   var titles = {request: it.label, block: 'loop blocked ' + fmtDur(it.e - it.s), step: 'task step: ' + it.label,
     ready: 'ready (scheduling delay)', suspended: 'suspended', callback: 'callback ' + it.label, lag: 'loop lag',
-    executor: 'executor: ' + it.label, queued: 'executor queue', region: 'region ' + it.label, log: 'log', mark: it.label};
+    executor: 'executor: ' + it.label, queued: 'executor queue', region: 'region ' + it.label, log: 'log', mark: it.label,
+    gc: 'garbage collection ' + fmtDur(it.e - it.s), cancel: it.label};
   details.appendChild(el('h3', titles[it.kind] || it.kind));
   kv(tb, 'kind', it.kind);
   kv(tb, 'start', at(it.s));
@@ -404,6 +471,17 @@ function showDetails(it) {
     kv(tb, 'exception', r.error); kv(tb, 'kind', r.kind); kv(tb, 'id', r.id);
     if (r.headers && typeof r.headers === 'object' && Object.keys(r.headers).length) kv(tb, 'headers', r.headers);
     if (Array.isArray(r.tasks)) kv(tb, 'tasks', r.tasks.join(' '));
+    var bd = obj(diag.breakdowns)[str(r.id)];
+    if (bd) {
+      var box = el('div'); box.appendChild(el('div', 'where its time went', 'muted'));
+      box.appendChild(el('pre', str(bd.sentence) + '\n\n' + (bd.lines || []).join('\n'), 'breakdown'));
+      extra.push(box);
+    } else extra.push(el('div', 'time breakdown: only for the trigger request and the slowest ones', 'muted'));
+  } else if (it.kind === 'gc') {
+    kv(tb, 'generation', r.generation); kv(tb, 'collected', r.collected);
+  } else if (it.kind === 'cancel') {
+    kv(tb, 'cause', r.cause); kv(tb, 'task', r.task);
+    extra.push(stackPre('cancelled at (innermost last)', r.stack));
   } else if (it.kind === 'block' || it.kind === 'callback' || it.kind === 'lag') {
     kv(tb, 'callback', r.callback);
     if (it.kind === 'lag') kv(tb, 'late by', fmtDur(num(r.duration)));
@@ -412,6 +490,10 @@ function showDetails(it) {
     if (it.step) { kv(tb, 'waited before', fmtDur(num(it.step[2]))); kv(tb, 'ready (sched. delay)', num(it.step[3]) === null ? 'not measured' : fmtDur(num(it.step[3]))); }
     taskInfo(tb, r);
     if (it.wait) extra.push(stackPre('suspended at (innermost last)', it.wait.stack));
+    if (it.kind === 'step' && it.step) {
+      var se = stepEntries.get(str(r.id) + '@' + num(it.step[0]));
+      if (se) extra.push(stackPre('where it stood when this long step ended (innermost last)', se.stack));
+    }
     if (it.extra && it.extra.awaiting) extra.push(stackPre('awaiting at snapshot time (innermost last)', it.extra.awaiting));
   } else if (it.kind === 'executor' || it.kind === 'queued') {
     kv(tb, 'func', r.func); kv(tb, 'thread', r.thread);
@@ -516,6 +598,8 @@ window.flightdeck = {
   select: function (kind, index) { var it = (byKind[kind] || [])[index || 0]; return it ? select(it) : null; },
   selected: function () { return selected ? {kind: selected.kind, label: selected.label, start: selected.s, end: selected.e} : null; },
   draw: draw,
+  axisBoxes: function () { return axisBoxes; },
+  full: function (on) { FULL = !!on; showDetails(selected); return FULL; },
   ready: false
 };
 resize();

@@ -52,7 +52,7 @@ def test_embedded_data_cannot_escape() -> None:
     doc["trigger"]["reason"] = "<b>bold</b>"
     page = to_html(doc).decode()
     assert EVIL not in page and "<b>bold</b>" not in page
-    assert page.count("</script>") == 2  # the data element and the code element
+    assert page.count("</script>") == 3  # the data, the diagnosis and the code elements
     data = re.search(r'id="flightdeck-data">(.*?)</script>', page, re.S)
     assert data is not None and orjson.loads(data.group(1))["requests"][0]["path"] == EVIL
 
@@ -268,3 +268,100 @@ def test_trace_id_and_incident_shown(open_page: Any) -> None:
     pos = p.js("window.flightdeck.locate('request', 2)")
     p.click_canvas(pos["x"], pos["y"])
     assert f"trace id{trace}" in p.page.locator("#details").inner_text().replace("\t", "")
+
+
+SITE = "/srv/venv/lib/python3.11/site-packages"
+
+
+def _diagnosis_doc() -> dict[str, Any]:
+    doc = make_doc()
+    t0 = doc["window"]["start"]
+    block = next(e for e in doc["loop"] if e["kind"] == "block")
+    block["stack"] = [
+        {"function": "main", "file": f"{SITE}/click/core.py", "line": 1078},
+        {"function": "run_asgi", "file": f"{SITE}/uvicorn/protocols/http/h11_impl.py", "line": 404},
+        {"function": "handler", "file": "/srv/app/views.py", "line": 12},
+    ]
+    doc["process"]["paths"] = {
+        "stdlib": "/usr/lib/python3.11",
+        "site_packages": [SITE],
+        "cwd": "/srv/app",
+        "app": None,
+    }
+    doc["loop"].append(
+        {
+            "kind": "gc",
+            "start": t0 + 7.125,  # inside a step of the trigger request's own task
+            "duration": 0.03,
+            "callback": None,
+            "stack": None,
+            "generation": 2,
+            "collected": 12345,
+        }
+    )
+    doc["events"].append(
+        {
+            "kind": "cancel",
+            "start": t0 + 6.6,
+            "task": "t4",
+            "cause": "timeout",
+            "stack": [{"function": "fetch_user", "file": "/srv/app/views.py", "line": 52}],
+        }
+    )
+    return doc
+
+
+@browser_only
+@pytest.mark.browser
+def test_breakdown_gc_cancellations_and_folded_stacks_in_the_page(open_page: Any) -> None:
+    p = open_page(_diagnosis_doc())
+    why = p.page.locator("#why").inner_text()
+    assert why.startswith("GET /slow 200 took 1.20 s: 1.14 s suspended"), why
+    findings = p.page.locator("#findings li").all_inner_texts()
+    assert any(f.startswith("garbage collection paused the loop 1 time") for f in findings)
+    # The trigger request's details carry its breakdown.
+    details = p.page.locator("#details")
+    pos = p.js("window.flightdeck.locate('request', 1)")  # GET /slow
+    p.click_canvas(pos["x"], pos["y"])
+    text = details.inner_text()
+    assert "where its time went" in text and "own task t3" in text
+    assert "suspended" in text and "awaiting gather at slow (app.py:41)" in text
+    assert "of which GC pauses" in text
+    # GC pauses on the loop lane, cancellations on their task's row.
+    assert p.js("window.flightdeck.kinds().gc") == 1
+    pos = p.js("window.flightdeck.locate('gc', 0)")
+    p.click_canvas(pos["x"], pos["y"])
+    assert "garbage collection 30.0 ms" in details.inner_text()
+    assert "12345" in details.inner_text()
+    assert "cause" in p.js("window.flightdeck.select('cancel', 0)")
+    assert "timeout" in details.inner_text() and "views.py:52" in details.inner_text()
+    # Library frames fold; one click shows them.
+    pos = p.js("window.flightdeck.locate('block', 0)")
+    p.click_canvas(pos["x"], pos["y"])
+    stack = details.locator("pre").inner_text()
+    assert stack.splitlines() == ["... 2 library frames", "/srv/app/views.py:12 in handler"]
+    details.locator("button.full").click()
+    assert f"{SITE}/click/core.py:1078 in main" in details.locator("pre").inner_text()
+
+
+@browser_only
+@pytest.mark.browser
+def test_trigger_label_never_overlaps_the_time_axis(open_page: Any) -> None:
+    p = open_page(make_doc())
+    trig = p.js("window.flightdeck.trigger")
+    span = p.js("window.flightdeck.view().span")
+    checked = 0
+    for width in (1e-5, 1e-4, 1e-3, 0.01, 0.05, 0.2, 1.0, 3.0, span, span * 1.4):
+        for where in (0.02, 0.3, 0.5, 0.9, 0.99):
+            start = trig - where * width
+            p.js(f"window.flightdeck.setView({start}, {start + width})")
+            boxes = p.js("window.flightdeck.axisBoxes()")
+            label = boxes["trigger"]
+            if label is None:
+                continue
+            checked += 1
+            assert label[0] >= 260, (width, where, label)  # right of the row labels
+            assert boxes["ticks"], (width, where)
+            for tick in boxes["ticks"]:
+                assert tick[1] <= label[0] or tick[0] >= label[1], (width, where, label, tick)
+    assert checked >= 40

@@ -16,7 +16,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-run: $(STAMP)
+# `make run` installs only what serving the example needs (the `example` extra); `make test`
+# adds the development tools to the same venv.
+RUN_STAMP := $(VENV)/.installed-run
+
+$(RUN_STAMP): pyproject.toml
+	@test -n "$(PYTHON)" && command -v $(PYTHON) >/dev/null 2>&1 || { echo "python3.11 not found; set PYTHON=/path/to/python3.11+"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[example]'
+	touch $(RUN_STAMP)
+
+run: $(RUN_STAMP)
+	@echo "the CLI: $(VENV)/bin/flightdeck (or: source $(VENV)/bin/activate)"
 	$(VENV)/bin/uvicorn --app-dir examples/fastapi_app app:app --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)

@@ -7,15 +7,22 @@ laptop that has flightdeck installed but not the service's dependencies.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
+import os
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import NoReturn
 
+from .fetch import (
+    DEFAULT_MAX_SIZE,
+    FetchError,
+    HTTPStatusError,
+    fetch,
+    parse_seconds,
+    parse_size,
+    read_file,
+)
 from .snapshot.document import Snapshot, SnapshotError, is_valid_id
 
 __all__ = ["main"]
@@ -45,11 +52,13 @@ def _fail(message: str) -> NoReturn:
     raise CLIError(message)
 
 
-def _load(path: str) -> Snapshot:
+def _load(path: str, max_size: int = DEFAULT_MAX_SIZE) -> Snapshot:
     try:
-        return Snapshot.load(path)
-    except SnapshotError as exc:
+        return Snapshot.load(read_file(path, max_size))
+    except FetchError as exc:
         _fail(str(exc))
+    except SnapshotError as exc:
+        _fail(str(exc).replace("data: ", f"{path}: ", 1))
 
 
 def _write(out: str, data: bytes) -> None:
@@ -75,7 +84,7 @@ def _default_out(snapshot_path: str, suffix: str) -> str:
 def cmd_summary(args: argparse.Namespace) -> int:
     from .export.summary import UnknownRequest, summarize
 
-    snap = _load(args.snapshot)
+    snap = _load(args.snapshot, args.max_size)
     try:
         text = summarize(snap.to_dict(), request=args.request, full=args.full)
     except UnknownRequest as exc:
@@ -85,7 +94,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    snap = _load(args.snapshot)
+    snap = _load(args.snapshot, args.max_size)
     data = snap.dumps(args.format)
     out = args.output or _default_out(args.snapshot, EXPORT_SUFFIX[args.format])
     _write(out, data)
@@ -107,18 +116,14 @@ def _pull_incident(args: argparse.Namespace) -> int:
     if args.id:
         _fail("--id and --incident cannot be combined")
     url = _snapshot_url(args.url, "x").rsplit("/snapshots/", 1)[0] + "/incidents"
-    headers = {"Accept": "application/json", "User-Agent": f"{PROG}-cli"}
-    if args.token:
-        headers["Authorization"] = f"Bearer {args.token}"
     try:
-        req = urllib.request.Request(url, headers=headers, method="GET")
-        with urllib.request.urlopen(req, timeout=args.timeout) as resp:
-            listing = json.loads(resp.read(16 << 20))
-    except urllib.error.HTTPError as exc:
-        _fail(f"HTTP {exc.code} {exc.reason} from {url}")
-    except (urllib.error.URLError, OSError) as exc:
-        _fail(f"cannot reach {url}: {getattr(exc, 'reason', exc)}")
+        _, body = fetch(url, _token(args), args.timeout, min(args.max_size, 16 << 20))
+        listing = json.loads(body)
+    except FetchError as exc:
+        _fail(str(exc))
     except ValueError:
+        _fail(f"{url} did not return an incident list")
+    if not isinstance(listing, list):
         _fail(f"{url} did not return an incident list")
     found = [i for i in listing if isinstance(i, dict) and i.get("id") == incident]
     if not found:
@@ -145,48 +150,63 @@ def cmd_pull(args: argparse.Namespace) -> int:
     if snap_id != "latest" and not is_valid_id(snap_id):
         _fail(f"malformed snapshot id {snap_id!r}")
     url = _snapshot_url(args.url, snap_id)
-    headers = {"Accept-Encoding": "gzip", "Accept": "application/json"}
-    headers["User-Agent"] = f"{PROG}-cli"
-    if args.token:
-        headers["Authorization"] = f"Bearer {args.token}"
-    req = urllib.request.Request(url, headers=headers, method="GET")
+    token = _token(args)
     try:
-        with urllib.request.urlopen(req, timeout=args.timeout) as resp:
-            body = resp.read()
-            encoding = (resp.headers.get("Content-Encoding") or "").lower()
-    except urllib.error.HTTPError as exc:
-        if exc.code == 401:
-            hint = "a valid --token is required" if not args.token else "the token was refused"
-            _fail(f"401 Unauthorized from {url}: {hint}")
-        if exc.code == 404:
+        answered, body = fetch(url, token, args.timeout, args.max_size)
+    except HTTPStatusError as exc:
+        if exc.status == 401:
+            hint = "a valid --token is required" if not token else "the token was refused"
+            _fail(f"401 Unauthorized from {exc.url}: {hint}")
+        if exc.status == 404:
             _fail(
-                f"404 Not Found: {url} (no snapshot {snap_id!r}, wrong endpoint URL, or a "
+                f"404 Not Found: {exc.url} (no snapshot {snap_id!r}, wrong endpoint URL, or a "
                 "token-less endpoint refusing a non-loopback client)"
             )
-        _fail(f"HTTP {exc.code} {exc.reason} from {url}")
-    except urllib.error.URLError as exc:
-        reason = exc.reason
-        if isinstance(reason, ConnectionRefusedError):
-            _fail(f"cannot connect to {args.url}: connection refused (is the service running?)")
-        if isinstance(reason, TimeoutError):
-            _fail(f"timed out connecting to {args.url}")
-        _fail(f"cannot reach {args.url}: {reason}")
-    except TimeoutError:
-        _fail(f"timed out reading from {url}")
-    except OSError as exc:
-        _fail(f"cannot reach {args.url}: {exc}")
-    if encoding == "gzip":
-        try:
-            body = gzip.decompress(body)
-        except (OSError, EOFError) as exc:
-            _fail(f"corrupt gzip response from {url}: {exc}")
+        if exc.status == 403:
+            _fail(
+                f"403 Forbidden from {exc.url}: a token-less endpoint answers only loopback"
+                " Host names (see allowed_hosts)"
+            )
+        _fail(str(exc))
+    except FetchError as exc:
+        _fail(str(exc))
     try:
         snap = Snapshot.load(body)
     except SnapshotError as exc:
-        _fail(f"{url} did not return a snapshot: {exc}".replace(": data: ", ": "))
+        _fail(f"{answered} did not return a snapshot: {exc}".replace(": data: ", ": "))
     out = args.output or f"{snap.id}.json"
     _write(out, body)
     return 0
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    # The argument wins over the environment, as everywhere in flightdeck.
+    token: str | None = args.token or os.environ.get("FLIGHTDECK_TOKEN") or None
+    return token
+
+
+def _seconds(text: str) -> float:
+    try:
+        return parse_seconds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _max_size_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-size",
+        type=_size,
+        default=DEFAULT_MAX_SIZE,
+        metavar="BYTES",
+        help="refuse a snapshot larger than this once decompressed, e.g. 512M (default 1G)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         "trigger's",
     )
     p.add_argument("--full", action="store_true", help="show library frames instead of folding")
+    _max_size_option(p)
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser(
@@ -235,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="OUT",
         help="output path ('-' for stdout; default: SNAPSHOT's stem + .perfetto.json or .html)",
     )
+    _max_size_option(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
@@ -246,7 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "url", metavar="URL", help="the endpoint, e.g. http://127.0.0.1:8000/debug/flight"
     )
-    p.add_argument("--token", "-t", help="bearer token of the endpoint (FLIGHTDECK_TOKEN)")
+    p.add_argument(
+        "--token",
+        "-t",
+        help="bearer token of the endpoint (default: $FLIGHTDECK_TOKEN; sent to the URL's"
+        " origin only, never across a redirect to another one)",
+    )
     p.add_argument("--id", help="snapshot id to fetch (default: latest)")
     p.add_argument(
         "--incident",
@@ -257,8 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", metavar="OUT", help="output path ('-' for stdout; default: <id>.json)"
     )
     p.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds to wait for the server (default 30)"
+        "--timeout",
+        type=_seconds,
+        default=30.0,
+        help="seconds the whole download may take, redirects included (default 30)",
     )
+    _max_size_option(p)
     p.set_defaults(func=cmd_pull)
     return parser
 

@@ -1,7 +1,8 @@
 """A FastAPI app with flightdeck on: fast, slow, loop-blocking, fan-out, failing, streaming.
 
 Serve it with ``make run`` (uvicorn on 127.0.0.1:8000), then open
-http://127.0.0.1:8000/debug/flight after hitting /block or /error.
+http://127.0.0.1:8000/debug/flight after hitting /block or /error. Try other thresholds
+with ``FLIGHTDECK_SLOW_REQUEST=0.2 make run``.
 """
 
 from __future__ import annotations
@@ -71,4 +72,6 @@ async def stream(chunks: int = Query(5, ge=1, le=10_000)) -> StreamingResponse:
 
 
 # One line: every request is recorded; slow, failing and loop-blocking ones leave a snapshot.
-app = FlightDeck(api, slow_request=1.0, loop_blocked=0.1, cooldown=10.0)
+# The thresholds come from the environment (FLIGHTDECK_SLOW_REQUEST, default 1 s, and
+# FLIGHTDECK_LOOP_BLOCKED, default 0.1 s): an argument given here would win over them.
+app = FlightDeck(api, cooldown=10.0)

@@ -137,3 +137,56 @@ def test_error_and_hung_request_snapshots_and_exports(server: tuple[str, Path]) 
         status = c.get("/debug/flight/status").json()
         assert status["triggers"]["fired"]["exception"] == 1
         assert status["dropped"] == 0
+
+
+def test_example_takes_its_thresholds_from_the_environment(tmp_path: Path) -> None:
+    """Issue 12 item 14: the README's environment table works on the example as served."""
+    port = free_port()
+    env = dict(os.environ, FLIGHTDECK_DIR=str(tmp_path), FLIGHTDECK_SLOW_REQUEST="0.05")
+    env["FLIGHTDECK_LOOP_BLOCKED"] = "off"
+    env.pop("FLIGHTDECK_TOKEN", None)
+    cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "examples" / "fastapi_app")]
+    cmd += ["app:app", "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        poll(lambda: httpx.get(base + "/fast", timeout=1).status_code == 200)
+        # 150 ms is slow under FLIGHTDECK_SLOW_REQUEST=0.05 (the default, 1 s, would not fire)
+        assert httpx.get(base + "/slow", params={"ms": 150}, timeout=10).status_code == 200
+        kinds = poll(
+            lambda: [
+                item["trigger"]["kind"]
+                for item in httpx.get(base + "/debug/flight/snapshots", timeout=2).json()
+            ]
+        )
+        assert kinds == ["slow_request"]
+        status = httpx.get(base + "/debug/flight/status", timeout=2).json()
+        assert "loop_blocked" not in status["triggers"]["fired"]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_make_run_installs_only_what_running_needs() -> None:
+    """Issue 12 item 13: `make run` installs the `example` extra, which holds no dev tool."""
+    import tomllib
+
+    dry = subprocess.run(
+        ["make", "-n", "run", "VENV=/nonexistent-venv"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    installs = [line for line in dry.splitlines() if "pip install" in line and "-e" in line]
+    assert installs == ["/nonexistent-venv/bin/python -m pip install -q -e '.[example]'"]
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    names = {req.split("[")[0].split(">")[0].split(";")[0].strip() for req in extras["example"]}
+    assert names == {"uvicorn", "uvloop", "fastapi"}
+    example_imports = (ROOT / "examples" / "fastapi_app" / "app.py").read_text()
+    assert "import fastapi" in example_imports or "from fastapi" in example_imports

@@ -31,6 +31,7 @@ C_ERROR = "bad"
 C_PENDING = "grey"
 C_REGION = "olive"
 C_EXECUTOR = "rail_load"
+C_GC = "rail_idle"
 
 # Sort priority among slices that start together: the lower one becomes the parent.
 P_BLOCK, P_NORMAL = 0, 1
@@ -325,6 +326,14 @@ class _Builder:
             kind = ev.get("kind")
             if kind == "executor":
                 self._executor(ev, thread_tids, task_tid, task_steps)
+            elif kind == "cancel":
+                start = num(ev.get("start"))
+                ctid = task_tid.get(ev.get("task"))
+                if start is None or ctid is None:
+                    continue
+                cause = text(ev.get("cause")) or "unknown"
+                cargs = {"cause": cause, "task": ev.get("task"), "at": _frames(ev.get("stack"))}
+                self.instant(ctid, start, f"cancelled ({cause})", "cancel", cargs)
             elif kind == "log":
                 start = num(ev.get("start"))
                 if start is None:
@@ -433,6 +442,16 @@ class _Builder:
             if start is None:
                 continue
             cb = text(ev.get("callback"))
+            if kind == "step":
+                continue  # a long task step: already drawn as that task's step
+            if kind == "gc":
+                gen = text(ev.get("generation"))
+                gargs = {"generation": ev.get("generation"), "collected": ev.get("collected")}
+                gargs["duration_ms"] = _ms(dur)
+                self.slice(
+                    loop_tid, start, start + dur, f"GC gen {gen}", "gc", gargs, C_GC, P_BLOCK
+                )
+                continue
             if kind == "block":
                 name = f"loop blocked {fmt_duration(dur)}" + (f" ({cb})" if cb else "")
                 args: dict[str, Any] = {"callback": cb or None, "duration_ms": _ms(dur)}

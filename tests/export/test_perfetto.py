@@ -246,3 +246,46 @@ def test_input_not_mutated() -> None:
     before = copy.deepcopy(doc)
     to_perfetto(doc)
     assert doc == before
+
+
+def test_gc_pauses_cancellations_and_long_steps() -> None:
+    doc = make_doc()
+    t0 = doc["window"]["start"]
+    doc["loop"] += [
+        {
+            "kind": "gc",
+            "start": t0 + 2.5,
+            "duration": 0.02,
+            "callback": None,
+            "stack": None,
+            "generation": 2,
+            "collected": 777,
+        },
+        {
+            "kind": "step",
+            "start": t0 + 6.0002,
+            "duration": 0.001,
+            "callback": "x",
+            "stack": None,
+            "task": "t3",
+        },
+    ]
+    doc["events"].append(
+        {
+            "kind": "cancel",
+            "start": t0 + 6.6,
+            "task": "t4",
+            "cause": "timeout",
+            "stack": [{"function": "fetch_user", "file": "app.py", "line": 52}],
+        }
+    )
+    trace = export(doc)
+    validate(trace, pid=1234)
+    gc_slices = by_name(trace, "X", "GC gen 2")
+    assert len(gc_slices) == 1 and gc_slices[0]["args"]["collected"] == 777
+    assert gc_slices[0]["dur"] == pytest.approx(20_000)
+    cancels = by_name(trace, "i", "cancelled (timeout)")
+    assert len(cancels) == 1 and cancels[0]["args"]["at"] == ["app.py:52 in fetch_user"]
+    assert thread_names(trace)[cancels[0]["tid"]].startswith("task t4")
+    # A long-step entry repeats a task step: it is not drawn a second time.
+    assert not [e for e in by_name(trace, "X") if e.get("cat") == "callback" and e["name"] == "x"]

@@ -224,8 +224,9 @@ def breakdown(
             return
         rest = b - a
         if jobs:
-            # Several jobs may overlap: each moment counts once, as running when one of
-            # the task's jobs runs, else as queued when one waits for a thread.
+            # Several jobs may overlap: each moment counts once, as queued when one of the
+            # task's jobs waits for a thread (the pool holds the request up), else as
+            # running when one of them runs.
             cuts = {a, b}
             spans = []
             for job in jobs:
@@ -239,16 +240,16 @@ def breakdown(
             edges = sorted(cuts)
             for x0, x1 in itertools.pairwise(edges):
                 mid = (x0 + x1) / 2
-                run = next((f for q, s1, e1, f in spans if s1 <= mid < e1), None)
-                if run is not None:
-                    out.pool_running += x1 - x0
-                    _add(out.pool, f"{run} running", x1 - x0)
-                    rest -= x1 - x0
-                    continue
                 queued = next((f for q, s1, e1, f in spans if q <= mid < s1), None)
                 if queued is not None:
                     out.pool_queued += x1 - x0
                     _add(out.pool, f"{queued} queued", x1 - x0)
+                    rest -= x1 - x0
+                    continue
+                run = next((f for q, s1, e1, f in spans if s1 <= mid < e1), None)
+                if run is not None:
+                    out.pool_running += x1 - x0
+                    _add(out.pool, f"{run} running", x1 - x0)
                     rest -= x1 - x0
         if rest <= 0:
             return

@@ -181,3 +181,34 @@ def burst(doc: dict[str, Any], index: LoopIndex) -> tuple[int, float, float] | N
 def request_of(index: LoopIndex, rid: Any) -> str:
     req = index.requests.get(rid)
     return f" in {request_label(req)}" if req else ""
+
+
+@dataclass
+class HogGroup:
+    """The same thing holding the loop several times (a loop of CPU work between awaits)."""
+
+    hogs: list[Hog]
+
+    @property
+    def first(self) -> Hog:
+        return self.hogs[0]
+
+    @property
+    def total(self) -> float:
+        return sum(h.duration for h in self.hogs)
+
+    @property
+    def longest(self) -> float:
+        return max(h.duration for h in self.hogs)
+
+
+def grouped(hogs: list[Hog]) -> list[HogGroup]:
+    """Hogs with the same kind, name, task and request together, by loop time taken."""
+    groups: dict[tuple[str, str, Any, Any], HogGroup] = {}
+    for h in hogs:
+        key = (h.kind, h.label, h.task, h.request)
+        if key in groups:
+            groups[key].hogs.append(h)
+        else:
+            groups[key] = HogGroup([h])
+    return sorted(groups.values(), key=lambda g: -g.total)

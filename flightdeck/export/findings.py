@@ -18,7 +18,7 @@ from .common import (
     task_label,
     text,
 )
-from .diagnose import SLOW_CALLBACK, Hog, burst, cancellations, hogs, request_of
+from .diagnose import SLOW_CALLBACK, Hog, burst, cancellations, grouped, hogs, request_of
 from .stacks import StackFolder
 
 #: Requests slower than this are called out as findings.
@@ -127,9 +127,15 @@ def ranked(r: Reading) -> list[Finding]:
     add = out.append
     if b is not None:
         add(Finding(b.total, b.total, sentence(b)))
-    for h in [h for h in r.hogs if h.kind != "gc"][:8]:
-        on_trigger = _on_trigger(b, h.start, h.start + h.duration, h.task)
-        add(Finding(on_trigger, h.duration, _hog_text(h, r)))
+    for g in [g for g in grouped(r.hogs) if g.first.kind != "gc"][:8]:
+        on_trigger = sum(_on_trigger(b, h.start, h.start + h.duration, h.task) for h in g.hogs)
+        line = _hog_text(g.first, r)
+        if len(g.hogs) > 1:
+            line = (
+                f"{g.first.label} held the loop {len(g.hogs)} times, {fmt_duration(g.total)} in"
+                f" all (longest {fmt_duration(g.longest)}){request_of(r.index, g.first.request)}"
+            )
+        add(Finding(on_trigger, g.total, line))
     trigger_id = b.request.get("id") if b is not None else None
     errors, slow = [], []
     for req in dicts(doc.get("requests")):

@@ -21,7 +21,7 @@ from .common import (
     text,
     utc_text,
 )
-from .diagnose import cancellations
+from .diagnose import cancellations, grouped
 from .findings import (
     LONG_WAIT,
     Reading,
@@ -139,11 +139,14 @@ def summarize(doc: dict[str, Any], *, request: Any = None, full: bool = False) -
     add(f"what held the loop (≥ {fmt_duration(0.01)}, blocks and steps together):")
     if not r.hogs:
         add("  nothing")
-    for h in r.hogs[:8]:
+    for hg in grouped(r.hogs)[:8]:
+        h = hg.first
         where = f"  at {_rel(h.start, w_start)}"
+        if len(hg.hogs) > 1:
+            where = f"  {len(hg.hogs)} times, longest {fmt_duration(hg.longest)}, first{where}"
         req = reqs.get(h.request)
         add(
-            f"  {fmt_duration(h.duration):>9}  {h.kind:<8} {h.label}"
+            f"  {fmt_duration(hg.total):>9}  {h.kind:<8} {h.label}"
             + (f" ({request_label(req)})" if req else "")
             + where
         )

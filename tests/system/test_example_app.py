@@ -190,3 +190,30 @@ def test_make_run_installs_only_what_running_needs() -> None:
     assert names == {"uvicorn", "uvloop", "fastapi"}
     example_imports = (ROOT / "examples" / "fastapi_app" / "app.py").read_text()
     assert "import fastapi" in example_imports or "from fastapi" in example_imports
+
+
+def _summary_for(base: str, path: str) -> str:
+    def find() -> str | None:
+        for item in httpx.get(base + "/debug/flight/snapshots", timeout=5).json():
+            if (item.get("request") or {}).get("path") == path:
+                return str(item["id"])
+        return None
+
+    ident = poll(find)
+    r = httpx.get(f"{base}/debug/flight/snapshots/{ident}?format=summary", timeout=10)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    return r.text
+
+
+def test_incident_routes_are_named_by_the_summary(server: tuple[str, Path]) -> None:
+    base, _ = server
+    with httpx.Client(base_url=base, timeout=30) as c:
+        assert c.get("/incident/timeouts", params={"n": 100}).json() == {"timed_out": 100}
+        head = "\n".join(_summary_for(base, "/incident/timeouts").splitlines()[:40])
+        assert "cancellation burst: 100 within" in head, head
+        assert "100 × _fetch_with_timeout at _fetch_with_timeout (app.py:" in head, head
+        assert c.get("/incident/pool").status_code == 200
+        head = "\n".join(_summary_for(base, "/incident/pool").splitlines()[:40])
+        why = next(line for line in head.splitlines() if line.startswith("why:"))
+        assert "queued for the thread pool" in why, head
+        assert "thread pool saturated: " in head and "_blocking_io queued" in head, head

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import time
 from typing import Any
 
 import orjson
@@ -194,3 +195,37 @@ def test_oversized_snapshot_refused_and_counted(decks: list[Any]) -> None:
     deck.fleet.max_bytes = stored.stored - 1
     deck.fleet.share(stored)
     assert deck.status()["fleet"]["refused_too_big"] == 1
+
+
+def test_client_rebuilt_in_a_forked_child(redis_server: Any) -> None:
+    import os
+
+    from flightdeck.asgi.fleet.client import Counters, FleetClient
+
+    opts = fleet_options(redis_server.url, "trace", "forktest", 60)
+    assert opts is not None
+    client = FleetClient(opts, lambda data: None, Counters())
+    client.start()
+    try:
+        wait_until(lambda: client.connected, timeout=10)
+        parent_thread = client._thread
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: a new thread, a new connection
+            ok = False
+            try:
+                deadline = time.monotonic() + 10
+                while not client.connected and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                ok = client.connected and client._thread is not parent_thread
+                ok = ok and client._thread is not None and client._thread.is_alive()
+            finally:
+                os.write(write, b"1" if ok else b"0")
+                os._exit(0)
+        os.close(write)
+        answer = os.read(read, 1)
+        os.waitpid(pid, 0)
+        assert answer == b"1"
+        assert client.connected and client._thread is parent_thread  # the parent's untouched
+    finally:
+        client.close()

@@ -257,3 +257,24 @@ def test_malformed_messages_are_counted_and_ignored(
     assert http_get(srv.url + "/fast")[0] == 200
     assert _get(srv, "/snapshots") == []
     assert _fleet(srv)["connected"]
+
+
+def test_gunicorn_preload_workers_each_join_the_fleet(
+    server: Callable[..., ServerProcess], redis_server: RedisServer
+) -> None:
+    # --preload: FlightDeck (and its fleet) is built in the master, then fork()ed; each
+    # worker runs its own Redis client, so one worker's incident is followed by the other.
+    options = _options(redis_server, "svc-w")
+    srv = server(kind="gunicorn", workers=2, options=options, args=["--preload"])
+    wait_until(lambda: _fleet(srv)["connected"], timeout=DEADLINE, interval=0.1)
+    assert http_get(srv.url + "/fail")[0] == 500
+
+    def both_workers() -> dict[str, Any] | None:
+        for incident in _get(srv, "/incidents"):
+            if len({s["pid"] for s in incident["snapshots"]}) == 2:
+                return dict(incident)
+        return None
+
+    incident = wait_until(both_workers, timeout=DEADLINE, interval=0.2)
+    assert {s["service"] for s in incident["snapshots"]} == {"svc-w"}
+    assert srv.pid not in {s["pid"] for s in incident["snapshots"]}  # workers, not the master

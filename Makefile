@@ -7,9 +7,10 @@ PYENV_ROOT ?= $(HOME)/.pyenv
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
+.PHONY: memcheck
 .PHONY: run test test-all lint typecheck pytest pytest-pure soak bench bench-http clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py $(wildcard flightdeck/*/*.c)
 	@test -n "$(PYTHON)" && command -v $(PYTHON) >/dev/null 2>&1 || { echo "python3.11 not found; set PYTHON=/path/to/python3.11+"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -43,6 +44,12 @@ pytest: $(STAMP)
 	$(PY) -m pytest -q
 
 test: lint typecheck pytest
+
+# The native request path's tests under valgrind memcheck (PYTHONMALLOC=malloc): fails on
+# any invalid access or definite leak whose stack goes through _casgi.
+memcheck: $(STAMP)
+	@command -v valgrind >/dev/null 2>&1 || { echo "valgrind not found: apt-get install valgrind"; exit 1; }
+	$(PY) tests/memcheck.py _casgi tests/asgi/test_casgi.py tests/system/test_middleware_contract.py
 
 # The suite with the extension ignored at import: the pure-Python core.
 pytest-pure: $(STAMP)

@@ -11,11 +11,13 @@ are re-raised unchanged.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
+import sys
 import threading
 from collections.abc import Awaitable
 from time import perf_counter_ns
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -25,6 +27,7 @@ from ..instrument.context import current_request
 from ..snapshot.document import Snapshot
 from ..snapshot.recorder import FlightRecorder
 from ..snapshot.store import SnapshotStore
+from .accel import casgi, native_asgi
 from .capture import CaptureEngine, RequestState, client_of, route_of
 from .config import Config
 from .fleet import Fleet, resolve_service
@@ -35,13 +38,51 @@ _current_task = asyncio.current_task
 _SCOPE_KEY = "flightdeck"
 
 
-class FlightDeck:
+if TYPE_CHECKING:
+    from ._casgi import Middleware as _Base
+elif casgi is None:
+
+    class _Base:
+        """The pure-Python build: ``FlightDeck.__call__`` is ``_py_call``."""
+
+else:
+    _Base = casgi.Middleware  # its __call__ takes the common case natively
+
+
+def _current_task_lookup() -> dict[str, Any]:
+    # On 3.11 asyncio.current_task() is a Python function; the native path does the same
+    # lookup (the running loop's entry in asyncio's table) without its frame.
+    tasks = getattr(asyncio.tasks, "_current_tasks", None)
+    if sys.version_info < (3, 12) and isinstance(tasks, dict):
+        return {"current_tasks": tasks, "running_loop": asyncio.get_running_loop}
+    return {}
+
+
+def _async_call() -> Any:
+    """The native ``__call__``, marked so that servers see an ASGI 3 (async) callable."""
+    assert casgi is not None
+    call = casgi.AsyncCall()
+    # uvicorn tells ASGI 3 from 2 by asyncio.iscoroutinefunction(app.__call__); Starlette
+    # and Python 3.12+ by inspect's marker. A bound method forwards both to this object.
+    call._is_coroutine = getattr(asyncio.coroutines, "_is_coroutine", None)
+    mark = getattr(inspect, "markcoroutinefunction", None)
+    if mark is not None:
+        mark(call)
+    return call
+
+
+class FlightDeck(_Base):
     """Flight recorder middleware for any ASGI 3 app.
 
     ``FlightDeck(app, slow_request=0.5)`` or ``app.add_middleware(FlightDeck, ...)``. The
     options are :class:`~flightdeck.asgi.config.Config`'s (see the README for each); a bad
     value raises ``ValueError``/``TypeError`` naming the option. ``FLIGHTDECK_ENABLED=0``
     turns it into a pass-through.
+
+    With the extension built, ``__call__`` is native (``_casgi.c``): it records HTTP and
+    WebSocket requests once recording has started and hands everything else (lifespan, the
+    endpoint, the first request, a closed deck) to :meth:`_py_call`, the pure-Python path,
+    which is the whole of ``__call__`` without the extension.
     """
 
     def __init__(self, app: ASGIApp, **options: Any) -> None:
@@ -78,6 +119,32 @@ class FlightDeck:
                 self, prefix=endpoint, token=config.token, allowed_hosts=config.allowed_hosts
             )
             self._prefix_slash = endpoint + "/"
+        self._native = native_asgi()
+        if casgi is not None:
+            self._native_setup(
+                app=app,
+                recorder=self.recorder,
+                report=self.errors,
+                inflight=self._inflight,
+                done=engine.request_done,
+                py_call=self._py_call,
+                start_event=self._start_event,
+                query=self.redactor.query,
+                trace_id=trace_id_from_headers,
+                current_task=_current_task,
+                contextvar=current_request,
+                prefix=endpoint if self._endpoint_app is not None else None,
+                slow_floor_ns=engine.slow_floor_ns,
+                triggers=bool(engine.request_triggers),
+                builtin=engine.builtin_request_triggers,
+                headers=bool(self._capture_headers),
+                **_current_task_lookup(),
+            )
+
+    @property
+    def asgi_path(self) -> str:
+        """``"native"`` when requests are recorded by ``_casgi``, else ``"python"``."""
+        return "native" if self._native else "python"
 
     # Options read by the endpoint and by users.
     @property
@@ -112,11 +179,19 @@ class FlightDeck:
             self.recorder.start(loop)
             if self.fleet is not None:
                 self.fleet.start(loop)
+            if self._native and self.enabled:
+                self._native_fast = True  # from now on __call__ records natively
         except Exception as exc:
             self.errors("start", exc)
 
+    def _next_id(self) -> int:
+        if casgi is None:
+            return next(self._ids)
+        self._native_rid += 1  # one sequence for both paths
+        return self._native_rid
+
     # -- ASGI -------------------------------------------------------------------------------
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _py_call(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope.get("type")
         if (kind != "http" and kind != "websocket") or not self.enabled or _SCOPE_KEY in scope:
             await self._pass_through(scope, receive, send, kind)
@@ -136,7 +211,7 @@ class FlightDeck:
         # recorded as they come (sanitized off the loop, at snapshot time) and triggers only
         # see a RequestInfo when an integer pre-check says one might fire. A message that is
         # not a dict is forwarded untouched, so the server raises what it would raise alone.
-        rid = next(self._ids)
+        rid = self._next_id()
         pc = perf_counter_ns
         state = RequestState()
         t0 = pc()
@@ -186,6 +261,11 @@ class FlightDeck:
         finally:
             current_request.reset(token)
             self._finish(rid, scope, state, t0, kind, error)
+
+    if casgi is None:
+        __call__ = _py_call
+    else:
+        __call__ = _async_call()
 
     def _for_endpoint(self, scope: Scope) -> bool:
         """Whether the request is for the debug endpoint (below ``root_path``, if any)."""
@@ -318,6 +398,7 @@ class FlightDeck:
             "coverage": stats["coverage"],
             "inflight": len(self._inflight),
             "errors": dict(self.errors.counts),
+            "asgi": self.asgi_path,
             "recorder": stats,
             "service": self.service,
             "fleet": None if self.fleet is None else self.fleet.stats(),
@@ -326,6 +407,8 @@ class FlightDeck:
     def close(self) -> None:
         """Stop recording (the app keeps working; flightdeck becomes a pass-through)."""
         self.enabled = False
+        if casgi is not None:
+            self._native_fast = False
         self.recorder.stop()
         if self.fleet is not None:
             self.fleet.close()

@@ -25,7 +25,7 @@ def _ok(request: Any) -> PlainTextResponse:
 def test_endpoint_honours_root_path(decks: list[Any]) -> None:
     # uvicorn --root-path /api: a proxy strips /api, uvicorn puts it back in scope["path"].
     app = Starlette(routes=[Route("/fast", _ok)])
-    deck = FlightDeck(app, endpoint="/debug/flight", slow_request=None)
+    deck = FlightDeck(app, endpoint="/debug/flight", slow_request=None, loop_blocked=None)
     decks.append(deck)
     with uvicorn_thread(deck, root_path="/api") as srv:
         status, _, body = http_get(srv.url + "/fast")
@@ -165,7 +165,7 @@ def test_a_trigger_while_building_is_captured_next(decks: list[Any]) -> None:
         raise RuntimeError("boom")
 
     app = Starlette(routes=[Route("/error", error), Route("/other", error)])
-    deck = make_deck(app, decks, endpoint="/debug/flight", slow_request=None)
+    deck = make_deck(app, decks, endpoint="/debug/flight", slow_request=None, loop_blocked=None)
     building = threading.Event()
     go_on = threading.Event()
     build = deck.recorder.build_into

@@ -1,0 +1,1339 @@
+/* flightdeck.asgi._casgi: the FlightDeck request path in C.
+ *
+ * Middleware is the base class of flightdeck.asgi.middleware.FlightDeck. Its __call__ takes
+ * the common case natively: an HTTP or WebSocket scope, recording started, not the debug
+ * endpoint. It emits REQ_START, wraps send (a native callable returning the server's own
+ * awaitable) and receive (a native awaitable proxy), calls the app and returns a native
+ * awaitable (Call) around the app's awaitable that emits REQ_END when it finishes and hands
+ * the request to the Python capture engine only when an integer pre-check says a trigger
+ * may fire. Anything else goes to the pure-Python path (FlightDeck._py_call).
+ *
+ * Never harm the app: flightdeck's own failures are counted (Middleware.errors) and
+ * dropped; the app's and the server's exceptions and results pass through untouched, and a
+ * message that is not exactly a dict is forwarded without being looked at.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <time.h>
+#include <string.h>
+
+#if PY_VERSION_HEX < 0x030C0000
+static inline PyObject *PyErr_GetRaisedException_compat(void) {
+    PyObject *t, *v, *tb;
+    PyErr_Fetch(&t, &v, &tb);
+    if (t == NULL) return NULL;
+    PyErr_NormalizeException(&t, &v, &tb);
+    if (tb != NULL && v != NULL) PyException_SetTraceback(v, tb);
+    Py_XDECREF(t);
+    Py_XDECREF(tb);
+    return v;
+}
+static inline void PyErr_SetRaisedException_compat(PyObject *e) {
+    if (e == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(e)), e, PyException_GetTraceback(e));
+}
+#else
+#define PyErr_GetRaisedException_compat PyErr_GetRaisedException
+#define PyErr_SetRaisedException_compat PyErr_SetRaisedException
+#endif
+#if PY_VERSION_HEX < 0x030D0000
+static inline int PyObject_GetOptionalAttr(PyObject *o, PyObject *name, PyObject **result) {
+    return _PyObject_LookupAttr(o, name, result);
+}
+#endif
+
+#define MAX_METHOD 32
+#define MAX_PATH 2048
+#define MAX_HOST 256
+
+/* Event kinds and REQ_END layout: see flightdeck/core/events.py. */
+#define K_REQ_START 8
+#define K_REQ_END 9
+
+static PyObject *s_type, *s_http, *s_websocket, *s_flightdeck, *s_path, *s_root_path,
+    *s_method, *s_query_string, *s_client, *s_headers, *s_status, *s_more_body, *s_code,
+    *s_route, *s_path_format, *s_empty, *s_WS, *s_throw, *s_close, *s_send, *s_emit,
+    *s_m_resp_start, *s_m_resp_body, *s_m_ws_resp_start, *s_m_ws_accept, *s_m_ws_close,
+    *s_m_http_disconnect, *s_m_ws_disconnect, *i_kind_start, *i_kind_end;
+
+static inline long long now_ns(void) {
+    struct timespec ts;
+    /* time.perf_counter_ns() reads the same clock on Linux: events stay in one order. */
+#ifdef CLOCK_UPTIME_RAW
+    clock_gettime(CLOCK_UPTIME_RAW, &ts);
+#else
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+#endif
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * RequestState: what is noted while a request runs (same fields as capture.RequestState).
+ */
+typedef struct {
+    PyObject_HEAD
+    PyObject *status;     /* as the app sent it */
+    long long ttfb;       /* ns; 0 until http.response.start / websocket.accept */
+    long long body_end;   /* ns; 0 until the last body byte */
+    PyObject *close_code; /* WebSocket: first close code sent or received */
+    char disconnected;
+    char fired;
+} State;
+
+/* Not a GC container: it only ever holds ints and None (the setters see to it). */
+static void State_dealloc(State *s) {
+    Py_CLEAR(s->status);
+    Py_CLEAR(s->close_code);
+    PyObject_Free(s);
+}
+static inline PyObject *int_or_none(PyObject *v) {
+    return v != NULL && PyLong_CheckExact(v) ? v : Py_None;
+}
+static PyObject *State_get_status(State *s, void *c) { return Py_NewRef(s->status ? s->status : Py_None); }
+static int State_set_status(State *s, PyObject *v, void *c) {
+    Py_XSETREF(s->status, Py_NewRef(int_or_none(v)));
+    return 0;
+}
+static PyObject *State_get_close(State *s, void *c) { return Py_NewRef(s->close_code ? s->close_code : Py_None); }
+static int State_set_close(State *s, PyObject *v, void *c) {
+    Py_XSETREF(s->close_code, Py_NewRef(int_or_none(v)));
+    return 0;
+}
+static PyMemberDef State_members[] = {
+    {"ttfb", T_LONGLONG, offsetof(State, ttfb), 0, NULL},
+    {"body_end", T_LONGLONG, offsetof(State, body_end), 0, NULL},
+    {"disconnected", T_BOOL, offsetof(State, disconnected), 0, NULL},
+    {"fired", T_BOOL, offsetof(State, fired), 0, NULL},
+    {NULL},
+};
+static PyGetSetDef State_getset[] = {
+    {"status", (getter)State_get_status, (setter)State_set_status, NULL, NULL},
+    {"close_code", (getter)State_get_close, (setter)State_set_close, NULL, NULL},
+    {NULL},
+};
+static PyTypeObject StateType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "flightdeck.asgi._casgi.RequestState",
+    .tp_basicsize = sizeof(State),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_dealloc = (destructor)State_dealloc,
+    .tp_members = State_members,
+    .tp_getset = State_getset,
+    .tp_doc = "Per-request state (status, ttfb, disconnected, body_end, fired, close_code).",
+};
+
+static State *state_new(void) {
+    State *s = PyObject_New(State, &StateType);
+    if (s == NULL) return NULL;
+    s->status = NULL;
+    s->close_code = NULL;
+    s->ttfb = s->body_end = 0;
+    s->disconnected = s->fired = 0;
+    return s;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Middleware: the base class of FlightDeck.
+ */
+typedef struct {
+    PyObject_HEAD
+    PyObject *dict;
+    PyObject *weakreflist;
+    PyObject *app;
+    PyObject *recorder;      /* its emit(tuple) is looked up per event: it may be replaced */
+    PyObject *report;        /* ErrorLog: report(kind, exc), counted and logged once */
+    PyObject *inflight;      /* dict rid -> (start, scope, state) */
+    PyObject *done;          /* engine.request_done(...) */
+    PyObject *py_call;       /* FlightDeck._py_call bound: the pure path */
+    PyObject *start_event;   /* FlightDeck._start_event bound: the unusual REQ_START */
+    PyObject *query;         /* redactor.query(bytes) -> str */
+    PyObject *trace_id;      /* tracecontext.trace_id_from_headers (unusual headers) */
+    PyObject *current_task;  /* asyncio.current_task (C on 3.12+) */
+    PyObject *current_tasks; /* 3.11: asyncio.tasks._current_tasks (loop -> task), or NULL */
+    PyObject *running_loop;  /* 3.11: asyncio.get_running_loop (C) */
+    PyObject *contextvar;    /* instrument.context.current_request */
+    PyObject *prefix;        /* endpoint path or NULL */
+    long long slow_floor_ns;
+    long long rid;
+    long long errors;
+    long long requests;
+    char fast;               /* take the native path (enabled and started) */
+    char triggers;           /* any on_request trigger */
+    char builtin;            /* only the built-in request triggers */
+    char headers;            /* capture_headers configured: REQ_START from Python */
+} Middleware;
+
+static PyTypeObject MiddlewareType, CallType, SendType, ReceiveType, RecvAwaitType, AsyncCallType;
+
+static int Middleware_traverse(Middleware *m, visitproc visit, void *arg) {
+    Py_VISIT(m->dict);
+    Py_VISIT(m->app);
+    Py_VISIT(m->recorder);
+    Py_VISIT(m->report);
+    Py_VISIT(m->inflight);
+    Py_VISIT(m->done);
+    Py_VISIT(m->py_call);
+    Py_VISIT(m->start_event);
+    Py_VISIT(m->query);
+    Py_VISIT(m->trace_id);
+    Py_VISIT(m->current_task);
+    Py_VISIT(m->current_tasks);
+    Py_VISIT(m->running_loop);
+    Py_VISIT(m->contextvar);
+    Py_VISIT(m->prefix);
+    return 0;
+}
+static int Middleware_clear(Middleware *m) {
+    Py_CLEAR(m->dict);
+    Py_CLEAR(m->app);
+    Py_CLEAR(m->recorder);
+    Py_CLEAR(m->report);
+    Py_CLEAR(m->inflight);
+    Py_CLEAR(m->done);
+    Py_CLEAR(m->py_call);
+    Py_CLEAR(m->start_event);
+    Py_CLEAR(m->query);
+    Py_CLEAR(m->trace_id);
+    Py_CLEAR(m->current_task);
+    Py_CLEAR(m->current_tasks);
+    Py_CLEAR(m->running_loop);
+    Py_CLEAR(m->contextvar);
+    Py_CLEAR(m->prefix);
+    return 0;
+}
+static void Middleware_dealloc(Middleware *m) {
+    PyTypeObject *tp = Py_TYPE(m);
+    PyObject_GC_UnTrack(m);
+    if (m->weakreflist != NULL) PyObject_ClearWeakRefs((PyObject *)m);
+    Middleware_clear(m);
+    tp->tp_free((PyObject *)m); /* a heap subclass's type is released by subtype_dealloc */
+}
+
+static PyObject *Middleware_setup(Middleware *m, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"app", "recorder", "report", "inflight", "done", "py_call", "start_event", "query",
+                             "trace_id", "current_task", "contextvar", "prefix", "slow_floor_ns",
+                             "triggers", "builtin", "headers", "current_tasks",
+                             "running_loop", NULL};
+    PyObject *app, *recorder, *report, *inflight, *done, *py_call, *start_event, *query, *trace_id, *ct, *cv,
+        *prefix, *tasks = Py_None, *running = Py_None;
+    long long floor;
+    int triggers, builtin, headers;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO!OOOOOOOOLppp|OO", kwlist, &app, &recorder, &report,
+                                     &PyDict_Type, &inflight, &done, &py_call, &start_event,
+                                     &query, &trace_id, &ct, &cv, &prefix, &floor, &triggers,
+                                     &builtin, &headers, &tasks, &running))
+        return NULL;
+    if (prefix != Py_None && !PyUnicode_CheckExact(prefix)) {
+        PyErr_SetString(PyExc_TypeError, "prefix must be a str or None");
+        return NULL;
+    }
+    if (!PyContextVar_CheckExact(cv)) {
+        PyErr_SetString(PyExc_TypeError, "contextvar must be a ContextVar");
+        return NULL;
+    }
+    Py_XSETREF(m->app, Py_NewRef(app));
+    Py_XSETREF(m->recorder, Py_NewRef(recorder));
+    Py_XSETREF(m->report, Py_NewRef(report));
+    Py_XSETREF(m->inflight, Py_NewRef(inflight));
+    Py_XSETREF(m->done, Py_NewRef(done));
+    Py_XSETREF(m->py_call, Py_NewRef(py_call));
+    Py_XSETREF(m->start_event, Py_NewRef(start_event));
+    Py_XSETREF(m->query, Py_NewRef(query));
+    Py_XSETREF(m->trace_id, Py_NewRef(trace_id));
+    Py_XSETREF(m->current_task, Py_NewRef(ct));
+    if (tasks != Py_None && (!PyDict_CheckExact(tasks) || running == Py_None)) {
+        PyErr_SetString(PyExc_TypeError, "current_tasks must be a dict, with running_loop");
+        return NULL;
+    }
+    Py_XSETREF(m->current_tasks, tasks == Py_None ? NULL : Py_NewRef(tasks));
+    Py_XSETREF(m->running_loop, tasks == Py_None ? NULL : Py_NewRef(running));
+    Py_XSETREF(m->contextvar, Py_NewRef(cv));
+    Py_XSETREF(m->prefix, prefix == Py_None ? NULL : Py_NewRef(prefix));
+    m->slow_floor_ns = floor;
+    m->triggers = (char)triggers;
+    m->builtin = (char)builtin;
+    m->headers = (char)headers;
+    Py_RETURN_NONE;
+}
+
+/* A failure of flightdeck's own: counted (native_errors), reported to the ErrorLog under
+ * ``kind`` as the Python path reports it, and dropped. Never leaves an exception set. */
+static void dropped_as(Middleware *m, const char *kind) {
+    m->errors++;
+    PyObject *exc = PyErr_GetRaisedException_compat();
+    if (m->report != NULL && exc != NULL) {
+        PyObject *name = PyUnicode_FromString(kind);
+        PyObject *r = name ? PyObject_CallFunctionObjArgs(m->report, name, exc, NULL) : NULL;
+        Py_XDECREF(r);
+        Py_XDECREF(name);
+    }
+    Py_XDECREF(exc);
+    PyErr_Clear();
+}
+#define dropped(m) dropped_as((m), "native")
+
+/* recorder.emit(event); 0, or -1 with an exception set. */
+static int emit(Middleware *m, PyObject *event) {
+    PyObject *fn = PyObject_GetAttr(m->recorder, s_emit);
+    if (fn == NULL) return -1;
+    PyObject *r = PyObject_CallOneArg(fn, event);
+    Py_DECREF(fn);
+    if (r == NULL) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* --- the trace id of a traceparent header (see tracecontext.py) ----------------------- */
+static int hexlower(const char *p, Py_ssize_t n, int *allzero) {
+    int zero = 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char c = p[i];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return 0;
+        if (c != '0') zero = 0;
+    }
+    if (allzero) *allzero = zero;
+    return 1;
+}
+
+/* New reference: a str of 32 hex, or None; NULL (no exception) means "ask Python". */
+static PyObject *trace_id_of(const char *v, Py_ssize_t n) {
+    while (n && (*v == ' ' || *v == '\t')) v++, n--;
+    while (n && (v[n - 1] == ' ' || v[n - 1] == '\t')) n--;
+    int zt, zp;
+    if (n < 55 || v[2] != '-' || v[35] != '-' || v[52] != '-') return Py_NewRef(Py_None);
+    if (!hexlower(v, 2, NULL) || !hexlower(v + 3, 32, &zt) || !hexlower(v + 36, 16, &zp) ||
+        !hexlower(v + 53, 2, NULL))
+        return Py_NewRef(Py_None);
+    if (n > 55) {
+        if (v[55] != '-' || (v[0] == '0' && v[1] == '0')) return Py_NewRef(Py_None);
+        if (memchr(v + 56, '\n', (size_t)(n - 56)) != NULL) return Py_NewRef(Py_None);
+    }
+    if ((v[0] == 'f' && v[1] == 'f') || zt || zp) return Py_NewRef(Py_None);
+    return PyUnicode_FromStringAndSize(v + 3, 32);
+}
+
+/* New reference; NULL with an exception on failure. */
+static PyObject *scan_trace_id(Middleware *m, PyObject *headers) {
+    if (!PyList_CheckExact(headers) && !PyTuple_CheckExact(headers)) return Py_NewRef(Py_None);
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(headers);
+    PyObject **items = PySequence_Fast_ITEMS(headers);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = items[i], *name, *value;
+        if (PyTuple_CheckExact(item) && PyTuple_GET_SIZE(item) == 2) {
+            name = PyTuple_GET_ITEM(item, 0);
+            value = PyTuple_GET_ITEM(item, 1);
+        } else if (PyList_CheckExact(item) && PyList_GET_SIZE(item) == 2) {
+            name = PyList_GET_ITEM(item, 0);
+            value = PyList_GET_ITEM(item, 1);
+        } else {
+            return PyObject_CallOneArg(m->trace_id, headers); /* unusual: Python decides */
+        }
+        if (!PyBytes_CheckExact(name) || PyBytes_GET_SIZE(name) != 11 ||
+            memcmp(PyBytes_AS_STRING(name), "traceparent", 11) != 0)
+            continue;
+        if (!PyBytes_CheckExact(value)) return PyObject_CallOneArg(m->trace_id, headers);
+        return trace_id_of(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value));
+    }
+    return Py_NewRef(Py_None);
+}
+
+/* --- REQ_START ------------------------------------------------------------------------ */
+static PyObject *scope_get(PyObject *scope, PyObject *key) {
+    PyObject *v = PyDict_GetItemWithError(scope, key); /* borrowed */
+    return v;
+}
+
+/* New reference to the REQ_START tuple, or NULL with an exception. */
+static PyObject *start_event(Middleware *m, PyObject *scope, PyObject *kind, PyObject *rid,
+                             PyObject *t0) {
+    if (m->headers) goto python;
+    PyObject *method = scope_get(scope, s_method);
+    PyObject *path = scope_get(scope, s_path);
+    PyObject *client = scope_get(scope, s_client);
+    PyObject *qs = scope_get(scope, s_query_string);
+    PyObject *headers = scope_get(scope, s_headers);
+    if (PyErr_Occurred()) return NULL;
+    if (method == NULL || method == Py_None) {
+        if (kind != s_websocket) goto python;
+        method = s_WS;
+    }
+    if (!PyUnicode_CheckExact(method) || PyUnicode_GET_LENGTH(method) > MAX_METHOD) goto python;
+    if (path == NULL || !PyUnicode_CheckExact(path) || PyUnicode_GET_LENGTH(path) > MAX_PATH)
+        goto python;
+    if (client == NULL) client = Py_None;
+    if (client != Py_None) {
+        if (!PyTuple_CheckExact(client) || PyTuple_GET_SIZE(client) != 2) goto python;
+        PyObject *host = PyTuple_GET_ITEM(client, 0);
+        if (!PyUnicode_CheckExact(host) || PyUnicode_GET_LENGTH(host) > MAX_HOST ||
+            !PyLong_CheckExact(PyTuple_GET_ITEM(client, 1)))
+            goto python;
+    }
+    PyObject *query;
+    if (qs == NULL || qs == Py_None || (PyBytes_CheckExact(qs) && PyBytes_GET_SIZE(qs) == 0)) {
+        query = Py_NewRef(s_empty);
+    } else {
+        int truth = PyObject_IsTrue(qs);
+        if (truth < 0) return NULL;
+        query = truth ? PyObject_CallOneArg(m->query, qs) : Py_NewRef(s_empty);
+        if (query == NULL) return NULL;
+    }
+    PyObject *trace = headers ? scan_trace_id(m, headers) : Py_NewRef(Py_None);
+    if (trace == NULL) {
+        Py_DECREF(query);
+        return NULL;
+    }
+    PyObject *task;
+    if (m->current_tasks != NULL) {
+        /* 3.11's current_task() is Python: the same lookup, without its frame. */
+        PyObject *loop = PyObject_CallNoArgs(m->running_loop);
+        task = loop ? PyDict_GetItemWithError(m->current_tasks, loop) : NULL;
+        Py_XDECREF(loop);
+        if (task != NULL) Py_INCREF(task);
+        else if (!PyErr_Occurred()) task = Py_NewRef(Py_None);
+    } else {
+        task = PyObject_CallNoArgs(m->current_task);
+    }
+    if (task == NULL) {
+        PyErr_Clear(); /* no running loop (a test driving the app by hand): no task */
+        task = Py_NewRef(Py_None);
+    }
+    PyObject *tid = task == Py_None ? Py_NewRef(Py_None) : PyLong_FromVoidPtr(task);
+    Py_DECREF(task);
+    if (tid == NULL) {
+        Py_DECREF(query);
+        Py_DECREF(trace);
+        return NULL;
+    }
+    PyObject *ev = PyTuple_New(11);
+    if (ev == NULL) {
+        Py_DECREF(query);
+        Py_DECREF(trace);
+        Py_DECREF(tid);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(ev, 0, Py_NewRef(i_kind_start));
+    PyTuple_SET_ITEM(ev, 1, Py_NewRef(t0));
+    PyTuple_SET_ITEM(ev, 2, Py_NewRef(rid));
+    PyTuple_SET_ITEM(ev, 3, Py_NewRef(kind));
+    PyTuple_SET_ITEM(ev, 4, Py_NewRef(method));
+    PyTuple_SET_ITEM(ev, 5, Py_NewRef(path));
+    PyTuple_SET_ITEM(ev, 6, query);
+    PyTuple_SET_ITEM(ev, 7, Py_NewRef(client));
+    PyTuple_SET_ITEM(ev, 8, Py_NewRef(Py_None));
+    PyTuple_SET_ITEM(ev, 9, tid);
+    PyTuple_SET_ITEM(ev, 10, trace);
+    return ev;
+python: {
+    PyObject *args[4] = {scope, kind, rid, t0};
+    return PyObject_Vectorcall(m->start_event, args, 4, NULL);
+}
+}
+
+/* --- Send: a plain callable returning the server's awaitable -------------------------- */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *send;
+    State *state;
+} Send;
+
+static int Send_traverse(Send *s, visitproc visit, void *arg) {
+    Py_VISIT(s->send);
+    Py_VISIT(s->state);
+    return 0;
+}
+static int Send_clear(Send *s) {
+    Py_CLEAR(s->send);
+    Py_CLEAR(s->state);
+    return 0;
+}
+static void Send_dealloc(Send *s) {
+    PyObject_GC_UnTrack(s);
+    Send_clear(s);
+    PyObject_GC_Del(s);
+}
+
+static inline int same(PyObject *a, PyObject *b) {
+    return a == b || (PyUnicode_CheckExact(a) && PyUnicode_GET_LENGTH(a) == PyUnicode_GET_LENGTH(b) &&
+                      PyUnicode_Compare(a, b) == 0);
+}
+
+/* Note what a sent message says; never fails (a lookup error is dropped). */
+static void note_sent(State *st, PyObject *msg) {
+    PyObject *t = PyDict_GetItemWithError(msg, s_type);
+    if (t == NULL || !PyUnicode_CheckExact(t)) goto out;
+    if (same(t, s_m_resp_body)) {
+        PyObject *more = PyDict_GetItemWithError(msg, s_more_body);
+        if (more == NULL && PyErr_Occurred()) goto out;
+        int truth = more == NULL ? 0 : PyObject_IsTrue(more);
+        if (truth < 0) goto out;
+        if (!truth) st->body_end = now_ns();
+    } else if (same(t, s_m_resp_start) || same(t, s_m_ws_resp_start)) {
+        PyObject *status = PyDict_GetItemWithError(msg, s_status);
+        if (status == NULL && PyErr_Occurred()) goto out;
+        Py_XSETREF(st->status, Py_NewRef(int_or_none(status)));
+        st->ttfb = now_ns();
+    } else if (same(t, s_m_ws_accept)) {
+        st->ttfb = now_ns();
+    } else if (same(t, s_m_ws_close) && st->close_code == NULL) {
+        PyObject *code = PyDict_GetItemWithError(msg, s_code);
+        if (code == NULL && PyErr_Occurred()) goto out;
+        st->close_code = code ? Py_NewRef(int_or_none(code)) : PyLong_FromLong(1000);
+    }
+out:
+    PyErr_Clear();
+}
+
+static PyObject *Send_vectorcall(Send *s, PyObject *const *args, size_t nargsf, PyObject *kw) {
+    if (PyVectorcall_NARGS(nargsf) == 1 && kw == NULL && PyDict_CheckExact(args[0]))
+        note_sent(s->state, args[0]);
+    return PyObject_Vectorcall(s->send, args, nargsf, kw); /* the server's own answer */
+}
+
+static PyTypeObject SendType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "flightdeck.asgi._casgi.Send",
+    .tp_basicsize = sizeof(Send),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(Send, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_traverse = (traverseproc)Send_traverse,
+    .tp_clear = (inquiry)Send_clear,
+    .tp_dealloc = (destructor)Send_dealloc,
+    .tp_doc = "send, noting the status, the first byte, the body end and close codes.",
+};
+
+/* --- awaitable proxies ---------------------------------------------------------------- */
+/* The iterator of ``await obj`` (new reference), or NULL with the error ``await`` raises. */
+static PyObject *await_iter(PyObject *obj) {
+    if (PyCoro_CheckExact(obj)) return Py_NewRef(obj);
+    PyTypeObject *tp = Py_TYPE(obj);
+    if (tp->tp_as_async == NULL || tp->tp_as_async->am_await == NULL) {
+        PyErr_Format(PyExc_TypeError, "object %.100s can't be used in 'await' expression",
+                     tp->tp_name);
+        return NULL;
+    }
+    PyObject *it = tp->tp_as_async->am_await(obj);
+    if (it != NULL && (PyCoro_CheckExact(it) || !PyIter_Check(it))) {
+        PyErr_Format(PyExc_TypeError, "__await__() returned %s",
+                     PyCoro_CheckExact(it) ? "a coroutine" : "non-iterator");
+        Py_CLEAR(it);
+    }
+    return it;
+}
+
+/* Set StopIteration(value) as a finished iterator reports its result. */
+static void set_stop(PyObject *value) {
+    if (value == Py_None) {
+        PyErr_SetNone(PyExc_StopIteration);
+        return;
+    }
+    PyObject *e = PyObject_CallOneArg(PyExc_StopIteration, value);
+    if (e != NULL) {
+        PyErr_SetObject(PyExc_StopIteration, e);
+        Py_DECREF(e);
+    }
+}
+
+/* The value of a StopIteration being raised (new reference, clearing it), else NULL with
+ * the error still set. */
+static PyObject *take_stop(void) {
+    if (!PyErr_ExceptionMatches(PyExc_StopIteration)) return NULL;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    PyObject *result = value ? PyObject_GetAttrString(value, "value") : Py_NewRef(Py_None);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    return result;
+}
+
+/* Shared by Call and RecvAwait: the proxy's iterator state. */
+#define PROXY_HEAD        \
+    PyObject_HEAD         \
+    PyObject *awaitable;  \
+    PyObject *iter;       \
+    char finished;
+
+typedef struct {
+    PROXY_HEAD
+} Proxy;
+
+typedef PySendResult (*on_result_fn)(Proxy *, PySendResult, PyObject **);
+
+/* One step of the inner iterator: PYGEN_NEXT (yielded), PYGEN_RETURN (result) or
+ * PYGEN_ERROR (exception set). ``mode`` 0: send(arg); 1: throw(args); 2: close(). */
+static PySendResult proxy_step(Proxy *p, int mode, PyObject *arg, PyObject *const *args,
+                               Py_ssize_t nargs, PyObject **result) {
+    *result = NULL;
+    if (p->finished) {
+        if (mode == 2) {
+            *result = Py_NewRef(Py_None);
+            return PYGEN_RETURN;
+        }
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
+        return PYGEN_ERROR;
+    }
+    if (p->iter == NULL) {
+        p->iter = await_iter(p->awaitable);
+        if (p->iter == NULL) return PYGEN_ERROR;
+    }
+    if (mode == 0) {
+        if (arg == Py_None && !PyCoro_CheckExact(p->iter) && Py_TYPE(p->iter)->tp_iternext) {
+            *result = Py_TYPE(p->iter)->tp_iternext(p->iter);
+            if (*result != NULL) return PYGEN_NEXT;
+            if (!PyErr_Occurred()) {
+                *result = Py_NewRef(Py_None);
+                return PYGEN_RETURN;
+            }
+            *result = take_stop();
+            return *result ? PYGEN_RETURN : PYGEN_ERROR;
+        }
+        return PyIter_Send(p->iter, arg, result);
+    }
+    PyObject *meth = NULL;
+    if (PyObject_GetOptionalAttr(p->iter, mode == 1 ? s_throw : s_close, &meth) < 0)
+        return PYGEN_ERROR;
+    if (meth == NULL) {
+        if (mode == 2) {
+            *result = Py_NewRef(Py_None);
+            return PYGEN_RETURN;
+        }
+        /* No throw(): raise the exception here, as ``await`` would at this point. */
+        PyObject *exc = nargs ? args[0] : Py_None;
+        if (PyExceptionInstance_Check(exc)) PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        else PyErr_SetObject(exc, nargs > 1 ? args[1] : NULL);
+        return PYGEN_ERROR;
+    }
+    *result = PyObject_Vectorcall(meth, args, nargs, NULL);
+    Py_DECREF(meth);
+    if (*result != NULL) return mode == 2 ? PYGEN_RETURN : PYGEN_NEXT;
+    *result = take_stop();
+    return *result ? PYGEN_RETURN : PYGEN_ERROR;
+}
+
+/* Report a step's outcome the way tp_iternext / send() / throw() must. */
+static PyObject *report(PySendResult r, PyObject *result) {
+    if (r == PYGEN_NEXT) return result;
+    if (r == PYGEN_RETURN) {
+        set_stop(result);
+        Py_DECREF(result);
+    }
+    return NULL;
+}
+
+/* --- Call: the request, awaitable ----------------------------------------------------- */
+typedef struct {
+    PROXY_HEAD
+    Middleware *mw;
+    PyObject *scope;
+    PyObject *kind;
+    PyObject *rid;
+    State *state;
+    PyObject *token; /* contextvar token */
+    long long t0;
+} Call;
+
+static int Call_traverse(Call *c, visitproc visit, void *arg) {
+    Py_VISIT(c->awaitable);
+    Py_VISIT(c->iter);
+    Py_VISIT(c->mw);
+    Py_VISIT(c->scope);
+    Py_VISIT(c->kind);
+    Py_VISIT(c->rid);
+    Py_VISIT(c->state);
+    Py_VISIT(c->token);
+    return 0;
+}
+static int Call_clear(Call *c) {
+    Py_CLEAR(c->awaitable);
+    Py_CLEAR(c->iter);
+    Py_CLEAR(c->mw);
+    Py_CLEAR(c->scope);
+    Py_CLEAR(c->kind);
+    Py_CLEAR(c->rid);
+    Py_CLEAR(c->state);
+    Py_CLEAR(c->token);
+    return 0;
+}
+
+static PyObject *route_of(PyObject *scope) {
+    PyObject *route = PyDict_GetItemWithError(scope, s_route);
+    if (route == NULL || route == Py_None) return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    PyObject *p = NULL;
+    if (PyObject_GetOptionalAttr(route, s_path_format, &p) < 0) return NULL;
+    if (p == NULL || !PyObject_IsTrue(p)) {
+        Py_XDECREF(p);
+        if (PyObject_GetOptionalAttr(route, s_path, &p) < 0) return NULL;
+    }
+    if (p != NULL && PyUnicode_Check(p)) return p;
+    Py_XDECREF(p);
+    return Py_NewRef(Py_None);
+}
+
+/* The request ended (``error``: the exception's qualname, or NULL). Never raises: the
+ * current exception (the app's) is kept as it is. */
+static void Call_finish(Call *c, PyObject *error) {
+    if (c->finished) return;
+    c->finished = 1;
+    Middleware *m = c->mw;
+    State *st = c->state;
+    PyObject *exc = PyErr_GetRaisedException_compat();
+    long long t1 = now_ns();
+    if (c->token != NULL) {
+        if (PyContextVar_Reset(m->contextvar, c->token) < 0) dropped(m);
+        Py_CLEAR(c->token);
+    }
+    PyObject *status = st->status ? st->status : Py_None;
+    long long code = 0;
+    if (status != Py_None) {
+        if (PyLong_CheckExact(status)) {
+            code = PyLong_AsLongLong(status);
+            if (code == -1 && PyErr_Occurred()) {
+                dropped(m);
+                code = 0;
+            }
+        } else {
+            status = Py_None; /* not an HTTP status: the server refuses it */
+        }
+    }
+    int is_http = c->kind == s_http;
+    PyObject *status_obj = NULL;
+    if (error != NULL && status == Py_None && is_http) {
+        status_obj = PyLong_FromLong(500);
+        code = 500;
+    } else {
+        status_obj = Py_NewRef(status);
+    }
+    PyObject *route = route_of(c->scope);
+    if (route == NULL) {
+        dropped(m);
+        route = Py_NewRef(Py_None);
+    }
+    PyObject *close = st->close_code && PyLong_CheckExact(st->close_code) ? st->close_code : Py_None;
+    PyObject *t1o = PyLong_FromLongLong(t1);
+    PyObject *ev = PyTuple_New(10);
+    if (status_obj == NULL || t1o == NULL || ev == NULL) {
+        dropped(m);
+        Py_XDECREF(status_obj);
+        Py_XDECREF(t1o);
+        Py_XDECREF(ev);
+        Py_DECREF(route);
+        goto after_emit;
+    }
+    PyTuple_SET_ITEM(ev, 0, Py_NewRef(i_kind_end));
+    PyTuple_SET_ITEM(ev, 1, t1o);
+    PyTuple_SET_ITEM(ev, 2, Py_NewRef(c->rid));
+    PyTuple_SET_ITEM(ev, 3, status_obj);
+    PyTuple_SET_ITEM(ev, 4, PyLong_FromLongLong(st->ttfb));
+    PyTuple_SET_ITEM(ev, 5, route);
+    PyTuple_SET_ITEM(ev, 6, PyBool_FromLong(st->disconnected));
+    PyTuple_SET_ITEM(ev, 7, Py_NewRef(error ? error : Py_None));
+    PyTuple_SET_ITEM(ev, 8, PyLong_FromLongLong(st->body_end));
+    PyTuple_SET_ITEM(ev, 9, Py_NewRef(close));
+    if (PyTuple_GET_ITEM(ev, 4) == NULL || PyTuple_GET_ITEM(ev, 8) == NULL) {
+        dropped_as(m, "request_end");
+    } else if (emit(m, ev) < 0) {
+        dropped_as(m, "request_end");
+    }
+    if (PyDict_DelItem(m->inflight, c->rid) < 0) PyErr_Clear();
+    /* The integer pre-check: nothing can fire in the common case. */
+    if (m->triggers &&
+        !(m->builtin && error == NULL && code < 500 &&
+          (st->fired || !is_http || t1 - c->t0 <= m->slow_floor_ns))) {
+        PyObject *t0o = PyLong_FromLongLong(c->t0);
+        if (t0o == NULL) {
+            dropped(m);
+        } else {
+            PyObject *args[9] = {c->rid, c->scope, (PyObject *)st, t0o, t1o, c->kind,
+                                 PyTuple_GET_ITEM(ev, 3), PyTuple_GET_ITEM(ev, 5),
+                                 error ? error : Py_None};
+            PyObject *r = PyObject_Vectorcall(m->done, args, 9, NULL);
+            if (r == NULL) dropped_as(m, "request_end");
+            Py_XDECREF(r);
+            Py_DECREF(t0o);
+        }
+    }
+    Py_DECREF(ev);
+after_emit:
+    PyErr_SetRaisedException_compat(exc);
+}
+
+static PyObject *error_name(void) {
+    PyObject *exc = PyErr_GetRaisedException_compat();
+    PyObject *name = exc ? PyType_GetQualName(Py_TYPE(exc)) : NULL;
+    if (name == NULL) PyErr_Clear();
+    PyErr_SetRaisedException_compat(exc);
+    return name;
+}
+
+/* Finish on a return or an error; the outcome passes through unchanged. */
+static void Call_outcome(Call *c, PySendResult r) {
+    if (r == PYGEN_NEXT) return;
+    if (r == PYGEN_RETURN) {
+        Call_finish(c, NULL);
+        return;
+    }
+    PyObject *name = error_name();
+    if (name == NULL) c->mw->errors++;
+    Call_finish(c, name ? name : Py_None);
+    Py_XDECREF(name);
+}
+
+static PySendResult Call_am_send(Call *c, PyObject *arg, PyObject **result) {
+    PySendResult r = proxy_step((Proxy *)c, 0, arg, NULL, 0, result);
+    Call_outcome(c, r);
+    return r;
+}
+static PyObject *Call_iternext(Call *c) {
+    PyObject *result;
+    PySendResult r = Call_am_send(c, Py_None, &result);
+    if (r == PYGEN_RETURN && result == Py_None) {
+        Py_DECREF(result);
+        return NULL; /* StopIteration(None), without building it */
+    }
+    return report(r, result);
+}
+static PyObject *Call_send(Call *c, PyObject *arg) {
+    PyObject *result;
+    PySendResult r = Call_am_send(c, arg, &result);
+    return report(r, result);
+}
+static PyObject *Call_throw(Call *c, PyObject *const *args, Py_ssize_t nargs) {
+    PyObject *result;
+    PySendResult r = proxy_step((Proxy *)c, 1, NULL, args, nargs, &result);
+    Call_outcome(c, r);
+    return report(r, result);
+}
+static PyObject *Call_close(Call *c, PyObject *unused) {
+    PyObject *result;
+    int was = c->finished;
+    PySendResult r = proxy_step((Proxy *)c, 2, NULL, NULL, 0, &result);
+    if (!was) {
+        PyObject *name = PyUnicode_FromString("GeneratorExit");
+        if (name == NULL) PyErr_Clear();
+        if (r == PYGEN_ERROR) Call_outcome(c, r);
+        else Call_finish(c, name);
+        Py_XDECREF(name);
+    }
+    if (r == PYGEN_ERROR) return NULL;
+    Py_XDECREF(result);
+    Py_RETURN_NONE;
+}
+static PyObject *Call_await(PyObject *self) { return Py_NewRef(self); }
+static PyObject *Call_get_cr_await(Call *c, void *x) {
+    return Py_NewRef(c->iter ? c->iter : (c->awaitable ? c->awaitable : Py_None));
+}
+
+static void Call_dealloc(Call *c) {
+    PyObject_GC_UnTrack(c);
+    if (!c->finished && c->mw != NULL) {
+        /* Never awaited to the end (dropped): the request is over all the same. The token
+         * belongs to another context now, so it is only forgotten. */
+        Py_CLEAR(c->token);
+        PyObject *name = PyUnicode_FromString("GeneratorExit");
+        if (name == NULL) PyErr_Clear();
+        Call_finish(c, name ? name : Py_None);
+        Py_XDECREF(name);
+    }
+    Call_clear(c);
+    PyObject_GC_Del(c);
+}
+
+static PyMethodDef Call_methods[] = {
+    {"send", (PyCFunction)Call_send, METH_O, NULL},
+    {"throw", (PyCFunction)(void (*)(void))Call_throw, METH_FASTCALL, NULL},
+    {"close", (PyCFunction)Call_close, METH_NOARGS, NULL},
+    {NULL},
+};
+static PyGetSetDef Call_getset[] = {
+    {"cr_await", (getter)Call_get_cr_await, NULL, "what the request awaits", NULL},
+    {NULL},
+};
+static PyAsyncMethods Call_async = {
+    .am_await = Call_await,
+    .am_send = (sendfunc)Call_am_send,
+};
+static PyTypeObject CallType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "flightdeck.asgi._casgi.Call",
+    .tp_basicsize = sizeof(Call),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_as_async = &Call_async,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)Call_iternext,
+    .tp_methods = Call_methods,
+    .tp_getset = Call_getset,
+    .tp_traverse = (traverseproc)Call_traverse,
+    .tp_clear = (inquiry)Call_clear,
+    .tp_dealloc = (destructor)Call_dealloc,
+    .tp_doc = "One request through FlightDeck: awaits the app, records its end.",
+};
+
+/* --- Receive: returns a proxy that notes disconnects ---------------------------------- */
+typedef struct {
+    PROXY_HEAD
+    State *state;
+} RecvAwait;
+
+static int RecvAwait_traverse(RecvAwait *r, visitproc visit, void *arg) {
+    Py_VISIT(r->awaitable);
+    Py_VISIT(r->iter);
+    Py_VISIT(r->state);
+    return 0;
+}
+static int RecvAwait_clear(RecvAwait *r) {
+    Py_CLEAR(r->awaitable);
+    Py_CLEAR(r->iter);
+    Py_CLEAR(r->state);
+    return 0;
+}
+static void RecvAwait_dealloc(RecvAwait *r) {
+    PyObject_GC_UnTrack(r);
+    RecvAwait_clear(r);
+    PyObject_GC_Del(r);
+}
+
+static void note_received(State *st, PyObject *msg) {
+    if (!PyDict_CheckExact(msg)) return;
+    PyObject *t = PyDict_GetItemWithError(msg, s_type);
+    if (t == NULL || !PyUnicode_CheckExact(t)) goto out;
+    /* A disconnect after the last body byte is just the end of the exchange; a WebSocket
+     * disconnect after the app closed is the close completing. */
+    if (same(t, s_m_http_disconnect)) {
+        if (!st->body_end) st->disconnected = 1;
+    } else if (same(t, s_m_ws_disconnect) && st->close_code == NULL) {
+        PyObject *code = PyDict_GetItemWithError(msg, s_code);
+        if (code == NULL && PyErr_Occurred()) goto out;
+        st->disconnected = 1;
+        st->close_code = code ? Py_NewRef(int_or_none(code)) : PyLong_FromLong(1005);
+    }
+out:
+    PyErr_Clear();
+}
+
+static PySendResult RecvAwait_am_send(RecvAwait *r, PyObject *arg, PyObject **result) {
+    PySendResult s = proxy_step((Proxy *)r, 0, arg, NULL, 0, result);
+    if (s != PYGEN_NEXT) {
+        r->finished = 1;
+        if (s == PYGEN_RETURN) {
+            PyObject *exc = PyErr_GetRaisedException_compat();
+            note_received(r->state, *result);
+            PyErr_SetRaisedException_compat(exc);
+        }
+    }
+    return s;
+}
+static PyObject *RecvAwait_iternext(RecvAwait *r) {
+    PyObject *result;
+    PySendResult s = RecvAwait_am_send(r, Py_None, &result);
+    return report(s, result);
+}
+static PyObject *RecvAwait_send(RecvAwait *r, PyObject *arg) {
+    PyObject *result;
+    PySendResult s = RecvAwait_am_send(r, arg, &result);
+    return report(s, result);
+}
+static PyObject *RecvAwait_throw(RecvAwait *r, PyObject *const *args, Py_ssize_t nargs) {
+    PyObject *result;
+    PySendResult s = proxy_step((Proxy *)r, 1, NULL, args, nargs, &result);
+    if (s != PYGEN_NEXT) r->finished = 1;
+    if (s == PYGEN_RETURN) note_received(r->state, result);
+    return report(s, result);
+}
+static PyObject *RecvAwait_close(RecvAwait *r, PyObject *unused) {
+    PyObject *result;
+    PySendResult s = proxy_step((Proxy *)r, 2, NULL, NULL, 0, &result);
+    r->finished = 1;
+    if (s == PYGEN_ERROR) return NULL;
+    Py_XDECREF(result);
+    Py_RETURN_NONE;
+}
+static PyObject *RecvAwait_get_cr_await(RecvAwait *r, void *x) {
+    return Py_NewRef(r->iter ? r->iter : (r->awaitable ? r->awaitable : Py_None));
+}
+static PyMethodDef RecvAwait_methods[] = {
+    {"send", (PyCFunction)RecvAwait_send, METH_O, NULL},
+    {"throw", (PyCFunction)(void (*)(void))RecvAwait_throw, METH_FASTCALL, NULL},
+    {"close", (PyCFunction)RecvAwait_close, METH_NOARGS, NULL},
+    {NULL},
+};
+static PyGetSetDef RecvAwait_getset[] = {
+    {"cr_await", (getter)RecvAwait_get_cr_await, NULL, "what receive awaits", NULL},
+    {NULL},
+};
+static PyAsyncMethods RecvAwait_async = {
+    .am_await = Call_await,
+    .am_send = (sendfunc)RecvAwait_am_send,
+};
+static PyTypeObject RecvAwaitType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "flightdeck.asgi._casgi.ReceiveAwaitable",
+    .tp_basicsize = sizeof(RecvAwait),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_as_async = &RecvAwait_async,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)RecvAwait_iternext,
+    .tp_methods = RecvAwait_methods,
+    .tp_getset = RecvAwait_getset,
+    .tp_traverse = (traverseproc)RecvAwait_traverse,
+    .tp_clear = (inquiry)RecvAwait_clear,
+    .tp_dealloc = (destructor)RecvAwait_dealloc,
+};
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *receive;
+    State *state;
+} Receive;
+
+static int Receive_traverse(Receive *s, visitproc visit, void *arg) {
+    Py_VISIT(s->receive);
+    Py_VISIT(s->state);
+    return 0;
+}
+static int Receive_clear(Receive *s) {
+    Py_CLEAR(s->receive);
+    Py_CLEAR(s->state);
+    return 0;
+}
+static void Receive_dealloc(Receive *s) {
+    PyObject_GC_UnTrack(s);
+    Receive_clear(s);
+    PyObject_GC_Del(s);
+}
+static PyObject *Receive_vectorcall(Receive *s, PyObject *const *args, size_t nargsf,
+                                    PyObject *kw) {
+    PyObject *aw = PyObject_Vectorcall(s->receive, args, nargsf, kw);
+    if (aw == NULL) return NULL; /* the server's own error */
+    RecvAwait *r = PyObject_GC_New(RecvAwait, &RecvAwaitType);
+    if (r == NULL) {
+        PyErr_Clear();
+        return aw; /* could not watch it: hand over the server's awaitable as is */
+    }
+    r->awaitable = aw;
+    r->iter = NULL;
+    r->finished = 0;
+    r->state = (State *)Py_NewRef(s->state);
+    PyObject_GC_Track(r);
+    return (PyObject *)r;
+}
+static PyTypeObject ReceiveType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "flightdeck.asgi._casgi.Receive",
+    .tp_basicsize = sizeof(Receive),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(Receive, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_traverse = (traverseproc)Receive_traverse,
+    .tp_clear = (inquiry)Receive_clear,
+    .tp_dealloc = (destructor)Receive_dealloc,
+    .tp_doc = "receive, noting disconnects and close codes.",
+};
+
+/* --- Middleware.__call__ -------------------------------------------------------------- */
+static int is_endpoint(Middleware *m, PyObject *scope) {
+    PyObject *path = PyDict_GetItemWithError(scope, s_path);
+    if (path == NULL || !PyUnicode_CheckExact(path)) return PyErr_Occurred() ? -1 : 0;
+    Py_ssize_t start = 0, n = PyUnicode_GET_LENGTH(path);
+    PyObject *root = PyDict_GetItemWithError(scope, s_root_path);
+    if (root == NULL && PyErr_Occurred()) return -1;
+    if (root != NULL && PyUnicode_CheckExact(root) && PyUnicode_GET_LENGTH(root) > 0) {
+        /* As Starlette's routing: match below root_path (see FlightDeck._for_endpoint). */
+        Py_ssize_t r = PyUnicode_GET_LENGTH(root);
+        int tail = (int)PyUnicode_Tailmatch(path, root, 0, r, -1);
+        if (tail < 0) return -1;
+        if (tail && (r == n || PyUnicode_READ_CHAR(path, r) == '/')) start = r;
+    }
+    Py_ssize_t p = PyUnicode_GET_LENGTH(m->prefix);
+    if (n - start < p) return 0;
+    int match = (int)PyUnicode_Tailmatch(path, m->prefix, start, start + p, -1);
+    if (match <= 0) return match;
+    return n - start == p || PyUnicode_READ_CHAR(path, start + p) == '/';
+}
+
+/* __call__(scope, receive, send), arguments as vectorcall passes them. */
+static PyObject *asgi_call(Middleware *m, PyObject *const *args, Py_ssize_t nargs,
+                           PyObject *kwnames) {
+    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0) goto python;
+    if (nargs != 3 || !m->fast || m->app == NULL) goto python;
+    PyObject *scope = args[0];
+    PyObject *receive = args[1];
+    PyObject *send = args[2];
+    if (!PyDict_CheckExact(scope)) goto python;
+    PyObject *kind = PyDict_GetItemWithError(scope, s_type);
+    if (kind == NULL || !PyUnicode_CheckExact(kind)) goto python_clear;
+    if (same(kind, s_http)) kind = s_http;
+    else if (same(kind, s_websocket)) kind = s_websocket;
+    else goto python;
+    int has = PyDict_Contains(scope, s_flightdeck);
+    if (has != 0) goto python_clear;
+    if (m->prefix != NULL && kind == s_http) {
+        int ep = is_endpoint(m, scope);
+        if (ep != 0) goto python_clear;
+    }
+    if (PyDict_SetItem(scope, s_flightdeck, (PyObject *)m) < 0) PyErr_Clear();
+
+    long long t0 = now_ns();
+    m->requests++;
+    PyObject *rid = PyLong_FromLongLong(++m->rid);
+    State *st = state_new();
+    Send *sw = PyObject_GC_New(Send, &SendType);
+    Receive *rw = PyObject_GC_New(Receive, &ReceiveType);
+    Call *c = PyObject_GC_New(Call, &CallType);
+    if (rid == NULL || st == NULL || sw == NULL || rw == NULL || c == NULL) {
+        Py_XDECREF(rid);
+        Py_XDECREF(st);
+        if (sw) { sw->send = NULL; sw->state = NULL; Py_DECREF(sw); }
+        if (rw) { rw->receive = NULL; rw->state = NULL; Py_DECREF(rw); }
+        if (c) { c->mw = NULL; c->awaitable = c->iter = c->scope = c->kind = c->rid = c->token = NULL; c->state = NULL; c->finished = 1; Py_DECREF(c); }
+        goto python_drop;
+    }
+    sw->vectorcall = (vectorcallfunc)Send_vectorcall;
+    sw->send = Py_NewRef(send);
+    sw->state = (State *)Py_NewRef(st);
+    PyObject_GC_Track(sw);
+    rw->vectorcall = (vectorcallfunc)Receive_vectorcall;
+    rw->receive = Py_NewRef(receive);
+    rw->state = (State *)Py_NewRef(st);
+    PyObject_GC_Track(rw);
+    c->awaitable = c->iter = c->token = NULL;
+    c->finished = 0;
+    c->mw = (Middleware *)Py_NewRef(m);
+    c->scope = Py_NewRef(scope);
+    c->kind = Py_NewRef(kind);
+    c->rid = rid;
+    c->state = st; /* the reference from state_new */
+    c->t0 = t0;
+    PyObject_GC_Track(c);
+
+    PyObject *t0o = PyLong_FromLongLong(t0);
+    PyObject *ev = t0o ? start_event(m, scope, kind, rid, t0o) : NULL;
+    Py_XDECREF(t0o);
+    if (ev == NULL) {
+        dropped_as(m, "request_start");
+    } else {
+        PyObject *entry = PyTuple_Pack(3, ev, scope, (PyObject *)st);
+        if (entry == NULL || PyDict_SetItem(m->inflight, rid, entry) < 0 || emit(m, ev) < 0)
+            dropped_as(m, "request_start");
+        Py_XDECREF(entry);
+        Py_DECREF(ev);
+    }
+    c->token = PyContextVar_Set(m->contextvar, rid);
+    if (c->token == NULL) dropped(m);
+
+    PyObject *cargs[3] = {scope, (PyObject *)rw, (PyObject *)sw};
+    c->awaitable = PyObject_Vectorcall(m->app, cargs, 3, NULL);
+    Py_DECREF(rw);
+    Py_DECREF(sw);
+    if (c->awaitable == NULL) {
+        /* The app raised before returning an awaitable: its error, as it is. */
+        Call_outcome(c, PYGEN_ERROR);
+        Py_DECREF(c);
+        return NULL;
+    }
+    return (PyObject *)c;
+
+python_drop:
+    dropped(m);
+    goto python;
+python_clear:
+    if (PyErr_Occurred()) dropped(m);
+python:
+    if (m->py_call == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "FlightDeck is not set up");
+        return NULL;
+    }
+    return PyObject_Vectorcall(m->py_call, args, nargs, kwnames);
+}
+
+static PyObject *Middleware_call(Middleware *m, PyObject *args, PyObject *kw) {
+    if (kw != NULL && PyDict_GET_SIZE(kw) != 0) {
+        if (m->py_call == NULL) {
+            PyErr_SetString(PyExc_RuntimeError, "FlightDeck is not set up");
+            return NULL;
+        }
+        return PyObject_Call(m->py_call, args, kw);
+    }
+    return asgi_call(m, &PyTuple_GET_ITEM(args, 0), PyTuple_GET_SIZE(args), NULL);
+}
+
+/* --- AsyncCall: FlightDeck.__call__, a method that inspection sees as async ----------
+ * ASGI servers tell ASGI 3 from ASGI 2 by asyncio.iscoroutinefunction(app.__call__)
+ * (uvicorn's Config.load). A slot wrapper is not one; this descriptor binds to a plain
+ * method whose function carries asyncio's and inspect's coroutine markers (set from
+ * Python in its __dict__), and is called without binding (a method descriptor). */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *dict;
+} AsyncCall;
+
+static PyObject *AsyncCall_vectorcall(AsyncCall *a, PyObject *const *args, size_t nargsf,
+                                      PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs < 1 || !PyObject_TypeCheck(args[0], &MiddlewareType)) {
+        PyErr_SetString(PyExc_TypeError, "__call__ needs a FlightDeck");
+        return NULL;
+    }
+    return asgi_call((Middleware *)args[0], args + 1, nargs - 1, kwnames);
+}
+static PyObject *AsyncCall_get(PyObject *self, PyObject *obj, PyObject *type) {
+    if (obj == NULL || obj == Py_None) return Py_NewRef(self);
+    return PyMethod_New(self, obj);
+}
+static int AsyncCall_traverse(AsyncCall *a, visitproc visit, void *arg) {
+    Py_VISIT(a->dict);
+    return 0;
+}
+static int AsyncCall_clear(AsyncCall *a) {
+    Py_CLEAR(a->dict);
+    return 0;
+}
+static void AsyncCall_dealloc(AsyncCall *a) {
+    PyObject_GC_UnTrack(a);
+    AsyncCall_clear(a);
+    Py_TYPE(a)->tp_free((PyObject *)a);
+}
+static PyObject *AsyncCall_new(PyTypeObject *t, PyObject *args, PyObject *kw) {
+    AsyncCall *a = (AsyncCall *)t->tp_alloc(t, 0);
+    if (a != NULL) a->vectorcall = (vectorcallfunc)AsyncCall_vectorcall;
+    return (PyObject *)a;
+}
+static PyGetSetDef AsyncCall_getset[] = {
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    {NULL},
+};
+static PyTypeObject AsyncCallType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "flightdeck.asgi._casgi.AsyncCall",
+    .tp_basicsize = sizeof(AsyncCall),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL |
+                Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_vectorcall_offset = offsetof(AsyncCall, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_descr_get = AsyncCall_get,
+    .tp_dictoffset = offsetof(AsyncCall, dict),
+    .tp_getset = AsyncCall_getset,
+    .tp_new = AsyncCall_new,
+    .tp_traverse = (traverseproc)AsyncCall_traverse,
+    .tp_clear = (inquiry)AsyncCall_clear,
+    .tp_dealloc = (destructor)AsyncCall_dealloc,
+    .tp_doc = "FlightDeck.__call__(scope, receive, send): awaitable.",
+};
+
+static PyMethodDef Middleware_methods[] = {
+    {"_native_setup", (PyCFunction)(void (*)(void))Middleware_setup, METH_VARARGS | METH_KEYWORDS,
+     "Hand the native path what it records into and calls."},
+    {NULL},
+};
+static PyMemberDef Middleware_members[] = {
+    {"_native_fast", T_BOOL, offsetof(Middleware, fast), 0, "take the native path"},
+    {"native_errors", T_LONGLONG, offsetof(Middleware, errors), READONLY,
+     "flightdeck's own failures on the native path, counted and dropped"},
+    {"native_requests", T_LONGLONG, offsetof(Middleware, requests), READONLY,
+     "requests recorded by the native path"},
+    {"_native_rid", T_LONGLONG, offsetof(Middleware, rid), 0,
+     "the last request id given, by either path"},
+    {"__dictoffset__", T_PYSSIZET, offsetof(Middleware, dict), READONLY, NULL},
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(Middleware, weakreflist), READONLY, NULL},
+    {NULL},
+};
+static PyGetSetDef Middleware_getset[] = {
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    {NULL},
+};
+
+static PyObject *Middleware_new(PyTypeObject *t, PyObject *a, PyObject *k) {
+    Middleware *m = (Middleware *)t->tp_alloc(t, 0); /* zeroed */
+    return (PyObject *)m;
+}
+
+static PyTypeObject MiddlewareType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "flightdeck.asgi._casgi.Middleware",
+    .tp_basicsize = sizeof(Middleware),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_dictoffset = offsetof(Middleware, dict),
+    .tp_weaklistoffset = offsetof(Middleware, weakreflist),
+    .tp_new = Middleware_new,
+    .tp_call = (ternaryfunc)Middleware_call,
+    .tp_methods = Middleware_methods,
+    .tp_members = Middleware_members,
+    .tp_getset = Middleware_getset,
+    .tp_traverse = (traverseproc)Middleware_traverse,
+    .tp_clear = (inquiry)Middleware_clear,
+    .tp_dealloc = (destructor)Middleware_dealloc,
+    .tp_doc = "The native request path of FlightDeck (its base class).",
+};
+
+/* --- module --------------------------------------------------------------------------- */
+static PyObject *mod_trace_id(PyObject *mod, PyObject *value) {
+    if (!PyBytes_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, "a bytes header value is required");
+        return NULL;
+    }
+    return trace_id_of(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value));
+}
+static PyObject *mod_clock(PyObject *mod, PyObject *unused) { return PyLong_FromLongLong(now_ns()); }
+
+static PyMethodDef mod_methods[] = {
+    {"trace_id_of", mod_trace_id, METH_O, "The trace id of a traceparent value, else None."},
+    {"clock", mod_clock, METH_NOARGS, "The clock the native path reads (perf_counter_ns's)."},
+    {NULL},
+};
+
+static struct PyModuleDef casgi_module = {
+    PyModuleDef_HEAD_INIT, "flightdeck.asgi._casgi", "FlightDeck's native request path.", -1,
+    mod_methods,
+};
+
+#define INTERN(var, text)                                  \
+    do {                                                   \
+        if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL; \
+    } while (0)
+
+PyMODINIT_FUNC PyInit__casgi(void) {
+    INTERN(s_type, "type");
+    INTERN(s_http, "http");
+    INTERN(s_websocket, "websocket");
+    INTERN(s_flightdeck, "flightdeck");
+    INTERN(s_path, "path");
+    INTERN(s_root_path, "root_path");
+    INTERN(s_method, "method");
+    INTERN(s_query_string, "query_string");
+    INTERN(s_client, "client");
+    INTERN(s_headers, "headers");
+    INTERN(s_status, "status");
+    INTERN(s_more_body, "more_body");
+    INTERN(s_code, "code");
+    INTERN(s_route, "route");
+    INTERN(s_path_format, "path_format");
+    INTERN(s_empty, "");
+    INTERN(s_WS, "WS");
+    INTERN(s_throw, "throw");
+    INTERN(s_close, "close");
+    INTERN(s_send, "send");
+    INTERN(s_emit, "emit");
+    INTERN(s_m_resp_start, "http.response.start");
+    INTERN(s_m_resp_body, "http.response.body");
+    INTERN(s_m_ws_resp_start, "websocket.http.response.start");
+    INTERN(s_m_ws_accept, "websocket.accept");
+    INTERN(s_m_ws_close, "websocket.close");
+    INTERN(s_m_http_disconnect, "http.disconnect");
+    INTERN(s_m_ws_disconnect, "websocket.disconnect");
+    if ((i_kind_start = PyLong_FromLong(K_REQ_START)) == NULL) return NULL;
+    if ((i_kind_end = PyLong_FromLong(K_REQ_END)) == NULL) return NULL;
+    PyTypeObject *types[] = {&StateType, &MiddlewareType, &CallType, &SendType, &ReceiveType,
+                             &RecvAwaitType, &AsyncCallType};
+    for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++)
+        if (PyType_Ready(types[i]) < 0) return NULL;
+    PyObject *m = PyModule_Create(&casgi_module);
+    if (m == NULL) return NULL;
+    if (PyModule_AddObjectRef(m, "Middleware", (PyObject *)&MiddlewareType) < 0 ||
+        PyModule_AddObjectRef(m, "RequestState", (PyObject *)&StateType) < 0 ||
+        PyModule_AddObjectRef(m, "AsyncCall", (PyObject *)&AsyncCallType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

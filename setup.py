@@ -1,0 +1,55 @@
+"""Build flightdeck, with its optional native parts.
+
+The extensions are optional: without a C compiler, or with ``FLIGHTDECK_NO_EXTENSIONS`` set
+to a non-empty value other than ``0``, flightdeck installs pure Python and runs its pure
+paths. A failed compile says so in one line and carries on, except under cibuildwheel,
+where a wheel without its extension would be a broken wheel.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+def _no_extensions() -> bool:
+    value = os.environ.get("FLIGHTDECK_NO_EXTENSIONS", "")
+    return value != "" and value != "0"
+
+
+class optional_build_ext(build_ext):
+    """Build the extensions if possible; otherwise leave the pure-Python paths."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # no compiler at all (distutils errors)
+            self._skip(exc)
+
+    def build_extension(self, ext: Extension) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as exc:  # the compiler failed
+            self._skip(exc)
+
+    def _skip(self, exc: Exception) -> None:
+        if os.environ.get("CIBUILDWHEEL"):
+            raise exc
+        print(
+            f"flightdeck: native extension not built ({type(exc).__name__}: {exc}); "
+            "using pure Python",
+            file=sys.stderr,
+        )
+
+
+FLAGS = ["-O2", "-std=c11", "-Wall", "-Wno-missing-field-initializers"]
+ext_modules = []
+if not _no_extensions() and sys.platform != "win32" and sys.implementation.name == "cpython":
+    ext_modules.append(
+        Extension("flightdeck.asgi._casgi", ["flightdeck/asgi/_casgi.c"], extra_compile_args=FLAGS)
+    )
+
+setup(ext_modules=ext_modules, cmdclass={"build_ext": optional_build_ext})

@@ -32,13 +32,19 @@ def stack_of(frame: types.FrameType | None, limit: int = MAX_STACK) -> tuple[Any
 def await_chain(coro: Any, limit: int = MAX_STACK) -> tuple[Any, ...]:
     """Where a suspended coroutine waits: its await chain's frames, innermost last."""
     out: list[tuple[str, str, int]] = []
-    while coro is not None and len(out) < limit:
+    hops = 0
+    while coro is not None and len(out) < limit and hops < 4 * limit:
+        hops += 1
         frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
-        if frame is None:
+        if frame is not None:
+            code = frame.f_code
+            out.append((code.co_qualname, code.co_filename, frame.f_lineno))
+        following = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        if frame is None and following is None:
             break
-        code = frame.f_code
-        out.append((code.co_qualname, code.co_filename, frame.f_lineno))
-        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        # An awaitable without a frame (FlightDeck's native request, asgi/_casgi.c) still
+        # says what it awaits: follow it.
+        coro = following
     return tuple(out)
 
 

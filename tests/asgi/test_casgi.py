@@ -328,3 +328,28 @@ async def test_no_memory_kept_per_request(path: str, decks: list[Any]) -> None:
         tracemalloc.stop()
     assert after - before < 32 * 1024, after - before  # a leak of one object would be ~100 KiB
     assert not deck.recorder.live_requests
+
+
+async def test_await_chains_run_through_the_request(path: str, decks: list[Any]) -> None:
+    # Snapshots show where a pending task waits (tasks[].awaiting): the chain must reach
+    # the app's frame through FlightDeck, native or not.
+    from flightdeck.instrument.frames import await_chain
+
+    gate = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def waiting_app(scope: Any, receive: Any, send: Any) -> None:
+        entered.set()
+        await gate.wait()
+
+    deck = await started(make(waiting_app, decks))
+
+    async def server() -> None:
+        await deck(http_scope("/wait"), _receive_nothing, _ignore)
+
+    task = asyncio.ensure_future(server())
+    await entered.wait()
+    names = [name for name, _file, _line in await_chain(task.get_coro())]
+    gate.set()
+    await task
+    assert names[0].endswith("server") and "waiting_app" in [n.split(".")[-1] for n in names]

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .breakdown import LoopIndex
 from .common import dicts, num, request_label, text
+from .loop_index import LoopIndex
 
 #: Steps and callbacks at least this long hold the loop noticeably (asyncio's own
 #: ``slow_callback_duration`` default is 100 ms; flightdeck samples from 10 ms).

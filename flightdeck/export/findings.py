@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .breakdown import Breakdown, LoopIndex, breakdown, sentence
+from .breakdown import Breakdown, breakdown, sentence
 from .common import (
     dicts,
     fmt_duration,
@@ -19,6 +19,7 @@ from .common import (
     text,
 )
 from .diagnose import SLOW_CALLBACK, Hog, burst, cancellations, grouped, hogs, request_of
+from .loop_index import LoopIndex
 from .stacks import StackFolder
 
 #: Requests slower than this are called out as findings.

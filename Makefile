@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 
 .PHONY: memcheck
-.PHONY: run test test-all lint typecheck pytest pytest-pure soak bench bench-http clean
+.PHONY: run test test-all lint typecheck pytest pytest-pure soak bench bench-http bench-instr clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard flightdeck/*/*.c)
 	@test -n "$(PYTHON)" && command -v $(PYTHON) >/dev/null 2>&1 || { echo "python3.11 not found; set PYTHON=/path/to/python3.11+"; exit 1; }
@@ -81,6 +81,11 @@ bench-http: $(STAMP)
 	  { echo "wrk not found and could not be installed: apt-get install wrk"; exit 1; }; }
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/bench_http.py
+
+# Instructions per request under callgrind (load-independent): flightdeck vs bare.
+bench-instr: $(STAMP)
+	@command -v valgrind >/dev/null 2>&1 || { echo "valgrind not found: apt-get install valgrind"; exit 1; }
+	$(PY) benchmarks/bench_instr.py
 
 clean:
 	rm -rf .venv .venv-3.12 .venv-3.13 .mypy_cache .ruff_cache .pytest_cache

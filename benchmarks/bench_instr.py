@@ -1,0 +1,345 @@
+"""Instruction-count overhead benchmark: flightdeck vs bare, counted by callgrind.
+
+Each (core, loop, app, variant) runs ``instr_driver.py`` under ``valgrind --tool=callgrind``
+at two request counts; instructions per request = (Ir(N2) - Ir(N1)) / (N2 - N1), so start-up,
+imports and warm-up cancel out. Ir is callgrind's ``totals:`` over every thread (the loop
+thread and flightdeck's recorder thread); the loop thread's share is reported too. The
+"throughput ratio" of the targets is bare_instr / variant_instr.
+
+Unlike wall-clock figures these do not depend on the machine's load, with one exception: the
+recorder thread wakes on a wall-clock tick, and valgrind slows everything ~50x, so its share
+per request is inflated here compared with a native run.
+
+Outputs: a markdown table and ``benchmarks/results/bench_instr.json``.
+Run: ``.venv/bin/python benchmarks/bench_instr.py [--quick]`` (``make bench-instr``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import HERE, ROOT, header, machine, verdict, write_json
+
+APPS = ("steps", "query", "fastapi")
+LOOPS = ("asyncio", "uvloop")
+VARIANTS = ("bare", "middleware", "full")
+CORES = ("native", "python")
+DRIVER = HERE / "instr_driver.py"
+TARGETS = {"full_asyncio": 0.92, "full_uvloop": 0.90, "middleware": 0.97}
+#: The FastAPI route costs ~15x the three-await one: fewer requests keep its runs short
+#: while the difference still spans >1e9 instructions.
+FASTAPI_DIVISOR = 5
+
+
+def target(variant: str, loop: str) -> float:
+    return TARGETS["middleware"] if variant == "middleware" else TARGETS[f"full_{loop}"]
+
+
+def counts(app: str, quick: bool, n1: int | None, n2: int | None) -> tuple[int, int, int]:
+    """(N1, N2, warm-up requests) for ``app``."""
+    a, b, warm = (200, 600, 300) if quick else (500, 2500, 300)
+    a, b = n1 or a, n2 or b
+    if app == "fastapi":
+        return max(1, a // FASTAPI_DIVISOR), max(2, b // FASTAPI_DIVISOR), 100
+    return a, b, warm
+
+
+def child_env(core: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("FLIGHTDECK_NO_EXTENSIONS", None)
+    if core == "python":
+        env["FLIGHTDECK_NO_EXTENSIONS"] = "1"
+    # Same hash seed every run: set iteration orders (and so the instructions) repeat.
+    env["PYTHONHASHSEED"] = "0"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def command(out: str, n: int, app: str, variant: str, loop: str, warm: int) -> list[str]:
+    return [
+        "valgrind",
+        "--tool=callgrind",
+        "--separate-threads=yes",  # one out file per thread: the loop thread's share
+        f"--callgrind-out-file={out}",
+        sys.executable,
+        str(DRIVER),
+        str(n),
+        "--app",
+        app,
+        "--variant",
+        variant,
+        "--loop",
+        loop,
+        "--warmup",
+        str(warm),
+    ]
+
+
+def shown(cmd: list[str], core: str) -> str:
+    env = "FLIGHTDECK_NO_EXTENSIONS=1 " if core == "python" else ""
+    parts = []
+    for c in cmd:
+        try:
+            c = os.path.relpath(c, ROOT) if c.startswith("/") else c
+        except ValueError:
+            pass
+        parts.append(shlex.quote(c))
+    return f"PYTHONHASHSEED=0 {env}" + " ".join(parts)
+
+
+def read_totals(path: Path) -> int:
+    """The ``totals:`` (or ``summary:``) Ir of one callgrind out file."""
+    summary = None
+    with open(path) as f:
+        for line in f:
+            if line.startswith("totals:"):
+                return int(line.split()[1])
+            if line.startswith("summary:"):
+                summary = int(line.split()[1])
+    if summary is None:
+        raise RuntimeError(f"no totals/summary line in {path}")
+    return summary
+
+
+def run_one(job: dict[str, Any], tmp: Path) -> dict[str, Any]:
+    """One valgrind run; returns the job with ``ir`` (all threads) and ``ir_loop`` (thread 1)."""
+    key = "-".join(str(job[k]) for k in ("core", "loop", "app", "variant", "n"))
+    out = tmp / f"{key}.out"
+    cmd = command(str(out), job["n"], job["app"], job["variant"], job["loop"], job["warm"])
+    print(f"   $ {shown(cmd, job['core'])}", flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        cmd, env=child_env(job["core"]), capture_output=True, text=True, timeout=3600, cwd=ROOT
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"failed ({proc.returncode}): {shown(cmd, job['core'])}\n{proc.stderr}")
+    # With --separate-threads the files are <out>-01 (the main, loop thread), -02, ...
+    files = sorted(tmp.glob(f"{key}.out-*"))
+    if not files:
+        raise RuntimeError(f"no callgrind output for {key}")
+    per_thread = [read_totals(p) for p in files]
+    for p in [*files, out]:
+        p.unlink(missing_ok=True)
+    return {
+        **job,
+        "ir": sum(per_thread),
+        "ir_loop": per_thread[0],
+        "threads": len(per_thread),
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """results[core][loop][app][variant] = per-request instructions and ratios to bare."""
+    by: dict[tuple[str, ...], dict[int, dict[str, Any]]] = {}
+    for r in runs:
+        by.setdefault((r["core"], r["loop"], r["app"], r["variant"]), {})[r["n"]] = r
+    res: dict[str, Any] = {}
+    for (core, loop, app, variant), pair in by.items():
+        (n1, r1), (n2, r2) = sorted(pair.items())
+        dn = n2 - n1
+        res.setdefault(core, {}).setdefault(loop, {}).setdefault(app, {})[variant] = {
+            "instr_per_req": (r2["ir"] - r1["ir"]) / dn,
+            "loop_thread_per_req": (r2["ir_loop"] - r1["ir_loop"]) / dn,
+            "other_threads_per_req": ((r2["ir"] - r2["ir_loop"]) - (r1["ir"] - r1["ir_loop"])) / dn,
+            "n": [n1, n2],
+            "ir": [r1["ir"], r2["ir"]],
+            "ir_loop_thread": [r1["ir_loop"], r2["ir_loop"]],
+            "seconds": [r1["seconds"], r2["seconds"]],
+        }
+    for loops in res.values():
+        for apps_ in loops.values():
+            for variants in apps_.values():
+                bare = variants.get("bare")
+                for e in variants.values() if bare is not None else ():
+                    e["added_per_req"] = e["instr_per_req"] - bare["instr_per_req"]
+                    e["ratio"] = bare["instr_per_req"] / e["instr_per_req"]
+                    e["loop_thread_ratio"] = bare["loop_thread_per_req"] / e["loop_thread_per_req"]
+    return res
+
+
+def checks(res: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for core, loops in res.items():
+        for loop, apps_ in loops.items():
+            for app, variants in apps_.items():
+                for v in ("middleware", "full"):
+                    e = variants.get(v)
+                    if e is None or "ratio" not in e:
+                        continue
+                    tgt = target(v, loop)
+                    out.append(
+                        {
+                            "check": f"{core} {loop} {app} {v} ratio",
+                            "value": e["ratio"],
+                            "target": f">= {tgt}",
+                            "ok": e["ratio"] >= tgt,
+                        }
+                    )
+    return out
+
+
+def _k(x: float | None) -> str:
+    return "-" if x is None else f"{x / 1000:,.1f}k"
+
+
+def table(res: dict[str, Any]) -> str:
+    """One row per (core, loop, app); ratio = bare / variant, with PASS/MISS."""
+    rows = [
+        "| core | loop | app | bare | middleware | full | middleware added | full added "
+        "| bare/middleware | bare/full | loop thread: bare/middleware, bare/full |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for core, loops in res.items():
+        for loop, apps_ in loops.items():
+            for app, vs in apps_.items():
+
+                def get(v: str, field: str, vs: dict[str, Any] = vs) -> float | None:
+                    return vs.get(v, {}).get(field)
+
+                def ratio(v: str, vs: dict[str, Any] = vs, loop: str = loop) -> str:
+                    e = vs.get(v)
+                    if e is None or "ratio" not in e:
+                        return "-"
+                    tgt = target(v, loop)
+                    return f"{e['ratio']:.3f} {verdict(e['ratio'] >= tgt)} (>= {tgt})"
+
+                def lt(v: str, vs: dict[str, Any] = vs) -> str:
+                    e = vs.get(v)
+                    return "-" if e is None or "ratio" not in e else f"{e['loop_thread_ratio']:.3f}"
+
+                added = [get(v, "added_per_req") for v in ("middleware", "full")]
+                rows.append(
+                    f"| {core} | {loop} | {app} | {_k(get('bare', 'instr_per_req'))} "
+                    f"| {_k(get('middleware', 'instr_per_req'))} "
+                    f"| {_k(get('full', 'instr_per_req'))} "
+                    + " ".join(f"| {'-' if a is None else f'+{a / 1000:,.1f}k'}" for a in added)
+                    + f" | {ratio('middleware')} | {ratio('full')} "
+                    f"| {lt('middleware')}, {lt('full')} |"
+                )
+    return "\n".join(rows)
+
+
+def valgrind_version() -> str:
+    try:
+        return subprocess.run(
+            ["valgrind", "--version"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"valgrind": valgrind_version()}
+    for name in ("flightdeck", "starlette", "fastapi", "pydantic", "uvloop"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="N1=200, N2=600 (fastapi /5)")
+    parser.add_argument("--n1", type=int, help="requests of the short run (default 500)")
+    parser.add_argument("--n2", type=int, help="requests of the long run (default 2500)")
+    parser.add_argument("--apps", nargs="+", default=list(APPS), choices=APPS)
+    parser.add_argument("--loops", nargs="+", default=list(LOOPS), choices=LOOPS)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--cores", nargs="+", default=list(CORES), choices=CORES)
+    parser.add_argument("--jobs", type=int, default=2, help="valgrind runs at a time (2)")
+    parser.add_argument("--output", default="bench_instr.json", help="file name in results/")
+    args = parser.parse_args()
+
+    if shutil.which("valgrind") is None:
+        sys.exit("bench_instr: valgrind not found (Debian/Ubuntu: apt-get install valgrind)")
+    if "bare" not in args.variants:
+        args.variants.insert(0, "bare")  # every ratio is to bare
+    if "uvloop" in args.loops:
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            print("   SKIP loop uvloop: not installed")
+            args.loops.remove("uvloop")
+    jobs_n = max(1, args.jobs)
+    if jobs_n > (os.cpu_count() or 1):
+        print(f"   note: --jobs {jobs_n} > {os.cpu_count()} CPUs (counts are unaffected)")
+    header("bench_instr: instructions per request under callgrind, flightdeck vs bare")
+
+    jobs: list[dict[str, Any]] = []
+    for core in args.cores:
+        for loop in args.loops:
+            for app in args.apps:
+                n1, n2, warm = counts(app, args.quick, args.n1, args.n2)
+                if n2 <= n1:
+                    sys.exit(f"bench_instr: N2 ({n2}) must be larger than N1 ({n1})")
+                for variant in args.variants:
+                    for n in (n1, n2):
+                        jobs.append(
+                            {
+                                "core": core,
+                                "loop": loop,
+                                "app": app,
+                                "variant": variant,
+                                "n": n,
+                                "warm": warm,
+                            }
+                        )
+    # Longest runs first so the last ones to finish are short (better packing on --jobs).
+    order = sorted(jobs, key=lambda j: -j["n"] * (15 if j["app"] == "fastapi" else 1))
+    print(f"   {len(jobs)} valgrind runs, {jobs_n} at a time")
+    t0 = time.perf_counter()
+    with (
+        tempfile.TemporaryDirectory(prefix="bench_instr-") as tmp,
+        ThreadPoolExecutor(max_workers=jobs_n) as pool,
+    ):
+        runs = list(pool.map(lambda j: run_one(j, Path(tmp)), order))
+    elapsed = time.perf_counter() - t0
+
+    res = summarize(runs)
+    md = table(res)
+    cks = checks(res)
+    print()
+    print(md)
+    print()
+    for c in cks:
+        print(f"   {c['check']:<40} {c['value']:7.3f}  target {c['target']:<7} {verdict(c['ok'])}")
+    data = {
+        "machine": machine(),
+        "versions": versions(),
+        "command": " ".join(shlex.quote(a) for a in sys.argv),
+        "elapsed_s": elapsed,
+        "settings": {
+            "quick": args.quick,
+            "jobs": jobs_n,
+            "requests": {a: counts(a, args.quick, args.n1, args.n2) for a in args.apps},
+            "inflight": 32,
+        },
+        "targets": TARGETS,
+        "results": res,
+        "checks": cks,
+        "table_markdown": md,
+        "command_template": shown(command("OUT", 0, "APP", "VARIANT", "LOOP", 0), "native"),
+        "runs": runs,
+    }
+    path = write_json(args.output, data)
+    print(f"\n   results: {path}\n   elapsed {elapsed:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""In-process ASGI driver for ``bench_instr.py``: ``N`` GET requests, 32 in flight.
+
+Builds one app of ``apps.py`` (``steps``; ``query``: the same three-await route called with
+a query string, so query redaction is on the path; ``fastapi``), wraps it per variant
+(``bare``; ``middleware``: ``FlightDeck(app, instrument_loop=False)``; ``full``:
+``FlightDeck(app)``), triggers and endpoint off so no capture can fire, starts it as uvicorn
+would (lifespan ``startup``), warms up, then serves ``N`` requests, each its own task as a
+server would make it. Exits non-zero if any response is not a 200. Meant to run under
+``valgrind --tool=callgrind``: the per-request cost is the difference between two ``N``.
+
+Run: ``.venv/bin/python benchmarks/instr_driver.py 500 --app steps --variant full``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
+
+import apps as bench_apps
+from bench_http import _new_loop, _scope
+
+APPS = ("steps", "fastapi", "query")
+VARIANTS = ("bare", "middleware", "full")
+LOOPS = ("asyncio", "uvloop")
+INFLIGHT = 32
+#: The query route: the three-await handler, with a query string to redact.
+QUERY_PATH = "/steps?user=42&page=3&token=abc"
+
+
+def build(app_name: str, variant: str) -> tuple[Any, str]:
+    """The ASGI app to drive and the path (with query string) to request."""
+    base = "steps" if app_name == "query" else app_name
+    path = QUERY_PATH if app_name == "query" else bench_apps.PATHS[base]
+    app = bench_apps.make_app(base)
+    if variant == "bare":
+        return app, path
+    from flightdeck import FlightDeck
+
+    # No trigger and no endpoint: under valgrind a loop iteration can exceed any threshold,
+    # and a capture (freeze + build thread) would swamp the per-request figure.
+    off: dict[str, Any] = {
+        "triggers": [],
+        "slow_request": None,
+        "server_errors": False,
+        "loop_blocked": None,
+        "endpoint": None,
+        "enabled": True,  # a stray FLIGHTDECK_ENABLED=0 must not turn it into a no-op
+    }
+    if variant == "middleware":
+        return FlightDeck(app, instrument_loop=False, **off), path
+    return FlightDeck(app, **off), path
+
+
+class Lifespan:
+    """The lifespan protocol as uvicorn speaks it: ``startup`` now, ``shutdown`` at the end."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.3"}}
+        scope["state"] = {}
+        await self.app(scope, self.inbox.get, self.outbox.put)
+
+    async def _step(self, what: str) -> None:
+        await self.inbox.put({"type": f"lifespan.{what}"})
+        reply = await self.outbox.get()
+        if reply["type"] != f"lifespan.{what}.complete":
+            raise SystemExit(f"lifespan {what} failed: {reply}")
+
+    async def startup(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+        await self._step("startup")
+
+    async def shutdown(self) -> None:
+        await self._step("shutdown")
+        if self.task is not None:
+            await self.task
+
+
+async def serve(app: Any, path: str, n: int, first: int = 0) -> int:
+    """``n`` requests, :data:`INFLIGHT` at a time, each its own task; returns the 200s."""
+    loop = asyncio.get_running_loop()
+    ok = 0
+    next_i = 0
+
+    async def one(i: int) -> None:
+        nonlocal ok
+        done = asyncio.Event()
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await done.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal ok
+            t = message["type"]
+            if t == "http.response.start":
+                ok += message["status"] == 200
+            elif t == "http.response.body" and not message.get("more_body", False):
+                done.set()
+
+        await app(_scope(path, first + i), receive, send)
+
+    async def worker() -> None:
+        nonlocal next_i
+        while next_i < n:
+            i = next_i
+            next_i += 1
+            await loop.create_task(one(i))
+
+    await asyncio.gather(*(worker() for _ in range(min(INFLIGHT, n))))
+    return ok
+
+
+def check_flightdeck(app: Any) -> list[str]:
+    """Problems that would make the figures meaningless (best effort: private attributes)."""
+    problems = []
+    rec = getattr(app, "recorder", None)
+    if rec is not None and not getattr(rec, "enabled", True):
+        problems.append("the recorder is not started")
+    if getattr(app, "captures", 0) or getattr(app, "capture_failures", 0):
+        problems.append("a capture ran")
+    errors = getattr(getattr(app, "errors", None), "counts", None)
+    if errors:
+        problems.append(f"internal errors {errors}")
+    return problems
+
+
+async def run(app: Any, path: str, n: int, warmup: int) -> int:
+    lifespan = Lifespan(app)
+    await lifespan.startup()
+    bad = warmup - await serve(app, path, warmup)
+    bad += n - await serve(app, path, n, first=warmup)
+    await lifespan.shutdown()
+    return bad
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("n", type=int, help="measured requests")
+    parser.add_argument("--app", choices=APPS, default="steps")
+    parser.add_argument("--variant", choices=VARIANTS, default="bare")
+    parser.add_argument("--loop", choices=LOOPS, default="asyncio")
+    parser.add_argument("--warmup", type=int, default=300, help="requests before the N")
+    args = parser.parse_args()
+
+    app, path = build(args.app, args.variant)
+    loop = _new_loop(args.loop)
+    try:
+        bad = loop.run_until_complete(run(app, path, args.n, args.warmup))
+    finally:
+        problems = check_flightdeck(app) if args.variant != "bare" else []
+        close = getattr(app, "close", None)
+        if close is not None and args.variant != "bare":
+            close()
+        loop.close()
+    if bad:
+        sys.exit(f"instr_driver: {bad} of {args.warmup + args.n} responses were not 200")
+    if problems:
+        sys.exit("instr_driver: " + "; ".join(problems))
+
+
+if __name__ == "__main__":
+    main()

@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import HERE, ROOT, header, machine, verdict, write_json
+from _common import HERE, ROOT, command_line, header, machine, verdict, write_json
 
 APPS = ("steps", "query", "fastapi")
 LOOPS = ("asyncio", "uvloop")
@@ -67,7 +67,9 @@ def child_env(core: str) -> dict[str, str]:
     return env
 
 
-def command(out: str, n: int, app: str, variant: str, loop: str, warm: int) -> list[str]:
+def command(
+    out: str, n: int | str, app: str, variant: str, loop: str, warm: int | str
+) -> list[str]:
     return [
         "valgrind",
         "--tool=callgrind",
@@ -322,7 +324,7 @@ def main() -> None:
     data = {
         "machine": machine(),
         "versions": versions(),
-        "command": " ".join(shlex.quote(a) for a in sys.argv),
+        "command": command_line(),
         "elapsed_s": elapsed,
         "settings": {
             "quick": args.quick,
@@ -334,7 +336,7 @@ def main() -> None:
         "results": res,
         "checks": cks,
         "table_markdown": md,
-        "command_template": shown(command("OUT", 0, "APP", "VARIANT", "LOOP", 0), "native"),
+        "command_template": shown(command("OUT", "N", "APP", "VARIANT", "LOOP", "W"), "native"),
         "runs": runs,
     }
     path = write_json(args.output, data)

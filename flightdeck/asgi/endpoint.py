@@ -25,6 +25,7 @@ from ..snapshot.document import Snapshot, SnapshotInProgress, is_valid_id
 from ..snapshot.store import SnapshotStore
 from .access import MANUAL_RATE, Access, ManualLimit
 from .fleet import TRACE_ID, list_incidents, snapshots_of_trace
+from .locate import locate
 from .pages import login_page, render_index
 
 logger = logging.getLogger("flightdeck")
@@ -144,8 +145,10 @@ def _accepts_gzip(accept_encoding: str) -> bool:
 def _cross_site(request: Request) -> bool:
     """A browser request sent by another site (CSRF), which must not trigger a capture."""
     fetch_site = request.headers.get("sec-fetch-site")
-    if fetch_site is not None and fetch_site not in ("same-origin", "none"):
-        return True
+    if fetch_site is not None:
+        # Set by the browser, never by a page: authoritative where present. (Under the
+        # pages' Referrer-Policy no-referrer, Chromium sends a form's Origin as "null".)
+        return fetch_site not in ("same-origin", "none")
     origin = request.headers.get("origin")
     if origin is None:
         return False
@@ -197,20 +200,8 @@ class _Endpoint:
             return _response(b"", 303, "text/plain", {"Location": f"{base}/login"})
         return _error(401, "a bearer token is required", {"WWW-Authenticate": "Bearer"})
 
-    def _locate(self, scope: Scope) -> tuple[str, str] | None:
-        """(base URL path of the endpoint, the path below it), or None when not under it."""
-        path: str = scope["path"]
-        root: str = scope.get("root_path") or ""
-        candidates = [("", path)]
-        if root and path.startswith(root):
-            candidates.append((root, path[len(root) :]))
-        for mount, rest in candidates:
-            if rest == self.prefix or rest.startswith(self.prefix + "/"):
-                return mount + self.prefix, rest[len(self.prefix) :]
-        return None
-
     async def _handle(self, request: Request) -> Response:
-        located = self._locate(request.scope)
+        located = locate(request.scope, self.prefix, self.prefix + "/")
         if located is None:
             return _not_found()
         base, sub = located

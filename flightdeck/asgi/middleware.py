@@ -31,6 +31,7 @@ from .accel import casgi, native_asgi
 from .capture import CaptureEngine, RequestState, client_of, route_of
 from .config import Config
 from .fleet import Fleet, resolve_service
+from .locate import locate
 from .redact import MAX_METHOD, MAX_PATH
 from .tracecontext import trace_id_from_headers
 
@@ -118,7 +119,7 @@ class FlightDeck(_Base):
             self._endpoint_app = make_endpoint(
                 self, prefix=endpoint, token=config.token, allowed_hosts=config.allowed_hosts
             )
-            self._prefix_slash = endpoint + "/"
+            self._prefix, self._prefix_slash = endpoint, endpoint + "/"
         self._native = native_asgi()
         if casgi is not None:
             self._native_setup(
@@ -269,18 +270,7 @@ class FlightDeck(_Base):
 
     def _for_endpoint(self, scope: Scope) -> bool:
         """Whether the request is for the debug endpoint (below ``root_path``, if any)."""
-        path = scope.get("path")
-        if type(path) is not str:
-            return False
-        # As Starlette's routing does: the path includes root_path (ASGI spec); match on
-        # what follows it, so ``uvicorn --root-path /api`` serves the endpoint where the
-        # app's own routes are.
-        root = scope.get("root_path")
-        if root and type(root) is str and path.startswith(root):
-            rest = path[len(root) :]
-            if rest == "" or rest[0] == "/":
-                path = rest
-        return path == self.config.endpoint or path.startswith(self._prefix_slash)
+        return locate(scope, self._prefix, self._prefix_slash) is not None
 
     async def _pass_through(self, scope: Scope, receive: Receive, send: Send, kind: Any) -> None:
         if kind == "lifespan" and self.enabled and _SCOPE_KEY not in scope:

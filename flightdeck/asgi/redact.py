@@ -142,7 +142,11 @@ def _trie_branches(words: set[str], guard: str = "") -> list[str]:
     for first, rests in sorted(groups.items()):
         tail = ""
         if rests - {""}:
-            tail = "(?:" + "|".join(_trie_branches(rests - {""})) + ")"
+            inner = _trie_branches(rests - {""})
+            if len(inner) == 1 and "" not in rests:
+                tail = inner[0]  # a plain sequence: a group per character would cost time
+            else:
+                tail = "(?:" + "|".join(inner) + ")"
             if "" in rests:
                 tail += "?"  # whole-word matching needs the shorter word and the longer ones
         branches.append(re.escape(first) + guard + tail)
@@ -195,7 +199,7 @@ class Redactor:
 
     def is_sensitive(self, name: str) -> bool:
         """True when a query key or header name looks like it carries a secret."""
-        return self._sensitive(_normalize(name)) is not None
+        return self._suspect(name)
 
     def _suspect(self, text: str) -> bool:
         normalized = _normalize(text)
@@ -236,13 +240,9 @@ class Redactor:
     def _pairs(self, text: str, depth: int) -> str:
         pairs = text.split("&")
         for i, pair in enumerate(pairs):
-            key, eq, value = pair.partition("=")
-            if not eq or value == REDACTED:
-                continue
-            if self._key_is_sensitive(key):
-                # The value runs to the next "&", ";" included: a secret may hold one.
-                pairs[i] = key + "=" + REDACTED
-            elif ";" in pair:
+            if ";" in pair and not self._key_is_sensitive(pair.partition("=")[0]):
+                # A sensitive key's value runs to the next "&" (a secret may hold a ";");
+                # only a pair that is not sensitive as a whole is read as ";"-separated pairs.
                 pairs[i] = ";".join([self._pair(sub, depth) for sub in pair.split(";")])
             else:
                 pairs[i] = self._pair(pair, depth)

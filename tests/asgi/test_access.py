@@ -231,3 +231,29 @@ def test_no_login_without_a_token(decks: list[Any]) -> None:
     d = deck(decks)
     with uvicorn_thread(d) as srv:
         assert request(srv.port, "GET", f"{PREFIX}/login", {"Host": "127.0.0.1"})[0] == 404
+
+
+@pytest.mark.parametrize(
+    ("path", "root", "expected"),
+    [
+        ("/debug/flight", "", ("/debug/flight", "")),
+        ("/debug/flight/snapshots", "", ("/debug/flight", "/snapshots")),
+        ("/debug/flightx", "", None),
+        ("/api/debug/flight/status", "/api", ("/api/debug/flight", "/status")),
+        ("/apix/debug/flight", "/api", None),  # root_path matched on a path boundary only
+        ("/debug/flight", "/api", ("/debug/flight", "")),  # a server leaving root out of path
+    ],
+)
+def test_one_rule_locates_the_endpoint(
+    path: str, root: str, expected: tuple[str, str] | None
+) -> None:
+    """The middleware forwards exactly what the endpoint then serves (one function)."""
+    from flightdeck.asgi.locate import locate
+
+    scope = {"type": "http", "path": path, "root_path": root}
+    assert locate(scope, PREFIX, PREFIX + "/") == expected
+    d = FlightDeck(inner, endpoint=PREFIX)
+    try:
+        assert d._for_endpoint(scope) is (expected is not None)
+    finally:
+        d.close()

@@ -119,6 +119,8 @@ _JWT_RE = re.compile(r"\beyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*")
 # Bounds the work done on absurd inputs; the output is capped at MAX_QUERY anyway.
 _MAX_QUERY_INPUT = 16 * MAX_QUERY
 _NESTING = 2  # URLs inside values inside URLs are redacted this deep
+# Escapes of what keys are made of: digits, letters, "%", "-", ".", "_".
+_REVEALING_ESCAPE = re.compile(r"%(?:3[0-9]|[46][1-9a-fA-F]|[57][0-9aA]|25|2[dDeE]|5[fF])")
 
 
 def _normalize(text: str) -> str:
@@ -196,6 +198,10 @@ class Redactor:
         # finds nothing in holds no sensitive key (the strict pattern only matches less).
         plain = {w for w in needles if not any(o != w and o in w for o in needles)}
         self._candidate = re.compile("|".join(_trie_branches(plain))).search
+        # Keys made of other characters can be hidden by other escapes: always decode then.
+        self._revealing = _REVEALING_ESCAPE.search
+        if any(re.fullmatch(r"[A-Za-z0-9._-]+", key) is None for key in self.keys):
+            self._revealing = re.compile("%").search
 
     def is_sensitive(self, name: str) -> bool:
         """True when a query key or header name looks like it carries a secret."""
@@ -225,7 +231,15 @@ class Redactor:
         if not raw:
             return ""
         text, cut = decode_capped(raw, _MAX_QUERY_INPUT)
-        if self._suspect(text) or ("%" in text and self._suspect(_decoded(text))):
+        normalized = _normalize(text)
+        candidate = self._candidate(normalized) is not None
+        if (candidate and self._sensitive(normalized) is not None) or (
+            "%" in text
+            # Decoding can reveal a key only through an escape of a character keys are made
+            # of, or by setting apart a candidate found already ("x%20pw"); "%20" alone not.
+            and (candidate or self._revealing(text) is not None)
+            and self._suspect(_decoded(text))
+        ):
             text = self._pairs(text, 0)
         if not cut and len(text) <= MAX_QUERY:
             return text

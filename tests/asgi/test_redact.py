@@ -358,3 +358,22 @@ def test_redact_keys_extend_the_list() -> None:
             Redactor([bad])
     with pytest.raises(TypeError, match="redact_keys"):
         Redactor("token")  # type: ignore[arg-type]
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from([*REQUIRED_KEYS, "pw", "otp", "code", "access_token"]),
+    st.lists(st.booleans(), min_size=30, max_size=30),
+    st.sampled_from(["", "x_", "a=1&", "q=%20&"]),
+)
+def test_percent_encoded_keys_are_found(key: str, encode: list[bool], before: str) -> None:
+    """Any character of a sensitive key may be percent-encoded (once or twice): still found."""
+    chars = []
+    for i, c in enumerate(key):
+        if encode[i % 30]:
+            c = f"%{ord(c):02X}"
+            if encode[(i + 7) % 30]:
+                c = c.replace("%", "%25")
+        chars.append(c)
+    raw = f"{before}{''.join(chars)}={SECRET}&z=1"
+    assert SECRET not in redact_query(raw)

@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml setup.py $(wildcard flightdeck/*/*.c)
 # adds the development tools to the same venv.
 RUN_STAMP := $(VENV)/.installed-run
 
-$(RUN_STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml setup.py $(wildcard flightdeck/*/*.c)
 	@test -n "$(PYTHON)" && command -v $(PYTHON) >/dev/null 2>&1 || { echo "python3.11 not found; set PYTHON=/path/to/python3.11+"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

@@ -28,7 +28,12 @@ from .snapshot.document import Snapshot, SnapshotError, is_valid_id
 __all__ = ["main"]
 
 PROG = "flightdeck"
-EXPORT_SUFFIX = {"perfetto": ".perfetto.json", "html": ".html", "summary": ".txt"}
+EXPORT_SUFFIX = {
+    "perfetto": ".perfetto.json",
+    "pftrace": ".pftrace",
+    "html": ".html",
+    "summary": ".txt",
+}
 
 DESCRIPTION = """\
 Read, convert and download flightdeck snapshots (flight-recorder windows of an asyncio

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..core.config import check_endpoint, check_hosts, check_token
 from ..core.text import safe_text
-from ..snapshot.document import Snapshot, SnapshotInProgress, is_valid_id
+from ..snapshot.document import ExportFormat, Snapshot, SnapshotInProgress, is_valid_id
 from ..snapshot.store import SnapshotStore
 from .access import MANUAL_RATE, Access, ManualLimit
 from .fleet import TRACE_ID, list_incidents, snapshots_of_trace
@@ -35,6 +35,7 @@ _MAX_LOGIN_BODY = 4096
 _READ_METHODS = ("GET", "HEAD")
 _EXPORTS = {
     "perfetto": ("application/json", "attachment", "perfetto.json"),
+    "pftrace": ("application/octet-stream", "attachment", "pftrace"),
     "html": ("text/html; charset=utf-8", "inline", "html"),
     "summary": ("text/plain; charset=utf-8", "inline", "txt"),
 }
@@ -295,7 +296,7 @@ class _Endpoint:
     async def _download(self, request: Request, ident: str) -> Response:
         fmt = request.query_params.get("format", "json")
         if fmt != "json" and fmt not in _EXPORTS:
-            return _error(400, "format must be json, perfetto, html or summary")
+            return _error(400, "format must be json, perfetto, pftrace, html or summary")
         store = self.backend.store
         if ident == "latest":
             latest = await anyio.to_thread.run_sync(store.latest_id)
@@ -327,9 +328,13 @@ class _Endpoint:
         snapshot = self.backend.store.get(ident)
         if snapshot is None:
             return None
-        return snapshot.dumps(
-            "summary" if fmt == "summary" else "perfetto" if fmt == "perfetto" else "html"
-        )
+        formats: dict[str, ExportFormat] = {
+            "perfetto": "perfetto",
+            "pftrace": "pftrace",
+            "html": "html",
+            "summary": "summary",
+        }
+        return snapshot.dumps(formats[fmt])
 
     async def _index(self, request: Request, base: str) -> Response:
         listing = await anyio.to_thread.run_sync(self.backend.store.list)

@@ -7,6 +7,7 @@ sits below the exporters and knows them only by name).
 from ..snapshot.document import register_exporter
 from .html import to_html
 from .perfetto import to_perfetto
+from .pftrace import to_pftrace
 from .summary import summarize
 
 
@@ -16,5 +17,6 @@ def to_summary(doc: dict[str, object]) -> bytes:
 
 
 register_exporter("perfetto", to_perfetto)
+register_exporter("pftrace", to_pftrace)
 register_exporter("html", to_html)
 register_exporter("summary", to_summary)

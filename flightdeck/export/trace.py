@@ -91,6 +91,10 @@ class TraceWriter:
         self.names: dict[int, tuple[str, int]] = {}
         self.next_tid = 1
         self.flows: list[tuple[int, float, int, float, str, dict[str, Any]]] = []
+        #: After flushing: each slice by (track, start, end), and each flow as
+        #: (id, source slice key, destination slice key), for the protobuf writer.
+        self.slice_at: dict[tuple[int, float, float], dict[str, Any]] = {}
+        self.links: list[tuple[int, tuple[int, float, float], tuple[int, float, float]]] = []
 
     def _times(self) -> list[float]:
         """Every start and end in the document, for when the window bounds are missing."""
@@ -173,6 +177,7 @@ class TraceWriter:
                 ev["dur"] = _r3(end - start)
                 spans.append((start, end))
                 self.out.append(ev)
+                self.slice_at[(tid, start, end)] = ev
             self.spans[tid] = spans
         self.pending.clear()
 
@@ -195,6 +200,7 @@ class TraceWriter:
             b = self._inside(dst, dst_ts)
             if a is None or b is None:
                 continue
+            self.links.append((n, (src, *a), (dst, *b)))
             common = {"name": name, "cat": "flow", "id": n, "pid": self.pid}
             self.out.append({**common, "ph": "s", "ts": src_ts, "tid": src, "args": args})
             self.out.append({**common, "ph": "f", "bp": "e", "ts": dst_ts, "tid": dst})

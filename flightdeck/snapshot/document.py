@@ -19,8 +19,8 @@ from typing import Any, Literal
 import orjson
 
 FORMAT = "flightdeck/1"
-FORMATS = ("json", "perfetto", "html", "summary")
-ExportFormat = Literal["json", "perfetto", "html", "summary"]
+FORMATS = ("json", "perfetto", "pftrace", "html", "summary")
+ExportFormat = Literal["json", "perfetto", "pftrace", "html", "summary"]
 
 #: Snapshot ids: ``<UTC timestamp>-<pid>-<random>``, URL- and filename-safe, never a path.
 ID_PATTERN = re.compile(r"\A[0-9]{8}T[0-9]{6}Z-[0-9]{1,10}-[0-9a-f]{8}\Z")

@@ -255,8 +255,14 @@ async def test_perfetto_and_html_exports(
     assert response.headers["content-type"].startswith("text/html")
     assert response.headers["content-disposition"].startswith("inline;")
     assert "sandbox" in response.headers["content-security-policy"]
+    response = common(await client.get(f"{PREFIX}/snapshots/{ident}?format=pftrace"))
+    assert response.status_code == 200 and response.content == f"pftrace:{ident}".encode()
+    assert response.headers["content-disposition"] == f'attachment; filename="{ident}.pftrace"'
+    response = common(await client.get(f"{PREFIX}/snapshots/{ident}?format=summary"))
+    assert response.status_code == 200 and response.content == f"summary:{ident}".encode()
+    assert response.headers["content-type"] == "text/plain; charset=utf-8"
     loop_thread = threading.get_ident()
-    assert [fmt for fmt, _ in exports] == ["perfetto", "html"]
+    assert [fmt for fmt, _ in exports] == ["perfetto", "html", "pftrace", "summary"]
     assert all(thread != loop_thread for _, thread in exports)  # built off the loop
     response = common(await client.get(f"{PREFIX}/snapshots/{ident}?format=pdf"))
     assert response.status_code == 400

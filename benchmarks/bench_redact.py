@@ -5,13 +5,17 @@ added latency per request with a query. Prints nanoseconds per call, the minimum
 rounds of timeit repeats (the least disturbed run: on a shared box the median swings with
 other load). ``--against FILE`` loads another version of ``flightdeck/asgi/redact.py``
 (e.g. ``git show REV:flightdeck/asgi/redact.py > /tmp/old_redact.py``) and measures both,
-interleaved round by round, in this one process.
+interleaved round by round, in this one process. ``--callgrind`` counts instructions per
+call under valgrind instead (deterministic, whatever else the machine runs; ~3 min).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
+import re
+import subprocess
 import sys
 import timeit
 from collections.abc import Callable
@@ -37,11 +41,55 @@ def _load(path: str) -> Callable[[bytes], str]:
     return func
 
 
+def _instructions(against: str | None, case: int, calls: int) -> int:
+    cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable]
+    cmd += [__file__, "--calls", str(calls), "--case", str(case)]
+    cmd += ["--against", against] if against else []
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
+    found = re.search(r"Collected : (\d+)", out)
+    assert found is not None, out
+    return int(found.group(1))
+
+
+def callgrind(against: str | None) -> None:
+    """Instructions per call: (a run of 2000 calls - a run of none) / 2000, per version."""
+    calls = 2000
+    versions: dict[str, str | None] = {"this": None}
+    if against:
+        versions["other"] = against
+    per_call: dict[tuple[str, str], float] = {}
+    for version, path in versions.items():
+        base = _instructions(path, 0, 0)
+        for i, (name, _) in enumerate(CASES):
+            per_call[version, name] = (_instructions(path, i, calls) - base) / calls
+    print(f"python {sys.version.split()[0]}; instructions per call (callgrind)")
+    print("case".ljust(16) + "".join(v.rjust(10) for v in versions))
+    for name, _ in CASES:
+        row = name.ljust(16) + "".join(f"{per_call[v, name]:10.0f}" for v in versions)
+        if against:
+            row += f"{per_call['this', name] / per_call['other', name]:10.2f}"
+        print(row)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--against", metavar="FILE", help="another redact.py to compare with")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--callgrind", action="store_true", help="count instructions instead")
+    parser.add_argument("--calls", type=int, help=argparse.SUPPRESS)  # one run under valgrind
+    parser.add_argument("--case", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.calls is not None:
+        func = _load(args.against) if args.against else redact_query
+        query = CASES[args.case][1]
+        func(query)
+        for _ in range(args.calls):
+            func(query)
+        return
+    if args.callgrind:
+        os.environ.setdefault("PYTHONHASHSEED", "0")
+        callgrind(args.against)
+        return
     versions = {"this": redact_query}
     if args.against:
         versions["other"] = _load(args.against)

@@ -24,7 +24,7 @@ from ..core.text import safe_text
 from ..snapshot.document import ExportFormat, Snapshot, SnapshotInProgress, is_valid_id
 from ..snapshot.store import SnapshotStore
 from .access import MANUAL_RATE, Access, ManualLimit
-from .fleet import TRACE_ID, list_incidents, snapshots_of_trace
+from .fleet import TRACE_ID, list_incidents, snapshots_of_trace, with_fleet_snapshots
 from .locate import locate
 from .pages import login_page, render_index
 
@@ -341,6 +341,9 @@ class _Endpoint:
         accept = request.headers.get("accept", "").lower()
         if "application/json" in accept and "text/html" not in accept:
             return _json(listing)
+        # The page also lists the fleet's snapshots of this process's incidents (any process
+        # serves them), grouped with the local ones.
+        listing = await anyio.to_thread.run_sync(with_fleet_snapshots, self.backend, listing)
         nonce = secrets.token_urlsafe(16)
         csp = _PAGE_CSP + f"; script-src 'nonce-{nonce}'; connect-src 'self'"
         headers = {"Content-Security-Policy": csp, "Referrer-Policy": "no-referrer"}

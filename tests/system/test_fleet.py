@@ -163,9 +163,13 @@ def test_incident_captures_the_services_of_the_trace(
     pulled = sorted(Snapshot.load(p).to_dict()["process"]["service"] for p in out.iterdir())
     assert pulled == ["svc-a", "svc-b"]
 
-    # The HTML list groups B's snapshot under its incident.
+    # The HTML list groups B's snapshot under its incident, with A's from the fleet.
     status, _, page = http_get(b.url + "/debug/flight", **AUTH)
-    assert status == 200 and f"incident {incident['id']}".encode() in page
+    header = f'<tr class="incident"><td colspan="7">incident {incident["id"]}'.encode()
+    assert status == 200 and page.count(header) == 1
+    group = page.split(header)[1]
+    assert by_service["svc-a"]["id"].encode() in group
+    assert by_service["svc-b"]["id"].encode() in group
 
 
 def test_fleet_capture_all_captures_every_service(

@@ -21,6 +21,7 @@ __all__ = [
     "list_incidents",
     "resolve_service",
     "snapshots_of_trace",
+    "with_fleet_snapshots",
 ]
 
 _LISTED_KEYS = ("id", "service", "hostname", "pid", "size")
@@ -67,6 +68,42 @@ def _local_incidents(deck: Any) -> list[dict[str, Any]]:
     return sorted(grouped.values(), key=lambda i: (i["created_at"], i["id"]), reverse=True)
 
 
+def _summary(incident: dict[str, Any], snap: dict[str, Any]) -> dict[str, Any]:
+    # A fleet snapshot in the shape of a local listing entry (its request is not known).
+    return {
+        "id": snap["id"],
+        "created_at": snap["created_at"],
+        "trigger": snap["trigger"],
+        "request": None,
+        "pid": snap["pid"],
+        "size": snap["size"],
+        "service": snap["service"],
+        "incident": incident["id"],
+        "hostname": snap["hostname"],
+    }
+
+
+def with_fleet_snapshots(deck: Any, listing: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``listing`` plus the fleet's other snapshots of the incidents it has (for the page).
+
+    Blocking: call from a worker thread. Unchanged without a fleet or while Redis is down.
+    """
+    fleet: Fleet | None = getattr(deck, "fleet", None)
+    mine = {item.get("incident") for item in listing} - {None}
+    found = fleet.incidents() if fleet is not None and mine else None
+    if not found:
+        return listing
+    seen = {item["id"] for item in listing}
+    extra = [
+        _summary(incident, snap)
+        for incident in found
+        if incident["id"] in mine
+        for snap in incident["snapshots"]
+        if snap["id"] not in seen
+    ]
+    return sorted([*listing, *extra], key=lambda item: (item["created_at"], item["id"]))[::-1]
+
+
 def snapshots_of_trace(deck: Any, trace_id: str) -> list[dict[str, Any]]:
     """``GET /snapshots?trace_id=``: local snapshots holding the trace, then the fleet's."""
     listing: list[dict[str, Any]] = deck.store.list(trace_id=trace_id)
@@ -77,17 +114,5 @@ def snapshots_of_trace(deck: Any, trace_id: str) -> list[dict[str, Any]]:
         for snap in incident["snapshots"]:
             if trace_id in snap["trace_ids"] and snap["id"] not in seen:
                 seen.add(snap["id"])
-                listing.append(
-                    {
-                        "id": snap["id"],
-                        "created_at": snap["created_at"],
-                        "trigger": snap["trigger"],
-                        "request": None,
-                        "pid": snap["pid"],
-                        "size": snap["size"],
-                        "service": snap["service"],
-                        "incident": incident["id"],
-                        "hostname": snap["hostname"],
-                    }
-                )
+                listing.append(_summary(incident, snap))
     return listing

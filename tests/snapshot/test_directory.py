@@ -186,4 +186,3 @@ def test_manual_captures_never_evict_automatic_ones(tmp_path: Path, on_disk: boo
     assert listed(store) == [late[0].id, automatic[1].id, automatic[0].id]
     store.put(late[1])
     assert listed(store) == [late[1].id, late[0].id, automatic[1].id]
-

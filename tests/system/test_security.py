@@ -292,7 +292,11 @@ def test_secrets_absent_everywhere(decks: list[Any], tmp_path: Path) -> None:
     with uvicorn_thread(deck) as srv:
         assert http_get(f"{srv.url}/error?{query}", **headers)[0] == 500
         assert http_get(f"{srv.url}/slow?ms=10&{query}", **headers)[0] == 200
-        wait_until(lambda: get_json(srv.url + PREFIX + "/snapshots"), timeout=10)
+        # The 5xx capture is stored, and finished (a manual one meanwhile would get 409).
+        wait_until(
+            lambda: get_json(srv.url + PREFIX + "/snapshots") and not deck._capturing,
+            timeout=10,
+        )
         conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
         conn.request("POST", PREFIX + "/snapshots?reason=manual")
         assert conn.getresponse().status == 201

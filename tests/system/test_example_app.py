@@ -44,6 +44,9 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str
     port = free_port()
     env = dict(os.environ, FLIGHTDECK_DIR=str(tmp_path), PYTHONUNBUFFERED="1")
     env.pop("FLIGHTDECK_TOKEN", None)
+    # Above start-up stalls of a loaded machine, below the 300 ms block the tests make: a
+    # stray loop_blocked capture would take in (trigger.also) the trigger a test waits for.
+    env["FLIGHTDECK_LOOP_BLOCKED"] = "0.2"
     cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "examples" / "fastapi_app")]
     cmd += ["app:app", "--host", "127.0.0.1", "--port", str(port), "--loop", request.param]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -229,3 +229,28 @@ def test_client_rebuilt_in_a_forked_child(redis_server: Any) -> None:
         assert client.connected and client._thread is parent_thread  # the parent's untouched
     finally:
         client.close()
+
+
+def test_auth_password_from_the_url_or_the_variable(
+    redis_server: Any, monkeypatch: pytest.MonkeyPatch, decks: list[Any]
+) -> None:
+    # A Redis with AUTH: the password in the URL wins; FLIGHTDECK_FLEET_PASSWORD keeps it
+    # out of the URL; a wrong one is a connection failure, counted, never raised.
+    redis_server.kill()
+    redis_server.args = ["--requirepass", "s3cret"]
+    redis_server.start()
+    url = redis_server.url
+    with_url = url.replace("redis://", "redis://:s3cret@")
+    monkeypatch.setenv("FLIGHTDECK_FLEET_PASSWORD", "wrong")
+    in_url = make_deck(ok_app, decks, fleet=with_url)
+    monkeypatch.setenv("FLIGHTDECK_FLEET_PASSWORD", "s3cret")
+    from_env = make_deck(ok_app, decks, fleet=url)
+    monkeypatch.setenv("FLIGHTDECK_FLEET_PASSWORD", "wrong")
+    refused = make_deck(ok_app, decks, fleet=url)
+
+    for deck in (in_url, from_env, refused):  # one loop each: one recorder per loop
+        asyncio.run(drive(deck, http_scope("/")))  # starts the deck and its fleet client
+    wait_until(lambda: in_url.fleet.client.connected and from_env.fleet.client.connected)
+    wait_until(lambda: refused.fleet.stats().get("connection_errors", 0) >= 1)
+    assert not refused.fleet.client.connected
+    assert "s3cret" not in str(refused.status())  # never in status or errors

@@ -144,6 +144,13 @@ def check_flightdeck(app: Any) -> list[str]:
 async def run(app: Any, path: str, n: int, warmup: int) -> int:
     lifespan = Lifespan(app)
     await lifespan.startup()
+    fleet = getattr(app, "fleet", None)  # FLIGHTDECK_FLEET set: measure it connected
+    for _ in range(3000):
+        if fleet is None or fleet.client.connected:
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise SystemExit("instr_driver: the fleet did not connect to Redis")
     bad = warmup - await serve(app, path, warmup)
     bad += n - await serve(app, path, n, first=warmup)
     await lifespan.shutdown()

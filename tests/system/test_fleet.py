@@ -270,7 +270,15 @@ def test_gunicorn_preload_workers_each_join_the_fleet(
     # worker runs its own Redis client, so one worker's incident is followed by the other.
     options = _options(redis_server, "svc-w")
     srv = server(kind="gunicorn", workers=2, options=options, args=["--preload"])
-    wait_until(lambda: _fleet(srv)["connected"], timeout=DEADLINE, interval=0.1)
+    connected: set[str] = set()  # the senders (host:pid:nonce) seen connected
+
+    def both_connected() -> bool:
+        stats = _fleet(srv)
+        if stats["connected"]:
+            connected.add(stats["sender"])
+        return len(connected) == 2
+
+    wait_until(both_connected, timeout=DEADLINE, interval=0.05)
     assert http_get(srv.url + "/fail")[0] == 500
 
     def both_workers() -> dict[str, Any] | None:

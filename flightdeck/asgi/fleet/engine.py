@@ -264,6 +264,7 @@ class Fleet:
             "namespace": self.options.namespace,
             "capture": self.options.capture,
             "service": self.service,
+            "sender": self.sender,
             "connected": self.client.connected,
             "last_error": self.client.last_error,
             **self.counters.snapshot(),

@@ -49,6 +49,9 @@ FLAGS = ["-O2", "-std=c11", "-Wall", "-Wno-missing-field-initializers"]
 ext_modules = []
 if not _no_extensions() and sys.platform != "win32" and sys.implementation.name == "cpython":
     ext_modules.append(
+        Extension("flightdeck.core._native", ["flightdeck/core/_native.c"], extra_compile_args=FLAGS)
+    )
+    ext_modules.append(
         Extension("flightdeck.asgi._casgi", ["flightdeck/asgi/_casgi.c"], extra_compile_args=FLAGS)
     )
 

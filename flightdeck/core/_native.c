@@ -1,0 +1,1844 @@
+/*
+ * flightdeck.core._native: the native recording core.
+ *
+ * Why C against the CPython API (not Cython): no build dependency beyond a C compiler, and
+ * the hot path needs direct control of allocation (no object per event) and of vectorcall
+ * (the loop's call_soon and the step runner are called once per task step).
+ *
+ * What is here:
+ *   - clock(): the clock time.perf_counter_ns() reads (CLOCK_MONOTONIC on Linux, the
+ *     mach absolute time on macOS), so native and Python emitters never come out of order;
+ *   - Window: the rolling window. Every event is encoded when emitted into a fixed-layout
+ *     binary record (kind byte, zigzag varints, timestamps as deltas, strings and task ids
+ *     interned into tables owned by the generation) in a buffer preallocated per
+ *     generation. The window is a ring of at most `ngen` generations of `gen_cap` bytes
+ *     each (strings and tables included), so the byte bound holds by construction; what
+ *     does not fit is counted as dropped. Each generation starts with the status of the
+ *     tasks and requests alive when it opened (re-encoded from the TASK_CREATE and
+ *     REQ_START tuples of the live ones: one object per live task, none per event);
+ *   - Segment: one generation; events() decodes it back into the event tuples, exactly;
+ *   - StepRunner and CallSoon: the loop subclass's call_soon (a method descriptor with
+ *     vectorcall) and the reused callable that times each task step or wakeup.
+ *
+ * Threads: the loop, the recorder thread and executor threads all emit. Everything here
+ * runs with the GIL held and never releases it, which serializes them. A re-entrant call
+ * (a finalizer run by an allocation in the middle of an emit) is dropped and counted.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+#ifdef __APPLE__
+#include <mach/mach_time.h>
+#endif
+
+/* ------------------------------------------------------------------------------------ */
+/* clock                                                                                 */
+
+#ifdef __APPLE__
+static mach_timebase_info_data_t fd_timebase;
+#endif
+
+static inline int64_t
+fd_clock(void)
+{
+#ifdef __APPLE__
+    /* CPython 3.11-3.13 read perf_counter on macOS as mach_absolute_time() * numer / denom. */
+    uint64_t ticks = mach_absolute_time();
+    uint64_t q = ticks / fd_timebase.denom, r = ticks % fd_timebase.denom;
+    return (int64_t)(q * fd_timebase.numer + r * fd_timebase.numer / fd_timebase.denom);
+#else
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+#endif
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* encoding helpers                                                                      */
+
+static inline uint64_t zz(int64_t v) { return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63); }
+static inline int64_t unzz(uint64_t u) { return (int64_t)(u >> 1) ^ -(int64_t)(u & 1); }
+
+/* Value tags of the generic encoding. */
+enum {
+    V_NONE = 0, V_FALSE, V_TRUE, V_INT, V_STR, V_TUPLE, V_FLOAT, V_BYTES, V_BIGINT, V_LIST
+};
+
+#define MAX_DEPTH 8
+#define NKINDS 16
+#define K_GENERIC 0
+
+/* Field layouts per event kind (see core/events.py), after the kind:
+ *   T  the event's first timestamp: zigzag delta from the previous T in the generation
+ *   R  another timestamp: 0 stays 0, else zigzag(v - T) + 1
+ *   I  a task id or None: 0 for None, else 1 + its index in the generation's id table
+ *   V  any value, tagged (None, bool, int, str interned, float, bytes, tuple, list)
+ * An event that does not fit its layout (another length, a bool where an int is due) is
+ * stored with the generic layout: K_GENERIC then the whole tuple as a V. */
+static const char *SCHEMA[NKINDS] = {
+    NULL,
+    "TIVVIVV",   /* 1 TASK_CREATE t tid name coro parent rid site */
+    "TRIR",      /* 2 TASK_STEP t0 t1 tid t_queued */
+    "TIVVV",     /* 3 TASK_DONE t tid state exc name */
+    "TRIV",      /* 4 TASK_WAIT t0 t1 tid stack */
+    "TRVV",      /* 5 LOOP_BLOCK t0 t1 callback stack */
+    "TRV",       /* 6 LOOP_CALLBACK t0 t1 name */
+    "TV",        /* 7 LOOP_LAG t lag */
+    "TVVVVVVVI", /* 8 REQ_START t rid type method path query client headers tid */
+    "TVVRVVVR",  /* 9 REQ_END t rid status t_ttfb route disconnected error t_body_end */
+    "TRVI",      /* 10 REGION t0 t1 name tid */
+    "TVVI",      /* 11 LOG t category message tid */
+    "TRRVVIVV",  /* 12 EXECUTOR tq t0 t1 func thread tid rid error */
+    "TVV",       /* 13 REQ_ROUTE t rid route */
+    "TVV",       /* 14 REQ_TTFB t rid status */
+    "TVV",       /* 15 MARK t kind reason */
+};
+static Py_ssize_t SCHEMA_LEN[NKINDS];
+static PyObject *KIND_OBJ[NKINDS]; /* the kind ints, as decoded */
+
+#define K_TASK_CREATE 1
+#define K_TASK_STEP 2
+#define K_TASK_DONE 3
+#define K_REQ_START 8
+#define K_REQ_END 9
+
+/* Accounted cost of an interned string and of an interned task id. */
+#define STR_COST(s) (48 + PyUnicode_GET_LENGTH(s) * PyUnicode_KIND(s))
+#define SLOT_COST 24
+#define TID_COST 24
+#define EST_STATUS_BYTES 120
+
+/* ------------------------------------------------------------------------------------ */
+/* small hash tables (open addressing, linear probing, power-of-two capacity)           */
+
+typedef struct { PyObject *key; Py_hash_t hash; uint32_t idx; } StrSlot;
+typedef struct { StrSlot *slots; uint32_t cap, n; } StrTab;
+typedef struct { uint64_t key; int64_t val; } U64Slot; /* key 0: empty; key 1: deleted */
+typedef struct { U64Slot *slots; uint32_t cap, n, used; } U64Tab;
+
+static void strtab_free(StrTab *t) { PyMem_Free(t->slots); t->slots = NULL; t->cap = t->n = 0; }
+
+static StrSlot *
+strtab_find(StrTab *t, PyObject *s, Py_hash_t h)
+{
+    if (!t->cap) return NULL;
+    uint32_t mask = t->cap - 1, i = (uint32_t)h & mask;
+    for (;;) {
+        StrSlot *sl = &t->slots[i];
+        if (sl->key == NULL) return sl;
+        if (sl->key == s) return sl;
+        if (sl->hash == h && PyUnicode_GET_LENGTH(sl->key) == PyUnicode_GET_LENGTH(s)
+            && PyUnicode_KIND(sl->key) == PyUnicode_KIND(s)
+            && memcmp(PyUnicode_DATA(sl->key), PyUnicode_DATA(s),
+                      (size_t)(PyUnicode_GET_LENGTH(s) * PyUnicode_KIND(s))) == 0)
+            return sl;
+        i = (i + 1) & mask;
+    }
+}
+
+static int
+strtab_grow(StrTab *t)
+{
+    uint32_t ncap = t->cap ? t->cap * 2 : 64;
+    StrSlot *ns = PyMem_Calloc(ncap, sizeof(StrSlot));
+    if (!ns) return -1;
+    for (uint32_t j = 0; j < t->cap; j++) {
+        StrSlot *o = &t->slots[j];
+        if (!o->key) continue;
+        uint32_t i = (uint32_t)o->hash & (ncap - 1);
+        while (ns[i].key) i = (i + 1) & (ncap - 1);
+        ns[i] = *o;
+    }
+    PyMem_Free(t->slots);
+    t->slots = ns;
+    t->cap = ncap;
+    return 0;
+}
+
+static void u64tab_free(U64Tab *t) { PyMem_Free(t->slots); t->slots = NULL; t->cap = t->n = t->used = 0; }
+
+static inline uint32_t u64hash(uint64_t k) { k ^= k >> 33; k *= 0xff51afd7ed558ccdULL; k ^= k >> 33; return (uint32_t)k; }
+
+static U64Slot *
+u64tab_get(U64Tab *t, uint64_t key)
+{
+    if (!t->cap) return NULL;
+    uint32_t mask = t->cap - 1, i = u64hash(key) & mask;
+    for (;;) {
+        U64Slot *sl = &t->slots[i];
+        if (sl->key == key) return sl;
+        if (sl->key == 0) return NULL;
+        i = (i + 1) & mask;
+    }
+}
+
+static int
+u64tab_rehash(U64Tab *t, uint32_t ncap)
+{
+    U64Slot *ns = PyMem_Calloc(ncap, sizeof(U64Slot));
+    if (!ns) return -1;
+    for (uint32_t j = 0; j < t->cap; j++) {
+        U64Slot *o = &t->slots[j];
+        if (o->key <= 1) continue;
+        uint32_t i = u64hash(o->key) & (ncap - 1);
+        while (ns[i].key) i = (i + 1) & (ncap - 1);
+        ns[i] = *o;
+    }
+    PyMem_Free(t->slots);
+    t->slots = ns;
+    t->cap = ncap;
+    t->used = t->n;
+    return 0;
+}
+
+/* Insert or update; keys 0 and 1 are reserved (never an object's address). */
+static int
+u64tab_put(U64Tab *t, uint64_t key, int64_t val)
+{
+    if (key <= 1) return 0;
+    if ((t->used + 1) * 2 > t->cap) {
+        uint32_t ncap = t->cap ? t->cap : 64;
+        while ((t->n + 1) * 2 > ncap) ncap *= 2;
+        if (u64tab_rehash(t, ncap < 64 ? 64 : ncap) < 0) return -1;
+    }
+    uint32_t mask = t->cap - 1, i = u64hash(key) & mask;
+    U64Slot *tomb = NULL;
+    for (;;) {
+        U64Slot *sl = &t->slots[i];
+        if (sl->key == key) { sl->val = val; return 0; }
+        if (sl->key == 1 && !tomb) tomb = sl;
+        if (sl->key == 0) {
+            if (tomb) sl = tomb; else t->used++;
+            sl->key = key;
+            sl->val = val;
+            t->n++;
+            return 0;
+        }
+        i = (i + 1) & mask;
+    }
+}
+
+static void
+u64tab_del(U64Tab *t, uint64_t key)
+{
+    U64Slot *sl = u64tab_get(t, key);
+    if (sl) { sl->key = 1; t->n--; }
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Segment: one generation                                                               */
+
+typedef struct {
+    PyObject_HEAD
+    uint8_t *buf;
+    Py_ssize_t len, cap;         /* bytes written / allocated */
+    Py_ssize_t status_len;       /* the status records at the head */
+    PyObject **strs;             /* interned strings, by index (strong refs) */
+    Py_ssize_t nstrs, strs_cap;
+    int64_t *tids;               /* interned task ids, by index */
+    Py_ssize_t ntids, tids_cap;
+    Py_ssize_t extra;            /* accounted bytes besides buf: strings, ids, tables */
+    Py_ssize_t count;            /* events (status records excluded) */
+    int64_t t_base, t_start, t_end;
+    int open;                    /* still written to (the tables below exist) */
+    StrTab strtab;
+    U64Tab tidtab;
+    int64_t last_t;
+} Segment;
+
+static PyTypeObject Segment_Type;
+
+static void
+seg_free_tables(Segment *g)
+{
+    strtab_free(&g->strtab);
+    u64tab_free(&g->tidtab);
+}
+
+static void
+Segment_dealloc(Segment *g)
+{
+    for (Py_ssize_t i = 0; i < g->nstrs; i++) Py_DECREF(g->strs[i]);
+    PyMem_Free(g->strs);
+    PyMem_Free(g->tids);
+    PyMem_Free(g->buf);
+    seg_free_tables(g);
+    PyObject_Free(g);
+}
+
+static Segment *
+seg_new(Py_ssize_t cap, int64_t t_base)
+{
+    Segment *g = PyObject_New(Segment, &Segment_Type);
+    if (!g) return NULL;
+    memset((char *)g + sizeof(PyObject), 0, sizeof(Segment) - sizeof(PyObject));
+    if (cap > 0) {
+        g->buf = PyMem_Malloc((size_t)cap);
+        if (!g->buf) { Py_DECREF(g); PyErr_NoMemory(); return NULL; }
+    }
+    g->cap = cap;
+    g->t_base = g->t_start = g->t_end = g->last_t = t_base;
+    g->open = 1;
+    return g;
+}
+
+/* Accounted size: what a generation may hold within its budget. */
+static inline Py_ssize_t seg_bytes(Segment *g) { return g->len + g->extra; }
+
+/* Seal: drop the encoder's tables and give back the unused end of the buffer. */
+static void
+seg_seal(Segment *g)
+{
+    if (!g->open) return;
+    g->open = 0;
+    Py_ssize_t tables = (Py_ssize_t)g->strtab.cap * (Py_ssize_t)sizeof(StrSlot)
+                        + (Py_ssize_t)g->tidtab.cap * (Py_ssize_t)sizeof(U64Slot);
+    seg_free_tables(g);
+    g->extra -= tables;
+    if (g->extra < 0) g->extra = 0;
+    if (g->len < g->cap && g->len > 0) {
+        uint8_t *nb = PyMem_Realloc(g->buf, (size_t)g->len);
+        if (nb) { g->buf = nb; g->cap = g->len; }
+    }
+}
+
+/* ---- encoder ------------------------------------------------------------------------ */
+
+#define E_FULL (-1)
+#define E_BAD (-2)
+#define E_NOMEM (-3)
+
+typedef struct {
+    Segment *g;
+    uint8_t *p;
+    int64_t last_t;
+    int64_t t_first;
+    int64_t t_last;   /* the event's end time, for last_event_time and t_end */
+} Enc;
+
+static inline int
+enc_room(Enc *e, Py_ssize_t n)
+{
+    return (e->p - e->g->buf) + n + e->g->extra <= e->g->cap;
+}
+
+static inline int
+put_u8(Enc *e, uint8_t b)
+{
+    if (!enc_room(e, 1)) return E_FULL;
+    *e->p++ = b;
+    return 0;
+}
+
+static inline int
+put_varint(Enc *e, uint64_t v)
+{
+    if (!enc_room(e, 10)) {
+        /* close to the end: check the exact length */
+        Py_ssize_t n = 1;
+        for (uint64_t x = v; x >= 0x80; x >>= 7) n++;
+        if (!enc_room(e, n)) return E_FULL;
+    }
+    while (v >= 0x80) { *e->p++ = (uint8_t)(v | 0x80); v >>= 7; }
+    *e->p++ = (uint8_t)v;
+    return 0;
+}
+
+static int
+intern_str(Enc *e, PyObject *s, uint64_t *idx)
+{
+    Segment *g = e->g;
+    Py_hash_t h = PyObject_Hash(s); /* exact str: cached, never runs Python code */
+    if (h == -1) { PyErr_Clear(); return E_BAD; }
+    StrSlot *sl = strtab_find(&g->strtab, s, h);
+    if (sl && sl->key) { *idx = sl->idx; return 0; }
+    Py_ssize_t cost = STR_COST(s) + SLOT_COST;
+    Py_ssize_t grow = 0;
+    if ((g->strtab.n + 1) * 2 > g->strtab.cap)
+        grow = (Py_ssize_t)(g->strtab.cap ? g->strtab.cap : 64) * (Py_ssize_t)sizeof(StrSlot);
+    if (g->nstrs == g->strs_cap) grow += (g->strs_cap ? g->strs_cap : 64) * (Py_ssize_t)sizeof(PyObject *);
+    if ((e->p - g->buf) + g->extra + cost + grow > g->cap) return E_FULL;
+    if (g->nstrs == g->strs_cap) {
+        Py_ssize_t nc = g->strs_cap ? g->strs_cap * 2 : 64;
+        PyObject **ns = PyMem_Realloc(g->strs, (size_t)nc * sizeof(PyObject *));
+        if (!ns) return E_NOMEM;
+        g->extra += (nc - g->strs_cap) * (Py_ssize_t)sizeof(PyObject *);
+        g->strs = ns;
+        g->strs_cap = nc;
+    }
+    if ((g->strtab.n + 1) * 2 > g->strtab.cap) {
+        uint32_t old = g->strtab.cap;
+        if (strtab_grow(&g->strtab) < 0) return E_NOMEM;
+        g->extra += (Py_ssize_t)(g->strtab.cap - old) * (Py_ssize_t)sizeof(StrSlot);
+        sl = strtab_find(&g->strtab, s, h);
+    }
+    if (sl == NULL) sl = strtab_find(&g->strtab, s, h);
+    Py_INCREF(s);
+    sl->key = s;
+    sl->hash = h;
+    sl->idx = (uint32_t)g->nstrs;
+    g->strtab.n++;
+    g->strs[g->nstrs++] = s;
+    g->extra += STR_COST(s);
+    *idx = sl->idx;
+    return 0;
+}
+
+static int
+intern_tid(Enc *e, uint64_t tid, uint64_t *idx)
+{
+    Segment *g = e->g;
+    U64Slot *sl = u64tab_get(&g->tidtab, tid + 2); /* +2: keys 0 and 1 are reserved */
+    if (sl) { *idx = (uint64_t)sl->val; return 0; }
+    Py_ssize_t grow = 0;
+    if ((g->tidtab.used + 1) * 2 > g->tidtab.cap)
+        grow = (Py_ssize_t)(g->tidtab.cap ? g->tidtab.cap : 64) * (Py_ssize_t)sizeof(U64Slot);
+    if (g->ntids == g->tids_cap) grow += (g->tids_cap ? g->tids_cap : 64) * 8;
+    if ((e->p - g->buf) + g->extra + TID_COST + grow > g->cap) return E_FULL;
+    if (g->ntids == g->tids_cap) {
+        Py_ssize_t nc = g->tids_cap ? g->tids_cap * 2 : 64;
+        int64_t *nt = PyMem_Realloc(g->tids, (size_t)nc * 8);
+        if (!nt) return E_NOMEM;
+        g->extra += (nc - g->tids_cap) * 8;
+        g->tids = nt;
+        g->tids_cap = nc;
+    }
+    uint32_t oldcap = g->tidtab.cap;
+    if (u64tab_put(&g->tidtab, tid + 2, g->ntids) < 0) return E_NOMEM;
+    g->extra += (Py_ssize_t)(g->tidtab.cap - oldcap) * (Py_ssize_t)sizeof(U64Slot) + TID_COST - 8;
+    g->tids[g->ntids] = (int64_t)tid;
+    *idx = (uint64_t)g->ntids++;
+    return 0;
+}
+
+static int
+enc_value(Enc *e, PyObject *v, int depth)
+{
+    int r;
+    PyTypeObject *tp = Py_TYPE(v);
+    if (v == Py_None) return put_u8(e, V_NONE);
+    if (tp == &PyUnicode_Type) {
+        uint64_t idx;
+        if ((r = put_u8(e, V_STR)) < 0) return r;
+        if ((r = intern_str(e, v, &idx)) < 0) return r;
+        return put_varint(e, idx);
+    }
+    if (tp == &PyLong_Type) {
+        int overflow = 0;
+        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (overflow) {
+            PyObject *s = PyObject_Str(v);
+            if (!s) { PyErr_Clear(); return E_BAD; }
+            uint64_t idx;
+            r = put_u8(e, V_BIGINT);
+            if (r == 0) r = intern_str(e, s, &idx);
+            Py_DECREF(s);
+            if (r < 0) return r;
+            return put_varint(e, idx);
+        }
+        if ((r = put_u8(e, V_INT)) < 0) return r;
+        return put_varint(e, zz(x));
+    }
+    if (tp == &PyBool_Type) return put_u8(e, v == Py_True ? V_TRUE : V_FALSE);
+    if (tp == &PyTuple_Type || tp == &PyList_Type) {
+        if (depth >= MAX_DEPTH) return E_BAD;
+        Py_ssize_t n = Py_SIZE(v);
+        PyObject **items = tp == &PyTuple_Type ? ((PyTupleObject *)v)->ob_item
+                                               : ((PyListObject *)v)->ob_item;
+        if ((r = put_u8(e, tp == &PyTuple_Type ? V_TUPLE : V_LIST)) < 0) return r;
+        if ((r = put_varint(e, (uint64_t)n)) < 0) return r;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            /* a list cannot change under us: no Python code runs while encoding */
+            if ((r = enc_value(e, items[i], depth + 1)) < 0) return r;
+        }
+        return 0;
+    }
+    if (tp == &PyFloat_Type) {
+        double d = PyFloat_AS_DOUBLE(v);
+        if ((r = put_u8(e, V_FLOAT)) < 0) return r;
+        if (!enc_room(e, 8)) return E_FULL;
+        memcpy(e->p, &d, 8);
+        e->p += 8;
+        return 0;
+    }
+    if (tp == &PyBytes_Type) {
+        Py_ssize_t n = PyBytes_GET_SIZE(v);
+        if ((r = put_u8(e, V_BYTES)) < 0) return r;
+        if ((r = put_varint(e, (uint64_t)n)) < 0) return r;
+        if (!enc_room(e, n)) return E_FULL;
+        memcpy(e->p, PyBytes_AS_STRING(v), (size_t)n);
+        e->p += n;
+        return 0;
+    }
+    if (PyUnicode_Check(v)) {
+        /* a str subclass: stored as the str it is (its __hash__ may be Python code) */
+        PyObject *s = PyUnicode_Substring(v, 0, PyUnicode_GET_LENGTH(v));
+        if (!s) { PyErr_Clear(); return E_BAD; }
+        r = enc_value(e, s, depth);
+        Py_DECREF(s);
+        return r;
+    }
+    return E_BAD;
+}
+
+static inline int
+exact_i64(PyObject *v, int64_t *out)
+{
+    if (Py_TYPE(v) != &PyLong_Type) return -1;
+    int overflow = 0;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow || (x == -1 && PyErr_Occurred())) { PyErr_Clear(); return -1; }
+    *out = x;
+    return 0;
+}
+
+static int
+enc_T(Enc *e, int64_t t)
+{
+    int r = put_varint(e, zz(t - e->last_t));
+    if (r == 0) { e->last_t = t; e->t_first = t; e->t_last = t; }
+    return r;
+}
+
+static inline int
+enc_R(Enc *e, int64_t t)
+{
+    return put_varint(e, t == 0 ? 0 : zz(t - e->t_first) + 1);
+}
+
+static inline int
+enc_I(Enc *e, PyObject *v)
+{
+    if (v == Py_None) return put_u8(e, 0);
+    int64_t tid;
+    if (exact_i64(v, &tid) < 0) return E_BAD;
+    uint64_t idx;
+    int r = intern_tid(e, (uint64_t)tid, &idx);
+    if (r < 0) return r;
+    return put_varint(e, idx + 1);
+}
+
+/* Encode one event tuple at the end of g; on failure nothing is written. */
+static int
+enc_event(Segment *g, PyObject *ev, int64_t *t_end)
+{
+    Enc e = {g, g->buf + g->len, g->last_t, 0, 0};
+    Py_ssize_t n = PyTuple_GET_SIZE(ev);
+    PyObject **it = ((PyTupleObject *)ev)->ob_item;
+    int r = E_BAD;
+    int64_t kind = -1;
+    if (n >= 2 && exact_i64(it[0], &kind) == 0 && kind > 0 && kind < NKINDS
+        && SCHEMA_LEN[kind] == n - 1) {
+        const char *s = SCHEMA[kind];
+        r = put_u8(&e, (uint8_t)kind);
+        for (Py_ssize_t i = 1; i < n && r == 0; i++) {
+            int64_t t;
+            switch (s[i - 1]) {
+            case 'T':
+                r = exact_i64(it[i], &t) < 0 ? E_BAD : enc_T(&e, t);
+                break;
+            case 'R':
+                r = exact_i64(it[i], &t) < 0 ? E_BAD : enc_R(&e, t);
+                if (r == 0 && t > e.t_last) e.t_last = t;
+                break;
+            case 'I':
+                r = enc_I(&e, it[i]);
+                break;
+            default:
+                r = enc_value(&e, it[i], 1);
+            }
+        }
+        if (r == 0 && kind == K_TASK_STEP) {
+            int64_t t1;
+            if (exact_i64(it[2], &t1) == 0) e.t_last = t1;
+        }
+        else if (r == 0 && kind != K_TASK_STEP) {
+            e.t_last = e.t_first;
+        }
+    }
+    if (r == E_BAD) {
+        /* not in its kind's layout: the generic form */
+        e.p = g->buf + g->len;
+        e.last_t = g->last_t;
+        r = put_u8(&e, K_GENERIC);
+        if (r == 0) r = enc_value(&e, ev, 0);
+        if (r == 0) {
+            int64_t t = 0;
+            e.t_last = (n >= 2 && exact_i64(it[1], &t) == 0) ? t : g->t_end;
+            if (n >= 3 && kind == K_TASK_STEP && exact_i64(it[2], &t) == 0) e.t_last = t;
+        }
+    }
+    if (r < 0) return r;
+    g->len = e.p - g->buf;
+    g->last_t = e.last_t;
+    *t_end = e.t_last;
+    return 0;
+}
+
+static inline uint8_t *
+raw_varint(uint8_t *p, uint64_t v)
+{
+    while (v >= 0x80) { *p++ = (uint8_t)(v | 0x80); v >>= 7; }
+    *p++ = (uint8_t)v;
+    return p;
+}
+
+/* The typed fast path of a task step (no tuple): at most 1 + 4 * 10 bytes. */
+static int
+enc_step(Segment *g, int64_t t0, int64_t t1, uint64_t tid, int64_t tq)
+{
+    U64Slot *sl = u64tab_get(&g->tidtab, tid + 2);
+    uint64_t idx;
+    if (sl && g->len + 41 + g->extra <= g->cap) {
+        idx = (uint64_t)sl->val;
+    }
+    else {
+        Enc e = {g, g->buf + g->len, g->last_t, 0, 0};
+        int r = intern_tid(&e, tid, &idx);
+        if (r < 0) return r;
+        if (g->len + 41 + g->extra > g->cap) {
+            /* near the end of the generation: the checked path */
+            r = put_u8(&e, K_TASK_STEP);
+            if (r == 0) r = enc_T(&e, t0);
+            if (r == 0) r = enc_R(&e, t1);
+            if (r == 0) r = put_varint(&e, idx + 1);
+            if (r == 0) r = enc_R(&e, tq);
+            if (r < 0) return r;
+            g->len = e.p - g->buf;
+            g->last_t = e.last_t;
+            return 0;
+        }
+    }
+    uint8_t *p = g->buf + g->len;
+    *p++ = K_TASK_STEP;
+    p = raw_varint(p, zz(t0 - g->last_t));
+    p = raw_varint(p, t1 == 0 ? 0 : zz(t1 - t0) + 1);
+    p = raw_varint(p, idx + 1);
+    p = raw_varint(p, tq == 0 ? 0 : zz(tq - t0) + 1);
+    g->len = p - g->buf;
+    g->last_t = t0;
+    return 0;
+}
+
+/* ---- decoder ------------------------------------------------------------------------ */
+
+typedef struct {
+    Segment *g;
+    const uint8_t *p, *end;
+    int64_t last_t, t_first;
+} Dec;
+
+static int
+get_varint(Dec *d, uint64_t *out)
+{
+    uint64_t v = 0;
+    int shift = 0;
+    while (d->p < d->end) {
+        uint8_t b = *d->p++;
+        v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) { *out = v; return 0; }
+        shift += 7;
+        if (shift > 63) break;
+    }
+    PyErr_SetString(PyExc_ValueError, "corrupt flightdeck segment (varint)");
+    return -1;
+}
+
+static PyObject *
+corrupt(const char *what)
+{
+    PyErr_Format(PyExc_ValueError, "corrupt flightdeck segment (%s)", what);
+    return NULL;
+}
+
+static PyObject *
+dec_value(Dec *d, int depth)
+{
+    if (d->p >= d->end) return corrupt("end");
+    uint8_t tag = *d->p++;
+    uint64_t u;
+    switch (tag) {
+    case V_NONE: Py_RETURN_NONE;
+    case V_FALSE: Py_RETURN_FALSE;
+    case V_TRUE: Py_RETURN_TRUE;
+    case V_INT:
+        if (get_varint(d, &u) < 0) return NULL;
+        return PyLong_FromLongLong(unzz(u));
+    case V_STR:
+    case V_BIGINT: {
+        if (get_varint(d, &u) < 0) return NULL;
+        if (u >= (uint64_t)d->g->nstrs) return corrupt("string index");
+        PyObject *s = d->g->strs[u];
+        if (tag == V_BIGINT) return PyLong_FromUnicodeObject(s, 10);
+        Py_INCREF(s);
+        return s;
+    }
+    case V_TUPLE:
+    case V_LIST: {
+        if (depth >= MAX_DEPTH + 1) return corrupt("depth");
+        if (get_varint(d, &u) < 0) return NULL;
+        if (u > (uint64_t)(d->end - d->p)) return corrupt("length");
+        Py_ssize_t n = (Py_ssize_t)u;
+        PyObject *c = tag == V_TUPLE ? PyTuple_New(n) : PyList_New(n);
+        if (!c) return NULL;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *x = dec_value(d, depth + 1);
+            if (!x) { Py_DECREF(c); return NULL; }
+            if (tag == V_TUPLE) PyTuple_SET_ITEM(c, i, x); else PyList_SET_ITEM(c, i, x);
+        }
+        return c;
+    }
+    case V_FLOAT: {
+        double x;
+        if (d->end - d->p < 8) return corrupt("float");
+        memcpy(&x, d->p, 8);
+        d->p += 8;
+        return PyFloat_FromDouble(x);
+    }
+    case V_BYTES:
+        if (get_varint(d, &u) < 0) return NULL;
+        if (u > (uint64_t)(d->end - d->p)) return corrupt("bytes");
+        d->p += u;
+        return PyBytes_FromStringAndSize((const char *)d->p - u, (Py_ssize_t)u);
+    }
+    return corrupt("tag");
+}
+
+static PyObject *
+dec_event(Dec *d)
+{
+    if (d->p >= d->end) return corrupt("end");
+    uint8_t kind = *d->p++;
+    if (kind == K_GENERIC) {
+        PyObject *v = dec_value(d, 0);
+        if (v && !PyTuple_CheckExact(v)) { Py_DECREF(v); return corrupt("generic"); }
+        if (v && PyTuple_GET_SIZE(v) >= 2 && PyLong_CheckExact(PyTuple_GET_ITEM(v, 1))) {
+            /* keep the delta chain: a generic event does not move last_t */
+        }
+        return v;
+    }
+    if (kind >= NKINDS || !SCHEMA[kind]) return corrupt("kind");
+    const char *s = SCHEMA[kind];
+    Py_ssize_t n = SCHEMA_LEN[kind];
+    PyObject *t = PyTuple_New(n + 1);
+    if (!t) return NULL;
+    Py_INCREF(KIND_OBJ[kind]);
+    PyTuple_SET_ITEM(t, 0, KIND_OBJ[kind]);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *x = NULL;
+        uint64_t u;
+        switch (s[i]) {
+        case 'T':
+            if (get_varint(d, &u) < 0) goto fail;
+            d->last_t += unzz(u);
+            d->t_first = d->last_t;
+            x = PyLong_FromLongLong(d->last_t);
+            break;
+        case 'R':
+            if (get_varint(d, &u) < 0) goto fail;
+            x = PyLong_FromLongLong(u == 0 ? 0 : d->t_first + unzz(u - 1));
+            break;
+        case 'I':
+            if (get_varint(d, &u) < 0) goto fail;
+            if (u == 0) { x = Py_None; Py_INCREF(x); }
+            else if (u - 1 >= (uint64_t)d->g->ntids) { corrupt("task index"); goto fail; }
+            else x = PyLong_FromLongLong(d->g->tids[u - 1]);
+            break;
+        default:
+            x = dec_value(d, 1);
+        }
+        if (!x) goto fail;
+        PyTuple_SET_ITEM(t, i + 1, x);
+    }
+    return t;
+fail:
+    Py_DECREF(t);
+    return NULL;
+}
+
+static PyObject *
+seg_decode_range(Segment *g, Py_ssize_t from, Py_ssize_t to, Py_ssize_t hint)
+{
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    (void)hint;
+    Dec d = {g, g->buf + from, g->buf + to, g->t_base, 0};
+    while (d.p < d.end) {
+        PyObject *e = dec_event(&d);
+        if (!e || PyList_Append(out, e) < 0) { Py_XDECREF(e); Py_DECREF(out); return NULL; }
+        Py_DECREF(e);
+    }
+    return out;
+}
+
+static PyObject *
+Segment_events(Segment *g, PyObject *Py_UNUSED(ignored))
+{
+    return seg_decode_range(g, g->status_len, g->len, g->count);
+}
+
+static PyObject *
+Segment_status(Segment *g, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *evs = seg_decode_range(g, 0, g->status_len, 0);
+    if (!evs) return NULL;
+    PyObject *tasks = PyDict_New(), *reqs = PyDict_New();
+    if (!tasks || !reqs) goto fail;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(evs); i++) {
+        PyObject *e = PyList_GET_ITEM(evs, i);
+        if (PyTuple_GET_SIZE(e) < 3) continue;
+        long k = PyLong_AsLong(PyTuple_GET_ITEM(e, 0));
+        PyObject *d = k == K_TASK_CREATE ? tasks : k == K_REQ_START ? reqs : NULL;
+        if (d && PyDict_SetItem(d, PyTuple_GET_ITEM(e, 2), e) < 0) goto fail;
+    }
+    Py_DECREF(evs);
+    return Py_BuildValue("(NN)", tasks, reqs);
+fail:
+    Py_DECREF(evs);
+    Py_XDECREF(tasks);
+    Py_XDECREF(reqs);
+    return NULL;
+}
+
+static PyObject *
+Segment_get_nbytes(Segment *g, void *c) { return PyLong_FromSsize_t(seg_bytes(g)); }
+
+static PyObject *
+Segment_get_data(Segment *g, void *c)
+{
+    return PyBytes_FromStringAndSize((const char *)g->buf, g->len);
+}
+
+static PyMethodDef Segment_methods[] = {
+    {"events", (PyCFunction)Segment_events, METH_NOARGS, "The events, decoded into tuples."},
+    {"status", (PyCFunction)Segment_status, METH_NOARGS,
+     "(tasks, requests) alive when the generation opened: id -> creation tuple."},
+    {NULL}
+};
+
+static PyMemberDef Segment_members[] = {
+    {"count", T_PYSSIZET, offsetof(Segment, count), READONLY, "events held"},
+    {"t_start", T_LONGLONG, offsetof(Segment, t_start), READONLY, "when it opened"},
+    {"t_end", T_LONGLONG, offsetof(Segment, t_end), READONLY, "when its last event ended"},
+    {"strings", T_PYSSIZET, offsetof(Segment, nstrs), READONLY, "interned strings"},
+    {"status_bytes", T_PYSSIZET, offsetof(Segment, status_len), READONLY, "status records"},
+    {NULL}
+};
+
+static PyGetSetDef Segment_getset[] = {
+    {"nbytes", (getter)Segment_get_nbytes, NULL, "accounted bytes", NULL},
+    {"data", (getter)Segment_get_data, NULL, "the encoded records (a copy)", NULL},
+    {NULL}
+};
+
+static PyTypeObject Segment_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "flightdeck.core._native.Segment",
+    .tp_basicsize = sizeof(Segment),
+    .tp_dealloc = (destructor)Segment_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "One generation of the native window: encoded events and their tables.",
+    .tp_methods = Segment_methods,
+    .tp_members = Segment_members,
+    .tp_getset = Segment_getset,
+};
+
+/* A read-only copy of an open generation, for freeze(). */
+static Segment *
+seg_copy(Segment *src)
+{
+    Segment *g = seg_new(src->len, src->t_base);
+    if (!g) return NULL;
+    if (src->len) memcpy(g->buf, src->buf, (size_t)src->len);
+    g->len = src->len;
+    g->status_len = src->status_len;
+    g->count = src->count;
+    g->t_start = src->t_start;
+    g->t_end = src->t_end;
+    g->open = 0;
+    if (src->nstrs) {
+        g->strs = PyMem_Malloc((size_t)src->nstrs * sizeof(PyObject *));
+        if (!g->strs) { Py_DECREF(g); PyErr_NoMemory(); return NULL; }
+        for (Py_ssize_t i = 0; i < src->nstrs; i++) { g->strs[i] = src->strs[i]; Py_INCREF(g->strs[i]); }
+        g->nstrs = g->strs_cap = src->nstrs;
+    }
+    if (src->ntids) {
+        g->tids = PyMem_Malloc((size_t)src->ntids * 8);
+        if (!g->tids) { Py_DECREF(g); PyErr_NoMemory(); return NULL; }
+        memcpy(g->tids, src->tids, (size_t)src->ntids * 8);
+        g->ntids = g->tids_cap = src->ntids;
+    }
+    g->extra = src->extra;
+    return g;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Window                                                                                */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *dict;            /* instance attributes (live_tasks, live_requests, ...) */
+    PyObject *weakreflist;
+    int64_t window_ns, max_bytes, gen_ns;
+    Py_ssize_t gen_cap;
+    Py_ssize_t ngen;           /* generations held at most, the open one included */
+    PyObject *clock;           /* a Python callable, or NULL: the native clock */
+    Segment *cur;              /* the open generation, or NULL (opened by the next event) */
+    PyObject *sealed;          /* list of Segment, oldest first */
+    Py_ssize_t sealed_bytes;
+    Py_ssize_t sealed_events;
+    PyObject *st_tasks, *st_reqs;  /* status: tid -> TASK_CREATE, rid -> REQ_START */
+    Py_ssize_t st_limit;
+    long long recorded, evicted, dropped, overflows, seal_errors, sealed_n, errors;
+    long long status_truncated;
+    int64_t last_time;
+    int has_last;
+    int busy;
+} Window;
+
+static PyTypeObject Window_Type;
+
+static int64_t
+win_now(Window *w)
+{
+    if (!w->clock) return fd_clock();
+    PyObject *r = PyObject_CallNoArgs(w->clock);
+    if (!r) { PyErr_Clear(); w->errors++; return fd_clock(); }
+    long long v = PyLong_AsLongLong(r);
+    Py_DECREF(r);
+    if (v == -1 && PyErr_Occurred()) { PyErr_Clear(); w->errors++; return fd_clock(); }
+    return v;
+}
+
+static int
+Window_traverse(Window *w, visitproc visit, void *arg)
+{
+    Py_VISIT(w->dict);
+    Py_VISIT(w->clock);
+    Py_VISIT(w->sealed);
+    Py_VISIT(w->st_tasks);
+    Py_VISIT(w->st_reqs);
+    return 0;
+}
+
+static int
+Window_clear_refs(Window *w)
+{
+    Py_CLEAR(w->dict);
+    Py_CLEAR(w->clock);
+    Py_CLEAR(w->sealed);
+    Py_CLEAR(w->cur);
+    Py_CLEAR(w->st_tasks);
+    Py_CLEAR(w->st_reqs);
+    return 0;
+}
+
+static void
+Window_dealloc(Window *w)
+{
+    PyObject_GC_UnTrack(w);
+    if (w->weakreflist) PyObject_ClearWeakRefs((PyObject *)w);
+    Window_clear_refs(w);
+    Py_TYPE(w)->tp_free((PyObject *)w);
+}
+
+static PyObject *
+Window_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    Window *w = (Window *)type->tp_alloc(type, 0);
+    if (!w) return NULL;
+    w->sealed = PyList_New(0);
+    w->st_tasks = PyDict_New();
+    w->st_reqs = PyDict_New();
+    if (!w->sealed || !w->st_tasks || !w->st_reqs) { Py_DECREF(w); return NULL; }
+    return (PyObject *)w;
+}
+
+static int
+Window_init(Window *w, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"window_ns", "max_bytes", "segment_events", "segment_ns", "clock", "generations", NULL};
+    long long window_ns, max_bytes, segment_events = 0, segment_ns = 1000000000LL;
+    PyObject *clock = Py_None;
+    Py_ssize_t ngen = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "LL|LLOn:Window", kwlist, &window_ns, &max_bytes,
+                                     &segment_events, &segment_ns, &clock, &ngen))
+        return -1;
+    if (window_ns <= 0 || max_bytes <= 0 || segment_ns <= 0) {
+        PyErr_SetString(PyExc_ValueError, "window_ns, max_bytes and segment_ns must be positive");
+        return -1;
+    }
+    (void)segment_events; /* the pure window's knob; generations are bounded by bytes here */
+    w->window_ns = window_ns;
+    w->max_bytes = max_bytes;
+    Py_CLEAR(w->clock);
+    if (clock != Py_None) {
+        /* time.perf_counter_ns is the native clock: call no Python for it */
+        PyObject *name = PyObject_GetAttrString(clock, "__name__");
+        PyObject *mod = PyObject_GetAttrString(clock, "__module__");
+        int same = name && mod && PyUnicode_Check(name) && PyUnicode_Check(mod)
+                   && PyUnicode_CompareWithASCIIString(name, "perf_counter_ns") == 0
+                   && PyUnicode_CompareWithASCIIString(mod, "time") == 0;
+        PyErr_Clear();
+        Py_XDECREF(name);
+        Py_XDECREF(mod);
+        if (!same) { Py_INCREF(clock); w->clock = clock; }
+    }
+    /* Status tables get an eighth of the budget (as in the pure window). */
+    long long limit = max_bytes / (8 * EST_STATUS_BYTES);
+    if (limit > 200000) limit = 200000;
+    w->st_limit = (Py_ssize_t)limit;
+    long long ring = max_bytes - limit * EST_STATUS_BYTES;
+    if (ngen <= 0) {
+        ngen = (Py_ssize_t)(ring / (64 << 10));
+        if (ngen < 4) ngen = 4;
+        if (ngen > 16) ngen = 16;
+    }
+    w->ngen = ngen;
+    w->gen_cap = (Py_ssize_t)(ring / ngen);
+    /* Rotate by age too, so that ngen - 1 sealed generations span the whole window. */
+    int64_t gen_ns = window_ns / (ngen - 1 > 0 ? ngen - 1 : 1);
+    w->gen_ns = gen_ns < segment_ns ? gen_ns : segment_ns;
+    return 0;
+}
+
+/* The status tables follow the events (the GIL orders them). */
+static void
+win_status(Window *w, int64_t kind, PyObject *ev)
+{
+    PyObject *d = kind == K_TASK_CREATE || kind == K_TASK_DONE ? w->st_tasks : w->st_reqs;
+    if (PyTuple_GET_SIZE(ev) < 3) return;
+    PyObject *key = PyTuple_GET_ITEM(ev, 2);
+    /* only keys whose hash and equality run no Python code */
+    if (!PyLong_CheckExact(key) && !PyUnicode_CheckExact(key)) return;
+    if (kind == K_TASK_CREATE || kind == K_REQ_START) {
+        if (PyDict_GET_SIZE(d) >= w->st_limit && !PyDict_Contains(d, key)) return;
+        if (PyDict_SetItem(d, key, ev) < 0) { PyErr_Clear(); w->errors++; }
+    }
+    else {
+        if (PyDict_DelItem(d, key) < 0) PyErr_Clear();
+    }
+}
+
+static void
+win_evict_oldest(Window *w, int64_t horizon)
+{
+    Segment *old = (Segment *)PyList_GET_ITEM(w->sealed, 0);
+    if (old->t_end < horizon) w->evicted += old->count;
+    else w->dropped += old->count;
+    w->sealed_bytes -= seg_bytes(old);
+    w->sealed_events -= old->count;
+    if (PyList_SetSlice(w->sealed, 0, 1, NULL) < 0) { PyErr_Clear(); w->errors++; }
+}
+
+static void
+win_seal(Window *w)
+{
+    Segment *g = w->cur;
+    if (!g) return;
+    w->cur = NULL;
+    if (g->count == 0) { Py_DECREF(g); return; }
+    seg_seal(g);
+    if (PyList_Append(w->sealed, (PyObject *)g) < 0) {
+        PyErr_Clear();
+        w->errors++;
+        w->dropped += g->count;
+    }
+    else {
+        w->sealed_bytes += seg_bytes(g);
+        w->sealed_events += g->count;
+        w->sealed_n++;
+    }
+    Py_DECREF(g);
+}
+
+/* Open a generation headed by the status tables; makes room in the ring first. */
+static int
+win_open(Window *w, int64_t now)
+{
+    if (w->gen_cap <= 0) return -1;
+    while (PyList_GET_SIZE(w->sealed) >= w->ngen - 1 && PyList_GET_SIZE(w->sealed) > 0)
+        win_evict_oldest(w, now - w->window_ns);
+    Segment *g = seg_new(w->gen_cap, now);
+    if (!g) { PyErr_Clear(); return -1; }
+    PyObject *tables[2] = {w->st_tasks, w->st_reqs};
+    for (int k = 0; k < 2; k++) {
+        Py_ssize_t pos = 0;
+        PyObject *key, *ev;
+        while (PyDict_Next(tables[k], &pos, &key, &ev)) {
+            int64_t t_end;
+            if (!PyTuple_CheckExact(ev) || enc_event(g, ev, &t_end) < 0) {
+                w->status_truncated++;
+                if (PyErr_Occurred()) PyErr_Clear();
+            }
+        }
+    }
+    g->status_len = g->len;
+    g->last_t = g->t_base; /* events decode from the base again */
+    w->cur = g;
+    return 0;
+}
+
+/* Append one event tuple. Never raises: counts and drops. */
+static void
+win_append(Window *w, PyObject *ev)
+{
+    if (w->busy) { w->dropped++; w->overflows++; return; }
+    if (!PyTuple_CheckExact(ev) || PyTuple_GET_SIZE(ev) < 2) {
+        w->seal_errors++;
+        w->dropped++;
+        return;
+    }
+    w->busy = 1;
+    int64_t t_end = 0;
+    int r = -1;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (!w->cur && win_open(w, win_now(w)) < 0) { r = E_FULL; break; }
+        r = enc_event(w->cur, ev, &t_end);
+        if (r != E_FULL) break;
+        if (w->cur->count == 0) break; /* does not fit a whole generation */
+        win_seal(w);
+    }
+    if (PyErr_Occurred()) PyErr_Clear();
+    if (r == 0) {
+        Segment *g = w->cur;
+        g->count++;
+        if (t_end > g->t_end) g->t_end = t_end;
+        w->recorded++;
+        w->last_time = t_end;
+        w->has_last = 1;
+        int64_t kind = PyLong_CheckExact(PyTuple_GET_ITEM(ev, 0))
+                           ? PyLong_AsLongLong(PyTuple_GET_ITEM(ev, 0)) : -1;
+        if (kind == K_TASK_CREATE || kind == K_TASK_DONE || kind == K_REQ_START || kind == K_REQ_END)
+            win_status(w, kind, ev);
+        if (PyErr_Occurred()) PyErr_Clear();
+    }
+    else {
+        w->dropped++;
+        if (r == E_FULL) w->overflows++;
+        else w->seal_errors++;
+    }
+    w->busy = 0;
+}
+
+static void
+win_step(Window *w, int64_t t0, int64_t t1, uint64_t tid, int64_t tq)
+{
+    if (w->busy) { w->dropped++; w->overflows++; return; }
+    w->busy = 1;
+    int r = -1;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (!w->cur && win_open(w, w->clock ? win_now(w) : t0) < 0) { r = E_FULL; break; }
+        r = enc_step(w->cur, t0, t1, tid, tq);
+        if (r != E_FULL) break;
+        if (w->cur->count == 0) break;
+        win_seal(w);
+    }
+    if (PyErr_Occurred()) PyErr_Clear();
+    if (r == 0) {
+        Segment *g = w->cur;
+        g->count++;
+        if (t1 > g->t_end) g->t_end = t1;
+        w->recorded++;
+        w->last_time = t1;
+        w->has_last = 1;
+    }
+    else {
+        w->dropped++;
+        if (r == E_FULL) w->overflows++;
+        else w->seal_errors++;
+    }
+    w->busy = 0;
+}
+
+static PyObject *
+Window_append(Window *w, PyObject *ev)
+{
+    win_append(w, ev);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Window_emit_step(Window *w, PyObject *const *args, Py_ssize_t nargs)
+{
+    int64_t v[4];
+    if (nargs != 4) { w->seal_errors++; w->dropped++; Py_RETURN_NONE; }
+    for (int i = 0; i < 4; i++) {
+        if (exact_i64(args[i], &v[i]) < 0) { w->seal_errors++; w->dropped++; Py_RETURN_NONE; }
+    }
+    win_step(w, v[0], v[1], (uint64_t)v[2], v[3]);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Window_maintain(Window *w, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"force_seal", NULL};
+    int force = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|p:maintain", kwlist, &force)) return NULL;
+    if (w->busy) Py_RETURN_NONE;
+    int64_t now = win_now(w);
+    w->busy = 1;
+    Segment *g = w->cur;
+    if (g && g->count && (force || now - g->t_start >= w->gen_ns)) win_seal(w);
+    int64_t horizon = now - w->window_ns;
+    while (PyList_GET_SIZE(w->sealed) > 0
+           && ((Segment *)PyList_GET_ITEM(w->sealed, 0))->t_end < horizon)
+        win_evict_oldest(w, horizon);
+    w->busy = 0;
+    Py_RETURN_NONE;
+}
+
+/* (segments, tasks, requests, dropped, t_now): the sealed generations (immutable, shared)
+ * and a copy of the open one; the status of the oldest one held. */
+static PyObject *
+Window_freeze_parts(Window *w, PyObject *Py_UNUSED(ignored))
+{
+    int64_t now = win_now(w);
+    PyObject *segs = PyList_GetSlice(w->sealed, 0, PyList_GET_SIZE(w->sealed));
+    if (!segs) return NULL;
+    if (w->cur && w->cur->count) {
+        Segment *c = seg_copy(w->cur);
+        if (!c || PyList_Append(segs, (PyObject *)c) < 0) { Py_XDECREF(c); Py_DECREF(segs); return NULL; }
+        Py_DECREF(c);
+    }
+    PyObject *status;
+    if (PyList_GET_SIZE(segs)) {
+        status = Segment_status((Segment *)PyList_GET_ITEM(segs, 0), NULL);
+    }
+    else {
+        status = Py_BuildValue("(NN)", PyDict_Copy(w->st_tasks), PyDict_Copy(w->st_reqs));
+    }
+    if (!status) { Py_DECREF(segs); return NULL; }
+    PyObject *out = Py_BuildValue("(NOOLL)", segs, PyTuple_GET_ITEM(status, 0),
+                                  PyTuple_GET_ITEM(status, 1), w->dropped, (long long)now);
+    Py_DECREF(status);
+    return out;
+}
+
+static void
+win_clear(Window *w)
+{
+    Py_CLEAR(w->cur);
+    if (PyList_SetSlice(w->sealed, 0, PyList_GET_SIZE(w->sealed), NULL) < 0) PyErr_Clear();
+    w->sealed_bytes = 0;
+    w->sealed_events = 0;
+    PyDict_Clear(w->st_tasks);
+    PyDict_Clear(w->st_reqs);
+    w->has_last = 0;
+}
+
+static PyObject *
+Window_clear(Window *w, PyObject *Py_UNUSED(ignored))
+{
+    win_clear(w);
+    if (w->dict) {
+        const char *names[] = {"live_tasks", "live_requests"};
+        for (int i = 0; i < 2; i++) {
+            PyObject *d = PyDict_GetItemString(w->dict, names[i]);
+            if (d && PyDict_Check(d)) PyDict_Clear(d);
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Window_after_fork(Window *w, PyObject *Py_UNUSED(ignored))
+{
+    /* In a forked child: nothing the parent recorded, counters from zero, not busy. */
+    w->busy = 0;
+    PyObject *r = Window_clear(w, NULL);
+    w->recorded = w->evicted = w->dropped = w->overflows = 0;
+    w->seal_errors = w->sealed_n = w->errors = w->status_truncated = 0;
+    return r;
+}
+
+static PyObject *
+Window_last_event_time(Window *w, PyObject *Py_UNUSED(ignored))
+{
+    if (!w->has_last) Py_RETURN_NONE;
+    return PyLong_FromLongLong(w->last_time);
+}
+
+static PyObject *
+Window_get_nbytes(Window *w, void *c)
+{
+    Py_ssize_t n = w->sealed_bytes + (w->cur ? seg_bytes(w->cur) : 0)
+                   + (PyDict_GET_SIZE(w->st_tasks) + PyDict_GET_SIZE(w->st_reqs)) * EST_STATUS_BYTES;
+    return PyLong_FromSsize_t(n);
+}
+
+static PyObject *
+Window_get_events(Window *w, void *c)
+{
+    return PyLong_FromSsize_t(w->sealed_events + (w->cur ? w->cur->count : 0));
+}
+
+static PyObject *
+Window_get_segments(Window *w, void *c) { return PyLong_FromSsize_t(PyList_GET_SIZE(w->sealed)); }
+
+static PyObject *
+Window_get_open_bytes(Window *w, void *c)
+{
+    return PyLong_FromSsize_t(w->cur ? w->cur->len - w->cur->status_len : 0);
+}
+
+static PyMethodDef Window_methods[] = {
+    {"append", (PyCFunction)Window_append, METH_O,
+     "Record one event tuple (see core/events.py). Never raises: drops and counts instead."},
+    {"emit_step", (PyCFunction)(void (*)(void))Window_emit_step, METH_FASTCALL,
+     "emit_step(t0, t1, tid, t_queued): a TASK_STEP without building its tuple."},
+    {"maintain", (PyCFunction)(void (*)(void))Window_maintain, METH_VARARGS | METH_KEYWORDS,
+     "Seal the open generation when due and evict the ones older than the window."},
+    {"_freeze_parts", (PyCFunction)Window_freeze_parts, METH_NOARGS,
+     "(segments, tasks, requests, dropped, t_now) for Frozen."},
+    {"clear", (PyCFunction)Window_clear, METH_NOARGS, "Forget every event."},
+    {"after_fork", (PyCFunction)Window_after_fork, METH_NOARGS, "Reset in a forked child."},
+    {"last_event_time", (PyCFunction)Window_last_event_time, METH_NOARGS,
+     "When the most recent event ended, or None."},
+    {NULL}
+};
+
+static PyMemberDef Window_members[] = {
+    {"window_ns", T_LONGLONG, offsetof(Window, window_ns), READONLY, NULL},
+    {"max_bytes", T_LONGLONG, offsetof(Window, max_bytes), READONLY, NULL},
+    {"generation_bytes", T_PYSSIZET, offsetof(Window, gen_cap), READONLY, NULL},
+    {"generations", T_PYSSIZET, offsetof(Window, ngen), READONLY, NULL},
+    {"generation_ns", T_LONGLONG, offsetof(Window, gen_ns), READONLY, NULL},
+    {"recorded", T_LONGLONG, offsetof(Window, recorded), READONLY, NULL},
+    {"evicted", T_LONGLONG, offsetof(Window, evicted), READONLY, NULL},
+    {"dropped", T_LONGLONG, offsetof(Window, dropped), READONLY, NULL},
+    {"overflows", T_LONGLONG, offsetof(Window, overflows), READONLY, NULL},
+    {"seal_errors", T_LONGLONG, offsetof(Window, seal_errors), READONLY, NULL},
+    {"sealed", T_LONGLONG, offsetof(Window, sealed_n), READONLY, NULL},
+    {"errors", T_LONGLONG, offsetof(Window, errors), READONLY, NULL},
+    {"status_truncated", T_LONGLONG, offsetof(Window, status_truncated), READONLY, NULL},
+    {"__dictoffset__", T_PYSSIZET, offsetof(Window, dict), READONLY, NULL},
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(Window, weakreflist), READONLY, NULL},
+    {NULL}
+};
+
+static PyGetSetDef Window_getset[] = {
+    {"nbytes", (getter)Window_get_nbytes, NULL, "accounted bytes held", NULL},
+    {"events", (getter)Window_get_events, NULL, "events held", NULL},
+    {"segments", (getter)Window_get_segments, NULL, "sealed generations held", NULL},
+    {"open_bytes", (getter)Window_get_open_bytes, NULL, "record bytes in the open generation", NULL},
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    {NULL}
+};
+
+static PyTypeObject Window_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "flightdeck.core._native.Window",
+    .tp_basicsize = sizeof(Window),
+    .tp_dealloc = (destructor)Window_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The native rolling window: encoded generations bounded by bytes and by age.",
+    .tp_traverse = (traverseproc)Window_traverse,
+    .tp_clear = (inquiry)Window_clear_refs,
+    .tp_methods = Window_methods,
+    .tp_members = Window_members,
+    .tp_getset = Window_getset,
+    .tp_dictoffset = offsetof(Window, dict),
+    .tp_weaklistoffset = offsetof(Window, weakreflist),
+    .tp_init = (initproc)Window_init,
+    .tp_new = Window_new,
+};
+
+/* ------------------------------------------------------------------------------------ */
+/* StepRunner: times task steps and wakeups (one per instrumented loop, reused)          */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    Window *win;
+    PyObject *live;        /* live_tasks dict: popped when a task finishes */
+    PyObject *wait_cb;     /* wait_cb(task, tid, prev_end, t_queued): a long suspension */
+    PyObject *step_type;   /* TaskStepMethWrapper */
+    int64_t wait_ns;
+    long long due;         /* set while asyncio.sleep's timer runs (see instrument/loop.py) */
+    long long errors;
+    long long steps;
+    int self_offset_ok;    /* -1 unknown, 0 use __self__, 1 read the wrapper's first field */
+    U64Tab last_end;       /* tid -> end of its last step */
+} Runner;
+
+static PyTypeObject Runner_Type;
+static PyObject *s_done, *s_cancelled, *s_get_name, *s__exception, *s___self__, *s__debug,
+    *s__closed, *s__ready, *s_append, *s_context, *s_state_done, *s_state_cancelled,
+    *s_state_error, *s___qualname__;
+
+static inline int64_t
+runner_woken(Runner *r)
+{
+    int64_t now = fd_clock();
+    int64_t due = r->due;
+    return (due > 0 && due < now) ? due : now;
+}
+
+static PyObject *
+step_task(Runner *r, PyObject *cb)
+{
+    /* TaskStepMethWrapper's first field is its task (3.11-3.13); checked once against
+     * __self__, else __self__ is used. */
+    if (r->self_offset_ok == 1) {
+        PyObject *t = *(PyObject **)((char *)cb + sizeof(PyObject));
+        Py_XINCREF(t);
+        return t;
+    }
+    PyObject *t = PyObject_GetAttr(cb, s___self__);
+    if (!t) return NULL;
+    if (r->self_offset_ok == -1) {
+        PyObject *raw = *(PyObject **)((char *)cb + sizeof(PyObject));
+        r->self_offset_ok = raw == t ? 1 : 0;
+    }
+    return t;
+}
+
+static void
+runner_done(Runner *r, PyObject *task, uint64_t raw, int64_t t)
+{
+    u64tab_del(&r->last_end, raw + 2);
+    PyObject *key = PyLong_FromUnsignedLongLong(raw);
+    if (!key) { PyErr_Clear(); r->errors++; return; }
+    if (PyDict_GET_SIZE(r->live) && PyDict_DelItem(r->live, key) < 0) PyErr_Clear();
+    PyObject *state = NULL, *exc_name = Py_None, *name = NULL, *exc = NULL;
+    PyObject *c = PyObject_CallMethodNoArgs(task, s_cancelled);
+    if (!c) goto fail;
+    if (c == Py_True) state = s_state_cancelled;
+    else {
+        exc = PyObject_GetAttr(task, s__exception);
+        if (!exc) goto fail;
+        if (exc == Py_None) state = s_state_done;
+        else {
+            state = s_state_error;
+            exc_name = PyObject_GetAttr((PyObject *)Py_TYPE(exc), s___qualname__);
+            if (!exc_name) goto fail;
+        }
+    }
+    name = PyObject_CallMethodNoArgs(task, s_get_name);
+    if (!name) goto fail;
+    PyObject *ev = Py_BuildValue("(OLOOOO)", KIND_OBJ[K_TASK_DONE], (long long)t, key, state,
+                                 exc_name, name);
+    if (!ev) goto fail;
+    win_append(r->win, ev);
+    Py_DECREF(ev);
+    goto out;
+fail:
+    PyErr_Clear();
+    r->errors++;
+out:
+    Py_XDECREF(c);
+    Py_XDECREF(exc);
+    if (exc_name != Py_None) Py_XDECREF(exc_name);
+    Py_XDECREF(name);
+    Py_DECREF(key);
+}
+
+/* runner(callback, t_queued, *args): run a step or a wakeup and record it. */
+static PyObject *
+Runner_vectorcall(Runner *r, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs < 2 || kwnames) {
+        PyErr_SetString(PyExc_TypeError, "StepRunner(callback, t_queued, *args)");
+        return NULL;
+    }
+    PyObject *cb = args[0];
+    int64_t tq;
+    if (exact_i64(args[1], &tq) < 0) tq = 0;
+    PyObject *task = NULL;
+    int wakeup = 0;
+    if (Py_TYPE(cb) == (PyTypeObject *)r->step_type) task = step_task(r, cb);
+    else if (PyCFunction_Check(cb)) {
+        task = PyCFunction_GET_SELF(cb);
+        Py_XINCREF(task);
+        wakeup = 1;
+    }
+    if (!task) {
+        /* not a task's callback after all: run it as it is */
+        if (PyErr_Occurred()) { PyErr_Clear(); r->errors++; }
+        return PyObject_Vectorcall(cb, args + 2, nargs - 2, NULL);
+    }
+    uint64_t raw = (uint64_t)(uintptr_t)task;
+    if (wakeup && r->wait_cb != Py_None) {
+        U64Slot *sl = u64tab_get(&r->last_end, raw + 2);
+        if (sl && tq - sl->val > r->wait_ns) {
+            PyObject *res = PyObject_CallFunction(r->wait_cb, "OKLL", task, (unsigned long long)raw,
+                                                  (long long)sl->val, (long long)tq);
+            if (!res) { PyErr_Clear(); r->errors++; }
+            Py_XDECREF(res);
+        }
+    }
+    int64_t t0 = fd_clock();
+    PyObject *res = PyObject_Vectorcall(cb, args + 2, nargs - 2, NULL);
+    int64_t t1 = fd_clock();
+    r->steps++;
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *saved = res ? NULL : PyErr_GetRaisedException();
+#else
+    PyObject *st, *sv, *stb;
+    if (!res) PyErr_Fetch(&st, &sv, &stb);
+#endif
+    win_step(r->win, t0, t1, raw, tq);
+    PyObject *done = PyObject_CallMethodNoArgs(task, s_done);
+    if (!done) { PyErr_Clear(); r->errors++; }
+    else if (done == Py_True) runner_done(r, task, raw, t1);
+    else if (u64tab_put(&r->last_end, raw + 2, t1) < 0) { PyErr_Clear(); r->errors++; }
+    Py_XDECREF(done);
+    Py_DECREF(task);
+#if PY_VERSION_HEX >= 0x030C0000
+    if (!res) PyErr_SetRaisedException(saved);
+#else
+    if (!res) PyErr_Restore(st, sv, stb);
+#endif
+    return res;
+}
+
+static int
+Runner_traverse(Runner *r, visitproc visit, void *arg)
+{
+    Py_VISIT(r->win);
+    Py_VISIT(r->live);
+    Py_VISIT(r->wait_cb);
+    Py_VISIT(r->step_type);
+    return 0;
+}
+
+static int
+Runner_clear(Runner *r)
+{
+    Py_CLEAR(r->win);
+    Py_CLEAR(r->live);
+    Py_CLEAR(r->wait_cb);
+    Py_CLEAR(r->step_type);
+    return 0;
+}
+
+static void
+Runner_dealloc(Runner *r)
+{
+    PyObject_GC_UnTrack(r);
+    Runner_clear(r);
+    u64tab_free(&r->last_end);
+    Py_TYPE(r)->tp_free((PyObject *)r);
+}
+
+static PyObject *
+Runner_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"window", "live_tasks", "wait_cb", "wait_ns", "step_type", NULL};
+    PyObject *win, *live, *wait_cb, *step_type;
+    long long wait_ns;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!OLO!:StepRunner", kwlist, &Window_Type, &win,
+                                     &PyDict_Type, &live, &wait_cb, &wait_ns, &PyType_Type, &step_type))
+        return NULL;
+    Runner *r = (Runner *)type->tp_alloc(type, 0);
+    if (!r) return NULL;
+    r->vectorcall = (vectorcallfunc)Runner_vectorcall;
+    Py_INCREF(win); r->win = (Window *)win;
+    Py_INCREF(live); r->live = live;
+    Py_INCREF(wait_cb); r->wait_cb = wait_cb;
+    Py_INCREF(step_type); r->step_type = step_type;
+    r->wait_ns = wait_ns;
+    r->self_offset_ok = -1;
+    return (PyObject *)r;
+}
+
+static PyObject *
+Runner_forget(Runner *r, PyObject *Py_UNUSED(ignored))
+{
+    u64tab_free(&r->last_end);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Runner_get_tracked(Runner *r, void *c) { return PyLong_FromLong((long)r->last_end.n); }
+
+static PyMethodDef Runner_methods[] = {
+    {"forget", (PyCFunction)Runner_forget, METH_NOARGS, "Drop the per-task table."},
+    {NULL}
+};
+
+static PyMemberDef Runner_members[] = {
+    {"due", T_LONGLONG, offsetof(Runner, due), 0, "the due time of the sleep timer running, or 0"},
+    {"errors", T_LONGLONG, offsetof(Runner, errors), READONLY, NULL},
+    {"steps", T_LONGLONG, offsetof(Runner, steps), READONLY, NULL},
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(Runner, vectorcall), READONLY, NULL},
+    {NULL}
+};
+
+static PyGetSetDef Runner_getset[] = {
+    {"tracked", (getter)Runner_get_tracked, NULL, "tasks whose last step end is kept", NULL},
+    {NULL}
+};
+
+static PyTypeObject Runner_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "flightdeck.core._native.StepRunner",
+    .tp_basicsize = sizeof(Runner),
+    .tp_dealloc = (destructor)Runner_dealloc,
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "Runs a task step or wakeup and records it; one per instrumented loop.",
+    .tp_traverse = (traverseproc)Runner_traverse,
+    .tp_clear = (inquiry)Runner_clear,
+    .tp_methods = Runner_methods,
+    .tp_members = Runner_members,
+    .tp_getset = Runner_getset,
+    .tp_vectorcall_offset = offsetof(Runner, vectorcall),
+    .tp_new = Runner_new,
+};
+
+/* ------------------------------------------------------------------------------------ */
+/* CallSoon: the loop subclass's call_soon                                               */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    Runner *runner;
+    PyObject *base;        /* the base class's call_soon (unbound) */
+    PyObject *handle_type; /* asyncio.events.Handle for the one-frame path, or None */
+} CallSoon;
+
+static PyTypeObject CallSoon_Type;
+
+#define SMALL_ARGS 12
+
+static PyObject *
+call_base_wrapped(CallSoon *cs, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                  PyObject *tqobj)
+{
+    /* base(loop, runner, callback, t_queued, *rest, **kw) */
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    Py_ssize_t total = nargs + 2 + nkw;
+    PyObject *small[SMALL_ARGS + 1];
+    PyObject **buf = total + 1 <= SMALL_ARGS + 1 ? small : PyMem_Malloc((size_t)(total + 1) * sizeof(PyObject *));
+    if (!buf) return PyErr_NoMemory();
+    PyObject **a = buf + 1;
+    a[0] = args[0];
+    a[1] = (PyObject *)cs->runner;
+    a[2] = args[1];
+    a[3] = tqobj;
+    for (Py_ssize_t i = 2; i < nargs + nkw; i++) a[i + 2] = args[i];
+    PyObject *res = PyObject_Vectorcall(cs->base, a, (size_t)(nargs + 2) | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames);
+    if (buf != small) PyMem_Free(buf);
+    return res;
+}
+
+static PyObject *
+CallSoon_vectorcall(CallSoon *cs, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs < 2) return PyObject_Vectorcall(cs->base, args, nargsf, kwnames);
+    PyObject *cb = args[1];
+    Runner *r = cs->runner;
+    int64_t tq;
+    if (Py_TYPE(cb) == (PyTypeObject *)r->step_type) tq = fd_clock();
+    else if (Py_IS_TYPE(cb, &PyCFunction_Type) && PyCFunction_GET_SELF(cb)
+             && strcmp(((PyCFunctionObject *)cb)->m_ml->ml_name, "task_wakeup") == 0)
+        tq = runner_woken(r);
+    else
+        return PyObject_Vectorcall(cs->base, args, nargsf, kwnames);
+    PyObject *tqobj = PyLong_FromLongLong(tq);
+    if (!tqobj) { PyErr_Clear(); return PyObject_Vectorcall(cs->base, args, nargsf, kwnames); }
+    PyObject *loop = args[0];
+    PyObject *res = NULL;
+    if (cs->handle_type != Py_None) {
+        /* asyncio's own loop: do what BaseEventLoop.call_soon does, in this one call. Debug
+         * mode, a closed loop and unknown keywords take the original path. */
+        PyObject *ctx = Py_None;
+        Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+        int ok = nkw == 0 || (nkw == 1 && PyUnicode_Compare(PyTuple_GET_ITEM(kwnames, 0), s_context) == 0);
+        if (nkw == 1 && ok) ctx = args[nargs];
+        if (ok) {
+            PyObject *dbg = PyObject_GetAttr(loop, s__debug);
+            PyObject *closed = dbg ? PyObject_GetAttr(loop, s__closed) : NULL;
+            ok = dbg && closed && dbg == Py_False && closed == Py_False;
+            Py_XDECREF(dbg);
+            Py_XDECREF(closed);
+            if (PyErr_Occurred()) PyErr_Clear();
+        }
+        if (ok) {
+            PyObject *cbargs = PyTuple_New(nargs);
+            if (!cbargs) { Py_DECREF(tqobj); return NULL; }
+            Py_INCREF(cb); PyTuple_SET_ITEM(cbargs, 0, cb);
+            Py_INCREF(tqobj); PyTuple_SET_ITEM(cbargs, 1, tqobj);
+            for (Py_ssize_t i = 2; i < nargs; i++) { Py_INCREF(args[i]); PyTuple_SET_ITEM(cbargs, i, args[i]); }
+            PyObject *hargs[5] = {NULL, (PyObject *)r, cbargs, loop, ctx};
+            PyObject *handle = PyObject_Vectorcall(cs->handle_type, hargs + 1, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+            Py_DECREF(cbargs);
+            if (handle) {
+                PyObject *ready = PyObject_GetAttr(loop, s__ready);
+                PyObject *ok2 = ready ? PyObject_CallMethodOneArg(ready, s_append, handle) : NULL;
+                Py_XDECREF(ready);
+                if (!ok2) Py_CLEAR(handle);
+                Py_XDECREF(ok2);
+            }
+            Py_DECREF(tqobj);
+            return handle;
+        }
+    }
+    res = call_base_wrapped(cs, args, nargs, kwnames, tqobj);
+    Py_DECREF(tqobj);
+    return res;
+}
+
+static PyObject *
+CallSoon_descr_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+    if (obj == NULL || obj == Py_None) { Py_INCREF(self); return self; }
+    return PyMethod_New(self, obj);
+}
+
+static int
+CallSoon_traverse(CallSoon *cs, visitproc visit, void *arg)
+{
+    Py_VISIT(cs->runner);
+    Py_VISIT(cs->base);
+    Py_VISIT(cs->handle_type);
+    return 0;
+}
+
+static int
+CallSoon_clear(CallSoon *cs)
+{
+    Py_CLEAR(cs->runner);
+    Py_CLEAR(cs->base);
+    Py_CLEAR(cs->handle_type);
+    return 0;
+}
+
+static void
+CallSoon_dealloc(CallSoon *cs)
+{
+    PyObject_GC_UnTrack(cs);
+    CallSoon_clear(cs);
+    Py_TYPE(cs)->tp_free((PyObject *)cs);
+}
+
+static PyObject *
+CallSoon_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"runner", "base", "handle_type", NULL};
+    PyObject *runner, *base, *handle_type = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O|O:CallSoon", kwlist, &Runner_Type, &runner,
+                                     &base, &handle_type))
+        return NULL;
+    CallSoon *cs = (CallSoon *)type->tp_alloc(type, 0);
+    if (!cs) return NULL;
+    cs->vectorcall = (vectorcallfunc)CallSoon_vectorcall;
+    Py_INCREF(runner); cs->runner = (Runner *)runner;
+    Py_INCREF(base); cs->base = base;
+    Py_INCREF(handle_type); cs->handle_type = handle_type;
+    return (PyObject *)cs;
+}
+
+static PyMemberDef CallSoon_members[] = {
+    {"runner", T_OBJECT, offsetof(CallSoon, runner), READONLY, NULL},
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(CallSoon, vectorcall), READONLY, NULL},
+    {NULL}
+};
+
+static PyTypeObject CallSoon_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "flightdeck.core._native.CallSoon",
+    .tp_basicsize = sizeof(CallSoon),
+    .tp_dealloc = (destructor)CallSoon_dealloc,
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL
+                | Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_doc = "A loop's call_soon that times task steps and wakeups (binds like a method).",
+    .tp_traverse = (traverseproc)CallSoon_traverse,
+    .tp_clear = (inquiry)CallSoon_clear,
+    .tp_members = CallSoon_members,
+    .tp_descr_get = CallSoon_descr_get,
+    .tp_vectorcall_offset = offsetof(CallSoon, vectorcall),
+    .tp_new = CallSoon_new,
+};
+
+/* ------------------------------------------------------------------------------------ */
+/* module                                                                                */
+
+static PyObject *
+mod_clock(PyObject *m, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromLongLong(fd_clock());
+}
+
+/* bench_emit(window, n): n TASK_STEP records through the native path; returns ns spent.
+ * Measured from C, so no Python call is in the figure. */
+static PyObject *
+mod_bench_step(PyObject *m, PyObject *args)
+{
+    PyObject *w;
+    Py_ssize_t n;
+    int clocks = 1;
+    if (!PyArg_ParseTuple(args, "O!n|p", &Window_Type, &w, &n, &clocks)) return NULL;
+    int64_t start = fd_clock(), base = start;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t t0 = clocks ? fd_clock() : base + i * 3000;
+        int64_t t1 = clocks ? fd_clock() : t0 + 1500;
+        win_step((Window *)w, t0, t1, 0x7f0000001000ULL + (uint64_t)(i & 31) * 64, t0 - 2000);
+    }
+    return PyLong_FromLongLong(fd_clock() - start);
+}
+
+static PyMethodDef mod_methods[] = {
+    {"clock", (PyCFunction)mod_clock, METH_NOARGS,
+     "The recorder's clock in ns: the same clock as time.perf_counter_ns()."},
+    {"bench_step", (PyCFunction)mod_bench_step, METH_VARARGS,
+     "bench_step(window, n, clocks=True): record n task steps from C; ns spent."},
+    {NULL}
+};
+
+static struct PyModuleDef native_module = {
+    PyModuleDef_HEAD_INIT, "flightdeck.core._native",
+    "The native recording core of flightdeck (see core/window.py for the pure twin).", -1,
+    mod_methods,
+};
+
+#define INTERN(var, text) if (!(var = PyUnicode_InternFromString(text))) return NULL
+
+PyMODINIT_FUNC
+PyInit__native(void)
+{
+#ifdef __APPLE__
+    mach_timebase_info(&fd_timebase);
+#endif
+    for (int k = 1; k < NKINDS; k++) {
+        SCHEMA_LEN[k] = (Py_ssize_t)strlen(SCHEMA[k]);
+        if (!(KIND_OBJ[k] = PyLong_FromLong(k))) return NULL;
+    }
+    INTERN(s_done, "done");
+    INTERN(s_cancelled, "cancelled");
+    INTERN(s_get_name, "get_name");
+    INTERN(s__exception, "_exception");
+    INTERN(s___self__, "__self__");
+    INTERN(s__debug, "_debug");
+    INTERN(s__closed, "_closed");
+    INTERN(s__ready, "_ready");
+    INTERN(s_append, "append");
+    INTERN(s_context, "context");
+    INTERN(s_state_done, "done");
+    INTERN(s_state_cancelled, "cancelled");
+    INTERN(s_state_error, "error");
+    INTERN(s___qualname__, "__qualname__");
+    if (PyType_Ready(&Segment_Type) < 0 || PyType_Ready(&Window_Type) < 0
+        || PyType_Ready(&Runner_Type) < 0 || PyType_Ready(&CallSoon_Type) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&native_module);
+    if (!m) return NULL;
+    if (PyModule_AddObjectRef(m, "Segment", (PyObject *)&Segment_Type) < 0
+        || PyModule_AddObjectRef(m, "Window", (PyObject *)&Window_Type) < 0
+        || PyModule_AddObjectRef(m, "StepRunner", (PyObject *)&Runner_Type) < 0
+        || PyModule_AddObjectRef(m, "CallSoon", (PyObject *)&CallSoon_Type) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,307 @@
+"""The native window: exact round trips, the byte bound, age eviction, status, threads."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+native = pytest.importorskip("flightdeck.core._native", reason="native core not built")
+
+S = 1_000_000_000
+T0 = 1_000_000 * S  # a plausible perf_counter_ns value
+
+# Event kinds, as in the event table (kept literal: this test pins the encoder's layouts).
+TASK_CREATE, TASK_STEP, TASK_DONE, TASK_WAIT = 1, 2, 3, 4
+LOOP_BLOCK, LOOP_CALLBACK, LOOP_LAG = 5, 6, 7
+REQ_START, REQ_END, REGION, LOG, EXECUTOR = 8, 9, 10, 11, 12
+REQ_ROUTE, REQ_TTFB, MARK = 13, 14, 15
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def held(w: Any) -> list[tuple[Any, ...]]:
+    segs = w._freeze_parts()[0]
+    return [e for s in segs for e in s.events()]
+
+
+def status(w: Any) -> tuple[dict[Any, Any], dict[Any, Any]]:
+    _, tasks, requests, _, _ = w._freeze_parts()
+    return tasks, requests
+
+
+# -- strategies ---------------------------------------------------------------------------
+ts = st.integers(min_value=0, max_value=2**62)
+tid = st.integers(min_value=2**20, max_value=2**47)
+text = st.text(max_size=40)
+scalar = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**100), max_value=2**100),
+    text,
+    st.floats(allow_nan=False),
+    st.binary(max_size=20),
+)
+value = st.recursive(
+    scalar, lambda inner: st.one_of(st.tuples(inner, inner), st.lists(inner, max_size=3)),
+    max_leaves=6,
+)
+frames = st.lists(st.tuples(text, text, st.integers(0, 10_000)), max_size=5).map(tuple)
+opt_tid = st.one_of(st.none(), tid)
+t_or_0 = st.one_of(st.just(0), ts)
+
+events = st.one_of(
+    st.tuples(st.just(TASK_CREATE), ts, tid, text, text, opt_tid, value, st.none() | frames),
+    st.tuples(st.just(TASK_STEP), ts, ts, tid, t_or_0),
+    st.tuples(st.just(TASK_DONE), ts, tid, st.sampled_from(["done", "error"]), value, text),
+    st.tuples(st.just(TASK_WAIT), ts, ts, tid, frames),
+    st.tuples(st.just(LOOP_BLOCK), ts, ts, value, frames),
+    st.tuples(st.just(LOOP_CALLBACK), ts, ts, text),
+    st.tuples(st.just(LOOP_LAG), ts, st.integers(0, 2**40)),
+    st.tuples(st.just(REQ_START), ts, value, text, text, text, text, value, value, opt_tid),
+    st.tuples(st.just(REQ_END), ts, value, value, t_or_0, value, st.booleans(), value, t_or_0),
+    st.tuples(st.just(REGION), ts, ts, text, opt_tid),
+    st.tuples(st.just(LOG), ts, text, text, opt_tid),
+    st.tuples(st.just(EXECUTOR), ts, t_or_0, t_or_0, text, text, opt_tid, value, value),
+    st.tuples(st.sampled_from([REQ_ROUTE, REQ_TTFB, MARK]), ts, value, value),
+    # off-layout events: stored generically, still exact
+    st.tuples(st.integers(-3, 40), value, value),
+    st.tuples(st.just(TASK_STEP), st.booleans(), ts, value, ts),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(events, min_size=1, max_size=40))
+def test_every_kind_round_trips_exactly(evs: list[tuple[Any, ...]]) -> None:
+    w = native.Window(10 * S, 64 << 20)
+    for e in evs:
+        w.append(e)
+    out = held(w)
+    assert out == evs
+    # same types too (True is not 1, 1.0 is not 1)
+    assert [[type(x) for x in e] for e in out] == [[type(x) for x in e] for e in evs]
+    assert w.recorded == len(evs) and w.dropped == 0
+
+
+def test_typed_step_matches_the_tuple_path() -> None:
+    w = native.Window(10 * S, 1 << 20)
+    w.emit_step(T0 + 10, T0 + 20, 140_000_000_123, T0 + 5)
+    w.append((TASK_STEP, T0 + 30, T0 + 40, 140_000_000_123, 0))
+    assert held(w) == [
+        (TASK_STEP, T0 + 10, T0 + 20, 140_000_000_123, T0 + 5),
+        (TASK_STEP, T0 + 30, T0 + 40, 140_000_000_123, 0),
+    ]
+    assert w.last_event_time() == T0 + 40
+
+
+def test_bad_input_never_raises_and_is_counted() -> None:
+    w = native.Window(10 * S, 1 << 20)
+    bad: list[Any] = ["x", (), (1,), None, [1, 2], (LOG, T0, object(), "m", None), (LOG, {1: 2})]
+    for e in bad:
+        w.append(e)
+    w.emit_step("a", 1, 2, 3)
+    w.emit_step(1, 2)
+    assert w.recorded == 0
+    assert w.dropped == len(bad) + 2 and w.seal_errors == len(bad) + 2
+    deep: Any = ()
+    for _ in range(20):
+        deep = (deep,)
+    w.append((LOG, T0, "c", deep, None))
+    assert w.seal_errors == len(bad) + 3
+
+
+def test_a_str_subclass_is_stored_as_str() -> None:
+    class Name(str):
+        def __hash__(self) -> int:  # would run Python code inside the encoder
+            raise AssertionError
+
+    w = native.Window(10 * S, 1 << 20)
+    w.append((LOG, T0, Name("cat"), "m", None))
+    (e,) = held(w)
+    assert e == (LOG, T0, "cat", "m", None) and type(e[2]) is str
+
+
+def test_clock_is_perf_counter_ns() -> None:
+    for _ in range(1000):
+        a = time.perf_counter_ns()
+        b = native.clock()
+        c = time.perf_counter_ns()
+        assert a <= b <= c
+
+
+@pytest.mark.parametrize("max_bytes", [64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20])
+def test_byte_bound_holds_under_bursts(max_bytes: int) -> None:
+    clock = FakeClock()
+    w = native.Window(3600 * S, max_bytes, clock=clock)
+    t = T0
+    n = 0
+    stack = tuple((f"f{i}", f"/srv/app/module{i}.py", i) for i in range(30))
+    for burst in range(6):
+        for i in range(40_000):
+            t += 1000
+            k = i % 8
+            if k == 0:
+                e: tuple[Any, ...] = (REQ_START, t, n, "http", "GET", f"/items/{n}", "", ("127.0.0.1", 40000 + i % 1000), None, 140_000_000_000 + (i % 64) * 64)
+            elif k == 1:
+                e = (REQ_END, t, n - 1, 200, t - 500, "/items/{id}", False, None, t)
+            elif k == 2:
+                e = (TASK_CREATE, t, 140_000_000_000 + (i % 640) * 64, f"Task-{n}", "handler", None, n, None)
+            elif k == 3 and i % 400 == 3:
+                e = (TASK_WAIT, t, t + 9, 140_000_000_000, stack)
+            elif k == 4:
+                e = (LOG, t, "app", "x" * (i % 300), None)
+            else:
+                e = (TASK_STEP, t, t + 700, 140_000_000_000 + (i % 640) * 64, t - 300)
+            w.append(e)
+            n += 1
+            if i % 997 == 0:
+                assert w.nbytes <= max_bytes
+        clock.now = t
+        w.maintain()
+        assert w.nbytes <= max_bytes
+    # every event is held, evicted by age or dropped (at emit or pushed out by bytes)
+    assert w.events + w.evicted + w.dropped == n and w.seal_errors == 0
+    # what is held decodes, and is the most recent
+    out = held(w)
+    assert len(out) == w.events
+    assert out[-1][1] == t or out[-1][0] == TASK_STEP
+    assert w.dropped > 0  # these budgets are far below 240k events
+
+
+def test_a_single_event_bigger_than_a_generation_is_dropped() -> None:
+    w = native.Window(10 * S, 64 << 10)
+    w.append((LOG, T0, "c", "x" * (1 << 20), None))
+    assert w.events == 0 and w.dropped == 1 and w.overflows == 1
+    w.append((LOG, T0, "c", "small", None))
+    assert w.events == 1
+
+
+def test_tiny_budget_records_nothing_and_holds() -> None:
+    w = native.Window(10 * S, 100)
+    for i in range(100):
+        w.append((LOG, T0 + i, "c", "m", None))
+        assert w.nbytes <= 100
+    assert w.dropped == 100
+
+
+def test_eviction_by_age_with_a_fake_clock() -> None:
+    clock = FakeClock()
+    w = native.Window(10 * S, 64 << 20, clock=clock)
+    for sec in range(15):
+        clock.now = T0 + sec * S
+        for i in range(10):
+            w.append((LOG, clock.now, "c", f"s{sec}-{i}", None))
+        w.maintain(force_seal=True)
+    # At 14 s the horizon is 4 s: the generations that ended at 0..3 s are gone.
+    assert w.segments == 11 and w.evicted == 40 and w.dropped == 0
+    clock.now = T0 + 16 * S + 1
+    w.maintain()
+    assert w.segments == 8 and w.evicted == 70
+    messages = [e[3] for e in held(w)]
+    assert messages[0] == "s7-0" and messages[-1] == "s14-9"
+
+
+def test_generations_rotate_by_age_without_force() -> None:
+    clock = FakeClock()
+    w = native.Window(10 * S, 64 << 20, clock=clock)
+    assert w.generation_ns * (w.generations - 1) <= 10 * S
+    for step in range(40):
+        clock.now = T0 + step * (S // 2)
+        w.append((LOG, clock.now, "c", str(step), None))
+        w.maintain()
+    # everything younger than the window is still held
+    msgs = [e[3] for e in held(w)]
+    assert msgs[-1] == "39"
+    assert int(msgs[0]) <= 40 - 20
+
+
+def test_status_is_carried_across_generations() -> None:
+    clock = FakeClock()
+    w = native.Window(10 * S, 64 << 20, clock=clock)
+    t1, t2 = 140_000_000_064, 140_000_000_128
+    w.append((TASK_CREATE, T0, t1, "long", "main", None, None, None))
+    w.append((TASK_CREATE, T0, t2, "short", "main", None, None, None))
+    w.append((REQ_START, T0, 7, "http", "GET", "/", "", None, None, t1))
+    w.append((REQ_START, T0, 8, "http", "GET", "/b", "", None, None, t2))
+    w.append((TASK_DONE, T0 + 1, t2, "done", None, "short"))
+    w.append((REQ_END, T0 + 1, 8, 200, 0, None, False, None, 0))
+    w.maintain(force_seal=True)
+    for sec in range(1, 30):
+        clock.now = T0 + sec * S
+        w.append((LOG, clock.now, "c", "tick", None))
+        w.maintain(force_seal=True)
+    tasks, requests = status(w)
+    assert set(tasks) == {t1} and tasks[t1][3] == "long"
+    assert set(requests) == {7} and requests[7][5] == "/"
+    assert all(e[0] == LOG for e in held(w))
+
+
+def test_status_tables_are_bounded() -> None:
+    w = native.Window(10 * S, 64 << 10)
+    for i in range(10_000):
+        w.append((TASK_CREATE, T0 + i, 140_000_000_000 + i * 64, "t", "c", None, None, None))
+        assert w.nbytes <= 64 << 10
+
+
+def test_threads_emit_concurrently() -> None:
+    w = native.Window(10 * S, 64 << 20)
+    n, k = 20_000, 4
+    start = threading.Barrier(k)
+
+    def run(name: str) -> None:
+        start.wait()
+        for i in range(n):
+            w.append((LOG, T0 + i, name, str(i), None))
+
+    threads = [threading.Thread(target=run, args=(f"t{j}",)) for j in range(k)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    out = held(w)
+    assert len(out) == n * k and w.dropped == 0
+    for j in range(k):
+        mine = [int(e[3]) for e in out if e[2] == f"t{j}"]
+        assert mine == list(range(n))
+
+
+def test_freeze_is_a_stable_view() -> None:
+    w = native.Window(10 * S, 64 << 20)
+    for i in range(100):
+        w.append((LOG, T0 + i, "c", str(i), None))
+    segs = w._freeze_parts()[0]
+    for i in range(100, 200):
+        w.append((LOG, T0 + i, "c", str(i), None))
+    w.maintain(force_seal=True)
+    w.clear()
+    assert [e[3] for s in segs for e in s.events()] == [str(i) for i in range(100)]
+
+
+def test_clear_and_after_fork_start_empty() -> None:
+    w = native.Window(10 * S, 1 << 20)
+    w.append((TASK_CREATE, T0, 140_000_000_064, "t", "c", None, None, None))
+    w.after_fork()
+    assert w.events == 0 and w.recorded == 0 and status(w) == ({}, {})
+    assert w.last_event_time() is None
+    w.append((LOG, T0, "c", "m", None))
+    assert held(w) == [(LOG, T0, "c", "m", None)]
+
+
+def test_a_subclass_keeps_attributes() -> None:
+    class W(native.Window):  # type: ignore[misc]
+        pass
+
+    w = W(10 * S, 1 << 20)
+    w.live_tasks = {1: 2}
+    w.clear()
+    assert w.live_tasks == {}

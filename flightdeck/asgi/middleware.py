@@ -379,6 +379,7 @@ class FlightDeck(_Base):
         return {
             "enabled": self.enabled,
             "started": self._started,
+            "core": stats["core"],
             "window": stats["window"],
             "max_bytes": stats["max_bytes"],
             "events": stats["events"],

@@ -1065,6 +1065,10 @@ win_open(Window *w, int64_t now)
         win_evict_oldest(w, now - w->window_ns);
     Segment *g = seg_new(w->gen_cap, now);
     if (!g) { PyErr_Clear(); return -1; }
+    /* The status gets at most half a generation, so that a generation always has room for
+     * events (else each event would open a new generation). What does not fit is counted. */
+    Py_ssize_t cap = g->cap;
+    g->cap = cap / 2;
     PyObject *tables[2] = {w->st_tasks, w->st_reqs};
     for (int k = 0; k < 2; k++) {
         Py_ssize_t pos = 0;
@@ -1077,6 +1081,7 @@ win_open(Window *w, int64_t now)
             }
         }
     }
+    g->cap = cap;
     g->status_len = g->len;
     g->last_t = g->t_base; /* events decode from the base again */
     w->cur = g;
@@ -1557,10 +1562,25 @@ Runner_forget(Runner *r, PyObject *Py_UNUSED(ignored))
 }
 
 static PyObject *
+Runner_track(Runner *r, PyObject *const *args, Py_ssize_t nargs)
+{
+    /* track(tid, t): a task whose next step is a wakeup (an eager task after its first step) */
+    int64_t tid, t;
+    if (nargs != 2 || exact_i64(args[0], &tid) < 0 || exact_i64(args[1], &t) < 0) {
+        PyErr_SetString(PyExc_TypeError, "track(tid: int, t: int)");
+        return NULL;
+    }
+    if (u64tab_put(&r->last_end, (uint64_t)tid + 2, t) < 0) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 Runner_get_tracked(Runner *r, void *c) { return PyLong_FromLong((long)r->last_end.n); }
 
 static PyMethodDef Runner_methods[] = {
     {"forget", (PyCFunction)Runner_forget, METH_NOARGS, "Drop the per-task table."},
+    {"track", (PyCFunction)(void (*)(void))Runner_track, METH_FASTCALL,
+     "track(tid, t): the end of a task's last step, kept for its next wakeup."},
     {NULL}
 };
 

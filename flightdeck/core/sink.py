@@ -22,6 +22,7 @@ class Sink:
         "last_event_time",
         "live_requests",
         "live_tasks",
+        "native",
         "slow_callback_ns",
         "to_epoch",
         "wait_threshold_ns",
@@ -37,6 +38,7 @@ class Sink:
         *,
         wait_threshold_ns: int,
         slow_callback_ns: int,
+        native: Any = None,
     ) -> None:
         #: The hot path: append one event tuple (see ``events``). Thread-safe, never raises.
         self.emit = emit
@@ -48,6 +50,9 @@ class Sink:
         self.to_epoch = to_epoch
         self.wait_threshold_ns = wait_threshold_ns
         self.slow_callback_ns = slow_callback_ns
+        #: The native window (``core._native.Window``) when the native core runs, else None:
+        #: native instruments write into it directly.
+        self.native = native
         #: What the instruments record, for ``process.coverage``.
         self.coverage: dict[str, bool] = {
             "task_lifecycle": False,

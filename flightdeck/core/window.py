@@ -17,10 +17,10 @@ import marshal
 import threading
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from time import perf_counter_ns
-from typing import Any
+from typing import Any, Protocol
 
 from . import events as ev
 
@@ -86,11 +86,20 @@ def advance_status(
     return tasks, requests
 
 
+class Sealed(Protocol):
+    """A sealed run of events: a pure ``Segment`` or a native generation."""
+
+    @property
+    def count(self) -> int: ...
+
+    def events(self) -> list[Event]: ...
+
+
 @dataclass(slots=True)
 class Frozen:
     """What ``Window.freeze`` hands to the snapshot builder: immutable, cheap to take."""
 
-    segments: list[Segment]
+    segments: Sequence[Sealed]
     tail: list[Event]
     tasks: dict[int, Event]
     requests: dict[int, Event]

@@ -136,6 +136,8 @@ class LoopInstrumentation:
         self._factory: Callable[..., Any] | None = None
         self._prev_factory: Any = None
         self._last_end: dict[int, int] = {}
+        #: The native step runner (``core._native.StepRunner``) when the native core runs.
+        self._runner: Any = None
         self.steps_hooked = False
         self.errors = 0
 
@@ -192,6 +194,8 @@ class LoopInstrumentation:
         if self._freeze_hook in self.rec.freeze_hooks:
             self.rec.freeze_hooks.remove(self._freeze_hook)
         self._last_end.clear()
+        if self._runner is not None:
+            self._runner.forget()
         unpatch_anyio()
         with _instrumented_lock:
             entry = _instrumented.get(id(loop))
@@ -202,7 +206,8 @@ class LoopInstrumentation:
         return {
             "steps_hooked": self.steps_hooked,
             "errors": self.errors,
-            "tracked_tasks": len(self._last_end),
+            "tracked_tasks": len(self._last_end) if self._runner is None else self._runner.tracked,
+            "native_steps": self._runner is not None,
         }
 
     # -- task creation ----------------------------------------------------------------------
@@ -220,6 +225,7 @@ class LoopInstrumentation:
         TASK_CREATE = ev.TASK_CREATE
         get_request = current_request.get
         done_callback = self._done_callback()
+        track = last_end.__setitem__ if self._runner is None else self._runner.track
         # Without the step hook nothing notices completions: ask the task to tell us.
         on_done = done_callback if track_done else None
 
@@ -251,7 +257,7 @@ class LoopInstrumentation:
                 task.add_done_callback(on_done)
             else:
                 # An eager task's next step is a wakeup: its wait counts from here.
-                last_end[raw] = t
+                track(raw, t)
 
         return created
 
@@ -313,6 +319,17 @@ class LoopInstrumentation:
         base_create_task = base.create_task
         current_task = _current_task
         counters = self
+        native = self.rec.native
+        if native is not None and step_type is not type(None):
+            # The native core: call_soon and the step runner in C (core/_native.c), writing
+            # TASK_STEP and TASK_DONE straight into the window. A long wait (rare) calls back
+            # here for the await chain.
+            from ..core import _native
+
+            def wait_cb(task: Any, raw: int, prev: int, t_queued: int) -> None:
+                emit((WAIT, prev, t_queued, raw, await_chain(task.get_coro())))
+
+            self._runner = _native.StepRunner(native, live, wait_cb, wait_ns, step_type)
         created = self._creation_recorder(track_done=False)  # run_step notices completions
         iscoroutine = asyncio.iscoroutine
         iscoroutinefunction = inspect.iscoroutinefunction
@@ -415,12 +432,18 @@ class LoopInstrumentation:
         base_call_later = base.call_later
         due: list[int] = [0]
 
+        runner = self._runner
+
         def timer_fired(t_due: int, *args: Any) -> None:
             due[0] = t_due
+            if runner is not None:
+                runner.due = t_due
             try:
                 sleep_done(*args)
             finally:
                 due[0] = 0
+                if runner is not None:
+                    runner.due = 0
 
         def woken() -> int:
             now = pc()
@@ -469,6 +492,11 @@ class LoopInstrumentation:
                     handle = handle_type(callback, args, self, context)
                 self._ready.append(handle)
                 return handle
+
+        if runner is not None:
+            one_frame = base.call_soon is _BASE_CALL_SOON and hasattr(loop, "_ready")
+            handle = asyncio.events.Handle if one_frame else None
+            call_soon = _native.CallSoon(runner, base_call_soon, handle)  # type: ignore[assignment]
 
         def create_task(self: Any, coro: Any, **kwargs: Any) -> Any:
             # Recorded here rather than in a task factory: the user's factory (if any) stays

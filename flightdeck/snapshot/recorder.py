@@ -25,8 +25,9 @@ from ..core.config import (
     env_bytes,
     env_seconds,
 )
+from ..core.cores import CORE, make_window
 from ..core.sink import Sink
-from ..core.window import Frozen, Window
+from ..core.window import Frozen
 from ..instrument.gc import GcMonitor
 from ..instrument.loop import LoopInstrumentation, describe_loop
 from ..instrument.paths import app_module, process_paths
@@ -65,7 +66,7 @@ class FlightRecorder:
         self.wait_threshold = check_seconds("wait_threshold", wait_threshold)
         self.slow_callback = check_seconds("slow_callback", slow_callback)
 
-        self._window = Window(int(self.window * 1e9), self.max_bytes)
+        self._window = make_window(int(self.window * 1e9), self.max_bytes)
         self._clock_offset_ns = time.time_ns() - perf_counter_ns()
         self.sink = Sink(
             self._window.append,
@@ -75,6 +76,7 @@ class FlightRecorder:
             self.to_epoch,
             wait_threshold_ns=int(self.wait_threshold * 1e9),
             slow_callback_ns=int(self.slow_callback * 1e9),
+            native=self._window if CORE == "native" else None,
         )
         #: The hot path: append one event tuple (see ``core.events``). Thread-safe.
         self.emit: Callable[[tuple[Any, ...]], None] = self.sink.emit
@@ -328,6 +330,7 @@ class FlightRecorder:
             "hostname": socket.gethostname(),
             "python": platform.python_version(),
             "loop": self.loop_kind,
+            "core": CORE,
             "flightdeck": __version__,
             "coverage": dict(self.coverage),
             "paths": process_paths(self.app_module),
@@ -356,6 +359,7 @@ class FlightRecorder:
         w = self._window
         out: dict[str, Any] = {
             "enabled": self._started,
+            "core": CORE,
             "window": self.window,
             "max_bytes": self.max_bytes,
             "events": w.events,

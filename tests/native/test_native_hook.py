@@ -189,7 +189,7 @@ def test_eager_tasks(make: Any, fast: bool) -> None:
     plain.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
 
     async def probe() -> None:
-        asyncio.create_task(asyncio.sleep(0))
+        await asyncio.create_task(asyncio.sleep(0))
 
     try:
         plain.run_until_complete(probe())

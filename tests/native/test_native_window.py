@@ -53,7 +53,8 @@ scalar = st.one_of(
     st.binary(max_size=20),
 )
 value = st.recursive(
-    scalar, lambda inner: st.one_of(st.tuples(inner, inner), st.lists(inner, max_size=3)),
+    scalar,
+    lambda inner: st.one_of(st.tuples(inner, inner), st.lists(inner, max_size=3)),
     max_leaves=6,
 )
 frames = st.lists(st.tuples(text, text, st.integers(0, 10_000)), max_size=5).map(tuple)
@@ -146,16 +147,36 @@ def test_byte_bound_holds_under_bursts(max_bytes: int) -> None:
     t = T0
     n = 0
     stack = tuple((f"f{i}", f"/srv/app/module{i}.py", i) for i in range(30))
-    for burst in range(6):
+    for _burst in range(6):
         for i in range(40_000):
             t += 1000
             k = i % 8
             if k == 0:
-                e: tuple[Any, ...] = (REQ_START, t, n, "http", "GET", f"/items/{n}", "", ("127.0.0.1", 40000 + i % 1000), None, 140_000_000_000 + (i % 64) * 64)
+                e: tuple[Any, ...] = (
+                    REQ_START,
+                    t,
+                    n,
+                    "http",
+                    "GET",
+                    f"/items/{n}",
+                    "",
+                    ("127.0.0.1", 40000 + i % 1000),
+                    None,
+                    140_000_000_000 + (i % 64) * 64,
+                )
             elif k == 1:
                 e = (REQ_END, t, n - 1, 200, t - 500, "/items/{id}", False, None, t)
             elif k == 2:
-                e = (TASK_CREATE, t, 140_000_000_000 + (i % 640) * 64, f"Task-{n}", "handler", None, n, None)
+                e = (
+                    TASK_CREATE,
+                    t,
+                    140_000_000_000 + (i % 640) * 64,
+                    f"Task-{n}",
+                    "handler",
+                    None,
+                    n,
+                    None,
+                )
             elif k == 3 and i % 400 == 3:
                 e = (TASK_WAIT, t, t + 9, 140_000_000_000, stack)
             elif k == 4:

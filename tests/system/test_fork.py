@@ -53,9 +53,10 @@ _FORK_SCRIPT = textwrap.dedent(
         thread = rec._thread
         out["thread_alive"] = thread is not None and thread.is_alive()
         out["new_thread"] = thread is not parent_thread
-        flightdeck.log("test", "child-only")
         before = rec.stats["recorded"]
-        # The child's recorder thread compacts on its own: no snapshot needed to drain.
+        flightdeck.log("test", "child-only")
+        # The child's recorder thread compacts on its own: no snapshot needed to drain (the
+        # native core counts an event as recorded when emitted, the pure one when drained).
         out["drained"] = wait_for(lambda: rec.stats["recorded"] > before)
         doc, messages = logs(rec)
         out["messages"] = messages

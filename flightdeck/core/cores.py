@@ -1,0 +1,39 @@
+"""Which recording core runs: the native one when its extension is built, else pure Python.
+
+``FLIGHTDECK_NO_EXTENSIONS`` set to a non-empty value other than ``0`` forces the pure
+core (``setup.py`` honours it at build time too, as aio-libs packages do). Both cores take
+the same event tuples and give the snapshot builder the same events; the snapshot format
+never depends on the core.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Final
+
+from .window import Window
+
+
+def extensions_disabled() -> bool:
+    value = os.environ.get("FLIGHTDECK_NO_EXTENSIONS", "")
+    return value not in ("", "0")
+
+
+NativeWindow: type[Window] | None = None
+if not extensions_disabled():
+    try:
+        from .native import NativeWindow as _NativeWindow
+    except ImportError:  # not built (no compiler, or a pure wheel)
+        pass
+    else:
+        NativeWindow = _NativeWindow  # type: ignore[assignment]
+
+#: ``"native"`` or ``"python"``: what ``rec.stats["core"]`` and ``process.core`` say.
+CORE: Final = "native" if NativeWindow is not None else "python"
+
+
+def make_window(window_ns: int, max_bytes: int) -> Window:
+    """A window of the selected core."""
+    if NativeWindow is not None:
+        return NativeWindow(window_ns, max_bytes)
+    return Window(window_ns, max_bytes)

@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 
 .PHONY: memcheck
-.PHONY: run test test-all lint typecheck pytest pytest-pure soak bench bench-http bench-instr clean
+.PHONY: run test test-all lint typecheck pytest pytest-pure soak bench bench-native bench-http bench-instr clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard flightdeck/*/*.c)
 	@test -n "$(PYTHON)" && command -v $(PYTHON) >/dev/null 2>&1 || { echo "python3.11 not found; set PYTHON=/path/to/python3.11+"; exit 1; }
@@ -45,11 +45,12 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
-# The native request path's tests under valgrind memcheck (PYTHONMALLOC=malloc): fails on
-# any invalid access or definite leak whose stack goes through _casgi.
+# The native tests under valgrind memcheck (PYTHONMALLOC=malloc): fails on any invalid access
+# or definite leak whose stack goes through _casgi (the request path) or _native (the core).
 memcheck: $(STAMP)
 	@command -v valgrind >/dev/null 2>&1 || { echo "valgrind not found: apt-get install valgrind"; exit 1; }
 	$(PY) tests/memcheck.py _casgi tests/asgi/test_casgi.py tests/system/test_middleware_contract.py
+	FLIGHTDECK_HYPOTHESIS_EXAMPLES=25 $(PY) tests/memcheck.py _native tests/native
 
 # The suite with the extension ignored at import: the pure-Python core.
 pytest-pure: $(STAMP)
@@ -74,6 +75,10 @@ soak: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_recorder.py
 	$(PY) benchmarks/bench_loop.py
+
+# The native core's figures: ns per event (from C), bytes per event, decoding rate, memory bound.
+bench-native: $(STAMP)
+	$(PY) benchmarks/bench_native.py
 
 bench-http: $(STAMP)
 	@command -v wrk >/dev/null 2>&1 || { echo "installing wrk (Debian package) for the load runs"; \

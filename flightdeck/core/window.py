@@ -132,9 +132,10 @@ class Window:
         self.segment_events = segment_events
         self.segment_ns = segment_ns
         self.clock = clock
-        # The append buffer's hard cap: the whole byte budget, at least 64k events (a burst
-        # of thousands of requests at once must not overflow between two drains).
-        self.buffer_maxlen = min(BUFFER_MAXLEN, max(1 << 16, max_bytes // EST_OPEN_EVENT_BYTES))
+        # The append buffer's hard cap: a quarter of the byte budget (at least 64 events), kept
+        # free by eviction (see ``_evict``), so that a burst between two drains cannot take
+        # the window past ``max_bytes``; what a burst pushes out is counted as an overflow.
+        self.buffer_maxlen = min(BUFFER_MAXLEN, max(64, max_bytes // (4 * EST_OPEN_EVENT_BYTES)))
         self._buffer: deque[Event] = deque(maxlen=self.buffer_maxlen)
         #: The hot path: append one event tuple. Thread-safe, never blocks.
         self.append: Callable[[Event], None] = self._buffer.append
@@ -160,6 +161,8 @@ class Window:
         self.overflows = 0
         self.seal_errors = 0
         self.sealed = 0
+        #: The last drain found the buffer a quarter full or more: drain again soon.
+        self.pressure = False
 
     # -- accounting ---------------------------------------------------------------------
     @property
@@ -189,6 +192,7 @@ class Window:
     def _drain_locked(self) -> None:
         buf = self._buffer
         n = len(buf)
+        self.pressure = n * 4 >= self.buffer_maxlen
         if not n:
             return
         if n >= self.buffer_maxlen:
@@ -243,7 +247,7 @@ class Window:
                 force_seal
                 or len(open_) >= self.segment_events
                 or now - self._open_t0 >= self.segment_ns
-                or len(open_) * EST_OPEN_EVENT_BYTES >= self.max_bytes // 4
+                or len(open_) * EST_OPEN_EVENT_BYTES >= self.max_bytes // 8
             )
             if not due:
                 return
@@ -275,11 +279,16 @@ class Window:
             now = self.clock()
             horizon = now - self.window_ns
             segs = self._segments
+            # Room for the append buffer to fill up before the next drain.
+            headroom = (self.buffer_maxlen - len(self._buffer)) * EST_OPEN_EVENT_BYTES
             while segs:
                 oldest = segs[0]
+                nbytes = self.nbytes
                 if oldest.t_end < horizon:
                     self.evicted += oldest.count
-                elif self.nbytes > self.max_bytes:
+                elif nbytes > self.max_bytes or (
+                    nbytes + headroom > self.max_bytes and len(segs) > 1
+                ):
                     # Younger than the window but over budget: max_bytes wins; count it.
                     self.dropped += oldest.count
                 else:

@@ -178,13 +178,18 @@ class FlightRecorder:
         if self.loop_blocked is not None:
             tick = min(tick, self.loop_blocked / 4)
         # Drain every tick: a busy loop can append ~250k events/s, and what waits in the
-        # append buffer is the least compact form of the window.
-        while not self._stop.wait(tick):
+        # append buffer is the least compact form of the window. Under a burst (the pure
+        # core's bounded buffer filling up) drain every millisecond until it calms down.
+        wait = tick
+        next_watch = time.monotonic()
+        while not self._stop.wait(wait):
             try:
                 wd = self._watchdog
-                if wd is not None:
+                if wd is not None and time.monotonic() >= next_watch:
+                    next_watch = time.monotonic() + tick
                     wd.tick()
                 self._window.maintain()
+                wait = 0.001 if getattr(self._window, "pressure", False) else tick
             except Exception:  # the recorder thread must outlive its own bugs
                 self._errors += 1
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
@@ -81,7 +82,7 @@ events = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=int(os.environ.get("FLIGHTDECK_HYPOTHESIS_EXAMPLES", 300)), deadline=None)
 @given(st.lists(events, min_size=1, max_size=40))
 def test_every_kind_round_trips_exactly(evs: list[tuple[Any, ...]]) -> None:
     w = native.Window(10 * S, 64 << 20)

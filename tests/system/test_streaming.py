@@ -228,10 +228,12 @@ async def test_10k_concurrent_slow_requests(decks: list[Any]) -> None:
     stats = rec.stats
     assert len(sizes) >= 5 and max(sizes) <= max_bytes, sizes
     assert stats["dropped"] > 0  # the bound was hit, and what it cost is counted
-    assert stats["overflows"] == 0
+    # The pure core's append buffer is bounded by max_bytes too: a burst faster than its
+    # drain overflows it (counted, one drop per overflow); the native core encodes at emit.
+    assert stats["overflows"] == 0 or stats["core"] == "python"
     # Every event drained from the buffer is held, evicted by age or dropped for the bound.
     held = stats["events"] - len(getattr(rec._window, "_buffer", ()))  # pure core: not drained
-    assert stats["recorded"] == held + stats["evicted"] + stats["dropped"]
+    assert stats["recorded"] == held + stats["evicted"] + stats["dropped"] - stats["overflows"]
     assert deck.status()["inflight"] == 0 and stats["live_requests"] == 0
 
 

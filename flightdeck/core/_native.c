@@ -65,8 +65,10 @@ static inline int64_t unzz(uint64_t u) { return (int64_t)(u >> 1) ^ -(int64_t)(u
 
 /* Value tags of the generic encoding. */
 enum {
-    V_NONE = 0, V_FALSE, V_TRUE, V_INT, V_STR, V_TUPLE, V_FLOAT, V_BYTES, V_BIGINT, V_LIST
+    V_NONE = 0, V_FALSE, V_TRUE, V_INT, V_STR, V_TUPLE, V_FLOAT, V_BYTES, V_BIGINT, V_LIST,
+    V_ASCII /* a short ASCII str stored inline: most are one-offs (task names, paths) */
 };
+#define INLINE_MAX 64
 
 #define MAX_DEPTH 8
 #define NKINDS 16
@@ -75,24 +77,28 @@ enum {
 /* Field layouts per event kind (see core/events.py), after the kind:
  *   T  the event's first timestamp: zigzag delta from the previous T in the generation
  *   R  another timestamp: 0 stays 0, else zigzag(v - T) + 1
- *   I  a task id or None: 0 for None, else 1 + its index in the generation's id table
- *   V  any value, tagged (None, bool, int, str interned, float, bytes, tuple, list)
+ *   I  a task id or None: 0 for None, else 1 + the zigzag delta from the previous task id in
+ *      the generation (ids are addresses, 16-aligned, close together: 2-3 bytes)
+ *   N  an int (zigzag varint); n: an int or None (0 for None, else zigzag + 1)
+ *   V  any value, tagged (None, bool, int, str, float, bytes, tuple, list). A str interned
+ *      by CPython (identifiers, qualified names, file names: they repeat) or a long one
+ *      goes into the generation's string table; a short ASCII one is written inline.
  * An event that does not fit its layout (another length, a bool where an int is due) is
  * stored with the generic layout: K_GENERIC then the whole tuple as a V. */
 static const char *SCHEMA[NKINDS] = {
     NULL,
-    "TIVVIVV",   /* 1 TASK_CREATE t tid name coro parent rid site */
+    "TIVVInV",   /* 1 TASK_CREATE t tid name coro parent rid site */
     "TRIR",      /* 2 TASK_STEP t0 t1 tid t_queued */
     "TIVVV",     /* 3 TASK_DONE t tid state exc name */
     "TRIV",      /* 4 TASK_WAIT t0 t1 tid stack */
     "TRVV",      /* 5 LOOP_BLOCK t0 t1 callback stack */
     "TRV",       /* 6 LOOP_CALLBACK t0 t1 name */
-    "TV",        /* 7 LOOP_LAG t lag */
-    "TVVVVVVVI", /* 8 REQ_START t rid type method path query client headers tid */
-    "TVVRVVVR",  /* 9 REQ_END t rid status t_ttfb route disconnected error t_body_end */
+    "TN",        /* 7 LOOP_LAG t lag */
+    "TNVVVVVVI", /* 8 REQ_START t rid type method path query client headers tid */
+    "TNnRVVVR",  /* 9 REQ_END t rid status t_ttfb route disconnected error t_body_end */
     "TRVI",      /* 10 REGION t0 t1 name tid */
     "TVVI",      /* 11 LOG t category message tid */
-    "TRRVVIVV",  /* 12 EXECUTOR tq t0 t1 func thread tid rid error */
+    "TRRVVInV",  /* 12 EXECUTOR tq t0 t1 func thread tid rid error */
     "TVV",       /* 13 REQ_ROUTE t rid route */
     "TVV",       /* 14 REQ_TTFB t rid status */
     "TVV",       /* 15 MARK t kind reason */
@@ -109,7 +115,6 @@ static PyObject *KIND_OBJ[NKINDS]; /* the kind ints, as decoded */
 /* Accounted cost of an interned string and of an interned task id. */
 #define STR_COST(s) (48 + PyUnicode_GET_LENGTH(s) * PyUnicode_KIND(s))
 #define SLOT_COST 24
-#define TID_COST 24
 #define EST_STATUS_BYTES 120
 
 /* ------------------------------------------------------------------------------------ */
@@ -239,15 +244,18 @@ typedef struct {
     Py_ssize_t status_len;       /* the status records at the head */
     PyObject **strs;             /* interned strings, by index (strong refs) */
     Py_ssize_t nstrs, strs_cap;
-    int64_t *tids;               /* interned task ids, by index */
-    Py_ssize_t ntids, tids_cap;
     Py_ssize_t extra;            /* accounted bytes besides buf: strings, ids, tables */
     Py_ssize_t count;            /* events (status records excluded) */
     int64_t t_base, t_start, t_end;
     int open;                    /* still written to (the tables below exist) */
     StrTab strtab;
-    U64Tab tidtab;
     int64_t last_t;
+    int64_t last_tid;
+    /* Strings seen so far (by hash): one seen twice goes into the table from its third
+     * occurrence on; until then it is written inline (task names appear twice, paths and
+     * file names over and over). */
+    struct { Py_hash_t h; uint32_t n; } *seen;
+    uint32_t seen_mask;
 } Segment;
 
 static PyTypeObject Segment_Type;
@@ -256,7 +264,8 @@ static void
 seg_free_tables(Segment *g)
 {
     strtab_free(&g->strtab);
-    u64tab_free(&g->tidtab);
+    PyMem_Free(g->seen);
+    g->seen = NULL;
 }
 
 static void
@@ -264,7 +273,6 @@ Segment_dealloc(Segment *g)
 {
     for (Py_ssize_t i = 0; i < g->nstrs; i++) Py_DECREF(g->strs[i]);
     PyMem_Free(g->strs);
-    PyMem_Free(g->tids);
     PyMem_Free(g->buf);
     seg_free_tables(g);
     PyObject_Free(g);
@@ -283,6 +291,16 @@ seg_new(Py_ssize_t cap, int64_t t_base)
     g->cap = cap;
     g->t_base = g->t_start = g->t_end = g->last_t = t_base;
     g->open = 1;
+    /* at most 1/16 of the generation: 64 .. 512 entries of 16 bytes */
+    uint32_t n = 512;
+    while (n > 64 && (Py_ssize_t)n * 16 * 16 > cap) n /= 2;
+    if ((Py_ssize_t)n * 16 * 16 <= cap) {
+        g->seen = PyMem_Calloc(n, 16);
+        if (g->seen) {
+            g->seen_mask = n - 1;
+            g->extra += (Py_ssize_t)n * 16;
+        }
+    }
     return g;
 }
 
@@ -296,7 +314,7 @@ seg_seal(Segment *g)
     if (!g->open) return;
     g->open = 0;
     Py_ssize_t tables = (Py_ssize_t)g->strtab.cap * (Py_ssize_t)sizeof(StrSlot)
-                        + (Py_ssize_t)g->tidtab.cap * (Py_ssize_t)sizeof(U64Slot);
+                        + (g->seen ? (Py_ssize_t)(g->seen_mask + 1) * 16 : 0);
     seg_free_tables(g);
     g->extra -= tables;
     if (g->extra < 0) g->extra = 0;
@@ -318,6 +336,7 @@ typedef struct {
     int64_t last_t;
     int64_t t_first;
     int64_t t_last;   /* the event's end time, for last_event_time and t_end */
+    int64_t last_tid;
 } Enc;
 
 static inline int
@@ -388,31 +407,20 @@ intern_str(Enc *e, PyObject *s, uint64_t *idx)
     return 0;
 }
 
-static int
-intern_tid(Enc *e, uint64_t tid, uint64_t *idx)
+static inline uint64_t
+tid_code(int64_t tid, int64_t prev)
 {
-    Segment *g = e->g;
-    U64Slot *sl = u64tab_get(&g->tidtab, tid + 2); /* +2: keys 0 and 1 are reserved */
-    if (sl) { *idx = (uint64_t)sl->val; return 0; }
-    Py_ssize_t grow = 0;
-    if ((g->tidtab.used + 1) * 2 > g->tidtab.cap)
-        grow = (Py_ssize_t)(g->tidtab.cap ? g->tidtab.cap : 64) * (Py_ssize_t)sizeof(U64Slot);
-    if (g->ntids == g->tids_cap) grow += (g->tids_cap ? g->tids_cap : 64) * 8;
-    if ((e->p - g->buf) + g->extra + TID_COST + grow > g->cap) return E_FULL;
-    if (g->ntids == g->tids_cap) {
-        Py_ssize_t nc = g->tids_cap ? g->tids_cap * 2 : 64;
-        int64_t *nt = PyMem_Realloc(g->tids, (size_t)nc * 8);
-        if (!nt) return E_NOMEM;
-        g->extra += (nc - g->tids_cap) * 8;
-        g->tids = nt;
-        g->tids_cap = nc;
-    }
-    uint32_t oldcap = g->tidtab.cap;
-    if (u64tab_put(&g->tidtab, tid + 2, g->ntids) < 0) return E_NOMEM;
-    g->extra += (Py_ssize_t)(g->tidtab.cap - oldcap) * (Py_ssize_t)sizeof(U64Slot) + TID_COST - 8;
-    g->tids[g->ntids] = (int64_t)tid;
-    *idx = (uint64_t)g->ntids++;
-    return 0;
+    int64_t d = (int64_t)((uint64_t)tid - (uint64_t)prev);
+    if (d % 16 == 0) return zz(d / 16) << 1;
+    return (zz(d) << 1) | 1;
+}
+
+static inline int64_t
+tid_decode(uint64_t u, int64_t prev)
+{
+    int64_t d = unzz(u >> 1);
+    if (!(u & 1)) d = (int64_t)((uint64_t)d * 16);
+    return (int64_t)((uint64_t)prev + (uint64_t)d);
 }
 
 static int
@@ -423,6 +431,28 @@ enc_value(Enc *e, PyObject *v, int depth)
     if (v == Py_None) return put_u8(e, V_NONE);
     if (tp == &PyUnicode_Type) {
         uint64_t idx;
+        Py_ssize_t n = PyUnicode_GET_LENGTH(v);
+        int inline_it = n <= INLINE_MAX && PyUnicode_IS_COMPACT_ASCII(v);
+        if (inline_it && e->g->seen) {
+            Py_hash_t h = PyObject_Hash(v); /* exact str: cached, no Python code */
+            uint32_t i = (uint32_t)h & e->g->seen_mask;
+            if (e->g->seen[i].h == h) {
+                if (e->g->seen[i].n >= 2) inline_it = 0;
+                else e->g->seen[i].n++;
+            }
+            else {
+                e->g->seen[i].h = h;
+                e->g->seen[i].n = 1;
+            }
+        }
+        if (inline_it) {
+            if (!enc_room(e, 2 + n)) return E_FULL;
+            *e->p++ = V_ASCII;
+            *e->p++ = (uint8_t)n;
+            memcpy(e->p, PyUnicode_DATA(v), (size_t)n);
+            e->p += n;
+            return 0;
+        }
         if ((r = put_u8(e, V_STR)) < 0) return r;
         if ((r = intern_str(e, v, &idx)) < 0) return r;
         return put_varint(e, idx);
@@ -516,17 +546,16 @@ enc_I(Enc *e, PyObject *v)
     if (v == Py_None) return put_u8(e, 0);
     int64_t tid;
     if (exact_i64(v, &tid) < 0) return E_BAD;
-    uint64_t idx;
-    int r = intern_tid(e, (uint64_t)tid, &idx);
-    if (r < 0) return r;
-    return put_varint(e, idx + 1);
+    int r = put_varint(e, tid_code(tid, e->last_tid) + 1);
+    if (r == 0) e->last_tid = tid;
+    return r;
 }
 
 /* Encode one event tuple at the end of g; on failure nothing is written. */
 static int
 enc_event(Segment *g, PyObject *ev, int64_t *t_end)
 {
-    Enc e = {g, g->buf + g->len, g->last_t, 0, 0};
+    Enc e = {g, g->buf + g->len, g->last_t, 0, 0, g->last_tid};
     Py_ssize_t n = PyTuple_GET_SIZE(ev);
     PyObject **it = ((PyTupleObject *)ev)->ob_item;
     int r = E_BAD;
@@ -548,6 +577,13 @@ enc_event(Segment *g, PyObject *ev, int64_t *t_end)
             case 'I':
                 r = enc_I(&e, it[i]);
                 break;
+            case 'N':
+                r = exact_i64(it[i], &t) < 0 ? E_BAD : put_varint(&e, zz(t));
+                break;
+            case 'n':
+                if (it[i] == Py_None) r = put_u8(&e, 0);
+                else r = exact_i64(it[i], &t) < 0 ? E_BAD : put_varint(&e, zz(t) + 1);
+                break;
             default:
                 r = enc_value(&e, it[i], 1);
             }
@@ -564,6 +600,7 @@ enc_event(Segment *g, PyObject *ev, int64_t *t_end)
         /* not in its kind's layout: the generic form */
         e.p = g->buf + g->len;
         e.last_t = g->last_t;
+        e.last_tid = g->last_tid;
         r = put_u8(&e, K_GENERIC);
         if (r == 0) r = enc_value(&e, ev, 0);
         if (r == 0) {
@@ -575,6 +612,7 @@ enc_event(Segment *g, PyObject *ev, int64_t *t_end)
     if (r < 0) return r;
     g->len = e.p - g->buf;
     g->last_t = e.last_t;
+    g->last_tid = e.last_tid;
     *t_end = e.t_last;
     return 0;
 }
@@ -591,36 +629,29 @@ raw_varint(uint8_t *p, uint64_t v)
 static int
 enc_step(Segment *g, int64_t t0, int64_t t1, uint64_t tid, int64_t tq)
 {
-    U64Slot *sl = u64tab_get(&g->tidtab, tid + 2);
-    uint64_t idx;
-    if (sl && g->len + 41 + g->extra <= g->cap) {
-        idx = (uint64_t)sl->val;
-    }
-    else {
-        Enc e = {g, g->buf + g->len, g->last_t, 0, 0};
-        int r = intern_tid(&e, tid, &idx);
+    if (g->len + 41 + g->extra > g->cap) {
+        /* near the end of the generation: the checked path */
+        Enc e = {g, g->buf + g->len, g->last_t, 0, 0, g->last_tid};
+        int r = put_u8(&e, K_TASK_STEP);
+        if (r == 0) r = enc_T(&e, t0);
+        if (r == 0) r = enc_R(&e, t1);
+        if (r == 0) r = put_varint(&e, tid_code((int64_t)tid, e.last_tid) + 1);
+        if (r == 0) r = enc_R(&e, tq);
         if (r < 0) return r;
-        if (g->len + 41 + g->extra > g->cap) {
-            /* near the end of the generation: the checked path */
-            r = put_u8(&e, K_TASK_STEP);
-            if (r == 0) r = enc_T(&e, t0);
-            if (r == 0) r = enc_R(&e, t1);
-            if (r == 0) r = put_varint(&e, idx + 1);
-            if (r == 0) r = enc_R(&e, tq);
-            if (r < 0) return r;
-            g->len = e.p - g->buf;
-            g->last_t = e.last_t;
-            return 0;
-        }
+        g->len = e.p - g->buf;
+        g->last_t = e.last_t;
+        g->last_tid = (int64_t)tid;
+        return 0;
     }
     uint8_t *p = g->buf + g->len;
     *p++ = K_TASK_STEP;
     p = raw_varint(p, zz(t0 - g->last_t));
     p = raw_varint(p, t1 == 0 ? 0 : zz(t1 - t0) + 1);
-    p = raw_varint(p, idx + 1);
+    p = raw_varint(p, tid_code((int64_t)tid, g->last_tid) + 1);
     p = raw_varint(p, tq == 0 ? 0 : zz(tq - t0) + 1);
     g->len = p - g->buf;
     g->last_t = t0;
+    g->last_tid = (int64_t)tid;
     return 0;
 }
 
@@ -629,7 +660,7 @@ enc_step(Segment *g, int64_t t0, int64_t t1, uint64_t tid, int64_t tq)
 typedef struct {
     Segment *g;
     const uint8_t *p, *end;
-    int64_t last_t, t_first;
+    int64_t last_t, t_first, last_tid;
 } Dec;
 
 static int
@@ -692,6 +723,13 @@ dec_value(Dec *d, int depth)
         }
         return c;
     }
+    case V_ASCII: {
+        if (d->p >= d->end) return corrupt("end");
+        Py_ssize_t n = *d->p++;
+        if (n > d->end - d->p) return corrupt("ascii");
+        d->p += n;
+        return PyUnicode_DecodeASCII((const char *)d->p - n, n, NULL);
+    }
     case V_FLOAT: {
         double x;
         if (d->end - d->p < 8) return corrupt("float");
@@ -742,11 +780,22 @@ dec_event(Dec *d)
             if (get_varint(d, &u) < 0) goto fail;
             x = PyLong_FromLongLong(u == 0 ? 0 : d->t_first + unzz(u - 1));
             break;
+        case 'N':
+            if (get_varint(d, &u) < 0) goto fail;
+            x = PyLong_FromLongLong(unzz(u));
+            break;
+        case 'n':
+            if (get_varint(d, &u) < 0) goto fail;
+            if (u == 0) { x = Py_None; Py_INCREF(x); }
+            else x = PyLong_FromLongLong(unzz(u - 1));
+            break;
         case 'I':
             if (get_varint(d, &u) < 0) goto fail;
             if (u == 0) { x = Py_None; Py_INCREF(x); }
-            else if (u - 1 >= (uint64_t)d->g->ntids) { corrupt("task index"); goto fail; }
-            else x = PyLong_FromLongLong(d->g->tids[u - 1]);
+            else {
+                d->last_tid = tid_decode(u - 1, d->last_tid);
+                x = PyLong_FromLongLong(d->last_tid);
+            }
             break;
         default:
             x = dec_value(d, 1);
@@ -766,7 +815,7 @@ seg_decode_range(Segment *g, Py_ssize_t from, Py_ssize_t to, Py_ssize_t hint)
     PyObject *out = PyList_New(0);
     if (!out) return NULL;
     (void)hint;
-    Dec d = {g, g->buf + from, g->buf + to, g->t_base, 0};
+    Dec d = {g, g->buf + from, g->buf + to, g->t_base, 0, 0};
     while (d.p < d.end) {
         PyObject *e = dec_event(&d);
         if (!e || PyList_Append(out, e) < 0) { Py_XDECREF(e); Py_DECREF(out); return NULL; }
@@ -865,12 +914,6 @@ seg_copy(Segment *src)
         if (!g->strs) { Py_DECREF(g); PyErr_NoMemory(); return NULL; }
         for (Py_ssize_t i = 0; i < src->nstrs; i++) { g->strs[i] = src->strs[i]; Py_INCREF(g->strs[i]); }
         g->nstrs = g->strs_cap = src->nstrs;
-    }
-    if (src->ntids) {
-        g->tids = PyMem_Malloc((size_t)src->ntids * 8);
-        if (!g->tids) { Py_DECREF(g); PyErr_NoMemory(); return NULL; }
-        memcpy(g->tids, src->tids, (size_t)src->ntids * 8);
-        g->ntids = g->tids_cap = src->ntids;
     }
     g->extra = src->extra;
     return g;
@@ -1084,6 +1127,7 @@ win_open(Window *w, int64_t now)
     g->cap = cap;
     g->status_len = g->len;
     g->last_t = g->t_base; /* events decode from the base again */
+    g->last_tid = 0;
     w->cur = g;
     return 0;
 }
@@ -1782,6 +1826,215 @@ static PyTypeObject CallSoon_Type = {
 };
 
 /* ------------------------------------------------------------------------------------ */
+/* CreateTask: the loop subclass's create_task, recording TASK_CREATE                    */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    Runner *runner;
+    PyObject *base;         /* the base class's create_task (unbound) */
+    PyObject *current_task; /* asyncio.current_task */
+    PyObject *request_var;  /* the ContextVar holding the current request id */
+    PyObject *done_cb;      /* added to a task that finished inside create_task (eager) */
+    PyObject *skip_prefix;  /* asyncio's directory: frames there are not the creation site */
+    Py_ssize_t max_live;
+} CreateTask;
+
+static PyTypeObject CreateTask_Type;
+static PyObject *s_get, *s_add_done_callback;
+
+/* (function, file, line) of the first frame outside asyncio, or None; new reference. */
+static PyObject *
+creation_site(CreateTask *ct)
+{
+    PyFrameObject *f = PyEval_GetFrame();
+    Py_XINCREF(f);
+    Py_ssize_t plen = PyUnicode_GET_LENGTH(ct->skip_prefix);
+    while (f) {
+        PyCodeObject *code = PyFrame_GetCode(f);
+        int inside = PyUnicode_Tailmatch(code->co_filename, ct->skip_prefix, 0, plen, -1) == 1;
+        if (!inside) {
+            int line = PyFrame_GetLineNumber(f);
+            PyObject *site = Py_BuildValue("(OOi)", code->co_qualname, code->co_filename, line);
+            Py_DECREF(code);
+            Py_DECREF(f);
+            return site;
+        }
+        Py_DECREF(code);
+        PyFrameObject *back = PyFrame_GetBack(f);
+        Py_DECREF(f);
+        f = back;
+    }
+    Py_RETURN_NONE;
+}
+
+static int
+create_record(CreateTask *ct, PyObject *loop, PyObject *coro, PyObject *context, PyObject *task)
+{
+    Runner *r = ct->runner;
+    PyObject *parent = NULL, *name = NULL, *coro_name = NULL, *rid = NULL, *site = NULL,
+             *ev = NULL, *done = NULL;
+    int rc = -1;
+    uint64_t raw = (uint64_t)(uintptr_t)task;
+    parent = PyObject_CallOneArg(ct->current_task, loop);
+    if (!parent) goto out;
+    int64_t t = fd_clock();
+    name = PyObject_CallMethodNoArgs(task, s_get_name);
+    if (!name) goto out;
+    coro_name = coro ? PyObject_GetAttr(coro, s___qualname__) : NULL;
+    if (!coro_name || !PyUnicode_Check(coro_name)) {
+        PyErr_Clear();
+        Py_XDECREF(coro_name);
+        coro_name = PyObject_GetAttr((PyObject *)Py_TYPE(coro ? coro : Py_None), s___qualname__);
+        if (!coro_name) goto out;
+    }
+    if (context == NULL || context == Py_None) {
+        if (PyContextVar_Get(ct->request_var, Py_None, &rid) < 0) goto out;
+    }
+    else {
+        /* the task runs in ``context``: its request is that context's */
+        rid = PyObject_CallMethodOneArg(context, s_get, ct->request_var);
+        if (!rid) goto out;
+    }
+    site = creation_site(ct);
+    if (!site) goto out;
+    PyObject *parent_id = (parent == Py_None || parent == task) ? Py_None
+                                                                : PyLong_FromVoidPtr(parent);
+    if (!parent_id) goto out;
+    ev = Py_BuildValue("(OLNOOOOO)", KIND_OBJ[K_TASK_CREATE], (long long)t,
+                       PyLong_FromVoidPtr(task), name, coro_name,
+                       parent_id, rid, site);
+    if (parent_id != Py_None) Py_DECREF(parent_id);
+    if (!ev) goto out;
+    win_append(r->win, ev);
+    done = PyObject_CallMethodNoArgs(task, s_done);
+    if (!done) goto out;
+    if (done == Py_True) {
+        /* eager_start: it ran to completion inside create_task(). Recorded from a done
+         * callback (scheduled right away): create_task() on 3.11/3.12 names the task only
+         * after this returns. */
+        PyObject *res = PyObject_CallMethodOneArg(task, s_add_done_callback, ct->done_cb);
+        if (!res) goto out;
+        Py_DECREF(res);
+    }
+    else {
+        if (PyDict_GET_SIZE(r->live) < ct->max_live) {
+            PyObject *key = PyTuple_GET_ITEM(ev, 2);
+            if (PyDict_SetItem(r->live, key, ev) < 0) goto out;
+        }
+        /* an eager task's next step is a wakeup: its wait counts from here */
+        if (u64tab_put(&r->last_end, raw + 2, t) < 0) { PyErr_NoMemory(); goto out; }
+    }
+    rc = 0;
+out:
+    if (rc < 0) { PyErr_Clear(); r->errors++; }
+    Py_XDECREF(parent);
+    Py_XDECREF(name);
+    Py_XDECREF(coro_name);
+    Py_XDECREF(rid);
+    Py_XDECREF(site);
+    Py_XDECREF(ev);
+    Py_XDECREF(done);
+    return rc;
+}
+
+static PyObject *
+CreateTask_vectorcall(CreateTask *ct, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    PyObject *task = PyObject_Vectorcall(ct->base, args, nargsf, kwnames);
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (!task || nargs < 1) return task;
+    PyObject *context = NULL;
+    if (kwnames) {
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
+            PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+            if (k == s_context || PyUnicode_Compare(k, s_context) == 0) context = args[nargs + i];
+        }
+        PyErr_Clear();
+    }
+    create_record(ct, args[0], nargs >= 2 ? args[1] : NULL, context, task);
+    return task;
+}
+
+static int
+CreateTask_traverse(CreateTask *ct, visitproc visit, void *arg)
+{
+    Py_VISIT(ct->runner);
+    Py_VISIT(ct->base);
+    Py_VISIT(ct->current_task);
+    Py_VISIT(ct->request_var);
+    Py_VISIT(ct->done_cb);
+    Py_VISIT(ct->skip_prefix);
+    return 0;
+}
+
+static int
+CreateTask_clear(CreateTask *ct)
+{
+    Py_CLEAR(ct->runner);
+    Py_CLEAR(ct->base);
+    Py_CLEAR(ct->current_task);
+    Py_CLEAR(ct->request_var);
+    Py_CLEAR(ct->done_cb);
+    Py_CLEAR(ct->skip_prefix);
+    return 0;
+}
+
+static void
+CreateTask_dealloc(CreateTask *ct)
+{
+    PyObject_GC_UnTrack(ct);
+    CreateTask_clear(ct);
+    Py_TYPE(ct)->tp_free((PyObject *)ct);
+}
+
+static PyObject *
+CreateTask_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"runner", "base", "current_task", "request_var", "done_callback",
+                             "skip_prefix", "max_live", NULL};
+    PyObject *runner, *base, *current_task, *request_var, *done_cb, *skip_prefix;
+    Py_ssize_t max_live;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!OOO!OUn:CreateTask", kwlist, &Runner_Type,
+                                     &runner, &base, &current_task, &PyContextVar_Type,
+                                     &request_var, &done_cb, &skip_prefix, &max_live))
+        return NULL;
+    CreateTask *ct = (CreateTask *)type->tp_alloc(type, 0);
+    if (!ct) return NULL;
+    ct->vectorcall = (vectorcallfunc)CreateTask_vectorcall;
+    Py_INCREF(runner); ct->runner = (Runner *)runner;
+    Py_INCREF(base); ct->base = base;
+    Py_INCREF(current_task); ct->current_task = current_task;
+    Py_INCREF(request_var); ct->request_var = request_var;
+    Py_INCREF(done_cb); ct->done_cb = done_cb;
+    Py_INCREF(skip_prefix); ct->skip_prefix = skip_prefix;
+    ct->max_live = max_live;
+    return (PyObject *)ct;
+}
+
+static PyMemberDef CreateTask_members[] = {
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(CreateTask, vectorcall), READONLY, NULL},
+    {NULL}
+};
+
+static PyTypeObject CreateTask_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "flightdeck.core._native.CreateTask",
+    .tp_basicsize = sizeof(CreateTask),
+    .tp_dealloc = (destructor)CreateTask_dealloc,
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL
+                | Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_doc = "A loop's create_task that records TASK_CREATE (binds like a method).",
+    .tp_traverse = (traverseproc)CreateTask_traverse,
+    .tp_clear = (inquiry)CreateTask_clear,
+    .tp_members = CreateTask_members,
+    .tp_descr_get = CallSoon_descr_get,
+    .tp_vectorcall_offset = offsetof(CreateTask, vectorcall),
+    .tp_new = CreateTask_new,
+};
+
+/* ------------------------------------------------------------------------------------ */
 /* module                                                                                */
 
 static PyObject *
@@ -1848,15 +2101,19 @@ PyInit__native(void)
     INTERN(s_state_cancelled, "cancelled");
     INTERN(s_state_error, "error");
     INTERN(s___qualname__, "__qualname__");
+    INTERN(s_get, "get");
+    INTERN(s_add_done_callback, "add_done_callback");
     if (PyType_Ready(&Segment_Type) < 0 || PyType_Ready(&Window_Type) < 0
-        || PyType_Ready(&Runner_Type) < 0 || PyType_Ready(&CallSoon_Type) < 0)
+        || PyType_Ready(&Runner_Type) < 0 || PyType_Ready(&CallSoon_Type) < 0
+        || PyType_Ready(&CreateTask_Type) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&native_module);
     if (!m) return NULL;
     if (PyModule_AddObjectRef(m, "Segment", (PyObject *)&Segment_Type) < 0
         || PyModule_AddObjectRef(m, "Window", (PyObject *)&Window_Type) < 0
         || PyModule_AddObjectRef(m, "StepRunner", (PyObject *)&Runner_Type) < 0
-        || PyModule_AddObjectRef(m, "CallSoon", (PyObject *)&CallSoon_Type) < 0) {
+        || PyModule_AddObjectRef(m, "CallSoon", (PyObject *)&CallSoon_Type) < 0
+        || PyModule_AddObjectRef(m, "CreateTask", (PyObject *)&CreateTask_Type) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -493,11 +493,6 @@ class LoopInstrumentation:
                 self._ready.append(handle)
                 return handle
 
-        if runner is not None:
-            one_frame = base.call_soon is _BASE_CALL_SOON and hasattr(loop, "_ready")
-            handle = asyncio.events.Handle if one_frame else None
-            call_soon = _native.CallSoon(runner, base_call_soon, handle)  # type: ignore[assignment]
-
         def create_task(self: Any, coro: Any, **kwargs: Any) -> Any:
             # Recorded here rather than in a task factory: the user's factory (if any) stays
             # in place untouched, and on 3.11-3.13 the name is only set after the factory.
@@ -519,6 +514,20 @@ class LoopInstrumentation:
                 return base_run_in_executor(self, executor, func, *args)
             call = timed_job(func, current_task(self), (emit,))
             return base_run_in_executor(self, executor, call, *args)
+
+        if runner is not None:
+            one_frame = base.call_soon is _BASE_CALL_SOON and hasattr(loop, "_ready")
+            handle = asyncio.events.Handle if one_frame else None
+            call_soon = _native.CallSoon(runner, base_call_soon, handle)  # type: ignore[assignment]
+            create_task = _native.CreateTask(  # type: ignore[assignment]
+                runner,
+                base_create_task,
+                current_task,
+                current_request,
+                self._done_callback(),
+                _ASYNCIO_DIR,
+                MAX_LIVE_TASKS,
+            )
 
         ns = {
             "__slots__": (),

@@ -66,7 +66,8 @@ static inline int64_t unzz(uint64_t u) { return (int64_t)(u >> 1) ^ -(int64_t)(u
 /* Value tags of the generic encoding. */
 enum {
     V_NONE = 0, V_FALSE, V_TRUE, V_INT, V_STR, V_TUPLE, V_FLOAT, V_BYTES, V_BIGINT, V_LIST,
-    V_ASCII /* a short ASCII str stored inline: most are one-offs (task names, paths) */
+    V_ASCII, /* a short ASCII str stored inline: most are one-offs (task names, paths) */
+    V_REF    /* the same str as the V_ASCII this many bytes back (a task's name at its end) */
 };
 #define INLINE_MAX 64
 
@@ -254,7 +255,7 @@ typedef struct {
     /* Strings seen so far (by hash): one seen twice goes into the table from its third
      * occurrence on; until then it is written inline (task names appear twice, paths and
      * file names over and over). */
-    struct { Py_hash_t h; uint32_t n; } *seen;
+    struct { Py_hash_t h; uint32_t n; uint32_t pos; } *seen;
     uint32_t seen_mask;
 } Segment;
 
@@ -433,20 +434,35 @@ enc_value(Enc *e, PyObject *v, int depth)
         uint64_t idx;
         Py_ssize_t n = PyUnicode_GET_LENGTH(v);
         int inline_it = n <= INLINE_MAX && PyUnicode_IS_COMPACT_ASCII(v);
-        if (inline_it && e->g->seen) {
+        Segment *g = e->g;
+        uint32_t i = 0;
+        if (inline_it && g->seen) {
             Py_hash_t h = PyObject_Hash(v); /* exact str: cached, no Python code */
-            uint32_t i = (uint32_t)h & e->g->seen_mask;
-            if (e->g->seen[i].h == h) {
-                if (e->g->seen[i].n >= 2) inline_it = 0;
-                else e->g->seen[i].n++;
+            i = (uint32_t)h & g->seen_mask;
+            if (g->seen[i].h == h) {
+                uint32_t pos = g->seen[i].pos;
+                if (g->seen[i].n >= 2) inline_it = 0;
+                else if ((Py_ssize_t)pos + 2 + n <= g->len && g->buf[pos] == V_ASCII
+                         && g->buf[pos + 1] == n
+                         && memcmp(g->buf + pos + 2, PyUnicode_DATA(v), (size_t)n) == 0) {
+                    /* seen once, committed: refer back to it */
+                    Py_ssize_t here = e->p - g->buf;
+                    if ((r = put_u8(e, V_REF)) < 0) return r;
+                    if ((r = put_varint(e, (uint64_t)(here - pos))) < 0) return r;
+                    g->seen[i].n++;
+                    return 0;
+                }
+                else g->seen[i].n++;
             }
             else {
-                e->g->seen[i].h = h;
-                e->g->seen[i].n = 1;
+                g->seen[i].h = h;
+                g->seen[i].n = 1;
+                g->seen[i].pos = UINT32_MAX;
             }
         }
         if (inline_it) {
             if (!enc_room(e, 2 + n)) return E_FULL;
+            if (g->seen && g->seen[i].n == 1) g->seen[i].pos = (uint32_t)(e->p - g->buf);
             *e->p++ = V_ASCII;
             *e->p++ = (uint8_t)n;
             memcpy(e->p, PyUnicode_DATA(v), (size_t)n);
@@ -722,6 +738,14 @@ dec_value(Dec *d, int depth)
             if (tag == V_TUPLE) PyTuple_SET_ITEM(c, i, x); else PyList_SET_ITEM(c, i, x);
         }
         return c;
+    }
+    case V_REF: {
+        const uint8_t *tag = d->p - 1;
+        if (get_varint(d, &u) < 0) return NULL;
+        if (u > (uint64_t)(tag - d->g->buf) || u == 0) return corrupt("ref");
+        const uint8_t *at = tag - u;
+        if (at[0] != V_ASCII || at + 2 + at[1] > tag) return corrupt("ref target");
+        return PyUnicode_DecodeASCII((const char *)at + 2, at[1], NULL);
     }
     case V_ASCII: {
         if (d->p >= d->end) return corrupt("end");
@@ -1414,6 +1438,8 @@ typedef struct {
     long long steps;
     int self_offset_ok;    /* -1 unknown, 0 use __self__, 1 read the wrapper's first field */
     U64Tab last_end;       /* tid -> end of its last step */
+    PyObject *done_type;   /* the task type whose ``done`` is cached below */
+    PyObject *done_meth;   /* type(task).done, called as done_meth(task): no lookup per step */
 } Runner;
 
 static PyTypeObject Runner_Type;
@@ -1448,6 +1474,20 @@ step_task(Runner *r, PyObject *cb)
     return t;
 }
 
+/* task.done(), with the method looked up once per task type; new reference or NULL. */
+static PyObject *
+task_done(Runner *r, PyObject *task)
+{
+    if ((PyObject *)Py_TYPE(task) != r->done_type) {
+        PyObject *m = PyObject_GetAttr((PyObject *)Py_TYPE(task), s_done);
+        if (!m) return NULL;
+        Py_XSETREF(r->done_meth, m);
+        Py_INCREF(Py_TYPE(task));
+        Py_XSETREF(r->done_type, (PyObject *)Py_TYPE(task));
+    }
+    return PyObject_Vectorcall(r->done_meth, &task, 1, NULL);
+}
+
 static void
 runner_done(Runner *r, PyObject *task, uint64_t raw, int64_t t)
 {
@@ -1471,9 +1511,14 @@ runner_done(Runner *r, PyObject *task, uint64_t raw, int64_t t)
     }
     name = PyObject_CallMethodNoArgs(task, s_get_name);
     if (!name) goto fail;
-    PyObject *ev = Py_BuildValue("(OLOOOO)", KIND_OBJ[K_TASK_DONE], (long long)t, key, state,
-                                 exc_name, name);
-    if (!ev) goto fail;
+    PyObject *tv = PyLong_FromLongLong(t);
+    PyObject *ev = tv ? PyTuple_New(6) : NULL;
+    if (!ev) { Py_XDECREF(tv); goto fail; }
+    PyObject *items[6] = {KIND_OBJ[K_TASK_DONE], tv, key, state, exc_name, name};
+    for (int i = 0; i < 6; i++) {
+        if (i != 1) Py_INCREF(items[i]);
+        PyTuple_SET_ITEM(ev, i, items[i]);
+    }
     win_append(r->win, ev);
     Py_DECREF(ev);
     goto out;
@@ -1534,7 +1579,7 @@ Runner_vectorcall(Runner *r, PyObject *const *args, size_t nargsf, PyObject *kwn
     if (!res) PyErr_Fetch(&st, &sv, &stb);
 #endif
     win_step(r->win, t0, t1, raw, tq);
-    PyObject *done = PyObject_CallMethodNoArgs(task, s_done);
+    PyObject *done = task_done(r, task);
     if (!done) { PyErr_Clear(); r->errors++; }
     else if (done == Py_True) runner_done(r, task, raw, t1);
     else if (u64tab_put(&r->last_end, raw + 2, t1) < 0) { PyErr_Clear(); r->errors++; }
@@ -1555,6 +1600,8 @@ Runner_traverse(Runner *r, visitproc visit, void *arg)
     Py_VISIT(r->live);
     Py_VISIT(r->wait_cb);
     Py_VISIT(r->step_type);
+    Py_VISIT(r->done_type);
+    Py_VISIT(r->done_meth);
     return 0;
 }
 
@@ -1565,6 +1612,8 @@ Runner_clear(Runner *r)
     Py_CLEAR(r->live);
     Py_CLEAR(r->wait_cb);
     Py_CLEAR(r->step_type);
+    Py_CLEAR(r->done_type);
+    Py_CLEAR(r->done_meth);
     return 0;
 }
 
@@ -1667,6 +1716,9 @@ typedef struct {
     Runner *runner;
     PyObject *base;        /* the base class's call_soon (unbound) */
     PyObject *handle_type; /* asyncio.events.Handle for the one-frame path, or None */
+    PyObject *loop;        /* the loop the two below belong to (borrowed; compared only) */
+    PyObject *loop_dict;   /* its __dict__: _debug and _closed read without getattr */
+    PyObject *ready_append;/* its _ready.append, bound */
 } CallSoon;
 
 static PyTypeObject CallSoon_Type;
@@ -1719,12 +1771,29 @@ CallSoon_vectorcall(CallSoon *cs, PyObject *const *args, size_t nargsf, PyObject
         Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
         int ok = nkw == 0 || (nkw == 1 && PyUnicode_Compare(PyTuple_GET_ITEM(kwnames, 0), s_context) == 0);
         if (nkw == 1 && ok) ctx = args[nargs];
+        if (ok && loop != cs->loop) {
+            /* first call for this loop: find its __dict__ and _ready.append once */
+            PyObject *d = PyObject_GenericGetDict(loop, NULL);
+            PyObject *ready = d ? PyObject_GetAttr(loop, s__ready) : NULL;
+            PyObject *app = ready ? PyObject_GetAttr(ready, s_append) : NULL;
+            Py_XDECREF(ready);
+            if (d && app && PyDict_Check(d)) {
+                Py_XSETREF(cs->loop_dict, d);
+                Py_XSETREF(cs->ready_append, app);
+                cs->loop = loop;
+            }
+            else {
+                Py_XDECREF(d);
+                Py_XDECREF(app);
+                PyErr_Clear();
+                ok = 0;
+            }
+        }
         if (ok) {
-            PyObject *dbg = PyObject_GetAttr(loop, s__debug);
-            PyObject *closed = dbg ? PyObject_GetAttr(loop, s__closed) : NULL;
-            ok = dbg && closed && dbg == Py_False && closed == Py_False;
-            Py_XDECREF(dbg);
-            Py_XDECREF(closed);
+            /* borrowed references; no Python code runs (str keys) */
+            PyObject *dbg = PyDict_GetItemWithError(cs->loop_dict, s__debug);
+            PyObject *closed = dbg ? PyDict_GetItemWithError(cs->loop_dict, s__closed) : NULL;
+            ok = dbg == Py_False && closed == Py_False;
             if (PyErr_Occurred()) PyErr_Clear();
         }
         if (ok) {
@@ -1737,9 +1806,7 @@ CallSoon_vectorcall(CallSoon *cs, PyObject *const *args, size_t nargsf, PyObject
             PyObject *handle = PyObject_Vectorcall(cs->handle_type, hargs + 1, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
             Py_DECREF(cbargs);
             if (handle) {
-                PyObject *ready = PyObject_GetAttr(loop, s__ready);
-                PyObject *ok2 = ready ? PyObject_CallMethodOneArg(ready, s_append, handle) : NULL;
-                Py_XDECREF(ready);
+                PyObject *ok2 = PyObject_CallOneArg(cs->ready_append, handle);
                 if (!ok2) Py_CLEAR(handle);
                 Py_XDECREF(ok2);
             }
@@ -1765,6 +1832,8 @@ CallSoon_traverse(CallSoon *cs, visitproc visit, void *arg)
     Py_VISIT(cs->runner);
     Py_VISIT(cs->base);
     Py_VISIT(cs->handle_type);
+    Py_VISIT(cs->loop_dict);
+    Py_VISIT(cs->ready_append);
     return 0;
 }
 
@@ -1774,6 +1843,9 @@ CallSoon_clear(CallSoon *cs)
     Py_CLEAR(cs->runner);
     Py_CLEAR(cs->base);
     Py_CLEAR(cs->handle_type);
+    Py_CLEAR(cs->loop_dict);
+    Py_CLEAR(cs->ready_append);
+    cs->loop = NULL;
     return 0;
 }
 
@@ -1843,6 +1915,26 @@ typedef struct {
 static PyTypeObject CreateTask_Type;
 static PyObject *s_get, *s_add_done_callback;
 
+/* (code, instruction offset) -> line: computing a frame's line walks its line table, and
+ * tasks are created from the same few places. Holds its code objects (64 at most). */
+#define LINE_CACHE 64
+static struct { PyObject *code; int lasti; int line; } line_cache[LINE_CACHE];
+
+static int
+frame_line(PyFrameObject *f, PyCodeObject *code)
+{
+    int lasti = PyFrame_GetLasti(f);
+    uint32_t i = (uint32_t)(((uintptr_t)code >> 4) ^ (uint32_t)lasti) & (LINE_CACHE - 1);
+    if (line_cache[i].code == (PyObject *)code && line_cache[i].lasti == lasti)
+        return line_cache[i].line;
+    int line = PyFrame_GetLineNumber(f);
+    Py_INCREF(code);
+    Py_XSETREF(line_cache[i].code, (PyObject *)code);
+    line_cache[i].lasti = lasti;
+    line_cache[i].line = line;
+    return line;
+}
+
 /* (function, file, line) of the first frame outside asyncio, or None; new reference. */
 static PyObject *
 creation_site(CreateTask *ct)
@@ -1854,7 +1946,7 @@ creation_site(CreateTask *ct)
         PyCodeObject *code = PyFrame_GetCode(f);
         int inside = PyUnicode_Tailmatch(code->co_filename, ct->skip_prefix, 0, plen, -1) == 1;
         if (!inside) {
-            int line = PyFrame_GetLineNumber(f);
+            int line = frame_line(f, code);
             PyObject *site = Py_BuildValue("(OOi)", code->co_qualname, code->co_filename, line);
             Py_DECREF(code);
             Py_DECREF(f);
@@ -1901,13 +1993,32 @@ create_record(CreateTask *ct, PyObject *loop, PyObject *coro, PyObject *context,
     PyObject *parent_id = (parent == Py_None || parent == task) ? Py_None
                                                                 : PyLong_FromVoidPtr(parent);
     if (!parent_id) goto out;
-    ev = Py_BuildValue("(OLNOOOOO)", KIND_OBJ[K_TASK_CREATE], (long long)t,
-                       PyLong_FromVoidPtr(task), name, coro_name,
-                       parent_id, rid, site);
-    if (parent_id != Py_None) Py_DECREF(parent_id);
-    if (!ev) goto out;
+    PyObject *tv = PyLong_FromLongLong(t), *tidv = PyLong_FromVoidPtr(task);
+    ev = (tv && tidv) ? PyTuple_New(8) : NULL;
+    if (!ev) {
+        Py_XDECREF(tv);
+        Py_XDECREF(tidv);
+        if (parent_id != Py_None) Py_DECREF(parent_id);
+        goto out;
+    }
+    Py_INCREF(KIND_OBJ[K_TASK_CREATE]);
+    PyTuple_SET_ITEM(ev, 0, KIND_OBJ[K_TASK_CREATE]);
+    PyTuple_SET_ITEM(ev, 1, tv);
+    PyTuple_SET_ITEM(ev, 2, tidv);
+    Py_INCREF(name); PyTuple_SET_ITEM(ev, 3, name);
+    Py_INCREF(coro_name); PyTuple_SET_ITEM(ev, 4, coro_name);
+    if (parent_id == Py_None) Py_INCREF(parent_id);
+    PyTuple_SET_ITEM(ev, 5, parent_id);
+    Py_INCREF(rid); PyTuple_SET_ITEM(ev, 6, rid);
+    Py_INCREF(site); PyTuple_SET_ITEM(ev, 7, site);
+    /* It lives as long as its task (live and status tables) and cannot be part of a cycle
+     * (ints, strs, None, a tuple of those): keep it out of the cyclic GC's work. */
+    if (PyLong_CheckExact(rid) || rid == Py_None) {
+        if (site != Py_None) PyObject_GC_UnTrack(site);
+        PyObject_GC_UnTrack(ev);
+    }
     win_append(r->win, ev);
-    done = PyObject_CallMethodNoArgs(task, s_done);
+    done = task_done(r, task);
     if (!done) goto out;
     if (done == Py_True) {
         /* eager_start: it ran to completion inside create_task(). Recorded from a done

@@ -328,3 +328,23 @@ def test_a_subclass_keeps_attributes() -> None:
     w.live_tasks = {1: 2}
     w.clear()
     assert w.live_tasks == {}
+
+
+def test_repeated_one_off_strings_round_trip() -> None:
+    # a task's name at its creation and its end (inline, then a back-reference), a path
+    # seen over and over (then interned), and the same across a generation boundary
+    w = native.Window(10 * S, 64 << 20)
+    evs: list[tuple[Any, ...]] = []
+    for i in range(50):
+        name = "".join(["Task-", str(i)])  # a fresh, non-interned str
+        path = "".join(["/items/", "x"])
+        evs.append((TASK_CREATE, T0 + i, 140_000_000_000 + i * 64, name, "c", None, i, None))
+        evs.append((LOG, T0 + i, "c", path, None))
+        evs.append((TASK_DONE, T0 + i, 140_000_000_000 + i * 64, "done", None, name))
+        if i == 25:
+            for e in evs:
+                w.append(e)
+            w.maintain(force_seal=True)
+    for e in evs[78:]:
+        w.append(e)
+    assert held(w) == evs

@@ -72,7 +72,7 @@ enum {
 #define INLINE_MAX 64
 
 #define MAX_DEPTH 8
-#define NKINDS 16
+#define NKINDS 19
 #define K_GENERIC 0
 
 /* Field layouts per event kind (see core/events.py), after the kind:
@@ -95,14 +95,17 @@ static const char *SCHEMA[NKINDS] = {
     "TRVV",      /* 5 LOOP_BLOCK t0 t1 callback stack */
     "TRV",       /* 6 LOOP_CALLBACK t0 t1 name */
     "TN",        /* 7 LOOP_LAG t lag */
-    "TNVVVVVVI", /* 8 REQ_START t rid type method path query client headers tid */
-    "TNnRVVVR",  /* 9 REQ_END t rid status t_ttfb route disconnected error t_body_end */
+    "TNVVVVVVIV", /* 8 REQ_START t rid type method path query client headers tid trace_id */
+    "TNnRVVVRn", /* 9 REQ_END t rid status t_ttfb route disconnected error t_body_end close */
     "TRVI",      /* 10 REGION t0 t1 name tid */
     "TVVI",      /* 11 LOG t category message tid */
     "TRRVVInV",  /* 12 EXECUTOR tq t0 t1 func thread tid rid error */
-    "TVV",       /* 13 REQ_ROUTE t rid route */
-    "TVV",       /* 14 REQ_TTFB t rid status */
+    "TVV",       /* 13 (unused; was REQ_ROUTE) */
+    "TVV",       /* 14 (unused; was REQ_TTFB) */
     "TVV",       /* 15 MARK t kind reason */
+    "TRNN",      /* 16 GC t0 t1 generation collected */
+    "TIVV",      /* 17 TASK_CANCEL t tid stack cause */
+    "TRIV",      /* 18 TASK_SLOW_STEP t0 t1 tid stack */
 };
 static Py_ssize_t SCHEMA_LEN[NKINDS];
 static PyObject *KIND_OBJ[NKINDS]; /* the kind ints, as decoded */
@@ -1440,6 +1443,12 @@ typedef struct {
     U64Tab last_end;       /* tid -> end of its last step */
     PyObject *done_type;   /* the task type whose ``done`` is cached below */
     PyObject *done_meth;   /* type(task).done, called as done_meth(task): no lookup per step */
+    PyObject *slow_cb;     /* slow_cb(task, tid, t0, t1): a step longer than slow_ns */
+    int64_t slow_ns;
+    PyObject *cancel_begin;/* cancel_begin(task) -> state: a wakeup by a cancelled future */
+    PyObject *cancel_end;  /* cancel_end(task, tid, t_queued, state), after its step */
+    PyObject *fut_type;    /* the future type whose ``cancelled`` is cached below */
+    PyObject *fut_cancelled;
 } Runner;
 
 static PyTypeObject Runner_Type;
@@ -1486,6 +1495,20 @@ task_done(Runner *r, PyObject *task)
         Py_XSETREF(r->done_type, (PyObject *)Py_TYPE(task));
     }
     return PyObject_Vectorcall(r->done_meth, &task, 1, NULL);
+}
+
+/* fut.cancelled() (looked up once per future type); new reference, NULL if it has none. */
+static PyObject *
+fut_is_cancelled(Runner *r, PyObject *fut)
+{
+    if ((PyObject *)Py_TYPE(fut) != r->fut_type) {
+        PyObject *m = PyObject_GetAttr((PyObject *)Py_TYPE(fut), s_cancelled);
+        if (!m) return NULL;
+        Py_XSETREF(r->fut_cancelled, m);
+        Py_INCREF(Py_TYPE(fut));
+        Py_XSETREF(r->fut_type, (PyObject *)Py_TYPE(fut));
+    }
+    return PyObject_Vectorcall(r->fut_cancelled, &fut, 1, NULL);
 }
 
 static void
@@ -1568,6 +1591,24 @@ Runner_vectorcall(Runner *r, PyObject *const *args, size_t nargsf, PyObject *kwn
             Py_XDECREF(res);
         }
     }
+    PyObject *cstate = NULL;
+    if (wakeup && nargs >= 3 && r->cancel_begin != Py_None) {
+        /* what it awaited was cancelled: where it was delivered (Python, rare) */
+        PyObject *c = fut_is_cancelled(r, args[2]);
+        if (!c) PyErr_Clear(); /* a foreign future without cancelled(): an ordinary wakeup */
+        else {
+            if (c == Py_True) {
+                cstate = PyObject_CallOneArg(r->cancel_begin, task);
+                if (!cstate) {
+                    PyErr_Clear();
+                    r->errors++;
+                    cstate = Py_None;
+                    Py_INCREF(cstate);
+                }
+            }
+            Py_DECREF(c);
+        }
+    }
     int64_t t0 = fd_clock();
     PyObject *res = PyObject_Vectorcall(cb, args + 2, nargs - 2, NULL);
     int64_t t1 = fd_clock();
@@ -1579,6 +1620,20 @@ Runner_vectorcall(Runner *r, PyObject *const *args, size_t nargsf, PyObject *kwn
     if (!res) PyErr_Fetch(&st, &sv, &stb);
 #endif
     win_step(r->win, t0, t1, raw, tq);
+    if (cstate) {
+        PyObject *x = cstate == Py_None ? NULL
+                      : PyObject_CallFunction(r->cancel_end, "OKLO", task, (unsigned long long)raw,
+                                              (long long)tq, cstate);
+        if (!x && cstate != Py_None) { PyErr_Clear(); r->errors++; }
+        Py_XDECREF(x);
+        Py_DECREF(cstate);
+    }
+    if (t1 - t0 > r->slow_ns && r->slow_cb != Py_None) {
+        PyObject *x = PyObject_CallFunction(r->slow_cb, "OKLL", task, (unsigned long long)raw,
+                                            (long long)t0, (long long)t1);
+        if (!x) { PyErr_Clear(); r->errors++; }
+        Py_XDECREF(x);
+    }
     PyObject *done = task_done(r, task);
     if (!done) { PyErr_Clear(); r->errors++; }
     else if (done == Py_True) runner_done(r, task, raw, t1);
@@ -1602,6 +1657,11 @@ Runner_traverse(Runner *r, visitproc visit, void *arg)
     Py_VISIT(r->step_type);
     Py_VISIT(r->done_type);
     Py_VISIT(r->done_meth);
+    Py_VISIT(r->slow_cb);
+    Py_VISIT(r->cancel_begin);
+    Py_VISIT(r->cancel_end);
+    Py_VISIT(r->fut_type);
+    Py_VISIT(r->fut_cancelled);
     return 0;
 }
 
@@ -1614,6 +1674,11 @@ Runner_clear(Runner *r)
     Py_CLEAR(r->step_type);
     Py_CLEAR(r->done_type);
     Py_CLEAR(r->done_meth);
+    Py_CLEAR(r->slow_cb);
+    Py_CLEAR(r->cancel_begin);
+    Py_CLEAR(r->cancel_end);
+    Py_CLEAR(r->fut_type);
+    Py_CLEAR(r->fut_cancelled);
     return 0;
 }
 
@@ -1629,11 +1694,14 @@ Runner_dealloc(Runner *r)
 static PyObject *
 Runner_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"window", "live_tasks", "wait_cb", "wait_ns", "step_type", NULL};
+    static char *kwlist[] = {"window", "live_tasks", "wait_cb", "wait_ns", "step_type",
+                             "slow_cb", "slow_ns", "cancel_begin", "cancel_end", NULL};
     PyObject *win, *live, *wait_cb, *step_type;
-    long long wait_ns;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!OLO!:StepRunner", kwlist, &Window_Type, &win,
-                                     &PyDict_Type, &live, &wait_cb, &wait_ns, &PyType_Type, &step_type))
+    PyObject *slow_cb = Py_None, *cancel_begin = Py_None, *cancel_end = Py_None;
+    long long wait_ns, slow_ns = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!OLO!|$OLOO:StepRunner", kwlist, &Window_Type,
+                                     &win, &PyDict_Type, &live, &wait_cb, &wait_ns, &PyType_Type,
+                                     &step_type, &slow_cb, &slow_ns, &cancel_begin, &cancel_end))
         return NULL;
     Runner *r = (Runner *)type->tp_alloc(type, 0);
     if (!r) return NULL;
@@ -1644,6 +1712,10 @@ Runner_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     Py_INCREF(step_type); r->step_type = step_type;
     r->wait_ns = wait_ns;
     r->self_offset_ok = -1;
+    Py_INCREF(slow_cb); r->slow_cb = slow_cb;
+    Py_INCREF(cancel_begin); r->cancel_begin = cancel_begin;
+    Py_INCREF(cancel_end); r->cancel_end = cancel_end;
+    r->slow_ns = slow_ns;
     return (PyObject *)r;
 }
 

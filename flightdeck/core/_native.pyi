@@ -95,6 +95,11 @@ class StepRunner:
         wait_cb: Callable[[Any, int, int, int], object] | None,
         wait_ns: int,
         step_type: type,
+        *,
+        slow_cb: Callable[[Any, int, int, int], object] | None = ...,
+        slow_ns: int = ...,
+        cancel_begin: Callable[[Any], Any] | None = ...,
+        cancel_end: Callable[[Any, int, int, Any], object] | None = ...,
     ) -> None: ...
     def __call__(self, callback: Any, t_queued: int, /, *args: Any) -> Any: ...
     def forget(self) -> None: ...

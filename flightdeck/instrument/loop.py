@@ -319,18 +319,6 @@ class LoopInstrumentation:
         base_create_task = base.create_task
         current_task = _current_task
         counters = self
-        native = self.rec.native
-        if native is not None and step_type is not type(None):
-            # The native core: call_soon and the step runner in C (core/_native.c), writing
-            # TASK_STEP and TASK_DONE straight into the window. A long wait (rare) calls back
-            # here for the await chain.
-            from ..core import _native
-
-            def wait_cb(task: Any, raw: int, prev: int, t_queued: int) -> None:
-                emit((WAIT, prev, t_queued, raw, await_chain(task.get_coro())))
-
-            self._runner = _native.StepRunner(native, live, wait_cb, wait_ns, step_type)
-        created = self._creation_recorder(track_done=False)  # run_step notices completions
         iscoroutine = asyncio.iscoroutine
         iscoroutinefunction = inspect.iscoroutinefunction
 
@@ -381,6 +369,43 @@ class LoopInstrumentation:
                     finished(task, raw, t1)
                 else:
                     last_end[raw] = t1
+
+        native = self.rec.native
+        if native is not None and step_type is not type(None):
+            # The native core: call_soon and the step runner in C (core/_native.c), writing
+            # TASK_STEP and TASK_DONE straight into the window. The rare cases call back here:
+            # a long wait (its await chain), a slow step, a cancelled wakeup.
+            from ..core import _native
+
+            def wait_cb(task: Any, raw: int, prev: int, t_queued: int) -> None:
+                emit((WAIT, prev, t_queued, raw, await_chain(task.get_coro())))
+
+            def cancel_begin(task: Any) -> tuple[Any, int]:
+                return await_chain(task.get_coro()), task.cancelling()
+
+            def cancel_end(task: Any, raw: int, t_queued: int, state: tuple[Any, int]) -> None:
+                chain, before = state
+                cause = None
+                if task.cancelling() < before or (
+                    task.done()
+                    and not task.cancelled()
+                    and isinstance(task._exception, TimeoutError)
+                ):
+                    cause = "timeout"
+                emit((CANCEL, t_queued, raw, chain, cause))
+
+            self._runner = _native.StepRunner(
+                native,
+                live,
+                wait_cb,
+                wait_ns,
+                step_type,
+                slow_cb=slow_step,
+                slow_ns=slow_ns,
+                cancel_begin=cancel_begin,
+                cancel_end=cancel_end,
+            )
+        created = self._creation_recorder(track_done=False)  # run_step notices completions
 
         def run_step(callback: Any, t_queued: int) -> None:
             t0 = pc()

@@ -20,7 +20,8 @@ T0 = 1_000_000 * S  # a plausible perf_counter_ns value
 TASK_CREATE, TASK_STEP, TASK_DONE, TASK_WAIT = 1, 2, 3, 4
 LOOP_BLOCK, LOOP_CALLBACK, LOOP_LAG = 5, 6, 7
 REQ_START, REQ_END, REGION, LOG, EXECUTOR = 8, 9, 10, 11, 12
-REQ_ROUTE, REQ_TTFB, MARK = 13, 14, 15
+REQ_ROUTE, REQ_TTFB, MARK = 13, 14, 15  # 13 and 14 are unused: any layout is stored
+GC, TASK_CANCEL, TASK_SLOW_STEP = 16, 17, 18
 
 
 class FakeClock:
@@ -70,8 +71,13 @@ events = st.one_of(
     st.tuples(st.just(LOOP_BLOCK), ts, ts, value, frames),
     st.tuples(st.just(LOOP_CALLBACK), ts, ts, text),
     st.tuples(st.just(LOOP_LAG), ts, st.integers(0, 2**40)),
-    st.tuples(st.just(REQ_START), ts, value, text, text, text, text, value, value, opt_tid),
-    st.tuples(st.just(REQ_END), ts, value, value, t_or_0, value, st.booleans(), value, t_or_0),
+    st.tuples(st.just(REQ_START), ts, value, text, text, text, text, value, value, opt_tid, value),
+    st.tuples(
+        st.just(REQ_END), ts, value, value, t_or_0, value, st.booleans(), value, t_or_0, value
+    ),
+    st.tuples(st.just(GC), ts, ts, st.integers(0, 2), st.integers(0, 10**6)),
+    st.tuples(st.just(TASK_CANCEL), ts, tid, frames, st.none() | st.just("timeout")),
+    st.tuples(st.just(TASK_SLOW_STEP), ts, ts, tid, frames),
     st.tuples(st.just(REGION), ts, ts, text, opt_tid),
     st.tuples(st.just(LOG), ts, text, text, opt_tid),
     st.tuples(st.just(EXECUTOR), ts, t_or_0, t_or_0, text, text, opt_tid, value, value),
@@ -164,9 +170,10 @@ def test_byte_bound_holds_under_bursts(max_bytes: int) -> None:
                     ("127.0.0.1", 40000 + i % 1000),
                     None,
                     140_000_000_000 + (i % 64) * 64,
+                    None,
                 )
             elif k == 1:
-                e = (REQ_END, t, n - 1, 200, t - 500, "/items/{id}", False, None, t)
+                e = (REQ_END, t, n - 1, 200, t - 500, "/items/{id}", False, None, t, None)
             elif k == 2:
                 e = (
                     TASK_CREATE,
@@ -254,10 +261,10 @@ def test_status_is_carried_across_generations() -> None:
     t1, t2 = 140_000_000_064, 140_000_000_128
     w.append((TASK_CREATE, T0, t1, "long", "main", None, None, None))
     w.append((TASK_CREATE, T0, t2, "short", "main", None, None, None))
-    w.append((REQ_START, T0, 7, "http", "GET", "/", "", None, None, t1))
-    w.append((REQ_START, T0, 8, "http", "GET", "/b", "", None, None, t2))
+    w.append((REQ_START, T0, 7, "http", "GET", "/", "", None, None, t1, None))
+    w.append((REQ_START, T0, 8, "http", "GET", "/b", "", None, None, t2, None))
     w.append((TASK_DONE, T0 + 1, t2, "done", None, "short"))
-    w.append((REQ_END, T0 + 1, 8, 200, 0, None, False, None, 0))
+    w.append((REQ_END, T0 + 1, 8, 200, 0, None, False, None, 0, None))
     w.maintain(force_seal=True)
     for sec in range(1, 30):
         clock.now = T0 + sec * S

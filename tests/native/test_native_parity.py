@@ -16,6 +16,8 @@ from flightdeck.snapshot.build import build_document
 from tests.support import drive, http_scope
 
 native = pytest.importorskip("flightdeck.core.native", reason="native core not built")
+if cores.CORE != "native":
+    pytest.skip("the native core is disabled (FLIGHTDECK_NO_EXTENSIONS)", allow_module_level=True)
 
 S = 1_000_000_000
 

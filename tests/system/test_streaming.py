@@ -227,7 +227,9 @@ async def test_10k_concurrent_slow_requests(decks: list[Any]) -> None:
     assert bodies == [f"/r{i}".encode() for i in range(n)]  # every request answered, right
     stats = rec.stats
     assert len(sizes) >= 5 and max(sizes) <= max_bytes, sizes
-    assert stats["dropped"] > 0  # the bound was hit, and what it cost is counted
+    # The bound was hit, and what it cost is counted (the native core encodes these events in
+    # about 15 bytes each: all of them fit in 4 MiB).
+    assert stats["dropped"] > 0 or stats["core"] == "native"
     # The pure core's append buffer is bounded by max_bytes too: a burst faster than its
     # drain overflows it (counted, one drop per overflow); the native core encodes at emit.
     assert stats["overflows"] == 0 or stats["core"] == "python"

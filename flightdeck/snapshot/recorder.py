@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import io
 import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from time import perf_counter_ns
 from typing import IO, Any
 
@@ -43,6 +44,10 @@ class FlightRecorder:
     ``start()`` instruments the running event loop (when ``instrument_loop``) and starts a
     background thread that compacts the window and watches for a blocked loop.
     ``snapshot()`` freezes the window and builds a :class:`Snapshot`.
+
+    Longer than the layout's 250-line guideline on purpose: it is the public object users
+    hold (lifecycle, snapshots, stats in one place), and each method is a thin step into
+    the layer doing the work (``core`` window, the instruments, ``snapshot.build``).
     """
 
     def __init__(
@@ -224,31 +229,16 @@ class FlightRecorder:
         Only one build runs at a time per recorder: a concurrent one raises
         :class:`SnapshotInProgress` rather than queueing.
         """
-        if not self._build_lock.acquire(blocking=False):
-            self.snapshots_refused += 1
-            raise SnapshotInProgress("a snapshot of this recorder is already being built")
-        try:
-            # The build allocates hundreds of thousands of containers that all survive it:
-            # left on, the cyclic GC would run full collections over the whole heap, with
-            # the GIL, stalling the event loop (and halving the build's throughput).
-            gc_was_enabled = gc.isenabled()
-            gc.disable()
-            try:
-                doc = builder.build_document(
-                    frozen,
-                    snapshot_id=new_id(),
-                    offset_ns=self._clock_offset_ns,
-                    trigger={"kind": kind, "reason": reason, "request": request},
-                    trigger_time_ns=trigger_time_ns,
-                    process=self._process_info(),
-                )
-            finally:
-                if gc_was_enabled:
-                    gc.enable()
-            self.snapshots_taken += 1
-            return Snapshot(doc)
-        finally:
-            self._build_lock.release()
+        with self._building():
+            doc = builder.build_document(
+                frozen,
+                snapshot_id=new_id(),
+                offset_ns=self._clock_offset_ns,
+                trigger={"kind": kind, "reason": reason, "request": request},
+                trigger_time_ns=trigger_time_ns,
+                process=self._process_info(),
+            )
+        return Snapshot(doc)
 
     def build_into(
         self,
@@ -270,32 +260,42 @@ class FlightRecorder:
         sees the assembled document before it is written (the fleet adds its incident
         there) and may raise to drop the snapshot.
         """
+        with self._building():
+            trigger = {"kind": kind, "reason": reason, "request": request, **(extra or {})}
+            doc = builder.assemble(
+                frozen,
+                snapshot_id=new_id(),
+                offset_ns=self._clock_offset_ns,
+                trigger=trigger,
+                trigger_time_ns=trigger_time_ns,
+                process=self._process_info(),
+            )
+            if annotate is not None:
+                annotate(doc)
+            data, summary = encode_stream(doc, builder.iter_json(doc))
+            del doc
+            info = store.put_encoded(data, summary)
+        return info
+
+    @contextlib.contextmanager
+    def _building(self) -> Iterator[None]:
+        """One build at a time per recorder (a concurrent one raises), with the GC off.
+
+        A build allocates hundreds of thousands of containers that all survive it: left on,
+        the cyclic GC would run full collections over the whole heap, with the GIL, stalling
+        the event loop (and halving the build's throughput). Counts builds that finish.
+        """
         if not self._build_lock.acquire(blocking=False):
             self.snapshots_refused += 1
             raise SnapshotInProgress("a snapshot of this recorder is already being built")
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
         try:
-            gc_was_enabled = gc.isenabled()
-            gc.disable()  # see build()
-            try:
-                trigger = {"kind": kind, "reason": reason, "request": request, **(extra or {})}
-                doc = builder.assemble(
-                    frozen,
-                    snapshot_id=new_id(),
-                    offset_ns=self._clock_offset_ns,
-                    trigger=trigger,
-                    trigger_time_ns=trigger_time_ns,
-                    process=self._process_info(),
-                )
-                if annotate is not None:
-                    annotate(doc)
-                data, summary = encode_stream(doc, builder.iter_json(doc))
-                del doc
-            finally:
-                if gc_was_enabled:
-                    gc.enable()
+            yield
             self.snapshots_taken += 1
-            return store.put_encoded(data, summary)
         finally:
+            if gc_was_enabled:
+                gc.enable()
             self._build_lock.release()
 
     def snapshot(self, reason: str = "", *, kind: str = "manual") -> Snapshot:

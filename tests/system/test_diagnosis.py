@@ -168,6 +168,18 @@ def _snapshot_of(srv: ThreadServer, path: str) -> tuple[str, dict[str, Any]]:
     return text.decode(), orjson.loads(raw)
 
 
+def _idle(srv: ThreadServer) -> None:
+    """No capture pending or queued: a trigger now gets a snapshot of its own (one arriving
+    while another is pending would be listed in that one's ``trigger.also``)."""
+
+    def idle() -> bool:
+        status, _, body = http_get(f"{srv.url}{PREFIX}/status")
+        triggers = orjson.loads(body)["triggers"]
+        return status == 200 and not triggers["pending"] and not triggers["queued"]
+
+    wait_until(idle, timeout=15)
+
+
 def _together(*paths: str, gap: float = 0.01) -> None:
     threads = []
     for path in paths:
@@ -206,6 +218,7 @@ def test_a_loop_hog_under_the_threshold_is_named_as_what_held_the_loop(
 
 
 def test_a_cancellation_burst_is_counted_with_its_site_and_cause(srv: ThreadServer) -> None:
+    _idle(srv)
     http_get(f"{srv.url}/burst")
     text, doc = _snapshot_of(srv, "/burst")
     head = _head(text)
@@ -217,6 +230,7 @@ def test_a_cancellation_burst_is_counted_with_its_site_and_cause(srv: ThreadServ
 
 
 def test_a_gc_pause_is_a_finding_and_counted_in_the_request(srv: ThreadServer) -> None:
+    _idle(srv)
     http_get(f"{srv.url}/gc")
     text, doc = _snapshot_of(srv, "/gc")
     head = _head(text)
@@ -229,6 +243,7 @@ def test_a_gc_pause_is_a_finding_and_counted_in_the_request(srv: ThreadServer) -
 
 
 def test_a_lock_held_across_an_await_shows_where_the_victim_waited(srv: ThreadServer) -> None:
+    _idle(srv)
     _together(f"{srv.url}/holder", f"{srv.url}/waiter", gap=0.03)
     text, doc = _snapshot_of(srv, "/waiter")
     why = next(line for line in text.splitlines() if line.startswith("why:"))
@@ -237,6 +252,7 @@ def test_a_lock_held_across_an_await_shows_where_the_victim_waited(srv: ThreadSe
 
 
 def test_a_saturated_thread_pool_shows_queued_time(srv: ThreadServer) -> None:
+    _idle(srv)
     _together(f"{srv.url}/pool-hog", f"{srv.url}/pool")
     text, doc = _snapshot_of(srv, "/pool")
     head = _head(text)

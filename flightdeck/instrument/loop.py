@@ -9,6 +9,8 @@ with the parent task and the request; completion is noticed after the step that 
 the task, so no done-callback is added. Coroutines are never wrapped: ``get_coro()`` and
 ``repr(task)`` stay as they were. Nothing here keeps a task, frame or future alive: the
 window holds ids, names and ``(function, file, line)`` tuples only.
+
+Over the layout's 400-line guideline for the reason given on ``LoopInstrumentation``.
 """
 
 from __future__ import annotations

@@ -1086,7 +1086,10 @@ win_status(Window *w, int64_t kind, PyObject *ev)
     /* only keys whose hash and equality run no Python code */
     if (!PyLong_CheckExact(key) && !PyUnicode_CheckExact(key)) return;
     if (kind == K_TASK_CREATE || kind == K_REQ_START) {
-        if (PyDict_GET_SIZE(d) >= w->st_limit && !PyDict_Contains(d, key)) return;
+        /* One limit for both tables together: the ring was sized around their one share. */
+        if (PyDict_GET_SIZE(w->st_tasks) + PyDict_GET_SIZE(w->st_reqs) >= w->st_limit
+            && !PyDict_Contains(d, key))
+            return;
         if (PyDict_SetItem(d, key, ev) < 0) { PyErr_Clear(); w->errors++; }
     }
     else {

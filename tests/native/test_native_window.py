@@ -355,3 +355,42 @@ def test_repeated_one_off_strings_round_trip() -> None:
     for e in evs[78:]:
         w.append(e)
     assert held(w) == evs
+
+
+@pytest.mark.parametrize("max_bytes", [64 << 10, 1 << 20, 4 << 20])
+def test_byte_bound_holds_with_more_live_tasks_and_requests_than_it_can_describe(
+    max_bytes: int,
+) -> None:
+    # Both status tables share one eighth of the budget: 10k requests in flight, each with
+    # its task, overflowed it when each table had that share to itself.
+    clock = FakeClock()
+    w = native.Window(3600 * S, max_bytes, clock=clock)
+    t = T0
+    for i in range(10_000):
+        t += 1000
+        clock.now = t
+        w.append((TASK_CREATE, t, 16 * (i + 1), f"Task-{i}", "handler", None, i, None))
+        w.append(
+            (
+                REQ_START,
+                t,
+                i,
+                "http",
+                "GET",
+                f"/r{i}",
+                "",
+                ("127.0.0.1", 1),
+                None,
+                16 * (i + 1),
+                None,
+            )
+        )
+    # Then fill the ring with steps: the window is full while both tables are at their limit.
+    for j in range(400_000):
+        t += 1000
+        clock.now = t
+        w.append((TASK_STEP, t, t + 500, 16 * (j % 10_000 + 1), t - 100))
+        if j % 20_000 == 0:
+            assert w.nbytes <= max_bytes, (j, w.nbytes)
+    w.maintain()
+    assert w.nbytes <= max_bytes

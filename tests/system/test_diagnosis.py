@@ -205,6 +205,7 @@ def _head(text: str) -> str:
 def test_a_loop_hog_under_the_threshold_is_named_as_what_held_the_loop(
     srv: ThreadServer,
 ) -> None:
+    _idle(srv)
     _together(f"{srv.url}/victim", f"{srv.url}/hog", gap=0.005)
     text, doc = _snapshot_of(srv, "/victim")
     head = _head(text)
@@ -267,6 +268,7 @@ def test_a_saturated_thread_pool_shows_queued_time(srv: ThreadServer) -> None:
 def test_the_loop_blocked_row_of_the_list_names_the_request_it_blocked(
     srv: ThreadServer,
 ) -> None:
+    _idle(srv)
     http_get(f"{srv.url}/block")
 
     def blocked() -> dict[str, Any] | None:

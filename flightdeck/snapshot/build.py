@@ -186,12 +186,17 @@ class _Builder(TaskTable):
 
     def feed(self, events: list[Event]) -> None:
         ts = self.ts
-        # Task steps are most of the window: their branch is kept to local lookups only.
+        # Task steps are most of the window, and a capture builds them under a busy loop
+        # that leaves it a share of the GIL: their branch is kept to local lookups only, the
+        # task's uid and ``steps.extend`` cached by raw id (dropped when a creation may give
+        # that raw id to a new task; ``_new_task`` is only reached through those for an id
+        # already known).
         STEP = ev.TASK_STEP
         off = self.offset
-        uid_of = self.uid.get
-        tasks = self.tasks
+        hot: dict[int, tuple[str, Any]] = {}
+        hot_get = hot.get
         last_end = self.last_end
+        last_get = last_end.get
         t_min = self.t_min
         for e in events:
             k = e[0]
@@ -200,24 +205,28 @@ class _Builder(TaskTable):
                 t_min = t
             if k == STEP:
                 _, t0, t1, raw, tq = e
-                uid = uid_of(raw)
-                task = self.task(raw) if uid is None else tasks[uid]
-                uid = task["id"]
-                prev = last_end.get(uid)
+                cached = hot_get(raw)
+                if cached is None:
+                    task = self.task(raw)
+                    cached = hot[raw] = (task["id"], task["steps"].extend)
+                uid, extend = cached
                 if tq:
                     ready = (t0 - tq) / 1e9 if t0 > tq else 0.0
+                    prev = last_get(uid)
                     if prev is not None:
                         waited = (tq - prev) / 1e9 if tq > prev else 0.0
                     else:
                         waited = NAN
                 else:
                     waited = ready = NAN
-                task["steps"].extend(((t0 + off) / 1e9, (t1 - t0) / 1e9, waited, ready))
+                extend(((t0 + off) / 1e9, (t1 - t0) / 1e9, waited, ready))
                 last_end[uid] = t1
                 continue
             self.t_min = t_min
             if k == ev.TASK_CREATE:
-                self._create(e[ev.TASK_CREATE_TID], e)
+                raw = e[ev.TASK_CREATE_TID]
+                hot.pop(raw, None)
+                self._create(raw, e)
             elif k == ev.TASK_DONE:
                 _, t, raw, state, error, name = e
                 task = self.task(raw)
@@ -426,6 +435,17 @@ def plain_steps(steps: Any) -> Any:
     ]
 
 
+def _json_steps(steps: Any) -> Any:
+    """Like :func:`plain_steps`, for orjson only: NaN is left in, orjson writes it as null.
+
+    Slicing and zipping run in C; ``plain_steps`` tests every value in Python.
+    """
+    if not isinstance(steps, array):
+        return steps
+    values = steps.tolist()
+    return list(zip(values[0::4], values[1::4], values[2::4], values[3::4], strict=True))
+
+
 def build_document(
     frozen: Frozen,
     *,
@@ -473,7 +493,7 @@ def iter_json(doc: Doc) -> Iterator[bytes]:
         yield b"["
         for i, task in enumerate(value):
             plain = dict(task)
-            plain["steps"] = plain_steps(task["steps"])
+            plain["steps"] = _json_steps(task["steps"])
             yield (b"," if i else b"") + _dumps(plain)
         yield b"]"
     yield b"}"

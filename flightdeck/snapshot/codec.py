@@ -29,6 +29,8 @@ _META_TAG = b"FD"  # FEXTRA subfield id carrying the summary
 GZIP_MAGIC = b"\x1f\x8b\x08\x04"  # gzip, deflate, FLG.FEXTRA only
 # A low level: every put compresses, and repetitive JSON compresses well even at low levels.
 _GZIP_LEVEL = 4
+#: ``encode_stream`` compresses its pieces in batches of at least this many bytes.
+_BATCH = 1 << 20
 #: Files and decompressed documents larger than this (or the store's max_bytes) are refused.
 MIN_READ_LIMIT = 64 << 20
 
@@ -151,10 +153,21 @@ def encode_stream(
     body: list[bytes] = []
     crc = 0
     size = 0
+    # The pieces are small (one task's JSON) and ``crc32``/``compress`` release the GIL on
+    # every call: under a busy event loop each reacquire can wait a long time (see
+    # benchmarks/README.md, "End of round 2"). Batched, they release it a few times per
+    # MiB, and compress that MiB in parallel with the loop. Costs one batch of memory.
+    batch = bytearray()
     for piece in pieces:
-        crc = zlib.crc32(piece, crc)
-        size += len(piece)
-        body.append(compressor.compress(piece))
+        batch += piece
+        if len(batch) >= _BATCH:
+            crc = zlib.crc32(batch, crc)
+            size += len(batch)
+            body.append(compressor.compress(batch))
+            batch.clear()
+    crc = zlib.crc32(batch, crc)
+    size += len(batch)
+    body.append(compressor.compress(batch))
     body.append(compressor.flush())
     summary = clean(head, size)
     if summary is None:

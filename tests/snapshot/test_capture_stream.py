@@ -78,3 +78,15 @@ def test_build_into_stores_a_loadable_snapshot(run: Runner) -> None:
     assert info.size == len(gzip.decompress(data))
     assert store.list()[0]["trigger"]["reason"] == "r"
     assert rec.stats["snapshots"] == 1
+
+
+def test_encode_stream_batches_pieces_into_one_valid_member() -> None:
+    from flightdeck.snapshot import codec
+
+    # Pieces of many sizes, crossing the batch size: the member holds their concatenation.
+    head = {"format": "flightdeck/1", "id": "20260101T000000Z-1-50fc206e", "trigger": {}}
+    pieces = [bytes([65 + i % 26]) * (i * 7919 % (codec._BATCH // 3)) for i in range(40)]
+    data, summary = codec.encode_stream(head, iter(pieces))
+    assert gzip.decompress(data) == b"".join(pieces)
+    assert summary["size"] == sum(map(len, pieces)) > 3 * codec._BATCH
+    assert codec.encode_stream(head, iter([]))[1]["size"] == 0

@@ -39,6 +39,7 @@ from ..instrument.watchdog import Watchdog
 from . import build as builder
 from .document import Snapshot, SnapshotInProgress, new_id
 from .store import SnapshotStore, StoredInfo, encode_stream
+from .switching import prompt_switching
 
 
 class FlightRecorder:
@@ -286,7 +287,9 @@ class FlightRecorder:
 
         A build allocates hundreds of thousands of containers that all survive it: left on,
         the cyclic GC would run full collections over the whole heap, with the GIL, stalling
-        the event loop (and halving the build's throughput). Counts builds that finish.
+        the event loop (and halving the build's throughput). A shorter switch interval
+        meanwhile, so that a saturated loop cannot starve it (``switching.py``). Counts
+        builds that finish.
         """
         if not self._build_lock.acquire(blocking=False):
             self.snapshots_refused += 1
@@ -294,7 +297,8 @@ class FlightRecorder:
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            yield
+            with prompt_switching():
+                yield
             self.snapshots_taken += 1
         finally:
             if gc_was_enabled:

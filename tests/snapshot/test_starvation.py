@@ -1,0 +1,133 @@
+"""A capture completes while the event loop is saturated (benchmarks/README.md, round 2).
+
+The loop's thread drops the GIL around every poll and takes it straight back; with the
+default switch interval a building thread could wait tens of seconds for its turns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from flightdeck import FlightRecorder
+from flightdeck.snapshot import switching
+from flightdeck.snapshot.store import SnapshotStore
+
+Runner = Callable[[Any], Any]
+
+
+def test_capture_under_a_saturated_loop_completes(run: Runner) -> None:
+    async def main() -> tuple[float, float, int]:
+        stop = asyncio.Event()
+
+        async def sleeper() -> None:
+            while not stop.is_set():
+                await asyncio.sleep(0.001)
+
+        load = [asyncio.create_task(sleeper()) for _ in range(200)]
+        rec = FlightRecorder(loop_blocked=None)
+        rec.start()
+        try:
+            await asyncio.sleep(2.0)  # fills the window with ~100k+ events
+            store = SnapshotStore()
+            started = time.monotonic()
+            build = asyncio.ensure_future(
+                asyncio.to_thread(rec.build_into, store, rec.freeze(), kind="test")
+            )
+            # Generous: ~1 s here on 2 cores; starved, 20 s to minutes. The loop keeps
+            # running meanwhile (the sleepers are still scheduled), which the lag shows.
+            deadline = started + 15.0
+            worst_lag = 0.0
+            while not build.done() and time.monotonic() < deadline:
+                tick = time.monotonic()
+                await asyncio.sleep(0.01)
+                worst_lag = max(worst_lag, time.monotonic() - tick - 0.01)
+            assert build.done(), "the capture did not finish within 15 s under a busy loop"
+            info = build.result()
+            return time.monotonic() - started, worst_lag, info.size
+        finally:
+            stop.set()
+            await asyncio.gather(*load)
+            rec.stop()
+
+    elapsed, worst_lag, size = run(main())
+    assert elapsed < 15.0
+    assert size > 1 << 20
+    assert worst_lag < 1.0, f"the loop stalled {worst_lag:.3f} s during the capture"
+    assert switching.active() == 0
+
+
+@pytest.fixture
+def interval() -> Any:
+    before = sys.getswitchinterval()
+    yield before
+    sys.setswitchinterval(before)
+
+
+def test_lowered_while_builds_run_and_restored_exactly(interval: float) -> None:
+    sys.setswitchinterval(0.000249)  # n / 1e6 that setswitchinterval truncates to n - 1
+    start = sys.getswitchinterval()
+    with switching.prompt_switching(0.0001):
+        assert sys.getswitchinterval() == pytest.approx(0.0001)
+        with switching.prompt_switching(0.0001):  # a second recorder's build
+            assert switching.active() == 2
+        assert sys.getswitchinterval() == pytest.approx(0.0001)
+    assert sys.getswitchinterval() == start
+    assert switching.active() == 0
+
+
+def test_restored_on_error_and_concurrent_threads(interval: float) -> None:
+    sys.setswitchinterval(0.005)
+    with pytest.raises(RuntimeError), switching.prompt_switching():
+        raise RuntimeError("build failed")
+    assert sys.getswitchinterval() == 0.005 and switching.active() == 0
+
+    # Builds on several threads, overlapping in any order: the last one out restores.
+    barrier = threading.Barrier(4)
+
+    def build() -> None:
+        with switching.prompt_switching():
+            barrier.wait()
+            assert sys.getswitchinterval() == switching.BUILD_SWITCH_INTERVAL
+
+    threads = [threading.Thread(target=build) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sys.getswitchinterval() == 0.005 and switching.active() == 0
+
+
+def test_a_change_made_during_a_build_stands(interval: float) -> None:
+    sys.setswitchinterval(0.005)
+    with switching.prompt_switching():
+        sys.setswitchinterval(0.002)  # the application's own choice
+    assert sys.getswitchinterval() == 0.002
+
+
+def test_never_raised(interval: float) -> None:
+    sys.setswitchinterval(0.0001)
+    start = sys.getswitchinterval()
+    with switching.prompt_switching(0.0005):
+        assert sys.getswitchinterval() == start
+    assert sys.getswitchinterval() == start
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_during_a_build_gets_the_interval_back(interval: float) -> None:
+    sys.setswitchinterval(0.005)
+    with switching.prompt_switching():
+        pid = os.fork()
+        if pid == 0:  # the child: no build runs here
+            ok = sys.getswitchinterval() == 0.005 and switching.active() == 0
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert sys.getswitchinterval() == 0.005

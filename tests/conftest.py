@@ -17,6 +17,53 @@ from typing import Any
 import pytest
 from support import ROOT, TESTS, ServerProcess, free_port, http_get, wait_until
 
+# -- FLIGHTDECK_EXPECT_NATIVE -------------------------------------------------------------
+# The native runs (Makefile: pytest) set it: a native test skipped there because the
+# extension did not build would otherwise pass the run silently, on the pure core only.
+#: What the native-only skips say (tests/native, tests/asgi/test_casgi.py).
+_NATIVE_SKIPS = ("not built", "native core is disabled")
+
+
+def _expect_native() -> bool:
+    return os.environ.get("FLIGHTDECK_EXPECT_NATIVE", "") not in ("", "0")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not _expect_native():
+        return
+    from flightdeck.asgi import accel
+    from flightdeck.core.cores import CORE
+
+    if CORE != "native" or accel.casgi is None:
+        pytest.exit(
+            f"FLIGHTDECK_EXPECT_NATIVE is set but the core is {CORE!r} and the native request"
+            f" path is {'missing' if accel.casgi is None else 'built'} (extension not built,"
+            " or FLIGHTDECK_NO_EXTENSIONS set)",
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
+
+
+def _fail_native_skip(report: pytest.TestReport | pytest.CollectReport) -> None:
+    if not (_expect_native() and report.skipped):
+        return
+    longrepr = report.longrepr
+    reason = str(longrepr[2] if isinstance(longrepr, tuple) else longrepr)
+    if any(marker in reason for marker in _NATIVE_SKIPS):
+        report.outcome = "failed"
+        report.longrepr = f"FLIGHTDECK_EXPECT_NATIVE is set, but skipped: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    _fail_native_skip(outcome.get_result())  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    outcome = yield
+    _fail_native_skip(outcome.get_result())  # type: ignore[attr-defined]
+
 
 @pytest.fixture
 def anyio_backend() -> str:

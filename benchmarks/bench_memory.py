@@ -103,9 +103,29 @@ async def scenario_sleep(max_bytes: int, seconds: float, capture: bool) -> dict[
 
         store = SnapshotStore()
         frozen = rec.freeze()
+        cpu: list[float] = []
+
+        def capture() -> Any:
+            start = time.thread_time()
+            try:
+                return rec.build_into(store, frozen, kind="bench")
+            finally:
+                cpu.append(time.thread_time() - start)
+
         with Sampler() as c:
-            # What a trigger does: build off the loop straight into the store (gzip'd).
-            info = await asyncio.to_thread(rec.build_into, store, frozen, kind="bench")
+            # What a trigger does: build off the loop straight into the store (gzip'd). The
+            # loop keeps running the sleepers meanwhile; a 10 ms ticker measures its lag.
+            started = time.perf_counter()
+            build = asyncio.ensure_future(asyncio.to_thread(capture))
+            lag = 0.0
+            while not build.done():
+                tick = time.perf_counter()
+                await asyncio.sleep(0.01)
+                lag = max(lag, time.perf_counter() - tick - 0.01)
+            info = build.result()
+            out["capture_wall_s"] = time.perf_counter() - started
+        out["capture_cpu_s"] = cpu[0]
+        out["capture_loop_lag_max_ms"] = lag * 1e3
         out["capture_extra_mib"] = (c.peak_rss - steady) / MIB
         out["capture_json_mib"] = info.size / MIB
         out["capture_stored_mib"] = info.stored / MIB
@@ -195,8 +215,8 @@ def run_child(scenario: str, max_bytes: int, seconds: float, core: str) -> dict[
     try:
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, timeout=180)
     except subprocess.TimeoutExpired:
-        # Seen with the capture scenario: a loop this busy can starve the building thread of
-        # the GIL (see benchmarks/README.md); say so instead of hanging.
+        # Seen with the capture scenario before builds lowered the GIL switch interval
+        # (flightdeck/snapshot/switching.py): say so instead of hanging.
         return {"timeout": True, "core": core}
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
@@ -237,6 +257,11 @@ def main() -> None:
             bound = 1.25 * max_bytes / MIB + 8
             label = f"{r['core']:<6} {scenario:<7} max_bytes {max_bytes // MIB:>2} MiB"
             if scenario == "capture":
+                print(
+                    f"  {label} capture took {r['capture_wall_s']:.2f} s wall,"
+                    f" {r['capture_cpu_s']:.2f} s CPU in its thread; loop lag at most"
+                    f" {r['capture_loop_lag_max_ms']:.0f} ms"
+                )
                 print(
                     line(
                         label + " capture",

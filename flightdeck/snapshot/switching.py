@@ -21,8 +21,9 @@ import sys
 import threading
 from collections.abc import Iterator
 
-#: The switch interval while a build runs. 0.5 ms: the build of a full default window under
-#: 200 tasks looping on ``sleep(0.001)`` takes well under 2 s (benchmarks/README.md).
+#: The switch interval while a build runs. 0.5 ms: shorter than one iteration of a saturated
+#: loop (200 tasks looping on ``sleep(0.001)``); 0.2 and 1 ms measured no better
+#: (benchmarks/README.md, "Capture starvation").
 BUILD_SWITCH_INTERVAL = 0.0005
 
 _lock = threading.Lock()

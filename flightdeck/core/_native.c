@@ -113,6 +113,7 @@ static PyObject *KIND_OBJ[NKINDS]; /* the kind ints, as decoded */
 #define K_TASK_CREATE 1
 #define K_TASK_STEP 2
 #define K_TASK_DONE 3
+#define K_TASK_WAIT 4
 #define K_REQ_START 8
 #define K_REQ_END 9
 
@@ -1429,6 +1430,103 @@ static PyTypeObject Window_Type = {
 };
 
 /* ------------------------------------------------------------------------------------ */
+/* await chains                                                                          */
+
+/* (code, instruction offset) -> line: computing a frame's line walks its line table, and
+ * tasks are created from the same few places. Holds its code objects (64 at most). */
+#define LINE_CACHE 64
+static struct { PyObject *code; int lasti; int line; } line_cache[LINE_CACHE];
+
+static int
+frame_line(PyFrameObject *f, PyCodeObject *code)
+{
+    int lasti = PyFrame_GetLasti(f);
+    uint32_t i = (uint32_t)(((uintptr_t)code >> 4) ^ (uint32_t)lasti) & (LINE_CACHE - 1);
+    if (line_cache[i].code == (PyObject *)code && line_cache[i].lasti == lasti)
+        return line_cache[i].line;
+    int line = PyFrame_GetLineNumber(f);
+    Py_INCREF(code);
+    Py_XSETREF(line_cache[i].code, (PyObject *)code);
+    line_cache[i].lasti = lasti;
+    line_cache[i].line = line;
+    return line;
+}
+
+#if PY_VERSION_HEX < 0x030D0000
+#define PyObject_GetOptionalAttr _PyObject_LookupAttr
+#endif
+
+static PyObject *s_cr_frame, *s_gi_frame, *s_cr_await, *s_gi_yieldfrom, *s_get_coro;
+
+/* ``getattr(o, a, None) or getattr(o, b, None)``: a new reference, or NULL for none (an
+ * error reading either is taken as none: this only describes, it never raises). */
+static PyObject *
+attr_or(PyObject *o, PyObject *a, PyObject *b)
+{
+    for (int i = 0; i < 2; i++) {
+        PyObject *v = NULL;
+        if (PyObject_GetOptionalAttr(o, i ? b : a, &v) < 0) { PyErr_Clear(); continue; }
+        if (!v) continue;
+        int truth = PyObject_IsTrue(v);
+        if (truth > 0) return v;
+        if (truth < 0) PyErr_Clear();
+        Py_DECREF(v);
+    }
+    return NULL;
+}
+
+/* Where a suspended coroutine waits: ``(function, file, line)`` per frame of its await chain,
+ * innermost last; the native twin of instrument/frames.py ``await_chain`` (same walk, same
+ * tuples), with lines from the cache above. New reference, or NULL on memory errors. */
+static PyObject *
+chain_of(PyObject *coro, Py_ssize_t limit)
+{
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    Py_ssize_t hops = 0;
+    Py_XINCREF(coro);
+    while (coro && coro != Py_None && PyList_GET_SIZE(out) < limit && hops < 4 * limit) {
+        hops++;
+        PyObject *frame = attr_or(coro, s_cr_frame, s_gi_frame);
+        if (frame && PyFrame_Check(frame)) {
+            PyCodeObject *code = PyFrame_GetCode((PyFrameObject *)frame);
+            int line = frame_line((PyFrameObject *)frame, code);
+            PyObject *item = line < 0 ? Py_BuildValue("(OOO)", code->co_qualname, code->co_filename, Py_None)
+                                      : Py_BuildValue("(OOi)", code->co_qualname, code->co_filename, line);
+            Py_DECREF(code);
+            if (!item || PyList_Append(out, item) < 0) {
+                Py_XDECREF(item);
+                Py_DECREF(frame);
+                Py_DECREF(coro);
+                Py_DECREF(out);
+                return NULL;
+            }
+            Py_DECREF(item);
+        }
+        PyObject *following = attr_or(coro, s_cr_await, s_gi_yieldfrom);
+        Py_DECREF(coro);
+        coro = following;
+        if (!frame && !following) break;
+        Py_XDECREF(frame);
+    }
+    Py_XDECREF(coro);
+    PyObject *res = PyList_AsTuple(out);
+    Py_DECREF(out);
+    return res;
+}
+
+static PyObject *
+mod_await_chain(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t limit = 48;
+    if (nargs < 1 || nargs > 2 || (nargs == 2 && (limit = PyLong_AsSsize_t(args[1])) < 0)) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "await_chain(coro, limit=48)");
+        return NULL;
+    }
+    return chain_of(args[0], limit);
+}
+
+/* ------------------------------------------------------------------------------------ */
 /* StepRunner: times task steps and wakeups (one per instrumented loop, reused)          */
 
 typedef struct {
@@ -1452,6 +1550,7 @@ typedef struct {
     PyObject *cancel_end;  /* cancel_end(task, tid, t_queued, state), after its step */
     PyObject *fut_type;    /* the future type whose ``cancelled`` is cached below */
     PyObject *fut_cancelled;
+    int native_wait;       /* record TASK_WAIT here (its await chain natively), not wait_cb */
 } Runner;
 
 static PyTypeObject Runner_Type;
@@ -1559,6 +1658,23 @@ out:
     Py_DECREF(key);
 }
 
+/* TASK_WAIT (t_prev_end, t_queued, tid, await chain): a suspension past wait_ns, described
+ * where it waited, before the wakeup runs. Counts and drops on error. */
+static void
+runner_wait(Runner *r, PyObject *task, uint64_t raw, int64_t prev, int64_t tq)
+{
+    PyObject *coro = PyObject_CallMethodNoArgs(task, s_get_coro);
+    PyObject *chain = coro ? chain_of(coro, 48) : NULL;
+    Py_XDECREF(coro);
+    PyObject *ev = chain ? Py_BuildValue("(OLLKO)", KIND_OBJ[K_TASK_WAIT], (long long)prev,
+                                         (long long)tq, (unsigned long long)raw, chain)
+                         : NULL;
+    Py_XDECREF(chain);
+    if (!ev) { PyErr_Clear(); r->errors++; return; }
+    win_append(r->win, ev);
+    Py_DECREF(ev);
+}
+
 /* runner(callback, t_queued, *args): run a step or a wakeup and record it. */
 static PyObject *
 Runner_vectorcall(Runner *r, PyObject *const *args, size_t nargsf, PyObject *kwnames)
@@ -1587,7 +1703,8 @@ Runner_vectorcall(Runner *r, PyObject *const *args, size_t nargsf, PyObject *kwn
     uint64_t raw = (uint64_t)(uintptr_t)task;
     if (wakeup && r->wait_cb != Py_None) {
         U64Slot *sl = u64tab_get(&r->last_end, raw + 2);
-        if (sl && tq - sl->val > r->wait_ns) {
+        if (sl && tq - sl->val > r->wait_ns && r->native_wait) runner_wait(r, task, raw, sl->val, tq);
+        else if (sl && tq - sl->val > r->wait_ns) {
             PyObject *res = PyObject_CallFunction(r->wait_cb, "OKLL", task, (unsigned long long)raw,
                                                   (long long)sl->val, (long long)tq);
             if (!res) { PyErr_Clear(); r->errors++; }
@@ -1698,13 +1815,16 @@ static PyObject *
 Runner_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"window", "live_tasks", "wait_cb", "wait_ns", "step_type",
-                             "slow_cb", "slow_ns", "cancel_begin", "cancel_end", NULL};
+                             "slow_cb", "slow_ns", "cancel_begin", "cancel_end", "native_wait",
+                             NULL};
     PyObject *win, *live, *wait_cb, *step_type;
     PyObject *slow_cb = Py_None, *cancel_begin = Py_None, *cancel_end = Py_None;
     long long wait_ns, slow_ns = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!OLO!|$OLOO:StepRunner", kwlist, &Window_Type,
+    int native_wait = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!OLO!|$OLOOp:StepRunner", kwlist, &Window_Type,
                                      &win, &PyDict_Type, &live, &wait_cb, &wait_ns, &PyType_Type,
-                                     &step_type, &slow_cb, &slow_ns, &cancel_begin, &cancel_end))
+                                     &step_type, &slow_cb, &slow_ns, &cancel_begin, &cancel_end,
+                                     &native_wait))
         return NULL;
     Runner *r = (Runner *)type->tp_alloc(type, 0);
     if (!r) return NULL;
@@ -1719,6 +1839,7 @@ Runner_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     Py_INCREF(cancel_begin); r->cancel_begin = cancel_begin;
     Py_INCREF(cancel_end); r->cancel_end = cancel_end;
     r->slow_ns = slow_ns;
+    r->native_wait = native_wait;
     return (PyObject *)r;
 }
 
@@ -1783,6 +1904,168 @@ static PyTypeObject Runner_Type = {
 };
 
 /* ------------------------------------------------------------------------------------ */
+/* Handle layout: asyncio.events.Handle's __slots__, filled and run without its Python code */
+
+/* The slots CallSoon fills (what Handle.__init__ sets, outside debug mode) and HandleRun
+ * reads; offsets are read from the class's member descriptors, so a layout that differs
+ * (another Python, a patched asyncio) is detected and the Python constructor is used. */
+enum { HS_CALLBACK, HS_ARGS, HS_CANCELLED, HS_LOOP, HS_SOURCE_TB, HS_REPR, HS_CONTEXT, HS_N };
+static const char *HS_NAMES[HS_N] = {"_callback", "_args", "_cancelled", "_loop",
+                                     "_source_traceback", "_repr", "_context"};
+typedef struct { Py_ssize_t off[HS_N]; } HandleLayout;
+
+#define HSLOT(obj, lay, i) (*(PyObject **)((char *)(obj) + (lay)->off[i]))
+
+/* 0 and the layout filled, or -1 (no exception set) when cls is not such a class. */
+static int
+handle_layout(PyObject *cls, HandleLayout *lay)
+{
+    if (!PyType_Check(cls)) return -1;
+    for (int i = 0; i < HS_N; i++) {
+        PyObject *d = PyObject_GetAttrString(cls, HS_NAMES[i]);
+        if (!d) { PyErr_Clear(); return -1; }
+        int ok = Py_IS_TYPE(d, &PyMemberDescr_Type)
+                 && ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX;
+        if (ok) lay->off[i] = ((PyMemberDescrObject *)d)->d_member->offset;
+        Py_DECREF(d);
+        if (!ok || lay->off[i] < (Py_ssize_t)sizeof(PyObject)
+            || lay->off[i] + (Py_ssize_t)sizeof(PyObject *) > ((PyTypeObject *)cls)->tp_basicsize)
+            return -1;
+    }
+    return 0;
+}
+
+/* HandleRun: ``_run`` of a Handle subclass whose handles CallSoon fills; does what
+ * Handle._run does (context.run(callback, *args); an exception other than SystemExit and
+ * KeyboardInterrupt goes to on_error(handle, exc), which reports it as asyncio does). */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *on_error;
+    PyObject *cls;         /* the class laid out as lay: _run checks its instance */
+    HandleLayout lay;
+} HandleRun;
+
+static PyTypeObject HandleRun_Type;
+
+static PyObject *
+HandleRun_vectorcall(HandleRun *hr, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 1 || kwnames) {
+        PyErr_SetString(PyExc_TypeError, "_run() takes no arguments");
+        return NULL;
+    }
+    PyObject *h = args[0];
+    if (!PyObject_TypeCheck(h, (PyTypeObject *)hr->cls)) {
+        PyErr_SetString(PyExc_TypeError, "_run() of another type");
+        return NULL;
+    }
+    PyObject *cb = HSLOT(h, &hr->lay, HS_CALLBACK), *cargs = HSLOT(h, &hr->lay, HS_ARGS),
+             *ctx = HSLOT(h, &hr->lay, HS_CONTEXT);
+    PyObject *res;
+    if (!cb || !cargs || !PyTuple_Check(cargs) || !ctx) {
+        PyErr_SetString(PyExc_AttributeError, "handle not initialised");
+        res = NULL;
+    }
+    else {
+        Py_INCREF(cb); Py_INCREF(cargs); Py_INCREF(ctx);
+        if (PyContext_Enter(ctx) < 0) res = NULL;
+        else {
+            res = PyObject_Vectorcall(cb, &PyTuple_GET_ITEM(cargs, 0), PyTuple_GET_SIZE(cargs), NULL);
+            if (PyContext_Exit(ctx) < 0) Py_CLEAR(res);
+        }
+        Py_DECREF(cb); Py_DECREF(cargs); Py_DECREF(ctx);
+    }
+    if (res) { Py_DECREF(res); Py_RETURN_NONE; }
+    if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
+        return NULL;
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *exc = PyErr_GetRaisedException();
+#else
+    PyObject *et, *exc, *etb;
+    PyErr_Fetch(&et, &exc, &etb);
+    PyErr_NormalizeException(&et, &exc, &etb);
+    if (exc && etb) PyException_SetTraceback(exc, etb);
+    Py_XDECREF(et);
+    Py_XDECREF(etb);
+#endif
+    PyObject *hargs[2] = {h, exc ? exc : Py_None};
+    PyObject *r = PyObject_Vectorcall(hr->on_error, hargs, 2, NULL);
+    Py_XDECREF(exc);
+    if (!r) return NULL; /* the exception handler's own failure propagates, as in asyncio */
+    Py_DECREF(r);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+HandleRun_descr_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+    if (obj == NULL || obj == Py_None) { Py_INCREF(self); return self; }
+    return PyMethod_New(self, obj);
+}
+
+static PyObject *
+HandleRun_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"handle_type", "on_error", NULL};
+    PyObject *cls, *on_error;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO:HandleRun", kwlist, &cls, &on_error)) return NULL;
+    HandleRun *hr = (HandleRun *)type->tp_alloc(type, 0);
+    if (!hr) return NULL;
+    if (handle_layout(cls, &hr->lay) < 0) {
+        Py_DECREF(hr);
+        PyErr_SetString(PyExc_TypeError, "handle_type is not laid out as asyncio.events.Handle");
+        return NULL;
+    }
+    hr->vectorcall = (vectorcallfunc)HandleRun_vectorcall;
+    hr->on_error = Py_NewRef(on_error);
+    hr->cls = Py_NewRef(cls);
+    return (PyObject *)hr;
+}
+
+static int HandleRun_traverse(HandleRun *hr, visitproc visit, void *arg)
+{
+    Py_VISIT(hr->on_error);
+    Py_VISIT(hr->cls);
+    return 0;
+}
+static int HandleRun_clear(HandleRun *hr)
+{
+    Py_CLEAR(hr->on_error);
+    Py_CLEAR(hr->cls);
+    return 0;
+}
+static void
+HandleRun_dealloc(HandleRun *hr)
+{
+    PyObject_GC_UnTrack(hr);
+    HandleRun_clear(hr);
+    Py_TYPE(hr)->tp_free((PyObject *)hr);
+}
+
+static PyMemberDef HandleRun_members[] = {
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(HandleRun, vectorcall), READONLY, NULL},
+    {NULL}
+};
+
+static PyTypeObject HandleRun_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "flightdeck.core._native.HandleRun",
+    .tp_basicsize = sizeof(HandleRun),
+    .tp_dealloc = (destructor)HandleRun_dealloc,
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL
+                | Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_doc = "HandleRun(handle_type, on_error): Handle._run in C, for the handles CallSoon fills.",
+    .tp_traverse = (traverseproc)HandleRun_traverse,
+    .tp_clear = (inquiry)HandleRun_clear,
+    .tp_members = HandleRun_members,
+    .tp_descr_get = HandleRun_descr_get,
+    .tp_vectorcall_offset = offsetof(HandleRun, vectorcall),
+    .tp_new = HandleRun_new,
+};
+
+/* ------------------------------------------------------------------------------------ */
 /* CallSoon: the loop subclass's call_soon                                               */
 
 typedef struct {
@@ -1794,6 +2077,8 @@ typedef struct {
     PyObject *loop;        /* the loop the two below belong to (borrowed; compared only) */
     PyObject *loop_dict;   /* its __dict__: _debug and _closed read without getattr */
     PyObject *ready_append;/* its _ready.append, bound */
+    int fill;              /* handle_type is laid out as Handle: fill its slots (no __init__) */
+    HandleLayout lay;
 } CallSoon;
 
 static PyTypeObject CallSoon_Type;
@@ -1877,8 +2162,27 @@ CallSoon_vectorcall(CallSoon *cs, PyObject *const *args, size_t nargsf, PyObject
             Py_INCREF(cb); PyTuple_SET_ITEM(cbargs, 0, cb);
             Py_INCREF(tqobj); PyTuple_SET_ITEM(cbargs, 1, tqobj);
             for (Py_ssize_t i = 2; i < nargs; i++) { Py_INCREF(args[i]); PyTuple_SET_ITEM(cbargs, i, args[i]); }
-            PyObject *hargs[5] = {NULL, (PyObject *)r, cbargs, loop, ctx};
-            PyObject *handle = PyObject_Vectorcall(cs->handle_type, hargs + 1, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+            PyObject *handle;
+            if (cs->fill) {
+                /* what Handle.__init__ sets outside debug mode, without running it */
+                PyObject *c = ctx == Py_None ? PyContext_CopyCurrent() : Py_NewRef(ctx);
+                handle = c ? PyType_GenericAlloc((PyTypeObject *)cs->handle_type, 0) : NULL;
+                if (handle) {
+                    HandleLayout *lay = &cs->lay;
+                    HSLOT(handle, lay, HS_CALLBACK) = Py_NewRef((PyObject *)r);
+                    HSLOT(handle, lay, HS_ARGS) = Py_NewRef(cbargs);
+                    HSLOT(handle, lay, HS_CANCELLED) = Py_NewRef(Py_False);
+                    HSLOT(handle, lay, HS_LOOP) = Py_NewRef(loop);
+                    HSLOT(handle, lay, HS_SOURCE_TB) = Py_NewRef(Py_None);
+                    HSLOT(handle, lay, HS_REPR) = Py_NewRef(Py_None);
+                    HSLOT(handle, lay, HS_CONTEXT) = c;
+                }
+                else Py_XDECREF(c);
+            }
+            else {
+                PyObject *hargs[5] = {NULL, (PyObject *)r, cbargs, loop, ctx};
+                handle = PyObject_Vectorcall(cs->handle_type, hargs + 1, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+            }
             Py_DECREF(cbargs);
             if (handle) {
                 PyObject *ok2 = PyObject_CallOneArg(cs->ready_append, handle);
@@ -1946,6 +2250,15 @@ CallSoon_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     Py_INCREF(runner); cs->runner = (Runner *)runner;
     Py_INCREF(base); cs->base = base;
     Py_INCREF(handle_type); cs->handle_type = handle_type;
+    /* Filled without __init__ only for a subclass that runs through HandleRun (it carries
+     * the same layout): asyncio's own Handle keeps its constructor. */
+    if (handle_type != Py_None && PyType_Check(handle_type)) {
+        PyObject *run = PyObject_GetAttrString(handle_type, "_run");
+        cs->fill = run && Py_IS_TYPE(run, &HandleRun_Type) && handle_layout(handle_type, &cs->lay) == 0
+                   && ((PyTypeObject *)handle_type)->tp_itemsize == 0;
+        Py_XDECREF(run);
+        PyErr_Clear();
+    }
     return (PyObject *)cs;
 }
 
@@ -1989,26 +2302,6 @@ typedef struct {
 
 static PyTypeObject CreateTask_Type;
 static PyObject *s_get, *s_add_done_callback;
-
-/* (code, instruction offset) -> line: computing a frame's line walks its line table, and
- * tasks are created from the same few places. Holds its code objects (64 at most). */
-#define LINE_CACHE 64
-static struct { PyObject *code; int lasti; int line; } line_cache[LINE_CACHE];
-
-static int
-frame_line(PyFrameObject *f, PyCodeObject *code)
-{
-    int lasti = PyFrame_GetLasti(f);
-    uint32_t i = (uint32_t)(((uintptr_t)code >> 4) ^ (uint32_t)lasti) & (LINE_CACHE - 1);
-    if (line_cache[i].code == (PyObject *)code && line_cache[i].lasti == lasti)
-        return line_cache[i].line;
-    int line = PyFrame_GetLineNumber(f);
-    Py_INCREF(code);
-    Py_XSETREF(line_cache[i].code, (PyObject *)code);
-    line_cache[i].lasti = lasti;
-    line_cache[i].line = line;
-    return line;
-}
 
 /* (function, file, line) of the first frame outside asyncio, or None; new reference. */
 static PyObject *
@@ -2250,6 +2543,8 @@ mod_bench_step(PyObject *m, PyObject *args)
 static PyMethodDef mod_methods[] = {
     {"clock", (PyCFunction)mod_clock, METH_NOARGS,
      "The recorder's clock in ns: the same clock as time.perf_counter_ns()."},
+    {"await_chain", (PyCFunction)(void (*)(void))mod_await_chain, METH_FASTCALL,
+     "await_chain(coro, limit=48): (function, file, line) of each frame it awaits, innermost last."},
     {"bench_step", (PyCFunction)mod_bench_step, METH_VARARGS,
      "bench_step(window, n, clocks=True): record n task steps from C; ns spent."},
     {NULL}
@@ -2289,9 +2584,14 @@ PyInit__native(void)
     INTERN(s___qualname__, "__qualname__");
     INTERN(s_get, "get");
     INTERN(s_add_done_callback, "add_done_callback");
+    INTERN(s_cr_frame, "cr_frame");
+    INTERN(s_gi_frame, "gi_frame");
+    INTERN(s_cr_await, "cr_await");
+    INTERN(s_gi_yieldfrom, "gi_yieldfrom");
+    INTERN(s_get_coro, "get_coro");
     if (PyType_Ready(&Segment_Type) < 0 || PyType_Ready(&Window_Type) < 0
         || PyType_Ready(&Runner_Type) < 0 || PyType_Ready(&CallSoon_Type) < 0
-        || PyType_Ready(&CreateTask_Type) < 0)
+        || PyType_Ready(&CreateTask_Type) < 0 || PyType_Ready(&HandleRun_Type) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&native_module);
     if (!m) return NULL;
@@ -2299,7 +2599,8 @@ PyInit__native(void)
         || PyModule_AddObjectRef(m, "Window", (PyObject *)&Window_Type) < 0
         || PyModule_AddObjectRef(m, "StepRunner", (PyObject *)&Runner_Type) < 0
         || PyModule_AddObjectRef(m, "CallSoon", (PyObject *)&CallSoon_Type) < 0
-        || PyModule_AddObjectRef(m, "CreateTask", (PyObject *)&CreateTask_Type) < 0) {
+        || PyModule_AddObjectRef(m, "CreateTask", (PyObject *)&CreateTask_Type) < 0
+        || PyModule_AddObjectRef(m, "HandleRun", (PyObject *)&HandleRun_Type) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -9,6 +9,7 @@ never depends on the core.
 from __future__ import annotations
 
 import os
+from types import ModuleType
 from typing import Final
 
 from .window import Window
@@ -30,6 +31,15 @@ if not extensions_disabled():
 
 #: ``"native"`` or ``"python"``: what ``rec.stats["core"]`` and ``process.core`` say.
 CORE: Final = "native" if NativeWindow is not None else "python"
+
+
+def native_module() -> ModuleType | None:
+    """``core._native`` when the native core runs, else None."""
+    if NativeWindow is None:
+        return None
+    from . import _native
+
+    return _native
 
 
 def make_window(window_ns: int, max_bytes: int) -> Window:

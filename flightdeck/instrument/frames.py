@@ -9,8 +9,14 @@ import functools
 import os
 import sys
 import types
+from collections.abc import Callable
 from contextvars import Context
+from types import ModuleType
 from typing import Any
+
+from ..core.cores import native_module
+
+_native: ModuleType | None = native_module()
 
 MAX_STACK = 48
 #: The instruments' own frames (step runners, job wrappers) are noise in a user's stack.
@@ -29,7 +35,7 @@ def stack_of(frame: types.FrameType | None, limit: int = MAX_STACK) -> tuple[Any
     return tuple(out)
 
 
-def await_chain(coro: Any, limit: int = MAX_STACK) -> tuple[Any, ...]:
+def _py_await_chain(coro: Any, limit: int = MAX_STACK) -> tuple[Any, ...]:
     """Where a suspended coroutine waits: its await chain's frames, innermost last."""
     out: list[tuple[str, str, int]] = []
     hops = 0
@@ -46,6 +52,13 @@ def await_chain(coro: Any, limit: int = MAX_STACK) -> tuple[Any, ...]:
         # says what it awaits: follow it.
         coro = following
     return tuple(out)
+
+
+await_chain: Callable[..., tuple[Any, ...]] = _py_await_chain
+if _native is not None:
+    # The same walk in C (core/_native.c ``chain_of``), with line numbers cached per
+    # (code, offset): a frame's line otherwise costs a walk of its line table.
+    await_chain = _native.await_chain
 
 
 def callable_name(fn: Any) -> str:

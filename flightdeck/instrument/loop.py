@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from asyncio import format_helpers
 import os
 import sys
 import threading
@@ -120,6 +121,40 @@ def _done_event(kind: int, t: int, raw: int, task: Any) -> tuple[Any, ...]:
     if exc is None:
         return (kind, t, raw, "done", None, task.get_name())
     return (kind, t, raw, "error", type(exc).__qualname__, task.get_name())
+
+
+def _handle_error(handle: Any, exc: BaseException) -> None:
+    """What ``asyncio.events.Handle._run`` does with a callback's exception (3.11-3.13)."""
+    cb = format_helpers._format_callback_source(handle._callback, handle._args)
+    context = {"message": f"Exception in callback {cb}", "exception": exc, "handle": handle}
+    if handle._source_traceback:
+        context["source_traceback"] = handle._source_traceback
+    handle._loop.call_exception_handler(context)
+
+
+_STEP_HANDLE: Any = None
+
+
+def _step_handle_type() -> Any:
+    """The handle of a task step on asyncio's loop: a ``Handle`` whose slots the native
+    call_soon fills and whose ``_run`` is native (no Python frame to make or run a step),
+    or plain ``Handle`` when its layout is not the one expected."""
+    global _STEP_HANDLE
+    if _STEP_HANDLE is None:
+        from ..core import _native
+
+        class Handle(asyncio.events.Handle):
+            __slots__ = ()
+
+        try:
+            Handle._run = _native.HandleRun(Handle, _handle_error)  # type: ignore[method-assign,assignment]
+        except TypeError:
+            _STEP_HANDLE = asyncio.events.Handle
+        else:
+            Handle.__module__ = asyncio.events.Handle.__module__
+            Handle.__qualname__ = "Handle"
+            _STEP_HANDLE = Handle
+    return _STEP_HANDLE
 
 
 def _coro_name(coro: Any) -> str:
@@ -412,6 +447,9 @@ class LoopInstrumentation:
                 slow_ns=slow_ns,
                 cancel_begin=cancel_begin,
                 cancel_end=cancel_end,
+                # TASK_WAIT with its await chain walked in C (wait_cb is then unused): on a
+                # keep-alive connection or a long poll every wakeup may be one.
+                native_wait=True,
             )
         created = self._creation_recorder(track_done=False)  # run_step notices completions
 
@@ -550,7 +588,7 @@ class LoopInstrumentation:
 
         if runner is not None:
             one_frame = base.call_soon is _BASE_CALL_SOON and hasattr(loop, "_ready")
-            handle = asyncio.events.Handle if one_frame else None
+            handle = _step_handle_type() if one_frame else None
             call_soon = _native.CallSoon(runner, base_call_soon, handle)  # type: ignore[assignment]
             create_task = _native.CreateTask(  # type: ignore[assignment]
                 runner,

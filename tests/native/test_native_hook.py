@@ -57,7 +57,12 @@ class Hooked:
         self.waits: list[tuple[Any, ...]] = []
         wait_cb = kw.get("wait_cb", lambda task, raw, prev, tq: self.waits.append((raw, prev, tq)))
         self.runner = native.StepRunner(
-            self.window, self.live, wait_cb, kw.get("wait_ns", 10**9), STEP_TYPE
+            self.window,
+            self.live,
+            wait_cb,
+            kw.get("wait_ns", 10**9),
+            STEP_TYPE,
+            native_wait=kw.get("native_wait", False),
         )
         handle = asyncio.events.Handle if fast else None
         cs = native.CallSoon(self.runner, self.base.call_soon, handle)
@@ -164,6 +169,90 @@ def test_a_long_wait_calls_back(make: Any, fast: bool) -> None:
 
 
 @pytest.mark.parametrize(("make", "fast"), PARAMS)
+def test_a_long_wait_is_recorded_natively_with_its_await_chain(make: Any, fast: bool) -> None:
+    def unused(*a: Any) -> None:
+        raise AssertionError("native_wait must not call wait_cb")
+
+    h = Hooked(make, fast, wait_ns=5_000_000, native_wait=True, wait_cb=unused)
+
+    async def parked(fut: asyncio.Future[None]) -> None:
+        await fut
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        loop.call_later(0.02, fut.set_result, None)
+        task = asyncio.create_task(parked(fut), name="parked")
+        await asyncio.sleep(0)  # its first step: it is now suspended on fut
+        await task
+        return id(task)
+
+    try:
+        tid = h.loop.run_until_complete(main())
+    finally:
+        h.close()
+    assert h.runner.errors == 0
+    waits = [e for e in h.events() if e[0] == TASK_WAIT and e[3] == tid]
+    assert len(waits) == 1, waits
+    _, prev, tq, _, chain = waits[0]
+    assert tq - prev > 5_000_000
+    assert [f[0].rpartition(".")[2] for f in chain] == ["parked"]
+    assert chain[0][1] == __file__ and isinstance(chain[0][2], int)
+
+
+def test_native_await_chain_walks_as_the_python_one() -> None:
+    import types
+
+    from flightdeck.instrument import frames
+
+    class Frameless:
+        """An awaitable without a frame (like the native request) that says what it awaits."""
+
+        def __init__(self, inner: Any) -> None:
+            self.cr_await = inner
+
+    @types.coroutine
+    def park() -> Any:
+        yield
+
+    async def leaf() -> None:
+        await park()
+
+    def gen_based() -> Any:
+        yield from leaf().__await__()
+
+    async def middle() -> None:
+        await leaf()
+
+    async def top() -> None:
+        await middle()
+
+    async def deep(n: int) -> None:
+        if n:
+            await deep(n - 1)
+        else:
+            await park()
+
+    coros = [top(), deep(60), leaf()]
+    gen = gen_based()
+    for c in coros:
+        c.send(None)
+    next(gen)
+    for c in [*coros, gen, Frameless(coros[0]), None, 42, Frameless(None)]:
+        for limit in (48, 2):
+            assert native.await_chain(c, limit) == frames._py_await_chain(c, limit)
+    assert len(native.await_chain(coros[1])) == 48
+    names = [f[0].rpartition(".")[2] for f in native.await_chain(coros[0])]
+    assert names == ["top", "middle", "leaf", "park"]
+    for c in coros:
+        c.close()
+    gen.close()
+    assert native.await_chain(coros[0]) == ()  # finished: no frame
+    with pytest.raises(TypeError):
+        native.await_chain()
+
+
+@pytest.mark.parametrize(("make", "fast"), PARAMS)
 def test_a_failing_wait_callback_is_counted_not_raised(make: Any, fast: bool) -> None:
     def bad(*a: Any) -> None:
         raise RuntimeError("bug")
@@ -227,3 +316,87 @@ def test_restoring_the_class_leaves_no_trace() -> None:
     h.loop.__class__ = base
     assert type(loop) is base and "call_soon" not in vars(loop)
     loop.close()
+
+
+def _native_handle_type() -> Any:
+    from flightdeck.instrument.loop import _step_handle_type
+
+    cls = _step_handle_type()
+    assert cls is not asyncio.events.Handle, "the native handle layout was refused"
+    return cls
+
+
+# The cancelled first step leaves child() never started: its "never awaited" is expected.
+@pytest.mark.filterwarnings("ignore:coroutine .* was never awaited")
+def test_step_handles_are_handles_filled_natively_and_cancellable() -> None:
+    from flightdeck import FlightRecorder
+
+    cls = _native_handle_type()
+    ran: list[str] = []
+    seen: list[Any] = []
+
+    async def child() -> None:
+        ran.append("child")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.create_task(child())
+        handle = loop._ready[-1]  # type: ignore[attr-defined]
+        seen.append(handle)
+        assert type(handle) is cls and isinstance(handle, asyncio.Handle)
+        assert handle._context is not None and handle._loop is loop and not handle.cancelled()
+        assert "TaskStepMethWrapper" in repr(handle) or "Handle" in repr(handle)
+        handle.cancel()  # the loop skips it: the task never runs its first step
+        assert handle.cancelled()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert ran == [] and not task.done()
+        task.cancel()
+
+    rec = FlightRecorder(loop_blocked=None)
+    loop = asyncio.new_event_loop()
+    try:
+        rec.start(loop)
+        loop.run_until_complete(main())
+    finally:
+        rec.stop()
+        loop.close()
+    assert seen
+
+
+def test_handle_run_reports_exceptions_as_asyncio_does() -> None:
+    cls = _native_handle_type()
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("v", default="outside")
+    loop = asyncio.new_event_loop()
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda lp, ctx: reported.append(ctx))
+
+    def boom(x: int) -> None:
+        assert var.get() == "inside"
+        raise ValueError(x)
+
+    try:
+        ctx = contextvars.copy_context()
+        ctx.run(var.set, "inside")
+        for kind in (cls, asyncio.events.Handle):
+            kind(boom, (7,), loop, ctx)._run()
+        native_ctx, plain_ctx = reported
+        assert native_ctx["message"] == plain_ctx["message"]
+        assert native_ctx["message"].startswith("Exception in callback")
+        assert isinstance(native_ctx["exception"], ValueError) and type(native_ctx["handle"]) is cls
+        assert native_ctx["exception"].__traceback__ is not None
+        assert var.get() == "outside"  # the context was left
+        for fatal in (SystemExit, KeyboardInterrupt):
+
+            def die(exc: type[BaseException] = fatal) -> None:
+                raise exc()
+
+            with pytest.raises(fatal):
+                cls(die, (), loop, ctx)._run()
+        assert len(reported) == 2
+        with pytest.raises(TypeError):
+            cls._run(object())
+        with pytest.raises(TypeError):
+            native.HandleRun(int, print)
+    finally:
+        loop.close()

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from asyncio import format_helpers
 import os
 import sys
 import threading
 import types
 import weakref
+from asyncio import format_helpers
 from collections.abc import Callable
 from time import perf_counter_ns
 from typing import Any

@@ -1551,6 +1551,8 @@ typedef struct {
     PyObject *fut_type;    /* the future type whose ``cancelled`` is cached below */
     PyObject *fut_cancelled;
     int native_wait;       /* record TASK_WAIT here (its await chain natively), not wait_cb */
+    PyObject *meth_type;   /* the task type whose cancelled and get_name are cached below */
+    PyObject *meth[2];
 } Runner;
 
 static PyTypeObject Runner_Type;
@@ -1613,6 +1615,21 @@ fut_is_cancelled(Runner *r, PyObject *fut)
     return PyObject_Vectorcall(r->fut_cancelled, &fut, 1, NULL);
 }
 
+/* task.cancelled() (which 0) or task.get_name() (1), looked up once per task type. */
+static PyObject *
+task_method(Runner *r, PyObject *task, int which)
+{
+    if ((PyObject *)Py_TYPE(task) != r->meth_type) {
+        PyObject *c = PyObject_GetAttr((PyObject *)Py_TYPE(task), s_cancelled);
+        PyObject *n = c ? PyObject_GetAttr((PyObject *)Py_TYPE(task), s_get_name) : NULL;
+        if (!n) { Py_XDECREF(c); return NULL; }
+        Py_XSETREF(r->meth[0], c);
+        Py_XSETREF(r->meth[1], n);
+        Py_XSETREF(r->meth_type, Py_NewRef((PyObject *)Py_TYPE(task)));
+    }
+    return PyObject_Vectorcall(r->meth[which], &task, 1, NULL);
+}
+
 static void
 runner_done(Runner *r, PyObject *task, uint64_t raw, int64_t t)
 {
@@ -1621,7 +1638,7 @@ runner_done(Runner *r, PyObject *task, uint64_t raw, int64_t t)
     if (!key) { PyErr_Clear(); r->errors++; return; }
     if (PyDict_GET_SIZE(r->live) && PyDict_DelItem(r->live, key) < 0) PyErr_Clear();
     PyObject *state = NULL, *exc_name = Py_None, *name = NULL, *exc = NULL;
-    PyObject *c = PyObject_CallMethodNoArgs(task, s_cancelled);
+    PyObject *c = task_method(r, task, 0);
     if (!c) goto fail;
     if (c == Py_True) state = s_state_cancelled;
     else {
@@ -1634,7 +1651,7 @@ runner_done(Runner *r, PyObject *task, uint64_t raw, int64_t t)
             if (!exc_name) goto fail;
         }
     }
-    name = PyObject_CallMethodNoArgs(task, s_get_name);
+    name = task_method(r, task, 1);
     if (!name) goto fail;
     PyObject *tv = PyLong_FromLongLong(t);
     PyObject *ev = tv ? PyTuple_New(6) : NULL;
@@ -1782,6 +1799,9 @@ Runner_traverse(Runner *r, visitproc visit, void *arg)
     Py_VISIT(r->cancel_end);
     Py_VISIT(r->fut_type);
     Py_VISIT(r->fut_cancelled);
+    Py_VISIT(r->meth_type);
+    Py_VISIT(r->meth[0]);
+    Py_VISIT(r->meth[1]);
     return 0;
 }
 
@@ -1799,6 +1819,9 @@ Runner_clear(Runner *r)
     Py_CLEAR(r->cancel_end);
     Py_CLEAR(r->fut_type);
     Py_CLEAR(r->fut_cancelled);
+    Py_CLEAR(r->meth_type);
+    Py_CLEAR(r->meth[0]);
+    Py_CLEAR(r->meth[1]);
     return 0;
 }
 
@@ -2297,6 +2320,8 @@ typedef struct {
     PyObject *request_var;  /* the ContextVar holding the current request id */
     PyObject *done_cb;      /* added to a task that finished inside create_task (eager) */
     PyObject *skip_prefix;  /* asyncio's directory: frames there are not the creation site */
+    PyObject *current_tasks;/* 3.11: asyncio.tasks._current_tasks (loop -> task), or NULL:
+                             * current_task() is a Python function there */
     Py_ssize_t max_live;
 } CreateTask;
 
@@ -2336,7 +2361,12 @@ create_record(CreateTask *ct, PyObject *loop, PyObject *coro, PyObject *context,
              *ev = NULL, *done = NULL;
     int rc = -1;
     uint64_t raw = (uint64_t)(uintptr_t)task;
-    parent = PyObject_CallOneArg(ct->current_task, loop);
+    if (ct->current_tasks) {
+        parent = PyDict_GetItemWithError(ct->current_tasks, loop);
+        if (!parent && PyErr_Occurred()) goto out;
+        parent = Py_NewRef(parent ? parent : Py_None);
+    }
+    else parent = PyObject_CallOneArg(ct->current_task, loop);
     if (!parent) goto out;
     int64_t t = fd_clock();
     name = PyObject_CallMethodNoArgs(task, s_get_name);
@@ -2444,6 +2474,7 @@ CreateTask_traverse(CreateTask *ct, visitproc visit, void *arg)
     Py_VISIT(ct->request_var);
     Py_VISIT(ct->done_cb);
     Py_VISIT(ct->skip_prefix);
+    Py_VISIT(ct->current_tasks);
     return 0;
 }
 
@@ -2456,6 +2487,7 @@ CreateTask_clear(CreateTask *ct)
     Py_CLEAR(ct->request_var);
     Py_CLEAR(ct->done_cb);
     Py_CLEAR(ct->skip_prefix);
+    Py_CLEAR(ct->current_tasks);
     return 0;
 }
 
@@ -2471,13 +2503,19 @@ static PyObject *
 CreateTask_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"runner", "base", "current_task", "request_var", "done_callback",
-                             "skip_prefix", "max_live", NULL};
+                             "skip_prefix", "max_live", "current_tasks", NULL};
     PyObject *runner, *base, *current_task, *request_var, *done_cb, *skip_prefix;
+    PyObject *current_tasks = Py_None;
     Py_ssize_t max_live;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!OOO!OUn:CreateTask", kwlist, &Runner_Type,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!OOO!OUn|$O:CreateTask", kwlist, &Runner_Type,
                                      &runner, &base, &current_task, &PyContextVar_Type,
-                                     &request_var, &done_cb, &skip_prefix, &max_live))
+                                     &request_var, &done_cb, &skip_prefix, &max_live,
+                                     &current_tasks))
         return NULL;
+    if (current_tasks != Py_None && !PyDict_CheckExact(current_tasks)) {
+        PyErr_SetString(PyExc_TypeError, "current_tasks must be a dict or None");
+        return NULL;
+    }
     CreateTask *ct = (CreateTask *)type->tp_alloc(type, 0);
     if (!ct) return NULL;
     ct->vectorcall = (vectorcallfunc)CreateTask_vectorcall;
@@ -2488,6 +2526,7 @@ CreateTask_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     Py_INCREF(done_cb); ct->done_cb = done_cb;
     Py_INCREF(skip_prefix); ct->skip_prefix = skip_prefix;
     ct->max_live = max_live;
+    ct->current_tasks = current_tasks == Py_None ? NULL : Py_NewRef(current_tasks);
     return (PyObject *)ct;
 }
 

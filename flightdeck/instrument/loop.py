@@ -35,6 +35,9 @@ from .executor import patch_anyio, timed_job, unpatch_anyio
 from .frames import await_chain
 
 _current_task = asyncio.current_task
+_CURRENT_TASKS: Any = getattr(asyncio.tasks, "_current_tasks", None)
+if sys.version_info >= (3, 12) or not isinstance(_CURRENT_TASKS, dict):
+    _CURRENT_TASKS = None
 MAX_AWAITING_TASKS = 1000
 MAX_LIVE_TASKS = 200_000
 
@@ -598,6 +601,8 @@ class LoopInstrumentation:
                 self._done_callback(),
                 _ASYNCIO_DIR,
                 MAX_LIVE_TASKS,
+                # 3.11's current_task() is Python: read its table instead (3.12+: C)
+                current_tasks=_CURRENT_TASKS,
             )
 
         ns = {

@@ -183,6 +183,7 @@ class _Sequence:
         self.keys, self.strings = _Interner(), _Interner()
         self._heads: dict[tuple[bytes, str, str], bytes] = {}
         self._notes: dict[tuple[str, type, Any], bytes] = {}
+        self._prefix: dict[str, bytes] = {}  # annotation name -> its encoded name_iid
 
     def interned_data(self) -> bytes:
         return (
@@ -217,26 +218,53 @@ class _Sequence:
         return self._annotation(key, value)
 
     def notes(self, args: dict[str, Any] | None) -> bytes:
+        """The annotations of a JSON export's args, but ``duration_ms`` (the slice's own
+        length: the viewer shows it)."""
         if not args:
             return b""
-        note = self.note
-        # duration_ms is the slice's own length: the viewer shows it.
-        return b"".join([note(k, v) for k, v in args.items() if k != "duration_ms"])
+        cache, annotation = self._notes, self._annotation
+        parts = []
+        for key, value in args.items():
+            kind = type(value)
+            if kind is str or kind is int or kind is float or kind is bool:
+                cached = cache.get((key, kind, value))
+                if cached is None:
+                    if key == "duration_ms":
+                        continue
+                    cached = cache[(key, kind, value)] = annotation(key, value)
+                parts.append(cached)
+            else:
+                parts.append(annotation(key, value))
+        return b"".join(parts)
 
     def _annotation(self, key: str, value: Any) -> bytes:
-        kid = self.keys.ids.get(key) or self.keys(str(key))
-        if isinstance(value, bool):
-            body = _A_BOOL + (b"\x01" if value else b"\x00")
+        prefix = self._prefix.get(key)
+        if prefix is None:
+            prefix = self._prefix[key] = _A_NAME_IID + _varint(self.keys(str(key)))
+        kind = type(value)
+        if kind is str:
+            iid = self.strings.ids.get(value) or self.strings(value)
+            body = prefix + _A_STRING_IID + _varint(iid)
+        elif kind is int:
+            body = prefix + _A_INT + _varint(value)
+        elif kind is float:
+            body = prefix + _A_DOUBLE + _pack_double(value)
+        elif isinstance(value, bool):  # bool and its subclasses
+            body = prefix + (_A_TRUE if value else _A_FALSE)
         elif isinstance(value, int):
-            body = _A_INT + _varint(value)
+            body = prefix + _A_INT + _varint(int(value))
         elif isinstance(value, float):
-            body = _A_DOUBLE + struct.pack("<d", value)
+            body = prefix + _A_DOUBLE + _pack_double(float(value))
         else:
-            if not isinstance(value, str):
-                value = orjson.dumps(value, default=repr).decode()
-            body = _A_STRING_IID + _varint(self.strings(value))
-        body = _A_NAME_IID + _varint(kid) + body
+            text_value = value if isinstance(value, str) else orjson.dumps(value, default=repr)
+            if not isinstance(text_value, str):
+                text_value = text_value.decode()
+            body = prefix + _A_STRING_IID + _varint(self.strings(text_value))
         return _DEBUG + _varint(len(body)) + body
+
+
+_pack_double = struct.Struct("<d").pack
+_A_TRUE, _A_FALSE = _A_BOOL + b"\x01", _A_BOOL + b"\x00"
 
 
 def _ns_of_us(us: float) -> int:
@@ -346,9 +374,11 @@ class _Written:
         "out",
         "split",
         "step_delta",
+        "step_head",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, step_head: bytes) -> None:
+        self.step_head = step_head
         self.out = bytearray()
         self.first_ts = 0
         self.first_body = b""
@@ -381,6 +411,8 @@ class _TaskTracks:
         self._suspended = seq.head(_BEGIN, "suspended", "suspended")
         self._ready = seq.head(_BEGIN, "ready", "ready")
         self._at0: dict[bytes, bytes] = {}
+        self._zero_suspended = self._zero(self._suspended)
+        self._zero_ready = self._zero(self._ready)
 
     def assign(
         self,
@@ -398,12 +430,16 @@ class _TaskTracks:
             return (req_order.get(t.get("request"), -1), created if created is not None else 0.0)
 
         req_by_id = {r.get("id"): r for r in requests}
+        req_labels: dict[int, str] = {}  # by id(request): a request has a few tasks
         for n, task in enumerate(sorted(tasks, key=task_key)):
             t_id = task.get("id")
             label = f"task {text(t_id)} {text(task.get('coro')) or text(task.get('name'))}"
             req = req_by_id.get(task.get("request"))
             if req is not None:
-                label += f" [{request_label(req)}]"
+                req_label = req_labels.get(id(req))
+                if req_label is None:
+                    req_label = req_labels[id(req)] = request_label(req)
+                label += f" [{req_label}]"
             tid = w.track(label.strip(), 30_000 + n)
             self.tid[t_id] = tid
             self.docs[tid] = task
@@ -497,9 +533,7 @@ class _TaskTracks:
         else:
             view = memoryview(written.out)
             raw += view[: written.split]
-            what = text(self.docs[tid].get("coro")) or text(self.docs[tid].get("name"))
-            head = self.seq.head(_BEGIN, what or f"task {text(self.docs[tid].get('id'))}", "step")
-            _event(raw, _SEQ1, written.step_delta, head + to_first)
+            _event(raw, _SEQ1, written.step_delta, written.step_head + to_first)
             raw += view[written.split :]
 
     def _zero(self, head: bytes) -> bytes:
@@ -523,28 +557,28 @@ class _TaskTracks:
         created = num(task.get("created"))
         done = num(task.get("done"))
         prev_end = max(created, ws) if created is not None else None
-        waits = sorted(
-            (
-                (s, s + (num(x.get("duration")) or 0.0), x)
-                for x in dicts(task.get("waits"))
-                if (s := num(x.get("start"))) is not None
-            ),
-            key=lambda x: x[0],
+        waits = (
+            sorted(
+                (
+                    (s, s + (num(x.get("duration")) or 0.0), x)
+                    for x in dicts(task.get("waits"))
+                    if (s := num(x.get("start"))) is not None
+                ),
+                key=lambda x: x[0],
+            )
+            if task.get("waits")
+            else []
         )
         wait_starts = [x[0] for x in waits]
         suspended_head, ready_head = self._suspended, self._ready
         step_head = seq.head(_BEGIN, what, "step")
-        zero_suspended, zero_ready = self._zero(suspended_head), self._zero(ready_head)
+        zero_suspended, zero_ready = self._zero_suspended, self._zero_ready
         zero_step = self._zero(step_head)
         end_small, end3_head, end3_tail = _END_SMALL, _END3_HEAD, _END3_TAIL
-        res = _Written()
+        res = _Written(step_head)
         out = res.out
         cur = _NONE  # the time of the previous event on the track, ns
         no_step = True
-
-        def ns(t: float) -> int:
-            v = (t - ws) * 1e6 * 1000.0  # TraceWriter.us, then ns
-            return int(v + 0.5) if v >= 0 else int(v - 0.5)
 
         def await_stack(a: float, b: float) -> bytes:
             # The recorded await stack of the wait that overlaps most, as tracks.task_track.
@@ -556,7 +590,7 @@ class _TaskTracks:
         # tracks.task_track's loop, inlined: ``prev_ns`` is ns(prev_end); each slice is a
         # BEGIN (whole and precomputed when it starts where the previous slice ended) and
         # an END.
-        prev_ns = ns(prev_end) if prev_end is not None else 0
+        prev_ns = _ns(prev_end, ws) if prev_end is not None else 0
         steps = task.get("steps")
         for step in steps if isinstance(steps, list) else ():
             # The usual step: four finite floats (a sum of finite floats minus itself is 0).
@@ -583,10 +617,12 @@ class _TaskTracks:
             s = int(v + 0.5) if v >= 0 else int(v - 0.5)
             if prev_end is None and waited is not None:
                 prev_end = max(ws, start - (ready or 0.0) - waited)
-                prev_ns = ns(prev_end)
+                prev_ns = _ns(prev_end, ws)
             if prev_end is not None and prev_end < start:
                 woke = start - ready if ready is not None else start
-                woke = min(start, max(prev_end, woke))
+                # min(start, max(prev_end, woke)), without the calls
+                woke = woke if woke > prev_end else prev_end
+                woke = woke if woke < start else start
                 if woke > prev_end:
                     # suspended: prev_end -> woke
                     v = (woke - ws) * 1e6 * 1000.0
@@ -668,7 +704,7 @@ class _TaskTracks:
                 tail = (prev_end, min(done, we), None)
         if tail is not None:
             a, b, awaiting = tail
-            sa, sb = ns(a), ns(b)
+            sa, sb = _ns(a, ws), _ns(b, ws)
             if sa < cur or sb <= sa:
                 return None
             notes = seq.note("awaiting", awaiting) if awaiting else b""
@@ -679,6 +715,12 @@ class _TaskTracks:
                 _event(out, _SEQ1, sa - cur, suspended_head + notes)
             _end(out, sb - sa)
         return res
+
+
+def _ns(t: float, ws: float) -> int:
+    """``t`` in ns after the window's start, rounded as ``TraceWriter.us`` rounds µs."""
+    v = (t - ws) * 1e6 * 1000.0
+    return int(v + 0.5) if v >= 0 else int(v - 0.5)
 
 
 def _step(step: object) -> tuple[float, float | None, float | None, float | None] | None:
@@ -747,14 +789,16 @@ def to_pftrace(doc: dict[str, Any]) -> bytes:
             return _inside(track.starts, track.ends, ts)
         return tasks.slice_at(tid, ts) if tid in tasks.docs else None
 
-    flows: dict[int, dict[int, list[bytes]]] = {}
+    flows: dict[int, dict[int, bytes]] = {}  # track -> slice -> flow ids for its BEGIN
     for n, (src, src_us, dst, dst_us, _name, _args) in enumerate(w.flows, start=1):
         i = slice_at(src, _ns_of_us(src_us))
         j = slice_at(dst, _ns_of_us(dst_us))
         if i is None or j is None:
             continue
-        flows.setdefault(src, {}).setdefault(i, []).append(_FLOW + struct.pack("<Q", n))
-        flows.setdefault(dst, {}).setdefault(j, []).append(_TERMINATING_FLOW + struct.pack("<Q", n))
+        at = flows.setdefault(src, {})
+        at[i] = at.get(i, b"") + _FLOW + struct.pack("<Q", n)
+        at = flows.setdefault(dst, {})
+        at[j] = at.get(j, b"") + _TERMINATING_FLOW + struct.pack("<Q", n)
 
     # Instants and counters: sequence 2, in time order.
     marks: list[tuple[int, int, bytes]] = []
@@ -788,8 +832,9 @@ def to_pftrace(doc: dict[str, Any]) -> bytes:
     # counters; ``cuts`` are packet boundaries where a compressed bundle may end.
     raw = bytearray(_head(w, doc, seq1, seq2, counters))
     cuts = [len(raw)]
+    no_flows: dict[int, bytes] = {}
     for tid in w.names:
-        f = {i: b"".join(ids) for i, ids in flows.get(tid, {}).items()}
+        f = flows.get(tid, no_flows)
         if tid in others:
             others[tid].flows = f
             others[tid].write(raw, lo)

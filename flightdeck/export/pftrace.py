@@ -40,7 +40,7 @@ import orjson
 
 from . import tracks
 from .common import dicts, num, request_label, section, text
-from .trace import TraceWriter, frames_text
+from .trace import P_NORMAL, TraceWriter, frames_text
 
 __all__ = ["to_pftrace"]
 
@@ -169,10 +169,12 @@ class _Interner:
     def entries(self, field_tag: bytes) -> bytes:
         # EventName, EventCategory, DebugAnnotationName and InternedString alike: iid = 1,
         # the text = 2.
-        return b"".join(
-            _ld(field_tag, b"\x08" + _varint(iid) + _ld(b"\x12", value.encode("utf-8", "replace")))
-            for value, iid in self.ids.items()
-        )
+        parts = []
+        for value, iid in self.ids.items():
+            data = value.encode("utf-8", "replace")
+            entry = b"\x08" + _varint(iid) + b"\x12" + _varint(len(data)) + data
+            parts.append(field_tag + _varint(len(entry)) + entry)
+        return b"".join(parts)
 
 
 class _Sequence:
@@ -225,6 +227,8 @@ class _Sequence:
         cache, annotation = self._notes, self._annotation
         parts = []
         for key, value in args.items():
+            if value is None:
+                continue  # as TraceWriter drops them
             kind = type(value)
             if kind is str or kind is int or kind is float or kind is bool:
                 cached = cache.get((key, kind, value))
@@ -265,11 +269,6 @@ class _Sequence:
 
 _pack_double = struct.Struct("<d").pack
 _A_TRUE, _A_FALSE = _A_BOOL + b"\x01", _A_BOOL + b"\x00"
-
-
-def _ns_of_us(us: float) -> int:
-    """The JSON export's microseconds (three decimals) as integer nanoseconds."""
-    return round(us * 1000.0)
 
 
 def _inside(starts: list[int], ends: list[int], ts: int) -> int | None:
@@ -335,17 +334,6 @@ class _Track:
             cur = t
 
 
-def _reset(out: bytearray, uuid: int) -> None:
-    """Sequence 1's defaults for the next track (its uuid, the incremental clock) and a
-    ClockSnapshot that restarts that clock at 0: each track's timestamps are deltas along
-    the track. Every snapshot pairs the same two values, so each maps the clock the same."""
-    track = _D_TRACK + _varint(uuid)
-    defaults = _D_CLOCK_64 + _D_TE + _SMALL[len(track)] + track
-    body = _SEQ1 + _DEFAULTS + _SMALL[len(defaults)] + defaults + _SNAPSHOT
-    out += _PACKET + _SMALL[len(body)] + body
-
-
-_D_CLOCK_64 = _D_CLOCK + _SMALL[_DELTA_CLOCK]
 _SNAPSHOT = _ld(
     _CLOCK_SNAPSHOT,
     _ld(b"\x0a", _CLOCK_ID + _SMALL[_BOOTTIME] + _CLOCK_TS + b"\x00")
@@ -356,7 +344,70 @@ _SNAPSHOT = _ld(
 )
 
 
+def _reset(out: bytearray, uuid: int) -> None:
+    """Sequence 1's defaults for the next track (its uuid, the incremental clock) and a
+    ClockSnapshot that restarts that clock at 0: each track's timestamps are deltas along
+    the track. Every snapshot pairs the same two values, so each maps the clock the same."""
+    v = _varint(uuid)
+    out += _RESET_HEAD[len(v)]
+    out += v
+    out += _SNAPSHOT
+
+
+def _reset_head(n: int) -> bytes:
+    """A reset packet up to its track uuid, for a uuid of ``n`` bytes."""
+    defaults_len = len(_D_CLOCK) + 1 + len(_D_TE) + 1 + len(_D_TRACK) + n
+    body_len = len(_SEQ1) + len(_DEFAULTS) + 1 + defaults_len + len(_SNAPSHOT)
+    head = _PACKET + _varint(body_len) + _SEQ1 + _DEFAULTS + _varint(defaults_len)
+    return head + _D_CLOCK + _SMALL[_DELTA_CLOCK] + _D_TE + _SMALL[1 + n] + _D_TRACK
+
+
+_RESET_HEAD = [b""] + [_reset_head(n) for n in range(1, 11)]
+
+
 _NONE = -(1 << 62)  # "no event yet on this track", below any time
+
+
+class _Writer(TraceWriter):
+    """The writer ``tracks.py``'s functions draw through for this export: what they write
+    is kept as tuples with times in ns (rounded as ``TraceWriter.us`` rounds µs), not as the
+    JSON export's event dicts."""
+
+    def __init__(self, doc: dict[str, Any]) -> None:
+        super().__init__(doc)
+        assert self.w_start is not None
+        self.ws = self.w_start
+        #: Per track: (start, end, priority, name, category, args).
+        self.slices: dict[int, list[tuple[int, int, int, str, str, dict[str, Any]]]] = {}
+        #: Instants and counters in order: (is_counter, track, time, name, category, args).
+        self.marks: list[tuple[bool, int, int, str, str, dict[str, Any]]] = []
+
+    def slice(
+        self,
+        tid: int,
+        start: float,
+        end: float,
+        name: str,
+        cat: str,
+        args: dict[str, Any],
+        cname: str | None = None,
+        prio: int = P_NORMAL,
+    ) -> None:
+        s, e = _ns(start, self.ws), _ns(end, self.ws)
+        self.slices.setdefault(tid, []).append((s, e if e > s else s, prio, name, cat, args))
+
+    def instant(
+        self, tid: int, t: float, name: str, cat: str, args: dict[str, Any], scope: str = "t"
+    ) -> None:
+        self.marks.append((False, tid, _ns(t, self.ws), name, cat, args))
+
+    def counter(self, tid: int, t: float, name: str, args: dict[str, Any]) -> None:
+        self.marks.append((True, tid, _ns(t, self.ws), name, "", args))
+
+    def flow(
+        self, src: int, src_t: float, dst: int, dst_t: float, name: str, args: dict[str, Any]
+    ) -> None:
+        self.flows.append((src, _ns(src_t, self.ws), dst, _ns(dst_t, self.ws), name, args))
 
 
 class _Written:
@@ -401,7 +452,7 @@ class _TaskTracks:
     task's track already, and the copies would be a third of the trace.
     """
 
-    def __init__(self, w: TraceWriter, seq: _Sequence) -> None:
+    def __init__(self, w: _Writer, seq: _Sequence) -> None:
         self.w, self.seq = w, seq
         self.tid: dict[Any, int] = {}  # task id -> track
         self.docs: dict[int, dict[str, Any]] = {}  # track -> task
@@ -482,16 +533,13 @@ class _TaskTracks:
         annotations the fast path writes are kept: the rest is the track's or the slice's."""
         self.written.pop(tid, None)
         w = copy.copy(self.w)
-        w.pending, w.out = {}, []
+        w.slices, w.marks = {}, []
         tracks.task_track(w, self.docs[tid], tid, -1)
         seq = self.seq
         items = []
-        for k, (s_us, e_us, prio, ev) in enumerate(w.pending.get(tid, ())):
-            s, e = _ns_of_us(s_us), _ns_of_us(e_us)
-            args = ev.get("args") or {}
-            notes = {k: v for k, v in args.items() if k in ("awaiting", "await_stack")}
-            body = seq.head(_BEGIN, text(ev.get("name")), text(ev.get("cat"))) + seq.notes(notes)
-            items.append((s, s - e, prio, k, body))
+        for k, (s, e, prio, name, cat, args) in enumerate(w.slices.get(tid, ())):
+            notes = {a: v for a, v in args.items() if a in ("awaiting", "await_stack")}
+            items.append((s, s - e, prio, k, seq.head(_BEGIN, name, cat) + seq.notes(notes)))
         track = self.nested[tid] = _Track(tid + 1)
         track.nest(items)
 
@@ -742,7 +790,7 @@ def _step(step: object) -> tuple[float, float | None, float | None, float | None
 def to_pftrace(doc: dict[str, Any]) -> bytes:
     """Perfetto's protobuf trace format for a ``flightdeck/1`` document (open it in
     ui.perfetto.dev); times in ns after ``window.start``."""
-    w = TraceWriter(doc)
+    w = _Writer(doc)
     seq1, seq2 = _Sequence(), _Sequence()
     requests = dicts(doc.get("requests"))
     events = dicts(doc.get("events"))
@@ -769,17 +817,15 @@ def to_pftrace(doc: dict[str, Any]) -> bytes:
 
     # Every other track's slices, nested.
     others: dict[int, _Track] = {}
-    for tid, pending in w.pending.items():
-        items = []
-        for k, (s_us, e_us, prio, ev) in enumerate(pending):
-            if ev.get("cat") == "step":
-                continue  # a step's copy on the loop lane: see _TaskTracks
-            s, e = _ns_of_us(s_us), _ns_of_us(e_us)
-            body = seq1.head(_BEGIN, text(ev.get("name")), text(ev.get("cat")))
-            items.append((s, s - e, prio, k, body + seq1.notes(ev.get("args"))))
+    head = seq1.head
+    notes = seq1.notes
+    for tid, slices in w.slices.items():
+        items = [
+            (s, s - e, prio, k, head(_BEGIN, name, cat) + notes(args))
+            for k, (s, e, prio, name, cat, args) in enumerate(slices)
+        ]
         others[tid] = _Track(tid + 1)
         others[tid].nest(items)
-    w.pending.clear()
 
     # Flows, numbered and placed as TraceWriter.flush_flows does: a flow id on the BEGIN
     # of the slice each end is in.
@@ -790,9 +836,9 @@ def to_pftrace(doc: dict[str, Any]) -> bytes:
         return tasks.slice_at(tid, ts) if tid in tasks.docs else None
 
     flows: dict[int, dict[int, bytes]] = {}  # track -> slice -> flow ids for its BEGIN
-    for n, (src, src_us, dst, dst_us, _name, _args) in enumerate(w.flows, start=1):
-        i = slice_at(src, _ns_of_us(src_us))
-        j = slice_at(dst, _ns_of_us(dst_us))
+    for n, (src, src_ns, dst, dst_ns, _name, _args) in enumerate(w.flows, start=1):
+        i = slice_at(src, int(src_ns))
+        j = slice_at(dst, int(dst_ns))
         if i is None or j is None:
             continue
         at = flows.setdefault(src, {})
@@ -804,20 +850,17 @@ def to_pftrace(doc: dict[str, Any]) -> bytes:
     marks: list[tuple[int, int, bytes]] = []
     counters: dict[tuple[int, str], int] = {}
     next_uuid = w.next_tid + 1
-    for k, ev in enumerate(w.out):
-        ph = ev.get("ph")
-        if ph == "i":
-            head = seq2.head(_INSTANT, text(ev.get("name")), text(ev.get("cat")))
-            track = _TRACK + _varint(int(ev["tid"]) + 1)
-            marks.append((_ns_of_us(ev["ts"]), k, head + track + seq2.notes(ev.get("args"))))
-        elif ph == "C":
-            key = (int(ev["tid"]), text(ev.get("name")))
-            uuid = counters.get(key)
-            if uuid is None:
-                uuid = counters[key] = next_uuid + len(counters)
-            for value in (ev.get("args") or {}).values():
-                body = _COUNTER + _TRACK + _varint(uuid) + _COUNTER_DOUBLE
-                marks.append((_ns_of_us(ev["ts"]), k, body + struct.pack("<d", float(value))))
+    for k, (is_counter, tid, ts, name, cat, args) in enumerate(w.marks):
+        if not is_counter:
+            track = _TRACK + _varint(tid + 1)
+            marks.append((ts, k, seq2.head(_INSTANT, name, cat) + track + seq2.notes(args)))
+            continue
+        uuid = counters.get((tid, name))
+        if uuid is None:
+            uuid = counters[(tid, name)] = next_uuid + len(counters)
+        for value in args.values():
+            body = _COUNTER + _TRACK + _varint(uuid) + _COUNTER_DOUBLE
+            marks.append((ts, k, body + _pack_double(float(value))))
     marks.sort(key=lambda m: (m[0], m[1]))
 
     # The earliest time, which the clocks count from.
@@ -878,10 +921,13 @@ def _head(
     process += b"".join(_ld(_P_LABELS, label.encode("utf-8", "replace")) for label in labels)
     desc = _T_UUID + _varint(_PROCESS_UUID) + _ld(_T_PROCESS, process) + _T_CHILD_ORDER_EXPLICIT
     out = [_packet(_ld(_TRACK_DESC, desc))]
+    parent = _T_PARENT + _varint(_PROCESS_UUID)
     for tid, (name, sort) in w.names.items():
-        desc = _T_UUID + _varint(tid + 1) + _T_PARENT + _varint(_PROCESS_UUID)
-        desc += _ld(_T_NAME, name.encode("utf-8", "replace")) + _T_RANK + _varint(sort)
-        out.append(_packet(_ld(_TRACK_DESC, desc)))
+        data = name.encode("utf-8", "replace")
+        desc = _T_UUID + _varint(tid + 1) + parent + _T_NAME + _varint(len(data)) + data
+        desc += _T_RANK + _varint(sort)
+        body = _TRACK_DESC + _varint(len(desc)) + desc
+        out.append(_PACKET + _varint(len(body)) + body)
     for (tid, name), uuid in counters.items():
         desc = _T_UUID + _varint(uuid) + _T_PARENT + _varint(tid + 1)
         desc += _ld(_T_NAME, name.encode("utf-8", "replace")) + _ld(_T_COUNTER, b"")

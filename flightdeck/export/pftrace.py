@@ -132,6 +132,9 @@ _END_SMALL = [
 ]
 _END3_HEAD = [_PACKET + b"\x0a" + _SEQ1 + _TS + low for low in _LOW14]
 _END3_TAIL = [bytes((h,)) + _END_TAIL for h in range(128)]
+# 4 bytes (2 to 268 ms: long suspensions): the head with the low 14 bits, then the high 14.
+_END4_HEAD = [_PACKET + b"\x0b" + _SEQ1 + _TS + low for low in _LOW14]
+_END4_TAIL = [bytes(((h & 0x7F) | 0x80, h >> 7)) + _END_TAIL for h in range(1 << 14)]
 
 
 def _end(out: bytearray, d: int) -> None:
@@ -141,6 +144,9 @@ def _end(out: bytearray, d: int) -> None:
     elif d < 1 << 21:
         out += _END3_HEAD[d & 0x3FFF]
         out += _END3_TAIL[d >> 14]
+    elif d < 1 << 28:
+        out += _END4_HEAD[d & 0x3FFF]
+        out += _END4_TAIL[d >> 14]
     else:
         v = _varint(d)
         out += _PACKET + _SMALL[7 + len(v)] + _SEQ1 + _TS + v + _END_TAIL
@@ -623,6 +629,7 @@ class _TaskTracks:
         zero_suspended, zero_ready = self._zero_suspended, self._zero_ready
         zero_step = self._zero(step_head)
         end_small, end3_head, end3_tail = _END_SMALL, _END3_HEAD, _END3_TAIL
+        end4_head, end4_tail = _END4_HEAD, _END4_TAIL
         res = _Written(step_head)
         out = res.out
         cur = _NONE  # the time of the previous event on the track, ns
@@ -690,6 +697,9 @@ class _TaskTracks:
                     elif d < 2097152:
                         out += end3_head[d & 0x3FFF]
                         out += end3_tail[d >> 14]
+                    elif d < 268435456:
+                        out += end4_head[d & 0x3FFF]
+                        out += end4_tail[d >> 14]
                     else:
                         _end(out, d)
                     cur = wn
@@ -711,6 +721,9 @@ class _TaskTracks:
                     elif d < 2097152:
                         out += end3_head[d & 0x3FFF]
                         out += end3_tail[d >> 14]
+                    elif d < 268435456:
+                        out += end4_head[d & 0x3FFF]
+                        out += end4_tail[d >> 14]
                     else:
                         _end(out, d)
                     cur = s
@@ -736,6 +749,9 @@ class _TaskTracks:
             elif d < 2097152:
                 out += end3_head[d & 0x3FFF]
                 out += end3_tail[d >> 14]
+            elif d < 268435456:
+                out += end4_head[d & 0x3FFF]
+                out += end4_tail[d >> 14]
             else:
                 _end(out, d)
             cur = e

@@ -1,31 +1,37 @@
 """Export a snapshot as Perfetto's own protobuf trace (``.pftrace``), encoded directly.
 
-The same tracks, slices, instants, counters and flows as the JSON export (``perfetto.py``),
-as TrackEvent packets, written with the field numbers of Perfetto's ``perfetto_trace.proto``
-(the tests read the output back with the ``perfetto`` package's protos). Issue 13 asks for at
-most 40 bytes an event and 5x the speed of the JSON export; what makes that possible:
+The tracks, slices, instants, counters and flows of the JSON export (``perfetto.py``) as
+TrackEvent packets, with the field numbers of Perfetto's ``perfetto_trace.proto`` (the tests
+read the output back with the ``perfetto`` package's protos and compare it with the JSON
+export, times to the nanosecond). Issue 13 asks for at most 40 bytes an event and 5x the
+speed of the JSON export (``benchmarks/bench_pftrace.py``); how:
 
-- Task tracks hold nearly all of a window's slices (a suspension, a ready period and a step
-  per task step, and a copy of the step on the event-loop lane). They do not go through the
-  ``TraceWriter``'s dicts: ``_TaskTracks`` follows ``tracks.task_track`` step by step with
-  plain floats and ints. Everything else (requests, executor jobs, regions, loop entries,
-  instants, counters, flows) comes from the same ``tracks.py`` functions as the JSON export,
-  so both exports keep one definition of what is drawn.
+- Task tracks hold nearly all of a window's slices: a suspension, a ready period and a step
+  per task step. ``_TaskTracks`` writes their packets while it reads the steps, following
+  ``tracks.task_track`` with plain floats and ints. Everything else (requests, executor
+  jobs, regions, loop entries, instants, counters, flows) comes from the same ``tracks.py``
+  functions as the JSON export, drawn through ``_Writer``, so both exports keep one
+  definition of what is drawn.
+- One difference: the event-loop lane does not repeat every task step as the JSON export's
+  does (it keeps blocks, GC pauses, callbacks and the lag counter). The steps are on their
+  tasks' tracks, and the copies would cost a third of the time and size.
 - Sequence 1 carries the slices, one track after another. Before each track one packet sets
-  the sequence's defaults (that track's uuid, the incremental clock) and resets the clock with
-  a ClockSnapshot; every timestamp after it is the delta from the previous event on the same
+  the sequence's defaults (the track's uuid, the incremental clock) and resets that clock
+  with a ClockSnapshot; each timestamp after it is the delta from the previous event on the
   track, usually 1 to 3 bytes, and no event carries its track.
-- Sequence 2 carries instants and counters in time order, each with its track.
+- Sequence 2 carries the instants and counters in time order, each with its track.
 - Event names, categories, debug-annotation names and string values are interned, per
-  sequence. Debug annotations only where they say more than the track and the slice's span
-  do: requests, executor jobs, blocks, regions, the await stack of a suspension, the task of
-  a step on the loop lane, instants.
+  sequence. Steps, ready periods and suspensions carry no annotations (the track and the
+  span say it), but a suspension's await stack; requests, executor jobs, blocks, regions and
+  instants carry the JSON export's args but ``duration_ms``.
 - The packets are deflated in bundles (``compressed_packets``), as Perfetto's tracing service
-  writes them when compression is on; the trace processor inflates them as it reads.
+  writes them with compression on; the trace processor inflates them as it reads. Deflate
+  does most of the shrinking: the packets alone take about 85 bytes an event
+  (``benchmarks/README.md`` has the figures).
 
-Timestamps are nanoseconds after ``window.start``: exactly the JSON export's microseconds
-(three decimals) times 1000. If anything lies before the window, the whole trace is shifted
-so that the earliest event is at 0.
+Times are nanoseconds after ``window.start``: the JSON export's microseconds (three
+decimals) times 1000. If anything lies before the window, the whole trace is shifted so that
+the earliest event is at 0 (a trace's clock has no negative times).
 """
 
 from __future__ import annotations
@@ -120,7 +126,6 @@ _P_PID, _P_NAME, _P_LABELS = b"\x08", b"\x32", b"\x42"  # pid = 1, process_name 
 _PROCESS_UUID = 1
 _BUNDLE = 1 << 20  # raw bytes per compressed bundle: a bounded buffer for the reader
 _LEVEL = 1  # deflate level: 6 is 25 % smaller and 5x slower
-_PLAIN = (str, int, float, bool)
 
 # An END packet on sequence 1 after ``d`` ns: packet, length, sequence, timestamp tag, then
 # the varint, then the track event. Whole packets for small deltas; for 14 to 21 bit

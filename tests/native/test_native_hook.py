@@ -330,6 +330,10 @@ def _native_handle_type() -> Any:
 @pytest.mark.filterwarnings("ignore:coroutine .* was never awaited")
 def test_step_handles_are_handles_filled_natively_and_cancellable() -> None:
     from flightdeck import FlightRecorder
+    from flightdeck.core.cores import CORE
+
+    if CORE != "native":
+        pytest.skip("the native core is disabled (FLIGHTDECK_NO_EXTENSIONS)")
 
     cls = _native_handle_type()
     ran: list[str] = []

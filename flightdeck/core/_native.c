@@ -1432,24 +1432,30 @@ static PyTypeObject Window_Type = {
 /* ------------------------------------------------------------------------------------ */
 /* await chains                                                                          */
 
-/* (code, instruction offset) -> line: computing a frame's line walks its line table, and
- * tasks are created from the same few places. Holds its code objects (64 at most). */
+/* (code, instruction offset) -> (function, file, line): computing a frame's line walks its
+ * line table, and tasks are created and wait at the same few places. Holds its code
+ * objects and tuples (64 entries at most). */
 #define LINE_CACHE 64
-static struct { PyObject *code; int lasti; int line; } line_cache[LINE_CACHE];
+static struct { PyObject *code; int lasti; PyObject *site; } line_cache[LINE_CACHE];
 
-static int
-frame_line(PyFrameObject *f, PyCodeObject *code)
+/* The frame's (co_qualname, co_filename, line or None); new reference, NULL on error. */
+static PyObject *
+frame_site(PyFrameObject *f, PyCodeObject *code)
 {
     int lasti = PyFrame_GetLasti(f);
     uint32_t i = (uint32_t)(((uintptr_t)code >> 4) ^ (uint32_t)lasti) & (LINE_CACHE - 1);
     if (line_cache[i].code == (PyObject *)code && line_cache[i].lasti == lasti)
-        return line_cache[i].line;
+        return Py_NewRef(line_cache[i].site);
     int line = PyFrame_GetLineNumber(f);
-    Py_INCREF(code);
-    Py_XSETREF(line_cache[i].code, (PyObject *)code);
+    PyObject *site = line < 0 ? Py_BuildValue("(OOO)", code->co_qualname, code->co_filename, Py_None)
+                              : Py_BuildValue("(OOi)", code->co_qualname, code->co_filename, line);
+    if (!site) return NULL;
+    /* strs and an int: no cycle is possible, keep it out of the collector's work */
+    PyObject_GC_UnTrack(site);
+    Py_XSETREF(line_cache[i].code, Py_NewRef((PyObject *)code));
+    Py_XSETREF(line_cache[i].site, Py_NewRef(site));
     line_cache[i].lasti = lasti;
-    line_cache[i].line = line;
-    return line;
+    return site;
 }
 
 #if PY_VERSION_HEX < 0x030D0000
@@ -1490,9 +1496,7 @@ chain_of(PyObject *coro, Py_ssize_t limit)
         PyObject *frame = attr_or(coro, s_cr_frame, s_gi_frame);
         if (frame && PyFrame_Check(frame)) {
             PyCodeObject *code = PyFrame_GetCode((PyFrameObject *)frame);
-            int line = frame_line((PyFrameObject *)frame, code);
-            PyObject *item = line < 0 ? Py_BuildValue("(OOO)", code->co_qualname, code->co_filename, Py_None)
-                                      : Py_BuildValue("(OOi)", code->co_qualname, code->co_filename, line);
+            PyObject *item = frame_site((PyFrameObject *)frame, code);
             Py_DECREF(code);
             if (!item || PyList_Append(out, item) < 0) {
                 Py_XDECREF(item);
@@ -2339,8 +2343,7 @@ creation_site(CreateTask *ct)
         PyCodeObject *code = PyFrame_GetCode(f);
         int inside = PyUnicode_Tailmatch(code->co_filename, ct->skip_prefix, 0, plen, -1) == 1;
         if (!inside) {
-            int line = frame_line(f, code);
-            PyObject *site = Py_BuildValue("(OOi)", code->co_qualname, code->co_filename, line);
+            PyObject *site = frame_site(f, code);
             Py_DECREF(code);
             Py_DECREF(f);
             return site;
@@ -2369,7 +2372,7 @@ create_record(CreateTask *ct, PyObject *loop, PyObject *coro, PyObject *context,
     else parent = PyObject_CallOneArg(ct->current_task, loop);
     if (!parent) goto out;
     int64_t t = fd_clock();
-    name = PyObject_CallMethodNoArgs(task, s_get_name);
+    name = task_method(r, task, 1);
     if (!name) goto out;
     coro_name = coro ? PyObject_GetAttr(coro, s___qualname__) : NULL;
     if (!coro_name || !PyUnicode_Check(coro_name)) {
@@ -2410,11 +2413,9 @@ create_record(CreateTask *ct, PyObject *loop, PyObject *coro, PyObject *context,
     Py_INCREF(rid); PyTuple_SET_ITEM(ev, 6, rid);
     Py_INCREF(site); PyTuple_SET_ITEM(ev, 7, site);
     /* It lives as long as its task (live and status tables) and cannot be part of a cycle
-     * (ints, strs, None, a tuple of those): keep it out of the cyclic GC's work. */
-    if (PyLong_CheckExact(rid) || rid == Py_None) {
-        if (site != Py_None) PyObject_GC_UnTrack(site);
-        PyObject_GC_UnTrack(ev);
-    }
+     * (ints, strs, None, a tuple of those; the site is untracked where it is made): keep it
+     * out of the cyclic GC's work. */
+    if (PyLong_CheckExact(rid) || rid == Py_None) PyObject_GC_UnTrack(ev);
     win_append(r->win, ev);
     done = task_done(r, task);
     if (!done) goto out;

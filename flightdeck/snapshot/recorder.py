@@ -42,6 +42,12 @@ from .store import SnapshotStore, StoredInfo, encode_stream
 from .switching import prompt_switching
 
 
+def _held_lock() -> threading.Lock:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
 class FlightRecorder:
     """Keeps the last ``window`` seconds of what the event loop did, within ``max_bytes``.
 
@@ -94,6 +100,9 @@ class FlightRecorder:
         self._started = False
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        #: What the recorder thread sleeps on between ticks: held until stop() releases it.
+        #: One C call per tick, where Event.wait(timeout) runs a Condition's Python code.
+        self._wake = _held_lock()
         self._build_lock = threading.Lock()
         self._instrumentation: LoopInstrumentation | None = None
         self._watchdog: Watchdog | None = None
@@ -156,6 +165,7 @@ class FlightRecorder:
         self._start_thread()
 
     def _start_thread(self) -> None:
+        self._wake = _held_lock()
         self._thread = threading.Thread(target=self._run, name="flightdeck-recorder", daemon=True)
         self._thread.start()
 
@@ -165,6 +175,10 @@ class FlightRecorder:
             return
         self._started = False
         self._stop.set()
+        try:
+            self._wake.release()
+        except RuntimeError:  # released already
+            pass
         if self in registry.active:
             registry.active.remove(self)
         self._gc.uninstall()
@@ -191,7 +205,8 @@ class FlightRecorder:
         # core's bounded buffer filling up) drain every millisecond until it calms down.
         wait = tick
         next_watch = time.monotonic()
-        while not self._stop.wait(wait):
+        wake = self._wake  # this thread's own: a later start() makes another
+        while not wake.acquire(True, wait) and not self._stop.is_set():
             try:
                 wd = self._watchdog
                 if wd is not None and time.monotonic() >= next_watch:

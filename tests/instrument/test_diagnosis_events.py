@@ -29,12 +29,12 @@ def test_a_gc_pause_is_a_loop_entry_and_the_callback_goes_with_stop(run: Runner)
             gc.collect()
             return rec.snapshot().to_dict()
         finally:
+            own = rec._gc._callback
+            assert own in gc.callbacks
             rec.stop()
-            callbacks = list(gc.callbacks)
-            assert all(
-                getattr(cb, "__qualname__", "") != "GcMonitor.__init__.<locals>.on_gc"
-                for cb in callbacks
-            )
+            # This recorder's own callback: another app's recorder (an earlier test's server)
+            # may legitimately still have one installed.
+            assert own not in gc.callbacks
 
     doc = run(main())
     pauses = [e for e in doc["loop"] if e["kind"] == "gc"]

@@ -157,6 +157,12 @@ def _end(out: bytearray, d: int) -> None:
         out += _PACKET + _SMALL[7 + len(v)] + _SEQ1 + _TS + v + _END_TAIL
 
 
+# The head of a packet of ``n`` bytes on sequence 1 holding a timestamp, up to the
+# timestamp's varint: for BEGIN packets whose track event is encoded already.
+_BEGIN_HEADS = [_PACKET + _varint(n) + _SEQ1 + _TS for n in range(2048)]
+_BEGIN_HEADS_MAX = len(_BEGIN_HEADS) - 8  # the longest track event they can take
+
+
 def _event(out: bytearray, seq: bytes, d: int, event: bytes) -> None:
     """Any packet holding a track event ``d`` ns after the previous one of its sequence."""
     body = seq + _TS + _varint(d) + _TE + _varint(len(event)) + event
@@ -323,22 +329,57 @@ class _Track:
             bodies.append(body)
 
     def write(self, out: bytearray, lo: int) -> None:
-        """BEGIN and END packets on sequence 1, after the packet that resets the clock."""
+        """BEGIN and END packets on sequence 1, after the packet that resets the clock.
+
+        ``_event`` and ``_end`` inlined: the event-loop lane alone has a BEGIN and an END per
+        task step. A BEGIN's packet is its head (by the length of the delta's varint), the
+        delta and its event, the head and the event made once per body."""
         _reset(out, self.uuid)
         cur = lo
         ends: list[int] = []
         flows = self.flows
+        all_ends, bodies = self.ends, self.bodies
+        small, low14, varint = _SMALL, _LOW14, _varint
+        end_small, end3_head, end3_tail = _END_SMALL, _END3_HEAD, _END3_TAIL
+        end4_head, end4_tail = _END4_HEAD, _END4_TAIL
+        packets: dict[bytes, tuple[list[bytes], bytes]] = {}
         for i, start in enumerate(self.starts):
             while ends and ends[-1] <= start:
                 t = ends.pop()
-                _end(out, t - cur)
+                d = t - cur
+                if d < 16384:
+                    out += end_small[d]
+                elif d < 2097152:
+                    out += end3_head[d & 0x3FFF]
+                    out += end3_tail[d >> 14]
+                elif d < 268435456:
+                    out += end4_head[d & 0x3FFF]
+                    out += end4_tail[d >> 14]
+                else:
+                    _end(out, d)
                 cur = t
-            body = self.bodies[i]
-            if flows and i in flows:
-                body += flows[i]
-            _event(out, _SEQ1, start - cur, body)
+            body = bodies[i]
+            d = start - cur
+            if (flows and i in flows) or d >= 268435456:
+                _event(out, _SEQ1, d, body + flows[i] if flows and i in flows else body)
+            else:
+                cached = packets.get(body)
+                if cached is None:
+                    event = _TE + varint(len(body)) + body
+                    heads = [_PACKET + varint(3 + n + len(event)) + _SEQ1 + _TS for n in range(5)]
+                    cached = packets[body] = (heads, event)
+                heads, event = cached
+                if d < 16384:
+                    v = small[d]
+                    out += heads[len(v)]
+                    out += v
+                else:  # 3 or 4 bytes: the low 14 bits, then the rest as a varint
+                    out += heads[3 if d < 2097152 else 4]
+                    out += low14[d & 0x3FFF]
+                    out += small[d >> 14]
+                out += event
             cur = start
-            ends.append(self.ends[i])
+            ends.append(all_ends[i])
         while ends:
             t = ends.pop()
             _end(out, t - cur)
@@ -375,6 +416,9 @@ def _reset_head(n: int) -> bytes:
 
 _RESET_HEAD = [b""] + [_reset_head(n) for n in range(1, 11)]
 
+
+_LOOP_NOTES = True
+_SCRATCH_LOOP = -1  # the event-loop lane of the scratch writer of ``_TaskTracks._nest``
 
 _NONE = -(1 << 62)  # "no event yet on this track", below any time
 
@@ -448,6 +492,120 @@ class _Written:
         self.split = -1
         self.step_delta = 0
         self.fs = self.fe = 0  # the first step, ns
+
+
+class _LoopLane:
+    """The event-loop lane: a copy of every task step (as ``tracks.task_track`` draws it
+    there), then ``tracks.loop_track``'s blocks, GC pauses and callbacks, nested and written
+    as ``_Track`` does, in one pass.
+
+    Each entry is a start, an end (ns) and a whole track event. Steps of different tasks
+    overlap in a window (``tests/samples.py``'s big documents) and the clock only counts
+    forward along a track, so the lane is sorted: by start alone (ints, stably, so entries
+    that start together stay in the order drawn), and where starts tie, as
+    ``TraceWriter.flush_slices`` sorts them (the longer first, then by priority).
+    """
+
+    __slots__ = ("ends", "events", "order", "prios", "starts", "uuid")
+
+    def __init__(self, uuid: int) -> None:
+        self.uuid = uuid
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        self.events: list[bytes] = []  # TrackEvent field and all
+        self.prios: dict[int, int] = {}  # entry -> priority, but P_NORMAL's
+        self.order: list[int] = []
+
+    def add(self, start: int, end: int, prio: int, event: bytes) -> None:
+        if prio != P_NORMAL:
+            self.prios[len(self.starts)] = prio
+        self.starts.append(start)
+        self.ends.append(end)
+        self.events.append(event)
+
+    def truncate(self, n: int) -> None:
+        del self.starts[n:], self.ends[n:], self.events[n:]
+
+    def sort(self) -> int | None:
+        """Sorts the lane; returns its earliest start."""
+        starts, ends, prios = self.starts, self.ends, self.prios
+        order = self.order = sorted(range(len(starts)), key=starts.__getitem__)
+        if not order:
+            return None
+        if len(set(starts)) < len(starts):
+            # Entries that start together: the longer first (it is the parent), then the
+            # lower priority, then the order drawn, as ``TraceWriter.flush_slices``.
+            i, n = 0, len(order)
+            while i < n:
+                j = i + 1
+                first = starts[order[i]]
+                while j < n and starts[order[j]] == first:
+                    j += 1
+                if j - i > 1:
+                    order[i:j] = sorted(
+                        order[i:j], key=lambda k: (ends[k] * -1, prios.get(k, P_NORMAL), k)
+                    )
+                i = j
+        return starts[order[0]]
+
+    def write(self, out: bytearray, lo: int, cuts: list[int]) -> None:
+        """As ``_Track.nest`` then ``_Track.write``: an entry overlapping its parent's end
+        is cut there. Adds packet boundaries to ``cuts`` along the way (the lane is a
+        few MB)."""
+        if not self.order:
+            return
+        _reset(out, self.uuid)
+        cur = lo
+        ends: list[int] = []  # the open entries' (clamped) ends
+        starts, all_ends, events = self.starts, self.ends, self.events
+        small, low14, heads = _SMALL, _LOW14, _BEGIN_HEADS
+        end_small, end3_head, end3_tail = _END_SMALL, _END3_HEAD, _END3_TAIL
+        end4_head, end4_tail = _END4_HEAD, _END4_TAIL
+        for k, i in enumerate(self.order):
+            if k & 0x3FFF == 0x3FFF:
+                cuts.append(len(out))
+            start = starts[i]
+            while ends and ends[-1] <= start:
+                t = ends.pop()
+                d = t - cur
+                if d < 16384:
+                    out += end_small[d]
+                elif d < 2097152:
+                    out += end3_head[d & 0x3FFF]
+                    out += end3_tail[d >> 14]
+                elif d < 268435456:
+                    out += end4_head[d & 0x3FFF]
+                    out += end4_tail[d >> 14]
+                else:
+                    _end(out, d)
+                cur = t
+            end = all_ends[i]
+            if ends and end > ends[-1]:
+                end = ends[-1]
+            ends.append(end)
+            event = events[i]
+            d = start - cur
+            n = len(event)
+            if n > _BEGIN_HEADS_MAX or d >= 268435456:
+                body = _SEQ1 + _TS + _varint(d) + event
+                out += _PACKET
+                out += _varint(len(body))
+                out += body
+            elif d < 16384:
+                v = small[d]
+                out += heads[3 + len(v) + n]
+                out += v
+                out += event
+            else:  # 3 or 4 bytes: the low 14 bits, then the rest as a varint
+                out += heads[6 + n if d < 2097152 else 7 + n]
+                out += low14[d & 0x3FFF]
+                out += small[d >> 14]
+                out += event
+            cur = start
+        while ends:
+            t = ends.pop()
+            _end(out, t - cur)
+            cur = t
 
 
 class _TaskTracks:
@@ -531,21 +689,27 @@ class _TaskTracks:
                 break
         return out
 
-    def encode(self, keep: set[int]) -> None:
+    def encode(self, keep: set[int], loop: _LoopLane) -> None:
+        """Every task's track, and the copies of the steps on the event-loop lane, in the
+        order ``tracks.task_tracks`` draws them."""
         for tid, task in self.docs.items():
-            written = None if tid in keep else self._encode(task)
+            n = len(loop.starts)
+            written = None if tid in keep else self._encode(task, loop)
             if written is None:
-                self._nest(tid)
+                loop.truncate(n)  # what _encode added before it gave up
+                for s, e, prio, name, cat, args in self._nest(tid):
+                    loop.add(s, e, prio, self._loop_event(self.seq.head(_BEGIN, name, cat), args))
             elif written.first_body:
                 self.written[tid] = written
 
-    def _nest(self, tid: int) -> None:
+    def _nest(self, tid: int) -> list[tuple[int, int, int, str, str, dict[str, Any]]]:
         """The task drawn by ``tracks.task_track`` on a scratch writer, then nested. Only the
-        annotations the fast path writes are kept: the rest is the track's or the slice's."""
+        annotations the fast path writes are kept: the rest is the track's or the slice's.
+        Returns what the scratch writer drew on the event-loop lane: the steps' copies."""
         self.written.pop(tid, None)
         w = copy.copy(self.w)
         w.slices, w.marks = {}, []
-        tracks.task_track(w, self.docs[tid], tid, -1)
+        tracks.task_track(w, self.docs[tid], tid, _SCRATCH_LOOP)
         seq = self.seq
         items = []
         for k, (s, e, prio, name, cat, args) in enumerate(w.slices.get(tid, ())):
@@ -553,6 +717,7 @@ class _TaskTracks:
             items.append((s, s - e, prio, k, seq.head(_BEGIN, name, cat) + seq.notes(notes)))
         track = self.nested[tid] = _Track(tid + 1)
         track.nest(items)
+        return w.slices.get(_SCRATCH_LOOP, [])
 
     def slice_at(self, tid: int, ts: int) -> int | None:
         """The slice a flow ends on, as ``_inside``; -1 for the first step of a track written
@@ -595,6 +760,18 @@ class _TaskTracks:
             _event(raw, _SEQ1, written.step_delta, written.step_head + to_first)
             raw += view[written.split :]
 
+    def _loop_event(self, head: bytes, args: dict[str, Any]) -> bytes:
+        """The track event of a step's copy on the event-loop lane (the same for all of a
+        task's steps): the step's name and category, and the task and request it is of,
+        the JSON export's args there (``tracks.task_track``)."""
+        seq = self.seq
+        t_id, req = args.get("task"), args.get("request")
+        body = head
+        if _LOOP_NOTES:
+            body += seq.note("task", t_id) if t_id is not None else b""
+            body += seq.note("request", req) if req is not None else b""
+        return _TE + _varint(len(body)) + body
+
     def _zero(self, head: bytes) -> bytes:
         """A whole BEGIN packet 0 ns after the previous event (the usual case: a task's
         slices abut)."""
@@ -605,9 +782,10 @@ class _TaskTracks:
             packet = self._at0[head] = _PACKET + _varint(len(body)) + body
         return packet
 
-    def _encode(self, task: dict[str, Any]) -> _Written | None:
-        """``tracks.task_track`` for one task, written as packets; None when its slices do not
-        follow one another (the caller nests them instead)."""
+    def _encode(self, task: dict[str, Any], loop: _LoopLane) -> _Written | None:
+        """``tracks.task_track`` for one task, written as packets, and the copies of its steps
+        added to ``loop``; None when its slices do not follow one another (the caller nests
+        them instead, and nothing is added)."""
         w, seq = self.w, self.seq
         assert w.w_start is not None and w.w_end is not None
         ws, we = w.w_start, w.w_end
@@ -631,6 +809,9 @@ class _TaskTracks:
         wait_starts = [x[0] for x in waits]
         suspended_head, ready_head = self._suspended, self._ready
         step_head = seq.head(_BEGIN, what, "step")
+        # The event-loop lane's copy of each step, added as the step is read.
+        loop_event = self._loop_event(step_head, {"task": t_id, "request": task.get("request")})
+        loop_s, loop_e, loop_ev = loop.starts.append, loop.ends.append, loop.events.append
         zero_suspended, zero_ready = self._zero_suspended, self._zero_ready
         zero_step = self._zero(step_head)
         end_small, end3_head, end3_tail = _END_SMALL, _END3_HEAD, _END3_TAIL
@@ -737,6 +918,9 @@ class _TaskTracks:
             e = int(v + 0.5) if v >= 0 else int(v - 0.5)
             if s < cur or e <= s:
                 return None
+            loop_s(s)
+            loop_e(e)
+            loop_ev(loop_event)
             if no_step:
                 no_step = False
                 res.fs, res.fe = s, e
@@ -834,12 +1018,17 @@ def to_pftrace(doc: dict[str, Any]) -> bytes:
     tracks.event_marks(w, events, thread_tids, tasks.tid, task_steps, loop_tid)
     tracks.region_slices(w, regions)
     tracks.trigger_marks(w, loop_tid)
-    tasks.encode(executor)
+    loop = _LoopLane(loop_tid + 1)
+    tasks.encode(executor, loop)
+    head = seq1.head
+    notes = seq1.notes
+    for s, e, prio, name, cat, args in w.slices.pop(loop_tid, ()):
+        body = head(_BEGIN, name, cat) + notes(args)
+        loop.add(s, e, prio, _TE + _varint(len(body)) + body)
+    loop_first = loop.sort()
 
     # Every other track's slices, nested.
     others: dict[int, _Track] = {}
-    head = seq1.head
-    notes = seq1.notes
     for tid, slices in w.slices.items():
         items = [
             (s, s - e, prio, k, head(_BEGIN, name, cat) + notes(args))
@@ -891,6 +1080,8 @@ def to_pftrace(doc: dict[str, Any]) -> bytes:
             lo = min(lo, other.starts[0])
     if marks:
         lo = min(lo, marks[0][0])
+    if loop_first is not None:
+        lo = min(lo, loop_first)
 
     # The slices, track by track in the JSON export's track order, then the instants and
     # counters; ``cuts`` are packet boundaries where a compressed bundle may end.
@@ -899,7 +1090,9 @@ def to_pftrace(doc: dict[str, Any]) -> bytes:
     no_flows: dict[int, bytes] = {}
     for tid in w.names:
         f = flows.get(tid, no_flows)
-        if tid in others:
+        if tid == loop_tid:
+            loop.write(raw, lo, cuts)
+        elif tid in others:
             others[tid].flows = f
             others[tid].write(raw, lo)
         else:

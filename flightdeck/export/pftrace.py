@@ -331,18 +331,15 @@ class _Track:
     def write(self, out: bytearray, lo: int) -> None:
         """BEGIN and END packets on sequence 1, after the packet that resets the clock.
 
-        ``_event`` and ``_end`` inlined: the event-loop lane alone has a BEGIN and an END per
-        task step. A BEGIN's packet is its head (by the length of the delta's varint), the
-        delta and its event, the head and the event made once per body."""
+        ``_event`` and ``_end`` inlined, the packet's head from ``_BEGIN_HEADS``."""
         _reset(out, self.uuid)
         cur = lo
         ends: list[int] = []
         flows = self.flows
         all_ends, bodies = self.ends, self.bodies
-        small, low14, varint = _SMALL, _LOW14, _varint
+        small, low14, heads = _SMALL, _LOW14, _BEGIN_HEADS
         end_small, end3_head, end3_tail = _END_SMALL, _END3_HEAD, _END3_TAIL
         end4_head, end4_tail = _END4_HEAD, _END4_TAIL
-        packets: dict[bytes, tuple[list[bytes], bytes]] = {}
         for i, start in enumerate(self.starts):
             while ends and ends[-1] <= start:
                 t = ends.pop()
@@ -359,25 +356,26 @@ class _Track:
                     _end(out, d)
                 cur = t
             body = bodies[i]
+            if flows and i in flows:
+                body += flows[i]
             d = start - cur
-            if (flows and i in flows) or d >= 268435456:
-                _event(out, _SEQ1, d, body + flows[i] if flows and i in flows else body)
-            else:
-                cached = packets.get(body)
-                if cached is None:
-                    event = _TE + varint(len(body)) + body
-                    heads = [_PACKET + varint(3 + n + len(event)) + _SEQ1 + _TS for n in range(5)]
-                    cached = packets[body] = (heads, event)
-                heads, event = cached
-                if d < 16384:
-                    v = small[d]
-                    out += heads[len(v)]
-                    out += v
-                else:  # 3 or 4 bytes: the low 14 bits, then the rest as a varint
-                    out += heads[3 if d < 2097152 else 4]
-                    out += low14[d & 0x3FFF]
-                    out += small[d >> 14]
-                out += event
+            n = len(body)
+            if n > 127 or d >= 268435456:
+                _event(out, _SEQ1, d, body)
+            elif d < 16384:
+                v = small[d]
+                out += heads[5 + len(v) + n]  # seq, ts tag, v, event tag, event length
+                out += v
+                out += _TE
+                out += small[n]
+                out += body
+            else:  # 3 or 4 bytes: the low 14 bits, then the rest as a varint
+                out += heads[8 + n if d < 2097152 else 9 + n]
+                out += low14[d & 0x3FFF]
+                out += small[d >> 14]
+                out += _TE
+                out += small[n]
+                out += body
             cur = start
             ends.append(all_ends[i])
         while ends:
@@ -556,14 +554,13 @@ class _LoopLane:
             return
         _reset(out, self.uuid)
         cur = lo
+        cut = len(out) + _BUNDLE
         ends: list[int] = []  # the open entries' (clamped) ends
         starts, all_ends, events = self.starts, self.ends, self.events
         small, low14, heads = _SMALL, _LOW14, _BEGIN_HEADS
         end_small, end3_head, end3_tail = _END_SMALL, _END3_HEAD, _END3_TAIL
         end4_head, end4_tail = _END4_HEAD, _END4_TAIL
-        for k, i in enumerate(self.order):
-            if k & 0x3FFF == 0x3FFF:
-                cuts.append(len(out))
+        for i in self.order:
             start = starts[i]
             while ends and ends[-1] <= start:
                 t = ends.pop()
@@ -602,6 +599,9 @@ class _LoopLane:
                 out += small[d >> 14]
                 out += event
             cur = start
+            if len(out) > cut:
+                cuts.append(len(out))
+                cut += _BUNDLE
         while ends:
             t = ends.pop()
             _end(out, t - cur)
@@ -633,6 +633,7 @@ class _TaskTracks:
         self._at0: dict[bytes, bytes] = {}
         self._zero_suspended = self._zero(self._suspended)
         self._zero_ready = self._zero(self._ready)
+        self._task_key = b""  # a task id's annotation up to its string's iid (_loop_event)
 
     def assign(
         self,
@@ -663,14 +664,27 @@ class _TaskTracks:
             tid = w.track(label.strip(), 30_000 + n)
             self.tid[t_id] = tid
             self.docs[tid] = task
-            steps = self.steps(task, first_only=True)
-            if steps:
-                self.first[t_id] = steps[0]
+            first = self._first_step(task)
+            if first is not None:
+                self.first[t_id] = first
             done, state = num(task.get("done")), text(task.get("state"))
             if done is not None and state in ("error", "cancelled"):
                 error = f": {text(task.get('error'))}" if task.get("error") else ""
                 args = {"task": t_id, "request": task.get("request"), "state": state}
                 w.instant(tid, done, f"task {state}{error}", "task", args)
+
+    @staticmethod
+    def _first_step(task: dict[str, Any]) -> tuple[float, float] | None:
+        """``steps(task)[0]`` for the usual step (four floats), without the list."""
+        steps = task.get("steps")
+        if type(steps) is list and steps:
+            step = steps[0]
+            if type(step) is list and len(step) == 4:
+                start, dur = step[0], step[1]
+                if type(start) is float and type(dur) is float and (t := start + dur) - t == 0.0:
+                    return (start, start + dur if dur > 0.0 else start)
+        steps_ = _TaskTracks.steps(task, first_only=True)
+        return steps_[0] if steps_ else None
 
     @staticmethod
     def steps(task: dict[str, Any], first_only: bool = False) -> list[tuple[float, float]]:
@@ -692,14 +706,21 @@ class _TaskTracks:
     def encode(self, keep: set[int], loop: _LoopLane) -> None:
         """Every task's track, and the copies of the steps on the event-loop lane, in the
         order ``tracks.task_tracks`` draws them."""
+        starts, events = loop.starts, loop.events
         for tid, task in self.docs.items():
-            n = len(loop.starts)
+            n = len(starts)
             written = None if tid in keep else self._encode(task, loop)
             if written is None:
                 loop.truncate(n)  # what _encode added before it gave up
                 for s, e, prio, name, cat, args in self._nest(tid):
-                    loop.add(s, e, prio, self._loop_event(self.seq.head(_BEGIN, name, cat), args))
-            elif written.first_body:
+                    head = self.seq.head(_BEGIN, name, cat)
+                    loop.add(s, e, prio, self._loop_event(head, args.get("task"), task))
+                continue
+            if len(starts) > n:  # _encode added the starts and ends of its steps' copies
+                events += [self._loop_event(written.step_head, task.get("id"), task)] * (
+                    len(starts) - n
+                )
+            if written.first_body:
                 self.written[tid] = written
 
     def _nest(self, tid: int) -> list[tuple[int, int, int, str, str, dict[str, Any]]]:
@@ -760,16 +781,25 @@ class _TaskTracks:
             _event(raw, _SEQ1, written.step_delta, written.step_head + to_first)
             raw += view[written.split :]
 
-    def _loop_event(self, head: bytes, args: dict[str, Any]) -> bytes:
+    def _loop_event(self, head: bytes, t_id: Any, task: dict[str, Any]) -> bytes:
         """The track event of a step's copy on the event-loop lane (the same for all of a
         task's steps): the step's name and category, and the task and request it is of,
         the JSON export's args there (``tracks.task_track``)."""
+        if not _LOOP_NOTES:
+            return _TE + _SMALL[len(head)] + head
         seq = self.seq
-        t_id, req = args.get("task"), args.get("request")
+        req = task.get("request")
         body = head
-        if _LOOP_NOTES:
-            body += seq.note("task", t_id) if t_id is not None else b""
-            body += seq.note("request", req) if req is not None else b""
+        if type(t_id) is str:  # the usual id: its annotation, without note()'s cache
+            if not self._task_key:
+                self._task_key = _A_NAME_IID + _varint(seq.keys("task")) + _A_STRING_IID
+            iid = seq.strings.ids.get(t_id) or seq.strings(t_id)
+            note = self._task_key + _varint(iid)
+            body += _DEBUG + _SMALL[len(note)] + note
+        elif t_id is not None:
+            body += seq.note("task", t_id)
+        if req is not None:
+            body += seq.note("request", req)
         return _TE + _varint(len(body)) + body
 
     def _zero(self, head: bytes) -> bytes:
@@ -804,14 +834,14 @@ class _TaskTracks:
                 key=lambda x: x[0],
             )
             if task.get("waits")
-            else []
+            else _NO_WAITS
         )
-        wait_starts = [x[0] for x in waits]
+        wait_starts = [x[0] for x in waits] if waits else _NO_STARTS
         suspended_head, ready_head = self._suspended, self._ready
         step_head = seq.head(_BEGIN, what, "step")
         # The event-loop lane's copy of each step, added as the step is read.
-        loop_event = self._loop_event(step_head, {"task": t_id, "request": task.get("request")})
-        loop_s, loop_e, loop_ev = loop.starts.append, loop.ends.append, loop.events.append
+        # (``encode`` adds their track events, all alike.)
+        loop_s, loop_e = loop.starts.append, loop.ends.append
         zero_suspended, zero_ready = self._zero_suspended, self._zero_ready
         zero_step = self._zero(step_head)
         end_small, end3_head, end3_tail = _END_SMALL, _END3_HEAD, _END3_TAIL
@@ -820,13 +850,6 @@ class _TaskTracks:
         out = res.out
         cur = _NONE  # the time of the previous event on the track, ns
         no_step = True
-
-        def await_stack(a: float, b: float) -> bytes:
-            # The recorded await stack of the wait that overlaps most, as tracks.task_track.
-            i = bisect.bisect_right(wait_starts, b) - 1
-            if 0 <= i < len(waits) and waits[i][1] > a:
-                return seq.note("await_stack", frames_text(waits[i][2].get("stack")))
-            return b""
 
         # tracks.task_track's loop, inlined: ``prev_ns`` is ns(prev_end); each slice is a
         # BEGIN (whole and precomputed when it starts where the previous slice ended) and
@@ -870,7 +893,9 @@ class _TaskTracks:
                     wn = int(v + 0.5) if v >= 0 else int(v - 0.5)
                     if prev_ns < cur or wn <= prev_ns:
                         return None
-                    notes = await_stack(prev_end, woke) if waits else b""
+                    notes = (
+                        _await_stack(seq, waits, wait_starts, prev_end, woke) if waits else b""
+                    )
                     if prev_ns == cur and not notes:
                         out += zero_suspended
                     elif cur == _NONE:
@@ -920,7 +945,6 @@ class _TaskTracks:
                 return None
             loop_s(s)
             loop_e(e)
-            loop_ev(loop_event)
             if no_step:
                 no_step = False
                 res.fs, res.fe = s, e
@@ -961,13 +985,31 @@ class _TaskTracks:
             if sa < cur or sb <= sa:
                 return None
             notes = seq.note("awaiting", awaiting) if awaiting else b""
-            notes += await_stack(a, b)
+            if waits:
+                notes += _await_stack(seq, waits, wait_starts, a, b)
             if cur == _NONE:
                 res.first_ts, res.first_body = sa, suspended_head + notes
             else:
                 _event(out, _SEQ1, sa - cur, suspended_head + notes)
             _end(out, sb - sa)
         return res
+
+
+_Wait = tuple[float, float, dict[str, Any]]
+_NO_WAITS: list[_Wait] = []  # shared, never added to: a task without waits allocates nothing
+_NO_STARTS: list[float] = []
+
+
+def _await_stack(
+    seq: _Sequence, waits: list[_Wait], wait_starts: list[float], a: float, b: float
+) -> bytes:
+    """The recorded await stack of the wait that overlaps ``a``-``b`` most, as
+    ``tracks.task_track`` attaches it to a suspension (a function, not a closure in
+    ``_TaskTracks._encode``: a closure costs each task five objects for the collector)."""
+    i = bisect.bisect_right(wait_starts, b) - 1
+    if 0 <= i < len(waits) and waits[i][1] > a:
+        return seq.note("await_stack", frames_text(waits[i][2].get("stack")))
+    return b""
 
 
 def _ns(t: float, ws: float) -> int:

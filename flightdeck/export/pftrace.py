@@ -201,7 +201,14 @@ class _Sequence:
         self.names, self.cats = _Interner(), _Interner()
         self.keys, self.strings = _Interner(), _Interner()
         self._heads: dict[tuple[bytes, str, str], bytes] = {}
-        self._notes: dict[tuple[str, type, Any], bytes] = {}
+        # Encoded annotations of plain values, by type, name and value: nested dicts rather
+        # than one keyed by tuples, which would cost the collector a tuple per look-up.
+        self._notes: dict[type, dict[str, dict[Any, bytes]]] = {
+            str: {},
+            int: {},
+            float: {},
+            bool: {},
+        }
         self._prefix: dict[str, bytes] = {}  # annotation name -> its encoded name_iid
 
     def interned_data(self) -> bytes:
@@ -228,13 +235,16 @@ class _Sequence:
 
     def note(self, key: str, value: Any) -> bytes:
         """One debug annotation; one of a plain value is encoded once."""
-        kind = type(value)
-        if kind is str or kind is int or kind is float or kind is bool:
-            cached = self._notes.get((key, kind, value))
-            if cached is None:
-                cached = self._notes[(key, kind, value)] = self._annotation(key, value)
-            return cached
-        return self._annotation(key, value)
+        by_key = self._notes.get(type(value))
+        if by_key is None:
+            return self._annotation(key, value)
+        by_value = by_key.get(key)
+        if by_value is None:
+            by_value = by_key[key] = {}
+        cached = by_value.get(value)
+        if cached is None:
+            cached = by_value[value] = self._annotation(key, value)
+        return cached
 
     def notes(self, args: dict[str, Any] | None) -> bytes:
         """The annotations of a JSON export's args, but ``duration_ms`` (the slice's own
@@ -242,21 +252,24 @@ class _Sequence:
         if not args:
             return b""
         cache, annotation = self._notes, self._annotation
-        parts = []
+        out = b""
         for key, value in args.items():
             if value is None:
                 continue  # as TraceWriter drops them
-            kind = type(value)
-            if kind is str or kind is int or kind is float or kind is bool:
-                cached = cache.get((key, kind, value))
-                if cached is None:
-                    if key == "duration_ms":
-                        continue
-                    cached = cache[(key, kind, value)] = annotation(key, value)
-                parts.append(cached)
-            else:
-                parts.append(annotation(key, value))
-        return b"".join(parts)
+            by_key = cache.get(type(value))
+            if by_key is None:
+                out += annotation(key, value)
+                continue
+            by_value = by_key.get(key)
+            if by_value is None:
+                if key == "duration_ms":
+                    continue
+                by_value = by_key[key] = {}
+            cached = by_value.get(value)
+            if cached is None:
+                cached = by_value[value] = annotation(key, value)
+            out += cached
+        return out
 
     def _annotation(self, key: str, value: Any) -> bytes:
         prefix = self._prefix.get(key)
@@ -467,7 +480,8 @@ class _Written:
     """A task track encoded while its steps were read (``_TaskTracks._encode``), but for two
     packets only known later: the track's first BEGIN (its delta counts from the earliest
     time of the whole trace) and the BEGIN of the first step (where the flow from the
-    request ends), which ``split`` marks unless it is the first BEGIN itself."""
+    request ends): unless it is the first BEGIN itself, ``before`` holds what comes before
+    it and ``out`` what comes after."""
 
     __slots__ = (
         "fe",
@@ -475,8 +489,8 @@ class _Written:
         "first_is_step",
         "first_ts",
         "fs",
+        "before",
         "out",
-        "split",
         "step_delta",
         "step_head",
     )
@@ -487,7 +501,7 @@ class _Written:
         self.first_ts = 0
         self.first_body = b""
         self.first_is_step = False
-        self.split = -1
+        self.before: bytearray | None = None
         self.step_delta = 0
         self.fs = self.fe = 0  # the first step, ns
 
@@ -773,13 +787,12 @@ class _TaskTracks:
         to_first = flows.get(-1, b"")
         body = written.first_body + (to_first if written.first_is_step else b"")
         _event(raw, _SEQ1, written.first_ts - lo, body)
-        if written.split < 0:
+        if written.before is None:
             raw += written.out
         else:
-            view = memoryview(written.out)
-            raw += view[: written.split]
+            raw += written.before
             _event(raw, _SEQ1, written.step_delta, written.step_head + to_first)
-            raw += view[written.split :]
+            raw += written.out
 
     def _loop_event(self, head: bytes, t_id: Any, task: dict[str, Any]) -> bytes:
         """The track event of a step's copy on the event-loop lane (the same for all of a
@@ -893,9 +906,7 @@ class _TaskTracks:
                     wn = int(v + 0.5) if v >= 0 else int(v - 0.5)
                     if prev_ns < cur or wn <= prev_ns:
                         return None
-                    notes = (
-                        _await_stack(seq, waits, wait_starts, prev_end, woke) if waits else b""
-                    )
+                    notes = _await_stack(seq, waits, wait_starts, prev_end, woke) if waits else b""
                     if prev_ns == cur and not notes:
                         out += zero_suspended
                     elif cur == _NONE:
@@ -951,7 +962,8 @@ class _TaskTracks:
                 if cur == _NONE:
                     res.first_ts, res.first_body, res.first_is_step = s, step_head, True
                 else:
-                    res.split, res.step_delta = len(out), s - cur
+                    res.before, res.step_delta = out, s - cur
+                    out = res.out = bytearray()
             elif s == cur:
                 out += zero_step
             else:
@@ -1178,12 +1190,24 @@ def _head(
     desc = _T_UUID + _varint(_PROCESS_UUID) + _ld(_T_PROCESS, process) + _T_CHILD_ORDER_EXPLICIT
     out = [_packet(_ld(_TRACK_DESC, desc))]
     parent = _T_PARENT + _varint(_PROCESS_UUID)
+    small = _SMALL  # a descriptor a task track: most varints here are under 2 bytes
     for tid, (name, sort) in w.names.items():
         data = name.encode("utf-8", "replace")
-        desc = _T_UUID + _varint(tid + 1) + parent + _T_NAME + _varint(len(data)) + data
-        desc += _T_RANK + _varint(sort)
-        body = _TRACK_DESC + _varint(len(desc)) + desc
-        out.append(_PACKET + _varint(len(body)) + body)
+        uuid, n = tid + 1, len(data)
+        desc = (
+            _T_UUID
+            + (small[uuid] if uuid < 16384 else _varint(uuid))
+            + parent
+            + _T_NAME
+            + (small[n] if n < 16384 else _varint(n))
+            + data
+            + _T_RANK
+            + (small[sort] if 0 <= sort < 16384 else _varint(sort))
+        )
+        n = len(desc)
+        body = _TRACK_DESC + (small[n] if n < 16384 else _varint(n)) + desc
+        n = len(body)
+        out.append(_PACKET + (small[n] if n < 16384 else _varint(n)) + body)
     for (tid, name), uuid in counters.items():
         desc = _T_UUID + _varint(uuid) + _T_PARENT + _varint(tid + 1)
         desc += _ld(_T_NAME, name.encode("utf-8", "replace")) + _ld(_T_COUNTER, b"")

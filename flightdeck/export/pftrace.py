@@ -484,12 +484,12 @@ class _Written:
     it and ``out`` what comes after."""
 
     __slots__ = (
+        "before",
         "fe",
         "first_body",
         "first_is_step",
         "first_ts",
         "fs",
-        "before",
         "out",
         "step_delta",
         "step_head",

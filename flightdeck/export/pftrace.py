@@ -12,17 +12,22 @@ speed of the JSON export (``benchmarks/bench_pftrace.py``); how:
   jobs, regions, loop entries, instants, counters, flows) comes from the same ``tracks.py``
   functions as the JSON export, drawn through ``_Writer``, so both exports keep one
   definition of what is drawn.
-- One difference: the event-loop lane does not repeat every task step as the JSON export's
-  does (it keeps blocks, GC pauses, callbacks and the lag counter). The steps are on their
-  tasks' tracks, and the copies would cost a third of the time and size.
+- The event-loop lane has the JSON export's slices: a copy of every task step (annotated
+  with its task and request, the JSON export's args there), then blocks, GC pauses and
+  callbacks. ``_TaskTracks`` adds each copy's start and end while it reads the steps;
+  ``_LoopLane`` sorts the lane (the clock only counts forward along a track, and the
+  steps of different tasks come task by task), nests it as ``TraceWriter.flush_slices``
+  does (an entry overlapping its parent's end is cut there) and writes it as one more
+  track, in one pass. The copies are about a fifth of the export's time
+  (``benchmarks/README.md``).
 - Sequence 1 carries the slices, one track after another. Before each track one packet sets
   the sequence's defaults (the track's uuid, the incremental clock) and resets that clock
   with a ClockSnapshot; each timestamp after it is the delta from the previous event on the
   track, usually 1 to 3 bytes, and no event carries its track.
 - Sequence 2 carries the instants and counters in time order, each with its track.
 - Event names, categories, debug-annotation names and string values are interned, per
-  sequence. Steps, ready periods and suspensions carry no annotations (the track and the
-  span say it), but a suspension's await stack; requests, executor jobs, blocks, regions and
+  sequence. Steps, ready periods and suspensions on a task's track carry no annotations
+  (the track and the span say it), but a suspension's await stack; requests, executor jobs, blocks, regions and
   instants carry the JSON export's args but ``duration_ms``.
 - The packets are deflated in bundles (``compressed_packets``), as Perfetto's tracing service
   writes them with compression on; the trace processor inflates them as it reads. Deflate
@@ -428,7 +433,6 @@ def _reset_head(n: int) -> bytes:
 _RESET_HEAD = [b""] + [_reset_head(n) for n in range(1, 11)]
 
 
-_LOOP_NOTES = True
 _SCRATCH_LOOP = -1  # the event-loop lane of the scratch writer of ``_TaskTracks._nest``
 
 _NONE = -(1 << 62)  # "no event yet on this track", below any time
@@ -569,15 +573,18 @@ class _LoopLane:
         _reset(out, self.uuid)
         cur = lo
         cut = len(out) + _BUNDLE
-        ends: list[int] = []  # the open entries' (clamped) ends
+        # The open entries' (clamped) ends: the innermost in ``top``, the others on ``ends``
+        # above a sentinel that nothing reaches, so the loop tests one int, not the list.
+        top = _OPEN
+        ends: list[int] = []
         starts, all_ends, events = self.starts, self.ends, self.events
         small, low14, heads = _SMALL, _LOW14, _BEGIN_HEADS
         end_small, end3_head, end3_tail = _END_SMALL, _END3_HEAD, _END3_TAIL
         end4_head, end4_tail = _END4_HEAD, _END4_TAIL
         for i in self.order:
             start = starts[i]
-            while ends and ends[-1] <= start:
-                t = ends.pop()
+            while top <= start:
+                t, top = top, ends.pop()
                 d = t - cur
                 if d < 16384:
                     out += end_small[d]
@@ -591,9 +598,8 @@ class _LoopLane:
                     _end(out, d)
                 cur = t
             end = all_ends[i]
-            if ends and end > ends[-1]:
-                end = ends[-1]
-            ends.append(end)
+            ends.append(top)
+            top = end if end < top else top
             event = events[i]
             d = start - cur
             n = len(event)
@@ -616,10 +622,12 @@ class _LoopLane:
             if len(out) > cut:
                 cuts.append(len(out))
                 cut += _BUNDLE
-        while ends:
-            t = ends.pop()
-            _end(out, t - cur)
-            cur = t
+        while top != _OPEN:
+            _end(out, top - cur)
+            cur, top = top, ends.pop()
+
+
+_OPEN = 1 << 126  # later than any end: no open entry
 
 
 class _TaskTracks:
@@ -630,9 +638,7 @@ class _TaskTracks:
     order written is the order ``TraceWriter.flush_slices`` sorts them into, and nothing is
     clamped): nearly always. A task whose slices do not, or whose steps an executor job's
     flow starts from, is drawn by ``tracks.task_track`` itself and nested like other tracks.
-
-    The loop lane does not get a copy of each step as in the JSON export: the step is on its
-    task's track already, and the copies would be a third of the trace.
+    Either way each step's copy goes to the event-loop lane (``_LoopLane``).
     """
 
     def __init__(self, w: _Writer, seq: _Sequence) -> None:
@@ -798,22 +804,24 @@ class _TaskTracks:
         """The track event of a step's copy on the event-loop lane (the same for all of a
         task's steps): the step's name and category, and the task and request it is of,
         the JSON export's args there (``tracks.task_track``)."""
-        if not _LOOP_NOTES:
-            return _TE + _SMALL[len(head)] + head
         seq = self.seq
         req = task.get("request")
         body = head
         if type(t_id) is str:  # the usual id: its annotation, without note()'s cache
             if not self._task_key:
                 self._task_key = _A_NAME_IID + _varint(seq.keys("task")) + _A_STRING_IID
-            iid = seq.strings.ids.get(t_id) or seq.strings(t_id)
-            note = self._task_key + _varint(iid)
+            ids = seq.strings.ids  # _Interner.__call__, inlined
+            iid = ids.get(t_id)
+            if iid is None:
+                iid = ids[t_id] = len(ids) + 1
+            note = self._task_key + (_SMALL[iid] if iid < 16384 else _varint(iid))
             body += _DEBUG + _SMALL[len(note)] + note
         elif t_id is not None:
             body += seq.note("task", t_id)
         if req is not None:
             body += seq.note("request", req)
-        return _TE + _varint(len(body)) + body
+        n = len(body)
+        return _TE + (_SMALL[n] if n < 16384 else _varint(n)) + body
 
     def _zero(self, head: bytes) -> bytes:
         """A whole BEGIN packet 0 ns after the previous event (the usual case: a task's

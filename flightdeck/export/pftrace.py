@@ -27,8 +27,8 @@ speed of the JSON export (``benchmarks/bench_pftrace.py``); how:
 - Sequence 2 carries the instants and counters in time order, each with its track.
 - Event names, categories, debug-annotation names and string values are interned, per
   sequence. Steps, ready periods and suspensions on a task's track carry no annotations
-  (the track and the span say it), but a suspension's await stack; requests, executor jobs, blocks, regions and
-  instants carry the JSON export's args but ``duration_ms``.
+  (the track and the span say it), but a suspension's await stack; requests, executor
+  jobs, blocks, regions and instants carry the JSON export's args but ``duration_ms``.
 - The packets are deflated in bundles (``compressed_packets``), as Perfetto's tracing service
   writes them with compression on; the trace processor inflates them as it reads. Deflate
   does most of the shrinking: the packets alone take about 85 bytes an event

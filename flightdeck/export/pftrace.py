@@ -12,18 +12,23 @@ speed of the JSON export (``benchmarks/bench_pftrace.py``); how:
   jobs, regions, loop entries, instants, counters, flows) comes from the same ``tracks.py``
   functions as the JSON export, drawn through ``_Writer``, so both exports keep one
   definition of what is drawn.
-- One difference: the event-loop lane does not repeat every task step as the JSON export's
-  does (it keeps blocks, GC pauses, callbacks and the lag counter). The steps are on their
-  tasks' tracks, and the copies would cost a third of the time and size.
+- The event-loop lane has the JSON export's slices: a copy of every task step (annotated
+  with its task and request, the JSON export's args there), then blocks, GC pauses and
+  callbacks. ``_TaskTracks`` adds each copy's start and end while it reads the steps;
+  ``_LoopLane`` sorts the lane (the clock only counts forward along a track, and the
+  steps of different tasks come task by task), nests it as ``TraceWriter.flush_slices``
+  does (an entry overlapping its parent's end is cut there) and writes it as one more
+  track, in one pass. The copies are about a fifth of the export's time
+  (``benchmarks/README.md``).
 - Sequence 1 carries the slices, one track after another. Before each track one packet sets
   the sequence's defaults (the track's uuid, the incremental clock) and resets that clock
   with a ClockSnapshot; each timestamp after it is the delta from the previous event on the
   track, usually 1 to 3 bytes, and no event carries its track.
 - Sequence 2 carries the instants and counters in time order, each with its track.
 - Event names, categories, debug-annotation names and string values are interned, per
-  sequence. Steps, ready periods and suspensions carry no annotations (the track and the
-  span say it), but a suspension's await stack; requests, executor jobs, blocks, regions and
-  instants carry the JSON export's args but ``duration_ms``.
+  sequence. Steps, ready periods and suspensions on a task's track carry no annotations
+  (the track and the span say it), but a suspension's await stack; requests, executor
+  jobs, blocks, regions and instants carry the JSON export's args but ``duration_ms``.
 - The packets are deflated in bundles (``compressed_packets``), as Perfetto's tracing service
   writes them with compression on; the trace processor inflates them as it reads. Deflate
   does most of the shrinking: the packets alone take about 85 bytes an event
@@ -157,6 +162,12 @@ def _end(out: bytearray, d: int) -> None:
         out += _PACKET + _SMALL[7 + len(v)] + _SEQ1 + _TS + v + _END_TAIL
 
 
+# The head of a packet of ``n`` bytes on sequence 1 holding a timestamp, up to the
+# timestamp's varint: for BEGIN packets whose track event is encoded already.
+_BEGIN_HEADS = [_PACKET + _varint(n) + _SEQ1 + _TS for n in range(2048)]
+_BEGIN_HEADS_MAX = len(_BEGIN_HEADS) - 8  # the longest track event they can take
+
+
 def _event(out: bytearray, seq: bytes, d: int, event: bytes) -> None:
     """Any packet holding a track event ``d`` ns after the previous one of its sequence."""
     body = seq + _TS + _varint(d) + _TE + _varint(len(event)) + event
@@ -195,7 +206,14 @@ class _Sequence:
         self.names, self.cats = _Interner(), _Interner()
         self.keys, self.strings = _Interner(), _Interner()
         self._heads: dict[tuple[bytes, str, str], bytes] = {}
-        self._notes: dict[tuple[str, type, Any], bytes] = {}
+        # Encoded annotations of plain values, by type, name and value: nested dicts rather
+        # than one keyed by tuples, which would cost the collector a tuple per look-up.
+        self._notes: dict[type, dict[str, dict[Any, bytes]]] = {
+            str: {},
+            int: {},
+            float: {},
+            bool: {},
+        }
         self._prefix: dict[str, bytes] = {}  # annotation name -> its encoded name_iid
 
     def interned_data(self) -> bytes:
@@ -222,13 +240,16 @@ class _Sequence:
 
     def note(self, key: str, value: Any) -> bytes:
         """One debug annotation; one of a plain value is encoded once."""
-        kind = type(value)
-        if kind is str or kind is int or kind is float or kind is bool:
-            cached = self._notes.get((key, kind, value))
-            if cached is None:
-                cached = self._notes[(key, kind, value)] = self._annotation(key, value)
-            return cached
-        return self._annotation(key, value)
+        by_key = self._notes.get(type(value))
+        if by_key is None:
+            return self._annotation(key, value)
+        by_value = by_key.get(key)
+        if by_value is None:
+            by_value = by_key[key] = {}
+        cached = by_value.get(value)
+        if cached is None:
+            cached = by_value[value] = self._annotation(key, value)
+        return cached
 
     def notes(self, args: dict[str, Any] | None) -> bytes:
         """The annotations of a JSON export's args, but ``duration_ms`` (the slice's own
@@ -236,21 +257,24 @@ class _Sequence:
         if not args:
             return b""
         cache, annotation = self._notes, self._annotation
-        parts = []
+        out = b""
         for key, value in args.items():
             if value is None:
                 continue  # as TraceWriter drops them
-            kind = type(value)
-            if kind is str or kind is int or kind is float or kind is bool:
-                cached = cache.get((key, kind, value))
-                if cached is None:
-                    if key == "duration_ms":
-                        continue
-                    cached = cache[(key, kind, value)] = annotation(key, value)
-                parts.append(cached)
-            else:
-                parts.append(annotation(key, value))
-        return b"".join(parts)
+            by_key = cache.get(type(value))
+            if by_key is None:
+                out += annotation(key, value)
+                continue
+            by_value = by_key.get(key)
+            if by_value is None:
+                if key == "duration_ms":
+                    continue
+                by_value = by_key[key] = {}
+            cached = by_value.get(value)
+            if cached is None:
+                cached = by_value[value] = annotation(key, value)
+            out += cached
+        return out
 
     def _annotation(self, key: str, value: Any) -> bytes:
         prefix = self._prefix.get(key)
@@ -323,22 +347,55 @@ class _Track:
             bodies.append(body)
 
     def write(self, out: bytearray, lo: int) -> None:
-        """BEGIN and END packets on sequence 1, after the packet that resets the clock."""
+        """BEGIN and END packets on sequence 1, after the packet that resets the clock.
+
+        ``_event`` and ``_end`` inlined, the packet's head from ``_BEGIN_HEADS``."""
         _reset(out, self.uuid)
         cur = lo
         ends: list[int] = []
         flows = self.flows
+        all_ends, bodies = self.ends, self.bodies
+        small, low14, heads = _SMALL, _LOW14, _BEGIN_HEADS
+        end_small, end3_head, end3_tail = _END_SMALL, _END3_HEAD, _END3_TAIL
+        end4_head, end4_tail = _END4_HEAD, _END4_TAIL
         for i, start in enumerate(self.starts):
             while ends and ends[-1] <= start:
                 t = ends.pop()
-                _end(out, t - cur)
+                d = t - cur
+                if d < 16384:
+                    out += end_small[d]
+                elif d < 2097152:
+                    out += end3_head[d & 0x3FFF]
+                    out += end3_tail[d >> 14]
+                elif d < 268435456:
+                    out += end4_head[d & 0x3FFF]
+                    out += end4_tail[d >> 14]
+                else:
+                    _end(out, d)
                 cur = t
-            body = self.bodies[i]
+            body = bodies[i]
             if flows and i in flows:
                 body += flows[i]
-            _event(out, _SEQ1, start - cur, body)
+            d = start - cur
+            n = len(body)
+            if n > 127 or d >= 268435456:
+                _event(out, _SEQ1, d, body)
+            elif d < 16384:
+                v = small[d]
+                out += heads[5 + len(v) + n]  # seq, ts tag, v, event tag, event length
+                out += v
+                out += _TE
+                out += small[n]
+                out += body
+            else:  # 3 or 4 bytes: the low 14 bits, then the rest as a varint
+                out += heads[8 + n if d < 2097152 else 9 + n]
+                out += low14[d & 0x3FFF]
+                out += small[d >> 14]
+                out += _TE
+                out += small[n]
+                out += body
             cur = start
-            ends.append(self.ends[i])
+            ends.append(all_ends[i])
         while ends:
             t = ends.pop()
             _end(out, t - cur)
@@ -375,6 +432,8 @@ def _reset_head(n: int) -> bytes:
 
 _RESET_HEAD = [b""] + [_reset_head(n) for n in range(1, 11)]
 
+
+_SCRATCH_LOOP = -1  # the event-loop lane of the scratch writer of ``_TaskTracks._nest``
 
 _NONE = -(1 << 62)  # "no event yet on this track", below any time
 
@@ -425,16 +484,17 @@ class _Written:
     """A task track encoded while its steps were read (``_TaskTracks._encode``), but for two
     packets only known later: the track's first BEGIN (its delta counts from the earliest
     time of the whole trace) and the BEGIN of the first step (where the flow from the
-    request ends), which ``split`` marks unless it is the first BEGIN itself."""
+    request ends): unless it is the first BEGIN itself, ``before`` holds what comes before
+    it and ``out`` what comes after."""
 
     __slots__ = (
+        "before",
         "fe",
         "first_body",
         "first_is_step",
         "first_ts",
         "fs",
         "out",
-        "split",
         "step_delta",
         "step_head",
     )
@@ -445,9 +505,129 @@ class _Written:
         self.first_ts = 0
         self.first_body = b""
         self.first_is_step = False
-        self.split = -1
+        self.before: bytearray | None = None
         self.step_delta = 0
         self.fs = self.fe = 0  # the first step, ns
+
+
+class _LoopLane:
+    """The event-loop lane: a copy of every task step (as ``tracks.task_track`` draws it
+    there), then ``tracks.loop_track``'s blocks, GC pauses and callbacks, nested and written
+    as ``_Track`` does, in one pass.
+
+    Each entry is a start, an end (ns) and a whole track event. Steps of different tasks
+    overlap in a window (``tests/samples.py``'s big documents) and the clock only counts
+    forward along a track, so the lane is sorted: by start alone (ints, stably, so entries
+    that start together stay in the order drawn), and where starts tie, as
+    ``TraceWriter.flush_slices`` sorts them (the longer first, then by priority).
+    """
+
+    __slots__ = ("ends", "events", "order", "prios", "starts", "uuid")
+
+    def __init__(self, uuid: int) -> None:
+        self.uuid = uuid
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        self.events: list[bytes] = []  # TrackEvent field and all
+        self.prios: dict[int, int] = {}  # entry -> priority, but P_NORMAL's
+        self.order: list[int] = []
+
+    def add(self, start: int, end: int, prio: int, event: bytes) -> None:
+        if prio != P_NORMAL:
+            self.prios[len(self.starts)] = prio
+        self.starts.append(start)
+        self.ends.append(end)
+        self.events.append(event)
+
+    def truncate(self, n: int) -> None:
+        del self.starts[n:], self.ends[n:], self.events[n:]
+
+    def sort(self) -> int | None:
+        """Sorts the lane; returns its earliest start."""
+        starts, ends, prios = self.starts, self.ends, self.prios
+        order = self.order = sorted(range(len(starts)), key=starts.__getitem__)
+        if not order:
+            return None
+        if len(set(starts)) < len(starts):
+            # Entries that start together: the longer first (it is the parent), then the
+            # lower priority, then the order drawn, as ``TraceWriter.flush_slices``.
+            i, n = 0, len(order)
+            while i < n:
+                j = i + 1
+                first = starts[order[i]]
+                while j < n and starts[order[j]] == first:
+                    j += 1
+                if j - i > 1:
+                    order[i:j] = sorted(
+                        order[i:j], key=lambda k: (ends[k] * -1, prios.get(k, P_NORMAL), k)
+                    )
+                i = j
+        return starts[order[0]]
+
+    def write(self, out: bytearray, lo: int, cuts: list[int]) -> None:
+        """As ``_Track.nest`` then ``_Track.write``: an entry overlapping its parent's end
+        is cut there. Adds packet boundaries to ``cuts`` along the way (the lane is a
+        few MB)."""
+        if not self.order:
+            return
+        _reset(out, self.uuid)
+        cur = lo
+        cut = len(out) + _BUNDLE
+        # The open entries' (clamped) ends: the innermost in ``top``, the others on ``ends``
+        # above a sentinel that nothing reaches, so the loop tests one int, not the list.
+        top = _OPEN
+        ends: list[int] = []
+        starts, all_ends, events = self.starts, self.ends, self.events
+        small, low14, heads = _SMALL, _LOW14, _BEGIN_HEADS
+        end_small, end3_head, end3_tail = _END_SMALL, _END3_HEAD, _END3_TAIL
+        end4_head, end4_tail = _END4_HEAD, _END4_TAIL
+        for i in self.order:
+            start = starts[i]
+            while top <= start:
+                t, top = top, ends.pop()
+                d = t - cur
+                if d < 16384:
+                    out += end_small[d]
+                elif d < 2097152:
+                    out += end3_head[d & 0x3FFF]
+                    out += end3_tail[d >> 14]
+                elif d < 268435456:
+                    out += end4_head[d & 0x3FFF]
+                    out += end4_tail[d >> 14]
+                else:
+                    _end(out, d)
+                cur = t
+            end = all_ends[i]
+            ends.append(top)
+            top = end if end < top else top
+            event = events[i]
+            d = start - cur
+            n = len(event)
+            if n > _BEGIN_HEADS_MAX or d >= 268435456:
+                body = _SEQ1 + _TS + _varint(d) + event
+                out += _PACKET
+                out += _varint(len(body))
+                out += body
+            elif d < 16384:
+                v = small[d]
+                out += heads[3 + len(v) + n]
+                out += v
+                out += event
+            else:  # 3 or 4 bytes: the low 14 bits, then the rest as a varint
+                out += heads[6 + n if d < 2097152 else 7 + n]
+                out += low14[d & 0x3FFF]
+                out += small[d >> 14]
+                out += event
+            cur = start
+            if len(out) > cut:
+                cuts.append(len(out))
+                cut += _BUNDLE
+        while top != _OPEN:
+            _end(out, top - cur)
+            cur, top = top, ends.pop()
+
+
+_OPEN = 1 << 126  # later than any end: no open entry
 
 
 class _TaskTracks:
@@ -458,9 +638,7 @@ class _TaskTracks:
     order written is the order ``TraceWriter.flush_slices`` sorts them into, and nothing is
     clamped): nearly always. A task whose slices do not, or whose steps an executor job's
     flow starts from, is drawn by ``tracks.task_track`` itself and nested like other tracks.
-
-    The loop lane does not get a copy of each step as in the JSON export: the step is on its
-    task's track already, and the copies would be a third of the trace.
+    Either way each step's copy goes to the event-loop lane (``_LoopLane``).
     """
 
     def __init__(self, w: _Writer, seq: _Sequence) -> None:
@@ -475,6 +653,7 @@ class _TaskTracks:
         self._at0: dict[bytes, bytes] = {}
         self._zero_suspended = self._zero(self._suspended)
         self._zero_ready = self._zero(self._ready)
+        self._task_key = b""  # a task id's annotation up to its string's iid (_loop_event)
 
     def assign(
         self,
@@ -505,14 +684,27 @@ class _TaskTracks:
             tid = w.track(label.strip(), 30_000 + n)
             self.tid[t_id] = tid
             self.docs[tid] = task
-            steps = self.steps(task, first_only=True)
-            if steps:
-                self.first[t_id] = steps[0]
+            first = self._first_step(task)
+            if first is not None:
+                self.first[t_id] = first
             done, state = num(task.get("done")), text(task.get("state"))
             if done is not None and state in ("error", "cancelled"):
                 error = f": {text(task.get('error'))}" if task.get("error") else ""
                 args = {"task": t_id, "request": task.get("request"), "state": state}
                 w.instant(tid, done, f"task {state}{error}", "task", args)
+
+    @staticmethod
+    def _first_step(task: dict[str, Any]) -> tuple[float, float] | None:
+        """``steps(task)[0]`` for the usual step (four floats), without the list."""
+        steps = task.get("steps")
+        if type(steps) is list and steps:
+            step = steps[0]
+            if type(step) is list and len(step) == 4:
+                start, dur = step[0], step[1]
+                if type(start) is float and type(dur) is float and (t := start + dur) - t == 0.0:
+                    return (start, start + dur if dur > 0.0 else start)
+        steps_ = _TaskTracks.steps(task, first_only=True)
+        return steps_[0] if steps_ else None
 
     @staticmethod
     def steps(task: dict[str, Any], first_only: bool = False) -> list[tuple[float, float]]:
@@ -531,21 +723,34 @@ class _TaskTracks:
                 break
         return out
 
-    def encode(self, keep: set[int]) -> None:
+    def encode(self, keep: set[int], loop: _LoopLane) -> None:
+        """Every task's track, and the copies of the steps on the event-loop lane, in the
+        order ``tracks.task_tracks`` draws them."""
+        starts, events = loop.starts, loop.events
         for tid, task in self.docs.items():
-            written = None if tid in keep else self._encode(task)
+            n = len(starts)
+            written = None if tid in keep else self._encode(task, loop)
             if written is None:
-                self._nest(tid)
-            elif written.first_body:
+                loop.truncate(n)  # what _encode added before it gave up
+                for s, e, prio, name, cat, args in self._nest(tid):
+                    head = self.seq.head(_BEGIN, name, cat)
+                    loop.add(s, e, prio, self._loop_event(head, args.get("task"), task))
+                continue
+            if len(starts) > n:  # _encode added the starts and ends of its steps' copies
+                events += [self._loop_event(written.step_head, task.get("id"), task)] * (
+                    len(starts) - n
+                )
+            if written.first_body:
                 self.written[tid] = written
 
-    def _nest(self, tid: int) -> None:
+    def _nest(self, tid: int) -> list[tuple[int, int, int, str, str, dict[str, Any]]]:
         """The task drawn by ``tracks.task_track`` on a scratch writer, then nested. Only the
-        annotations the fast path writes are kept: the rest is the track's or the slice's."""
+        annotations the fast path writes are kept: the rest is the track's or the slice's.
+        Returns what the scratch writer drew on the event-loop lane: the steps' copies."""
         self.written.pop(tid, None)
         w = copy.copy(self.w)
         w.slices, w.marks = {}, []
-        tracks.task_track(w, self.docs[tid], tid, -1)
+        tracks.task_track(w, self.docs[tid], tid, _SCRATCH_LOOP)
         seq = self.seq
         items = []
         for k, (s, e, prio, name, cat, args) in enumerate(w.slices.get(tid, ())):
@@ -553,6 +758,7 @@ class _TaskTracks:
             items.append((s, s - e, prio, k, seq.head(_BEGIN, name, cat) + seq.notes(notes)))
         track = self.nested[tid] = _Track(tid + 1)
         track.nest(items)
+        return w.slices.get(_SCRATCH_LOOP, [])
 
     def slice_at(self, tid: int, ts: int) -> int | None:
         """The slice a flow ends on, as ``_inside``; -1 for the first step of a track written
@@ -587,13 +793,35 @@ class _TaskTracks:
         to_first = flows.get(-1, b"")
         body = written.first_body + (to_first if written.first_is_step else b"")
         _event(raw, _SEQ1, written.first_ts - lo, body)
-        if written.split < 0:
+        if written.before is None:
             raw += written.out
         else:
-            view = memoryview(written.out)
-            raw += view[: written.split]
+            raw += written.before
             _event(raw, _SEQ1, written.step_delta, written.step_head + to_first)
-            raw += view[written.split :]
+            raw += written.out
+
+    def _loop_event(self, head: bytes, t_id: Any, task: dict[str, Any]) -> bytes:
+        """The track event of a step's copy on the event-loop lane (the same for all of a
+        task's steps): the step's name and category, and the task and request it is of,
+        the JSON export's args there (``tracks.task_track``)."""
+        seq = self.seq
+        req = task.get("request")
+        body = head
+        if type(t_id) is str:  # the usual id: its annotation, without note()'s cache
+            if not self._task_key:
+                self._task_key = _A_NAME_IID + _varint(seq.keys("task")) + _A_STRING_IID
+            ids = seq.strings.ids  # _Interner.__call__, inlined
+            iid = ids.get(t_id)
+            if iid is None:
+                iid = ids[t_id] = len(ids) + 1
+            note = self._task_key + (_SMALL[iid] if iid < 16384 else _varint(iid))
+            body += _DEBUG + _SMALL[len(note)] + note
+        elif t_id is not None:
+            body += seq.note("task", t_id)
+        if req is not None:
+            body += seq.note("request", req)
+        n = len(body)
+        return _TE + (_SMALL[n] if n < 16384 else _varint(n)) + body
 
     def _zero(self, head: bytes) -> bytes:
         """A whole BEGIN packet 0 ns after the previous event (the usual case: a task's
@@ -605,9 +833,10 @@ class _TaskTracks:
             packet = self._at0[head] = _PACKET + _varint(len(body)) + body
         return packet
 
-    def _encode(self, task: dict[str, Any]) -> _Written | None:
-        """``tracks.task_track`` for one task, written as packets; None when its slices do not
-        follow one another (the caller nests them instead)."""
+    def _encode(self, task: dict[str, Any], loop: _LoopLane) -> _Written | None:
+        """``tracks.task_track`` for one task, written as packets, and the copies of its steps
+        added to ``loop``; None when its slices do not follow one another (the caller nests
+        them instead, and nothing is added)."""
         w, seq = self.w, self.seq
         assert w.w_start is not None and w.w_end is not None
         ws, we = w.w_start, w.w_end
@@ -626,11 +855,14 @@ class _TaskTracks:
                 key=lambda x: x[0],
             )
             if task.get("waits")
-            else []
+            else _NO_WAITS
         )
-        wait_starts = [x[0] for x in waits]
+        wait_starts = [x[0] for x in waits] if waits else _NO_STARTS
         suspended_head, ready_head = self._suspended, self._ready
         step_head = seq.head(_BEGIN, what, "step")
+        # The event-loop lane's copy of each step, added as the step is read.
+        # (``encode`` adds their track events, all alike.)
+        loop_s, loop_e = loop.starts.append, loop.ends.append
         zero_suspended, zero_ready = self._zero_suspended, self._zero_ready
         zero_step = self._zero(step_head)
         end_small, end3_head, end3_tail = _END_SMALL, _END3_HEAD, _END3_TAIL
@@ -639,13 +871,6 @@ class _TaskTracks:
         out = res.out
         cur = _NONE  # the time of the previous event on the track, ns
         no_step = True
-
-        def await_stack(a: float, b: float) -> bytes:
-            # The recorded await stack of the wait that overlaps most, as tracks.task_track.
-            i = bisect.bisect_right(wait_starts, b) - 1
-            if 0 <= i < len(waits) and waits[i][1] > a:
-                return seq.note("await_stack", frames_text(waits[i][2].get("stack")))
-            return b""
 
         # tracks.task_track's loop, inlined: ``prev_ns`` is ns(prev_end); each slice is a
         # BEGIN (whole and precomputed when it starts where the previous slice ended) and
@@ -689,7 +914,7 @@ class _TaskTracks:
                     wn = int(v + 0.5) if v >= 0 else int(v - 0.5)
                     if prev_ns < cur or wn <= prev_ns:
                         return None
-                    notes = await_stack(prev_end, woke) if waits else b""
+                    notes = _await_stack(seq, waits, wait_starts, prev_end, woke) if waits else b""
                     if prev_ns == cur and not notes:
                         out += zero_suspended
                     elif cur == _NONE:
@@ -737,13 +962,16 @@ class _TaskTracks:
             e = int(v + 0.5) if v >= 0 else int(v - 0.5)
             if s < cur or e <= s:
                 return None
+            loop_s(s)
+            loop_e(e)
             if no_step:
                 no_step = False
                 res.fs, res.fe = s, e
                 if cur == _NONE:
                     res.first_ts, res.first_body, res.first_is_step = s, step_head, True
                 else:
-                    res.split, res.step_delta = len(out), s - cur
+                    res.before, res.step_delta = out, s - cur
+                    out = res.out = bytearray()
             elif s == cur:
                 out += zero_step
             else:
@@ -777,13 +1005,31 @@ class _TaskTracks:
             if sa < cur or sb <= sa:
                 return None
             notes = seq.note("awaiting", awaiting) if awaiting else b""
-            notes += await_stack(a, b)
+            if waits:
+                notes += _await_stack(seq, waits, wait_starts, a, b)
             if cur == _NONE:
                 res.first_ts, res.first_body = sa, suspended_head + notes
             else:
                 _event(out, _SEQ1, sa - cur, suspended_head + notes)
             _end(out, sb - sa)
         return res
+
+
+_Wait = tuple[float, float, dict[str, Any]]
+_NO_WAITS: list[_Wait] = []  # shared, never added to: a task without waits allocates nothing
+_NO_STARTS: list[float] = []
+
+
+def _await_stack(
+    seq: _Sequence, waits: list[_Wait], wait_starts: list[float], a: float, b: float
+) -> bytes:
+    """The recorded await stack of the wait that overlaps ``a``-``b`` most, as
+    ``tracks.task_track`` attaches it to a suspension (a function, not a closure in
+    ``_TaskTracks._encode``: a closure costs each task five objects for the collector)."""
+    i = bisect.bisect_right(wait_starts, b) - 1
+    if 0 <= i < len(waits) and waits[i][1] > a:
+        return seq.note("await_stack", frames_text(waits[i][2].get("stack")))
+    return b""
 
 
 def _ns(t: float, ws: float) -> int:
@@ -834,12 +1080,17 @@ def to_pftrace(doc: dict[str, Any]) -> bytes:
     tracks.event_marks(w, events, thread_tids, tasks.tid, task_steps, loop_tid)
     tracks.region_slices(w, regions)
     tracks.trigger_marks(w, loop_tid)
-    tasks.encode(executor)
+    loop = _LoopLane(loop_tid + 1)
+    tasks.encode(executor, loop)
+    head = seq1.head
+    notes = seq1.notes
+    for s, e, prio, name, cat, args in w.slices.pop(loop_tid, ()):
+        body = head(_BEGIN, name, cat) + notes(args)
+        loop.add(s, e, prio, _TE + _varint(len(body)) + body)
+    loop_first = loop.sort()
 
     # Every other track's slices, nested.
     others: dict[int, _Track] = {}
-    head = seq1.head
-    notes = seq1.notes
     for tid, slices in w.slices.items():
         items = [
             (s, s - e, prio, k, head(_BEGIN, name, cat) + notes(args))
@@ -891,6 +1142,8 @@ def to_pftrace(doc: dict[str, Any]) -> bytes:
             lo = min(lo, other.starts[0])
     if marks:
         lo = min(lo, marks[0][0])
+    if loop_first is not None:
+        lo = min(lo, loop_first)
 
     # The slices, track by track in the JSON export's track order, then the instants and
     # counters; ``cuts`` are packet boundaries where a compressed bundle may end.
@@ -899,7 +1152,9 @@ def to_pftrace(doc: dict[str, Any]) -> bytes:
     no_flows: dict[int, bytes] = {}
     for tid in w.names:
         f = flows.get(tid, no_flows)
-        if tid in others:
+        if tid == loop_tid:
+            loop.write(raw, lo, cuts)
+        elif tid in others:
             others[tid].flows = f
             others[tid].write(raw, lo)
         else:
@@ -943,12 +1198,24 @@ def _head(
     desc = _T_UUID + _varint(_PROCESS_UUID) + _ld(_T_PROCESS, process) + _T_CHILD_ORDER_EXPLICIT
     out = [_packet(_ld(_TRACK_DESC, desc))]
     parent = _T_PARENT + _varint(_PROCESS_UUID)
+    small = _SMALL  # a descriptor a task track: most varints here are under 2 bytes
     for tid, (name, sort) in w.names.items():
         data = name.encode("utf-8", "replace")
-        desc = _T_UUID + _varint(tid + 1) + parent + _T_NAME + _varint(len(data)) + data
-        desc += _T_RANK + _varint(sort)
-        body = _TRACK_DESC + _varint(len(desc)) + desc
-        out.append(_PACKET + _varint(len(body)) + body)
+        uuid, n = tid + 1, len(data)
+        desc = (
+            _T_UUID
+            + (small[uuid] if uuid < 16384 else _varint(uuid))
+            + parent
+            + _T_NAME
+            + (small[n] if n < 16384 else _varint(n))
+            + data
+            + _T_RANK
+            + (small[sort] if 0 <= sort < 16384 else _varint(sort))
+        )
+        n = len(desc)
+        body = _TRACK_DESC + (small[n] if n < 16384 else _varint(n)) + desc
+        n = len(body)
+        out.append(_PACKET + (small[n] if n < 16384 else _varint(n)) + body)
     for (tid, name), uuid in counters.items():
         desc = _T_UUID + _varint(uuid) + _T_PARENT + _varint(tid + 1)
         desc += _ld(_T_NAME, name.encode("utf-8", "replace")) + _ld(_T_COUNTER, b"")

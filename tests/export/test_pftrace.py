@@ -157,8 +157,6 @@ def _json(doc: dict[str, Any]) -> dict[str, Any]:
         if e["ph"] != "X":
             continue
         track = threads[e["tid"]]
-        if track == LOOP and e["cat"] == "step":
-            continue  # the protobuf export keeps a step on its task's track only
         begins[track].append(_ns(e["ts"]) - shift)
         ends[track].append(_ns(e["ts"]) + _ns(e["dur"]) - shift)
     return {
@@ -207,9 +205,22 @@ def test_annotations_where_the_json_export_says_more_than_the_slice() -> None:
     request = next(e for e in begins if e["name"] == "GET /slow 200")
     assert request["notes"]["status"] == 200 and request["notes"]["route"] == "/slow"
     assert "duration_ms" not in request["notes"]
-    # Steps on a task's own track carry nothing the track does not say.
-    steps = [e for e in begins if e["cat"] == "step"]
+    # Steps on a task's own track carry nothing the track does not say; their copies on the
+    # event-loop lane say which task and request they are of, as the JSON export's do.
+    loop = next(uuid for uuid, name in pb["names"].items() if name == LOOP)
+    steps = [e for e in begins if e["cat"] == "step" and e["track"] != loop]
     assert steps and all(not e["notes"] for e in steps)
+    copies = [e for e in begins if e["cat"] == "step" and e["track"] == loop]
+    js = orjson.loads(to_perfetto(make_doc()))["traceEvents"]
+    loop_tid = next(
+        e["tid"] for e in js if e["name"] == "thread_name" and e["args"]["name"] == LOOP
+    )
+    js_copies = [e for e in js if e.get("tid") == loop_tid and e.get("cat") == "step"]
+    assert len(copies) == len(js_copies) > 0
+    key = lambda notes: (notes.get("task"), notes.get("request"))  # noqa: E731
+    assert sorted(map(key, (e["notes"] for e in copies))) == sorted(
+        map(key, (e["args"] for e in js_copies))
+    )
     # The await stack of a suspension, and where a pending task waits.
     stacks = [e["notes"]["await_stack"] for e in begins if "await_stack" in e["notes"]]
     assert any("app.py:41 in slow" in s for s in stacks)

@@ -31,8 +31,9 @@ speed of the JSON export (``benchmarks/bench_pftrace.py``); how:
   jobs, blocks, regions and instants carry the JSON export's args but ``duration_ms``.
 - The packets are deflated in bundles (``compressed_packets``), as Perfetto's tracing service
   writes them with compression on; the trace processor inflates them as it reads. Deflate
-  does most of the shrinking: the packets alone take about 85 bytes an event
-  (``benchmarks/README.md`` has the figures).
+  does most of the shrinking: the packets alone take about 120 bytes an event
+  (``benchmarks/README.md`` has the figures). Each full bundle is deflated on one worker
+  thread while the packets after it are encoded (``_Bundles``); the bytes are the same.
 
 Times are nanoseconds after ``window.start``: the JSON export's microseconds (three
 decimals) times 1000. If anything lies before the window, the whole trace is shifted so that
@@ -43,7 +44,9 @@ from __future__ import annotations
 
 import bisect
 import copy
+import queue
 import struct
+import threading
 import zlib
 from typing import Any
 
@@ -564,12 +567,13 @@ class _LoopLane:
                 i = j
         return starts[order[0]]
 
-    def write(self, out: bytearray, lo: int, cuts: list[int]) -> None:
+    def write(self, bundles: _Bundles, lo: int) -> None:
         """As ``_Track.nest`` then ``_Track.write``: an entry overlapping its parent's end
-        is cut there. Adds packet boundaries to ``cuts`` along the way (the lane is a
-        few MB)."""
+        is cut there. Marks packet boundaries along the way (the lane is a few MB), where
+        ``bundles`` may hand its buffer off and start a new one."""
         if not self.order:
             return
+        out = bundles.raw
         _reset(out, self.uuid)
         cur = lo
         cut = len(out) + _BUNDLE
@@ -620,8 +624,9 @@ class _LoopLane:
                 out += event
             cur = start
             if len(out) > cut:
-                cuts.append(len(out))
-                cut += _BUNDLE
+                # ``cut`` counts in the buffer: a handed-off one's bytes come off it.
+                cut += _BUNDLE - bundles.cut()
+                out = bundles.raw
         while top != _OPEN:
             _end(out, top - cur)
             cur, top = top, ends.pop()
@@ -1146,28 +1151,36 @@ def to_pftrace(doc: dict[str, Any]) -> bytes:
         lo = min(lo, loop_first)
 
     # The slices, track by track in the JSON export's track order, then the instants and
-    # counters; ``cuts`` are packet boundaries where a compressed bundle may end.
-    raw = bytearray(_head(w, doc, seq1, seq2, counters))
-    cuts = [len(raw)]
-    no_flows: dict[int, bytes] = {}
-    for tid in w.names:
-        f = flows.get(tid, no_flows)
-        if tid == loop_tid:
-            loop.write(raw, lo, cuts)
-        elif tid in others:
-            others[tid].flows = f
-            others[tid].write(raw, lo)
-        else:
-            tasks.write(raw, tid, lo, f)
-        cuts.append(len(raw))
-    cur = lo
-    for k, (ts, _k, event) in enumerate(marks):
-        _event(raw, _SEQ2, ts - cur, event)
-        cur = ts
-        if k % 1024 == 1023:
-            cuts.append(len(raw))
-    cuts.append(len(raw))
-    return _bundle(raw, cuts)
+    # counters; ``bundles`` deflates them as they come (it may end a bundle at each
+    # packet boundary it is told of, and then starts a new buffer).
+    bundles = _Bundles(bytearray(_head(w, doc, seq1, seq2, counters)))
+    try:
+        bundles.cut()
+        raw = bundles.raw
+        no_flows: dict[int, bytes] = {}
+        for tid in w.names:
+            f = flows.get(tid, no_flows)
+            if tid == loop_tid:
+                loop.write(bundles, lo)
+                raw = bundles.raw
+            elif tid in others:
+                others[tid].flows = f
+                others[tid].write(raw, lo)
+            else:
+                tasks.write(raw, tid, lo, f)
+            if len(raw) >= _BUNDLE:
+                bundles.cut()
+                raw = bundles.raw
+        cur = lo
+        for k, (ts, _k, event) in enumerate(marks):
+            _event(raw, _SEQ2, ts - cur, event)
+            cur = ts
+            if k % 1024 == 1023 and len(raw) >= _BUNDLE:
+                bundles.cut()
+                raw = bundles.raw
+        return bundles.finish()
+    finally:
+        bundles.close()
 
 
 def _spawn_flows(
@@ -1231,14 +1244,96 @@ def _packet(body: bytes) -> bytes:
     return _PACKET + _varint(len(body)) + body
 
 
-def _bundle(raw: bytearray, cuts: list[int]) -> bytes:
-    """The packets deflated in bundles of at least ``_BUNDLE`` bytes (but the last), each a
-    TracePacket of ``compressed_packets``, each ending at one of ``cuts``."""
-    view = memoryview(raw)
-    out = []
-    pos = 0
-    for cut in cuts:
-        if cut - pos >= _BUNDLE or (cut == cuts[-1] and cut > pos):
-            out.append(_packet(_ld(_COMPRESSED, zlib.compress(view[pos:cut], _LEVEL))))
-            pos = cut
-    return b"".join(out)
+def _deflated(raw: bytes | bytearray) -> bytes:
+    """One bundle: a TracePacket of ``compressed_packets``."""
+    return _packet(_ld(_COMPRESSED, zlib.compress(raw, _LEVEL)))
+
+
+#: Deflate full bundles on a worker thread while the packets after them are encoded
+#: (``zlib.compress`` lets go of the GIL while it deflates); False deflates each in turn on
+#: the caller's thread. Both write the same bytes (``tests/export/test_pftrace.py``).
+_DEFLATE_THREAD = True
+_WAITING = 2  # full bundles queued for the worker at most: the encoder waits beyond that
+
+
+class _Bundles:
+    """The packets, deflated in bundles of at least ``_BUNDLE`` bytes (but the last), each
+    ending at a packet boundary the encoder marks with ``cut``.
+
+    The encoder appends to ``raw``; once it holds a bundle's worth at a boundary, ``cut``
+    hands the buffer off whole (no copy) and ``raw`` is a new one, so the encoder re-reads
+    ``raw`` after each ``cut``. A handed-off buffer is deflated on one worker thread, started
+    with the first full bundle (a small snapshot never starts it), through a queue of at most
+    ``_WAITING`` buffers; one worker keeps the bundles in order. ``finish`` deflates the last
+    bundle on the caller's thread while the worker ends its queue; ``close`` (always, after
+    ``finish`` or on an error) stops the worker and waits for it: no thread outlives the
+    export, and a worker's error is raised by ``finish``.
+    """
+
+    __slots__ = ("_error", "_queue", "_thread", "parts", "raw", "threaded")
+
+    def __init__(self, raw: bytearray) -> None:
+        self.raw = raw
+        self.parts: list[bytes] = []  # the deflated bundles, in order
+        self.threaded = _DEFLATE_THREAD
+        self._queue: queue.Queue[bytearray | None] | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def cut(self) -> int:
+        """A packet boundary: ends a bundle here if ``raw`` holds ``_BUNDLE`` bytes; returns
+        how many bytes were handed off (0 or all of ``raw``)."""
+        raw = self.raw
+        n = len(raw)
+        if n < _BUNDLE:
+            return 0
+        self.raw = bytearray()
+        if self.threaded and self._thread is None:
+            self._start()
+        if self._queue is None:
+            self.parts.append(_deflated(raw))
+        else:
+            if self._error is not None:
+                raise self._error
+            self._queue.put(raw)  # waits while _WAITING bundles are queued
+        return n
+
+    def finish(self) -> bytes:
+        """The trace: every bundle, the last one deflated here."""
+        last = _deflated(self.raw) if self.raw else b""
+        self.close()
+        if self._error is not None:
+            raise self._error
+        return b"".join(self.parts) + last
+
+    def close(self) -> None:
+        """Stops the worker once it has taken what is queued, and waits for it."""
+        thread, q = self._thread, self._queue
+        if thread is None or q is None:
+            return
+        self._thread = None
+        q.put(None)
+        thread.join()
+
+    def _start(self) -> None:
+        q: queue.Queue[bytearray | None] = queue.Queue(_WAITING)
+        thread = threading.Thread(target=self._work, args=(q,), name="pftrace deflate")
+        thread.daemon = True  # close() joins it; this only spares a hung exit if it is not
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had: deflate here
+            self.threaded = False
+            return
+        self._thread, self._queue = thread, q
+
+    def _work(self, q: queue.Queue[bytearray | None]) -> None:
+        parts = self.parts
+        while True:
+            raw = q.get()
+            if raw is None:
+                return
+            if self._error is None:  # after an error, only empty the queue until told to stop
+                try:
+                    parts.append(_deflated(raw))
+                except BaseException as exc:  # raised by finish() on the encoder's thread
+                    self._error = exc

@@ -12,18 +12,21 @@ import collections
 import copy
 import subprocess
 import sys
+import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace, TracePacket, TrackEvent
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from samples import T0, make_big_doc, make_doc
 
 from flightdeck import Snapshot
+from flightdeck.export import pftrace
 from flightdeck.export.perfetto import to_perfetto
 from flightdeck.export.pftrace import to_pftrace
 
@@ -268,6 +271,82 @@ def test_an_empty_document() -> None:
     doc = copy.deepcopy(make_doc(requests=[], tasks=[], loop=[], events=[]))
     pb = _read(to_pftrace(doc))
     assert LOOP in pb["tracks"] and not pb["begins"]
+
+
+def _deflate_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "pftrace deflate"]
+
+
+@pytest.fixture
+def small_bundles(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Bundles of 16 KiB, so a small document fills many (and the worker's queue), and the
+    number of workers started."""
+    monkeypatch.setattr(pftrace, "_BUNDLE", 1 << 14)
+    started = {"workers": 0}
+    start = pftrace._Bundles._start
+
+    def counted(self: pftrace._Bundles) -> None:
+        started["workers"] += 1
+        start(self)
+
+    monkeypatch.setattr(pftrace._Bundles, "_start", counted)
+    return started
+
+
+def test_deflate_on_a_thread_writes_the_same_bytes_as_in_turn(
+    monkeypatch: pytest.MonkeyPatch, small_bundles: dict[str, Any]
+) -> None:
+    doc = make_big_doc(2_000)
+    monkeypatch.setattr(pftrace, "_DEFLATE_THREAD", False)
+    in_turn = to_pftrace(doc)
+    assert small_bundles["workers"] == 0
+    monkeypatch.setattr(pftrace, "_DEFLATE_THREAD", True)
+    threaded = to_pftrace(doc)
+    assert small_bundles["workers"] == 1 and not _deflate_threads()
+    assert threaded == in_turn
+    bundles = [p for p in Trace.FromString(threaded).packet if p.HasField("compressed_packets")]
+    assert len(bundles) > 2 * pftrace._WAITING
+    assert _read(threaded) == _read(in_turn)
+
+
+def test_a_small_trace_starts_no_thread(small_bundles: dict[str, Any]) -> None:
+    pftrace._BUNDLE = 1 << 20  # the fixture's monkeypatch restores it
+    assert _read(to_pftrace(make_doc()))["begins"]
+    assert small_bundles["workers"] == 0
+
+
+def test_a_deflate_error_reaches_the_caller_and_stops_the_worker(
+    monkeypatch: pytest.MonkeyPatch, small_bundles: dict[str, Any]
+) -> None:
+    deflated = pftrace._deflated
+
+    def failing(raw: bytes | bytearray) -> bytes:
+        if threading.current_thread() is not threading.main_thread():
+            raise MemoryError("deflate")
+        return deflated(raw)
+
+    monkeypatch.setattr(pftrace, "_deflated", failing)
+    with pytest.raises(MemoryError, match="deflate"):
+        to_pftrace(make_big_doc(2_000))
+    assert small_bundles["workers"] == 1 and not _deflate_threads()
+
+
+def test_an_encoder_error_stops_the_worker(
+    monkeypatch: pytest.MonkeyPatch, small_bundles: dict[str, Any]
+) -> None:
+    write = pftrace._TaskTracks.write
+    calls = {"n": 0}
+
+    def failing(self: pftrace._TaskTracks, raw: bytearray, *args: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 100:  # bundles handed off by then (16 KiB each)
+            raise ValueError("encoder")
+        write(self, raw, *args)
+
+    monkeypatch.setattr(pftrace._TaskTracks, "write", failing)
+    with pytest.raises(ValueError, match="encoder"):
+        to_pftrace(make_big_doc(2_000))
+    assert small_bundles["workers"] == 1 and not _deflate_threads()
 
 
 def test_served_by_dumps_and_the_cli(tmp_path: Path) -> None:

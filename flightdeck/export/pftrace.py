@@ -44,6 +44,8 @@ from __future__ import annotations
 
 import bisect
 import copy
+import itertools
+import operator
 import queue
 import struct
 import threading
@@ -195,10 +197,16 @@ class _Interner:
         # EventName, EventCategory, DebugAnnotationName and InternedString alike: iid = 1,
         # the text = 2.
         parts = []
+        small = _SMALL  # _varint inlined: most iids and lengths take a byte or two
         for value, iid in self.ids.items():
             data = value.encode("utf-8", "replace")
-            entry = b"\x08" + _varint(iid) + b"\x12" + _varint(len(data)) + data
-            parts.append(field_tag + _varint(len(entry)) + entry)
+            n = len(data)
+            if iid < 16384 and n < 16384:
+                entry = b"\x08" + small[iid] + b"\x12" + small[n] + data
+            else:
+                entry = b"\x08" + _varint(iid) + b"\x12" + _varint(n) + data
+            n = len(entry)
+            parts.append(field_tag + (small[n] if n < 16384 else _varint(n)) + entry)
         return b"".join(parts)
 
 
@@ -551,20 +559,27 @@ class _LoopLane:
         order = self.order = sorted(range(len(starts)), key=starts.__getitem__)
         if not order:
             return None
-        if len(set(starts)) < len(starts):
-            # Entries that start together: the longer first (it is the parent), then the
-            # lower priority, then the order drawn, as ``TraceWriter.flush_slices``.
-            i, n = 0, len(order)
-            while i < n:
-                j = i + 1
-                first = starts[order[i]]
-                while j < n and starts[order[j]] == first:
-                    j += 1
-                if j - i > 1:
-                    order[i:j] = sorted(
-                        order[i:j], key=lambda k: (ends[k] * -1, prios.get(k, P_NORMAL), k)
-                    )
-                i = j
+        # Entries that start together: the longer first (it is the parent), then the
+        # lower priority, then the order drawn, as ``TraceWriter.flush_slices``. Rare (a
+        # few dozen of the 80,000 entries of ``benchmarks/bench_pftrace.py``'s documents),
+        # so found with C loops (``tied[k]``: the k-th and the next start together) rather
+        # than a Python loop over the whole lane.
+        by_start = list(map(starts.__getitem__, order))
+        tied = list(map(operator.eq, by_start, itertools.islice(by_start, 1, None)))
+        n = len(tied)
+        i = 0
+        while True:
+            try:
+                i = tied.index(True, i)
+            except ValueError:
+                break
+            j = i + 1  # the group: order[i], up to order[j] included
+            while j < n and tied[j]:
+                j += 1
+            order[i : j + 1] = sorted(
+                order[i : j + 1], key=lambda k: (ends[k] * -1, prios.get(k, P_NORMAL), k)
+            )
+            i = j + 1
         return starts[order[0]]
 
     def write(self, bundles: _Bundles, lo: int) -> None:

@@ -16,6 +16,7 @@ the document does not change (``tests/snapshot/test_steps.py``).
 
 from __future__ import annotations
 
+import struct
 import zlib
 from array import array
 from collections.abc import Iterator
@@ -26,6 +27,8 @@ NAN = float("nan")
 Row = tuple[float, float, float, float]
 #: A task's open run is packed, at the end of a segment, from this many steps on.
 PACK_STEPS = 256
+#: Head of a packed run: typecode, ints in the run, bytes of its deflated high planes.
+_RUN = struct.Struct("<cII")
 
 
 def packer() -> Any:
@@ -42,6 +45,12 @@ class Steps:
     from it), else the first step's own start. ``queued`` is ``t0 - t_queued``; the steps
     recorded without a queue time are listed in ``unqueued`` (their ``waited`` and
     ``ready`` are unknown). ``packed`` holds the older steps, ``data`` the newest.
+
+    The packed runs go into one ``bytearray`` a task, not an object each: small objects
+    made while a segment is decoded land among its tuples, and CPython's small-object
+    allocator returns an arena to the system only when all of it is free, so a few
+    thousand of them scattered over the build kept most of 20 MiB of decoded arenas
+    mapped until the end (``benchmarks/README.md``, "End of round 2").
     """
 
     __slots__ = ("count", "data", "known", "offset", "origin", "packed", "unqueued")
@@ -52,8 +61,8 @@ class Steps:
         self.origin = origin
         self.known = origin is not None
         self.data = array("i")
-        #: Runs packed by :meth:`pack`: ``(typecode, low bytes, deflated high bytes)``.
-        self.packed: list[tuple[str, bytes, bytes]] | None = None
+        #: Runs packed by :meth:`pack`, one after the other: ``_RUN``, low bytes, high.
+        self.packed: bytearray | None = None
         #: Steps in ``packed``.
         self.count = 0
         self.unqueued: list[int] | None = None
@@ -96,8 +105,10 @@ class Steps:
         high = b"".join([raw[k::width] for k in range(half, width)])
         high = compressor.compress(high) + compressor.flush(zlib.Z_FULL_FLUSH)
         if self.packed is None:
-            self.packed = []
-        self.packed.append((data.typecode, low, high))
+            self.packed = bytearray()
+        self.packed += _RUN.pack(data.typecode.encode(), len(data), len(high))
+        self.packed += low
+        self.packed += high
         self.count += len(data) // 3
         self.data = array("i")
 
@@ -105,7 +116,7 @@ class Steps:
         """Every int, packed runs first, in order."""
         if not self.packed:
             return iter(self.data)
-        return chain(chain.from_iterable(map(_unpack, self.packed)), self.data)
+        return chain(chain.from_iterable(_runs(self.packed)), self.data)
 
     def rows(self) -> list[Row]:
         """``[(start, duration, waited, ready), ...]`` in seconds, NaN where unknown.
@@ -159,19 +170,26 @@ class Steps:
         return out
 
 
-def _unpack(run: tuple[str, bytes, bytes]) -> array[int]:
-    typecode, low, high = run
-    high = zlib.decompressobj(-zlib.MAX_WBITS).decompress(high)
-    data = array(typecode)
-    width = data.itemsize
-    half = width // 2
-    n = len(low) // half
-    raw = bytearray(n * width)
-    for k in range(half):
-        raw[k::width] = low[k * n : (k + 1) * n]
-        raw[half + k :: width] = high[k * n : (k + 1) * n]
-    data.frombytes(raw)
-    return data
+def _runs(packed: bytearray) -> Iterator[array[int]]:
+    """The packed runs of a task, unpacked one at a time."""
+    view = memoryview(packed)
+    at = 0
+    while at < len(view):
+        code, n, n_high = _RUN.unpack_from(view, at)
+        at += _RUN.size
+        data = array(code.decode())
+        width = data.itemsize
+        half = width // 2
+        low = view[at : at + n * half]
+        at += n * half
+        high = zlib.decompressobj(-zlib.MAX_WBITS).decompress(view[at : at + n_high])
+        at += n_high
+        raw = bytearray(n * width)
+        for k in range(half):
+            raw[k::width] = low[k * n : (k + 1) * n]
+            raw[half + k :: width] = high[k * n : (k + 1) * n]
+        data.frombytes(raw)
+        yield data
 
 
 def plain(steps: Any) -> Any:

@@ -29,6 +29,11 @@ _META_TAG = b"FD"  # FEXTRA subfield id carrying the summary
 GZIP_MAGIC = b"\x1f\x8b\x08\x04"  # gzip, deflate, FLG.FEXTRA only
 # A low level: every put compresses, and repetitive JSON compresses well even at low levels.
 _GZIP_LEVEL = 4
+#: A trigger's capture (``FlightRecorder.build_into``). Level 1 would write 25 MiB of JSON in
+#: 0.63 s of CPU instead of 0.95 s, but 10 % larger (8.83 MiB instead of 8.04), and the
+#: stored member is most of what a capture of a full window adds at its end: at 1M events
+#: that took it past issue 11's 2 x max_bytes (``benchmarks/README.md``, "End of round 2").
+CAPTURE_LEVEL = _GZIP_LEVEL
 #: ``encode_stream`` compresses its pieces in batches of at least this many bytes.
 _BATCH = 1 << 20
 #: Files and decompressed documents larger than this (or the store's max_bytes) are refused.

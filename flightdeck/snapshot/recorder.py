@@ -37,6 +37,7 @@ from ..instrument.loop import LoopInstrumentation, describe_loop
 from ..instrument.paths import app_module, process_paths
 from ..instrument.watchdog import Watchdog
 from . import build as builder
+from .codec import CAPTURE_LEVEL
 from .document import Snapshot, SnapshotInProgress, new_id
 from .store import SnapshotStore, StoredInfo, encode_chunks
 from .switching import prompt_switching
@@ -280,7 +281,8 @@ class FlightRecorder:
                 annotate(doc)
             # Each task is dropped once written and the gzip member is kept in the chunks
             # zlib gave: the steps, the compressed body and a join of it never coexist.
-            chunks, summary = encode_chunks(doc, builder.iter_json(doc, release=True))
+            pieces = builder.iter_json(doc, release=True)
+            chunks, summary = encode_chunks(doc, pieces, CAPTURE_LEVEL)
             del doc
             info = store.put_encoded(chunks, summary)
             del chunks

@@ -107,11 +107,27 @@ class Frozen:
     t_now: int
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def iter_segments(self) -> Iterator[list[Event]]:
-        """Each segment's events, oldest first, decoded one at a time (then the tail)."""
-        for s in self.segments:
-            yield s.events()
-        yield self.tail
+    def iter_segments(self, release: bool = False) -> Iterator[list[Event]]:
+        """Each segment's events, oldest first, decoded one at a time (then the tail).
+
+        With ``release``, this view lets go of each segment once decoded (and of the tail),
+        so it cannot be read again: while a capture builds, the window keeps recording and
+        evicting, and an evicted segment is freed only once no view holds it.
+        """
+        if not release:
+            for s in self.segments:
+                yield s.events()
+            yield self.tail
+            return
+        pending = list(self.segments)
+        pending.reverse()
+        self.segments = []
+        while pending:
+            events = pending.pop().events()
+            yield events
+            del events
+        tail, self.tail = self.tail, []
+        yield tail
 
 
 class Window:

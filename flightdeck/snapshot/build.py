@@ -8,7 +8,6 @@ task identity it relies on (``TaskTable``) and the two ways out (``build_documen
 from __future__ import annotations
 
 import time
-from array import array
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,9 +17,9 @@ from ..core import events as ev
 from ..core.window import Event, Frozen
 from . import causes
 from .document import FORMAT, rfc3339, sanitize
+from .steps import PACK_STEPS, Steps, packer, plain
 
 Doc = dict[str, Any]
-NAN = float("nan")
 
 
 def _text(value: Any) -> Any:
@@ -62,7 +61,10 @@ class TaskTable:
             self.older.setdefault(raw, []).append((self.created_ns.get(prev_uid, 0), prev_uid))
         self.n += 1
         uid = f"t{self.n}"
-        self.uid[raw] = uid
+        # A copy of the id (``+ 0`` makes a new int): the table outlives the segment the
+        # event was decoded from, and a few hundred of its ints kept alive would keep most
+        # of its ~20 MiB of pymalloc arenas mapped while the document is written.
+        self.uid[raw + 0] = uid
         if e is None:
             rec: Doc = {"id": uid, "name": None, "coro": None, "parent": None, "request": None}
             rec["created"] = None
@@ -79,13 +81,19 @@ class TaskTable:
                 "site": {"function": site[0], "file": site[1], "line": site[2]} if site else None,
             }
             self.created_ns[uid] = t
-            if not status:
-                # Its first step's ``waited`` counts from creation; for a status record the
-                # previous step is outside the window, so that step's ``waited`` is unknown.
-                self.last_end[uid] = t
-        # Steps are most of a document: four doubles each (NaN for None) until written out.
+        # Its first step's ``waited`` counts from creation; for a status record the previous
+        # step is outside the window, so that step's ``waited`` is unknown.
+        origin = t if e is not None and not status else None
+        if origin is not None:
+            self.last_end[uid] = origin
+        # Steps are most of a document: three ints each until written out (``steps.py``).
         rec.update(
-            done=None, state="pending", error=None, steps=array("d"), awaiting=None, waits=[]
+            done=None,
+            state="pending",
+            error=None,
+            steps=Steps(self.offset, origin),
+            awaiting=None,
+            waits=[],
         )
         self.tasks[uid] = rec
         return rec
@@ -141,6 +149,9 @@ class _Builder(TaskTable):
         self.loop: list[Doc] = []
         self.events: list[Doc] = []
         self.t_min: int | None = None
+        self.packer = packer()
+        #: The steps of the tasks the last ``feed`` touched (raw id -> hot-path entry).
+        self.touched: dict[int, tuple[str, Steps, Any]] = {}
 
     # -- requests ---------------------------------------------------------------------------
     def _request(self, e: Event) -> Doc:
@@ -187,13 +198,13 @@ class _Builder(TaskTable):
     def feed(self, events: list[Event]) -> None:
         ts = self.ts
         # Task steps are most of the window, and a capture builds them under a busy loop
-        # that leaves it a share of the GIL: their branch is kept to local lookups only, the
-        # task's uid and ``steps.extend`` cached by raw id (dropped when a creation may give
-        # that raw id to a new task; ``_new_task`` is only reached through those for an id
-        # already known).
+        # that leaves it a share of the GIL: their branch is kept to local lookups and one
+        # ``extend``, the task's uid, ``Steps`` and its ``data.extend`` cached by raw id
+        # (dropped when a creation may give that raw id to a new task; ``_new_task`` is only
+        # reached through those for an id already known). The floats are made when the
+        # document is written (``steps.py``).
         STEP = ev.TASK_STEP
-        off = self.offset
-        hot: dict[int, tuple[str, Any]] = {}
+        hot: dict[int, tuple[str, Steps, Any]] = {}
         hot_get = hot.get
         last_end = self.last_end
         last_get = last_end.get
@@ -208,18 +219,22 @@ class _Builder(TaskTable):
                 cached = hot_get(raw)
                 if cached is None:
                     task = self.task(raw)
-                    cached = hot[raw] = (task["id"], task["steps"].extend)
-                uid, extend = cached
-                if tq:
-                    ready = (t0 - tq) / 1e9 if t0 > tq else 0.0
-                    prev = last_get(uid)
-                    if prev is not None:
-                        waited = (tq - prev) / 1e9 if tq > prev else 0.0
-                    else:
-                        waited = NAN
+                    steps = task["steps"]
+                    cached = hot[raw] = (task["id"], steps, steps.data.extend)
+                uid, steps, extend = cached
+                prev = last_get(uid)
+                if prev is None:
+                    # Its first step, creation not held: the gaps count from this step.
+                    prev = steps.origin = t0
+                if not tq:
+                    steps.add_unqueued(t0 - prev, t1 - t0)
+                    hot[raw] = (uid, steps, steps.data.extend)  # it may have widened
                 else:
-                    waited = ready = NAN
-                extend(((t0 + off) / 1e9, (t1 - t0) / 1e9, waited, ready))
+                    try:
+                        extend((t0 - prev, t1 - t0, t0 - tq))
+                    except OverflowError:  # a value past 32 bits: the task's array widens
+                        steps.add((t0 - prev, t1 - t0, t0 - tq))
+                        hot[raw] = (uid, steps, steps.data.extend)
                 last_end[uid] = t1
                 continue
             self.t_min = t_min
@@ -330,6 +345,20 @@ class _Builder(TaskTable):
                     {"kind": "trigger", "start": ts(t), "trigger_kind": kind, "reason": reason}
                 )
         self.t_min = t_min
+        self.touched = hot
+
+    def pack(self) -> None:
+        """Pack the steps the last ``feed`` added (``steps.py``), once its events are gone.
+
+        Not in ``feed``: the small objects a run packs into would land among the segment's
+        decoded tuples and keep their arenas mapped after the tuples are freed (CPython's
+        small-object allocator returns an arena only when all of it is free).
+        """
+        compressor = self.packer
+        for _, steps, _ in self.touched.values():
+            if len(steps.data) >= 3 * PACK_STEPS:
+                steps.pack(compressor)
+        self.touched = {}
 
     def _loop_entry(
         self, kind: str, t0: int, dur_ns: int, callback: str | None, stack: Any
@@ -391,18 +420,28 @@ def assemble(
     trigger: dict[str, Any],
     process: dict[str, Any],
     trigger_time_ns: int | None = None,
+    release: bool = False,
 ) -> Doc:
-    """The document, except that each task's ``steps`` is still a compact ``array``.
+    """The document, except that each task's ``steps`` is still compact (``steps.Steps``).
 
     :func:`build_document` makes it plain; :func:`iter_json` writes it out task by task,
-    so a capture never holds every step as Python objects at once.
+    so a capture never holds every step as Python objects at once. ``release``: let go of
+    each segment of ``frozen`` once fed (``Frozen.iter_segments``; it is left empty).
     """
     b = _Builder(offset_ns)
     b.feed_status(frozen.tasks, frozen.requests)
     count = 0
-    for events in frozen.iter_segments():
+    for events in frozen.iter_segments(release):
         count += len(events)
         b.feed(events)
+        # Let go of this segment's tuples before the next one is decoded: a native
+        # generation decodes to about 200 bytes an event, 20 MiB for a full default one.
+        del events
+        b.pack()
+    # Only the feed needs these; they hold ints of the last segments decoded.
+    b.last_end.clear()
+    b.created_ns.clear()
+    b.older.clear()
     requests, tasks = b.finish(frozen.extra.get("awaiting", {}), frozen.extra.get("names", {}))
     end = b.ts(frozen.t_now)
     start = b.ts(b.t_min) if b.t_min is not None else end
@@ -425,25 +464,13 @@ def assemble(
 
 
 def plain_steps(steps: Any) -> Any:
-    """``[[start, duration, waited, ready], ...]`` from the compact form (NaN is None)."""
-    if not isinstance(steps, array):
-        return steps
-    it = iter(steps)
-    return [
-        (a, b, None if c != c else c, None if d != d else d)
-        for a, b, c, d in zip(it, it, it, it, strict=True)
-    ]
+    """``[[start, duration, waited, ready], ...]`` from the compact form (None if unknown)."""
+    return plain(steps)
 
 
 def _json_steps(steps: Any) -> Any:
-    """Like :func:`plain_steps`, for orjson only: NaN is left in, orjson writes it as null.
-
-    Slicing and zipping run in C; ``plain_steps`` tests every value in Python.
-    """
-    if not isinstance(steps, array):
-        return steps
-    values = steps.tolist()
-    return list(zip(values[0::4], values[1::4], values[2::4], values[3::4], strict=True))
+    """Like :func:`plain_steps`, for orjson only: NaN is left in, orjson writes it as null."""
+    return steps.rows() if isinstance(steps, Steps) else steps
 
 
 def build_document(
@@ -477,23 +504,40 @@ def _dumps(value: Any) -> bytes:
         return orjson.dumps(sanitize(value), option=orjson.OPT_NON_STR_KEYS)
 
 
-def iter_json(doc: Doc) -> Iterator[bytes]:
+#: Items of a long list (requests, loop entries, events) written per piece.
+_SLICE = 512
+
+
+def iter_json(doc: Doc, *, release: bool = False) -> Iterator[bytes]:
     """The document from :func:`assemble` as native JSON, in pieces (tasks one at a time).
 
-    The bytes are those ``Snapshot(build_document(...)).dumps("json")`` would give.
+    The bytes are those ``Snapshot(build_document(...)).dumps("json")`` would give. With
+    ``release``, each task is dropped from ``doc["tasks"]`` once written (the capture
+    path: its steps never coexist with the whole compressed body).
     """
     yield b"{"
     first = True
     for key, value in doc.items():
         yield (b"" if first else b",") + _dumps(key) + b":"
         first = False
-        if key != "tasks":
+        if key == "tasks":
+            yield b"["
+            for i in range(len(value)):
+                task = dict(value[i])
+                task["steps"] = _json_steps(task["steps"])
+                piece = (b"," if i else b"") + _dumps(task)
+                del task  # its step rows: about 100 bytes a step as Python objects
+                if release:
+                    value[i] = None
+                yield piece
+            yield b"]"
+        elif isinstance(value, list) and len(value) > _SLICE:
+            # orjson's compact list is its items' JSON joined by commas, so slices of it
+            # give the same bytes without one piece as large as the whole list.
+            yield b"["
+            for i in range(0, len(value), _SLICE):
+                yield (b"," if i else b"") + _dumps(value[i : i + _SLICE])[1:-1]
+            yield b"]"
+        else:
             yield _dumps(value)
-            continue
-        yield b"["
-        for i, task in enumerate(value):
-            plain = dict(task)
-            plain["steps"] = _json_steps(task["steps"])
-            yield (b"," if i else b"") + _dumps(plain)
-        yield b"]"
     yield b"}"

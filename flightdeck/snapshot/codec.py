@@ -29,6 +29,11 @@ _META_TAG = b"FD"  # FEXTRA subfield id carrying the summary
 GZIP_MAGIC = b"\x1f\x8b\x08\x04"  # gzip, deflate, FLG.FEXTRA only
 # A low level: every put compresses, and repetitive JSON compresses well even at low levels.
 _GZIP_LEVEL = 4
+#: A trigger's capture (``FlightRecorder.build_into``). Level 1 would write 25 MiB of JSON in
+#: 0.63 s of CPU instead of 0.95 s, but 10 % larger (8.83 MiB instead of 8.04), and the
+#: stored member is most of what a capture of a full window adds at its end: at 1M events
+#: that took it past issue 11's 2 x max_bytes (``benchmarks/README.md``, "End of round 2").
+CAPTURE_LEVEL = _GZIP_LEVEL
 #: ``encode_stream`` compresses its pieces in batches of at least this many bytes.
 _BATCH = 1 << 20
 #: Files and decompressed documents larger than this (or the store's max_bytes) are refused.
@@ -39,6 +44,8 @@ _MAX_TRACE_IDS = 1000  # per snapshot, in its summary (the gzip header holds 64 
 
 Summary = dict[str, Any]
 Listing = list[Summary]
+#: A gzip member in pieces, in order (see :func:`encode_chunks`).
+Chunks = list[bytes]
 
 
 @dataclass(frozen=True)
@@ -149,8 +156,20 @@ def encode_stream(
     ``head`` is the document or any dict with its ``id``, ``format``, ``created_at``,
     ``trigger`` and ``process``: what the summary is made of.
     """
+    chunks, summary = encode_chunks(head, pieces, level)
+    return b"".join(chunks), summary
+
+
+def encode_chunks(
+    head: dict[str, Any], pieces: Iterable[bytes], level: int = _GZIP_LEVEL
+) -> tuple[Chunks, Summary]:
+    """Like :func:`encode_stream`, the member left in the pieces zlib gave, never joined.
+
+    The capture path hands these to ``SnapshotStore.put_encoded``: joining them would hold
+    the compressed snapshot twice at the end of a build.
+    """
     compressor = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
-    body: list[bytes] = []
+    chunks: Chunks = [b""]  # the header, once the summary is known
     crc = 0
     size = 0
     # The pieces are small (one task's JSON) and ``crc32``/``compress`` release the GIL on
@@ -163,20 +182,28 @@ def encode_stream(
         if len(batch) >= _BATCH:
             crc = zlib.crc32(batch, crc)
             size += len(batch)
-            body.append(compressor.compress(batch))
+            out = compressor.compress(batch)
+            if out:
+                chunks.append(out)
             batch.clear()
     crc = zlib.crc32(batch, crc)
     size += len(batch)
-    body.append(compressor.compress(batch))
-    body.append(compressor.flush())
+    chunks.append(compressor.compress(batch))
+    del batch
+    chunks.append(compressor.flush())
     summary = clean(head, size)
     if summary is None:
         raise ValueError(f"not a storable snapshot: malformed id {head.get('id')!r}")
     meta = orjson.dumps({"format": head.get("format"), "summary": summary})
     sub = _META_TAG + struct.pack("<H", len(meta)) + meta
-    header = GZIP_MAGIC + b"\0\0\0\0\0\xff" + struct.pack("<H", len(sub)) + sub
-    trailer = struct.pack("<II", crc, size & 0xFFFFFFFF)
-    return b"".join([header, *body, trailer]), summary
+    chunks[0] = GZIP_MAGIC + b"\0\0\0\0\0\xff" + struct.pack("<H", len(sub)) + sub
+    chunks.append(struct.pack("<II", crc, size & 0xFFFFFFFF))
+    return chunks, summary
+
+
+def encoded_size(data: bytes | Chunks) -> int:
+    """Bytes of an encoded snapshot, whole or in chunks."""
+    return len(data) if isinstance(data, bytes) else sum(map(len, data))
 
 
 def parse_header(head: bytes) -> tuple[Summary, int] | None:

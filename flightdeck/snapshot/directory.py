@@ -109,7 +109,7 @@ class SnapshotDirectory:
         self._verified: OrderedDict[tuple[int, ...], Summary] = OrderedDict()
 
     # -- writing -------------------------------------------------------------------------
-    def write(self, ident: str, data: bytes) -> str | None:
+    def write(self, ident: str, data: bytes | codec.Chunks) -> str | None:
         """Write one snapshot file, rotating out the oldest beyond the quota; None on failure."""
         final = os.path.join(self.path, ident + SUFFIX)
         tmp = os.path.join(self.path, f"{_TMP_PREFIX}{ident}.{secrets.token_hex(4)}")
@@ -122,9 +122,10 @@ class SnapshotDirectory:
             fd = os.open(tmp, _OPEN_WRITE, 0o600)
             created = True
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                for chunk in [data] if isinstance(data, bytes) else data:
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)

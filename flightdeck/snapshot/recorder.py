@@ -37,8 +37,9 @@ from ..instrument.loop import LoopInstrumentation, describe_loop
 from ..instrument.paths import app_module, process_paths
 from ..instrument.watchdog import Watchdog
 from . import build as builder
+from .codec import CAPTURE_LEVEL
 from .document import Snapshot, SnapshotInProgress, new_id
-from .store import SnapshotStore, StoredInfo, encode_stream
+from .store import SnapshotStore, StoredInfo, encode_chunks
 from .switching import prompt_switching
 
 
@@ -277,7 +278,8 @@ class FlightRecorder:
         instead of being built whole as Python objects: a capture's peak memory stays a
         fraction of the window's. ``extra`` is merged into the trigger record; ``annotate``
         sees the assembled document before it is written (the fleet adds its incident
-        there) and may raise to drop the snapshot.
+        there) and may raise to drop the snapshot. ``frozen`` is consumed: each of its
+        segments is let go once decoded (``Frozen.iter_segments``).
         """
         with self._building():
             trigger = {"kind": kind, "reason": reason, "request": request, **(extra or {})}
@@ -288,12 +290,17 @@ class FlightRecorder:
                 trigger=trigger,
                 trigger_time_ns=trigger_time_ns,
                 process=self._process_info(),
+                release=True,
             )
             if annotate is not None:
                 annotate(doc)
-            data, summary = encode_stream(doc, builder.iter_json(doc))
+            # Each task is dropped once written and the gzip member is kept in the chunks
+            # zlib gave: the steps, the compressed body and a join of it never coexist.
+            pieces = builder.iter_json(doc, release=True)
+            chunks, summary = encode_chunks(doc, pieces, CAPTURE_LEVEL)
             del doc
-            info = store.put_encoded(data, summary)
+            info = store.put_encoded(chunks, summary)
+            del chunks
         return info
 
     @contextlib.contextmanager

@@ -26,11 +26,14 @@ from ..core.text import ErrorLog
 from .codec import (
     MIN_READ_LIMIT,
     SUFFIX,
+    Chunks,
     Listing,
     StoredInfo,
     Summary,
     encode,
+    encode_chunks,
     encode_stream,
+    encoded_size,
     eviction_key,
     gunzip,
     sort_key,
@@ -38,7 +41,7 @@ from .codec import (
 from .directory import SnapshotDirectory
 from .document import Snapshot, SnapshotError, is_valid_id
 
-__all__ = ["SUFFIX", "SnapshotStore", "StoredInfo", "encode", "encode_stream"]
+__all__ = ["SUFFIX", "SnapshotStore", "StoredInfo", "encode", "encode_chunks", "encode_stream"]
 
 
 class SnapshotStore:
@@ -69,7 +72,8 @@ class SnapshotStore:
         self.errors = 0
         self.evicted = 0
         self._read_limit = max(max_bytes, MIN_READ_LIMIT)
-        self._memory: OrderedDict[str, tuple[bytes, Summary]] = OrderedDict()
+        #: id -> (gzip member, summary); a capture's member stays in its chunks until read.
+        self._memory: OrderedDict[str, tuple[bytes | Chunks, Summary]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
         self._log = ErrorLog()
@@ -100,23 +104,26 @@ class SnapshotStore:
         """Keep ``snapshot`` (evicting beyond the bounds) and write it to the directory."""
         return self.put_encoded(*encode(snapshot))
 
-    def put_encoded(self, data: bytes, summary: Summary) -> StoredInfo:
-        """Keep a snapshot already encoded by :func:`encode` or :func:`encode_stream`."""
+    def put_encoded(self, data: bytes | Chunks, summary: Summary) -> StoredInfo:
+        """Keep a snapshot encoded by :func:`encode`, :func:`encode_stream` (``bytes``) or
+        :func:`encode_chunks` (its chunks, written or kept as they are: never joined here).
+        """
         ident = summary["id"]
+        stored = encoded_size(data)
         if self._dir is not None:
             path = self._dir.write(ident, data)
             if path is not None:
-                return StoredInfo(ident, summary["size"], len(data), path)
+                return StoredInfo(ident, summary["size"], stored, path)
         self._keep(ident, data, summary)
-        return StoredInfo(ident, summary["size"], len(data), None)
+        return StoredInfo(ident, summary["size"], stored, None)
 
-    def _keep(self, ident: str, data: bytes, summary: Summary) -> None:
+    def _keep(self, ident: str, data: bytes | Chunks, summary: Summary) -> None:
         with self._lock:
             old = self._memory.pop(ident, None)
             if old is not None:
-                self._bytes -= len(old[0])
+                self._bytes -= encoded_size(old[0])
             self._memory[ident] = (data, summary)
-            self._bytes += len(data)
+            self._bytes += encoded_size(data)
             while len(self._memory) > 1 and (
                 len(self._memory) > self.max_snapshots or self._bytes > self.max_bytes
             ):
@@ -124,7 +131,7 @@ class SnapshotStore:
                     (key for key in self._memory if key != ident),
                     key=lambda key: eviction_key(self._memory[key][1]),
                 )
-                self._bytes -= len(self._memory.pop(victim)[0])
+                self._bytes -= encoded_size(self._memory.pop(victim)[0])
                 self.evicted += 1
 
     def _failed(self, action: str, exc: OSError) -> None:
@@ -148,9 +155,21 @@ class SnapshotStore:
         with self._lock:
             entry = self._memory.get(ident)
         if entry is not None:
-            return entry[0]
+            return self._joined(ident, entry)
         data = self._dir.read(ident) if self._dir is not None else None
         return data if data is not None else self._remote(ident)
+
+    def _joined(self, ident: str, entry: tuple[bytes | Chunks, Summary]) -> bytes:
+        """The member as one ``bytes``, joined at its first read (downloads are rare; a
+        capture's peak memory is not) and kept joined."""
+        data = entry[0]
+        if isinstance(data, bytes):
+            return data
+        joined = b"".join(data)
+        with self._lock:
+            if self._memory.get(ident) is entry:
+                self._memory[ident] = (joined, entry[1])
+        return joined
 
     def _remote(self, ident: str) -> bytes | None:
         if self.remote is None:

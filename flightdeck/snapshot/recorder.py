@@ -204,19 +204,37 @@ class FlightRecorder:
         # Drain every tick: a busy loop can append ~250k events/s, and what waits in the
         # append buffer is the least compact form of the window. Under a burst (the pure
         # core's bounded buffer filling up) drain every millisecond until it calms down.
+        # While it does, the switch interval is lowered as for a build: against a saturated
+        # loop this thread otherwise gets the GIL only by winning races and falls behind
+        # (benchmarks/README.md, "Capture starvation"; the pure core dropped most events).
         wait = tick
         next_watch = time.monotonic()
         wake = self._wake  # this thread's own: a later start() makes another
-        while not wake.acquire(True, wait) and not self._stop.is_set():
-            try:
-                wd = self._watchdog
-                if wd is not None and time.monotonic() >= next_watch:
-                    next_watch = time.monotonic() + tick
-                    wd.tick()
-                self._window.maintain()
-                wait = 0.001 if getattr(self._window, "pressure", False) else tick
-            except Exception:  # the recorder thread must outlive its own bugs
-                self._errors += 1
+        prompt = contextlib.ExitStack()
+        lowered = False
+        try:
+            while not wake.acquire(True, wait) and not self._stop.is_set():
+                try:
+                    wd = self._watchdog
+                    if wd is not None and time.monotonic() >= next_watch:
+                        next_watch = time.monotonic() + tick
+                        wd.tick()
+                    self._window.maintain()
+                    if getattr(self._window, "pressure", False):
+                        wait = 0.001
+                        if not lowered:
+                            prompt.enter_context(prompt_switching())
+                            lowered = True
+                    elif lowered:
+                        wait = tick
+                        prompt.close()
+                        lowered = False
+                    else:
+                        wait = tick
+                except Exception:  # the recorder thread must outlive its own bugs
+                    self._errors += 1
+        finally:
+            prompt.close()
 
     def maintain(self, force_seal: bool = False) -> None:
         """Compact and evict now (normally done by the recorder's thread)."""

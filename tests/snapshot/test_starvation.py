@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from support import wait_until
 
 from flightdeck import FlightRecorder
 from flightdeck.snapshot import switching
@@ -131,3 +132,33 @@ def test_a_child_forked_during_a_build_gets_the_interval_back(interval: float) -
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert sys.getswitchinterval() == 0.005
+
+
+def test_the_recorder_thread_lowers_the_switch_interval_only_under_pressure() -> None:
+    # The pure core's buffer under pressure: its drain must not starve behind a busy loop.
+    rec = FlightRecorder(loop_blocked=None, instrument_loop=False)
+    before = sys.getswitchinterval()
+
+    class Pressed:
+        pressure = True
+
+        def maintain(self, force_seal: bool = False) -> None:
+            return None
+
+    stub = Pressed()
+    rec.start()
+    real = rec._window
+    try:
+        rec._window = stub  # type: ignore[assignment]
+        wait_until(lambda: switching.active() == 1, timeout=5)
+        assert sys.getswitchinterval() <= switching.BUILD_SWITCH_INTERVAL + 1e-6
+        stub.pressure = False
+        wait_until(lambda: switching.active() == 0, timeout=5)
+        assert sys.getswitchinterval() == before
+        stub.pressure = True
+        wait_until(lambda: switching.active() == 1, timeout=5)
+    finally:
+        rec._window = real
+        rec.stop()
+    # stop() while under pressure: the thread leaves the interval as it found it
+    assert switching.active() == 0 and sys.getswitchinterval() == before

@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 
 .PHONY: memcheck
-.PHONY: run test test-all lint typecheck pytest pytest-pure soak bench bench-native bench-http bench-instr clean
+.PHONY: run test test-all test-versions lint typecheck pytest pytest-pure soak bench bench-native bench-http bench-instr clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard flightdeck/*/*.c)
 	@test -n "$(PYTHON)" && command -v $(PYTHON) >/dev/null 2>&1 || { echo "python3.11 not found; set PYTHON=/path/to/python3.11+"; exit 1; }
@@ -63,7 +63,10 @@ pytest-pure: $(STAMP)
 
 # The suite on every supported interpreter (each in its own venv; a missing one is
 # skipped), then once more on the pure-Python core.
-test-all: test
+test-all: test test-versions pytest-pure
+
+# The native suite on Python 3.12 and 3.13 (each in its own venv; a missing one is skipped).
+test-versions:
 	@for v in 3.12 3.13; do \
 	  exe=$$(ls -d $(PYENV_ROOT)/versions/$$v.*/bin/python 2>/dev/null | tail -1); \
 	  [ -z "$$exe" ] && exe=$$(command -v python$$v || true); \
@@ -71,8 +74,6 @@ test-all: test
 	  echo "== Python $$v ($$exe)"; \
 	  $(MAKE) --no-print-directory pytest PYTHON=$$exe VENV=.venv-$$v || exit 1; \
 	done
-	@echo "== pure-Python core"
-	$(MAKE) --no-print-directory pytest-pure
 
 soak: $(STAMP)
 	$(PY) -m pytest -q -m soak -p no:cacheprovider -o addopts=""

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+# A pure install (no compiler, CC=false) has no extension to test; where one is expected
+# (FLIGHTDECK_EXPECT_NATIVE=1, the Makefile's native runs) tests/conftest.py fails this skip.
 native = pytest.importorskip("flightdeck.core._native", reason="native core not built")
 
 TASK_CREATE, TASK_STEP, TASK_DONE, TASK_WAIT = 1, 2, 3, 4
@@ -271,6 +273,7 @@ def test_a_failing_wait_callback_is_counted_not_raised(make: Any, fast: bool) ->
     assert h.runner.errors >= 1
 
 
+# asyncio.eager_task_factory does not exist before 3.12: nothing to test on 3.11.
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks are 3.12+")
 @pytest.mark.parametrize(("make", "fast"), PARAMS)
 def test_eager_tasks(make: Any, fast: bool) -> None:
@@ -283,6 +286,7 @@ def test_eager_tasks(make: Any, fast: bool) -> None:
     try:
         plain.run_until_complete(probe())
     except TypeError as exc:  # uvloop 0.23 on 3.13 passes eager_start= to the factory
+        # The loop itself (not flightdeck) cannot run eager tasks: there is no behaviour to check.
         pytest.skip(f"this loop rejects asyncio.eager_task_factory: {exc}")
     finally:
         plain.close()
@@ -333,6 +337,8 @@ def test_step_handles_are_handles_filled_natively_and_cancellable() -> None:
     from flightdeck.core.cores import CORE
 
     if CORE != "native":
+        # The pure-core run (make pytest-pure) imports the extension but never installs its
+        # handles; this test is about those handles only.
         pytest.skip("the native core is disabled (FLIGHTDECK_NO_EXTENSIONS)")
 
     cls = _native_handle_type()

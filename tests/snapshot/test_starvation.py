@@ -121,6 +121,7 @@ def test_never_raised(interval: float) -> None:
     assert sys.getswitchinterval() == start
 
 
+# Only where os.fork exists (not Windows): the test is about the state a forked child inherits.
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_child_forked_during_a_build_gets_the_interval_back(interval: float) -> None:
     sys.setswitchinterval(0.005)

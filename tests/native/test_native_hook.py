@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from flightdeck.instrument.loop import _STEP_TYPE
+
 # A pure install (no compiler, CC=false) has no extension to test; where one is expected
 # (FLIGHTDECK_EXPECT_NATIVE=1, the Makefile's native runs) tests/conftest.py fails this skip.
 native = pytest.importorskip("flightdeck.core._native", reason="native core not built")
@@ -17,27 +19,8 @@ native = pytest.importorskip("flightdeck.core._native", reason="native core not 
 TASK_CREATE, TASK_STEP, TASK_DONE, TASK_WAIT = 1, 2, 3, 4
 
 
-def _step_type() -> type:
-    seen: list[type] = []
-
-    class Probe(asyncio.SelectorEventLoop):
-        def call_soon(self, callback: Any, *args: Any, context: Any = None) -> Any:  # type: ignore[override]
-            seen.append(type(callback))
-            return super().call_soon(callback, *args, context=context)
-
-    async def noop() -> None:
-        return None
-
-    loop = Probe()
-    coro = noop()
-    task = asyncio.Task(coro, loop=loop)
-    task._log_destroy_pending = False  # type: ignore[attr-defined]
-    coro.close()
-    loop.close()
-    return seen[0]
-
-
-STEP_TYPE = _step_type()
+# The C Task's step callback type, as the hook finds it (instrument/loop.py).
+STEP_TYPE = _STEP_TYPE
 
 
 def loops() -> Iterator[tuple[str, Callable[[], asyncio.AbstractEventLoop], bool]]:

@@ -41,14 +41,23 @@ def crunch(seconds: float) -> int:
     return n
 
 
+HOGS = [0]  # hogs that have held the loop so far
+
+
 async def victim(request: Request) -> Response:
-    await asyncio.sleep(0.02)
+    # Short sleeps until a hog has held the loop: the victim is woken behind it however late
+    # the hog's request arrives (a fixed sleep let a slow client thread miss the incident).
+    seen = HOGS[0]
+    deadline = time.monotonic() + 5
+    while HOGS[0] == seen and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
     return PlainTextResponse("victim")
 
 
 async def hog(request: Request) -> Response:
     await asyncio.sleep(0.005)
     crunch(0.12)
+    HOGS[0] += 1
     await asyncio.sleep(0)
     return PlainTextResponse("hog")
 

@@ -261,7 +261,14 @@ typedef struct {
      * file names over and over). */
     struct { Py_hash_t h; uint32_t n; uint32_t pos; } *seen;
     uint32_t seen_mask;
+    /* The strings already in the table, by address (direct-mapped): the same str object
+     * again (a code object's name, a route template) skips hashing and probing. An entry
+     * is only ever a string the table holds a reference to, so its address is not reused
+     * while the entry stands. Allocated with `seen`, dropped at seal. */
+    struct { PyObject *key; uint32_t idx; } *byaddr;
 } Segment;
+#define BYADDR_N 256
+static inline uint32_t byaddr_slot(PyObject *s) { return (uint32_t)(((uintptr_t)s >> 4) & (BYADDR_N - 1)); }
 
 static PyTypeObject Segment_Type;
 
@@ -271,6 +278,8 @@ seg_free_tables(Segment *g)
     strtab_free(&g->strtab);
     PyMem_Free(g->seen);
     g->seen = NULL;
+    PyMem_Free(g->byaddr);
+    g->byaddr = NULL;
 }
 
 static void
@@ -304,6 +313,8 @@ seg_new(Py_ssize_t cap, int64_t t_base)
         if (g->seen) {
             g->seen_mask = n - 1;
             g->extra += (Py_ssize_t)n * 16;
+            g->byaddr = PyMem_Calloc(BYADDR_N, sizeof(*g->byaddr));
+            if (g->byaddr) g->extra += BYADDR_N * (Py_ssize_t)sizeof(*g->byaddr);
         }
     }
     return g;
@@ -319,7 +330,8 @@ seg_seal(Segment *g)
     if (!g->open) return;
     g->open = 0;
     Py_ssize_t tables = (Py_ssize_t)g->strtab.cap * (Py_ssize_t)sizeof(StrSlot)
-                        + (g->seen ? (Py_ssize_t)(g->seen_mask + 1) * 16 : 0);
+                        + (g->seen ? (Py_ssize_t)(g->seen_mask + 1) * 16 : 0)
+                        + (g->byaddr ? BYADDR_N * (Py_ssize_t)sizeof(*g->byaddr) : 0);
     seg_free_tables(g);
     g->extra -= tables;
     if (g->extra < 0) g->extra = 0;
@@ -379,7 +391,15 @@ intern_str(Enc *e, PyObject *s, uint64_t *idx)
     Py_hash_t h = PyObject_Hash(s); /* exact str: cached, never runs Python code */
     if (h == -1) { PyErr_Clear(); return E_BAD; }
     StrSlot *sl = strtab_find(&g->strtab, s, h);
-    if (sl && sl->key) { *idx = sl->idx; return 0; }
+    if (sl && sl->key) {
+        *idx = sl->idx;
+        if (g->byaddr && sl->key == s) {
+            uint32_t b = byaddr_slot(s);
+            g->byaddr[b].key = s;
+            g->byaddr[b].idx = sl->idx;
+        }
+        return 0;
+    }
     Py_ssize_t cost = STR_COST(s) + SLOT_COST;
     Py_ssize_t grow = 0;
     if ((g->strtab.n + 1) * 2 > g->strtab.cap)
@@ -409,6 +429,11 @@ intern_str(Enc *e, PyObject *s, uint64_t *idx)
     g->strs[g->nstrs++] = s;
     g->extra += STR_COST(s);
     *idx = sl->idx;
+    if (g->byaddr) {
+        uint32_t b = byaddr_slot(s);
+        g->byaddr[b].key = s;
+        g->byaddr[b].idx = sl->idx;
+    }
     return 0;
 }
 
@@ -428,6 +453,31 @@ tid_decode(uint64_t u, int64_t prev)
     return (int64_t)((uint64_t)prev + (uint64_t)d);
 }
 
+/* An exact int of at most two digits (every timestamp, id and count here), read from its
+ * digits without a call; 0, or -1 to take the general path. */
+static inline int
+small_i64(PyObject *v, int64_t *out)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    uintptr_t tag = ((PyLongObject *)v)->long_value.lv_tag;
+    uintptr_t n = tag >> 3;
+    const digit *d = ((PyLongObject *)v)->long_value.ob_digit;
+    int64_t sign = 1 - (int64_t)(tag & 3);
+#else
+    Py_ssize_t size = Py_SIZE(v);
+    uintptr_t n = (uintptr_t)(size < 0 ? -size : size);
+    const digit *d = ((PyLongObject *)v)->ob_digit;
+    int64_t sign = size < 0 ? -1 : 1;
+#endif
+    if (n == 0) { *out = 0; return 0; }
+    if (n == 1) { *out = sign * (int64_t)d[0]; return 0; }
+    if (n == 2 && 2 * PyLong_SHIFT < 63) {
+        *out = sign * (int64_t)((uint64_t)d[0] | ((uint64_t)d[1] << PyLong_SHIFT));
+        return 0;
+    }
+    return -1;
+}
+
 static int
 enc_value(Enc *e, PyObject *v, int depth)
 {
@@ -436,6 +486,13 @@ enc_value(Enc *e, PyObject *v, int depth)
     if (v == Py_None) return put_u8(e, V_NONE);
     if (tp == &PyUnicode_Type) {
         uint64_t idx;
+        if (e->g->byaddr) {
+            uint32_t b = byaddr_slot(v);
+            if (e->g->byaddr[b].key == v) {
+                if ((r = put_u8(e, V_STR)) < 0) return r;
+                return put_varint(e, e->g->byaddr[b].idx);
+            }
+        }
         Py_ssize_t n = PyUnicode_GET_LENGTH(v);
         int inline_it = n <= INLINE_MAX && PyUnicode_IS_COMPACT_ASCII(v);
         Segment *g = e->g;
@@ -479,7 +536,9 @@ enc_value(Enc *e, PyObject *v, int depth)
     }
     if (tp == &PyLong_Type) {
         int overflow = 0;
-        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+        int64_t small;
+        long long x = small_i64(v, &small) == 0 ? (long long)small
+                                                : PyLong_AsLongLongAndOverflow(v, &overflow);
         if (overflow) {
             PyObject *s = PyObject_Str(v);
             if (!s) { PyErr_Clear(); return E_BAD; }
@@ -539,6 +598,7 @@ static inline int
 exact_i64(PyObject *v, int64_t *out)
 {
     if (Py_TYPE(v) != &PyLong_Type) return -1;
+    if (small_i64(v, out) == 0) return 0;
     int overflow = 0;
     long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
     if (overflow || (x == -1 && PyErr_Occurred())) { PyErr_Clear(); return -1; }

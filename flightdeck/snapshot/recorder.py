@@ -42,6 +42,9 @@ from .document import Snapshot, SnapshotInProgress, new_id
 from .store import SnapshotStore, StoredInfo, encode_chunks
 from .switching import prompt_switching
 
+#: How often the loop checks that the recorder thread still runs (``FlightRecorder._guard``).
+GUARD_INTERVAL = 0.25
+
 
 def _held_lock() -> threading.Lock:
     lock = threading.Lock()
@@ -100,6 +103,11 @@ class FlightRecorder:
         self.live_requests = self.sink.live_requests
         self._started = False
         self._thread: threading.Thread | None = None
+        #: When the recorder thread last ran its loop (``time.monotonic()``), and how often
+        #: the loop found it starved and did its upkeep instead (see ``_guard``).
+        self._last_tick = 0.0
+        self._starved = 0
+        self._guard_gen = 0  # a guard armed by an earlier start() stops at its next run
         self._stop = threading.Event()
         #: What the recorder thread sleeps on between ticks: held until stop() releases it.
         #: One C call per tick, where Event.wait(timeout) runs a Condition's Python code.
@@ -164,8 +172,42 @@ class FlightRecorder:
             raise
         registry.active.append(self)
         self._start_thread()
+        if loop is not None:
+            self._arm_guard(loop)
+
+    def _arm_guard(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._guard_gen += 1
+        gen = self._guard_gen
+        try:
+            loop.call_soon_threadsafe(loop.call_later, GUARD_INTERVAL, self._guard, loop, gen)
+        except RuntimeError:  # a closed loop: nothing runs on it to starve the thread
+            pass
+
+    def _guard(self, loop: asyncio.AbstractEventLoop, gen: int) -> None:
+        """On the loop, every ``GUARD_INTERVAL``: the recorder thread's upkeep if it starves.
+
+        A saturated loop can keep the recorder thread from the GIL for seconds: every
+        ``epoll`` drops the GIL and takes it straight back before the waiting thread wakes
+        (``switching.py``). The pure core's append buffer then fills and drops events. The
+        loop itself notices (the thread has not run for a whole interval) and does the
+        upkeep: one ``maintain()``, at most a few milliseconds, on a loop that is running
+        and so cannot be the blocked loop the watchdog looks for.
+        """
+        if not self._started or gen != self._guard_gen:
+            return
+        try:
+            if time.monotonic() - self._last_tick > GUARD_INTERVAL:
+                self._starved += 1
+                self._window.maintain()
+        except Exception:  # never into the loop
+            self._errors += 1
+        try:
+            loop.call_later(GUARD_INTERVAL, self._guard, loop, gen)
+        except RuntimeError:  # the loop is closing
+            pass
 
     def _start_thread(self) -> None:
+        self._last_tick = time.monotonic()
         self._wake = _held_lock()
         self._thread = threading.Thread(target=self._run, name="flightdeck-recorder", daemon=True)
         self._thread.start()
@@ -186,6 +228,7 @@ class FlightRecorder:
         if self._instrumentation is not None:
             self._instrumentation.uninstall()
             self._instrumentation = None
+        self._guard_gen += 1  # its pending run (at most GUARD_INTERVAL away) ends the guard
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=2.0)
@@ -214,6 +257,7 @@ class FlightRecorder:
         lowered = False
         try:
             while not wake.acquire(True, wait) and not self._stop.is_set():
+                self._last_tick = time.monotonic()
                 try:
                     wd = self._watchdog
                     if wd is not None and time.monotonic() >= next_watch:
@@ -429,6 +473,7 @@ class FlightRecorder:
             "coverage": dict(self.coverage),
             "live_tasks": len(w.live_tasks),
             "live_requests": len(w.live_requests),
+            "recorder_thread_starved": self._starved,
         }
         if self._instrumentation is not None:
             out["instrumentation"] = self._instrumentation.counters()

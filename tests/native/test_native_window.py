@@ -102,6 +102,45 @@ def test_every_kind_round_trips_exactly(evs: list[tuple[Any, ...]]) -> None:
     assert w.recorded == len(evs) and w.dropped == 0
 
 
+# Ints read from their digits where they have at most two (30-bit digits: 2**60): the
+# boundaries on both sides, both signs, in every field kind (T, R, N, n, I and V).
+EDGES = [
+    b + d
+    for b in (0, 2**15, 2**30, 2**45, 2**60, 2**62, 2**63, 2**64)
+    for d in (-1, 0, 1)
+    if b + d >= 0
+]
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_ints_at_digit_boundaries_round_trip(sign: int) -> None:
+    w = native.Window(10 * S, 1 << 20)
+    evs: list[tuple[Any, ...]] = []
+    for v in (sign * x for x in EDGES):
+        evs.append((LOOP_LAG, T0, v))  # N
+        evs.append((LOG, T0, "c", ("m", v, [v]), None))  # V, nested
+        if 0 <= v < 2**62:
+            evs.append((TASK_STEP, v, v + 1, 2**20 + v, 0))  # T, R, I
+            evs.append((REQ_END, T0, v, v, 0, None, False, None, 0, v))  # n
+    for e in evs:
+        w.append(e)
+    assert held(w) == evs
+    assert w.dropped == 0
+
+
+def test_the_same_str_object_again_round_trips_across_generations() -> None:
+    # The encoder knows strings it holds by address: many distinct ones (sharing address
+    # slots), each repeated, through several generations (the table starts empty in each).
+    w = native.Window(10 * S, 256 << 10)
+    names = [f"module.function_{i}" * 3 for i in range(600)]
+    evs = [(LOOP_CALLBACK, T0 + i, T0 + i + 1, names[(i * 7) % len(names)]) for i in range(6000)]
+    for e in evs:
+        w.append(e)
+    out = held(w)
+    assert out == evs[len(evs) - len(out) :] and len(out) > 1000
+    assert w._freeze_parts()[0][0] is not w._freeze_parts()[0][-1]  # several generations
+
+
 def test_typed_step_matches_the_tuple_path() -> None:
     w = native.Window(10 * S, 1 << 20)
     w.emit_step(T0 + 10, T0 + 20, 140_000_000_123, T0 + 5)

@@ -127,6 +127,21 @@ class Watchdog:
             if lag > LAG_NOTABLE_NS or self._beats % LAG_EVERY == 0:
                 emit((ev.LOOP_LAG, posted, lag))
 
+    def post_from_loop(self) -> None:
+        """Post the heartbeat from the loop itself, when the recorder's thread is starved.
+
+        Loop lag is then still measured (from now to when the ready callbacks ahead of it
+        have run); a block that starts meanwhile is found as usual, since a loop that does
+        not poll lets the recorder's thread take the GIL.
+        """
+        if self.closed:
+            return
+        with self._lock:
+            if self._pending_since:
+                return
+            self._pending_since = perf_counter_ns()
+        self.loop.call_soon(self._beat)
+
     # -- on the recorder's thread -----------------------------------------------------------
     def tick(self) -> None:
         if self.closed or self.loop.is_closed():

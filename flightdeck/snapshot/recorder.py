@@ -43,7 +43,7 @@ from .store import SnapshotStore, StoredInfo, encode_chunks
 from .switching import prompt_switching
 
 #: How often the loop checks that the recorder thread still runs (``FlightRecorder._guard``).
-GUARD_INTERVAL = 0.25
+GUARD_INTERVAL = 0.1
 
 
 def _held_lock() -> threading.Lock:
@@ -190,8 +190,8 @@ class FlightRecorder:
         ``epoll`` drops the GIL and takes it straight back before the waiting thread wakes
         (``switching.py``). The pure core's append buffer then fills and drops events. The
         loop itself notices (the thread has not run for a whole interval) and does the
-        upkeep: one ``maintain()``, at most a few milliseconds, on a loop that is running
-        and so cannot be the blocked loop the watchdog looks for.
+        upkeep: one ``maintain()`` (at most a few milliseconds) and the watchdog's heartbeat,
+        on a loop that is running and so cannot be the blocked loop the watchdog looks for.
         """
         if not self._started or gen != self._guard_gen:
             return
@@ -199,6 +199,8 @@ class FlightRecorder:
             if time.monotonic() - self._last_tick > GUARD_INTERVAL:
                 self._starved += 1
                 self._window.maintain()
+                if self._watchdog is not None:
+                    self._watchdog.post_from_loop()
         except Exception:  # never into the loop
             self._errors += 1
         try:

@@ -174,7 +174,7 @@ def test_the_loop_does_the_upkeep_when_the_recorder_thread_starves(
     monkeypatch.setattr(FlightRecorder, "_run", lambda self: None)
 
     async def main() -> dict[str, Any]:
-        rec = FlightRecorder(max_bytes=8 << 20, instrument_loop=False, loop_blocked=None)
+        rec = FlightRecorder(max_bytes=8 << 20, instrument_loop=False, loop_blocked=0.5)
         rec.start()
         try:
             window = rec._window
@@ -196,6 +196,8 @@ def test_the_loop_does_the_upkeep_when_the_recorder_thread_starves(
     out = run(main())
     stats = out["stats"]
     assert stats["recorder_thread_starved"] >= 4
+    # the heartbeats the thread could not post, posted by the loop: lag is still measured
+    assert stats["watchdog"]["beats"] >= 3 and stats["watchdog"]["blocks"] == 0
     assert stats["dropped"] == 0 and stats["overflows"] == 0, stats
     assert out["logs"] == 4 * out["batch"]
 
@@ -205,12 +207,12 @@ def test_the_guard_leaves_a_running_recorder_thread_alone(run: Runner) -> None:
         rec = FlightRecorder(instrument_loop=False, loop_blocked=None)
         rec.start()
         try:
-            # A thread that runs: its ticks (every 20 ms) keep the guard (every 250 ms) idle.
-            # Starved counts from a machine too loaded to schedule it for 250 ms would show
-            # here; the assertion allows one.
+            # A thread that runs: its ticks (every 20 ms) keep the guard (every 100 ms) idle.
+            # A machine too loaded to schedule it for 100 ms would show here; the assertion
+            # allows a few of the guard's eleven or so runs.
             await asyncio.sleep(1.2)
             return int(rec.stats["recorder_thread_starved"])
         finally:
             rec.stop()
 
-    assert run(main()) <= 1
+    assert run(main()) <= 3

@@ -29,6 +29,8 @@ APPS = ("steps", "fastapi", "query")
 VARIANTS = ("bare", "middleware", "full")
 LOOPS = ("asyncio", "uvloop")
 INFLIGHT = 32
+#: What ``check_flightdeck`` found at the end of the measured requests.
+PROBLEMS: list[str] = []
 #: The query route: the three-await handler, with a query string to redact.
 QUERY_PATH = "/steps?user=42&page=3&token=abc"
 
@@ -153,6 +155,8 @@ async def run(app: Any, path: str, n: int, warmup: int) -> int:
         raise SystemExit("instr_driver: the fleet did not connect to Redis")
     bad = warmup - await serve(app, path, warmup)
     bad += n - await serve(app, path, n, first=warmup)
+    # Checked before the shutdown, which stops the recording.
+    PROBLEMS.extend(check_flightdeck(app) if app is not None and hasattr(app, "recorder") else [])
     await lifespan.shutdown()
     return bad
 
@@ -171,7 +175,7 @@ def main() -> None:
     try:
         bad = loop.run_until_complete(run(app, path, args.n, args.warmup))
     finally:
-        problems = check_flightdeck(app) if args.variant != "bare" else []
+        problems = PROBLEMS if args.variant != "bare" else []
         close = getattr(app, "close", None)
         if close is not None and args.variant != "bare":
             close()

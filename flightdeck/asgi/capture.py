@@ -10,6 +10,7 @@ Everything here runs guarded: a failure is counted in ``errors`` and never reach
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from time import perf_counter_ns
 from typing import Any
@@ -90,6 +91,7 @@ class CaptureEngine:
         #: rid -> (REQ_START event, scope, RequestState).
         self.inflight = recorder.live_requests
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._ticks = 0  # the current chain of periodic checks (see _tick)
         self.pending: PendingCapture | None = None  # fired, its window not frozen yet
         self.building = False  # a document is being built in a thread
         self.queued: PendingCapture | None = None  # fired while building: captured next
@@ -102,8 +104,23 @@ class CaptureEngine:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Begin the periodic checks and listen for loop blocks (on ``loop``)."""
         self.loop = loop
-        self.recorder.block_listeners.append(self.on_block)
-        loop.call_later(self.config.tick_interval, self._tick)
+        if self.on_block not in self.recorder.block_listeners:
+            self.recorder.block_listeners.append(self.on_block)
+        self._ticks += 1
+        loop.call_later(self.config.tick_interval, self._tick, self._ticks)
+
+    def stop(self) -> None:
+        """Stop the periodic checks (the pending one ends them) and the block listener.
+
+        A capture waiting for its ``capture_delay`` is taken now: its timer would not run
+        on a loop that is closing.
+        """
+        if self.pending is not None and self.loop is not None:
+            self._capture_now()
+        self.loop = None
+        self._ticks += 1
+        with contextlib.suppress(ValueError):
+            self.recorder.block_listeners.remove(self.on_block)
 
     # -- requests ---------------------------------------------------------------------------
     def request_done(
@@ -165,9 +182,10 @@ class CaptureEngine:
         )
 
     # -- periodic checks and blocks (on the loop) -------------------------------------------
-    def _tick(self) -> None:
+    def _tick(self, ticks: int) -> None:
+        # A tick armed before a stop() (or an earlier start()) ends its chain here.
         loop = self.loop
-        if loop is None or not self.recorder.enabled:
+        if loop is None or ticks != self._ticks or not self.recorder.enabled:
             return
         try:
             if self.inflight_triggers and self.inflight:
@@ -182,7 +200,7 @@ class CaptureEngine:
             self.errors("tick", exc)
         finally:
             try:
-                loop.call_later(self.config.tick_interval, self._tick)
+                loop.call_later(self.config.tick_interval, self._tick, ticks)
             except RuntimeError:
                 pass  # loop closed
 

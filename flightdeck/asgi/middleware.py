@@ -37,6 +37,8 @@ from .tracecontext import trace_id_from_headers
 
 _current_task = asyncio.current_task
 _SCOPE_KEY = "flightdeck"
+#: What the app sends when the lifespan's shutdown is over (recording stops then).
+_SHUTDOWN = frozenset({"lifespan.shutdown.complete", "lifespan.shutdown.failed"})
 
 
 if TYPE_CHECKING:
@@ -285,7 +287,36 @@ class FlightDeck(_Base):
                 pass
             if not self._started:
                 self._start()
+            send = self._lifespan_send(send)
         await self.app(scope, receive, send)
+
+    def _lifespan_send(self, send: Send) -> Send:
+        """``send`` for the lifespan: once the app says it has shut down, recording stops.
+
+        The server closes its loop next: the recorder's thread, the loop's hooks and the
+        engine's timer must not outlive it (a test suite starting the app once per test
+        would pile up recorder threads). A later ``startup`` starts recording again.
+        """
+
+        async def lifespan_send(message: Message) -> None:
+            await send(message)
+            if type(message) is dict and message.get("type") in _SHUTDOWN:
+                self._stop()
+
+        return lifespan_send
+
+    def _stop(self) -> None:
+        with self._start_lock:
+            if not self._started:
+                return
+            self._started = False
+        if casgi is not None:
+            self._native_fast = False
+        try:
+            self.engine.stop()
+            self.recorder.stop()
+        except Exception as exc:
+            self.errors("stop", exc)
 
     def _start_event(self, scope: Scope, kind: str, rid: int, t0: int) -> tuple[Any, ...]:
         qs = scope.get("query_string")

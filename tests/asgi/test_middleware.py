@@ -418,3 +418,57 @@ async def test_streaming_response_passes_through(decks: Opened) -> None:
 
 
 Handler = Callable[[Any], Awaitable[Any]]
+
+
+async def _lifespan(deck: FlightDeck) -> tuple[Any, Any, Any]:
+    """Start the app's lifespan as a server does: (task, inbox, outbox) after ``startup``."""
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+    task = asyncio.create_task(deck(scope, inbox.get, outbox.put))
+    await inbox.put({"type": "lifespan.startup"})
+    assert (await outbox.get())["type"] == "lifespan.startup.complete"
+    return task, inbox, outbox
+
+
+async def _shutdown(task: Any, inbox: Any, outbox: Any) -> None:
+    await inbox.put({"type": "lifespan.shutdown"})
+    assert (await outbox.get())["type"] == "lifespan.shutdown.complete"
+    await task
+
+
+async def test_recording_stops_at_lifespan_shutdown_and_starts_again(decks: Opened) -> None:
+    # The server closes its loop after the shutdown: nothing of flightdeck may outlive it
+    # (hooks, recorder thread, timers), and a new startup records again.
+    loop = asyncio.get_running_loop()
+    plain = type(loop)
+    deck = make(starlette_app(), decks, slow_request=None)
+    for _ in range(2):
+        running = await _lifespan(deck)
+        assert deck.recorder.enabled and type(loop) is not plain  # the loop is hooked
+        thread = deck.recorder._thread
+        assert thread is not None and thread.is_alive()
+        async with client(deck) as c:
+            assert (await c.get("/fast")).status_code == 200
+        doc = (await deck.capture()).to_dict()
+        assert find_request(doc, "/fast")["status"] == 200
+        await _shutdown(*running)
+        assert not deck.recorder.enabled
+        assert type(loop) is plain  # the loop as it was
+        assert not thread.is_alive()
+        assert deck.recorder.block_listeners.count(deck.engine.on_block) == 0
+    assert deck.status()["errors"] == {}
+
+
+async def test_a_capture_waiting_at_shutdown_is_taken_then(decks: Opened) -> None:
+    async def boom(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("no", status_code=503)
+
+    deck = make(starlette_app([Route("/boom", boom)]), decks, capture_delay=600.0)
+    running = await _lifespan(deck)
+    async with client(deck) as c:
+        assert (await c.get("/boom")).status_code == 503
+    assert deck.engine.pending is not None  # waiting its 600 s
+    await _shutdown(*running)
+    listing = await wait_for(lambda: deck.store.list())
+    assert listing[0]["trigger"]["kind"] == "server_error"

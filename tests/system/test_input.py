@@ -86,7 +86,12 @@ async def test_lifespan_and_unknown_scopes_forwarded_unchanged(decks: list[Any])
     for scope in ({"type": "lifespan", "asgi": {"version": "3.0"}}, {"type": "webtransport"}):
         before = dict(scope)
         await deck(scope, receive, send)
-        assert got[-1] == (scope, receive, send)  # the very callables: nothing wrapped
+        if scope["type"] == "lifespan":
+            # send is watched for the end of the shutdown (recording stops then); what the
+            # app sends still reaches the server as it is (``sent`` below)
+            assert got[-1][:2] == (scope, receive)
+        else:
+            assert got[-1] == (scope, receive, send)  # the very callables: nothing wrapped
         assert got[-1][0] is scope
         # Every key the server set is as it was; lifespan scopes carry the one marker key that
         # tells a nested FlightDeck an outer one already runs.

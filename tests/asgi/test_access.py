@@ -44,7 +44,10 @@ def request(
 
 
 def deck(decks: list[Any], **options: Any) -> FlightDeck:
+    # Snapshots here are the manual ones the tests take: no trigger may add one (a loaded
+    # machine can lag the loop past loop_blocked).
     options.setdefault("slow_request", None)
+    options.setdefault("loop_blocked", None)
     options.setdefault("capture_delay", 0.0)
     made = FlightDeck(inner, endpoint=PREFIX, **options)
     decks.append(made)

@@ -32,7 +32,16 @@ async def inner(scope: Any, receive: Any, send: Any) -> None:
 def test_browser_logs_in_and_uses_the_list(decks: list[Any], tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
-    deck = FlightDeck(inner, endpoint=PREFIX, token=TOKEN, directory=tmp_path, slow_request=None)
+    # No automatic trigger: on a loaded machine a late loop would add a loop_blocked snapshot.
+    deck = FlightDeck(
+        inner,
+        endpoint=PREFIX,
+        token=TOKEN,
+        directory=tmp_path,
+        slow_request=None,
+        loop_blocked=None,
+        server_errors=False,
+    )
     decks.append(deck)
     with uvicorn_thread(deck) as srv, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)

@@ -42,9 +42,10 @@ typecheck: $(STAMP)
 
 # The native run: EXPECT_NATIVE=1 makes a test skipped because the extension is not built
 # fail instead (tests/conftest.py); EXPECT_NATIVE=0 runs it on whatever core there is. On by
-# default where there is a C compiler (a build that fails there is a bug); without one the
-# extension is skipped by design and the suite runs on the pure core.
-EXPECT_NATIVE ?= $(if $(shell command -v $${CC:-cc} 2>/dev/null),1,0)
+# default where there is a working C compiler (one that compiles a one-line program: a build
+# that fails there is a bug); without one (or with CC=false) the extension is skipped by
+# design and the suite runs on the pure core.
+EXPECT_NATIVE ?= $(shell printf 'int main(void){return 0;}' | $${CC:-cc} -x c - -o /dev/null >/dev/null 2>&1 && echo 1 || echo 0)
 pytest: $(STAMP)
 	FLIGHTDECK_EXPECT_NATIVE=$(EXPECT_NATIVE) $(PY) -m pytest -q
 

@@ -16,7 +16,9 @@ from flightdeck.snapshot.build import build_document
 from tests.support import drive, http_scope
 
 # Parity needs both cores: a pure install has one (FLIGHTDECK_EXPECT_NATIVE=1 fails this skip).
-native = pytest.importorskip("flightdeck.core.native", reason="native core not built")
+pytest.importorskip("flightdeck.core._native", reason="native core not built")
+from flightdeck.core import native  # after the skip: it imports the extension
+
 if cores.CORE != "native":
     # The pure-core run disables the native core on purpose: parity cannot be compared there.
     pytest.skip("the native core is disabled (FLIGHTDECK_NO_EXTENSIONS)", allow_module_level=True)

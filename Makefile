@@ -10,11 +10,15 @@ PORT ?= 8000
 .PHONY: memcheck
 .PHONY: run test test-all test-versions lint typecheck pytest pytest-pure soak bench bench-native bench-http bench-instr clean
 
+# One line after each install: which recording core the install has (pip -q hides setup.py's).
+export CORE_LINE := from flightdeck.core.cores import CORE; print("flightdeck: native core built" if CORE == "native" else "flightdeck: native extension not built (no working C compiler, or FLIGHTDECK_NO_EXTENSIONS set): using the pure-Python core")
+
 $(STAMP): pyproject.toml setup.py $(wildcard flightdeck/*/*.c)
 	@test -n "$(PYTHON)" && command -v $(PYTHON) >/dev/null 2>&1 || { echo "python3.11 not found; set PYTHON=/path/to/python3.11+"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	@$(PY) -c "$$CORE_LINE"
 	touch $(STAMP)
 
 # `make run` installs only what serving the example needs (the `example` extra); `make test`
@@ -26,6 +30,7 @@ $(RUN_STAMP): pyproject.toml setup.py $(wildcard flightdeck/*/*.c)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[example]'
+	@$(PY) -c "$$CORE_LINE"
 	touch $(RUN_STAMP)
 
 run: $(RUN_STAMP)

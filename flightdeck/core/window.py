@@ -289,28 +289,33 @@ class Window:
                 self._segments.append(seg)
                 self._segment_bytes += seg.nbytes
                 self.sealed += 1
+                # Room for it at once, under the same lock: evicting only at the end of
+                # maintain() let a reader see the new segment and the old ones together
+                # (stats.bytes up to one segment past max_bytes while compress ran).
+                self._evict_locked()
 
     def _evict(self) -> None:
         with self._lock:
-            now = self.clock()
-            horizon = now - self.window_ns
-            segs = self._segments
-            # Room for the append buffer to fill up before the next drain.
-            headroom = (self.buffer_maxlen - len(self._buffer)) * EST_OPEN_EVENT_BYTES
-            while segs:
-                oldest = segs[0]
-                nbytes = self.nbytes
-                if oldest.t_end < horizon:
-                    self.evicted += oldest.count
-                elif nbytes > self.max_bytes or (
-                    nbytes + headroom > self.max_bytes and len(segs) > 1
-                ):
-                    # Younger than the window but over budget: max_bytes wins; count it.
-                    self.dropped += oldest.count
-                else:
-                    break
-                segs.popleft()
-                self._segment_bytes -= oldest.nbytes
+            self._evict_locked()
+
+    def _evict_locked(self) -> None:
+        now = self.clock()
+        horizon = now - self.window_ns
+        segs = self._segments
+        # Room for the append buffer to fill up before the next drain.
+        headroom = (self.buffer_maxlen - len(self._buffer)) * EST_OPEN_EVENT_BYTES
+        while segs:
+            oldest = segs[0]
+            nbytes = self.nbytes
+            if oldest.t_end < horizon:
+                self.evicted += oldest.count
+            elif nbytes > self.max_bytes or (nbytes + headroom > self.max_bytes and len(segs) > 1):
+                # Younger than the window but over budget: max_bytes wins; count it.
+                self.dropped += oldest.count
+            else:
+                break
+            segs.popleft()
+            self._segment_bytes -= oldest.nbytes
 
     def freeze(self) -> Frozen:
         """Take an immutable view of the window. Cost: a drain and a few list copies."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -343,3 +344,28 @@ def test_segments_compressed_only_past_half_the_budget() -> None:
     frozen = w.freeze()
     events = [e for seg in frozen.iter_segments() for e in seg]
     assert len(events) == sum(s.count for s in frozen.segments) + len(frozen.tail)
+
+
+def test_a_new_segment_never_shows_past_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    # While the recorder thread compresses (zlib releases the GIL), the loop appends and
+    # anyone may read stats: the new segment, the old ones and a full append buffer together
+    # must still be within max_bytes.
+    clock = FakeClock()
+    w = Window(10**12, 256 << 10, clock=clock)
+    seen: list[int] = []
+    compress = w._compress
+
+    def loop_appends_meanwhile() -> None:
+        for i in range(w.buffer_maxlen - len(w._buffer)):
+            w.append((ev.LOG, clock.now, "c", f"during-{i}", None))
+        seen.append(w.nbytes)
+        compress()
+
+    monkeypatch.setattr(w, "_compress", loop_appends_meanwhile)
+    for _batch in range(40):
+        for _ in range(w.buffer_maxlen):  # incompressible: the budget is reached in a few
+            w.append((ev.LOG, clock.now, "c", os.urandom(40).hex(), None))
+        w.maintain(force_seal=True)
+        clock.now += 1000
+    assert w.dropped > 0  # the budget was the limit
+    assert max(seen) <= w.max_bytes, (max(seen), w.max_bytes)

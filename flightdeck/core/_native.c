@@ -313,7 +313,9 @@ seg_new(Py_ssize_t cap, int64_t t_base)
         if (g->seen) {
             g->seen_mask = n - 1;
             g->extra += (Py_ssize_t)n * 16;
-            g->byaddr = PyMem_Calloc(BYADDR_N, sizeof(*g->byaddr));
+            /* at most 1/16 of the generation too (4 KiB: from 64 KiB generations on) */
+            if ((Py_ssize_t)BYADDR_N * (Py_ssize_t)sizeof(*g->byaddr) * 16 <= cap)
+                g->byaddr = PyMem_Calloc(BYADDR_N, sizeof(*g->byaddr));
             if (g->byaddr) g->extra += BYADDR_N * (Py_ssize_t)sizeof(*g->byaddr);
         }
     }

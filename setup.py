@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import sysconfig
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -33,7 +34,19 @@ class optional_build_ext(build_ext):
         try:
             super().build_extension(ext)
         except Exception as exc:  # the compiler failed
+            self._drop_stale(ext)
             self._skip(exc)
+
+    @staticmethod
+    def _drop_stale(ext: Extension) -> None:
+        # An editable install imports the extension from the source tree: one left there by an
+        # earlier build would be imported as if this build had made it.
+        here = os.path.dirname(os.path.abspath(__file__))
+        name = ext.name.split(".")[-1] + (sysconfig.get_config_var("EXT_SUFFIX") or ".so")
+        stale = os.path.join(here, os.path.dirname(ext.sources[0]), name)
+        if os.path.exists(stale):
+            os.remove(stale)
+            print(f"flightdeck: removed the stale {os.path.relpath(stale, here)}", file=sys.stderr)
 
     def _skip(self, exc: Exception) -> None:
         if os.environ.get("CIBUILDWHEEL"):
@@ -49,7 +62,9 @@ FLAGS = ["-O2", "-std=c11", "-Wall", "-Wno-missing-field-initializers"]
 ext_modules = []
 if not _no_extensions() and sys.platform != "win32" and sys.implementation.name == "cpython":
     ext_modules.append(
-        Extension("flightdeck.core._native", ["flightdeck/core/_native.c"], extra_compile_args=FLAGS)
+        Extension(
+            "flightdeck.core._native", ["flightdeck/core/_native.c"], extra_compile_args=FLAGS
+        )
     )
     ext_modules.append(
         Extension("flightdeck.asgi._casgi", ["flightdeck/asgi/_casgi.c"], extra_compile_args=FLAGS)

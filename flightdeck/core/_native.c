@@ -269,6 +269,13 @@ typedef struct {
 } Segment;
 #define BYADDR_N 256
 static inline uint32_t byaddr_slot(PyObject *s) { return (uint32_t)(((uintptr_t)s >> 4) & (BYADDR_N - 1)); }
+static inline void byaddr_put(Segment *g, PyObject *s, uint32_t idx)
+{
+    if (!g->byaddr) return;
+    uint32_t b = byaddr_slot(s);
+    g->byaddr[b].key = s;
+    g->byaddr[b].idx = idx;
+}
 
 static PyTypeObject Segment_Type;
 
@@ -395,11 +402,7 @@ intern_str(Enc *e, PyObject *s, uint64_t *idx)
     StrSlot *sl = strtab_find(&g->strtab, s, h);
     if (sl && sl->key) {
         *idx = sl->idx;
-        if (g->byaddr && sl->key == s) {
-            uint32_t b = byaddr_slot(s);
-            g->byaddr[b].key = s;
-            g->byaddr[b].idx = sl->idx;
-        }
+        if (sl->key == s) byaddr_put(g, s, sl->idx);
         return 0;
     }
     Py_ssize_t cost = STR_COST(s) + SLOT_COST;
@@ -431,11 +434,7 @@ intern_str(Enc *e, PyObject *s, uint64_t *idx)
     g->strs[g->nstrs++] = s;
     g->extra += STR_COST(s);
     *idx = sl->idx;
-    if (g->byaddr) {
-        uint32_t b = byaddr_slot(s);
-        g->byaddr[b].key = s;
-        g->byaddr[b].idx = sl->idx;
-    }
+    byaddr_put(g, s, sl->idx);
     return 0;
 }
 

@@ -17,7 +17,8 @@ from ..core import events as ev
 from ..core.window import Event, Frozen
 from . import causes
 from .document import FORMAT, rfc3339, sanitize
-from .steps import PACK_STEPS, Steps, packer, plain
+from .steps import PACK_STEPS, Steps, packer
+from .steps import plain as plain_steps
 
 Doc = dict[str, Any]
 
@@ -463,13 +464,8 @@ def assemble(
     }
 
 
-def plain_steps(steps: Any) -> Any:
-    """``[[start, duration, waited, ready], ...]`` from the compact form (None if unknown)."""
-    return plain(steps)
-
-
 def _json_steps(steps: Any) -> Any:
-    """Like :func:`plain_steps`, for orjson only: NaN is left in, orjson writes it as null."""
+    """Like ``steps.plain``, for orjson only: NaN is left in, orjson writes it as null."""
     return steps.rows() if isinstance(steps, Steps) else steps
 
 

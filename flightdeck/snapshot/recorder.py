@@ -259,24 +259,20 @@ class FlightRecorder:
         lowered = False
         try:
             while not wake.acquire(True, wait) and not self._stop.is_set():
-                self._last_tick = time.monotonic()
+                now = self._last_tick = time.monotonic()
                 try:
                     wd = self._watchdog
-                    if wd is not None and time.monotonic() >= next_watch:
-                        next_watch = time.monotonic() + tick
+                    if wd is not None and now >= next_watch:
+                        next_watch = now + tick
                         wd.tick()
                     self._window.maintain()
-                    if getattr(self._window, "pressure", False):
-                        wait = 0.001
-                        if not lowered:
-                            prompt.enter_context(prompt_switching())
-                            lowered = True
-                    elif lowered:
-                        wait = tick
+                    pressed = bool(getattr(self._window, "pressure", False))
+                    wait = 0.001 if pressed else tick
+                    if pressed and not lowered:
+                        prompt.enter_context(prompt_switching())
+                    elif lowered and not pressed:
                         prompt.close()
-                        lowered = False
-                    else:
-                        wait = tick
+                    lowered = pressed
                 except Exception:  # the recorder thread must outlive its own bugs
                     self._errors += 1
         finally:

@@ -114,16 +114,16 @@ class SnapshotStore:
             path = self._dir.write(ident, data)
             if path is not None:
                 return StoredInfo(ident, summary["size"], stored, path)
-        self._keep(ident, data, summary)
+        self._keep(ident, data, summary, stored)
         return StoredInfo(ident, summary["size"], stored, None)
 
-    def _keep(self, ident: str, data: bytes | Chunks, summary: Summary) -> None:
+    def _keep(self, ident: str, data: bytes | Chunks, summary: Summary, size: int) -> None:
         with self._lock:
             old = self._memory.pop(ident, None)
             if old is not None:
                 self._bytes -= encoded_size(old[0])
             self._memory[ident] = (data, summary)
-            self._bytes += encoded_size(data)
+            self._bytes += size
             while len(self._memory) > 1 and (
                 len(self._memory) > self.max_snapshots or self._bytes > self.max_bytes
             ):

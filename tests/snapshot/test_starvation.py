@@ -34,24 +34,27 @@ def test_capture_under_a_saturated_loop_completes(run: Runner) -> None:
                 await asyncio.sleep(0.001)
 
         load = [asyncio.create_task(sleeper()) for _ in range(200)]
-        rec = FlightRecorder(loop_blocked=None)
+        # 1 MiB: the window's size, not the machine's speed, sets the capture's work (~75k
+        # events; the default 16 MiB held 0.6-1.3M in 2 s).
+        rec = FlightRecorder(max_bytes=1 << 20, loop_blocked=None)
         rec.start()
         try:
-            await asyncio.sleep(2.0)  # fills the window with ~100k+ events
+            await asyncio.sleep(2.0)  # fills the window
             store = SnapshotStore()
             started = time.monotonic()
             build = asyncio.ensure_future(
                 asyncio.to_thread(rec.build_into, store, rec.freeze(), kind="test")
             )
-            # Generous: ~1 s here on 2 cores; starved, 20 s to minutes. The loop keeps
+            # Generous: ~1 s here on 2 cores, but the GIL's turns make outliers of 5-20 s
+            # (benchmarks/README.md, end of round 2); starved, minutes. The loop keeps
             # running meanwhile (the sleepers are still scheduled), which the lag shows.
-            deadline = started + 15.0
+            deadline = started + 45.0
             worst_lag = 0.0
             while not build.done() and time.monotonic() < deadline:
                 tick = time.monotonic()
                 await asyncio.sleep(0.01)
                 worst_lag = max(worst_lag, time.monotonic() - tick - 0.01)
-            assert build.done(), "the capture did not finish within 15 s under a busy loop"
+            assert build.done(), "the capture did not finish within 45 s under a busy loop"
             info = build.result()
             return time.monotonic() - started, worst_lag, info.size
         finally:
@@ -60,7 +63,7 @@ def test_capture_under_a_saturated_loop_completes(run: Runner) -> None:
             rec.stop()
 
     elapsed, worst_lag, size = run(main())
-    assert elapsed < 15.0
+    assert elapsed < 45.0
     assert size > 1 << 20
     assert worst_lag < 1.0, f"the loop stalled {worst_lag:.3f} s during the capture"
     assert switching.active() == 0

@@ -41,9 +41,10 @@ def crunch(seconds: float) -> int:
     return n
 
 
-#: Set by the victim when it has arrived: the hog holds the loop only then, so the victim is
-#: always behind it however the two client threads are scheduled (a fixed order in time
-#: let a late hog miss the victim, and a victim waiting for the hog turn slow on its own).
+#: The hog is waiting for the victim (the test sends the victim only then), and the victim
+#: has arrived (the hog holds the loop only then): the victim is always behind the hog
+#: however the client threads are scheduled.
+HOG_WAITING = threading.Event()
 VICTIM_IN = asyncio.Event()
 
 
@@ -54,6 +55,7 @@ async def victim(request: Request) -> Response:
 
 
 async def hog(request: Request) -> Response:
+    HOG_WAITING.set()
     await asyncio.wait_for(VICTIM_IN.wait(), 10)
     VICTIM_IN.clear()
     await asyncio.sleep(0.005)
@@ -215,7 +217,12 @@ def test_a_loop_hog_under_the_threshold_is_named_as_what_held_the_loop(
     srv: ThreadServer,
 ) -> None:
     _idle(srv)
-    _together(f"{srv.url}/hog", f"{srv.url}/victim", gap=0.005)
+    HOG_WAITING.clear()
+    hog_client = threading.Thread(target=http_get, args=(f"{srv.url}/hog",))
+    hog_client.start()
+    wait_until(HOG_WAITING.is_set, timeout=10)
+    http_get(f"{srv.url}/victim")
+    hog_client.join(15)
     text, doc = _snapshot_of(srv, "/victim")
     head = _head(text)
     why = next(line for line in text.splitlines() if line.startswith("why:"))

@@ -10,29 +10,18 @@ earlier out of the current one's findings.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
+import copy
 import sys
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
-import pytest
-
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from support import ROOT, drive, free_port, http_scope, make_deck, wait_until
+from support import drive, http_scope, make_deck
 
 from flightdeck.export.summary import findings, summarize
 
 #: Words that only flightdeck's own work or the server's machinery would put in a finding.
 NOT_FINDINGS = ("flightdeck.", "SnapshotStore", "Server.serve", "patch_anyio", "flightdeck's")
-
-
-#: A new connection per request: uvicorn closes idle keep-alive connections after 5 s.
-FRESH = httpx.Limits(max_keepalive_connections=0)
 
 
 def _current(summary: str) -> list[str]:
@@ -43,87 +32,6 @@ def _current(summary: str) -> list[str]:
 
 def _why(summary: str) -> str:
     return next(ln for ln in summary.splitlines() if ln.startswith("why:"))
-
-
-@pytest.fixture(scope="module")
-def incidents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict[str, Any]]]:
-    """``{route: snapshot document}`` for each route, from one real uvicorn."""
-    tmp = tmp_path_factory.mktemp("incidents")
-    port = free_port()
-    env = dict(os.environ, FLIGHTDECK_DIR=str(tmp), PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    env.pop("FLIGHTDECK_TOKEN", None)
-    cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(__file__).parent)]
-    cmd += ["incident_app:app", "--host", "127.0.0.1", "--port", str(port)]
-    log = (tmp / "server.log").open("wb")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    stop = threading.Event()
-
-    def up() -> bool:
-        try:
-            return httpx.get(base + "/fast", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def browse() -> None:
-        # The list page, the status and the newest snapshot's page, over and over.
-        with httpx.Client(base_url=base, timeout=10, limits=FRESH) as c:
-            while not stop.is_set():
-                try:
-                    c.get("/debug/flight")
-                    c.get("/debug/flight/status")
-                    items = c.get("/debug/flight/snapshots").json()
-                    if items:
-                        c.get(f"/debug/flight/snapshots/{items[0]['id']}?format=html")
-                except httpx.HTTPError:
-                    pass
-                stop.wait(0.15)
-
-    docs: dict[str, dict[str, Any]] = {}
-    try:
-        wait_until(up, timeout=30, interval=0.1)
-        browser = threading.Thread(target=browse, daemon=True)
-        browser.start()
-        with httpx.Client(base_url=base, timeout=30, limits=FRESH) as c:
-
-            def snapshot_for(path: str, kind: str | None = None) -> None:
-                def find() -> str | None:
-                    for item in c.get("/debug/flight/snapshots").json():
-                        req = item.get("request") or {}
-                        if req.get("path") == path and kind in (None, item["trigger"]["kind"]):
-                            return str(item["id"])
-                    return None
-
-                ident = wait_until(find, timeout=20, interval=0.1)
-                docs[path] = c.get(f"/debug/flight/snapshots/{ident}?format=json").json()
-
-            c.get("/block", params={"ms": 300})
-            snapshot_for("/block")
-            c.get("/error")
-            snapshot_for("/error")
-            time.sleep(1.0)  # the incidents below come seconds after these
-            c.get("/incident/hog")
-            snapshot_for("/incident/hog")
-            c.get("/incident/timeouts")
-            snapshot_for("/incident/timeouts")
-            holder = threading.Thread(target=lambda: httpx.get(base + "/incident/lock", timeout=30))
-            holder.start()
-            time.sleep(0.1)  # the holder takes the lock first
-            c.get("/incident/lock-waiter")
-            holder.join()
-            snapshot_for("/incident/lock")
-            c.get("/incident/pool")
-            snapshot_for("/incident/pool")
-        yield docs
-    finally:
-        stop.set()
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def _check_common(doc: dict[str, Any]) -> tuple[str, list[str]]:
@@ -152,6 +60,14 @@ def test_timeouts_burst_outranks_everything(incidents: dict[str, dict[str, Any]]
     assert "200 × _fetch_with_timeout at _fetch_with_timeout (app.py:" in current[0], text
     assert current[0].endswith("(timeout)"), text
     assert not any("render_report" in ln for ln in current), text  # the hog was earlier
+
+
+def test_gc_pause_is_named_with_its_route(incidents: dict[str, dict[str, Any]]) -> None:
+    text, current = _check_common(incidents["/incident/gc"])
+    top = current[:2]
+    assert any(ln.startswith("garbage collection paused the loop") for ln in top), text
+    assert all("/incident/gc" in ln or "gc_pause" in ln for ln in top), text
+    assert not any("_fetch_with_timeout" in ln for ln in current), text  # earlier
 
 
 def test_lock_waiter_still_waiting_is_a_long_wait(incidents: dict[str, dict[str, Any]]) -> None:
@@ -273,3 +189,42 @@ def test_wait_for_on_newer_pythons_reads_the_same() -> None:
     burst = next(f for f in found if f.startswith("cancellation burst"))
     assert "500 × _call_upstream at _call_upstream (test_findings_incidents.py:" in burst, found
     assert burst.endswith("(timeout)"), found
+
+
+def _trigger_request(doc: dict[str, Any]) -> dict[str, Any]:
+    rid = doc["trigger"]["request"]["id"]
+    return next(r for r in doc["requests"] if r["id"] == rid)
+
+
+def test_a_small_empty_gc_pause_does_not_outrank_the_burst(
+    incidents: dict[str, dict[str, Any]],
+) -> None:
+    doc = copy.deepcopy(incidents["/incident/timeouts"])
+    req = _trigger_request(doc)
+    own = next(t for t in doc["tasks"] if t["id"] == req["task"])
+    s = own["steps"][0][0]  # inside the request's first step: it cost the request
+    doc["loop"].append(
+        {"kind": "gc", "start": s, "duration": 0.0024, "generation": 1, "collected": 0}
+    )
+    current = _current(summarize(doc))
+    assert current[0].startswith("cancellation burst: 200 within"), current
+
+
+def test_first_use_imports_are_not_loop_hogs(incidents: dict[str, dict[str, Any]]) -> None:
+    doc = copy.deepcopy(incidents["/incident/timeouts"])
+    req = _trigger_request(doc)
+    s = req["start"] + 0.001
+    for i, name in enumerate(("<module> (pickle.py:103)", "create_default_context (ssl.py:770)")):
+        doc["loop"].append(
+            {
+                "kind": "callback",
+                "start": s + i * 0.05,
+                "duration": 0.03,
+                "callback": f"GET /incident/timeouts: {name}",
+                "stack": None,
+            }
+        )
+    text = summarize(doc)
+    assert not any("pickle.py" in ln or "ssl.py" in ln for ln in _current(text)), text
+    held = text.split("what held the loop", 1)[1].split("\n\n", 1)[0]
+    assert "<module> (pickle.py:103)" in held and "(first use: import or set-up)" in held, held

@@ -16,8 +16,8 @@ from typing import Any
 import orjson
 
 from .breakdown import SLOW_STEP, breakdown, sentence, table
-from .diagnose import USER
 from .common import dicts, fmt_duration, num, section, text, utc_text
+from .diagnose import USER
 from .findings import Reading, findings, request_duration
 
 #: Requests whose time breakdown the page carries (the trigger's and the slowest).

@@ -50,6 +50,8 @@ GC_TOTAL = 0.01
 
 #: Something that ended this long before the trigger's request began did not cost it.
 MARGIN = 0.1
+#: A capture runs this soon after its trigger (``capture_delay``, 0.25 s by default).
+CAPTURE_AFTER = 1.0
 
 
 @dataclass
@@ -80,6 +82,11 @@ class Reading:
             else None
         )
         self.owners = owners(doc, self.index)
+        self.marks = [
+            t
+            for e in dicts(doc.get("events"))
+            if e.get("kind") == "trigger" and (t := num(e.get("start"))) is not None
+        ]
         self.hogs = hogs(doc, self.index)
         self.span = self._span()
 
@@ -88,17 +95,32 @@ class Reading:
         return self.owners.get(tid, USER)
 
     def hog_owner(self, h: Hog) -> str:
-        user = self.folder.user_frame(h.stack)
-        file = text(user.get("file")).replace("\\", "/") if user is not None else ""
-        if user is not None and not any(m in file for m in FLIGHTDECK_CODE):
+        """Whose work held the loop: the app's code wherever it ran; else the task's owner;
+        with no task, flightdeck (its frames, or a capture just after a trigger) or the
+        loop's own machinery."""
+        frames = dicts(h.stack)
+        files = [text(f.get("file")).replace("\\", "/") for f in frames]
+        user = self.folder.user_frame(frames)
+        if user is not None and not any(m in files[frames.index(user)] for m in FLIGHTDECK_CODE):
             return USER  # the app's code ran, whichever task it ran in
         if h.task is not None:
             return self.owner(h.task)
-        if h.kind == "callback" and h.request is None:
-            if ": " not in h.label:
-                return SERVER  # no task was running: the loop's own I/O and callbacks
-            if h.label.split(": ", 1)[0].endswith("run_asgi"):
+        named = h.entry.get("callback") if isinstance(h.entry, dict) else None
+        if h.kind == "callback" and ": " in h.label:
+            named = h.label
+        if h.request is not None or (named and ": " in text(named)):
+            if text(named).split(": ", 1)[0].endswith("run_asgi"):
                 return FLIGHTDECK  # sampled in a request task with no request: the endpoint's
+            return USER
+        if h.kind in ("callback", "block"):
+            # No task was running. flightdeck's frames, or soon after a trigger: flightdeck
+            # capturing that snapshot (the watchdog names no frame of flightdeck's, so its
+            # sample shows an outer one); else the loop's own I/O and callbacks.
+            if any(any(m in f for m in FLIGHTDECK_CODE[:3]) for f in files):
+                return FLIGHTDECK
+            if any(m <= h.start <= m + CAPTURE_AFTER for m in self.marks):
+                return FLIGHTDECK
+            return SERVER
         return USER
 
     def _span(self) -> tuple[float, float] | None:
@@ -233,7 +255,16 @@ def ranked(r: Reading) -> list[Finding]:
         if r.hog_owner(g.first) == SERVER:
             if on_trigger <= 0:
                 continue  # the server's machinery, which did not hold the trigger up
-            line += " (the server's own work)"
+            if g.first.kind in ("callback", "block"):
+                # Only an outer library frame was running: say what it was, not where.
+                where = g.first.label.removeprefix("at ")
+                line = (
+                    f"the event loop's own callbacks and I/O (no task running; sampled in"
+                    f" {where}) held the loop {len(g.hogs)} time"
+                    f"{'s' if len(g.hogs) != 1 else ''}, {fmt_duration(g.total)} in all"
+                )
+            else:
+                line += " (the server's own work)"
         add(Finding(on_trigger, g.total, line, tier, end=max(_hog_end(h) for h in g.hogs)))
     trigger_id = b.request.get("id") if b is not None else None
     errors, slow = [], []
@@ -244,7 +275,7 @@ def ranked(r: Reading) -> list[Finding]:
         dur, in_flight = request_duration(req, r.window_end)
         if dur is not None and (dur >= SLOW_REQUEST or in_flight) and req.get("id") != trigger_id:
             slow.append((dur, in_flight, req))
-    slow.sort(key=lambda x: -x[0])
+    slow.sort(key=lambda x: (r.is_earlier(num(x[2].get("end"))), -x[0]))  # current first
     for dur, in_flight, req in slow[:3]:
         if in_flight:
             line = (
@@ -330,9 +361,14 @@ def _cancel_cost(r: Reading, between: tuple[float, float] | None) -> float:
     if b is None:
         return 0.0
     rid = b.request.get("id")
+    # Tasks woken by a cancellation (a timeout's TimeoutError ends them in error) and
+    # tasks that ended cancelled.
+    hit = {e.get("task") for e in dicts(r.doc.get("events")) if e.get("kind") == "cancel"}
     lo, hi = None, None
     for task in r.index.tasks.values():
-        if task.get("request") != rid or task.get("state") != "cancelled":
+        if task.get("request") != rid:
+            continue
+        if task.get("state") != "cancelled" and task.get("id") not in hit:
             continue
         created, done = num(task.get("created")), num(task.get("done"))
         if created is None or done is None:
@@ -445,6 +481,11 @@ def long_waits(
     return out
 
 
+def _wait_end(wait: dict[str, Any], dur: float) -> float | None:
+    start = num(wait.get("start"))
+    return None if start is None else start + dur
+
+
 def _last_step_end(task: dict[str, Any]) -> float | None:
     last = None
     steps = task.get("steps")
@@ -479,6 +520,7 @@ def wait_site(wait: dict[str, Any], folder: StackFolder | None = None) -> str:
 
 def _delays_and_waits(r: Reading, add: Any) -> None:
     delays = sched_delays(r.doc, r)
+    delays.sort(key=lambda x: r.is_earlier(x[1]))  # the worst of the trigger's time first
     if delays and delays[0][0] >= SCHED_DELAY:
         ready, start, task = delays[0]
         add(
@@ -494,6 +536,7 @@ def _delays_and_waits(r: Reading, add: Any) -> None:
         )
     own = r.trigger.task.get("id") if r.trigger is not None and r.trigger.task else None
     waits = [w for w in long_waits(r.doc, r) if w[2].get("id") != own]  # own: the "why"
+    waits.sort(key=lambda w: r.is_earlier(_wait_end(w[1], w[0])))  # the trigger's time first
     if waits:
         dur, wait, task = waits[0]
         still = " (still waiting at capture)" if wait.get("ongoing") else ""

@@ -97,7 +97,13 @@ def _header(doc: dict[str, Any], r: Reading) -> str:
     dropped = int(num(win.get("dropped")) or 0)
     events = num(win.get("events"))
     found = findings(doc, r)
-    items = "".join(f"<li>{_esc(f)}</li>" for f in found) or '<li class="none">nothing</li>'
+    items = "".join(
+        f'<li class="earlier">{_esc(f)}</li>'
+        if f.startswith("earlier: ")
+        else f"<li>{_esc(f)}</li>"
+        for f in found
+    )
+    items = items or '<li class="none">nothing</li>'
     proc_bits = [f"service <b>{_esc(proc.get('service'))}</b>"] if proc.get("service") else []
     proc_bits += [
         f"pid <b>{_esc(proc.get('pid'))}</b>",
@@ -144,6 +150,7 @@ body{display:flex;flex-direction:column}
 details summary{cursor:pointer;color:#374151;margin-top:4px}
 #findings{margin:2px 0 0;padding-left:22px;max-height:7.5em;overflow:auto}
 #findings li.none{color:#6b7280;list-style:none}
+#findings li.earlier{color:#6b7280}
 #toolbar{display:flex;gap:6px;align-items:center;padding:4px 12px;background:#eef1f6;
  border-bottom:1px solid #d8dce3;flex-wrap:wrap}
 #toolbar button{font:inherit;padding:1px 8px;border:1px solid #b8bfcc;background:#fff;
@@ -161,7 +168,7 @@ details summary{cursor:pointer;color:#374151;margin-top:4px}
 #details h3{margin:0 0 6px;font-size:13px;overflow-wrap:anywhere}
 #details table{border-collapse:collapse;width:100%;table-layout:fixed}
 #details td{vertical-align:top;padding:1px 4px 1px 0;overflow-wrap:anywhere}
-#details td.k{color:#6b7280;width:10em}
+#details td.k{color:#6b7280;width:8em}
 #details pre{background:#f3f4f6;padding:6px;margin:4px 0;white-space:pre-wrap;
  overflow-wrap:anywhere;font-size:12px}
 #status{padding:2px 12px;background:#fff;border-top:1px solid #d8dce3;color:#4b5563;

@@ -124,8 +124,8 @@ def summarize(doc: dict[str, Any], *, request: Any = None, full: bool = False) -
     add("what stands out:")
     every = ranked(r)
     found = [f.text for f in every if not f.earlier]
-    if focus is not None and found and found[0] == sentence(focus):
-        found = found[1:]  # said on the "why" line already
+    if focus is not None:
+        found = [f for f in found if f != sentence(focus)]  # said on the "why" line already
     lines.extend(f"  - {f}" for f in found) if found else add("  nothing")
     before = [f.text for f in every if f.earlier]
     if before:

@@ -533,7 +533,12 @@ function hit(x, y) {
   return best;
 }
 function el(tag, textContent, cls) { var e = document.createElement(tag); if (textContent !== undefined) e.textContent = textContent; if (cls) e.className = cls; return e; }
-function kv(table, k, v) { if (v === null || v === undefined || v === '') return; var tr = el('tr'); tr.appendChild(el('td', k, 'k')); tr.appendChild(el('td', typeof v === 'object' ? JSON.stringify(v) : String(v))); table.appendChild(tr); }
+// Long names (dotted, paths) may break after '.', '/' or ':' (a <wbr>), never mid-word.
+function breakable(td, text) {
+  text.split(/(?<=[./:])/).forEach(function (part, i) { if (i) td.appendChild(document.createElement('wbr')); td.appendChild(document.createTextNode(part)); });
+  return td;
+}
+function kv(table, k, v) { if (v === null || v === undefined || v === '') return; var tr = el('tr'); tr.appendChild(el('td', k, 'k')); tr.appendChild(breakable(el('td'), typeof v === 'object' ? JSON.stringify(v) : String(v))); table.appendChild(tr); }
 function stackPre(title, frames) {
   var fr = arr(frames); if (!fr.length) return null;
   var div = el('div'); div.appendChild(el('div', title, 'muted'));

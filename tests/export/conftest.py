@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import subprocess
 import sys
@@ -76,25 +77,28 @@ def incidents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, di
                 ident = wait_until(find, timeout=20, interval=0.1)
                 docs[path] = c.get(f"/debug/flight/snapshots/{ident}?format=json").json()
 
-            c.get("/block", params={"ms": 300})
-            snapshot_for("/block")
-            c.get("/error")
-            snapshot_for("/error")
+            def visit(path: str, **params: Any) -> None:
+                time.sleep(0.5)  # a user's tour: each incident apart from the one before
+                c.get(path, params=params)
+                snapshot_for(path)
+
+            visit("/block", ms=300)
+            visit("/error")
             time.sleep(1.0)  # the incidents below come seconds after these
-            c.get("/incident/hog")
-            snapshot_for("/incident/hog")
-            c.get("/incident/timeouts")
-            snapshot_for("/incident/timeouts")
-            c.get("/incident/gc")
-            snapshot_for("/incident/gc")
-            holder = threading.Thread(target=lambda: httpx.get(base + "/incident/lock", timeout=30))
-            holder.start()
-            time.sleep(0.1)  # the holder takes the lock first
+            visit("/incident/hog")
+            visit("/incident/timeouts")
+            visit("/incident/gc")
+            time.sleep(0.5)
+            # The holder's request is sent (and so reaches the lock) before the waiter's.
+            holder = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            # Held 3 s: the waiter still waits when the holder's slow_request fires (1 s).
+            holder.request("GET", "/incident/lock?ms=3000")
+            time.sleep(0.3)
             c.get("/incident/lock-waiter")
-            holder.join()
+            holder.getresponse().read()
+            holder.close()
             snapshot_for("/incident/lock")
-            c.get("/incident/pool")
-            snapshot_for("/incident/pool")
+            visit("/incident/pool")
         yield docs
     finally:
         stop.set()

@@ -180,3 +180,23 @@ def test_summary_shows_trace_ids_service_and_incident() -> None:
     slowest = text.split("slowest requests")[1].split("\n\n")[0]
     assert f"trace {trace}" in slowest
     assert "fleet:" not in summarize(make_doc())  # nothing said without a fleet
+
+
+def test_an_exception_trigger_names_the_frame_that_raised() -> None:
+    doc = make_doc()
+    err = next(r for r in doc["requests"] if r["path"] == "/error")
+    doc["trigger"] = {"kind": "exception", "reason": "GET /error raised ValueError"}
+    doc["trigger"]["request"] = dict(err)
+    found = findings(doc)
+    assert (
+        found[0] == "GET /error 500 raised ValueError (the raising frame is not in this snapshot)"
+    )
+    # When the recorder keeps the traceback (``error_stack``, innermost last), its innermost
+    # frame of the app's is named, not the library's below it.
+    err["error_stack"] = [
+        {"function": "run_asgi", "file": f"{SITE}/uvicorn/protocols/http/h11_impl.py", "line": 404},
+        {"function": "error", "file": "/srv/app/app.py", "line": 62},
+        {"function": "loads", "file": f"{STDLIB}/json/__init__.py", "line": 346},
+    ]
+    doc["process"]["paths"] = {"stdlib": STDLIB, "site_packages": [SITE], "app": None}
+    assert findings(doc)[0] == "GET /error 500 raised ValueError at error (app.py:62)"

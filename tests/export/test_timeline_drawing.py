@@ -86,10 +86,8 @@ def test_hundreds_of_idle_tasks_do_not_take_the_screen(
     p = page_of(incidents["/incident/timeouts"])
     for view in _views(p):
         shown: list[str] = p.js("window.flightdeck.visibleRows()")
-        assert len(shown) <= 20, (view, shown)
-        assert any(r.startswith("↳") or "200 × _fetch_with_timeout" in r for r in shown) or any(
-            "200 × _fetch_with_timeout" in r for r in shown
-        ), shown
+        assert len(shown) <= 40, (view, shown)  # one row a task: over 400
+        assert any(r.startswith("200 × _fetch_with_timeout") for r in shown), shown
         assert any(r.startswith("flightdeck's own work") for r in shown), shown
 
 
@@ -132,12 +130,7 @@ def test_the_cause_is_readable_without_a_click(
             if d["label"] and d["row"].startswith("event loop") and d["kind"] in ("step", "block")
         ]
         assert labels, route
-        whole = [lab for lab in labels if any(c in lab for c in cause)]
-        assert whole, (route, labels)
-        for lab in labels:
-            # Each long step's label starts with what it ran, cut only by its width.
-            if lab.endswith("…") and len(lab) <= 6:
-                assert any(c.startswith(lab[:-1]) for c in cause) or "·" in lab, (route, lab)
+        assert any(any(c in lab for c in cause) for lab in labels), (route, labels)
 
 
 def test_details_say_kind_once_and_wrap_at_words(

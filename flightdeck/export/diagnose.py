@@ -305,13 +305,10 @@ def grouped(hogs: list[Hog]) -> list[HogGroup]:
 
 #: Who a task works for: the app ("user"), the server's own machinery, or flightdeck.
 USER, SERVER, FLIGHTDECK = "user", "server", "flightdeck"
-FLIGHTDECK_CODE = (
-    "/flightdeck/asgi/",
-    "/flightdeck/snapshot/",
-    "/flightdeck/export/",
-    "/flightdeck/instrument/",
-    "/flightdeck/core/",
-)
+#: Where flightdeck's own work runs (its endpoint, captures, exports) ...
+FLIGHTDECK_OWN = ("/flightdeck/asgi/", "/flightdeck/snapshot/", "/flightdeck/export/")
+#: ... and every frame of flightdeck's, with the hooks it puts into the app's own calls.
+FLIGHTDECK_CODE = (*FLIGHTDECK_OWN, "/flightdeck/instrument/", "/flightdeck/core/")
 
 
 def _frames_of(task: dict[str, Any]) -> list[dict[str, Any]]:
@@ -353,7 +350,7 @@ def owners(doc: dict[str, Any], index: LoopIndex) -> dict[Any, str]:
             frames = _frames_of(task)
             files = [text(f.get("file")).replace("\\", "/") for f in frames]
             parent = index.tasks.get(task.get("parent"))
-            if any(any(m in f for m in FLIGHTDECK_CODE[:3]) for f in files):
+            if any(any(m in f for m in FLIGHTDECK_OWN) for f in files):
                 who = FLIGHTDECK
             elif parent is not None and depth < 50:
                 who = own(parent, depth + 1)

@@ -21,6 +21,7 @@ from .common import (
 from .diagnose import (
     FLIGHTDECK,
     FLIGHTDECK_CODE,
+    FLIGHTDECK_OWN,
     SERVER,
     SLOW_CALLBACK,
     USER,
@@ -116,7 +117,7 @@ class Reading:
             # No task was running. flightdeck's frames, or soon after a trigger: flightdeck
             # capturing that snapshot (the watchdog names no frame of flightdeck's, so its
             # sample shows an outer one); else the loop's own I/O and callbacks.
-            if any(any(m in f for m in FLIGHTDECK_CODE[:3]) for f in files):
+            if any(any(m in f for m in FLIGHTDECK_OWN) for f in files):
                 return FLIGHTDECK
             if any(m <= h.start <= m + CAPTURE_AFTER for m in self.marks):
                 return FLIGHTDECK

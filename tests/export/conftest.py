@@ -60,6 +60,7 @@ def incidents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, di
                 stop.wait(0.15)
 
     docs: dict[str, dict[str, Any]] = {}
+    browser: threading.Thread | None = None
     try:
         wait_until(up, timeout=30, interval=0.1)
         browser = threading.Thread(target=browse, daemon=True)
@@ -99,12 +100,16 @@ def incidents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, di
             holder.close()
             snapshot_for("/incident/lock")
             visit("/incident/pool")
-        yield docs
     finally:
+        # The documents are plain data: the server and the browsing stop before any test
+        # runs (a session's later tests must not share the machine with them).
         stop.set()
+        if browser is not None:
+            browser.join(timeout=15)
         proc.terminate()
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+    yield docs

@@ -39,6 +39,27 @@ class RequestState:
         self.close_code: Any = None  # WebSocket: the first close code sent or received
 
 
+#: The range of the integers every snapshot format holds: orjson refuses any past 64 bits,
+#: and the native core's window keeps -2**63 for None.
+INT64_MIN, INT64_MAX = -((1 << 63) - 1), (1 << 63) - 1
+
+
+def clamp64(value: int, errors: ErrorLog | None = None) -> int:
+    """``value`` if it fits in 64 bits, else the nearest bound (counted in ``errors``).
+
+    A broken app may send any int as a status or close code; recorded as is, it would make
+    every capture of the window fail. ``_casgi.c`` clamps and counts alike.
+    """
+    if INT64_MIN <= value <= INT64_MAX:
+        return value
+    if errors is not None:
+        errors.once(
+            "status_clamped",
+            "flightdeck: the app sent a status or close code past 64 bits; recorded clamped",
+        )
+    return INT64_MAX if value > 0 else INT64_MIN
+
+
 #: At most this many triggers join one snapshot's ``trigger.also``; more are suppressed.
 MAX_ALSO = 32
 
@@ -213,7 +234,7 @@ class CaptureEngine:
             start[ev.REQ_START_SCOPE_TYPE],
             None,
             None,
-            state.status,
+            clamp64(state.status) if type(state.status) is int else None,
             route_of(scope),
         )
         for trig in self.inflight_triggers:

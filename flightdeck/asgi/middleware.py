@@ -28,7 +28,15 @@ from ..snapshot.document import Snapshot
 from ..snapshot.recorder import FlightRecorder
 from ..snapshot.store import SnapshotStore
 from .accel import casgi, native_asgi
-from .capture import CaptureEngine, RequestState, client_of, route_of
+from .capture import (
+    INT64_MAX,
+    INT64_MIN,
+    CaptureEngine,
+    RequestState,
+    clamp64,
+    client_of,
+    route_of,
+)
 from .config import Config
 from .fleet import Fleet, resolve_service
 from .locate import locate
@@ -282,7 +290,10 @@ class FlightDeck(_Base):
             error = type(exc).__qualname__
             raise
         finally:
-            current_request.reset(token)
+            try:
+                current_request.reset(token)
+            except ValueError:
+                pass  # closed from another context (collected in a cycle): the id goes with it
             self._finish(rid, scope, state, t0, kind, error)
 
     if casgi is None:
@@ -380,8 +391,15 @@ class FlightDeck(_Base):
             status = state.status
             if type(status) is not int:
                 status = None  # not an HTTP status: the server refuses it
+            elif not INT64_MIN <= status <= INT64_MAX:
+                status = clamp64(status, self.errors)
             if error is not None and status is None and kind == "http":
                 status = 500
+            close = state.close_code
+            if type(close) is not int:
+                close = None
+            elif not INT64_MIN <= close <= INT64_MAX:
+                close = clamp64(close, self.errors)
             self.recorder.emit(
                 (
                     ev.REQ_END,
@@ -393,7 +411,7 @@ class FlightDeck(_Base):
                     state.disconnected,
                     error,
                     state.body_end,
-                    state.close_code if type(state.close_code) is int else None,
+                    close,
                 )
             )
             self._inflight.pop(rid, None)

@@ -164,13 +164,15 @@ typedef struct {
     PyObject *running_loop;  /* 3.11: asyncio.get_running_loop (C) */
     PyObject *contextvar;    /* instrument.context.current_request */
     PyObject *prefix;        /* endpoint path or NULL */
-    long long slow_floor_ns;
+    long long slow_floor_ns;  /* the pre-check, as the triggers state it (capture.py) */
+    long long status_floor;
     long long rid;
     long long errors;
     long long requests;
     char fast;               /* take the native path (enabled and started) */
     char triggers;           /* any on_request trigger */
-    char builtin;            /* only the built-in request triggers */
+    char precheck;           /* every request trigger states its RequestChecks */
+    char error_fires;        /* an exception escaping the app can fire one */
     char headers;            /* capture_headers configured: REQ_START from Python */
 } Middleware;
 
@@ -223,16 +225,17 @@ static void Middleware_dealloc(Middleware *m) {
 static PyObject *Middleware_setup(Middleware *m, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"app", "recorder", "report", "inflight", "done", "py_call", "start_event", "query",
                              "trace_id", "current_task", "contextvar", "prefix", "slow_floor_ns",
-                             "triggers", "builtin", "headers", "current_tasks",
-                             "running_loop", NULL};
+                             "status_floor", "triggers", "precheck", "error_fires", "headers",
+                             "current_tasks", "running_loop", NULL};
     PyObject *app, *recorder, *report, *inflight, *done, *py_call, *start_event, *query, *trace_id, *ct, *cv,
         *prefix, *tasks = Py_None, *running = Py_None;
-    long long floor;
-    int triggers, builtin, headers;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO!OOOOOOOOLppp|OO", kwlist, &app, &recorder, &report,
-                                     &PyDict_Type, &inflight, &done, &py_call, &start_event,
-                                     &query, &trace_id, &ct, &cv, &prefix, &floor, &triggers,
-                                     &builtin, &headers, &tasks, &running))
+    long long floor, status_floor;
+    int triggers, precheck, error_fires, headers;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO!OOOOOOOOLLpppp|OO", kwlist, &app, &recorder,
+                                     &report, &PyDict_Type, &inflight, &done, &py_call,
+                                     &start_event, &query, &trace_id, &ct, &cv, &prefix, &floor,
+                                     &status_floor, &triggers, &precheck, &error_fires, &headers,
+                                     &tasks, &running))
         return NULL;
     if (prefix != Py_None && !PyUnicode_CheckExact(prefix)) {
         PyErr_SetString(PyExc_TypeError, "prefix must be a str or None");
@@ -261,8 +264,10 @@ static PyObject *Middleware_setup(Middleware *m, PyObject *args, PyObject *kw) {
     Py_XSETREF(m->contextvar, Py_NewRef(cv));
     Py_XSETREF(m->prefix, prefix == Py_None ? NULL : Py_NewRef(prefix));
     m->slow_floor_ns = floor;
+    m->status_floor = status_floor;
     m->triggers = (char)triggers;
-    m->builtin = (char)builtin;
+    m->precheck = (char)precheck;
+    m->error_fires = (char)error_fires;
     m->headers = (char)headers;
     Py_RETURN_NONE;
 }
@@ -763,7 +768,7 @@ static void Call_finish(Call *c, PyObject *error) {
     if (PyDict_DelItem(m->inflight, c->rid) < 0) PyErr_Clear();
     /* The integer pre-check: nothing can fire in the common case. */
     if (m->triggers &&
-        !(m->builtin && error == NULL && code < 500 &&
+        !(m->precheck && (error == NULL || !m->error_fires) && code < m->status_floor &&
           (st->fired || !is_http || t1 - c->t0 <= m->slow_floor_ns))) {
         PyObject *t0o = PyLong_FromLongLong(c->t0);
         if (t0o == NULL) {

@@ -22,7 +22,14 @@ from ..snapshot.recorder import FlightRecorder
 from ..snapshot.store import SnapshotStore
 from .config import Config
 from .redact import MAX_METHOD, MAX_PATH
-from .triggers import Gate, RateLimiter, RequestInfo, ServerError, SlowRequest, Trigger
+from .triggers import (
+    DEFAULT_BLOCK_THRESHOLD,
+    Gate,
+    RateLimiter,
+    RequestInfo,
+    ServerError,
+    Trigger,
+)
 
 
 class RequestState:
@@ -96,17 +103,21 @@ class CaptureEngine:
         self.block_triggers = [t for t in triggers if _overrides(t, "on_block")]
         self.poll_triggers = [t for t in triggers if _overrides(t, "poll")]
         self.request_triggers = [t for t in triggers if _overrides(t, "on_request")]
-        # Pre-check for the common case: only built-in request triggers, whose firing can be
-        # ruled out from the status, the error and the duration against the lowest threshold.
-        self.builtin_request_triggers = all(
-            type(t) in (SlowRequest, ServerError) for t in self.request_triggers
-        )
-        floors = [
-            min([t.threshold, *(v for v in t.routes.values() if v is not None)])
-            for t in self.request_triggers
-            if isinstance(t, SlowRequest)
-        ]
-        #: No finished request faster than this (ns) can fire a built-in trigger.
+        # The request path's pre-check: what the triggers say they need to see of finished
+        # requests (RequestChecks), combined. When every request trigger states it, a
+        # request that raised nothing (or that no trigger checks errors of), with a status
+        # under status_floor and no slower than slow_floor_ns, is ruled out with integers.
+        checks = [t.request_checks() for t in self.request_triggers]
+        stated = [c for c in checks if c is not None]
+        #: Every request trigger states its RequestChecks: the pre-check applies.
+        self.request_precheck = len(stated) == len(checks)
+        #: An exception escaping the app can fire a trigger.
+        self.error_fires = any(c.errors for c in stated)
+        statuses = [c.status_at_least for c in stated if c.status_at_least is not None]
+        #: No finished request with a status under this can fire (by its status).
+        self.status_floor = min(statuses) if statuses else 1 << 62
+        floors = [c.slower_than for c in stated if c.slower_than is not None]
+        #: No finished request faster than this (ns) can fire (by its duration).
         self.slow_floor_ns = int(min(floors) * 1e9) if floors else 1 << 62
         #: Requests in flight, shared with the watchdog (which labels blocks with them):
         #: rid -> (REQ_START event, scope, RequestState).
@@ -160,7 +171,7 @@ class CaptureEngine:
         try:
             info = self.info(rid, scope, state, t0, kind, error, t1, status, route)
             for trig in self.request_triggers:
-                if state.fired and isinstance(trig, SlowRequest):
+                if state.fired and _overrides(trig, "on_inflight"):
                     continue  # fired while in flight; not again for the same request
                 reason = trig.on_request(info)
                 if reason:
@@ -393,6 +404,17 @@ class CaptureEngine:
                 "queued": self.queued is not None,
             },
         }
+
+
+def watchdog_threshold(config: Config) -> float:
+    """The loop watchdog's threshold: the smallest block any ``on_block`` trigger needs.
+
+    With no such trigger, the ``loop_blocked`` option's (blocks are recorded all the same).
+    """
+    needs = [t.block_threshold() for t in config.triggers if _overrides(t, "on_block")]
+    if needs:
+        return min(needs)
+    return config.loop_blocked if config.loop_blocked is not None else DEFAULT_BLOCK_THRESHOLD
 
 
 def _overrides(trig: Trigger, hook: str) -> bool:

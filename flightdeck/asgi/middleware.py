@@ -36,6 +36,7 @@ from .capture import (
     clamp64,
     client_of,
     route_of,
+    watchdog_threshold,
 )
 from .config import Config
 from .fleet import Fleet, resolve_service
@@ -120,13 +121,11 @@ class FlightDeck(_Base):
         self.app = app
         self.config = config = Config.from_env(**options)
         self.enabled = config.enabled
-        # The watchdog's threshold: the smallest block any trigger cares about.
-        watch = config.loop_blocked
         self.recorder = FlightRecorder(
             config.window,
             config.max_bytes,
             instrument_loop=config.instrument_loop,
-            loop_blocked=watch if watch is not None else 0.1,
+            loop_blocked=watchdog_threshold(config),  # what the triggers need
         )
         self.store = SnapshotStore(max_snapshots=config.max_snapshots, directory=config.directory)
         self.engine = engine = CaptureEngine(config, self.recorder, self.store)
@@ -166,8 +165,10 @@ class FlightDeck(_Base):
                 contextvar=current_request,
                 prefix=endpoint if self._endpoint_app is not None else None,
                 slow_floor_ns=engine.slow_floor_ns,
+                status_floor=engine.status_floor,
                 triggers=bool(engine.request_triggers),
-                builtin=engine.builtin_request_triggers,
+                precheck=engine.request_precheck,
+                error_fires=engine.error_fires,
                 headers=bool(self._capture_headers),
                 **_current_task_lookup(),
             )
@@ -419,9 +420,9 @@ class FlightDeck(_Base):
             if not engine.request_triggers:
                 return
             if (
-                engine.builtin_request_triggers
-                and error is None
-                and (type(status) is not int or status < 500)
+                engine.request_precheck
+                and (error is None or not engine.error_fires)
+                and (type(status) is not int or status < engine.status_floor)
                 and (state.fired or kind != "http" or t1 - t0 <= engine.slow_floor_ns)
             ):
                 return  # nothing can fire: the common case, decided without RequestInfo

@@ -871,7 +871,8 @@ static PyObject *Call_get_cr_await(Call *c, void *x) {
  * everything the finish needs still in place (as it closes a dropped coroutine). The token
  * belongs to another context now, so it is only forgotten. */
 static void Call_finalize(Call *c) {
-    if (c->finished || c->mw == NULL) return;
+    /* A FlightDeck cleared as garbage (its recorder gone) has nothing left to record into. */
+    if (c->finished || c->mw == NULL || c->mw->recorder == NULL) return;
     PyObject *exc = PyErr_GetRaisedException_compat();
     Py_CLEAR(c->token);
     PyObject *name = PyUnicode_FromString("GeneratorExit");

@@ -119,6 +119,11 @@ class CaptureEngine:
         floors = [c.slower_than for c in stated if c.slower_than is not None]
         #: No finished request faster than this (ns) can fire (by its duration).
         self.slow_floor_ns = int(min(floors) * 1e9) if floors else 1 << 62
+        #: How often requests in flight and polled triggers are checked (seconds): a
+        #: quarter of the shortest duration an in-flight trigger states, within 10-250 ms.
+        inflight = [t.request_checks() for t in self.inflight_triggers]
+        limits = [c.slower_than for c in inflight if c is not None and c.slower_than is not None]
+        self.tick_interval = min(0.25, max(min(limits) / 4, 0.01)) if limits else 0.25
         #: Requests in flight, shared with the watchdog (which labels blocks with them):
         #: rid -> (REQ_START event, scope, RequestState).
         self.inflight = recorder.live_requests
@@ -139,7 +144,7 @@ class CaptureEngine:
         if self.on_block not in self.recorder.block_listeners:
             self.recorder.block_listeners.append(self.on_block)
         self._ticks += 1
-        loop.call_later(self.config.tick_interval, self._tick, self._ticks)
+        loop.call_later(self.tick_interval, self._tick, self._ticks)
 
     def stop(self) -> None:
         """Stop the periodic checks (the pending one ends them) and the block listener.
@@ -232,7 +237,7 @@ class CaptureEngine:
             self.errors("tick", exc)
         finally:
             try:
-                loop.call_later(self.config.tick_interval, self._tick, ticks)
+                loop.call_later(self.tick_interval, self._tick, ticks)
             except RuntimeError:
                 pass  # loop closed
 

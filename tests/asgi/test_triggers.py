@@ -225,6 +225,22 @@ async def test_a_trigger_sees_the_finished_requests_it_states(
     assert mine.seen == ([404, 503] if stated else [200, 302, 404, 200, 503])
 
 
+def test_requests_in_flight_are_checked_as_often_as_the_triggers_need(
+    decks: list[Any],
+) -> None:
+    # A quarter of the shortest in-flight threshold the triggers state, within 10-250 ms.
+    def tick(**options: Any) -> float:
+        deck = FlightDeck(lambda *a: None, endpoint=None, **options)
+        decks.append(deck)
+        return deck.engine.tick_interval
+
+    assert tick(triggers=[SlowRequest(0.2)]) == 0.05
+    assert tick(triggers=[SlowRequest(2.0, routes={"/fast": 0.08})]) == 0.02
+    assert tick(triggers=[SlowRequest(0.001)]) == 0.01
+    assert tick(slow_request=0.1) == 0.025
+    assert tick(triggers=[ServerError()]) == 0.25
+
+
 def test_the_built_in_triggers_state_their_checks() -> None:
     assert SlowRequest(2.0, routes={"/a": 0.5, "/b": None}).request_checks() == RequestChecks(
         slower_than=0.5

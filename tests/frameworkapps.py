@@ -1,7 +1,8 @@
 """One small app per ASGI framework, wrapped by ``FlightDeck``, for the server matrix.
 
 ``FD_FRAMEWORK`` picks the framework (``raw``, ``starlette``, ``fastapi``, ``litestar``,
-``quart``, ``django``); ``app`` is it, wrapped. Every app answers the same routes:
+``quart``, ``django``); ``app`` is it, wrapped (see :func:`wrapped`). Every app answers
+the same routes:
 ``/ok`` (200), ``/stream`` (five chunks, each sent on its own), ``/fail`` (a 500 answer,
 nothing raised: the server's log stays clean) and ``/slow`` (``FD_SLOW_MS``, default 300,
 of sleep). Its lifespan (where the framework has one) appends ``startup`` and ``shutdown``
@@ -232,4 +233,15 @@ FRAMEWORKS: dict[str, Callable[[], Any]] = {
     "django": django,
 }
 
-app = FlightDeck(FRAMEWORKS[os.environ.get("FD_FRAMEWORK", "raw")]())
+
+def wrapped() -> Any:
+    """The app: ``FlightDeck(inner)``, or with ``FD_ADD_MIDDLEWARE=1`` Starlette's (or
+    FastAPI's) own ``add_middleware(FlightDeck)``."""
+    inner = FRAMEWORKS[os.environ.get("FD_FRAMEWORK", "raw")]()
+    if os.environ.get("FD_ADD_MIDDLEWARE") == "1":
+        inner.add_middleware(FlightDeck)
+        return inner
+    return FlightDeck(inner)
+
+
+app = wrapped()

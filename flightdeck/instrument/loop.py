@@ -9,8 +9,6 @@ with the parent task and the request; completion is noticed after the step that 
 the task, so no done-callback is added. Coroutines are never wrapped: ``get_coro()`` and
 ``repr(task)`` stay as they were. Nothing here keeps a task, frame or future alive: the
 window holds ids, names and ``(function, file, line)`` tuples only.
-
-Over the layout's 400-line guideline for the reason given on ``LoopInstrumentation``.
 """
 
 from __future__ import annotations
@@ -167,10 +165,9 @@ def _coro_name(coro: Any) -> str:
 class LoopInstrumentation:
     """Hooks one event loop for one recorder. ``install()``/``uninstall()`` are idempotent.
 
-    Longer than the layout's 250-line guideline on purpose: the pure-Python hook is built as
-    closures over locals in ``_install_class`` (one frame per task step, no attribute
-    lookups), and the native hook is wired from the same state; apart, every step would pay
-    for the lookups again.
+    The pure-Python hook is built as closures over locals in ``_install_class`` (one frame
+    per task step, no attribute lookups), and the native hook is wired from the same state;
+    apart, every step would pay for the lookups again.
     """
 
     def __init__(self, sink: Sink, loop: asyncio.AbstractEventLoop) -> None:

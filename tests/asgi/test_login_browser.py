@@ -1,4 +1,4 @@
-"""The token login in real headless Chromium (issue 12 item 15): a browser, which cannot send
+"""The token login in real headless Chromium: a browser, which cannot send
 a bearer header, logs in with the form and then uses the list, its links and its button."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The CLI's limits (issue 12 items 2 and 12): the token never crosses origins, a total
-deadline, validated arguments, a cap on decompressed size. Each runs the real command."""
+"""The CLI's limits: the token never crosses origins, a total deadline, validated arguments,
+a cap on decompressed size. Each runs the real command."""
 
 from __future__ import annotations
 

@@ -17,6 +17,8 @@ from setuptools.command.build_ext import build_ext
 
 
 def _no_extensions() -> bool:
+    # The rule of flightdeck.core.cores.extensions_disabled, copied: the build must not
+    # import the package. tests/core/test_cores.py checks that the two agree.
     value = os.environ.get("FLIGHTDECK_NO_EXTENSIONS", "")
     return value != "" and value != "0"
 

@@ -398,35 +398,36 @@ async def test_the_request_id_lives_in_the_context_that_runs_the_request(
 
 async def test_requests_dropped_inside_reference_cycles_end(path: str, decks: list[Any]) -> None:
     # A request that started, then was dropped while its awaitable is part of a reference
-    # cycle (here: what the app awaits holds the request's awaitable, as an abandoned task's
-    # futures hold the task) is ended by the cycle collector, as it closes a coroutine:
-    # nothing stays "in flight".
+    # cycle (here: the app's awaitable holds the request's, as an abandoned task's futures
+    # hold the task) is ended by the cycle collector, as it closes a coroutine: nothing
+    # stays "in flight". No coroutine finalizer breaks this cycle first.
     import contextvars
 
-    class Forever:
+    class Pending:
+        """What the app returns: awaits forever, and holds what awaits it."""
+
         held: Any = None
 
         def __await__(self) -> Any:
             while True:
                 yield
 
-    waits: list[Forever] = []
+    made: list[Pending] = []
 
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        await waits.pop()
+    def app(scope: Any, receive: Any, send: Any) -> Pending:
+        made.append(Pending())
+        return made[-1]
 
     deck = await started(make(app, decks))
     gc.collect()
     gc.disable()  # the collection below is the one that finds the cycles
     try:
         for _ in range(200):
-            waits.append(Forever())
-            forever = waits[-1]
             awaitable = deck(http_scope("/cycle"), _receive_nothing, _ignore)
-            forever.held = awaitable  # the cycle: awaitable -> app -> forever -> awaitable
             # One step, in a context of its own (as a task would), leaves the app waiting.
             assert contextvars.copy_context().run(awaitable.send, None) is None
-            del awaitable, forever
+            made.pop().held = awaitable  # the cycle: awaitable -> app's -> awaitable
+            del awaitable
         assert len(deck.recorder.live_requests) == 200
         gc.collect()
     finally:

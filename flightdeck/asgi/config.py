@@ -63,6 +63,7 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "enabled": ("FLIGHTDECK_ENABLED", lambda n: env_flag(n, True)),
     "allowed_hosts": ("FLIGHTDECK_ALLOWED_HOSTS", env_list),
     "fleet": ("FLIGHTDECK_FLEET", env),
+    "fleet_secret": ("FLIGHTDECK_FLEET_SECRET", env),
 }
 
 
@@ -100,6 +101,7 @@ class Config:
         fleet_capture: str = "trace",
         fleet_namespace: str = "flightdeck",
         fleet_ttl: float = 24 * 3600.0,
+        fleet_secret: str | list[str] | None = None,
     ) -> None:
         self.window = check_seconds("window", window)
         self.max_bytes = check_positive_int("max_bytes", max_bytes)
@@ -107,6 +109,8 @@ class Config:
         self.server_errors = check_bool("server_errors", server_errors)
         self.loop_blocked = check_optional_seconds("loop_blocked", loop_blocked)
         self.cooldown = check_seconds("cooldown", cooldown)
+        if self.cooldown < 0.001:  # the fleet's cooldown is kept in whole milliseconds
+            raise ValueError(f"cooldown must be at least 0.001 seconds, not {cooldown!r}")
         self.directory = directory
         self.max_snapshots = check_positive_int("max_snapshots", max_snapshots)
         self.endpoint = check_endpoint(endpoint)
@@ -130,7 +134,7 @@ class Config:
             raise ValueError("service must be a non-empty string or None")
         #: None: from FLIGHTDECK_SERVICE, OTEL_SERVICE_NAME or the app (``resolve_service``).
         self.service = service
-        self.fleet = fleet_options(fleet, fleet_capture, fleet_namespace, fleet_ttl)
+        self.fleet = fleet_options(fleet, fleet_capture, fleet_namespace, fleet_ttl, fleet_secret)
 
     @classmethod
     def from_env(cls, **options: Any) -> Config:

@@ -32,7 +32,7 @@ from ..core.config import (
 )
 from .fleet.options import fleet_options
 from .redact import DEFAULT as DEFAULT_REDACTOR
-from .redact import Redactor
+from .redact import Redactor, query_values_from_env
 from .triggers import LoopBlocked, ServerError, SlowRequest, Trigger
 
 #: Global rate limit across all triggers: at most this many snapshots per period.
@@ -64,6 +64,7 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "allowed_hosts": ("FLIGHTDECK_ALLOWED_HOSTS", env_list),
     "fleet": ("FLIGHTDECK_FLEET", env),
     "fleet_secret": ("FLIGHTDECK_FLEET_SECRET", env),
+    "query_values": ("FLIGHTDECK_QUERY_VALUES", query_values_from_env),
 }
 
 
@@ -96,6 +97,7 @@ class Config:
         enabled: bool = True,
         allowed_hosts: Iterable[str] | None = None,
         redact_keys: Iterable[str] = (),
+        query_values: str | Iterable[str] = "all",
         service: str | None = None,
         fleet: str | None = None,
         fleet_capture: str = "trace",
@@ -116,7 +118,8 @@ class Config:
         self.endpoint = check_endpoint(endpoint)
         self.token = check_token(token)
         self.allowed_hosts = check_hosts(allowed_hosts)
-        self.redactor = Redactor(redact_keys) if redact_keys else DEFAULT_REDACTOR
+        custom = redact_keys or query_values != "all"
+        self.redactor = Redactor(redact_keys, query_values) if custom else DEFAULT_REDACTOR
         self.instrument_loop = check_bool("instrument_loop", bool(instrument_loop))
         self.capture_headers = _check_header_names(capture_headers)
         if isinstance(capture_delay, bool) or not isinstance(capture_delay, (int, float)):

@@ -196,9 +196,13 @@ def _shape_sub(text: str) -> str:
 
     def judge(match: re.Match[str]) -> bool:
         run = match[0].rstrip("=")
+        hex_run = _HEX.search(run)
+        # A digest mixes digits and letters; "aaaa..." or "0000..." is not one.
+        if hex_run is not None and not (hex_run[0].isdigit() or hex_run[0].isalpha()):
+            return True
         if all(c in "0123456789abcdefABCDEF-" for c in run):
-            return _HEX.search(run) is not None
-        return _HEX.search(run) is not None or _random_looking(run)
+            return False
+        return _random_looking(run)
 
     spans = [m.span() for m in _RUN.finditer(spared) if judge(m)]
     for start, end in reversed(spans):

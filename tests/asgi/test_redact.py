@@ -415,6 +415,8 @@ ORDINARY = [
     "2026-12-03T20:51:04.123456Z",
     "main.4f3a2b1c.chunk.js",
     "12345678901234567890123",
+    "a" * 100,  # a repeated character is no digest
+    "0" * 64,
     "hello",
 ]
 

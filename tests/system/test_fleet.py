@@ -330,6 +330,32 @@ def test_forged_and_replayed_incidents_capture_nothing(
     listener.close()
 
 
+def test_secret_rotation_new_signs_old_still_verifies(
+    server: Callable[..., ServerProcess], redis_server: RedisServer
+) -> None:
+    """Mid-rotation: A has "new,old" (signs with new), B still only "old". A follows B's
+    incidents; B ignores A's, counted, until it gets the new secret too."""
+    new = "fleet-test-secret-new-456"
+    fleet = _start_fleet(
+        server,
+        redis_server,
+        {
+            "svc-a": {"fleet_secret": f"{new},{SECRET}", "fleet_capture": "all"},
+            "svc-b": {"fleet_capture": "all"},
+        },
+    )
+    a, b = fleet["svc-a"], fleet["svc-b"]
+    assert http_get(b.url + "/fail")[0] == 500
+    wait_until(lambda: _fleet(a).get("followed", 0) == 1, timeout=DEADLINE)
+    assert http_get(a.url + "/error")[0] == 500
+    wait_until(lambda: _fleet(b).get("bad_signature", 0) >= 1, timeout=DEADLINE)
+    assert _fleet(b).get("followed", 0) == 0
+    assert [s["trigger"]["kind"] for s in _get(b, "/snapshots")] == ["server_error"]
+    # A lists both incidents; B only its own (A's record is signed with a secret B lacks).
+    wait_until(lambda: len(_get(a, "/incidents")) == 2, timeout=DEADLINE)
+    assert [i["origin"]["service"] for i in _get(b, "/incidents")] == ["svc-b"]
+
+
 def _high_water_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):

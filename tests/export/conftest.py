@@ -14,8 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parents[1]))
 from support import ROOT, free_port, wait_until
 
 #: A new connection per request: uvicorn closes idle keep-alive connections after 5 s.

@@ -5,15 +5,13 @@ cause readable without a click, text wrapped at word boundaries."""
 from __future__ import annotations
 
 import itertools
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_html import Page, browser_only
+from browser import browser_only
+from test_html import Page
 from test_html import browser as browser  # the fixture
 
 pytestmark = [browser_only, pytest.mark.browser]

@@ -34,6 +34,7 @@ from .fleet.options import fleet_options
 from .redact import DEFAULT as DEFAULT_REDACTOR
 from .redact import Redactor
 from .triggers import LoopBlocked, ServerError, SlowRequest, Trigger
+from .views import DEFAULT_DEADLINE, DEFAULT_MEMORY
 
 #: Global rate limit across all triggers: at most this many snapshots per period.
 RATE_COUNT = 6
@@ -63,6 +64,11 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "enabled": ("FLIGHTDECK_ENABLED", lambda n: env_flag(n, True)),
     "allowed_hosts": ("FLIGHTDECK_ALLOWED_HOSTS", env_list),
     "fleet": ("FLIGHTDECK_FLEET", env),
+    "convert_deadline": (
+        "FLIGHTDECK_CONVERT_DEADLINE",
+        lambda n: env_seconds(n, DEFAULT_DEADLINE, can_disable=False),
+    ),
+    "convert_memory": ("FLIGHTDECK_CONVERT_MEMORY", lambda n: env_bytes(n, DEFAULT_MEMORY)),
 }
 
 
@@ -100,6 +106,8 @@ class Config:
         fleet_capture: str = "trace",
         fleet_namespace: str = "flightdeck",
         fleet_ttl: float = 24 * 3600.0,
+        convert_deadline: float = DEFAULT_DEADLINE,
+        convert_memory: int = DEFAULT_MEMORY,
     ) -> None:
         self.window = check_seconds("window", window)
         self.max_bytes = check_positive_int("max_bytes", max_bytes)
@@ -131,6 +139,10 @@ class Config:
         #: None: from FLIGHTDECK_SERVICE, OTEL_SERVICE_NAME or the app (``resolve_service``).
         self.service = service
         self.fleet = fleet_options(fleet, fleet_capture, fleet_namespace, fleet_ttl)
+        #: The endpoint's converter child: killed past this many seconds, its address
+        #: space capped at this many bytes.
+        self.convert_deadline = check_seconds("convert_deadline", convert_deadline)
+        self.convert_memory = check_positive_int("convert_memory", convert_memory)
 
     @classmethod
     def from_env(cls, **options: Any) -> Config:

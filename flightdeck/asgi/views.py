@@ -1,0 +1,480 @@
+"""Views of stored snapshots for the endpoint: converted in a child process, kept beside them.
+
+The app's process never decodes a snapshot's events: a view (JSON, HTML, Perfetto, the
+summary) is made by ``python -m flightdeck convert`` on the same interpreter, fed the stored
+bytes on its stdin, its stdout streamed to the client as it comes, in worker threads. At
+most one such child runs per process (:data:`_SLOT`); its address space is capped and it is
+killed past a deadline. A finished view is kept (:class:`ViewCache`): a file beside the
+snapshot in a snapshot directory, or a bounded cache in memory, so a second view of it
+starts no child.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO, Protocol
+
+import anyio.to_thread
+
+CHUNK = 1 << 16
+#: The in-memory view cache (a store without a directory) holds at most this many bytes.
+MEMORY_CACHE_BYTES = 64 << 20
+DEFAULT_DEADLINE = 120.0
+DEFAULT_MEMORY = 4 << 30
+#: One converter child per process at a time, whatever the number of endpoints.
+_SLOT = threading.Lock()
+_VIEW_SUFFIX = ".view"
+_TMP_PREFIX = ".flightdeck-tmp-view-"  # removed by the directory's stale-file sweep if left
+_OPEN_READ = (
+    os.O_RDONLY
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+_OPEN_WRITE = (
+    os.O_WRONLY
+    | os.O_CREAT
+    | os.O_EXCL
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+
+
+class ViewFailed(Exception):
+    """The converter child failed or overran its deadline; ``timed_out`` tells which."""
+
+    def __init__(self, message: str, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+
+
+@dataclass
+class ViewStats:
+    """Counters shown under ``views`` in ``/debug/flight/status``."""
+
+    children: int = 0  #: converter children started
+    cached: int = 0  #: views served from the cache, no child
+    busy: int = 0  #: requests refused with 429 while a child ran
+    failed: int = 0  #: children that exited with an error (before or during the stream)
+    killed: int = 0  #: children killed at the deadline
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count(self, name: str) -> None:
+        with self.lock:
+            setattr(self, name, getattr(self, name) + 1)
+
+    def as_dict(self) -> dict[str, int]:
+        with self.lock:
+            return {
+                "children": self.children,
+                "cached": self.cached,
+                "busy": self.busy,
+                "failed": self.failed,
+                "killed": self.killed,
+            }
+
+
+# -- the cache ------------------------------------------------------------------------------
+class _Sink(Protocol):
+    def write(self, chunk: bytes) -> None: ...
+    def commit(self) -> None: ...
+    def discard(self) -> None: ...
+
+
+class ViewCache:
+    """Finished views by (snapshot id, view key): files ``<id>.<key>.view`` in the snapshot
+    directory when there is one (every worker sharing it reuses them; a view whose snapshot
+    has left the store is removed when the next one is written), else in memory, at most
+    :data:`MEMORY_CACHE_BYTES` in all.
+    """
+
+    def __init__(
+        self,
+        directory: str | None,
+        live_ids: Callable[[], set[str]],
+        max_bytes: int = MEMORY_CACHE_BYTES,
+    ) -> None:
+        self.directory = directory
+        self.live_ids = live_ids
+        self.max_bytes = max_bytes
+        self._memory: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def _path(self, ident: str, key: str) -> str:
+        assert self.directory is not None
+        return os.path.join(self.directory, f"{ident}.{key}{_VIEW_SUFFIX}")
+
+    def get(self, ident: str, key: str) -> bytes | IO[bytes] | None:
+        """The cached view: bytes (memory), an open file (directory) or None. Blocking."""
+        with self._lock:
+            data = self._memory.get((ident, key))
+            if data is not None:
+                self._memory.move_to_end((ident, key))
+                return data
+        if self.directory is None:
+            return None
+        try:
+            fd = os.open(self._path(ident, key), _OPEN_READ)
+        except OSError:
+            return None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                return None
+            return os.fdopen(fd, "rb", buffering=0)
+        except OSError:
+            os.close(fd)
+            return None
+
+    def sink(self, ident: str, key: str) -> _Sink:
+        """Where a view being made is written; kept only when committed. Blocking."""
+        if self.directory is not None:
+            try:
+                return _FileSink(self, ident, key)
+            except OSError:
+                pass  # a full or read-only disk: keep it in memory instead
+        return _MemorySink(self, ident, key)
+
+    def keep(self, ident: str, key: str, data: bytes) -> None:
+        if len(data) > self.max_bytes // 2:
+            return  # one huge view would push out every other
+        with self._lock:
+            old = self._memory.pop((ident, key), None)
+            self._bytes -= len(old) if old is not None else 0
+            self._memory[(ident, key)] = data
+            self._bytes += len(data)
+            while self._bytes > self.max_bytes:
+                _, dropped = self._memory.popitem(last=False)
+                self._bytes -= len(dropped)
+
+    def prune(self, written: str) -> None:
+        """Remove the directory's views of snapshots the store no longer holds."""
+        if self.directory is None:
+            return
+        live = self.live_ids()
+        live.add(written)
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return
+        for name in names:
+            if name.endswith(_VIEW_SUFFIX) and name.split(".", 1)[0] not in live:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.directory, name))
+
+
+class _FileSink:
+    def __init__(self, cache: ViewCache, ident: str, key: str) -> None:
+        assert cache.directory is not None
+        self.cache, self.ident, self.key = cache, ident, key
+        self.tmp = os.path.join(cache.directory, f"{_TMP_PREFIX}{ident}.{secrets.token_hex(4)}")
+        fd = os.open(self.tmp, _OPEN_WRITE, 0o600)
+        self.handle = os.fdopen(fd, "wb")
+
+    def write(self, chunk: bytes) -> None:
+        try:
+            self.handle.write(chunk)
+        except OSError:
+            self.discard()
+
+    def commit(self) -> None:
+        if self.handle.closed:
+            return
+        try:
+            self.handle.close()
+            os.replace(self.tmp, self.cache._path(self.ident, self.key))
+        except OSError:
+            self.discard()
+            return
+        self.cache.prune(self.ident)
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self.handle.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.tmp)
+
+
+class _MemorySink:
+    def __init__(self, cache: ViewCache, ident: str, key: str) -> None:
+        self.cache, self.ident, self.key = cache, ident, key
+        self.chunks: list[bytes] | None = []
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        if self.chunks is None:
+            return
+        self.size += len(chunk)
+        if self.size > self.cache.max_bytes // 2:
+            self.chunks = None  # too large to keep: streamed, not cached
+        else:
+            self.chunks.append(chunk)
+
+    def commit(self) -> None:
+        if self.chunks is not None:
+            self.cache.keep(self.ident, self.key, b"".join(self.chunks))
+        self.chunks = None
+
+    def discard(self) -> None:
+        self.chunks = None
+
+
+# -- sources of a response's body -----------------------------------------------------------
+class Source(Protocol):
+    """A body read chunk by chunk (``b""`` at the end), off the event loop."""
+
+    length: int | None
+
+    async def read(self) -> bytes: ...
+    async def close(self) -> None: ...
+
+
+class BytesSource:
+    """Bytes already in memory (stored bytes, a view cached in memory)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.view = memoryview(data)
+        self.length: int | None = len(data)
+        self.offset = 0
+
+    async def read(self) -> bytes:
+        chunk = bytes(self.view[self.offset : self.offset + (1 << 20)])
+        self.offset += len(chunk)
+        return chunk
+
+    async def close(self) -> None:
+        self.view.release()
+
+
+class FileSource:
+    """A cached view's file."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle = handle
+        self.length: int | None = os.fstat(handle.fileno()).st_size
+
+    async def read(self) -> bytes:
+        return await anyio.to_thread.run_sync(self.handle.read, 1 << 20)
+
+    async def close(self) -> None:
+        self.handle.close()
+
+
+class GunzipSource:
+    """Another source's gzip member, decompressed as it is read (clients without gzip)."""
+
+    def __init__(self, inner: Source) -> None:
+        self.inner = inner
+        self.length: int | None = None
+        self.decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self.pending = b""
+
+    def _step(self, chunk: bytes) -> bytes:
+        out = self.decompressor.decompress(self.pending + chunk, 1 << 20)
+        self.pending = self.decompressor.unconsumed_tail
+        return out
+
+    async def read(self) -> bytes:
+        while True:
+            if self.pending:
+                out = await anyio.to_thread.run_sync(self._step, b"")
+            else:
+                chunk = await self.inner.read()
+                if not chunk:
+                    if not self.decompressor.eof:
+                        raise ViewFailed("the stored JSON is a truncated gzip member")
+                    return b""
+                out = await anyio.to_thread.run_sync(self._step, chunk)
+            if out:
+                return out
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+class ChildSource:
+    """The stdout of a converter child, teed into the view cache; holds :data:`_SLOT`
+    (acquired by the caller) until the child is gone."""
+
+    def __init__(
+        self,
+        child: subprocess.Popen[bytes],
+        errors: IO[bytes],
+        sink: _Sink,
+        stats: ViewStats,
+        deadline: float,
+    ) -> None:
+        self.child = child
+        self.errors = errors
+        self.sink = sink
+        self.stats = stats
+        self.length: int | None = None
+        self.done = False
+        self.timed_out = False
+        self.closed = False
+        stats.count("children")
+        self.timer = threading.Timer(deadline, self._kill_at_deadline)
+        self.timer.daemon = True
+        self.timer.start()
+
+    @classmethod
+    def start(
+        cls,
+        data: bytes,
+        format: str,
+        gzip: bool,
+        sink: _Sink,
+        stats: ViewStats,
+        deadline: float,
+        memory: int,
+    ) -> ChildSource:
+        """Start the converter on ``data`` (blocking: run in a worker thread)."""
+        command = [sys.executable, "-m", "flightdeck", "convert", "--format", format]
+        command += ["--memory", str(memory), *(["--gzip"] if gzip else []), "-"]
+        errors = tempfile.TemporaryFile()  # noqa: SIM115  (closed in _reap)
+        try:
+            child = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                env=_child_env(),
+                close_fds=True,
+                bufsize=0,
+            )
+        except BaseException:
+            errors.close()
+            raise
+        self = cls(child, errors, sink, stats, deadline)
+        stdin = child.stdin
+        assert stdin is not None
+        try:
+            stdin.write(data)
+        except (BrokenPipeError, OSError):
+            pass  # the child ended early: its status says why
+        finally:
+            with contextlib.suppress(OSError):
+                stdin.close()
+        return self
+
+    def _said(self) -> str:
+        """The child's last line on stderr (its one-line error), if any."""
+        try:
+            self.errors.seek(0)
+            lines = self.errors.read(4096).decode("utf-8", "replace").strip().splitlines()
+        except (OSError, ValueError):
+            return "no message"
+        return lines[-1][:300] if lines else "no message"
+
+    def _kill_at_deadline(self) -> None:
+        if self.child.poll() is None:
+            self.timed_out = True
+            with contextlib.suppress(OSError):
+                self.child.kill()
+
+    def _read(self) -> bytes:
+        stdout = self.child.stdout
+        assert stdout is not None
+        chunk = stdout.read(CHUNK)  # unbuffered: whatever the child has written, at most CHUNK
+        if chunk:
+            self.sink.write(chunk)
+            return chunk
+        status = self.child.wait()
+        self.timer.cancel()
+        self.done = True
+        if self.timed_out:
+            self.sink.discard()
+            self.stats.count("killed")
+            raise ViewFailed("the conversion took longer than its deadline", timed_out=True)
+        if status != 0:
+            self.sink.discard()
+            self.stats.count("failed")
+            raise ViewFailed(f"the converter exited with status {status}: {self._said()}")
+        self.sink.commit()
+        return b""
+
+    async def read(self) -> bytes:
+        # Abandoned on cancellation (a client gone): close() kills the child, which ends
+        # the read in the worker thread.
+        return await anyio.to_thread.run_sync(self._read, abandon_on_cancel=True)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if not self.done:
+                self.sink.discard()
+                with contextlib.suppress(OSError):
+                    self.child.kill()
+            await anyio.to_thread.run_sync(self._reap)
+        finally:
+            _SLOT.release()
+
+    def _reap(self) -> None:
+        self.timer.cancel()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.child.wait(timeout=30)
+        for stream in (self.child.stdout, self.child.stdin, self.errors):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+
+def _child_env() -> dict[str, str]:
+    """The app's environment, with this flightdeck's directory first on the child's path (so
+    the child runs the same code as the app, however the app found it)."""
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = root if not path else root + os.pathsep + path
+    return env
+
+
+def acquire_slot() -> bool:
+    """Take the process's converter slot without waiting; False when a child runs."""
+    return _SLOT.acquire(blocking=False)
+
+
+def release_slot() -> None:
+    _SLOT.release()
+
+
+async def first_chunk(source: Source) -> bytes:
+    """The first chunk of ``source``, read before any header is sent (a child that fails
+    before writing anything gets a clean error answer, never a 200)."""
+    return await source.read()
+
+
+def any_source(cached: bytes | IO[bytes]) -> Source:
+    return BytesSource(cached) if isinstance(cached, bytes) else FileSource(cached)
+
+
+__all__ = [
+    "DEFAULT_DEADLINE",
+    "DEFAULT_MEMORY",
+    "BytesSource",
+    "ChildSource",
+    "FileSource",
+    "GunzipSource",
+    "Source",
+    "ViewCache",
+    "ViewFailed",
+    "ViewStats",
+    "acquire_slot",
+    "any_source",
+    "first_chunk",
+    "release_slot",
+]

@@ -85,7 +85,8 @@ def read_bytes(path: str, max_size: int) -> bytes:
             size = Path(path).stat().st_size
             if size > max_size:
                 raise FetchError(f"{path}: {size} bytes, more than --max-size ({max_size})")
-            data = handle.read(max_size + 1)
+            # Sized by the file, not by the limit: read(n) reserves n bytes up front.
+            data = handle.read(min(size, max_size) + 1)
     except FileNotFoundError:
         raise FetchError(f"{path}: no such file") from None
     except IsADirectoryError:

@@ -181,13 +181,18 @@ class _Streamed:
             self.headers["Content-Length"] = str(source.length)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
         try:
+            raw = [
+                (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()
+            ]
             await send({"type": "http.response.start", "status": 200, "headers": raw})
             chunk = self.first
             while chunk:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 chunk = await self.source.read()
+            # Closed before the last message: the client's next request finds the
+            # converter slot free.
+            await self.source.close()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await self.source.close()

@@ -324,6 +324,8 @@ class ChildSource:
         self.done = False
         self.timed_out = False
         self.closed = False
+        self.released = False
+        self._release_lock = threading.Lock()
         stats.count("children")
         self.timer = threading.Timer(deadline, self._kill_at_deadline)
         self.timer.daemon = True
@@ -394,6 +396,7 @@ class ChildSource:
         status = self.child.wait()
         self.timer.cancel()
         self.done = True
+        self._release()
         if self.timed_out:
             self.sink.discard()
             self.stats.count("killed")
@@ -421,7 +424,15 @@ class ChildSource:
                     self.child.kill()
             await anyio.to_thread.run_sync(self._reap)
         finally:
-            _SLOT.release()
+            self._release()
+
+    def _release(self) -> None:
+        """Free the process's converter slot, once, as soon as the child is gone."""
+        with self._release_lock:
+            if self.released:
+                return
+            self.released = True
+        _SLOT.release()
 
     def _reap(self) -> None:
         self.timer.cancel()

@@ -195,6 +195,20 @@ def test_one_child_at_a_time_and_the_deadline_kills_it(
         assert _views(server)["children"] == 2
 
 
+def test_back_to_back_views_never_find_the_slot_taken(tmp_path: Path) -> None:
+    # The slot is freed before the last byte goes out: a client that asks again as soon
+    # as it has its answer is never refused.
+    store = SnapshotStore(directory=tmp_path / "snaps")
+    snaps = [make_snapshot(created=BASE + i) for i in range(6)]
+    for snap in snaps:
+        store.put(snap)
+    with _serve(store) as server, httpx.Client() as client:
+        for snap in snaps:
+            answer = client.get(f"{server.url}{PREFIX}/snapshots/{snap.id}?format=summary")
+            assert answer.status_code == 200, answer.text
+        assert _views(server)["busy"] == 0 and _views(server)["children"] == len(snaps)
+
+
 def test_a_child_that_dies_mid_stream_aborts_the_connection(
     stored: tuple[SnapshotStore, Snapshot], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -268,6 +282,17 @@ def test_options_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Config.from_env(convert_deadline=3.0).convert_deadline == 3.0
     with pytest.raises(ValueError, match="convert_deadline"):
         Config(convert_deadline=0)
+    from flightdeck import FlightDeck
+
+    deck = FlightDeck(_app, convert_deadline=5.0, enabled=True)
+    try:
+        assert deck._endpoint_app.view_options == ViewOptions(5.0, 512 << 20)  # type: ignore[union-attr]
+    finally:
+        deck.close()
+
+
+async def _app(scope: Any, receive: Any, send: Any) -> None:
+    pass
 
 
 def test_gzip_helper_round_trip() -> None:

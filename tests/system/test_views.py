@@ -133,6 +133,11 @@ def test_raw_is_the_stored_bytes(stored: tuple[SnapshotStore, Snapshot]) -> None
         disposition = answer.headers["content-disposition"]
         assert disposition == f'attachment; filename="{snap.id}.json.gz"'
         assert _views(server)["children"] == 0
+        # The list page offers every registered format.
+        page = httpx.get(f"{server.url}{PREFIX}", headers={"Accept": "text/html"}).text
+        for name in FORMATS:
+            if name != "json":
+                assert f"{snap.id}?format={name}" in page, name
 
 
 def test_a_directory_of_gzip_json_snapshots_is_still_served(tmp_path: Path) -> None:

@@ -463,12 +463,6 @@ def release_slot() -> None:
     _SLOT.release()
 
 
-async def first_chunk(source: Source) -> bytes:
-    """The first chunk of ``source``, read before any header is sent (a child that fails
-    before writing anything gets a clean error answer, never a 200)."""
-    return await source.read()
-
-
 def any_source(cached: bytes | IO[bytes]) -> Source:
     return BytesSource(cached) if isinstance(cached, bytes) else FileSource(cached)
 
@@ -486,6 +480,5 @@ __all__ = [
     "ViewStats",
     "acquire_slot",
     "any_source",
-    "first_chunk",
     "release_slot",
 ]

@@ -413,6 +413,7 @@ class _Endpoint:
             message = "a snapshot is being converted; try again in a moment"
             return _error(429, message, {"Retry-After": str(_BUSY_RETRY)})
         options = self.view_options
+        sink = None
         try:
             sink = await anyio.to_thread.run_sync(self.views.sink, ident, key)
             child = await anyio.to_thread.run_sync(
@@ -426,6 +427,8 @@ class _Endpoint:
                 options.memory,
             )
         except BaseException:
+            if sink is not None:
+                sink.discard()
             views.release_slot()
             raise
         del data

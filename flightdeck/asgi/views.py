@@ -2,7 +2,8 @@
 
 The app's process never decodes a snapshot's events: a view (JSON, HTML, Perfetto, the
 summary) is made by ``python -m flightdeck convert`` on the same interpreter, fed the stored
-bytes on its stdin, its stdout streamed to the client as it comes, in worker threads. At
+bytes on its stdin, writing the view to a temporary file that is streamed to the client as
+it grows (in worker threads) and becomes the cached view when the child succeeds. At
 most one such child runs per process (:data:`_SLOT`); its address space is capped and it is
 killed past a deadline. A finished view is kept (:class:`ViewCache`): a file beside the
 snapshot in a snapshot directory, or a bounded cache in memory, so a second view of it
@@ -28,6 +29,8 @@ from typing import IO, Protocol
 import anyio.to_thread
 
 CHUNK = 1 << 16
+#: How often a view being made is checked for more output once the reader has caught up.
+_POLL = 0.02
 #: The in-memory view cache (a store without a directory) holds at most this many bytes.
 MEMORY_CACHE_BYTES = 64 << 20
 DEFAULT_DEADLINE = 120.0
@@ -87,7 +90,11 @@ class ViewStats:
 
 # -- the cache ------------------------------------------------------------------------------
 class _Sink(Protocol):
-    def write(self, chunk: bytes) -> None: ...
+    """A temporary file the converter child writes its output to (``path``), read back
+    as it grows; kept as the view when committed."""
+
+    path: str
+
     def commit(self) -> None: ...
     def discard(self) -> None: ...
 
@@ -176,25 +183,17 @@ class ViewCache:
 
 
 class _FileSink:
+    """A temporary file beside the snapshot, renamed to the view's name when committed."""
+
     def __init__(self, cache: ViewCache, ident: str, key: str) -> None:
         assert cache.directory is not None
         self.cache, self.ident, self.key = cache, ident, key
-        self.tmp = os.path.join(cache.directory, f"{_TMP_PREFIX}{ident}.{secrets.token_hex(4)}")
-        fd = os.open(self.tmp, _OPEN_WRITE, 0o600)
-        self.handle = os.fdopen(fd, "wb")
-
-    def write(self, chunk: bytes) -> None:
-        try:
-            self.handle.write(chunk)
-        except OSError:
-            self.discard()
+        self.path = os.path.join(cache.directory, f"{_TMP_PREFIX}{ident}.{secrets.token_hex(4)}")
+        os.close(os.open(self.path, _OPEN_WRITE, 0o600))
 
     def commit(self) -> None:
-        if self.handle.closed:
-            return
         try:
-            self.handle.close()
-            os.replace(self.tmp, self.cache._path(self.ident, self.key))
+            os.replace(self.path, self.cache._path(self.ident, self.key))
         except OSError:
             self.discard()
             return
@@ -202,33 +201,29 @@ class _FileSink:
 
     def discard(self) -> None:
         with contextlib.suppress(OSError):
-            self.handle.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.tmp)
+            os.unlink(self.path)
 
 
 class _MemorySink:
+    """A private temporary file, read into the memory cache when committed (if small)."""
+
     def __init__(self, cache: ViewCache, ident: str, key: str) -> None:
         self.cache, self.ident, self.key = cache, ident, key
-        self.chunks: list[bytes] | None = []
-        self.size = 0
-
-    def write(self, chunk: bytes) -> None:
-        if self.chunks is None:
-            return
-        self.size += len(chunk)
-        if self.size > self.cache.max_bytes // 2:
-            self.chunks = None  # too large to keep: streamed, not cached
-        else:
-            self.chunks.append(chunk)
+        fd, self.path = tempfile.mkstemp(prefix="flightdeck-view-")  # mode 0600
+        os.close(fd)
 
     def commit(self) -> None:
-        if self.chunks is not None:
-            self.cache.keep(self.ident, self.key, b"".join(self.chunks))
-        self.chunks = None
+        try:
+            if os.path.getsize(self.path) <= self.cache.max_bytes // 2:
+                with open(self.path, "rb") as handle:
+                    self.cache.keep(self.ident, self.key, handle.read())
+        except OSError:
+            pass
+        self.discard()
 
     def discard(self) -> None:
-        self.chunks = None
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
 
 
 # -- sources of a response's body -----------------------------------------------------------
@@ -305,22 +300,28 @@ class GunzipSource:
 
 
 class ChildSource:
-    """The stdout of a converter child, teed into the view cache; holds :data:`_SLOT`
-    (acquired by the caller) until the child is gone."""
+    """The output of a converter child, read as it grows in the file the child writes (the
+    view's cache file-to-be): the child's pace does not depend on the client's, so the
+    deadline bounds the conversion, never a slow download. Holds :data:`_SLOT` (acquired
+    by the caller) until the child is gone.
+    """
 
     def __init__(
         self,
         child: subprocess.Popen[bytes],
         errors: IO[bytes],
+        output: IO[bytes],
         sink: _Sink,
         stats: ViewStats,
         deadline: float,
     ) -> None:
         self.child = child
         self.errors = errors
+        self.output = output
         self.sink = sink
         self.stats = stats
         self.length: int | None = None
+        self.status: int | None = None
         self.done = False
         self.timed_out = False
         self.closed = False
@@ -344,22 +345,28 @@ class ChildSource:
     ) -> ChildSource:
         """Start the converter on ``data`` (blocking: run in a worker thread)."""
         command = [sys.executable, "-m", "flightdeck", "convert", "--format", format]
-        command += ["--memory", str(memory), *(["--gzip"] if gzip else []), "-"]
+        command += ["--memory", str(memory), *(["--gzip"] if gzip else [])]
+        command += ["--output", sink.path, "-"]
         errors = tempfile.TemporaryFile()  # noqa: SIM115  (closed in _reap)
+        try:
+            output = open(sink.path, "rb", buffering=0)  # noqa: SIM115  (closed in _reap)
+        except BaseException:
+            errors.close()
+            raise
         try:
             child = subprocess.Popen(
                 command,
                 stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
                 stderr=errors,
                 env=_child_env(),
                 close_fds=True,
-                bufsize=0,
             )
         except BaseException:
             errors.close()
+            output.close()
             raise
-        self = cls(child, errors, sink, stats, deadline)
+        self = cls(child, errors, output, sink, stats, deadline)
         stdin = child.stdin
         assert stdin is not None
         try:
@@ -387,13 +394,18 @@ class ChildSource:
                 self.child.kill()
 
     def _read(self) -> bytes:
-        stdout = self.child.stdout
-        assert stdout is not None
-        chunk = stdout.read(CHUNK)  # unbuffered: whatever the child has written, at most CHUNK
-        if chunk:
-            self.sink.write(chunk)
-            return chunk
-        status = self.child.wait()
+        while True:
+            chunk = self.output.read(CHUNK)
+            if chunk:
+                return chunk
+            if self.status is not None:
+                return self._finish()  # at the end of what the child wrote before exiting
+            try:
+                self.status = self.child.wait(timeout=_POLL)
+            except subprocess.TimeoutExpired:
+                pass  # still converting: read what it has written meanwhile
+
+    def _finish(self) -> bytes:
         self.timer.cancel()
         self.done = True
         self._release()
@@ -401,10 +413,10 @@ class ChildSource:
             self.sink.discard()
             self.stats.count("killed")
             raise ViewFailed("the conversion took longer than its deadline", timed_out=True)
-        if status != 0:
+        if self.status != 0:
             self.sink.discard()
             self.stats.count("failed")
-            raise ViewFailed(f"the converter exited with status {status}: {self._said()}")
+            raise ViewFailed(f"the converter exited with status {self.status}: {self._said()}")
         self.sink.commit()
         return b""
 
@@ -419,7 +431,6 @@ class ChildSource:
         self.closed = True
         try:
             if not self.done:
-                self.sink.discard()
                 with contextlib.suppress(OSError):
                     self.child.kill()
             await anyio.to_thread.run_sync(self._reap)
@@ -438,7 +449,9 @@ class ChildSource:
         self.timer.cancel()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.child.wait(timeout=30)
-        for stream in (self.child.stdout, self.child.stdin, self.errors):
+        if not self.done:
+            self.sink.discard()
+        for stream in (self.child.stdin, self.errors, self.output):
             if stream is not None:
                 with contextlib.suppress(OSError):
                     stream.close()

@@ -4,7 +4,9 @@ one child at a time, killed past its deadline, never a truncated 200, kept for t
 from __future__ import annotations
 
 import gzip
+import http.client
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -198,6 +200,33 @@ def test_one_child_at_a_time_and_the_deadline_kills_it(
         answer = httpx.get(f"{url}?format=html")
         assert answer.status_code == 200 and answer.content == snap.dumps("html")
         assert _views(server)["children"] == 2
+
+
+def test_a_slow_client_is_not_cut_by_the_deadline(tmp_path: Path) -> None:
+    # About 10 MB of Perfetto JSON, far more than the socket buffers hold: the client stops
+    # reading for longer than the deadline. The deadline bounds the conversion (done in a
+    # fraction of a second), never the download.
+    store = SnapshotStore(directory=tmp_path / "snaps")
+    snap = make_snapshot(created=BASE, padding=40000)
+    store.put(snap)
+    expected = snap.dumps("perfetto")
+    with _serve(store, deadline=3.0) as server:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        sock.settimeout(30)
+        sock.connect(("127.0.0.1", server.port))
+        path = f"{PREFIX}/snapshots/{snap.id}?format=perfetto"
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        answer = http.client.HTTPResponse(sock)
+        answer.begin()
+        assert answer.status == 200
+        body = answer.read(1024)
+        wait_until(lambda: _views(server)["children"] == 1)
+        time.sleep(5.0)  # the client is away past the deadline (what is tested, not a wait)
+        body += answer.read()
+        sock.close()
+        assert body == expected
+        assert _views(server)["killed"] == 0
 
 
 def test_back_to_back_views_never_find_the_slot_taken(tmp_path: Path) -> None:

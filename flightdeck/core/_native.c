@@ -1594,6 +1594,14 @@ mod_await_chain(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 /* ------------------------------------------------------------------------------------ */
 /* StepRunner: times task steps and wakeups (one per instrumented loop, reused)          */
 
+/* The records of the hook kept out of line: rare per step, and callgrind then shows each
+ * one's cost apart (benchmarks/bench_instr.py's breakdown). */
+#if defined(__GNUC__)
+#define FD_NOINLINE __attribute__((noinline))
+#else
+#define FD_NOINLINE
+#endif
+
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
@@ -1695,7 +1703,7 @@ task_method(Runner *r, PyObject *task, int which)
     return PyObject_Vectorcall(r->meth[which], &task, 1, NULL);
 }
 
-static void
+FD_NOINLINE static void
 runner_done(Runner *r, PyObject *task, uint64_t raw, int64_t t)
 {
     u64tab_del(&r->last_end, raw + 2);
@@ -1742,7 +1750,7 @@ out:
 
 /* TASK_WAIT (t_prev_end, t_queued, tid, await chain): a suspension past wait_ns, described
  * where it waited, before the wakeup runs. Counts and drops on error. */
-static void
+FD_NOINLINE static void
 runner_wait(Runner *r, PyObject *task, uint64_t raw, int64_t prev, int64_t tq)
 {
     PyObject *coro = PyObject_CallMethodNoArgs(task, s_get_coro);
@@ -2417,7 +2425,7 @@ creation_site(CreateTask *ct)
     Py_RETURN_NONE;
 }
 
-static int
+FD_NOINLINE static int
 create_record(CreateTask *ct, PyObject *loop, PyObject *coro, PyObject *context, PyObject *task)
 {
     Runner *r = ct->runner;

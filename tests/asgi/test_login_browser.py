@@ -1,20 +1,17 @@
-"""The token login in real headless Chromium (issue 12 item 15): a browser, which cannot send
+"""The token login in real headless Chromium: a browser, which cannot send
 a bearer header, logs in with the form and then uses the list, its links and its button."""
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from browser import ARGS, CHROMIUM, browser_only
 from support import uvicorn_thread
 
 from flightdeck import FlightDeck
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "export"))
-from test_html import ARGS, CHROMIUM, browser_only
 
 PREFIX = "/debug/flight"
 TOKEN = "browser-token-0123456789"
@@ -70,6 +67,13 @@ def test_browser_logs_in_and_uses_the_list(decks: list[Any], tmp_path: Path) -> 
             ident = deck.store.list()[0]["id"]
             answer = page.request.get(f"{srv.url}{PREFIX}/snapshots/{ident}")
             assert answer.status == 200 and answer.json()["id"] == ident
+            # "Log out" clears the cookie: the list sends the browser to the form again.
+            page.click("#logout")
+            page.wait_for_selector("input[name=token]")
+            assert page.url == srv.url + PREFIX + "/login"
+            assert [c for c in page.context.cookies() if c["name"] == "flightdeck_session"] == []
+            page.goto(srv.url + PREFIX)
+            assert page.url == srv.url + PREFIX + "/login"
             assert errors == []
         finally:
             browser.close()

@@ -19,18 +19,17 @@ import secrets
 import socket
 import threading
 import time
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
 from ...core.text import ErrorLog
 from ...snapshot.document import Snapshot, is_valid_id, new_id, rfc3339
-from ...snapshot.recorder import FlightRecorder
-from ...snapshot.store import SnapshotStore, StoredInfo
-from ..triggers import Gate
+from ...snapshot.store import StoredInfo
 from .client import Counters, FleetClient, FleetUnavailable
 from .follow import Follower
 from .options import FleetOptions
+from .ports import Engine
 from .protocol import (
     ADMIT,
     MAX_INCIDENTS,
@@ -40,6 +39,7 @@ from .protocol import (
     snapshot_meta,
 )
 from .reading import FleetReader
+from .signing import Signer
 
 logger = logging.getLogger("flightdeck")
 
@@ -48,38 +48,19 @@ MAX_BYTES_PER_INCIDENT = 64 << 20
 _NOT_OPENING = ("manual", "fleet")
 
 
-class Deck(Protocol):
-    """What the fleet needs of the capture engine (``capture.CaptureEngine``) it serves."""
-
-    recorder: FlightRecorder
-    store: SnapshotStore
-    gate: Gate
-    errors: ErrorLog
-    captures: int
-    building: bool
-
-    @property
-    def capturing(self) -> bool:
-        """A local capture is pending, being built or queued."""
-        ...
-
-    def _built(self) -> None:
-        """A build ended: start the queued capture, if any, else clear ``building``."""
-        ...
-
-
 class Fleet:
     """One process's part in the fleet (see README, "A fleet")."""
 
-    def __init__(self, deck: Deck, options: FleetOptions, service: str) -> None:
-        self.deck = deck
+    def __init__(self, engine: Engine, options: FleetOptions, service: str) -> None:
+        self.engine = engine
         self.options = options
         self.service = service
         self.counters = Counters()
+        self.signer = Signer(options.secrets, options.namespace)
         self.follower = Follower(self)
         self.client = FleetClient(options, self.follower.message, self.counters)
         self.keys = self.client.keys
-        self.reader = FleetReader(self.client, self.counters)
+        self.reader = FleetReader(self.client, self.counters, self.signer)
         self.max_snapshots = MAX_PER_INCIDENT
         self.max_bytes = MAX_BYTES_PER_INCIDENT
         self._nonce = secrets.token_hex(8)
@@ -87,7 +68,7 @@ class Fleet:
         self._log = ErrorLog()
         self._lock = threading.Lock()
         self._heads: dict[str, dict[str, Any]] = {}
-        deck.store.remote = self.fetch_bytes
+        engine.store.remote = self.fetch_bytes
 
     @property
     def sender(self) -> str:
@@ -114,7 +95,7 @@ class Fleet:
             self._originate(doc)
         except Exception as exc:
             self.counters.add("internal_errors")
-            self.deck.errors("fleet_open", exc)
+            self.engine.errors("fleet_open", exc)
 
     def _originate(self, doc: dict[str, Any]) -> None:
         trigger = doc["trigger"]
@@ -132,10 +113,12 @@ class Fleet:
             request["trace_id"] = trace_id
         process = doc.get("process") or {}
         ident = new_id()
+        now = time.time()
         incident = {
             "v": MESSAGE_VERSION,
             "id": ident,
-            "created_at": rfc3339(time.time()),
+            "created_at": rfc3339(now),
+            "ts": int(now * 1000),
             "origin": {
                 "service": self.service,
                 "hostname": str(process.get("hostname") or socket.gethostname()),
@@ -146,13 +129,13 @@ class Fleet:
             "trace_id": trace_id,
             "sender": self.sender,
         }
-        message = orjson.dumps(incident)
-        gate = self.deck.gate
+        message = self.signer.sign("incident", orjson.dumps(incident))
+        gate = self.engine.gate
         keys = self.keys
         args = [
-            int(gate.cooldown * 1000),
+            max(1, round(gate.cooldown * 1000)),  # Redis refuses PX 0
             gate.rate.count,
-            int(gate.rate.period * 1000),
+            max(1, round(gate.rate.period * 1000)),
             ident,
             message,
             int(self.options.ttl * 1000),
@@ -197,7 +180,7 @@ class Fleet:
             self._share(stored)
         except Exception as exc:
             self.counters.add("internal_errors")
-            self.deck.errors("fleet_upload", exc)
+            self.engine.errors("fleet_upload", exc)
 
     def _share(self, stored: StoredInfo) -> None:
         with self._lock:
@@ -215,11 +198,11 @@ class Fleet:
                 self.max_bytes,
             )
             return
-        data = self.deck.store.get_bytes(stored.id, True)
+        data = self.engine.store.get_bytes(stored.id, True)
         if data is None:
             self.counters.add("upload_failed")
             return
-        meta = orjson.dumps(snapshot_meta(head, data, stored.size))
+        meta = self.signer.sign("meta", orjson.dumps(snapshot_meta(head, data, stored.size)))
         keys = self.keys
         ident = str(head["incident"])
         args = [stored.id, meta, data, self.max_snapshots, self.max_bytes]
@@ -250,8 +233,7 @@ class Fleet:
 
     def fetch_bytes(self, ident: str) -> bytes | None:
         """The store's ``remote``: a checked fleet snapshot's gzip'd JSON, or None."""
-        found = self.reader.fetch(ident)
-        return None if found is None else found[0]
+        return self.reader.fetch_bytes(ident)
 
     def incidents(self, limit: int = 50) -> list[dict[str, Any]] | None:
         """The fleet's incidents, newest first; None while Redis is unreachable."""

@@ -147,7 +147,7 @@ def write(
         dump = getattr(seg, "dump", None)
         if dump is not None:
             core = "native"
-            for rid, trace_id in seg.requests():
+            for rid, trace_id in seg.requests():  # type: ignore[attr-defined]
                 index.add(rid, trace_id)
             body.append(_chunk(GENR, dump(), level))
         else:
@@ -317,7 +317,8 @@ class _Stored:
         try:
             if self.tag == EVTS:
                 return _events(_loads(self.payload, EVTS), EVTS)
-            return _generation(self.payload).events()
+            events: list[Event] = _generation(self.payload).events()
+            return events
         except ContainerError:
             raise
         except (ValueError, TypeError, OverflowError, RecursionError) as exc:

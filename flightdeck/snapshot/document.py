@@ -77,41 +77,85 @@ class Snapshot:
     Build one with :meth:`FlightRecorder.snapshot` or read one with :meth:`Snapshot.load`.
     """
 
-    __slots__ = ("_doc", "_json")
+    __slots__ = ("_doc", "_head", "_json", "_stored")
 
     def __init__(self, document: dict[str, Any]) -> None:
-        self._doc = document
+        self._doc: dict[str, Any] | None = document
         self._json: bytes | None = None
+        #: The stored form (``container.py``) this snapshot was captured as, if any.
+        self._stored: bytes | None = None
+        self._head: dict[str, Any] = document
+
+    @classmethod
+    def from_stored(cls, data: bytes, head: dict[str, Any] | None = None) -> Snapshot:
+        """A snapshot of a stored form (``container.py``); its document is built when asked.
+
+        Raises :class:`SnapshotError` when ``data``'s header is not readable.
+        """
+        from .container import ContainerError, read_header
+
+        if head is None:
+            try:
+                head = read_header(data)
+            except ContainerError as exc:
+                raise SnapshotError(f"data: {exc}") from None
+        if not is_valid_id(head.get("id")) or not isinstance(head.get("trigger"), dict):
+            raise SnapshotError("data: stored snapshot's header lacks a valid id or trigger")
+        snap = cls.__new__(cls)
+        snap._doc = None
+        snap._json = None
+        snap._stored = data
+        snap._head = head
+        return snap
 
     @property
     def id(self) -> str:
         """The snapshot's id (see :data:`ID_PATTERN`)."""
-        return str(self._doc["id"])
+        return str(self._head["id"])
 
     @property
     def created_at(self) -> str:
         """When the snapshot was taken, as an RFC 3339 UTC string."""
-        return str(self._doc["created_at"])
+        return str(self._head["created_at"])
 
     @property
     def trigger(self) -> dict[str, Any]:
         """``{kind, reason, request}``: what caused the snapshot."""
-        trig: dict[str, Any] = self._doc["trigger"]
+        trig: dict[str, Any] = self._head["trigger"]
         return trig
 
+    @property
+    def stored(self) -> bytes | None:
+        """The stored form (``docs/snapshot-format.md``) when captured or read as one."""
+        return self._stored
+
     def to_dict(self) -> dict[str, Any]:
-        """The native ``flightdeck/1`` document (shared, do not mutate)."""
+        """The native ``flightdeck/1`` document (shared, do not mutate).
+
+        Built whole in this process at the first call when the snapshot is a stored form
+        (many times its size as Python objects): in-process callers only; the server's
+        capture and download paths never call it.
+        """
+        if self._doc is None:
+            from .container import ContainerError, read_document
+
+            assert self._stored is not None
+            try:
+                self._doc = self._head = read_document(self._stored)
+            except ContainerError as exc:
+                raise SnapshotError(f"data: {exc}") from None
         return self._doc
 
     def dumps(self, format: ExportFormat = "json") -> bytes:
         """Serialize as native JSON, Perfetto/Chrome trace JSON or a self-contained HTML page."""
         if format == "json":
             if self._json is None:
+                doc = self.to_dict()
                 try:
-                    self._json = orjson.dumps(self._doc, option=orjson.OPT_NON_STR_KEYS)
+                    self._json = orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
                 except TypeError:
                     # Lone surrogates (undecodable bytes) somewhere: make the text valid.
-                    self._doc = sanitize(self._doc)
+                    self._doc = self._head = sanitize(doc)
                     self._json = orjson.dumps(self._doc, option=orjson.OPT_NON_STR_KEYS)
             return self._json
         convert = _EXPORTERS.get(format)
@@ -120,23 +164,36 @@ class Snapshot:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
 
     def _export(self, convert: Callable[[dict[str, Any]], bytes]) -> bytes:
+        doc = self.to_dict()
         try:
-            return convert(self._doc)
+            return convert(doc)
         except (TypeError, UnicodeError):
             # Lone surrogates (undecodable bytes) somewhere: make the text valid, once.
-            self._doc = sanitize(self._doc)
+            self._doc = self._head = sanitize(doc)
             self._json = None
             return convert(self._doc)
 
-    def write(self, path: str | os.PathLike[str], format: ExportFormat = "json") -> int:
-        """Write the snapshot to ``path`` in ``format``; returns the number of bytes written."""
-        data = self.dumps(format)
+    def write(
+        self, path: str | os.PathLike[str], format: ExportFormat | Literal["raw"] = "json"
+    ) -> int:
+        """Write the snapshot to ``path`` in ``format``; returns the number of bytes written.
+
+        ``"raw"``: the stored form (``docs/snapshot-format.md``), for a snapshot captured
+        or read as one.
+        """
+        if format == "raw":
+            if self._stored is None:
+                raise ValueError("this snapshot has no stored form (it was built as a document)")
+            data = self._stored
+        else:
+            data = self.dumps(format)
         Path(path).write_bytes(data)
         return len(data)
 
     @classmethod
     def load(cls, source: str | os.PathLike[str] | bytes | bytearray | memoryview) -> Snapshot:
-        """Read a native snapshot from a path or from bytes (gzip accepted).
+        """Read a snapshot from a path or from bytes: its stored form, or native JSON (gzip
+        accepted).
 
         Raises :class:`SnapshotError` naming the reason when it is not a readable
         ``flightdeck/1`` snapshot.
@@ -154,6 +211,15 @@ class Snapshot:
                 raise SnapshotError(f"{where}: is a directory") from None
             except OSError as exc:
                 raise SnapshotError(f"{where}: cannot read: {exc.strerror or exc}") from None
+        from .container import is_container
+
+        if is_container(data):
+            snap = cls.from_stored(data)
+            try:
+                snap.to_dict()
+            except SnapshotError as exc:
+                raise SnapshotError(f"{where}: {str(exc).removeprefix('data: ')}") from None
+            return snap
         if data[:2] == b"\x1f\x8b":
             try:
                 data = gzip.decompress(data)

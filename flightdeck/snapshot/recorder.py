@@ -339,9 +339,7 @@ class FlightRecorder:
         """
         head = self._head(kind, reason, request, trigger_time_ns)
         pieces = self._write(frozen, head)
-        data = b"".join(pieces)
-        del pieces
-        return Snapshot.from_stored(data, head)
+        return Snapshot.from_stored(_joined(pieces), head)
 
     def build_into(
         self,
@@ -497,6 +495,16 @@ class FlightRecorder:
     def __repr__(self) -> str:
         state = "started" if self._started else "stopped"
         return f"<FlightRecorder {state} window={self.window}s max_bytes={self.max_bytes}>"
+
+
+def _joined(pieces: list[bytes]) -> bytes:
+    """``pieces`` as one ``bytes``, each let go once copied: the stored form is never held
+    twice (``BytesIO.getvalue()`` hands over its buffer without a copy)."""
+    out = io.BytesIO()
+    pieces.reverse()
+    while pieces:
+        out.write(pieces.pop())
+    return out.getvalue()
 
 
 def active_recorders() -> list[FlightRecorder]:

@@ -231,9 +231,26 @@ class CaptureEngine:
             for trig in self.block_triggers:
                 reason = trig.on_block(duration, where)
                 if reason:
-                    self.fire(trig.kind, None, reason, None, trig.cooldown)
+                    info = self._blocked(where)
+                    self.fire(trig.kind, None, reason, info, trig.cooldown)
         except Exception as exc:
             self.errors("block_trigger", exc)
+
+    def _blocked(self, where: object) -> RequestInfo | None:
+        """The request in flight that a block is named after (the watchdog labels a block
+        ``"GET /path: ..."`` after the request it caught running), for the trigger record:
+        the stored form's header carries it, so listings show it without a conversion."""
+        if not isinstance(where, str):
+            return None
+        for rid, (start, scope, state) in list(self.inflight.items()):
+            label = f"{start[ev.REQ_START_METHOD]} {start[ev.REQ_START_PATH]}"
+            if where.startswith(label):
+                kind = start[ev.REQ_START_SCOPE_TYPE]
+                t0 = start[ev.REQ_START_T]
+                return self.info(
+                    rid, scope, state, t0, kind, None, None, state.status, route_of(scope)
+                )
+        return None
 
     # -- snapshots --------------------------------------------------------------------------
     def fire(

@@ -179,6 +179,7 @@ def write(
         events=count,
         trace_ids=list(index.ids),
     )
+    head.setdefault("created_at", rfc3339(time.time()))
     if annotate is not None:
         requests = [{"id": rid, "trace_id": tid} for tid, rid in index.ids.items()]
         if index.trigger_trace is not None:
@@ -188,7 +189,6 @@ def write(
             annotate(head)
         finally:
             head.pop("requests", None)
-    head.setdefault("created_at", rfc3339(time.time()))
     body.append(_chunk(END, _json({"chunks": len(body) + 2})))  # HEAD, body, END
     return [_PREAMBLE, _chunk(HEAD, _json(head)), *body]
 

@@ -208,14 +208,14 @@ class Fleet:
             self.counters.add("refused_too_big")
             self._log.once(
                 "too_big",
-                "flightdeck: snapshot %s (%d bytes gzip'd) exceeds the fleet quota of %d bytes"
+                "flightdeck: snapshot %s (%d bytes stored) exceeds the fleet quota of %d bytes"
                 " per incident; kept locally only (logged once)",
                 stored.id,
                 stored.stored,
                 self.max_bytes,
             )
             return
-        data = self.deck.store.get_bytes(stored.id, True)
+        data = self.deck.store.get_stored(stored.id)  # the stored form, as kept here
         if data is None:
             self.counters.add("upload_failed")
             return
@@ -245,11 +245,11 @@ class Fleet:
 
     # -- reading (the endpoint's worker threads) ----------------------------------------
     def fetch(self, ident: str) -> tuple[bytes, Snapshot] | None:
-        """A fleet snapshot's gzip'd JSON and the snapshot, both checked; None if absent."""
+        """A fleet snapshot's stored bytes and the snapshot, both checked; None if absent."""
         return self.reader.fetch(ident)
 
     def fetch_bytes(self, ident: str) -> bytes | None:
-        """The store's ``remote``: a checked fleet snapshot's gzip'd JSON, or None."""
+        """The store's ``remote``: a checked fleet snapshot's stored bytes, or None."""
         found = self.reader.fetch(ident)
         return None if found is None else found[0]
 

@@ -11,7 +11,8 @@ Keys, under the namespace ``ns`` (README, "A fleet"):
 - ``ns:incident:ID`` (string): the incident's JSON, expiring after ``fleet_ttl``.
 - ``ns:incident:ID:snaps`` (hash): snapshot id -> its metadata JSON; ``ns:incident:ID:bytes``
   (integer): stored bytes, for the per-incident quota. Both expire with the incident.
-- ``ns:snap:SID`` (hash): ``data`` (the gzip'd native JSON) and ``meta``; expires with it.
+- ``ns:snap:SID`` (hash): ``data`` (the stored form, ``snapshot/container.py``; gzip'd native JSON
+  from earlier versions) and ``meta``; expires with it.
 - ``ns:cool:H`` and ``ns:rate``: the fleet-wide cooldown per (kind, route) and rate limit.
 """
 
@@ -24,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from ...snapshot.container import ContainerError, is_container, iter_chunks
 from ...snapshot.document import Snapshot, SnapshotError, is_valid_id
 
 MESSAGE_VERSION = 1
@@ -190,7 +192,7 @@ def meta_head(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def snapshot_meta(head: dict[str, Any], data: bytes, size: int) -> dict[str, Any]:
-    """The metadata stored beside a fleet snapshot (``data``: its gzip'd native JSON)."""
+    """The metadata stored beside a fleet snapshot (``data``: its stored form)."""
     return {**head, "size": size, "stored": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
@@ -230,10 +232,31 @@ def clean_meta(raw: object) -> dict[str, Any] | None:
     return meta
 
 
+def _check_stored(meta: dict[str, Any], data: bytes) -> Snapshot | None:
+    """A stored form (``snapshot/container.py``), whole and intact, whose header says what
+    ``meta`` says."""
+    try:
+        for _ in iter_chunks(data):
+            pass
+        snap = Snapshot.from_stored(data)
+    except (ContainerError, SnapshotError):
+        return None
+    head = snap._head
+    raw_process, trigger = head.get("process"), snap.trigger
+    process: dict[str, Any] = raw_process if isinstance(raw_process, dict) else {}
+    if len(data) != meta["size"] or snap.id != meta["id"]:
+        return None
+    if trigger.get("incident") != meta["incident"] or process.get("pid") != meta["pid"]:
+        return None
+    return snap if (process.get("service") or "") == meta["service"] else None
+
+
 def check_snapshot(meta: dict[str, Any], data: bytes, limit: int) -> Snapshot | None:
     """The snapshot in ``data`` when it is exactly what ``meta`` (already cleaned) says."""
     if len(data) != meta["stored"] or hashlib.sha256(data).hexdigest() != meta["sha256"]:
         return None
+    if is_container(data):
+        return _check_stored(meta, data)
     decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
     try:
         raw = decompressor.decompress(data, limit + 1)

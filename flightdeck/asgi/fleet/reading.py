@@ -20,7 +20,7 @@ class FleetReader:
         self.counters = counters
 
     def fetch(self, ident: str) -> tuple[bytes, Snapshot] | None:
-        """A fleet snapshot's gzip'd JSON and the snapshot, both checked; None if absent."""
+        """A fleet snapshot's stored bytes and the snapshot, both checked; None if absent."""
         if not is_valid_id(ident):
             return None
         key = self.client.keys.snapshot(ident)

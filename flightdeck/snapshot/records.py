@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core.events import NATIVE_LAYOUTS
+
 Event = tuple[Any, ...]
 
 # Value tags (``_native.c``, "Value tags of the generic encoding").
@@ -17,27 +19,9 @@ V_NONE, V_FALSE, V_TRUE, V_INT, V_STR, V_TUPLE, V_FLOAT, V_BYTES, V_BIGINT, V_LI
 V_ASCII, V_REF = 10, 11
 MAX_DEPTH = 8
 K_GENERIC = 0
-#: Field layouts per event kind, as ``SCHEMA`` in ``_native.c``.
-SCHEMA: dict[int, str] = {
-    1: "TIVVInV",
-    2: "TRIR",
-    3: "TIVVV",
-    4: "TRIV",
-    5: "TRVV",
-    6: "TRV",
-    7: "TN",
-    8: "TNVVVVVVIV",
-    9: "TNnRVVVRn",
-    10: "TRVI",
-    11: "TVVI",
-    12: "TRRVVInV",
-    13: "TVV",
-    14: "TVV",
-    15: "TVV",
-    16: "TRNN",
-    17: "TIVV",
-    18: "TRIV",
-}
+#: Field layouts per event kind, as the native encoder's (``core/_kinds.h``); the numbers
+#: no kind has below the highest one decode as the C decoder does: the kind alone.
+SCHEMA: dict[int, str] = {k: NATIVE_LAYOUTS.get(k, "") for k in range(1, max(NATIVE_LAYOUTS) + 1)}
 _MASK = (1 << 64) - 1
 
 

@@ -233,6 +233,9 @@ class CaptureEngine:
                 if reason:
                     info = self._blocked(where)
                     self.fire(trig.kind, None, reason, info, trig.cooldown)
+                    pending = self.pending or self.queued
+                    if info is None and pending is not None and pending.record is None:
+                        pending.record = _label_record(where)
         except Exception as exc:
             self.errors("block_trigger", exc)
 
@@ -389,6 +392,19 @@ class CaptureEngine:
                 "queued": self.queued is not None,
             },
         }
+
+
+def _label_record(where: object) -> dict[str, Any] | None:
+    """``{"id": None, "method", "path"}`` from a block's label (``"GET /path: site"``) when
+    its request ended before the block was heard of: what a listing shows. The document's
+    full record is found on read (``causes.blocked_request``), as ``id`` is None."""
+    if not isinstance(where, str):
+        return None
+    method, _, rest = where.partition(" ")
+    if not (method.isalpha() and method.isupper() and rest.startswith("/")):
+        return None
+    path = rest.split(": ", 1)[0].split(" (", 1)[0]
+    return {"id": None, "method": method[:MAX_METHOD], "path": path[:MAX_PATH]}
 
 
 def _overrides(trig: Trigger, hook: str) -> bool:

@@ -53,8 +53,14 @@ END = b"END "  #: the container is complete: {"chunks": n} (JSON), n chunks in a
 
 #: Flag: the payload is zlib-compressed (RFC 1950).
 ZLIB = 1
-#: The compression of a capture's records (zlib releases the GIL while it compresses).
+#: The compression of a capture's JSON chunks (the pure core's events, the status): zlib
+#: releases the GIL while it compresses. JSON is several times the pure window's bytes.
 CAPTURE_LEVEL = 1
+#: The compression of the native core's generations on the capture path: none. They are
+#: already compact (stored, about 0.95 x the window's accounted bytes), and zlib at level 1
+#: took 0.48 s for a full default window (12 MiB) on the 2-core benchmark machine, five
+#: times the rest of the capture (``benchmarks/README.md``, "Capture cost").
+RECORDS_LEVEL = 0
 #: A payload (stored or decompressed) larger than this is refused.
 MAX_CHUNK = 1 << 30
 #: At most this many trace ids in a header (the window may hold more requests).
@@ -119,9 +125,12 @@ def write(
     head: Header,
     *,
     level: int = CAPTURE_LEVEL,
+    records_level: int = RECORDS_LEVEL,
     annotate: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[bytes]:
     """The stored form of ``frozen``, in pieces to write in order (never joined here).
+
+    ``level``: zlib level of the JSON chunks; ``records_level``: of the native generations.
 
     ``head`` holds the header's own fields (``id``, ``trigger``, ``process``, ...); the
     window's (``t_now``, ``dropped``, ``events``, ``core``, ``trace_ids``, ``created_at``)
@@ -150,7 +159,7 @@ def write(
             core = "native"
             for rid, trace_id in seg.requests():  # type: ignore[attr-defined]
                 index.add(rid, trace_id)
-            body.append(_chunk(GENR, dump(), level))
+            body.append(_chunk(GENR, dump(), records_level))
         else:
             events = seg.events()
             index.add_events(events)
@@ -383,6 +392,20 @@ def read_frozen(data: bytes | memoryview) -> tuple[Header, Frozen]:
     return head, Frozen(segments, [], tasks, requests, dropped, t_now, extra)
 
 
+def _trigger(stored: dict[str, Any]) -> dict[str, Any]:
+    """The trigger record as the builder takes it: a blocked request known only by its
+    label (``id`` None) is looked up in the window, as a build at capture time did."""
+    trigger = {k: v for k, v in stored.items() if k != "time"}
+    request = trigger.get("request")
+    if (
+        trigger.get("kind") == "loop_blocked"
+        and isinstance(request, dict)
+        and request.get("id") is None
+    ):
+        trigger["request"] = None
+    return trigger
+
+
 def read_document(data: bytes) -> dict[str, Any]:
     """The ``flightdeck/1`` document of a stored snapshot, as the capture's window gives it.
 
@@ -408,7 +431,7 @@ def read_document(data: bytes) -> dict[str, Any]:
             frozen,
             snapshot_id=ident,
             offset_ns=offset,
-            trigger={k: v for k, v in trigger.items() if k != "time"},
+            trigger=_trigger(trigger),
             trigger_time_ns=trigger_ns,
             process=process,
         )

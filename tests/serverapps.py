@@ -103,9 +103,9 @@ async def own_capture(request: Request) -> Response:
         with open(os.devnull, "wb") as sink:
             n = await asyncio.to_thread(rec.write_to, sink)
     elif how == "snapshot":
-        n = len((await asyncio.to_thread(rec.snapshot)).stored or b"")
+        n = (await asyncio.to_thread(rec.snapshot)).stored_size
     else:
-        n = len((await rec.capture()).stored or b"")
+        n = (await rec.capture()).stored_size
     return JSONResponse({"bytes": n})
 
 

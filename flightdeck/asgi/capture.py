@@ -368,9 +368,10 @@ class CaptureEngine:
             frozen = self.recorder.freeze()
 
             def work() -> Snapshot:
-                snap = self.recorder.build(frozen, kind="manual", reason=reason or "captured")
-                self.store.put(snap)
-                return snap
+                # Written straight into the store: the stored form is never held whole here.
+                return self.recorder.capture_into(
+                    self.store, frozen, kind="manual", reason=reason or "captured"
+                )
 
             snap = await anyio.to_thread.run_sync(work)
             self.captures += 1

@@ -120,67 +120,15 @@ class _TraceIndex:
                 self.add(e[2], e[10])
 
 
-def write(
-    frozen: Frozen,
+def _finish_head(
     head: Header,
-    *,
-    level: int = CAPTURE_LEVEL,
-    records_level: int = RECORDS_LEVEL,
-    annotate: Callable[[dict[str, Any]], None] | None = None,
-) -> list[bytes]:
-    """The stored form of ``frozen``, in pieces to write in order (never joined here).
-
-    ``level``: zlib level of the JSON chunks; ``records_level``: of the native generations.
-
-    ``head`` holds the header's own fields (``id``, ``trigger``, ``process``, ...); the
-    window's (``t_now``, ``dropped``, ``events``, ``core``, ``trace_ids``, ``created_at``)
-    are added to it. ``annotate`` sees the header before it is written, with ``requests``
-    listing ``{id, trace_id}`` for each distinct trace id and for the trigger's request (what
-    the fleet reads of a document), and may change it or raise to drop the snapshot.
-    ``frozen`` is consumed: each segment is let go once written (``Frozen.iter_segments``).
-    """
-    trigger = head.get("trigger") or {}
-    request = trigger.get("request")
-    index = _TraceIndex(request.get("id") if isinstance(request, dict) else None)
-    body: list[bytes] = []
-    status = {"tasks": list(frozen.tasks.values()), "requests": list(frozen.requests.values())}
-    index.add_events(status["requests"])
-    body.append(_chunk(STAT, _json(status), level))
-    del status
-    pending = list(frozen.segments)
-    pending.reverse()
-    frozen.segments = []
-    count = 0
-    core = "python"
-    while pending:
-        seg = pending.pop()
-        dump = getattr(seg, "dump", None)
-        if dump is not None:
-            core = "native"
-            for rid, trace_id in seg.requests():  # type: ignore[attr-defined]
-                index.add(rid, trace_id)
-            body.append(_chunk(GENR, dump(), records_level))
-        else:
-            events = seg.events()
-            index.add_events(events)
-            body.append(_chunk(EVTS, _json(events), level))
-            del events
-        count += seg.count
-        del seg
-    tail, frozen.tail = frozen.tail, []
-    if tail:
-        index.add_events(tail)
-        body.append(_chunk(EVTS, _json(tail), level))
-        count += len(tail)
-    del tail
-    awaiting = frozen.extra.get("awaiting") or {}
-    names = frozen.extra.get("names") or {}
-    if awaiting or names:
-        live = {
-            "awaiting": [[tid, frames] for tid, frames in awaiting.items()],
-            "names": [[tid, *pair] for tid, pair in names.items()],
-        }
-        body.append(_chunk(LIVE, _json(live), level))
+    frozen: Frozen,
+    index: _TraceIndex,
+    count: int,
+    core: str,
+    annotate: Callable[[dict[str, Any]], None] | None,
+) -> bytes:
+    """The header chunk, once the window's part is known (``annotate`` may raise)."""
     head.update(
         container=VERSION,
         core=head.get("core", core),
@@ -199,8 +147,133 @@ def write(
             annotate(head)
         finally:
             head.pop("requests", None)
+    return _chunk(HEAD, _json(head))
+
+
+def _status_chunk(frozen: Frozen, index: _TraceIndex, level: int) -> bytes:
+    status = {"tasks": list(frozen.tasks.values()), "requests": list(frozen.requests.values())}
+    index.add_events(status["requests"])
+    return _chunk(STAT, _json(status), level)
+
+
+def _live_chunk(frozen: Frozen, level: int) -> bytes | None:
+    awaiting = frozen.extra.get("awaiting") or {}
+    names = frozen.extra.get("names") or {}
+    if not (awaiting or names):
+        return None
+    live = {
+        "awaiting": [[tid, frames] for tid, frames in awaiting.items()],
+        "names": [[tid, *pair] for tid, pair in names.items()],
+    }
+    return _chunk(LIVE, _json(live), level)
+
+
+def _index(head: Header) -> _TraceIndex:
+    trigger = head.get("trigger") or {}
+    request = trigger.get("request")
+    return _TraceIndex(request.get("id") if isinstance(request, dict) else None)
+
+
+def stream(
+    frozen: Frozen,
+    head: Header,
+    *,
+    level: int = CAPTURE_LEVEL,
+    records_level: int = RECORDS_LEVEL,
+    annotate: Callable[[dict[str, Any]], None] | None = None,
+) -> Iterator[bytes]:
+    """Like :func:`write`, one piece at a time as they are made: a native window's
+    generations are dumped as the consumer takes them (its trace ids are read first,
+    undecoded), so writing to a file or a socket never holds the whole stored form. The pure
+    core's chunks (compressed JSON) are made whole first, as :func:`write` does.
+    """
+    segments = list(frozen.segments)
+    if not all(hasattr(seg, "dump") for seg in segments):
+        yield from write(frozen, head, level=level, records_level=records_level, annotate=annotate)
+        return
+    del segments
+    index = _index(head)
+    status = _status_chunk(frozen, index, level)
+    for seg in frozen.segments:
+        for rid, trace_id in seg.requests():  # type: ignore[attr-defined]
+            index.add(rid, trace_id)
+    count = sum(seg.count for seg in frozen.segments) + len(frozen.tail)
+    header = _finish_head(head, frozen, index, count, "native", annotate)
+    yield _PREAMBLE
+    yield header
+    del header
+    yield status
+    del status
+    n = 2
+    pending = list(frozen.segments)
+    pending.reverse()
+    frozen.segments = []
+    while pending:
+        seg = pending.pop()
+        piece = _chunk(GENR, seg.dump(), records_level)  # type: ignore[attr-defined]
+        del seg
+        n += 1
+        yield piece
+        del piece
+    tail, frozen.tail = frozen.tail, []
+    if tail:
+        n += 1
+        yield _chunk(EVTS, _json(tail), level)
+    del tail
+    live = _live_chunk(frozen, level)
+    if live is not None:
+        n += 1
+        yield live
+    yield _chunk(END, _json({"chunks": n + 1}))
+
+
+def write(
+    frozen: Frozen,
+    head: Header,
+    *,
+    level: int = CAPTURE_LEVEL,
+    records_level: int = RECORDS_LEVEL,
+    annotate: Callable[[dict[str, Any]], None] | None = None,
+) -> list[bytes]:
+    """The stored form of ``frozen``, in pieces to write in order (never joined here).
+
+    ``level``: zlib level of the JSON chunks; ``records_level``: of the native generations.
+    ``head`` holds the header's own fields (``id``, ``trigger``, ``process``, ...); the
+    window's (``t_now``, ``dropped``, ``events``, ``core``, ``trace_ids``, ``created_at``)
+    are added to it. ``annotate`` sees the header before it is written, with ``requests``
+    listing ``{id, trace_id}`` for each distinct trace id and for the trigger's request (what
+    the fleet reads of a document), and may change it or raise to drop the snapshot.
+    ``frozen`` is consumed: each segment is let go once written (``Frozen.iter_segments``).
+    """
+    if frozen.segments and all(hasattr(seg, "dump") for seg in frozen.segments):
+        return list(
+            stream(frozen, head, level=level, records_level=records_level, annotate=annotate)
+        )
+    index = _index(head)
+    body = [_status_chunk(frozen, index, level)]
+    pending = list(frozen.segments)
+    pending.reverse()
+    frozen.segments = []
+    count = 0
+    while pending:
+        seg = pending.pop()
+        events = seg.events()
+        index.add_events(events)
+        body.append(_chunk(EVTS, _json(events), level))
+        count += len(events)
+        del events, seg
+    tail, frozen.tail = frozen.tail, []
+    if tail:
+        index.add_events(tail)
+        body.append(_chunk(EVTS, _json(tail), level))
+        count += len(tail)
+    del tail
+    live = _live_chunk(frozen, level)
+    if live is not None:
+        body.append(live)
+    header = _finish_head(head, frozen, index, count, "python", annotate)
     body.append(_chunk(END, _json({"chunks": len(body) + 2})))  # HEAD, body, END
-    return [_PREAMBLE, _chunk(HEAD, _json(head)), *body]
+    return [_PREAMBLE, header, *body]
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -265,6 +338,64 @@ def iter_chunks(data: bytes | memoryview, *, strict: bool = True) -> Iterator[tu
         yield tag, raw
     if strict and not ended:
         raise ContainerError("truncated stored snapshot (no end chunk)")
+
+
+def verify(read: Callable[[int], bytes]) -> Header:
+    """The header of the stored snapshot ``read`` returns (``read(n)``: up to ``n`` more
+    bytes, b"" at the end), once every chunk's checksum and the end chunk hold.
+
+    Streams in blocks of at most 1 MiB: memory stays small whatever the size (a directory
+    verifies each file it lists). Raises :class:`ContainerError`.
+    """
+
+    def exact(n: int) -> bytes:
+        parts = []
+        while n > 0:
+            got = read(min(n, 1 << 20))
+            if not got:
+                raise ContainerError("truncated stored snapshot")
+            parts.append(got)
+            n -= len(got)
+        return b"".join(parts)
+
+    _preamble(exact(len(_PREAMBLE)))
+    head: Header | None = None
+    n = 0
+    while True:
+        first = read(_CHUNK.size)
+        if not first:
+            raise ContainerError("truncated stored snapshot (no end chunk)")
+        if len(first) < _CHUNK.size:
+            first += exact(_CHUNK.size - len(first))
+        tag, flags, length, crc = _CHUNK.unpack(first)
+        if length > MAX_CHUNK:
+            raise ContainerError(f"chunk {tag!r} is too large")
+        n += 1
+        if tag in (HEAD, END):
+            raw = exact(length)
+            if zlib.crc32(raw) != crc or flags:
+                raise ContainerError(f"corrupt stored snapshot (chunk {tag!r})")
+            value = _loads(raw, tag)
+            if tag == HEAD:
+                head = value
+            elif value.get("chunks") != n:
+                raise ContainerError("stored snapshot's chunk count does not match its end")
+            else:
+                break
+        else:
+            left, running = length, 0
+            while left:
+                block = exact(min(left, 1 << 20))
+                running = zlib.crc32(block, running)
+                left -= len(block)
+            if running != crc:
+                raise ContainerError(f"corrupt stored snapshot (checksum of {tag!r})")
+        if n == 1 and head is None:
+            raise ContainerError("stored snapshot does not start with its header")
+    if read(1):
+        raise ContainerError("bytes after the end of the stored snapshot")
+    assert head is not None
+    return head
 
 
 def _loads(raw: bytes, tag: bytes) -> Any:

@@ -21,7 +21,7 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from ..core.text import ErrorLog
 from . import codec, container
@@ -43,7 +43,7 @@ _OPEN_READ = (
     | getattr(os, "O_BINARY", 0)
 )
 _OPEN_WRITE = (
-    os.O_WRONLY
+    os.O_RDWR
     | os.O_CREAT
     | os.O_EXCL
     | getattr(os, "O_NOFOLLOW", 0)
@@ -120,14 +120,26 @@ class SnapshotDirectory:
         self._verified: OrderedDict[tuple[int, ...], Summary] = OrderedDict()
 
     # -- writing -------------------------------------------------------------------------
-    def write(self, ident: str, data: bytes | codec.Chunks, stored: bool = False) -> str | None:
+    def write(
+        self,
+        ident: str,
+        data: bytes | Iterable[bytes],
+        stored: bool = False,
+        unwritten: list[bytes] | None = None,
+    ) -> str | None:
         """Write one snapshot file, rotating out the oldest beyond the quota; None on failure.
 
-        ``stored``: ``data`` is a stored form (``<id>.fdk``), else gzip'd JSON.
+        ``stored``: ``data`` is a stored form (``<id>.fdk``), else gzip'd JSON. ``data`` may
+        be an iterator, consumed as written (a capture's pieces, made as they go). On
+        failure ``unwritten``, if given, receives all of ``data`` (what was written read back,
+        then the rest), so that the caller can keep it elsewhere.
         """
         final = os.path.join(self.path, ident + (STORED_SUFFIX if stored else SUFFIX))
         tmp = os.path.join(self.path, f"{_TMP_PREFIX}{ident}.{secrets.token_hex(4)}")
         created = False
+        pieces = iter([data] if isinstance(data, bytes) else data)
+        size = 0
+        chunk = b""
         try:
             if not os.path.isdir(self.path):
                 # Recreated when removed while running (tmp cleaners, an operator).
@@ -136,20 +148,31 @@ class SnapshotDirectory:
             fd = os.open(tmp, _OPEN_WRITE, 0o600)
             created = True
             try:
-                for chunk in [data] if isinstance(data, bytes) else data:
+                for chunk in pieces:
                     view = memoryview(chunk)
                     while view:
                         view = view[os.write(fd, view) :]
+                    size += len(chunk)
+                    chunk = b""
                 os.fsync(fd)
+            except OSError:
+                if unwritten is not None:
+                    if size:
+                        with contextlib.suppress(OSError):
+                            unwritten.append(os.pread(fd, size, 0))
+                    unwritten.append(chunk)  # the one being written
+                raise
             finally:
                 os.close(fd)
             # Make room first, so that the directory never holds more than the limit (in one
             # process; concurrent writers can each be one ahead until the last one rotates).
-            self.enforce_quota(incoming=ident, incoming_bytes=codec.encoded_size(data))
+            self.enforce_quota(incoming=ident, incoming_bytes=size)
             os.replace(tmp, final)
             created = False
         except OSError as exc:
             self.failed("write", exc)
+            if unwritten is not None:
+                unwritten.extend(pieces)  # the rest, not made yet
             return None
         finally:
             if created:
@@ -339,20 +362,19 @@ class SnapshotDirectory:
     def _check_stored(
         self, fd: int, st: os.stat_result, key: tuple[int, ...], path: str, ident: str
     ) -> Summary | None:
-        """A stored form's summary, from its header, once every chunk's checksum holds."""
+        """A stored form's summary, from its header, once every chunk's checksum holds
+        (read in blocks: the file is never held whole)."""
         try:
-            data = codec.read_exact(fd, st.st_size)
+            os.lseek(fd, 0, os.SEEK_SET)
+            if not container.is_container(codec.read_exact(fd, len(container.MAGIC))):
+                return None  # not ours: left alone
+            os.lseek(fd, 0, os.SEEK_SET)
+            head: dict[str, object] | None = container.verify(lambda n: os.read(fd, n))
         except OSError:
             return None
-        if not container.is_container(data):
-            return None  # not ours: left alone
-        try:
-            head = container.read_header(data)
-            for _ in container.iter_chunks(data):
-                pass
         except container.ContainerError:
             head = None
-        summary = codec.clean(head, len(data)) if head is not None else None
+        summary = codec.clean(head, st.st_size) if head is not None else None
         if summary is None or summary["id"] != ident or not codec.consistent(summary):
             self._quarantine(path, ident)
             return None

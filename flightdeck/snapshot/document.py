@@ -77,24 +77,39 @@ class Snapshot:
     Build one with :meth:`FlightRecorder.snapshot` or read one with :meth:`Snapshot.load`.
     """
 
-    __slots__ = ("_doc", "_head", "_json", "_stored")
+    __slots__ = ("_doc", "_head", "_json", "_load", "_stored")
 
     def __init__(self, document: dict[str, Any]) -> None:
         self._doc: dict[str, Any] | None = document
         self._json: bytes | None = None
-        #: The stored form (``container.py``) this snapshot was captured as, if any.
-        self._stored: bytes | None = None
+        #: The stored form (``container.py``) this snapshot was captured as, if any: one
+        #: ``bytes``, or the pieces a capture wrote (joined only when asked for).
+        self._stored: bytes | list[bytes] | None = None
         self._head: dict[str, Any] = document
+        self._load: Callable[[], bytes | None] | None = None
 
     @classmethod
-    def from_stored(cls, data: bytes, head: dict[str, Any] | None = None) -> Snapshot:
-        """A snapshot of a stored form (``container.py``); its document is built when asked.
+    def from_header(cls, head: dict[str, Any], load: Callable[[], bytes | None]) -> Snapshot:
+        """A snapshot kept elsewhere (a store): its header now, its stored form from
+        ``load()`` when first asked for (``stored``, ``to_dict()``, ``dumps()``)."""
+        snap = cls.from_stored([], head)
+        snap._stored = None
+        snap._load = load
+        return snap
+
+    @classmethod
+    def from_stored(cls, data: bytes | list[bytes], head: dict[str, Any] | None = None) -> Snapshot:
+        """A snapshot of a stored form (``container.py``), whole or in the pieces a capture
+        wrote (never joined unless asked for); its document is built when asked.
 
         Raises :class:`SnapshotError` when ``data``'s header is not readable.
         """
         from .container import ContainerError, read_header
 
+        if head is None and isinstance(data, list):
+            data = b"".join(data)
         if head is None:
+            assert isinstance(data, bytes)
             try:
                 head = read_header(data)
             except ContainerError as exc:
@@ -106,6 +121,7 @@ class Snapshot:
         snap._json = None
         snap._stored = data
         snap._head = head
+        snap._load = None
         return snap
 
     @property
@@ -127,7 +143,23 @@ class Snapshot:
     @property
     def stored(self) -> bytes | None:
         """The stored form (``docs/snapshot-format.md``) when captured or read as one."""
+        if self._stored is None and self._load is not None:
+            self._stored = self._load()
+        if isinstance(self._stored, list):
+            self._stored = b"".join(self._stored)
         return self._stored
+
+    def stored_pieces(self) -> list[bytes] | None:
+        """The stored form in pieces, as captured (no copy), or None."""
+        if self._stored is None:
+            return None if self._load is None else [b for b in [self.stored] if b is not None]
+        return self._stored if isinstance(self._stored, list) else [self._stored]
+
+    @property
+    def stored_size(self) -> int:
+        """Bytes of the stored form (0 when there is none)."""
+        pieces = self.stored_pieces()
+        return sum(map(len, pieces)) if pieces is not None else 0
 
     def to_dict(self) -> dict[str, Any]:
         """The native ``flightdeck/1`` document (shared, do not mutate).
@@ -139,9 +171,11 @@ class Snapshot:
         if self._doc is None:
             from .container import ContainerError, read_document
 
-            assert self._stored is not None
+            stored = self.stored
+            if stored is None:
+                raise SnapshotError(f"{self.id}: its stored form is gone (evicted)")
             try:
-                self._doc = self._head = read_document(self._stored)
+                self._doc = self._head = read_document(stored)
             except ContainerError as exc:
                 raise SnapshotError(f"data: {exc}") from None
         return self._doc
@@ -182,9 +216,10 @@ class Snapshot:
         or read as one.
         """
         if format == "raw":
-            if self._stored is None:
+            stored = self.stored
+            if stored is None:
                 raise ValueError("this snapshot has no stored form (it was built as a document)")
-            data = self._stored
+            data = stored
         else:
             data = self.dumps(format)
         Path(path).write_bytes(data)

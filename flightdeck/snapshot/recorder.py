@@ -307,6 +307,7 @@ class FlightRecorder:
             "process": self._process_info(),
             "clock_offset_ns": self._clock_offset_ns,
             "options": {"window": self.window, "max_bytes": self.max_bytes},
+            "core": CORE,
         }
 
     def _write(
@@ -335,8 +336,8 @@ class FlightRecorder:
         :class:`SnapshotInProgress` rather than queueing.
         """
         head = self._head(kind, reason, request, trigger_time_ns)
-        pieces = self._write(frozen, head)
-        return Snapshot.from_stored(_joined(pieces), head)
+        # The pieces as written, never joined here: a store keeps these very bytes.
+        return Snapshot.from_stored(self._write(frozen, head), head)
 
     def build_into(
         self,
@@ -359,8 +360,27 @@ class FlightRecorder:
         incident there) and may raise to drop the snapshot. ``frozen`` is consumed.
         """
         head = self._head(kind, reason, request, trigger_time_ns, extra)
-        pieces = self._write(frozen, head, annotate)
-        return store.put_stored(pieces, head)
+        return self._store(store, frozen, head, annotate)
+
+    def _store(
+        self,
+        store: SnapshotStore,
+        frozen: Frozen,
+        head: dict[str, Any],
+        annotate: Callable[[dict[str, Any]], None] | None = None,
+    ) -> StoredInfo:
+        with self._building():
+            # Made as the store writes them: to a directory, one generation at a time.
+            return store.put_stored(container.stream(frozen, head, annotate=annotate), head)
+
+    def capture_into(
+        self, store: SnapshotStore, frozen: Frozen, *, kind: str = "manual", reason: str = ""
+    ) -> Snapshot:
+        """Like :meth:`build_into`, returning a :class:`Snapshot` that reads its stored form
+        back from ``store`` only when asked for (a manual capture's answer needs the header)."""
+        head = self._head(kind, reason, None, None)
+        info = self._store(store, frozen, head)
+        return Snapshot.from_header(head, lambda: store.get_stored(info.id))
 
     @contextlib.contextmanager
     def _building(self) -> Iterator[None]:
@@ -412,12 +432,12 @@ class FlightRecorder:
         if isinstance(fileobj, io.TextIOBase):
             raise TypeError("write_to() writes the stored form: open the file in binary mode")
         head = self._head("manual", "", None, None)
-        pieces = self._write(self.freeze(), head)
+        frozen = self.freeze()
         written = 0
-        while pieces:
-            piece = pieces.pop(0)
-            fileobj.write(piece)
-            written += len(piece)
+        with self._building():
+            for piece in container.stream(frozen, head):
+                fileobj.write(piece)
+                written += len(piece)
         return written
 
     def to_epoch(self, t_ns: int) -> float:
@@ -492,16 +512,6 @@ class FlightRecorder:
     def __repr__(self) -> str:
         state = "started" if self._started else "stopped"
         return f"<FlightRecorder {state} window={self.window}s max_bytes={self.max_bytes}>"
-
-
-def _joined(pieces: list[bytes]) -> bytes:
-    """``pieces`` as one ``bytes``, each let go once copied: the stored form is never held
-    twice (``BytesIO.getvalue()`` hands over its buffer without a copy)."""
-    out = io.BytesIO()
-    pieces.reverse()
-    while pieces:
-        out.write(pieces.pop())
-    return out.getvalue()
 
 
 def active_recorders() -> list[FlightRecorder]:

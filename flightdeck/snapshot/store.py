@@ -20,7 +20,7 @@ import errno
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..core.text import ErrorLog
@@ -113,26 +113,33 @@ class SnapshotStore:
 
         Its stored form when it has one (a capture's), else gzip'd native JSON.
         """
-        stored = snapshot.stored
-        if stored is not None:
-            return self.put_stored([stored], snapshot._head)
+        pieces = snapshot.stored_pieces()
+        if pieces is not None:
+            return self.put_stored(pieces, snapshot._head)
         return self.put_encoded(*encode(snapshot))
 
-    def put_stored(self, pieces: Chunks, head: dict[str, Any]) -> StoredInfo:
-        """Keep a stored form written by ``container.write`` (its pieces, never joined here).
+    def put_stored(self, pieces: Iterable[bytes], head: dict[str, Any]) -> StoredInfo:
+        """Keep a stored form from ``container.write`` or ``container.stream``: its pieces,
+        never joined here; an iterator is written to the directory as it is made.
 
-        ``head`` is the header written in it; the listing is made of it alone.
+        ``head`` is its header (complete once the pieces are); the listing is made of it.
         """
-        size = encoded_size(pieces)
+        if not is_valid_id(head.get("id")):
+            raise ValueError(f"not a storable snapshot: malformed id {head.get('id')!r}")
+        ident: str = head["id"]
+        if self._dir is not None:
+            unwritten: Chunks = []
+            path = self._dir.write(ident, pieces, stored=True, unwritten=unwritten)
+            if path is not None:
+                size = _size(path)
+                return StoredInfo(ident, size, size, path)
+            pieces = unwritten
+        kept = pieces if isinstance(pieces, list) else list(pieces)
+        size = encoded_size(kept)
         summary = clean(head, size)
         if summary is None:
-            raise ValueError(f"not a storable snapshot: malformed id {head.get('id')!r}")
-        ident = summary["id"]
-        if self._dir is not None:
-            path = self._dir.write(ident, pieces, stored=True)
-            if path is not None:
-                return StoredInfo(ident, size, size, path)
-        self._keep(ident, pieces, summary, size)
+            raise ValueError(f"not a storable snapshot: malformed id {ident!r}")
+        self._keep(ident, kept, summary, size)
         return StoredInfo(ident, size, size, None)
 
     def put_encoded(self, data: bytes | Chunks, summary: Summary) -> StoredInfo:
@@ -295,6 +302,13 @@ class SnapshotStore:
 
     def __repr__(self) -> str:
         return f"<SnapshotStore {len(self._memory)} in memory, directory={self.directory!r}>"
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path, follow_symlinks=False).st_size
+    except OSError:
+        return 0
 
 
 def _copy(summary: Summary) -> Summary:

@@ -50,7 +50,7 @@ FAULTS = {
     "trigger": (lambda deck, mp: None, "request_end"),
     "store": (lambda deck, mp: mp.setattr(deck.store, "put_stored", _boom), "capture"),
     # The capture path writes the stored form itself (no document, no exporter).
-    "writer": (lambda deck, mp: mp.setattr(container, "write", _boom), "capture"),
+    "writer": (lambda deck, mp: mp.setattr(container, "stream", _boom), "capture"),
 }
 
 

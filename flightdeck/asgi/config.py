@@ -33,7 +33,7 @@ from ..core.config import (
 from ..snapshot.store import DEFAULT_MAX_STORE_BYTES
 from .fleet.options import fleet_options
 from .redact import DEFAULT as DEFAULT_REDACTOR
-from .redact import Redactor
+from .redact import Redactor, query_values_from_env
 from .triggers import LoopBlocked, ServerError, SlowRequest, Trigger
 
 #: Global rate limit across all triggers: at most this many snapshots per period.
@@ -68,6 +68,8 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "enabled": ("FLIGHTDECK_ENABLED", lambda n: env_flag(n, True)),
     "allowed_hosts": ("FLIGHTDECK_ALLOWED_HOSTS", env_list),
     "fleet": ("FLIGHTDECK_FLEET", env),
+    "fleet_secret": ("FLIGHTDECK_FLEET_SECRET", env),
+    "query_values": ("FLIGHTDECK_QUERY_VALUES", query_values_from_env),
 }
 
 
@@ -101,11 +103,13 @@ class Config:
         enabled: bool = True,
         allowed_hosts: Iterable[str] | None = None,
         redact_keys: Iterable[str] = (),
+        query_values: str | Iterable[str] = "all",
         service: str | None = None,
         fleet: str | None = None,
         fleet_capture: str = "trace",
         fleet_namespace: str = "flightdeck",
         fleet_ttl: float = 24 * 3600.0,
+        fleet_secret: str | list[str] | None = None,
     ) -> None:
         self.window = check_seconds("window", window)
         self.max_bytes = check_positive_int("max_bytes", max_bytes)
@@ -113,6 +117,8 @@ class Config:
         self.server_errors = check_bool("server_errors", server_errors)
         self.loop_blocked = check_optional_seconds("loop_blocked", loop_blocked)
         self.cooldown = check_seconds("cooldown", cooldown)
+        if self.cooldown < 0.001:  # the fleet's cooldown is kept in whole milliseconds
+            raise ValueError(f"cooldown must be at least 0.001 seconds, not {cooldown!r}")
         self.directory = directory
         self.max_snapshots = check_positive_int("max_snapshots", max_snapshots)
         #: The store's bound in stored bytes (in memory, or in ``directory``).
@@ -120,7 +126,8 @@ class Config:
         self.endpoint = check_endpoint(endpoint)
         self.token = check_token(token)
         self.allowed_hosts = check_hosts(allowed_hosts)
-        self.redactor = Redactor(redact_keys) if redact_keys else DEFAULT_REDACTOR
+        custom = redact_keys or query_values != "all"
+        self.redactor = Redactor(redact_keys, query_values) if custom else DEFAULT_REDACTOR
         self.instrument_loop = check_bool("instrument_loop", bool(instrument_loop))
         self.capture_headers = _check_header_names(capture_headers)
         if isinstance(capture_delay, bool) or not isinstance(capture_delay, (int, float)):
@@ -138,7 +145,7 @@ class Config:
             raise ValueError("service must be a non-empty string or None")
         #: None: from FLIGHTDECK_SERVICE, OTEL_SERVICE_NAME or the app (``resolve_service``).
         self.service = service
-        self.fleet = fleet_options(fleet, fleet_capture, fleet_namespace, fleet_ttl)
+        self.fleet = fleet_options(fleet, fleet_capture, fleet_namespace, fleet_ttl, fleet_secret)
 
     @classmethod
     def from_env(cls, **options: Any) -> Config:

@@ -93,9 +93,16 @@ def _render_rows(listing: list[dict[str, Any]], base: str) -> str:
     return "\n".join(rows)
 
 
-def render_index(listing: list[dict[str, Any]], base: str, nonce: str) -> str:
-    """The snapshot list with its "capture now" button (the script carries ``nonce``)."""
+def render_index(listing: list[dict[str, Any]], base: str, nonce: str, logout: bool = False) -> str:
+    """The snapshot list with its "capture now" button (the script carries ``nonce``);
+    with ``logout``, a button that clears the session cookie."""
     e = html.escape
+    out = (
+        f' · <form method="post" action="{e(base)}/logout" style="display:inline">'
+        '<button id="logout" type="submit">Log out</button></form>'
+        if logout
+        else ""
+    )
     rows = _render_rows(listing, base) or ('<tr><td colspan="7">No snapshots yet.</td></tr>')
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -113,7 +120,7 @@ tr.incident td {{ background: #f3f0e6; font-weight: 600; }}
 <body>
 <h1>flightdeck</h1>
 <p><button id="capture" data-url="{e(base)}/snapshots">Capture now</button>
-<span id="message"></span> · <a href="{e(base)}/status">status</a></p>
+<span id="message"></span> · <a href="{e(base)}/status">status</a>{out}</p>
 <table>
 <thead><tr><th>created</th><th>trigger</th><th>reason</th><th>request</th><th>pid</th>
 <th>size</th><th>download</th></tr></thead>

@@ -30,6 +30,7 @@ from ..core.config import (
     env_list,
     env_seconds,
 )
+from ..snapshot.store import DEFAULT_MAX_STORE_BYTES
 from .fleet.options import fleet_options
 from .redact import DEFAULT as DEFAULT_REDACTOR
 from .redact import Redactor, query_values_from_env
@@ -59,6 +60,10 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "slow_request": ("FLIGHTDECK_SLOW_REQUEST", lambda n: env_seconds(n, 1.0, can_disable=True)),
     "loop_blocked": ("FLIGHTDECK_LOOP_BLOCKED", lambda n: env_seconds(n, 0.1, can_disable=True)),
     "directory": ("FLIGHTDECK_DIR", env),
+    "max_store_bytes": (
+        "FLIGHTDECK_MAX_STORE_BYTES",
+        lambda n: env_bytes(n, DEFAULT_MAX_STORE_BYTES),
+    ),
     "endpoint": ("FLIGHTDECK_ENDPOINT", _endpoint_from_env),
     "token": ("FLIGHTDECK_TOKEN", env),
     "enabled": ("FLIGHTDECK_ENABLED", lambda n: env_flag(n, True)),
@@ -75,7 +80,7 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
 
 
 #: Options for which an explicit ``None`` means "from the environment", not "disabled".
-_NONE_IS_ENV = ("window", "max_bytes", "enabled")
+_NONE_IS_ENV = ("window", "max_bytes", "max_store_bytes", "enabled")
 
 
 class Config:
@@ -93,6 +98,7 @@ class Config:
         cooldown: float = 60.0,
         directory: str | os.PathLike[str] | None = None,
         max_snapshots: int = 20,
+        max_store_bytes: int = DEFAULT_MAX_STORE_BYTES,
         endpoint: str | None = "/debug/flight",
         token: str | None = None,
         instrument_loop: bool = True,
@@ -123,6 +129,8 @@ class Config:
             raise ValueError(f"cooldown must be at least 0.001 seconds, not {cooldown!r}")
         self.directory = directory
         self.max_snapshots = check_positive_int("max_snapshots", max_snapshots)
+        #: The store's bound in stored bytes (in memory, or in ``directory``).
+        self.max_store_bytes = check_positive_int("max_store_bytes", max_store_bytes)
         self.endpoint = check_endpoint(endpoint)
         self.token = check_token(token)
         self.allowed_hosts = check_hosts(allowed_hosts)

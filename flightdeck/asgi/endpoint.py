@@ -415,7 +415,7 @@ class _Endpoint:
             if cached is not None:
                 self.view_stats.count("cached")
                 return await self._serve(request, views.any_source(cached), fmt, headers, gzip)
-        data = await anyio.to_thread.run_sync(store.get_bytes, ident, True)
+        data = await anyio.to_thread.run_sync(store.get_stored, ident)
         if data is None:
             return _not_found()
         if fmt.convert is None:

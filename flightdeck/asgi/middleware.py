@@ -126,7 +126,11 @@ class FlightDeck(_Base):
             instrument_loop=config.instrument_loop,
             loop_blocked=watchdog_threshold(config),  # what the triggers need
         )
-        self.store = SnapshotStore(max_snapshots=config.max_snapshots, directory=config.directory)
+        self.store = SnapshotStore(
+            max_snapshots=config.max_snapshots,
+            max_bytes=config.max_store_bytes,
+            directory=config.directory,
+        )
         self.engine = engine = CaptureEngine(config, self.recorder, self.store)
         self.errors = engine.errors
         self.service = self.recorder.service = resolve_service(config.service, app)

@@ -836,13 +836,13 @@ dec_event(Dec *d)
         switch (s[i]) {
         case 'T':
             if (get_varint(d, &u) < 0) goto fail;
-            d->last_t += unzz(u);
+            d->last_t = (int64_t)((uint64_t)d->last_t + (uint64_t)unzz(u)); /* wraps, never UB */
             d->t_first = d->last_t;
             x = PyLong_FromLongLong(d->last_t);
             break;
         case 'R':
             if (get_varint(d, &u) < 0) goto fail;
-            x = PyLong_FromLongLong(u == 0 ? 0 : d->t_first + unzz(u - 1));
+            x = PyLong_FromLongLong(u == 0 ? 0 : (int64_t)((uint64_t)d->t_first + (uint64_t)unzz(u - 1)));
             break;
         case 'N':
             if (get_varint(d, &u) < 0) goto fail;
@@ -903,8 +903,9 @@ Segment_status(Segment *g, PyObject *Py_UNUSED(ignored))
     if (!tasks || !reqs) goto fail;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(evs); i++) {
         PyObject *e = PyList_GET_ITEM(evs, i);
-        if (PyTuple_GET_SIZE(e) < 3) continue;
+        if (PyTuple_GET_SIZE(e) < 3 || !PyLong_CheckExact(PyTuple_GET_ITEM(e, 0))) continue;
         long k = PyLong_AsLong(PyTuple_GET_ITEM(e, 0));
+        if (k == -1 && PyErr_Occurred()) { PyErr_Clear(); continue; }
         PyObject *d = k == K_TASK_CREATE ? tasks : k == K_REQ_START ? reqs : NULL;
         if (d && PyDict_SetItem(d, PyTuple_GET_ITEM(e, 2), e) < 0) goto fail;
     }
@@ -926,10 +927,234 @@ Segment_get_data(Segment *g, void *c)
     return PyBytes_FromStringAndSize((const char *)g->buf, g->len);
 }
 
+/* ---- the stored form of a generation (docs/snapshot-format.md, chunk "GENR") ------------
+ * varints: zz(t_base) zz(t_start) zz(t_end) count status_len nstrs len, then nstrs strings
+ * (varint byte length + UTF-8, lone surrogates kept as surrogatepass writes them), then
+ * the len bytes of records. Self-contained: the strings travel inside the bytes. */
+
+typedef struct { uint8_t *b; Py_ssize_t n, cap; } Buf;
+
+static int
+buf_room(Buf *o, Py_ssize_t n)
+{
+    if (o->n + n <= o->cap) return 0;
+    Py_ssize_t nc = o->cap ? o->cap : 256;
+    while (nc < o->n + n) nc *= 2;
+    uint8_t *nb = PyMem_Realloc(o->b, (size_t)nc);
+    if (!nb) { PyErr_NoMemory(); return -1; }
+    o->b = nb;
+    o->cap = nc;
+    return 0;
+}
+
+static int
+buf_varint(Buf *o, uint64_t v)
+{
+    if (buf_room(o, 10) < 0) return -1;
+    o->n = raw_varint(o->b + o->n, v) - o->b;
+    return 0;
+}
+
+static int
+buf_put(Buf *o, const void *p, Py_ssize_t n)
+{
+    if (buf_varint(o, (uint64_t)n) < 0 || buf_room(o, n) < 0) return -1;
+    if (n) memcpy(o->b + o->n, p, (size_t)n);
+    o->n += n;
+    return 0;
+}
+
+static PyObject *
+Segment_dump(Segment *g, PyObject *Py_UNUSED(ignored))
+{
+    Buf o = {NULL, 0, 0};
+    if (buf_room(&o, 64 + g->len + g->nstrs * 16) < 0) return NULL;
+    if (buf_varint(&o, zz(g->t_base)) < 0 || buf_varint(&o, zz(g->t_start)) < 0
+        || buf_varint(&o, zz(g->t_end)) < 0 || buf_varint(&o, (uint64_t)g->count) < 0
+        || buf_varint(&o, (uint64_t)g->status_len) < 0 || buf_varint(&o, (uint64_t)g->nstrs) < 0)
+        goto fail;
+    for (Py_ssize_t i = 0; i < g->nstrs; i++) {
+        PyObject *s = g->strs[i];
+        if (PyUnicode_IS_COMPACT_ASCII(s)) {
+            if (buf_put(&o, PyUnicode_DATA(s), PyUnicode_GET_LENGTH(s)) < 0) goto fail;
+            continue;
+        }
+        PyObject *b = PyUnicode_AsEncodedString(s, "utf-8", "surrogatepass");
+        if (!b) goto fail;
+        int r = buf_put(&o, PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b));
+        Py_DECREF(b);
+        if (r < 0) goto fail;
+    }
+    if (buf_varint(&o, (uint64_t)g->len) < 0 || buf_room(&o, g->len) < 0) goto fail;
+    if (g->len) memcpy(o.b + o.n, g->buf, (size_t)g->len);
+    o.n += g->len;
+    PyObject *out = PyBytes_FromStringAndSize((const char *)o.b, o.n);
+    PyMem_Free(o.b);
+    return out;
+fail:
+    PyMem_Free(o.b);
+    return NULL;
+}
+
+static int
+load_varint(const uint8_t **p, const uint8_t *end, uint64_t *out, const char *what)
+{
+    Dec d = {NULL, *p, end, 0, 0, 0};
+    if (get_varint(&d, out) < 0) {
+        PyErr_Format(PyExc_ValueError, "corrupt flightdeck generation (%s)", what);
+        return -1;
+    }
+    *p = d.p;
+    return 0;
+}
+
+/* load_segment(data): a read-only Segment from what Segment.dump() wrote; checks every
+ * length against the bytes given (untrusted: they come back from files and Redis). */
+static PyObject *
+mod_load_segment(PyObject *m, PyObject *arg)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    const uint8_t *p = view.buf, *end = p + view.len;
+    uint64_t tb, ts, te, count, status_len, nstrs, len;
+    Segment *g = NULL;
+    if (load_varint(&p, end, &tb, "t_base") < 0 || load_varint(&p, end, &ts, "t_start") < 0
+        || load_varint(&p, end, &te, "t_end") < 0 || load_varint(&p, end, &count, "count") < 0
+        || load_varint(&p, end, &status_len, "status length") < 0
+        || load_varint(&p, end, &nstrs, "strings") < 0)
+        goto fail;
+    /* every string takes at least its length byte */
+    if (nstrs > (uint64_t)(end - p) || count > (uint64_t)view.len) {
+        PyErr_SetString(PyExc_ValueError, "corrupt flightdeck generation (counts)");
+        goto fail;
+    }
+    g = seg_new(0, unzz(tb));
+    if (!g) goto fail;
+    g->open = 0;
+    g->t_start = unzz(ts);
+    g->t_end = unzz(te);
+    g->count = (Py_ssize_t)count;
+    if (nstrs) {
+        g->strs = PyMem_Malloc((size_t)nstrs * sizeof(PyObject *));
+        if (!g->strs) { PyErr_NoMemory(); goto fail; }
+        g->strs_cap = (Py_ssize_t)nstrs;
+    }
+    for (uint64_t i = 0; i < nstrs; i++) {
+        uint64_t n;
+        if (load_varint(&p, end, &n, "string length") < 0) goto fail;
+        if (n > (uint64_t)(end - p)) {
+            PyErr_SetString(PyExc_ValueError, "corrupt flightdeck generation (string)");
+            goto fail;
+        }
+        PyObject *s = PyUnicode_DecodeUTF8((const char *)p, (Py_ssize_t)n, "surrogatepass");
+        if (!s) goto fail;
+        g->strs[g->nstrs++] = s;
+        p += n;
+    }
+    if (load_varint(&p, end, &len, "length") < 0) goto fail;
+    if (len != (uint64_t)(end - p) || status_len > len) {
+        PyErr_SetString(PyExc_ValueError, "corrupt flightdeck generation (record length)");
+        goto fail;
+    }
+    if (len) {
+        g->buf = PyMem_Malloc((size_t)len);
+        if (!g->buf) { PyErr_NoMemory(); goto fail; }
+        memcpy(g->buf, p, (size_t)len);
+    }
+    g->len = g->cap = (Py_ssize_t)len;
+    g->status_len = (Py_ssize_t)status_len;
+    seg_free_tables(g);
+    g->extra = 0;
+    PyBuffer_Release(&view);
+    return (PyObject *)g;
+fail:
+    Py_XDECREF(g);
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
+/* Skip one tagged value without making it (the trace-id scan). */
+static int
+skip_value(Dec *d, int depth)
+{
+    if (d->p >= d->end) { corrupt("end"); return -1; }
+    uint8_t tag = *d->p++;
+    uint64_t u;
+    switch (tag) {
+    case V_NONE: case V_FALSE: case V_TRUE: return 0;
+    case V_INT: case V_STR: case V_BIGINT: case V_REF: return get_varint(d, &u);
+    case V_TUPLE:
+    case V_LIST:
+        if (depth >= MAX_DEPTH + 1) { corrupt("depth"); return -1; }
+        if (get_varint(d, &u) < 0) return -1;
+        if (u > (uint64_t)(d->end - d->p)) { corrupt("length"); return -1; }
+        for (uint64_t i = 0; i < u; i++) if (skip_value(d, depth + 1) < 0) return -1;
+        return 0;
+    case V_ASCII:
+        if (d->p >= d->end || *d->p > d->end - d->p - 1) { corrupt("ascii"); return -1; }
+        d->p += 1 + *d->p;
+        return 0;
+    case V_FLOAT:
+        if (d->end - d->p < 8) { corrupt("float"); return -1; }
+        d->p += 8;
+        return 0;
+    case V_BYTES:
+        if (get_varint(d, &u) < 0) return -1;
+        if (u > (uint64_t)(d->end - d->p)) { corrupt("bytes"); return -1; }
+        d->p += u;
+        return 0;
+    }
+    corrupt("tag");
+    return -1;
+}
+
+/* requests(): (rid, trace_id) of every REQ_START record (status records included), decoding
+ * those alone and skipping the rest: the index a capture puts in its header. */
+static PyObject *
+Segment_requests(Segment *g, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    Dec d = {g, g->buf, g->buf + g->len, g->t_base, 0, 0};
+    while (d.p < d.end) {
+        uint8_t kind = *d.p;
+        PyObject *e = NULL;
+        if (kind == K_REQ_START || kind == K_GENERIC) {
+            e = dec_event(&d);
+            if (!e) goto fail;
+        }
+        else {
+            d.p++;
+            if (kind >= NKINDS || !SCHEMA[kind]) { corrupt("kind"); goto fail; }
+            for (const char *s = SCHEMA[kind]; *s; s++) {
+                uint64_t u;
+                if (*s == 'V' ? skip_value(&d, 1) < 0 : get_varint(&d, &u) < 0) goto fail;
+            }
+            continue;
+        }
+        if (PyTuple_GET_SIZE(e) == 11 && PyLong_CheckExact(PyTuple_GET_ITEM(e, 0))
+            && PyLong_AsLong(PyTuple_GET_ITEM(e, 0)) == K_REQ_START) {
+            PyObject *pair = PyTuple_Pack(2, PyTuple_GET_ITEM(e, 2), PyTuple_GET_ITEM(e, 10));
+            if (!pair || PyList_Append(out, pair) < 0) { Py_XDECREF(pair); Py_DECREF(e); goto fail; }
+            Py_DECREF(pair);
+        }
+        PyErr_Clear();
+        Py_DECREF(e);
+    }
+    return out;
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
 static PyMethodDef Segment_methods[] = {
     {"events", (PyCFunction)Segment_events, METH_NOARGS, "The events, decoded into tuples."},
     {"status", (PyCFunction)Segment_status, METH_NOARGS,
      "(tasks, requests) alive when the generation opened: id -> creation tuple."},
+    {"dump", (PyCFunction)Segment_dump, METH_NOARGS,
+     "The stored form: times, counts, the string table and the records, in one bytes."},
+    {"requests", (PyCFunction)Segment_requests, METH_NOARGS,
+     "(rid, trace_id) of each REQ_START record, the others skipped undecoded."},
     {NULL}
 };
 
@@ -2656,6 +2881,8 @@ static PyMethodDef mod_methods[] = {
      "The recorder's clock in ns: the same clock as time.perf_counter_ns()."},
     {"await_chain", (PyCFunction)(void (*)(void))mod_await_chain, METH_FASTCALL,
      "await_chain(coro, limit=48): (function, file, line) of each frame it awaits, innermost last."},
+    {"load_segment", (PyCFunction)mod_load_segment, METH_O,
+     "load_segment(data): a read-only Segment from Segment.dump()'s bytes (checked)."},
     {"bench_step", (PyCFunction)mod_bench_step, METH_VARARGS,
      "bench_step(window, n, clocks=True): record n task steps from C; ns spent."},
     {NULL}

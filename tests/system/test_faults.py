@@ -14,7 +14,7 @@ from support import Message, await_until, drive, http_scope, make_deck
 from flightdeck import FlightDeck
 from flightdeck.asgi.triggers import RequestInfo, ServerError
 from flightdeck.convert import FAULT_ENV
-from flightdeck.snapshot import build as builder
+from flightdeck.snapshot import container
 
 pytestmark = pytest.mark.anyio
 
@@ -48,9 +48,9 @@ FAULTS = {
     ),
     "recorder.emit": (lambda deck, mp: mp.setattr(deck.recorder, "emit", _boom), "request_start"),
     "trigger": (lambda deck, mp: None, "request_end"),
-    "store": (lambda deck, mp: mp.setattr(deck.store, "put_encoded", _boom), "capture"),
-    # The capture path serializes the document itself, task by task.
-    "exporter": (lambda deck, mp: mp.setattr(builder, "iter_json", _boom), "capture"),
+    "store": (lambda deck, mp: mp.setattr(deck.store, "put_stored", _boom), "capture"),
+    # The capture path writes the stored form itself (no document, no exporter).
+    "writer": (lambda deck, mp: mp.setattr(container, "stream", _boom), "capture"),
 }
 
 

@@ -110,18 +110,20 @@ def advance_status(
     requests: dict[int, Event],
     events: list[Event],
     limit: int = MAX_STATUS,
-    limit_bytes: int | None = None,
-) -> tuple[dict[int, Event], dict[int, Event]]:
+    limit_bytes: int = 1 << 62,
+    req_bytes: int | None = None,
+) -> tuple[dict[int, Event], dict[int, Event], int]:
     """The status tables after ``events``: what was alive before, plus creations, minus ends.
 
     Each table holds at most ``limit`` entries, and the requests at most ``limit_bytes``
     (``request_status_bytes`` each): the window's byte bound must hold even with more tasks
-    or requests alive than it can describe; what did not fit is not described.
+    or requests alive than it can describe; what did not fit is not described. Returns the
+    tables and what their requests hold; ``req_bytes`` is that of ``requests`` when known
+    (only the events' requests are costed then, not every one alive).
     """
     tasks = dict(tasks)
     requests = dict(requests)
-    req_bytes = 0
-    if limit_bytes is not None:
+    if req_bytes is None:
         req_bytes = sum(request_status_bytes(e) for e in requests.values())
     for e in events:
         k = e[0]
@@ -131,19 +133,18 @@ def advance_status(
         elif k == ev.TASK_DONE:
             tasks.pop(e[ev.TASK_DONE_TID], None)
         elif k == ev.REQ_START:
-            if len(requests) < limit:
-                if limit_bytes is None:
-                    requests[e[ev.REQ_START_RID]] = e
-                else:
-                    cost = request_status_bytes(e)
-                    if req_bytes + cost <= limit_bytes:
-                        requests[e[ev.REQ_START_RID]] = e
-                        req_bytes += cost
+            cost = request_status_bytes(e)
+            if len(requests) < limit and req_bytes + cost <= limit_bytes:
+                gone = requests.get(e[ev.REQ_START_RID])
+                if gone is not None:
+                    req_bytes -= request_status_bytes(gone)
+                requests[e[ev.REQ_START_RID]] = e
+                req_bytes += cost
         elif k == ev.REQ_END:
             gone = requests.pop(e[ev.REQ_END_RID], None)
-            if gone is not None and limit_bytes is not None:
+            if gone is not None:
                 req_bytes -= request_status_bytes(gone)
-    return tasks, requests
+    return tasks, requests, req_bytes
 
 
 def status_bytes(tasks: dict[int, Event], requests: dict[int, Event]) -> int:
@@ -345,6 +346,7 @@ class Window:
             self._open = []
             tasks, requests = self._sealing_tables = self._next_tables
             tables_bytes = self._next_status_bytes
+            req_bytes = tables_bytes - len(tasks) * EST_STATUS_BYTES
             t0 = self._open_t0
         # The expensive part, outside the lock: freeze() sees these events in ``_sealing``.
         seg: Segment | None = None
@@ -355,11 +357,13 @@ class Window:
             self.seal_errors += 1
         # Status tables get at most an eighth of the budget: they are copied per segment.
         limit = max(64, min(MAX_STATUS, self.max_bytes // (8 * EST_STATUS_BYTES)))
-        after = advance_status(tasks, requests, open_, limit, self.max_bytes // 8)
-        after_bytes = status_bytes(*after)
+        tasks, requests, req_bytes = advance_status(
+            tasks, requests, open_, limit, self.max_bytes // 8, req_bytes
+        )
+        after_bytes = len(tasks) * EST_STATUS_BYTES + req_bytes
         with self._lock:
             self._sealing = []
-            self._next_tables = after
+            self._next_tables = tasks, requests
             self._next_status_bytes = after_bytes
             if seg is None:
                 self.dropped += len(open_)

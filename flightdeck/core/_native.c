@@ -1148,7 +1148,7 @@ win_status(Window *w, int64_t kind, PyObject *ev)
     /* only keys whose hash and equality run no Python code */
     if (!PyLong_CheckExact(key) && !PyUnicode_CheckExact(key)) return;
     PyObject *old = kind == K_REQ_START || kind == K_REQ_END ? PyDict_GetItemWithError(d, key) : NULL;
-    if (PyErr_Occurred()) { PyErr_Clear(); w->errors++; return; }
+    if (old == NULL && PyErr_Occurred()) { PyErr_Clear(); w->errors++; return; }
     Py_ssize_t old_cost = old && PyTuple_CheckExact(old) ? req_status_bytes(old) : 0;
     if (kind == K_TASK_CREATE || kind == K_REQ_START) {
         /* One limit for both tables together: the ring was sized around their one share;

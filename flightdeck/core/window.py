@@ -233,7 +233,8 @@ class Window:
         self._segment_bytes = 0
         #: What the instrumentation knows is alive now (for labels; mutated by the loop).
         self.live_tasks: dict[int, Event] = {}
-        #: Requests in flight: ``rid -> (REQ_START event, scope, state)`` (the middleware's).
+        #: Requests in flight: ``rid -> (REQ_START event, scope, state)`` (the middleware's;
+        #: the event bounded by ``window.live_start``).
         self.live_requests: dict[int, tuple[Any, ...]] = {}
         #: Status after every sealed event: the tables of the next segment to seal.
         self._next_tables: tuple[dict[int, Event], dict[int, Event]] = ({}, {})

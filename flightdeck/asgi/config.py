@@ -34,6 +34,7 @@ from .fleet.options import fleet_options
 from .redact import DEFAULT as DEFAULT_REDACTOR
 from .redact import Redactor, query_values_from_env
 from .triggers import LoopBlocked, ServerError, SlowRequest, Trigger
+from .views import DEFAULT_DEADLINE, DEFAULT_MEMORY
 
 #: Global rate limit across all triggers: at most this many snapshots per period.
 RATE_COUNT = 6
@@ -65,6 +66,11 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "fleet": ("FLIGHTDECK_FLEET", env),
     "fleet_secret": ("FLIGHTDECK_FLEET_SECRET", env),
     "query_values": ("FLIGHTDECK_QUERY_VALUES", query_values_from_env),
+    "convert_deadline": (
+        "FLIGHTDECK_CONVERT_DEADLINE",
+        lambda n: env_seconds(n, DEFAULT_DEADLINE, can_disable=False),
+    ),
+    "convert_memory": ("FLIGHTDECK_CONVERT_MEMORY", lambda n: env_bytes(n, DEFAULT_MEMORY)),
 }
 
 
@@ -104,6 +110,8 @@ class Config:
         fleet_namespace: str = "flightdeck",
         fleet_ttl: float = 24 * 3600.0,
         fleet_secret: str | list[str] | None = None,
+        convert_deadline: float = DEFAULT_DEADLINE,
+        convert_memory: int = DEFAULT_MEMORY,
     ) -> None:
         self.window = check_seconds("window", window)
         self.max_bytes = check_positive_int("max_bytes", max_bytes)
@@ -138,6 +146,10 @@ class Config:
         #: None: from FLIGHTDECK_SERVICE, OTEL_SERVICE_NAME or the app (``resolve_service``).
         self.service = service
         self.fleet = fleet_options(fleet, fleet_capture, fleet_namespace, fleet_ttl, fleet_secret)
+        #: The endpoint's converter child: killed past this many seconds, its address
+        #: space capped at this many bytes.
+        self.convert_deadline = check_seconds("convert_deadline", convert_deadline)
+        self.convert_memory = check_positive_int("convert_memory", convert_memory)
 
     @classmethod
     def from_env(cls, **options: Any) -> Config:

@@ -143,10 +143,14 @@ class FlightDeck(_Base):
         self._endpoint_app: ASGIApp | None = None
         endpoint = config.endpoint
         if self.enabled and endpoint is not None:
-            from ..asgi.endpoint import make_endpoint
+            from ..asgi.endpoint import ViewOptions, make_endpoint
 
             self._endpoint_app = make_endpoint(
-                self, prefix=endpoint, token=config.token, allowed_hosts=config.allowed_hosts
+                self,
+                prefix=endpoint,
+                token=config.token,
+                allowed_hosts=config.allowed_hosts,
+                view_options=ViewOptions(config.convert_deadline, config.convert_memory),
             )
             self._prefix, self._prefix_slash = endpoint, endpoint + "/"
         self._native = native_asgi()

@@ -1558,25 +1558,28 @@ attr_or(PyObject *o, PyObject *a, PyObject *b)
 static PyObject *
 chain_of(PyObject *coro, Py_ssize_t limit)
 {
-    PyObject *out = PyList_New(0);
-    if (!out) return NULL;
-    Py_ssize_t hops = 0;
+    /* the sites gathered on the stack (one tuple at the end, no list) unless the limit is
+     * beyond what the hook asks for */
+    PyObject *small[64];
+    if (limit > 1 << 16) limit = 1 << 16; /* deeper than any recursion limit */
+    PyObject **items = limit <= 64 ? small : PyMem_Malloc((size_t)limit * sizeof(PyObject *));
+    if (!items) return PyErr_NoMemory();
+    Py_ssize_t n = 0, hops = 0;
+    PyObject *res = NULL;
     Py_XINCREF(coro);
-    while (coro && coro != Py_None && PyList_GET_SIZE(out) < limit && hops < 4 * limit) {
+    while (coro && coro != Py_None && n < limit && hops < 4 * limit) {
         hops++;
         PyObject *frame = attr_or(coro, s_cr_frame, s_gi_frame);
         if (frame && PyFrame_Check(frame)) {
             PyCodeObject *code = PyFrame_GetCode((PyFrameObject *)frame);
             PyObject *item = frame_site((PyFrameObject *)frame, code);
             Py_DECREF(code);
-            if (!item || PyList_Append(out, item) < 0) {
-                Py_XDECREF(item);
+            if (!item) {
                 Py_DECREF(frame);
                 Py_DECREF(coro);
-                Py_DECREF(out);
-                return NULL;
+                goto out;
             }
-            Py_DECREF(item);
+            items[n++] = item;
         }
         PyObject *following = attr_or(coro, s_cr_await, s_gi_yieldfrom);
         Py_DECREF(coro);
@@ -1585,8 +1588,14 @@ chain_of(PyObject *coro, Py_ssize_t limit)
         Py_XDECREF(frame);
     }
     Py_XDECREF(coro);
-    PyObject *res = PyList_AsTuple(out);
-    Py_DECREF(out);
+    res = PyTuple_New(n);
+    if (res) {
+        for (Py_ssize_t i = 0; i < n; i++) PyTuple_SET_ITEM(res, i, items[i]);
+        n = 0;
+    }
+out:
+    for (Py_ssize_t i = 0; i < n; i++) Py_DECREF(items[i]);
+    if (items != small) PyMem_Free(items);
     return res;
 }
 
@@ -1603,6 +1612,14 @@ mod_await_chain(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 
 /* ------------------------------------------------------------------------------------ */
 /* StepRunner: times task steps and wakeups (one per instrumented loop, reused)          */
+
+/* The records of the hook kept out of line: rare per step, and callgrind then shows each
+ * one's cost apart (benchmarks/bench_instr.py's breakdown). */
+#if defined(__GNUC__)
+#define FD_NOINLINE __attribute__((noinline))
+#else
+#define FD_NOINLINE
+#endif
 
 typedef struct {
     PyObject_HEAD
@@ -1627,7 +1644,7 @@ typedef struct {
     PyObject *fut_cancelled;
     int native_wait;       /* record TASK_WAIT here (its await chain natively), not wait_cb */
     PyObject *meth_type;   /* the task type whose cancelled and get_name are cached below */
-    PyObject *meth[2];
+    PyObject *meth[3];     /* cancelled, get_name, get_coro */
 } Runner;
 
 static PyTypeObject Runner_Type;
@@ -1690,22 +1707,25 @@ fut_is_cancelled(Runner *r, PyObject *fut)
     return PyObject_Vectorcall(r->fut_cancelled, &fut, 1, NULL);
 }
 
-/* task.cancelled() (which 0) or task.get_name() (1), looked up once per task type. */
+/* task.cancelled() (which 0), task.get_name() (1) or task.get_coro() (2), looked up once
+ * per task type. */
 static PyObject *
 task_method(Runner *r, PyObject *task, int which)
 {
     if ((PyObject *)Py_TYPE(task) != r->meth_type) {
         PyObject *c = PyObject_GetAttr((PyObject *)Py_TYPE(task), s_cancelled);
         PyObject *n = c ? PyObject_GetAttr((PyObject *)Py_TYPE(task), s_get_name) : NULL;
-        if (!n) { Py_XDECREF(c); return NULL; }
+        PyObject *g = n ? PyObject_GetAttr((PyObject *)Py_TYPE(task), s_get_coro) : NULL;
+        if (!g) { Py_XDECREF(c); Py_XDECREF(n); return NULL; }
         Py_XSETREF(r->meth[0], c);
         Py_XSETREF(r->meth[1], n);
+        Py_XSETREF(r->meth[2], g);
         Py_XSETREF(r->meth_type, Py_NewRef((PyObject *)Py_TYPE(task)));
     }
     return PyObject_Vectorcall(r->meth[which], &task, 1, NULL);
 }
 
-static void
+FD_NOINLINE static void
 runner_done(Runner *r, PyObject *task, uint64_t raw, int64_t t)
 {
     u64tab_del(&r->last_end, raw + 2);
@@ -1752,17 +1772,30 @@ out:
 
 /* TASK_WAIT (t_prev_end, t_queued, tid, await chain): a suspension past wait_ns, described
  * where it waited, before the wakeup runs. Counts and drops on error. */
-static void
+FD_NOINLINE static void
 runner_wait(Runner *r, PyObject *task, uint64_t raw, int64_t prev, int64_t tq)
 {
-    PyObject *coro = PyObject_CallMethodNoArgs(task, s_get_coro);
+    PyObject *coro = task_method(r, task, 2);
     PyObject *chain = coro ? chain_of(coro, 48) : NULL;
     Py_XDECREF(coro);
-    PyObject *ev = chain ? Py_BuildValue("(OLLKO)", KIND_OBJ[K_TASK_WAIT], (long long)prev,
-                                         (long long)tq, (unsigned long long)raw, chain)
-                         : NULL;
-    Py_XDECREF(chain);
-    if (!ev) { PyErr_Clear(); r->errors++; return; }
+    PyObject *tp = chain ? PyLong_FromLongLong(prev) : NULL;
+    PyObject *tqv = tp ? PyLong_FromLongLong(tq) : NULL;
+    PyObject *tid = tqv ? PyLong_FromUnsignedLongLong(raw) : NULL;
+    PyObject *ev = tid ? PyTuple_New(5) : NULL;
+    if (!ev) {
+        Py_XDECREF(chain);
+        Py_XDECREF(tp);
+        Py_XDECREF(tqv);
+        Py_XDECREF(tid);
+        PyErr_Clear();
+        r->errors++;
+        return;
+    }
+    PyTuple_SET_ITEM(ev, 0, Py_NewRef(KIND_OBJ[K_TASK_WAIT]));
+    PyTuple_SET_ITEM(ev, 1, tp);
+    PyTuple_SET_ITEM(ev, 2, tqv);
+    PyTuple_SET_ITEM(ev, 3, tid);
+    PyTuple_SET_ITEM(ev, 4, chain);
     win_append(r->win, ev);
     Py_DECREF(ev);
 }
@@ -1877,6 +1910,7 @@ Runner_traverse(Runner *r, visitproc visit, void *arg)
     Py_VISIT(r->meth_type);
     Py_VISIT(r->meth[0]);
     Py_VISIT(r->meth[1]);
+    Py_VISIT(r->meth[2]);
     return 0;
 }
 
@@ -1897,6 +1931,7 @@ Runner_clear(Runner *r)
     Py_CLEAR(r->meth_type);
     Py_CLEAR(r->meth[0]);
     Py_CLEAR(r->meth[1]);
+    Py_CLEAR(r->meth[2]);
     return 0;
 }
 
@@ -2427,7 +2462,7 @@ creation_site(CreateTask *ct)
     Py_RETURN_NONE;
 }
 
-static int
+FD_NOINLINE static int
 create_record(CreateTask *ct, PyObject *loop, PyObject *coro, PyObject *context, PyObject *task)
 {
     Runner *r = ct->runner;

@@ -12,15 +12,14 @@ import secrets
 import time
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
 FORMAT = "flightdeck/1"
-FORMATS = ("json", "perfetto", "pftrace", "html", "summary")
-ExportFormat = Literal["json", "perfetto", "pftrace", "html", "summary"]
 
 #: Snapshot ids: ``<UTC timestamp>-<pid>-<random>``, URL- and filename-safe, never a path.
 ID_PATTERN = re.compile(r"\A[0-9]{8}T[0-9]{6}Z-[0-9]{1,10}-[0-9a-f]{8}\Z")
@@ -47,13 +46,43 @@ class SnapshotInProgress(RuntimeError):
     """Another snapshot of this recorder is being built; try again when it is done."""
 
 
-#: Document converters by format name, registered by the exporters (``flightdeck.export``).
-_EXPORTERS: dict[str, Callable[[dict[str, Any]], bytes]] = {}
+Converter = Callable[[dict[str, Any]], bytes]
 
 
-def register_exporter(format: str, convert: Callable[[dict[str, Any]], bytes]) -> None:
-    """Make ``Snapshot.dumps(format)`` use ``convert`` (a layer above registers itself)."""
-    _EXPORTERS[format] = convert
+@dataclass(frozen=True)
+class ExportFormat:
+    """One export format, as every reader of it sees it: ``Snapshot.dumps``, the endpoint's
+    ``?format=``, the CLI's ``--format`` and default file names, the docs' tables.
+
+    Adding a format is one :func:`register_format` call with its converter (the exporters
+    register theirs in ``flightdeck.export``).
+    """
+
+    name: str
+    #: The ``flightdeck/1`` document to this format's bytes; None for ``raw``, which is the
+    #: stored bytes as they are (not made from a document).
+    convert: Converter | None
+    media_type: str
+    disposition: str  #: ``attachment`` (a download) or ``inline`` (shown by the browser)
+    suffix: str  #: file name suffix, with its dot
+    title: str  #: one line for ``--help`` and the docs
+
+
+#: Every export format by name, in registration order.
+FORMATS: dict[str, ExportFormat] = {}
+
+
+def register_format(format: ExportFormat) -> None:
+    """Make ``format`` known to ``Snapshot.dumps``, the endpoint and the CLI."""
+    FORMATS[format.name] = format
+
+
+def export_format(name: str) -> ExportFormat:
+    """The registered format ``name``; ``ValueError`` listing the known ones otherwise."""
+    found = FORMATS.get(name)
+    if found is None:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {name!r}")
+    return found
 
 
 def new_id(now: float | None = None) -> str:
@@ -103,8 +132,10 @@ class Snapshot:
         """The native ``flightdeck/1`` document (shared, do not mutate)."""
         return self._doc
 
-    def dumps(self, format: ExportFormat = "json") -> bytes:
-        """Serialize as native JSON, Perfetto/Chrome trace JSON or a self-contained HTML page."""
+    def dumps(self, format: str = "json") -> bytes:
+        """The snapshot in one of the registered formats (:data:`FORMATS`), made here, in
+        this process, from the whole document in memory (the endpoint converts in a child
+        process instead)."""
         if format == "json":
             if self._json is None:
                 try:
@@ -114,12 +145,15 @@ class Snapshot:
                     self._doc = sanitize(self._doc)
                     self._json = orjson.dumps(self._doc, option=orjson.OPT_NON_STR_KEYS)
             return self._json
-        convert = _EXPORTERS.get(format)
-        if convert is not None:
-            return self._export(convert)
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
+        convert = export_format(format).convert
+        if convert is None:
+            raise ValueError(
+                f"format {format!r} is a snapshot's stored bytes, not a conversion of its"
+                " document: read it from the store or the endpoint"
+            )
+        return self._export(convert)
 
-    def _export(self, convert: Callable[[dict[str, Any]], bytes]) -> bytes:
+    def _export(self, convert: Converter) -> bytes:
         try:
             return convert(self._doc)
         except (TypeError, UnicodeError):
@@ -128,7 +162,7 @@ class Snapshot:
             self._json = None
             return convert(self._doc)
 
-    def write(self, path: str | os.PathLike[str], format: ExportFormat = "json") -> int:
+    def write(self, path: str | os.PathLike[str], format: str = "json") -> int:
         """Write the snapshot to ``path`` in ``format``; returns the number of bytes written."""
         data = self.dumps(format)
         Path(path).write_bytes(data)
@@ -212,3 +246,29 @@ def sanitize(value: Any) -> Any:
     if isinstance(value, (int, float, bool)) or value is None:
         return value
     return str(value)
+
+
+def _native_json(doc: dict[str, Any]) -> bytes:
+    return Snapshot(doc).dumps("json")
+
+
+register_format(
+    ExportFormat(
+        "json",
+        _native_json,
+        "application/json",
+        "attachment",
+        ".json",
+        "the native flightdeck/1 document (the interchange format)",
+    )
+)
+register_format(
+    ExportFormat(
+        "raw",
+        None,
+        "application/octet-stream",
+        "attachment",
+        ".fdsnap",
+        "the stored snapshot as it is kept (the smallest form; every reader reads it)",
+    )
+)

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..core import events as ev
 from ..core.text import safe_text
+from ..core.window import LIVE_TEXT_MAX, live_start
 from ..instrument.context import current_request
 from ..snapshot.document import Snapshot
 from ..snapshot.recorder import FlightRecorder
@@ -256,8 +257,13 @@ class FlightDeck(_Base):
         t0 = pc()
         try:
             start = self._start_event(scope, kind, rid, t0)
-            self._inflight[rid] = (start, scope, state)
+            live = start  # what the live table keeps: bounded (see core.window.live_start)
+            if len(start[ev.REQ_START_PATH]) + len(start[ev.REQ_START_QUERY]) > LIVE_TEXT_MAX:
+                live = live_start(start)
+            self._inflight[rid] = (live, scope, state)
             self.recorder.emit(start)
+            # This frame lives as long as the request: it must not hold the whole event.
+            del start, live
         except Exception as exc:
             self.errors("request_start", exc)
 

@@ -96,6 +96,9 @@ static PyObject *KIND_OBJ[NKINDS]; /* the kind ints, as decoded */
 #define STR_COST(s) (48 + PyUnicode_GET_LENGTH(s) * PyUnicode_KIND(s))
 #define SLOT_COST 24
 #define EST_STATUS_BYTES 120
+/* A request in flight on top of its status slot, and its strings (window.py's
+ * EST_REQUEST_BYTES and request_status_bytes). */
+#define EST_REQUEST_BYTES 480
 
 /* ------------------------------------------------------------------------------------ */
 /* small hash tables (open addressing, linear probing, power-of-two capacity)           */
@@ -1225,6 +1228,7 @@ typedef struct {
     Py_ssize_t sealed_events;
     PyObject *st_tasks, *st_reqs;  /* status: tid -> TASK_CREATE, rid -> REQ_START */
     Py_ssize_t st_limit;
+    Py_ssize_t st_req_bytes;   /* the requests' entries by req_status_bytes */
     long long recorded, evicted, dropped, overflows, seal_errors, sealed_n, errors;
     long long status_truncated;
     int64_t last_time;
@@ -1338,6 +1342,27 @@ Window_init(Window *w, PyObject *args, PyObject *kw)
     return 0;
 }
 
+/* Estimated bytes of a str, or of a tuple and what it holds (two levels); 0 otherwise. */
+static Py_ssize_t
+value_bytes(PyObject *v, int depth)
+{
+    if (PyUnicode_CheckExact(v)) return STR_COST(v);
+    if (!PyTuple_CheckExact(v) || depth >= 2) return 0;
+    Py_ssize_t n = 56 + 8 * PyTuple_GET_SIZE(v);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(v); i++) n += value_bytes(PyTuple_GET_ITEM(v, i), depth + 1);
+    return n;
+}
+
+/* What a request in flight holds while its REQ_START is in the status table: a fixed part
+ * and its strings (path, query, headers, trace id). Once per request start and end. */
+static Py_ssize_t
+req_status_bytes(PyObject *ev)
+{
+    Py_ssize_t n = EST_STATUS_BYTES + EST_REQUEST_BYTES;
+    for (Py_ssize_t i = 3; i < PyTuple_GET_SIZE(ev); i++) n += value_bytes(PyTuple_GET_ITEM(ev, i), 0);
+    return n;
+}
+
 /* The status tables follow the events (the GIL orders them). */
 static void
 win_status(Window *w, int64_t kind, PyObject *ev)
@@ -1347,15 +1372,24 @@ win_status(Window *w, int64_t kind, PyObject *ev)
     PyObject *key = PyTuple_GET_ITEM(ev, 2);
     /* only keys whose hash and equality run no Python code */
     if (!PyLong_CheckExact(key) && !PyUnicode_CheckExact(key)) return;
+    PyObject *old = kind == K_REQ_START || kind == K_REQ_END ? PyDict_GetItemWithError(d, key) : NULL;
+    if (old == NULL && PyErr_Occurred()) { PyErr_Clear(); w->errors++; return; }
+    Py_ssize_t old_cost = old && PyTuple_CheckExact(old) ? req_status_bytes(old) : 0;
     if (kind == K_TASK_CREATE || kind == K_REQ_START) {
-        /* One limit for both tables together: the ring was sized around their one share. */
+        /* One limit for both tables together: the ring was sized around their one share;
+         * requests are costed by what they hold against that share in bytes. */
+        Py_ssize_t cost = kind == K_REQ_START ? req_status_bytes(ev) : 0;
         if (PyDict_GET_SIZE(w->st_tasks) + PyDict_GET_SIZE(w->st_reqs) >= w->st_limit
-            && !PyDict_Contains(d, key))
-            return;
-        if (PyDict_SetItem(d, key, ev) < 0) { PyErr_Clear(); w->errors++; }
+            || PyDict_GET_SIZE(w->st_tasks) * EST_STATUS_BYTES + w->st_req_bytes - old_cost + cost
+                   > w->st_limit * EST_STATUS_BYTES) {
+            if (kind == K_REQ_START ? old == NULL : !PyDict_Contains(d, key)) return;
+        }
+        if (PyDict_SetItem(d, key, ev) < 0) { PyErr_Clear(); w->errors++; return; }
+        w->st_req_bytes += cost - old_cost;
     }
     else {
         if (PyDict_DelItem(d, key) < 0) PyErr_Clear();
+        else w->st_req_bytes -= old_cost;
     }
 }
 
@@ -1570,6 +1604,7 @@ win_clear(Window *w)
     w->sealed_events = 0;
     PyDict_Clear(w->st_tasks);
     PyDict_Clear(w->st_reqs);
+    w->st_req_bytes = 0;
     w->has_last = 0;
 }
 
@@ -1609,7 +1644,7 @@ static PyObject *
 Window_get_nbytes(Window *w, void *c)
 {
     Py_ssize_t n = w->sealed_bytes + (w->cur ? seg_bytes(w->cur) : 0)
-                   + (PyDict_GET_SIZE(w->st_tasks) + PyDict_GET_SIZE(w->st_reqs)) * EST_STATUS_BYTES;
+                   + PyDict_GET_SIZE(w->st_tasks) * EST_STATUS_BYTES + w->st_req_bytes;
     return PyLong_FromSsize_t(n);
 }
 

@@ -74,7 +74,18 @@ def incidents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, di
                     return None
 
                 ident = wait_until(find, timeout=20, interval=0.1)
-                docs[path] = c.get(f"/debug/flight/snapshots/{ident}?format=json").json()
+
+                def download() -> dict[str, Any] | None:
+                    # One converter child at a time: the browsing thread's page view may
+                    # hold it (429), so ask again until the deadline.
+                    answer = c.get(f"/debug/flight/snapshots/{ident}?format=json")
+                    if answer.status_code == 429:
+                        return None
+                    assert answer.status_code == 200, answer.text
+                    doc: dict[str, Any] = answer.json()
+                    return doc
+
+                docs[path] = wait_until(download, timeout=60, interval=0.2)
 
             def visit(path: str, **params: Any) -> None:
                 time.sleep(0.5)  # a user's tour: each incident apart from the one before

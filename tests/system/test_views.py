@@ -45,7 +45,7 @@ class PlainJSONStore(SnapshotStore):
     """A store whose stored form is not gzip'd JSON (as the binary container is not): every
     view of it, JSON included, must come from the converter child."""
 
-    def get_bytes(self, id: str, gzip: bool) -> bytes | None:
+    def get_stored(self, id: str) -> bytes | None:
         return super().get_bytes(id, False)
 
 

@@ -14,13 +14,12 @@ import urllib.parse
 from pathlib import Path
 from typing import NoReturn
 
+from .core.config import parse_bytes, parse_seconds
 from .fetch import (
     DEFAULT_MAX_SIZE,
     FetchError,
     HTTPStatusError,
     fetch,
-    parse_seconds,
-    parse_size,
     read_file,
 )
 from .snapshot.document import Snapshot, SnapshotError, is_valid_id
@@ -199,7 +198,7 @@ def _seconds(text: str) -> float:
 
 def _size(text: str) -> int:
     try:
-        return parse_size(text)
+        return parse_bytes(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..core import events as ev
+from ..core.config import DEFAULT_LOOP_BLOCKED
 from ..core.text import safe_text
 from ..instrument.context import current_request
 from ..snapshot.document import Snapshot
@@ -118,7 +119,7 @@ class FlightDeck(_Base):
             config.window,
             config.max_bytes,
             instrument_loop=config.instrument_loop,
-            loop_blocked=watch if watch is not None else 0.1,
+            loop_blocked=watch if watch is not None else DEFAULT_LOOP_BLOCKED,
         )
         self.store = SnapshotStore(max_snapshots=config.max_snapshots, directory=config.directory)
         self.engine = engine = CaptureEngine(config, self.recorder, self.store)
@@ -444,6 +445,7 @@ class FlightDeck(_Base):
             "recorder": stats,
             "service": self.service,
             "fleet": None if self.fleet is None else self.fleet.stats(),
+            "config_errors": list(self.config.env_errors),
         }
 
     def close(self) -> None:

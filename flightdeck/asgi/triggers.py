@@ -8,12 +8,18 @@ engine (``capture.py``) builds one snapshot at a time.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from ..core.config import (
+    DEFAULT_LOOP_BLOCKED,
+    DEFAULT_SLOW_REQUEST,
+    check_optional_seconds,
+    check_seconds,
+)
 
 
 @dataclass(slots=True)
@@ -84,14 +90,6 @@ class Trigger:
         return None
 
 
-def _seconds(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
-    return float(value)
-
-
 class SlowRequest(Trigger):
     """Fires when a request takes longer than ``threshold`` (per-route overrides allowed).
 
@@ -101,13 +99,19 @@ class SlowRequest(Trigger):
 
     kind = "slow_request"
 
-    def __init__(self, threshold: float = 1.0, routes: Mapping[str, float | None] | None = None):
-        self.threshold = _seconds("slow_request", threshold)
+    def __init__(
+        self,
+        threshold: float | str = DEFAULT_SLOW_REQUEST,
+        routes: Mapping[str, float | str | None] | None = None,
+    ):
+        self.threshold = check_seconds("slow_request", threshold)
         self.routes: dict[str, float | None] = {}
+        if routes is not None and not isinstance(routes, Mapping):
+            raise TypeError("slow_routes must be a dict of route template to seconds or None")
         for route, value in (routes or {}).items():
             if not isinstance(route, str):
-                raise TypeError("slow_request routes must be route templates (str)")
-            self.routes[route] = None if value is None else _seconds(f"routes[{route!r}]", value)
+                raise TypeError("slow_routes must map route templates (str) to seconds")
+            self.routes[route] = check_optional_seconds(f"slow_routes[{route!r}]", value)
 
     def limit(self, request: RequestInfo) -> float | None:
         for key in (request.route, request.path):
@@ -153,8 +157,8 @@ class LoopBlocked(Trigger):
 
     kind = "loop_blocked"
 
-    def __init__(self, threshold: float = 0.1) -> None:
-        self.threshold = _seconds("loop_blocked", threshold)
+    def __init__(self, threshold: float | str = DEFAULT_LOOP_BLOCKED) -> None:
+        self.threshold = check_seconds("loop_blocked", threshold)
 
     def on_block(self, duration: float, where: str | None) -> str | None:
         if duration >= self.threshold:

@@ -155,6 +155,7 @@ def test_a_real_server_with_the_variable_serves(
     assert http_get(srv.url + "/fast")[0] == 200
     status = get_json(srv.url + "/debug/flight/status")
     assert len(status["config_errors"]) == errors
+    assert status["service"] == "serverapps"  # the module holding the app, not the server's
     if errors:
         (error,) = status["config_errors"]
         assert error.startswith("FLIGHTDECK_LOOP_BLOCKED='banana' ignored")

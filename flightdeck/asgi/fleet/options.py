@@ -64,7 +64,7 @@ def fleet_options(url: Any, capture: Any, namespace: Any, ttl: Any) -> FleetOpti
     if not math.isfinite(ttl) or ttl < 1:
         raise ValueError(f"fleet_ttl must be at least 1 second, not {ttl!r}")
     if importlib.util.find_spec("redis") is None:
-        raise ImportError("fleet needs redis-py: pip install 'flightdeck[redis]'")
+        raise ImportError("fleet needs redis-py: pip install 'flightdeck-asgi[redis]'")
     # A password in the URL wins; the variable keeps it out of the URL (and of process lists).
     password = None if parts.password else env("FLIGHTDECK_FLEET_PASSWORD")
     return FleetOptions(url, password, capture, namespace, float(ttl))
@@ -88,8 +88,11 @@ def resolve_service(service: Any, app: Any) -> str:
     owners: list[int] = []  # framework objects on the way, e.g. the app of add_middleware()
     while frame is not None:
         module = frame.f_globals.get("__name__")
+        if isinstance(module, str):
+            # A server's own __main__ (``uvicorn app:app``, ``python -m uvicorn``) is not it.
+            module = _main_name(module, frame.f_globals.get("__file__"))
         if isinstance(module, str) and not _is_framework(module):
-            return _clip(_main_name(module, frame.f_globals.get("__file__")))
+            return _clip(module)
         owner = frame.f_locals.get("self")
         if owner is not None:
             owners.append(id(owner))
@@ -128,7 +131,10 @@ def _is_framework(module: str) -> bool:
 
 def _main_name(module: str, file: object) -> str:
     if module == "__main__" and isinstance(file, str):
-        return os.path.splitext(os.path.basename(file))[0] or module
+        name = os.path.splitext(os.path.basename(file))[0]
+        if name == "__main__":  # python -m package: the package's name
+            name = os.path.basename(os.path.dirname(file))
+        return name or module
     return module
 
 

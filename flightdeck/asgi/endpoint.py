@@ -347,4 +347,5 @@ class _Endpoint:
         nonce = secrets.token_urlsafe(16)
         csp = _PAGE_CSP + f"; script-src 'nonce-{nonce}'; connect-src 'self'"
         headers = {"Content-Security-Policy": csp, "Referrer-Policy": "no-referrer"}
-        return _response(render_index(listing, base, nonce), 200, "text/html", headers)
+        notes = self.backend.status().get("not_captured", ())
+        return _response(render_index(listing, base, nonce, notes), 200, "text/html", headers)

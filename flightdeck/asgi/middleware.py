@@ -33,6 +33,7 @@ from .capture import CaptureEngine, RequestState, client_of, route_of
 from .config import Config
 from .fleet import Fleet, resolve_service
 from .locate import locate
+from .notcaptured import not_captured
 from .redact import MAX_METHOD, MAX_PATH
 from .tracecontext import trace_id_from_headers
 
@@ -446,6 +447,7 @@ class FlightDeck(_Base):
             "service": self.service,
             "fleet": None if self.fleet is None else self.fleet.stats(),
             "config_errors": list(self.config.env_errors),
+            "not_captured": not_captured(self.engine.gate),
         }
 
     def close(self) -> None:

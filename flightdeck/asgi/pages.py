@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Iterable
 from typing import Any
 
 _STYLE = """body { font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }
@@ -93,10 +94,15 @@ def _render_rows(listing: list[dict[str, Any]], base: str) -> str:
     return "\n".join(rows)
 
 
-def render_index(listing: list[dict[str, Any]], base: str, nonce: str) -> str:
-    """The snapshot list with its "capture now" button (the script carries ``nonce``)."""
+def render_index(
+    listing: list[dict[str, Any]], base: str, nonce: str, not_captured: Iterable[str] = ()
+) -> str:
+    """The snapshot list with its "capture now" button (the script carries ``nonce``), led by
+    what the gate refused lately (``not_captured``: sentences from ``notcaptured``)."""
     e = html.escape
     rows = _render_rows(listing, base) or ('<tr><td colspan="7">No snapshots yet.</td></tr>')
+    notes = "".join(f"<li>{e(note)}</li>" for note in not_captured)
+    banner = f'<ul id="not-captured" role="status">{notes}</ul>' if notes else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -109,11 +115,13 @@ td:nth-child(3), td:nth-child(4) {{ word-break: break-all; }}
 button {{ font: inherit; padding: .3em 1em; }}
 tr.incident td {{ background: #f3f0e6; font-weight: 600; }}
 #message {{ margin-left: 1em; color: #a00; }}
+#not-captured {{ background: #fff4d6; border: 1px solid #e0c36a; padding: .5em 1em .5em 2em; }}
 </style></head>
 <body>
 <h1>flightdeck</h1>
 <p><button id="capture" data-url="{e(base)}/snapshots">Capture now</button>
 <span id="message"></span> · <a href="{e(base)}/status">status</a></p>
+{banner}
 <table>
 <thead><tr><th>created</th><th>trigger</th><th>reason</th><th>request</th><th>pid</th>
 <th>size</th><th>download</th></tr></thead>

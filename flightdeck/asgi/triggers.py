@@ -8,6 +8,7 @@ engine (``capture.py``) builds one snapshot at a time.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -20,6 +21,9 @@ from ..core.config import (
     check_optional_seconds,
     check_seconds,
 )
+from .notcaptured import things, why
+
+logger = logging.getLogger("flightdeck")
 
 
 @dataclass(slots=True)
@@ -185,6 +189,13 @@ class RateLimiter:
         times.append(now)
         return True
 
+    def wait(self) -> float:
+        """Seconds until :meth:`allow` would allow again (0 when it would now)."""
+        times = self._times
+        if len(times) < self.count:
+            return 0.0
+        return max(0.0, self.period - (float(self.clock()) - times[-self.count]))
+
 
 class Gate:
     """Cooldowns per (kind, route) and a global rate limit; counts fired and suppressed.
@@ -206,6 +217,10 @@ class Gate:
         self.fired: dict[str, int] = {}
         self.suppressed: dict[str, int] = {}
         self.why: dict[str, dict[str, int]] = {}
+        #: (time, kind, reason) of the latest refusals, for ``notcaptured``; and whether one
+        #: was logged since a trigger was last admitted (one log line per burst).
+        self.recent: deque[tuple[float, str, str]] = deque(maxlen=4096)
+        self._logged = False
 
     def admit(
         self, kind: str, route: str | None, cooldown: float | None = None, *, rate: bool = True
@@ -230,9 +245,18 @@ class Gate:
                 del self._last[old]
         self._last[key] = now
         self.fired[kind] = self.fired.get(kind, 0) + 1
+        self._logged = False
         return True
 
     def suppress(self, kind: str, reason: str = "capturing") -> None:
         self.suppressed[kind] = self.suppressed.get(kind, 0) + 1
         counts = self.why.setdefault(reason, {})
         counts[kind] = counts.get(kind, 0) + 1
+        self.recent.append((self.clock(), kind, reason))
+        if reason != "cooldown" and not self._logged:  # a cooldown is the expected de-dup
+            self._logged = True
+            logger.warning(
+                "flightdeck: %s not captured: %s (more are counted in the status, not logged)",
+                things({kind: 1}),
+                why(self, reason),
+            )

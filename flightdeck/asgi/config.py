@@ -32,6 +32,7 @@ from ..core.config import (
     parse_flag,
     parse_list,
     parse_optional_seconds,
+    parse_rate,
     parse_seconds,
     report_env_error,
 )
@@ -86,6 +87,7 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "enabled": ("FLIGHTDECK_ENABLED", parse_flag),
     "allowed_hosts": ("FLIGHTDECK_ALLOWED_HOSTS", _hosts),
     "fleet": ("FLIGHTDECK_FLEET", _fleet),
+    "rate_limit": ("FLIGHTDECK_RATE_LIMIT", parse_rate),
 }
 
 #: Options for which an explicit ``None`` means "from the environment", not "disabled".

@@ -99,6 +99,23 @@ def parse_flag(text: str) -> bool:
     raise ValueError(f"{text!r} is not a flag: give 1, true, yes, on or 0, false, no, off")
 
 
+def parse_rate(text: str) -> tuple[int, float]:
+    """A rate limit, ``COUNT/PERIOD``: ``6/60s``, ``30/1m``, ``10/30`` (period in seconds)."""
+    count, slash, period = text.partition("/")
+    try:
+        if not slash:
+            raise ValueError
+        value = int(count.strip())
+        seconds = parse_seconds(period)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a rate: give COUNT/PERIOD, e.g. 6/60s or 30/1m"
+        ) from None
+    if value <= 0:
+        raise ValueError(f"{text!r} must allow at least one: give COUNT/PERIOD, e.g. 6/60s")
+    return value, seconds
+
+
 def parse_list(text: str) -> list[str]:
     """A comma-separated list (blank items dropped)."""
     return [item.strip() for item in text.split(",") if item.strip()]

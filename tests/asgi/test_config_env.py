@@ -173,3 +173,14 @@ def test_a_real_server_with_the_variable_serves(
         return get_json(srv.url + "/debug/flight/status")["triggers"]["fired"]
 
     assert wait_until(captured).get("loop_blocked") == 1
+
+
+def test_the_rate_limit_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLIGHTDECK_RATE_LIMIT", "30/1m")
+    config = Config.from_env()
+    assert (config.rate_count, config.rate_period) == (30, 60.0)
+    monkeypatch.setenv("FLIGHTDECK_RATE_LIMIT", "lots")
+    config = Config.from_env()
+    assert (config.rate_count, config.rate_period) == (6, 60.0)
+    (error,) = config.env_errors
+    assert "FLIGHTDECK_RATE_LIMIT='lots' ignored" in error and "6/60s" in error

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import ast
+import importlib.util
 import re
 import tomllib
 from pathlib import Path
+
+import pytest
 
 from flightdeck.asgi.config import DEFAULTS, ENV
 
@@ -75,3 +78,24 @@ def test_the_sample_output_points_at_the_example_lines() -> None:
             assert "await" in text and awaited in text, f"app.py:{line} is {text.strip()!r}"
         else:
             assert line in loops, f"app.py:{line} is {text.strip()!r}, not {function}'s loop"
+
+
+def test_the_tour_fits_the_example_rate_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The README's tour: /block, /error, the /slow it measures under the hog, and every
+    # /incident/... route, each one snapshot, all within a minute or so.
+    monkeypatch.setenv("FLIGHTDECK_RATE_LIMIT", "unset below; restored afterwards")
+    monkeypatch.delenv("FLIGHTDECK_RATE_LIMIT")
+    spec = importlib.util.spec_from_file_location("example_tour_app", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+        incidents = [r.path for r in module.api.routes if r.path.startswith("/incident/")]
+        for path in incidents:  # the tour names each
+            assert path in README or f"`{path.removeprefix('/incident/')}`" in README, path
+        tour = len(incidents) + 3
+        config = module.app.config
+        assert config.env_errors == []
+        assert config.rate_count * 60 / config.rate_period >= tour + 5  # room to try again
+    finally:
+        module.app.close()

@@ -183,6 +183,39 @@ def cmd_pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_list(args: argparse.Namespace) -> int:
+    """The snapshots a running service holds, newest first, then the triggers it refused."""
+    base = _snapshot_url(args.url, "x").rsplit("/snapshots/", 1)[0]
+    token = _token(args)
+    answers = []
+    for url in (base + "/snapshots", base + "/status"):
+        try:
+            _, body = fetch(url, token, args.timeout, 16 << 20)
+            answers.append(json.loads(body))
+        except FetchError as exc:
+            _fail(str(exc))
+        except ValueError:
+            _fail(f"{url} did not return JSON")
+    listing, status = answers
+    if not isinstance(listing, list) or not isinstance(status, dict):
+        _fail(f"{base} is not a flightdeck endpoint")
+    for item in listing:
+        if not isinstance(item, dict) or not isinstance(item.get("trigger"), dict):
+            continue
+        trigger = item["trigger"]
+        print(
+            f"{item.get('id')}  {item.get('created_at')}  {trigger.get('kind')}: "
+            f"{trigger.get('reason')}"
+        )
+    if not listing:
+        print("no snapshots")
+    for note in status.get("not_captured") or []:
+        print(f"not captured: {note}")
+    for error in status.get("config_errors") or []:
+        print(f"configuration: {error}")
+    return 0
+
+
 def _token(args: argparse.Namespace) -> str | None:
     # The argument wins over the environment, as everywhere in flightdeck.
     token: str | None = args.token or os.environ.get("FLIGHTDECK_TOKEN") or None
@@ -295,6 +328,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _max_size_option(p)
     p.set_defaults(func=cmd_pull)
+
+    p = sub.add_parser(
+        "list",
+        help="list a running service's snapshots and the triggers its limits refused",
+        description="List the snapshots at URL (GET URL/snapshots), newest first, then what "
+        "the service's status says was not captured (rate limit, cooldown) and any "
+        "configuration error.",
+    )
+    p.add_argument(
+        "url", metavar="URL", help="the endpoint, e.g. http://127.0.0.1:8000/debug/flight"
+    )
+    p.add_argument(
+        "--token", "-t", help="bearer token of the endpoint (default: $FLIGHTDECK_TOKEN)"
+    )
+    p.add_argument("--timeout", type=_seconds, default=30.0, help="seconds for each request")
+    p.set_defaults(func=cmd_list)
     return parser
 
 

@@ -124,3 +124,29 @@ def test_the_list_page_in_chromium_shows_the_refused_captures(
                 page.screenshot(path=str(tmp_path / "list-not-captured.png"), full_page=True)
             finally:
                 browser.close()
+
+
+def test_the_cli_list_prints_them(decks: list[Any], capsys: pytest.CaptureFixture[str]) -> None:
+    from flightdeck.cli import main
+
+    app = Starlette(routes=[Route("/slow/{n}", _slow)])
+    deck = FlightDeck(app, slow_request=0.05, loop_blocked=None, rate_limit=(1, 60.0))
+    decks.append(deck)
+    deck.config.env_errors.append("FLIGHTDECK_WINDOW='ten' ignored: ...")  # as from_env does
+    with uvicorn_thread(deck) as srv:
+        assert http_get(srv.url + "/slow/0")[0] == 200
+        wait_until(lambda: deck.store.list() and not deck.engine.capturing)
+        deck.engine.gate.cooldown = 0.001  # one route template: only the rate limit refuses
+        for n in range(1, 3):
+            assert http_get(srv.url + f"/slow/{n}")[0] == 200
+        wait_until(lambda: not_captured(deck.engine.gate))
+        assert main(["list", srv.url + "/debug/flight"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    (ident,) = [item["id"] for item in deck.store.list()]
+    assert lines[0].startswith(f"{ident}  ") and "slow_request: GET /slow/{n}" in lines[0]
+    assert re.fullmatch(
+        r"not captured: 2 slow requests not captured in the last minute: rate limit 1 per"
+        r" 60 s, next capture possible in \d+ s",
+        lines[1],
+    ), lines
+    assert lines[2] == "configuration: FLIGHTDECK_WINDOW='ten' ignored: ..."

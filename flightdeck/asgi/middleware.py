@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..core import events as ev
-from ..core.config import DEFAULT_LOOP_BLOCKED
 from ..core.text import safe_text
 from ..instrument.context import current_request
 from ..snapshot.document import Snapshot
@@ -33,7 +32,6 @@ from .capture import CaptureEngine, RequestState, client_of, route_of
 from .config import Config
 from .fleet import Fleet, resolve_service
 from .locate import locate
-from .notcaptured import not_captured
 from .redact import MAX_METHOD, MAX_PATH
 from .tracecontext import trace_id_from_headers
 
@@ -120,7 +118,7 @@ class FlightDeck(_Base):
             config.window,
             config.max_bytes,
             instrument_loop=config.instrument_loop,
-            loop_blocked=watch if watch is not None else DEFAULT_LOOP_BLOCKED,
+            loop_blocked=watch if watch is not None else 0.1,
         )
         self.store = SnapshotStore(max_snapshots=config.max_snapshots, directory=config.directory)
         self.engine = engine = CaptureEngine(config, self.recorder, self.store)
@@ -447,7 +445,7 @@ class FlightDeck(_Base):
             "service": self.service,
             "fleet": None if self.fleet is None else self.fleet.stats(),
             "config_errors": list(self.config.env_errors),
-            "not_captured": not_captured(self.engine.gate),
+            "not_captured": self.engine.gate.not_captured(),
         }
 
     def close(self) -> None:

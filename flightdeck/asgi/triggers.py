@@ -21,7 +21,7 @@ from ..core.config import (
     check_optional_seconds,
     check_seconds,
 )
-from .notcaptured import things, why
+from .notcaptured import not_captured, things, why
 
 logger = logging.getLogger("flightdeck")
 
@@ -247,6 +247,10 @@ class Gate:
         self.fired[kind] = self.fired.get(kind, 0) + 1
         self._logged = False
         return True
+
+    def not_captured(self) -> list[str]:
+        """The refusals of the last minute (or rate period), one sentence per reason."""
+        return not_captured(self)
 
     def suppress(self, kind: str, reason: str = "capturing") -> None:
         self.suppressed[kind] = self.suppressed.get(kind, 0) + 1

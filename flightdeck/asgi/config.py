@@ -4,7 +4,8 @@ One place for the options (uvicorn's ``Config`` is the model): ``Config.from_env
 fills each option the caller did not give from its environment variable (``ENV`` below),
 then ``Config(...)`` validates everything with the shared checks of ``core.config``, so an
 option means the same to the recorder, the triggers, the store and the endpoint. An explicit
-argument always wins over the environment.
+argument always wins over the environment. Each default is written once, in ``Config``'s
+signature (``DEFAULTS``); those other layers also use come from ``core.config``.
 """
 
 from __future__ import annotations

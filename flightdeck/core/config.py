@@ -1,9 +1,10 @@
 """Option validation and environment parsing, shared by every layer.
 
-One parser per kind of value, so an environment variable means the same everywhere: for a
-threshold that can be disabled (a trigger), ``0``, ``off`` and ``none`` disable it; for a
-bound that cannot (``window``, ``max_bytes``), zero or a negative value is an error naming
-the variable.
+One parser per kind of value (durations, sizes, flags, lists, rates), so a value means the
+same in code, in the environment and on the command line: a duration is seconds or carries a
+unit (``100ms``, ``2m``); a threshold that can be disabled (a trigger) takes ``0``, ``off``
+or ``none``. A bad argument raises naming the option; a bad environment value is logged once
+and its option keeps its default (:func:`env_value`), so a typo cannot stop the app.
 """
 
 from __future__ import annotations

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
 import re
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,8 +85,7 @@ def test_the_sample_output_points_at_the_example_lines() -> None:
 def test_the_tour_fits_the_example_rate_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     # The README's tour: /block, /error, the /slow it measures under the hog, and every
     # /incident/... route, each one snapshot, all within a minute or so.
-    monkeypatch.setenv("FLIGHTDECK_RATE_LIMIT", "unset below; restored afterwards")
-    monkeypatch.delenv("FLIGHTDECK_RATE_LIMIT")
+    monkeypatch.delenv("FLIGHTDECK_RATE_LIMIT", raising=False)
     spec = importlib.util.spec_from_file_location("example_tour_app", EXAMPLE)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -97,5 +98,15 @@ def test_the_tour_fits_the_example_rate_limit(monkeypatch: pytest.MonkeyPatch) -
         config = module.app.config
         assert config.env_errors == []
         assert config.rate_count * 60 / config.rate_period >= tour + 5  # room to try again
+        assert "FLIGHTDECK_RATE_LIMIT" not in os.environ  # importing it changes nothing
+        monkeypatch.setenv("FLIGHTDECK_RATE_LIMIT", "6/60s")  # the environment still wins
+        assert "rate_limit" not in _example_options(spec)
     finally:
         module.app.close()
+
+
+def _example_options(spec: Any) -> dict[str, Any]:
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.app.close()
+    return dict(module.demo)

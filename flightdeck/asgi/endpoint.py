@@ -347,5 +347,6 @@ class _Endpoint:
         nonce = secrets.token_urlsafe(16)
         csp = _PAGE_CSP + f"; script-src 'nonce-{nonce}'; connect-src 'self'"
         headers = {"Content-Security-Policy": csp, "Referrer-Policy": "no-referrer"}
-        notes = self.backend.status().get("not_captured", ())
+        status = self.backend.status()  # configuration errors, then refused captures
+        notes = [*status.get("config_errors", ()), *status.get("not_captured", ())]
         return _response(render_index(listing, base, nonce, notes), 200, "text/html", headers)

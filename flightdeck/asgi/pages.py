@@ -98,7 +98,7 @@ def render_index(
     listing: list[dict[str, Any]], base: str, nonce: str, not_captured: Iterable[str] = ()
 ) -> str:
     """The snapshot list with its "capture now" button (the script carries ``nonce``), led by
-    what the gate refused lately (``not_captured``: sentences from ``notcaptured``)."""
+    ``not_captured``: ignored environment values and what the gate refused lately."""
     e = html.escape
     rows = _render_rows(listing, base) or ('<tr><td colspan="7">No snapshots yet.</td></tr>')
     notes = "".join(f"<li>{e(note)}</li>" for note in not_captured)

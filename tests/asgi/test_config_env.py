@@ -156,6 +156,8 @@ def test_a_real_server_with_the_variable_serves(
     status = get_json(srv.url + "/debug/flight/status")
     assert len(status["config_errors"]) == errors
     assert status["service"] == "serverapps"  # the module holding the app, not the server's
+    page = http_get(srv.url + "/debug/flight")[2].decode()
+    assert ("FLIGHTDECK_LOOP_BLOCKED=&#x27;banana&#x27; ignored" in page) == bool(errors)
     if errors:
         (error,) = status["config_errors"]
         assert error.startswith("FLIGHTDECK_LOOP_BLOCKED='banana' ignored")

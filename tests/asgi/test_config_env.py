@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from starlette.applications import Starlette
-from support import ServerProcess, get_json, http_get, wait_until
+from support import ServerProcess, free_port, get_json, http_get, wait_until
 
 from flightdeck import FlightDeck
 from flightdeck.asgi.config import DEFAULTS, ENV, Config
 from flightdeck.core import config as core_config
+
+TESTS = Path(__file__).resolve().parents[1]
+ROOT = TESTS.parent
 
 
 @pytest.fixture(autouse=True)
@@ -186,3 +191,36 @@ def test_the_rate_limit_from_the_environment(monkeypatch: pytest.MonkeyPatch) ->
     assert (config.rate_count, config.rate_period) == (6, 60.0)
     (error,) = config.env_errors
     assert "FLIGHTDECK_RATE_LIMIT='lots' ignored" in error and "6/60s" in error
+
+
+def test_the_service_name_under_the_uvicorn_command(tmp_path: Path) -> None:
+    # ``uvicorn module:app`` runs uvicorn's own script as __main__ (and multiprocessing's
+    # __mp_main__), which holds uvicorn's objects: the name is the module holding the app.
+    script = Path(sys.executable).parent / "uvicorn"
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS)]))
+    for variable, _ in ENV.values():
+        env.pop(variable, None)
+    with open(tmp_path / "server.log", "wb") as log:
+        proc = subprocess.Popen(
+            [str(script), "serverapps:added", "--port", str(port), "--log-level", "warning"],
+            cwd=TESTS,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def up() -> bool:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()
+            try:
+                return http_get(url + "/fast", timeout=2)[0] == 200
+            except OSError:
+                return False
+
+        wait_until(up, timeout=30, interval=0.1)
+        assert get_json(url + "/debug/flight/status")["service"] == "serverapps"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)

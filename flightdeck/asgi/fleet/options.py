@@ -113,6 +113,8 @@ def _module_holding(owners: list[int]) -> str | None:
         return None
     wanted = set(owners)
     for name, module in list(sys.modules.items()):
+        if module is not None:  # a server's script holds its own objects (click's command)
+            name = _main_name(name, getattr(module, "__file__", None))
         if module is None or _is_framework(name):
             continue
         try:
@@ -120,7 +122,7 @@ def _module_holding(owners: list[int]) -> str | None:
         except TypeError:
             continue
         if any(id(value) in wanted for value in values):
-            return _main_name(name, getattr(module, "__file__", None))
+            return name
     return None
 
 
@@ -130,7 +132,7 @@ def _is_framework(module: str) -> bool:
 
 
 def _main_name(module: str, file: object) -> str:
-    if module == "__main__" and isinstance(file, str):
+    if module in ("__main__", "__mp_main__") and isinstance(file, str):
         name = os.path.splitext(os.path.basename(file))[0]
         if name == "__main__":  # python -m package: the package's name
             name = os.path.basename(os.path.dirname(file))

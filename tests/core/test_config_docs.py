@@ -110,3 +110,13 @@ def _example_options(spec: Any) -> dict[str, Any]:
     spec.loader.exec_module(module)
     module.app.close()
     return dict(module.demo)
+
+
+def test_every_environment_variable_read_is_documented() -> None:
+    read = {
+        name
+        for source in (ROOT / "flightdeck").rglob("*.py")
+        for name in re.findall(r"\bFLIGHTDECK_[A-Z_]+\b", source.read_text())
+    }
+    assert "FLIGHTDECK_LOOP_BLOCKED" in read
+    assert sorted(name for name in read if name not in README) == []

@@ -120,3 +120,12 @@ def test_every_environment_variable_read_is_documented() -> None:
     }
     assert "FLIGHTDECK_LOOP_BLOCKED" in read
     assert sorted(name for name in read if name not in README) == []
+
+
+def test_the_options_table_gives_each_default_as_written_in_config() -> None:
+    rows = re.findall(r"^\| `(\w+)` \| `([^`|]+)`( s)? \|", README, re.MULTILINE)
+    assert len(rows) >= 15
+    for option, literal, _ in rows:
+        written = ast.literal_eval(literal)
+        default = DEFAULTS[option]
+        assert written == default or (written == () and default is None), option

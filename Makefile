@@ -38,8 +38,8 @@ run: $(RUN_STAMP)
 	$(VENV)/bin/uvicorn --app-dir examples/fastapi_app app:app --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check flightdeck tests examples benchmarks
-	$(VENV)/bin/ruff format --check flightdeck tests examples benchmarks
+	$(VENV)/bin/ruff check flightdeck tests examples benchmarks tools
+	$(VENV)/bin/ruff format --check flightdeck tests examples benchmarks tools
 	$(VENV)/bin/lint-imports
 
 typecheck: $(STAMP)

@@ -17,6 +17,8 @@ from setuptools.command.build_ext import build_ext
 
 
 def _no_extensions() -> bool:
+    # The rule of flightdeck.core.cores.extensions_disabled, copied: the build must not
+    # import the package. tests/core/test_cores.py checks that the two agree.
     value = os.environ.get("FLIGHTDECK_NO_EXTENSIONS", "")
     return value != "" and value != "0"
 
@@ -58,16 +60,27 @@ class optional_build_ext(build_ext):
         )
 
 
+# Generated from flightdeck/core/events.py (tools/gen_kinds.py) and checked in: the build
+# never imports the package.
+KINDS_H = "flightdeck/core/_kinds.h"
 FLAGS = ["-O2", "-std=c11", "-Wall", "-Wno-missing-field-initializers"]
 ext_modules = []
 if not _no_extensions() and sys.platform != "win32" and sys.implementation.name == "cpython":
     ext_modules.append(
         Extension(
-            "flightdeck.core._native", ["flightdeck/core/_native.c"], extra_compile_args=FLAGS
+            "flightdeck.core._native",
+            ["flightdeck/core/_native.c"],
+            depends=[KINDS_H],
+            extra_compile_args=FLAGS,
         )
     )
     ext_modules.append(
-        Extension("flightdeck.asgi._casgi", ["flightdeck/asgi/_casgi.c"], extra_compile_args=FLAGS)
+        Extension(
+            "flightdeck.asgi._casgi",
+            ["flightdeck/asgi/_casgi.c"],
+            depends=[KINDS_H],
+            extra_compile_args=FLAGS,
+        )
     )
 
 setup(ext_modules=ext_modules, cmdclass={"build_ext": optional_build_ext})

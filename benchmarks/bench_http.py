@@ -1,4 +1,4 @@
-"""End-to-end HTTP overhead benchmark (issue 7): flightdeck vs bare and vs its peers.
+"""End-to-end HTTP overhead benchmark: flightdeck vs bare and vs its peers.
 
 Load: uvicorn (one worker, ``--no-access-log --http httptools``, ``--loop asyncio`` and
 ``--loop uvloop``) pinned to CPU 0 with ``taskset``; ``wrk`` pinned to CPU 1, 32
@@ -631,7 +631,7 @@ def main() -> None:
     n = args.requests or (3000 if args.quick else 8000)
     if "bare" not in args.variants:
         args.variants.insert(0, "bare")
-    header("bench_http: end-to-end overhead vs bare and peers (issue 7)")
+    header("bench_http: end-to-end overhead vs bare and peers")
     variants = available_variants(args.variants)
     loops = available_loops(args.loops)
     if not taskset(0):

@@ -1,4 +1,4 @@
-"""Event-loop instrumentation benchmark (issue 3): throughput with flightdeck on vs bare.
+"""Event-loop instrumentation benchmark: throughput with flightdeck on vs bare.
 
 A workload of many short tasks (each awaits a few times, then gathers a fan-out of child
 tasks that await too) runs on a fresh loop per run, in three variants interleaved in
@@ -170,7 +170,7 @@ def main() -> None:
         cpu = min(os.sched_getaffinity(0))
         os.sched_setaffinity(0, {cpu})
         pinned = cpu
-    header("bench_loop: event-loop instrumentation overhead (issue 3)")
+    header("bench_loop: event-loop instrumentation overhead")
     print(f"   pinned to CPU {pinned}" if pinned is not None else "   not pinned")
     kinds = ["asyncio"]
     try:

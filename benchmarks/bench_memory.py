@@ -13,7 +13,7 @@ flightdeck, takes its RSS as the baseline, starts recording, then samples RSS ev
     the sleep workload for 8 s with default bounds, then a capture of the full window
     (trigger to stored gzip): the peak during the capture against the steady state.
 
-Targets (issue 11): outside captures, growth <= 1.25 x max_bytes + 8 MiB at every sample
+Targets: outside captures, growth <= 1.25 x max_bytes + 8 MiB at every sample
 and ``stats.bytes`` <= max_bytes; while a capture runs, at most 2 x max_bytes more.
 
 Command: .venv/bin/python benchmarks/bench_memory.py [--cores native,python] [--quick]

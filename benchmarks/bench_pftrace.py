@@ -1,4 +1,4 @@
-"""Size and speed of the protobuf Perfetto export (issue 13, item 7), against the JSON export.
+"""Size and speed of the protobuf Perfetto export, against the JSON export.
 
 Builds a ~100k-event snapshot document (``tests/samples.py``'s ``make_big_doc``: 4,000
 overlapping requests, two tasks each, ten steps a task, regions, logs, executor jobs, loop

@@ -1,4 +1,4 @@
-"""Recorder core benchmark (issue 2): hot-path cost, memory per event, snapshot cost.
+"""Recorder core benchmark: hot-path cost, memory per event, snapshot cost.
 
 1. Recording one event through ``rec.emit`` (as the instrumentation does) against a bare
    ``deque.append((perf_counter_ns(), a, b))``, interleaved in the same run; medians.
@@ -248,7 +248,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer, shorter runs")
     args = parser.parse_args()
-    header("bench_recorder: the recorder core (issue 2)")
+    header("bench_recorder: the recorder core")
     runs = 9 if args.quick else 21
     n = 50_000 if args.quick else 200_000
 

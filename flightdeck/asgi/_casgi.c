@@ -57,9 +57,9 @@ static inline int PyObject_GetOptionalAttr(PyObject *o, PyObject *name, PyObject
 #define MAX_PATH 2048
 #define MAX_HOST 256
 
-/* Event kinds and REQ_END layout: see flightdeck/core/events.py. */
-#define K_REQ_START 8
-#define K_REQ_END 9
+/* Event kinds (K_REQ_START, K_REQ_END), generated from flightdeck/core/events.py; the
+ * REQ_END layout: see there. */
+#include "../core/_kinds.h"
 
 static PyObject *s_type, *s_http, *s_websocket, *s_flightdeck, *s_path, *s_root_path,
     *s_method, *s_query_string, *s_client, *s_headers, *s_status, *s_more_body, *s_code,

@@ -7,20 +7,15 @@ can run both paths in one process); a missing or broken extension means pure Pyt
 
 from __future__ import annotations
 
-import os
 from types import ModuleType
+
+from ..core.cores import extensions_disabled
 
 casgi: ModuleType | None
 try:
     from . import _casgi as casgi
 except ImportError:  # not built (no compiler, a pure wheel): the pure path
     casgi = None
-
-
-def extensions_disabled() -> bool:
-    """``FLIGHTDECK_NO_EXTENSIONS`` is set to something other than empty or ``0``."""
-    value = os.environ.get("FLIGHTDECK_NO_EXTENSIONS", "")
-    return value != "" and value != "0"
 
 
 if extensions_disabled():

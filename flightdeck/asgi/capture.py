@@ -59,9 +59,9 @@ class PendingCapture:
 class CaptureEngine:
     """Decides when to snapshot and takes the snapshot; one per ``FlightDeck``.
 
-    Over the 250-line class guideline on purpose: the gate, the pending capture and the
-    queued one (``trigger.also``) share state that one lock-free path on the loop must read
-    consistently; the trigger checks themselves live in ``triggers.py``.
+    The gate, the pending capture and the queued one (``trigger.also``) share state that one
+    lock-free path on the loop must read consistently; the trigger checks themselves live in
+    ``triggers.py``.
     """
 
     def __init__(self, config: Config, recorder: FlightRecorder, store: SnapshotStore) -> None:

@@ -103,10 +103,9 @@ class FlightDeck(_Base):
     endpoint, the first request, a closed deck) to :meth:`_py_call`, the pure-Python path,
     which is the whole of ``__call__`` without the extension.
 
-    Over the ~250 lines the package keeps a class to because it holds that whole pure request
-    path (``_py_call``, ``_start_event``, ``_finish``) which ``_casgi.c`` mirrors: side by
-    side is what keeps the two in step. Options are in ``config.py``, decisions in
-    ``capture.py``.
+    It holds the whole pure request path (``_py_call``, ``_start_event``, ``_finish``) that
+    ``_casgi.c`` mirrors: side by side is what keeps the two in step. Options are in
+    ``config.py``, decisions in ``capture.py``.
     """
 
     def __init__(self, app: ASGIApp, **options: Any) -> None:

@@ -72,10 +72,12 @@ enum {
 #define INLINE_MAX 64
 
 #define MAX_DEPTH 8
-#define NKINDS 19
+/* The kinds (K_TASK_CREATE, ...) and their layouts, generated from core/events.py. */
+#include "_kinds.h"
+#define NKINDS FD_NKINDS
 #define K_GENERIC 0
 
-/* Field layouts per event kind (see core/events.py), after the kind:
+/* Field layouts per event kind (events.native_layout in core/events.py), after the kind:
  *   T  the event's first timestamp: zigzag delta from the previous T in the generation
  *   R  another timestamp: 0 stays 0, else zigzag(v - T) + 1
  *   I  a task id or None: 0 for None, else 1 + the zigzag delta from the previous task id in
@@ -86,36 +88,9 @@ enum {
  *      goes into the generation's string table; a short ASCII one is written inline.
  * An event that does not fit its layout (another length, a bool where an int is due) is
  * stored with the generic layout: K_GENERIC then the whole tuple as a V. */
-static const char *SCHEMA[NKINDS] = {
-    NULL,
-    "TIVVInV",   /* 1 TASK_CREATE t tid name coro parent rid site */
-    "TRIR",      /* 2 TASK_STEP t0 t1 tid t_queued */
-    "TIVVV",     /* 3 TASK_DONE t tid state exc name */
-    "TRIV",      /* 4 TASK_WAIT t0 t1 tid stack */
-    "TRVV",      /* 5 LOOP_BLOCK t0 t1 callback stack */
-    "TRV",       /* 6 LOOP_CALLBACK t0 t1 name */
-    "TN",        /* 7 LOOP_LAG t lag */
-    "TNVVVVVVIV", /* 8 REQ_START t rid type method path query client headers tid trace_id */
-    "TNnRVVVRn", /* 9 REQ_END t rid status t_ttfb route disconnected error t_body_end close */
-    "TRVI",      /* 10 REGION t0 t1 name tid */
-    "TVVI",      /* 11 LOG t category message tid */
-    "TRRVVInV",  /* 12 EXECUTOR tq t0 t1 func thread tid rid error */
-    "TVV",       /* 13 (unused; was REQ_ROUTE) */
-    "TVV",       /* 14 (unused; was REQ_TTFB) */
-    "TVV",       /* 15 MARK t kind reason */
-    "TRNN",      /* 16 GC t0 t1 generation collected */
-    "TIVV",      /* 17 TASK_CANCEL t tid stack cause */
-    "TRIV",      /* 18 TASK_SLOW_STEP t0 t1 tid stack */
-};
+static const char *SCHEMA[NKINDS] = FD_SCHEMA_INIT;
 static Py_ssize_t SCHEMA_LEN[NKINDS];
 static PyObject *KIND_OBJ[NKINDS]; /* the kind ints, as decoded */
-
-#define K_TASK_CREATE 1
-#define K_TASK_STEP 2
-#define K_TASK_DONE 3
-#define K_TASK_WAIT 4
-#define K_REQ_START 8
-#define K_REQ_END 9
 
 /* Accounted cost of an interned string and of an interned task id. */
 #define STR_COST(s) (48 + PyUnicode_GET_LENGTH(s) * PyUnicode_KIND(s))
@@ -2701,7 +2676,8 @@ PyInit__native(void)
         || PyModule_AddObjectRef(m, "StepRunner", (PyObject *)&Runner_Type) < 0
         || PyModule_AddObjectRef(m, "CallSoon", (PyObject *)&CallSoon_Type) < 0
         || PyModule_AddObjectRef(m, "CreateTask", (PyObject *)&CreateTask_Type) < 0
-        || PyModule_AddObjectRef(m, "HandleRun", (PyObject *)&HandleRun_Type) < 0) {
+        || PyModule_AddObjectRef(m, "HandleRun", (PyObject *)&HandleRun_Type) < 0
+        || PyModule_AddStringConstant(m, "SCHEMA", FD_SCHEMA_STRING) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -14,10 +14,18 @@ from typing import Final
 
 from .window import Window
 
+#: The switch that forces pure Python everywhere (the core here, the request path in
+#: ``asgi/accel.py``, the build in ``setup.py``).
+NO_EXTENSIONS_ENV: Final = "FLIGHTDECK_NO_EXTENSIONS"
+
 
 def extensions_disabled() -> bool:
-    value = os.environ.get("FLIGHTDECK_NO_EXTENSIONS", "")
-    return value not in ("", "0")
+    """``FLIGHTDECK_NO_EXTENSIONS`` is set to something other than empty or ``0``.
+
+    Read from the environment at each call. ``setup.py`` keeps a copy of this rule, since
+    the build must not import the package.
+    """
+    return os.environ.get(NO_EXTENSIONS_ENV, "") not in ("", "0")
 
 
 NativeWindow: type[Window] | None = None

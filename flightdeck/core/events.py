@@ -3,7 +3,7 @@
 An event is a flat tuple ``(kind, field, field, ...)`` whose fields follow ``SPECS[kind]``.
 Emitters build plain tuples on the hot path (``marshal`` refuses namedtuples, and a
 tuple is the cheapest thing to build); readers take field positions from this table
-(``TASK_STEP_END`` and friends, generated below) instead of bare integers. Times are
+(``TASK_STEP_END`` and friends, derived below) instead of bare integers. Times are
 ``perf_counter_ns`` values; the snapshot builder turns them into Unix epoch seconds. Task
 ids are the raw ``id()`` of the task: CPython reuses addresses, so the builder tells them
 apart by the order of ``TASK_CREATE`` events.
@@ -51,6 +51,7 @@ class Spec:
     name: str
     fields: tuple[Field, ...]
     doc: str = ""
+    const: str = ""  # the constant naming the kind here and in C (``K_`` + it)
 
     def index(self, field: str) -> int:
         """Position of ``field`` in the event tuple (the kind is at 0)."""
@@ -60,8 +61,9 @@ class Spec:
         raise KeyError(f"{self.name} has no field {field!r}")
 
 
-def _spec(kind: int, name: str, doc: str, *fields: tuple[str, str] | tuple[str, str, str]) -> Spec:
-    return Spec(kind, name, tuple(Field(*f) for f in fields), doc)
+def _spec(const: str, name: str, doc: str, *fields: tuple[str, str] | tuple[str, str, str]) -> Spec:
+    kind: int = globals()[const]
+    return Spec(kind, name, tuple(Field(*f) for f in fields), doc, const)
 
 
 TASK_CREATE: Final = 1
@@ -86,7 +88,7 @@ SPECS: Final[dict[int, Spec]] = {
     s.kind: s
     for s in (
         _spec(
-            TASK_CREATE,
+            "TASK_CREATE",
             "task_create",
             "a task was created",
             ("t", "time"),
@@ -98,7 +100,7 @@ SPECS: Final[dict[int, Spec]] = {
             ("site", "frame?", "where create_task was called"),
         ),
         _spec(
-            TASK_STEP,
+            "TASK_STEP",
             "task_step",
             "one step of a task ran on the loop",
             ("t_start", "time"),
@@ -107,7 +109,7 @@ SPECS: Final[dict[int, Spec]] = {
             ("t_queued", "time0", "when the step (or its wakeup) was scheduled"),
         ),
         _spec(
-            TASK_DONE,
+            "TASK_DONE",
             "task_done",
             "a task finished",
             ("t", "time"),
@@ -117,7 +119,7 @@ SPECS: Final[dict[int, Spec]] = {
             ("name", "str", "the task's name when it finished"),
         ),
         _spec(
-            TASK_WAIT,
+            "TASK_WAIT",
             "task_wait",
             "a suspension longer than the wait threshold",
             ("t_start", "time"),
@@ -126,7 +128,7 @@ SPECS: Final[dict[int, Spec]] = {
             ("stack", "stack", "the await chain it was suspended at"),
         ),
         _spec(
-            LOOP_BLOCK,
+            "LOOP_BLOCK",
             "loop_block",
             "the loop was blocked; the stack was taken while it was",
             ("t_start", "time"),
@@ -135,16 +137,16 @@ SPECS: Final[dict[int, Spec]] = {
             ("stack", "stack"),
         ),
         _spec(
-            LOOP_CALLBACK,
+            "LOOP_CALLBACK",
             "loop_callback",
             "a slow callback that is not a task step",
             ("t_start", "time"),
             ("t_end", "time"),
             ("name", "str"),
         ),
-        _spec(LOOP_LAG, "loop_lag", "scheduling lag", ("t", "time"), ("lag", "int")),
+        _spec("LOOP_LAG", "loop_lag", "scheduling lag", ("t", "time"), ("lag", "int")),
         _spec(
-            REQ_START,
+            "REQ_START",
             "request_start",
             "a request (HTTP or WebSocket) started",
             ("t", "time"),
@@ -159,7 +161,7 @@ SPECS: Final[dict[int, Spec]] = {
             ("trace_id", "str?", "from a valid W3C traceparent header"),
         ),
         _spec(
-            REQ_END,
+            "REQ_END",
             "request_end",
             "a request ended",
             ("t", "time"),
@@ -173,7 +175,7 @@ SPECS: Final[dict[int, Spec]] = {
             ("close_code", "int?", "WebSocket close code (sent or received), else None"),
         ),
         _spec(
-            REGION,
+            "REGION",
             "region",
             "a user region",
             ("t_start", "time"),
@@ -182,7 +184,7 @@ SPECS: Final[dict[int, Spec]] = {
             ("tid", "int?"),
         ),
         _spec(
-            LOG,
+            "LOG",
             "log",
             "a user log line",
             ("t", "time"),
@@ -191,7 +193,7 @@ SPECS: Final[dict[int, Spec]] = {
             ("tid", "int?"),
         ),
         _spec(
-            EXECUTOR,
+            "EXECUTOR",
             "executor",
             "a thread-pool job",
             ("t_queued", "time"),
@@ -204,7 +206,7 @@ SPECS: Final[dict[int, Spec]] = {
             ("error", "str?"),
         ),
         _spec(
-            MARK,
+            "MARK",
             "mark",
             "a trigger fired",
             ("t", "time"),
@@ -212,7 +214,7 @@ SPECS: Final[dict[int, Spec]] = {
             ("reason", "str"),
         ),
         _spec(
-            GC,
+            "GC",
             "gc",
             "a garbage collection that took at least the GC threshold (1 ms)",
             ("t_start", "time"),
@@ -221,7 +223,7 @@ SPECS: Final[dict[int, Spec]] = {
             ("collected", "int", "unreachable objects found"),
         ),
         _spec(
-            TASK_CANCEL,
+            "TASK_CANCEL",
             "task_cancel",
             "a task was woken because what it awaited was cancelled",
             ("t", "time", "when it was woken"),
@@ -230,7 +232,7 @@ SPECS: Final[dict[int, Spec]] = {
             ("cause", "str?", '"timeout" when the woken step turned it into a timeout'),
         ),
         _spec(
-            TASK_SLOW_STEP,
+            "TASK_SLOW_STEP",
             "task_slow_step",
             "a task step longer than slow_callback, and where the task stood when it ended",
             ("t_start", "time"),
@@ -243,28 +245,69 @@ SPECS: Final[dict[int, Spec]] = {
 
 NAMES: Final = {k: s.name for k, s in SPECS.items()}
 
-# Field positions, named ``<KIND>_<FIELD>`` (e.g. ``REQ_END_STATUS``), for readers.
-TASK_CREATE_T, TASK_CREATE_TID, TASK_CREATE_NAME, TASK_CREATE_CORO = 1, 2, 3, 4
-TASK_CREATE_PARENT, TASK_CREATE_REQUEST, TASK_CREATE_SITE = 5, 6, 7
-TASK_STEP_START, TASK_STEP_END, TASK_STEP_TID, TASK_STEP_QUEUED = 1, 2, 3, 4
-TASK_DONE_T, TASK_DONE_TID, TASK_DONE_STATE, TASK_DONE_ERROR, TASK_DONE_NAME = 1, 2, 3, 4, 5
-TASK_WAIT_START, TASK_WAIT_END, TASK_WAIT_TID, TASK_WAIT_STACK = 1, 2, 3, 4
-LOOP_BLOCK_START, LOOP_BLOCK_END, LOOP_BLOCK_CALLBACK, LOOP_BLOCK_STACK = 1, 2, 3, 4
-LOOP_CALLBACK_START, LOOP_CALLBACK_END, LOOP_CALLBACK_NAME = 1, 2, 3
-LOOP_LAG_T, LOOP_LAG_LAG = 1, 2
-REQ_START_T, REQ_START_RID, REQ_START_SCOPE_TYPE, REQ_START_METHOD = 1, 2, 3, 4
-REQ_START_PATH, REQ_START_QUERY, REQ_START_CLIENT, REQ_START_HEADERS, REQ_START_TID = 5, 6, 7, 8, 9
-REQ_START_TRACE_ID = 10
-REQ_END_T, REQ_END_RID, REQ_END_STATUS, REQ_END_TTFB, REQ_END_ROUTE = 1, 2, 3, 4, 5
-REQ_END_DISCONNECTED, REQ_END_ERROR, REQ_END_BODY_END, REQ_END_CLOSE_CODE = 6, 7, 8, 9
-REGION_START, REGION_END, REGION_NAME, REGION_TID = 1, 2, 3, 4
-LOG_T, LOG_CATEGORY, LOG_MESSAGE, LOG_TID = 1, 2, 3, 4
-EXECUTOR_QUEUED, EXECUTOR_START, EXECUTOR_END, EXECUTOR_FUNC = 1, 2, 3, 4
-EXECUTOR_THREAD, EXECUTOR_TID, EXECUTOR_REQUEST, EXECUTOR_ERROR = 5, 6, 7, 8
-MARK_T, MARK_KIND, MARK_REASON = 1, 2, 3
-GC_START, GC_END, GC_GENERATION, GC_COLLECTED = 1, 2, 3, 4
-TASK_CANCEL_T, TASK_CANCEL_TID, TASK_CANCEL_STACK, TASK_CANCEL_CAUSE = 1, 2, 3, 4
-TASK_SLOW_STEP_START, TASK_SLOW_STEP_END, TASK_SLOW_STEP_TID, TASK_SLOW_STEP_STACK = 1, 2, 3, 4
+
+def _positions(kind: int) -> tuple[int, ...]:
+    return tuple(range(1, 1 + len(SPECS[kind].fields)))
+
+
+# Field positions, named ``<KIND>_<FIELD>`` (e.g. ``REQ_END_STATUS``), for readers: the
+# table's fields in order (the kind is at 0). tests/core/test_events.py checks each name.
+(
+    TASK_CREATE_T,
+    TASK_CREATE_TID,
+    TASK_CREATE_NAME,
+    TASK_CREATE_CORO,
+    TASK_CREATE_PARENT,
+    TASK_CREATE_REQUEST,
+    TASK_CREATE_SITE,
+) = _positions(TASK_CREATE)
+TASK_STEP_START, TASK_STEP_END, TASK_STEP_TID, TASK_STEP_QUEUED = _positions(TASK_STEP)
+TASK_DONE_T, TASK_DONE_TID, TASK_DONE_STATE, TASK_DONE_ERROR, TASK_DONE_NAME = _positions(TASK_DONE)
+TASK_WAIT_START, TASK_WAIT_END, TASK_WAIT_TID, TASK_WAIT_STACK = _positions(TASK_WAIT)
+LOOP_BLOCK_START, LOOP_BLOCK_END, LOOP_BLOCK_CALLBACK, LOOP_BLOCK_STACK = _positions(LOOP_BLOCK)
+LOOP_CALLBACK_START, LOOP_CALLBACK_END, LOOP_CALLBACK_NAME = _positions(LOOP_CALLBACK)
+LOOP_LAG_T, LOOP_LAG_LAG = _positions(LOOP_LAG)
+(
+    REQ_START_T,
+    REQ_START_RID,
+    REQ_START_SCOPE_TYPE,
+    REQ_START_METHOD,
+    REQ_START_PATH,
+    REQ_START_QUERY,
+    REQ_START_CLIENT,
+    REQ_START_HEADERS,
+    REQ_START_TID,
+    REQ_START_TRACE_ID,
+) = _positions(REQ_START)
+(
+    REQ_END_T,
+    REQ_END_RID,
+    REQ_END_STATUS,
+    REQ_END_TTFB,
+    REQ_END_ROUTE,
+    REQ_END_DISCONNECTED,
+    REQ_END_ERROR,
+    REQ_END_BODY_END,
+    REQ_END_CLOSE_CODE,
+) = _positions(REQ_END)
+REGION_START, REGION_END, REGION_NAME, REGION_TID = _positions(REGION)
+LOG_T, LOG_CATEGORY, LOG_MESSAGE, LOG_TID = _positions(LOG)
+(
+    EXECUTOR_QUEUED,
+    EXECUTOR_START,
+    EXECUTOR_END,
+    EXECUTOR_FUNC,
+    EXECUTOR_THREAD,
+    EXECUTOR_TID,
+    EXECUTOR_REQUEST,
+    EXECUTOR_ERROR,
+) = _positions(EXECUTOR)
+MARK_T, MARK_KIND, MARK_REASON = _positions(MARK)
+GC_START, GC_END, GC_GENERATION, GC_COLLECTED = _positions(GC)
+TASK_CANCEL_T, TASK_CANCEL_TID, TASK_CANCEL_STACK, TASK_CANCEL_CAUSE = _positions(TASK_CANCEL)
+TASK_SLOW_STEP_START, TASK_SLOW_STEP_END, TASK_SLOW_STEP_TID, TASK_SLOW_STEP_STACK = _positions(
+    TASK_SLOW_STEP
+)
 
 
 def end_time(event: tuple[Any, ...]) -> int:
@@ -329,3 +372,82 @@ def check_event(event: tuple[Any, ...]) -> None:
     for f, value in zip(spec.fields, event[1:], strict=True):
         if not _ok(value, f.type):
             raise ValueError(f"{spec.name}.{f.name} must be {f.type}, got {value!r}")
+
+
+# -- the C sources' copy ------------------------------------------------------------------
+#: Fields holding a task's id: the native encoder stores them as deltas between task ids.
+TASK_ID_FIELDS: Final = frozenset({"tid", "parent"})
+#: Where ``c_header()`` is checked in, relative to the repository's root.
+HEADER_PATH: Final = "flightdeck/core/_kinds.h"
+
+
+def native_layout(spec: Spec) -> str:
+    """The native encoder's layout of ``spec``'s fields, one letter each (``_native.c``).
+
+    ``T`` the first field (a time), ``R`` any later time, ``I`` a task id (``int?`` too),
+    ``N`` an int, ``n`` an int or None, ``V`` any other value.
+    """
+    codes = []
+    for i, f in enumerate(spec.fields):
+        base = f.type.rstrip("?")
+        if i == 0:
+            if f.type != "time":
+                raise ValueError(f"{spec.name}: the first field must be a time")
+            codes.append("T")
+        elif base in ("time", "time0"):
+            codes.append("R")
+        elif base == "int" and f.name in TASK_ID_FIELDS:
+            codes.append("I")
+        elif base == "int":
+            codes.append("n" if f.type.endswith("?") else "N")
+        else:
+            codes.append("V")
+    return "".join(codes)
+
+
+def c_header() -> str:
+    """``_kinds.h``: the kinds and the native layouts, for ``_native.c`` and ``_casgi.c``."""
+    nkinds = max(SPECS) + 1
+    consts = [f"#define K_{s.const} {k}" for k, s in sorted(SPECS.items())]
+    layouts = [NATIVE_LAYOUTS.get(k, "") for k in range(nkinds)]
+    rows = ["    NULL, \\"]
+    for k in range(1, nkinds):
+        spec = SPECS.get(k)
+        if spec is None:
+            note = f"{k} (no kind)"
+        else:
+            note = " ".join([str(k), spec.const, *(f.name for f in spec.fields)])
+        rows.append(f"    {_c_str(layouts[k]) + ',':<14}/* {note} */ \\")
+    return "\n".join(
+        [
+            "/* The event kinds of flightdeck/core/events.py (SPECS), for the C sources.",
+            " * Generated by `python tools/gen_kinds.py`: do not edit.",
+            " * tests/core/test_events.py fails when it differs from the table. */",
+            "#ifndef FLIGHTDECK_KINDS_H",
+            "#define FLIGHTDECK_KINDS_H",
+            "",
+            *consts,
+            "",
+            "/* One more than the largest kind. */",
+            f"#define FD_NKINDS {nkinds}",
+            "",
+            "/* The native encoder's field layout of each kind (events.native_layout), by kind:",
+            " * NULL for 0 (the generic form), empty for a number no kind has. */",
+            "#define FD_SCHEMA_INIT { \\",
+            *rows,
+            "}",
+            "",
+            "/* The same layouts joined by commas, as the native module shows them (SCHEMA). */",
+            f"#define FD_SCHEMA_STRING {_c_str(','.join(layouts))}",
+            "",
+            "#endif",
+            "",
+        ]
+    )
+
+
+def _c_str(text: str) -> str:
+    return '"' + text + '"'
+
+
+NATIVE_LAYOUTS: Final = {k: native_layout(s) for k, s in SPECS.items()}

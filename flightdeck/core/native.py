@@ -25,7 +25,7 @@ def generations(max_bytes: int) -> int:
     """How many generations a window of ``max_bytes`` gets (0: the C default, up to 16).
 
     A snapshot decodes one generation at a time, into about 23 times its encoded size as
-    tuples (``benchmarks/README.md``, "End of round 2"): with 16 generations that is 1.25 x
+    tuples (``benchmarks/README.md``, "Capture memory"): with 16 generations that is 1.25 x
     ``max_bytes`` at once, most of a capture's 2 x ``max_bytes`` allowance. 32 halve it;
     each generation stays >= 256 KiB, so the status tables that head it (at most half of
     it) leave room for events.

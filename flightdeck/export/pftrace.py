@@ -3,7 +3,7 @@
 The tracks, slices, instants, counters and flows of the JSON export (``perfetto.py``) as
 TrackEvent packets, with the field numbers of Perfetto's ``perfetto_trace.proto`` (the tests
 read the output back with the ``perfetto`` package's protos and compare it with the JSON
-export, times to the nanosecond). Issue 13 asks for at most 40 bytes an event and 5x the
+export, times to the nanosecond). The targets are at most 40 bytes an event and 5x the
 speed of the JSON export (``benchmarks/bench_pftrace.py``); how:
 
 - Task tracks hold nearly all of a window's slices: a suspension, a ready period and a step

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 import types
 from collections.abc import Callable
 from contextvars import Context
@@ -96,9 +95,3 @@ _FRAMEWORKS = ("fastapi", "starlette", "anyio")
 
 def _is_framework(fn: Any) -> bool:
     return str(getattr(fn, "__module__", "")).partition(".")[0] in _FRAMEWORKS
-
-
-def current_frames_of(thread_id: int) -> tuple[Any, ...]:
-    """The stack of another thread right now, innermost last (empty if unknown)."""
-    frame = sys._current_frames().get(thread_id)
-    return stack_of(frame) if frame is not None else ()

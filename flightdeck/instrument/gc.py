@@ -22,7 +22,7 @@ class GcMonitor:
     """Records GC pauses into a sink while installed. ``install``/``uninstall`` are idempotent."""
 
     def __init__(self, sink: Sink, threshold_ns: int = GC_THRESHOLD_NS) -> None:
-        self.rec = sink
+        self.sink = sink
         self.threshold_ns = threshold_ns
         self.installed = False
         self.pauses = 0
@@ -54,7 +54,7 @@ class GcMonitor:
         if not self.installed:
             gc.callbacks.append(self._callback)
             self.installed = True
-            self.rec.coverage["gc"] = True
+            self.sink.coverage["gc"] = True
 
     def uninstall(self) -> None:
         if self.installed:

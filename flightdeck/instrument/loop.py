@@ -9,8 +9,6 @@ with the parent task and the request; completion is noticed after the step that 
 the task, so no done-callback is added. Coroutines are never wrapped: ``get_coro()`` and
 ``repr(task)`` stay as they were. Nothing here keeps a task, frame or future alive: the
 window holds ids, names and ``(function, file, line)`` tuples only.
-
-Over the layout's 400-line guideline for the reason given on ``LoopInstrumentation``.
 """
 
 from __future__ import annotations
@@ -167,14 +165,13 @@ def _coro_name(coro: Any) -> str:
 class LoopInstrumentation:
     """Hooks one event loop for one recorder. ``install()``/``uninstall()`` are idempotent.
 
-    Longer than the layout's 250-line guideline on purpose: the pure-Python hook is built as
-    closures over locals in ``_install_class`` (one frame per task step, no attribute
-    lookups), and the native hook is wired from the same state; apart, every step would pay
-    for the lookups again.
+    The pure-Python hook is built as closures over locals in ``_install_class`` (one frame
+    per task step, no attribute lookups), and the native hook is wired from the same state;
+    apart, every step would pay for the lookups again.
     """
 
     def __init__(self, sink: Sink, loop: asyncio.AbstractEventLoop) -> None:
-        self.rec = sink
+        self.sink = sink
         self.loop = loop
         self.installed = False
         self._base: type | None = None
@@ -200,7 +197,7 @@ class LoopInstrumentation:
                 )
             _instrumented[key] = (weakref.ref(self.loop), self)
         self.installed = True
-        cov = self.rec.coverage
+        cov = self.sink.coverage
         try:
             self._install_class()
             cov["task_steps"] = cov["scheduling_delay"] = cov["executor"] = True
@@ -217,7 +214,7 @@ class LoopInstrumentation:
             except Exception:
                 self.errors += 1
         patch_anyio()
-        self.rec.freeze_hooks.append(self._freeze_hook)
+        self.sink.freeze_hooks.append(self._freeze_hook)
 
     def uninstall(self) -> None:
         if not self.installed:
@@ -237,8 +234,8 @@ class LoopInstrumentation:
             except Exception:
                 self.errors += 1
         self._factory = None
-        if self._freeze_hook in self.rec.freeze_hooks:
-            self.rec.freeze_hooks.remove(self._freeze_hook)
+        if self._freeze_hook in self.sink.freeze_hooks:
+            self.sink.freeze_hooks.remove(self._freeze_hook)
         self._last_end.clear()
         if self._runner is not None:
             self._runner.forget()
@@ -263,8 +260,8 @@ class LoopInstrumentation:
         ``track_done``: add a done callback to notice the completion (no step hook).
         """
         loop = self.loop
-        emit = self.rec.emit
-        live = self.rec.live_tasks
+        emit = self.sink.emit
+        live = self.sink.live_tasks
         last_end = self._last_end
         pc = perf_counter_ns
         current_task = _current_task
@@ -332,8 +329,8 @@ class LoopInstrumentation:
         self._factory = factory
 
     def _done_callback(self) -> Callable[[Any], None]:
-        emit = self.rec.emit
-        live = self.rec.live_tasks
+        emit = self.sink.emit
+        live = self.sink.live_tasks
         DONE = ev.TASK_DONE
 
         def on_done(task: Any) -> None:
@@ -347,8 +344,8 @@ class LoopInstrumentation:
     def _install_class(self) -> None:
         loop = self.loop
         base = type(loop)
-        emit = self.rec.emit
-        live = self.rec.live_tasks
+        emit = self.sink.emit
+        live = self.sink.live_tasks
         last_end = self._last_end
         pc = perf_counter_ns
         STEP = ev.TASK_STEP
@@ -356,8 +353,8 @@ class LoopInstrumentation:
         WAIT = ev.TASK_WAIT
         SLOW = ev.TASK_SLOW_STEP
         CANCEL = ev.TASK_CANCEL
-        wait_ns = self.rec.wait_threshold_ns
-        slow_ns = self.rec.slow_callback_ns
+        wait_ns = self.sink.wait_threshold_ns
+        slow_ns = self.sink.slow_callback_ns
         step_type = _STEP_TYPE
         builtin_method = _BUILTIN_METHOD
         base_call_soon = base.call_soon
@@ -416,7 +413,7 @@ class LoopInstrumentation:
                 else:
                     last_end[raw] = t1
 
-        native = self.rec.native
+        native = self.sink.native
         if native is not None and step_type is not type(None):
             # The native core: call_soon and the step runner in C (core/_native.c), writing
             # TASK_STEP and TASK_DONE straight into the window. The rare cases call back here:

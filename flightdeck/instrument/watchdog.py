@@ -54,7 +54,7 @@ def blocking_site(stack: tuple[Any, ...]) -> str | None:
 
 class Watchdog:
     def __init__(self, sink: Sink, loop: asyncio.AbstractEventLoop, threshold: float) -> None:
-        self.rec = sink
+        self.sink = sink
         self.loop = loop
         self.threshold_ns = int(threshold * 1e9)
         self._lock = threading.Lock()
@@ -108,16 +108,16 @@ class Watchdog:
             slow_name = self._slow_name
             self._slow_name = None
         self._beats += 1
-        emit = self.rec.emit
+        emit = self.sink.emit
         if blocked:
             event = (ev.LOOP_BLOCK, start, now, name, stack)
             emit(event)
             self.blocks += 1
-            for listener in list(self.rec.block_listeners):
+            for listener in list(self.sink.block_listeners):
                 try:
                     listener(event)
                 except Exception:
-                    self.rec.errors += 1
+                    self.sink.errors += 1
         elif posted:
             lag = now - posted
             if slow_name is not None and lag > self.slow_ns:
@@ -199,7 +199,7 @@ class Watchdog:
 
     def _last_activity(self, posted: int) -> int:
         """Best guess of when the current callback started: the loop's last recorded event."""
-        last = self.rec.last_event_time()
+        last = self.sink.last_event_time()
         if last is None or last > posted:
             return self._last_beat
         return last
@@ -214,8 +214,8 @@ class Watchdog:
             coro = task.get_coro()
             cname = getattr(coro, "__qualname__", None) or task.get_name()
             tid = id(task)
-            info = self.rec.live_tasks.get(tid)
-            live = self.rec.live_requests
+            info = self.sink.live_tasks.get(tid)
+            live = self.sink.live_requests
             rid = info[ev.TASK_CREATE_REQUEST] if info else None
             entry = live.get(rid) if rid is not None else None
             req = entry[0] if entry is not None else None

@@ -1,8 +1,8 @@
 """Turn a frozen window into a ``flightdeck/1`` document (runs off the event loop).
 
-Over the layout's 400-line guideline on purpose: the event feed (``_Builder.feed``), the
-task identity it relies on (``TaskTable``) and the two ways out (``build_document`` whole,
-``iter_json`` streamed) share one document shape, kept in one file so they cannot drift.
+The event feed (``_Builder.feed``), the task identity it relies on (``TaskTable``) and the
+two ways out (``build_document`` whole, ``iter_json`` streamed) share one document shape,
+kept in one file so they cannot drift.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ _GZIP_LEVEL = 4
 #: A trigger's capture (``FlightRecorder.build_into``). Level 1 would write 25 MiB of JSON in
 #: 0.63 s of CPU instead of 0.95 s, but 10 % larger (8.83 MiB instead of 8.04), and the
 #: stored member is most of what a capture of a full window adds at its end: at 1M events
-#: that took it past issue 11's 2 x max_bytes (``benchmarks/README.md``, "End of round 2").
+#: that took it past the 2 x max_bytes bound (``benchmarks/README.md``, "Capture memory").
 CAPTURE_LEVEL = _GZIP_LEVEL
 #: ``encode_stream`` compresses its pieces in batches of at least this many bytes.
 _BATCH = 1 << 20
@@ -174,7 +174,7 @@ def encode_chunks(
     size = 0
     # The pieces are small (one task's JSON) and ``crc32``/``compress`` release the GIL on
     # every call: under a busy event loop each reacquire can wait a long time (see
-    # benchmarks/README.md, "End of round 2"). Batched, they release it a few times per
+    # benchmarks/README.md, "Capture starvation"). Batched, they release it a few times per
     # MiB, and compress that MiB in parallel with the loop. Costs one batch of memory.
     batch = bytearray()
     for piece in pieces:

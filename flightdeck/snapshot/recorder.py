@@ -1,7 +1,4 @@
-"""``FlightRecorder``: the always-on rolling window and the snapshots made from it.
-
-Just over the layout's 400-line guideline, for the reason given on ``FlightRecorder``.
-"""
+"""``FlightRecorder``: the always-on rolling window and the snapshots made from it."""
 
 from __future__ import annotations
 
@@ -60,9 +57,9 @@ class FlightRecorder:
     background thread that compacts the window and watches for a blocked loop.
     ``snapshot()`` freezes the window and builds a :class:`Snapshot`.
 
-    Longer than the layout's 250-line guideline on purpose: it is the public object users
-    hold (lifecycle, snapshots, stats in one place), and each method is a thin step into
-    the layer doing the work (``core`` window, the instruments, ``snapshot.build``).
+    It is the public object users hold (lifecycle, snapshots, stats in one place); each
+    method is a thin step into the layer doing the work (``core`` window, the instruments,
+    ``snapshot.build``).
     """
 
     def __init__(

@@ -4,7 +4,7 @@ Steps are most of a document (nine in ten events of the capture benchmark), and 
 capture path holds every task's steps at once (a task's steps are spread over the whole
 window, and the document lists them task by task) while it decodes the next segment of the
 window: a native generation decodes to about 20 MiB of tuples (``benchmarks/README.md``,
-"End of round 2"). Four doubles a step took 32 bytes. Here a step is three ints, in ns:
+"Capture memory"). Four doubles a step took 32 bytes. Here a step is three ints, in ns:
 the gap since the previous step's end, its duration, and how long it was queued, appended
 to an ``array`` of 32-bit ints (a task with a value out of range, such as a gap of more
 than 2 s, moves to 64-bit ints). At the end of each segment the builder packs each task's
@@ -50,7 +50,7 @@ class Steps:
     made while a segment is decoded land among its tuples, and CPython's small-object
     allocator returns an arena to the system only when all of it is free, so a few
     thousand of them scattered over the build kept most of 20 MiB of decoded arenas
-    mapped until the end (``benchmarks/README.md``, "End of round 2").
+    mapped until the end (``benchmarks/README.md``, "Capture memory").
     """
 
     __slots__ = ("count", "data", "known", "offset", "origin", "packed", "unqueued")

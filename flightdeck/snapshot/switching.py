@@ -5,7 +5,7 @@ interval (5 ms by default) without a switch. The event loop's thread drops the G
 every ``epoll`` and takes it straight back: each drop wakes the waiting thread, which
 usually loses the race and starts a fresh wait. When the loop is saturated (its
 iterations shorter than the interval) the builder waits out almost every wait and gets
-the GIL about 1 % of the time (benchmarks/README.md, "End of round 2"). With an interval
+the GIL about 1 % of the time (benchmarks/README.md, "Capture starvation"). With an interval
 shorter than one loop iteration its waits time out, and it gets its turns.
 
 The interval is process-wide: it is lowered only while at least one build runs (builds of

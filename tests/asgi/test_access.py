@@ -55,7 +55,7 @@ def deck(decks: list[Any], **options: Any) -> FlightDeck:
 
 
 def test_foreign_host_refused_without_token(decks: list[Any]) -> None:
-    """Issue 12 item 1: a DNS-rebinding page reaches 127.0.0.1 but names its own domain."""
+    """A DNS-rebinding page reaches 127.0.0.1 but names its own domain."""
     d = deck(decks)
     with uvicorn_thread(d) as srv:
         latest = f"{PREFIX}/snapshots/latest"
@@ -123,7 +123,7 @@ WIDENED = [
 
 
 def test_more_proxy_headers_mark_a_request_as_proxied(decks: list[Any]) -> None:
-    """Issue 12 item 5: each of these headers alone makes a loopback request look proxied."""
+    """Each of these headers alone makes a loopback request look proxied."""
     d = deck(decks)
     with uvicorn_thread(d) as srv:
         url = f"{PREFIX}/status"
@@ -134,7 +134,7 @@ def test_more_proxy_headers_mark_a_request_as_proxied(decks: list[Any]) -> None:
 
 
 def test_manual_captures_are_rate_limited(decks: list[Any]) -> None:
-    """Issue 12 item 4: thirty POSTs in a burst; beyond the limit, 429 with Retry-After."""
+    """Thirty POSTs in a burst; beyond the limit, 429 with Retry-After."""
     d = deck(decks)
     host = {"Host": "127.0.0.1"}
     with uvicorn_thread(d) as srv:
@@ -174,7 +174,7 @@ def _login(port: int, token: str, **extra: str) -> tuple[int, dict[str, str], by
 
 
 def test_login_form_exchanges_the_token_for_a_cookie(decks: list[Any]) -> None:
-    """Issue 12 item 15: a browser cannot send a bearer header; it logs in once."""
+    """A browser cannot send a bearer header; it logs in once."""
     d = deck(decks, token=TOKEN)
     with uvicorn_thread(d) as srv:
         host = {"Host": f"127.0.0.1:{srv.port}"}

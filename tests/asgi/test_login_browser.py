@@ -1,20 +1,17 @@
-"""The token login in real headless Chromium (issue 12 item 15): a browser, which cannot send
+"""The token login in real headless Chromium: a browser, which cannot send
 a bearer header, logs in with the form and then uses the list, its links and its button."""
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from browser import ARGS, CHROMIUM, browser_only
 from support import uvicorn_thread
 
 from flightdeck import FlightDeck
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "export"))
-from test_html import ARGS, CHROMIUM, browser_only
 
 PREFIX = "/debug/flight"
 TOKEN = "browser-token-0123456789"

@@ -263,7 +263,7 @@ def test_safe_text_property(raw: bytes | str | None, limit: int) -> None:
     out.encode("utf-8")
 
 
-# -- round 2 (issue 12 item 3) ---------------------------------------------------------------
+# -- secrets that hide: short keys, ";" pairs, nested URLs ------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -303,7 +303,7 @@ def test_safe_text_property(raw: bytes | str | None, limit: int) -> None:
         ),
     ],
 )
-def test_round2_query_examples(raw: str, expected: str) -> None:
+def test_hidden_secrets_in_query_examples(raw: str, expected: str) -> None:
     out = redact_query(raw)
     assert out == expected
     assert "abc" not in out
@@ -335,7 +335,7 @@ def test_round2_query_examples(raw: str, expected: str) -> None:
         ("accept", "text/html;q=0.9, */*;q=0.8", "text/html;q=0.9, */*;q=0.8"),
     ],
 )
-def test_round2_header_values(name: str, value: str, expected: str) -> None:
+def test_hidden_secrets_in_header_values(name: str, value: str, expected: str) -> None:
     got = capture_headers([(name.encode(), value.encode())], frozenset({name}))
     assert got == {name: expected}
 

@@ -15,8 +15,6 @@ from typing import Any
 
 import orjson
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parents[1]))
 from samples import DOC_ID, make_doc
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,11 +1,10 @@
-"""The CLI's limits (issue 12 items 2 and 12): the token never crosses origins, a total
-deadline, validated arguments, a cap on decompressed size. Each runs the real command."""
+"""The CLI's limits: the token never crosses origins, a total deadline, validated arguments,
+a cap on decompressed size. Each runs the real command."""
 
 from __future__ import annotations
 
 import gzip
 import socket
-import sys
 import threading
 import time
 import zlib
@@ -16,10 +15,8 @@ from typing import Any
 
 import orjson
 import pytest
-from test_cli import TOKEN, one_error_line, run
-
-sys.path.insert(0, str(Path(__file__).parents[1]))
 from samples import make_doc
+from test_cli import TOKEN, one_error_line, run
 
 Handler = Callable[[BaseHTTPRequestHandler], None]
 

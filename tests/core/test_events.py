@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
-from support import make_deck, wait_until
+from support import ROOT, make_deck, wait_until
 
 import flightdeck
 from flightdeck.core import events as ev
@@ -67,6 +67,23 @@ def test_every_field_position_constant_matches_the_table() -> None:
         for f in ev.SPECS[kind].fields:
             const = f"{kind_name}_{f.name.removeprefix('t_').upper()}"
             assert getattr(ev, const) == ev.SPECS[kind].index(f.name), const
+
+
+def test_the_c_header_is_generated_from_the_table() -> None:
+    # _native.c and _casgi.c take their kinds and layouts from it; a kind added to the table
+    # without regenerating it (or to the header by hand) fails here.
+    header = (ROOT / ev.HEADER_PATH).read_text()
+    assert header == ev.c_header(), "run python tools/gen_kinds.py, then rebuild"
+    for kind, spec in ev.SPECS.items():
+        assert f"#define K_{spec.const} {kind}\n" in header
+        assert ev.native_layout(spec) in header
+        assert len(ev.native_layout(spec)) == len(spec.fields)
+
+
+def test_native_layouts_follow_the_field_types() -> None:
+    assert ev.native_layout(ev.SPECS[ev.TASK_CREATE]) == "TIVVInV"
+    assert ev.native_layout(ev.SPECS[ev.REQ_END]) == "TNnRVVVRn"
+    assert ev.native_layout(ev.SPECS[ev.EXECUTOR]) == "TRRVVInV"
 
 
 def test_check_event_names_the_bad_field() -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,23 +10,11 @@ from typing import Any
 
 import orjson
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parents[1]))
+from browser import ARGS, CHROMIUM, browser_only
 from samples import make_big_doc, make_doc, make_empty_doc
 
 from flightdeck.export.html import to_html
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 EVIL = "/x</script><script>window.pwned=1</script><!--"
 
 
@@ -58,13 +44,6 @@ def test_embedded_data_cannot_escape() -> None:
 
 
 # -- in the browser ----------------------------------------------------------------------
-
-# Developers without Debian's chromium may skip the browser tests; CI (CI=true, where
-# .ci/run installs chromium) never does, so a missing browser there is a failure, not a skip.
-NO_BROWSER = not Path(CHROMIUM).exists() and not os.environ.get("CI")
-browser_only = pytest.mark.skipif(
-    NO_BROWSER, reason=f"{CHROMIUM} is not installed (apt install chromium)"
-)
 
 
 @pytest.fixture(scope="module")

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import bisect
 import copy
-import sys
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parents[1]))
 from samples import T0, make_big_doc, make_doc, make_empty_doc
 
 from flightdeck.export.perfetto import to_perfetto

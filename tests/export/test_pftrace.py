@@ -21,8 +21,6 @@ from typing import Any
 import orjson
 import pytest
 from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace, TracePacket, TrackEvent
-
-sys.path.insert(0, str(Path(__file__).parents[1]))
 from samples import T0, make_big_doc, make_doc
 
 from flightdeck import Snapshot

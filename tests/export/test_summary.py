@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).parents[1]))
 from samples import T0, make_big_doc, make_doc, make_empty_doc
 
 from flightdeck.export.summary import findings, fmt_duration, summarize

@@ -1,8 +1,8 @@
 """The capture path's peak memory on a big synthetic window (tracemalloc, deterministic).
 
-Issue 11 bounds a capture to 2 x ``max_bytes`` over the steady state; the pieces that used
-to break it were the steps held as four doubles each, the compressed body joined at the
-end, and two decoded segments alive at once (``benchmarks/README.md``, "End of round 2").
+A capture is bounded to 2 x ``max_bytes`` over the steady state; the pieces that used to
+break it were the steps held as four doubles each, the compressed body joined at the end,
+and two decoded segments alive at once (``benchmarks/README.md``, "Capture memory").
 """
 
 from __future__ import annotations

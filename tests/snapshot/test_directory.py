@@ -1,5 +1,5 @@
-"""The snapshot directory (issue 12 items 4, 6, 7): checked when configured, verified when
-listed, corrupt files quarantined, manual captures evicted before automatic ones."""
+"""The snapshot directory: checked when configured, verified when listed, corrupt files
+quarantined, manual captures evicted before automatic ones."""
 
 from __future__ import annotations
 

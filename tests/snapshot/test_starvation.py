@@ -1,4 +1,5 @@
-"""A capture completes while the event loop is saturated (benchmarks/README.md, round 2).
+"""A capture completes while the event loop is saturated (benchmarks/README.md,
+"Capture starvation").
 
 The loop's thread drops the GIL around every poll and takes it straight back; with the
 default switch interval a building thread could wait tens of seconds for its turns.
@@ -46,7 +47,7 @@ def test_capture_under_a_saturated_loop_completes(run: Runner) -> None:
                 asyncio.to_thread(rec.build_into, store, rec.freeze(), kind="test")
             )
             # Generous: ~1 s here on 2 cores, but the GIL's turns make outliers of 5-20 s
-            # (benchmarks/README.md, end of round 2); starved, minutes. The loop keeps
+            # (benchmarks/README.md, "Capture starvation"); starved, minutes. The loop keeps
             # running meanwhile (the sleepers are still scheduled), which the lag shows.
             deadline = started + 45.0
             worst_lag = 0.0

@@ -143,7 +143,7 @@ def test_error_and_hung_request_snapshots_and_exports(server: tuple[str, Path]) 
 
 
 def test_example_takes_its_thresholds_from_the_environment(tmp_path: Path) -> None:
-    """Issue 12 item 14: the README's environment table works on the example as served."""
+    """The README's environment table works on the example as served."""
     port = free_port()
     env = dict(os.environ, FLIGHTDECK_DIR=str(tmp_path), FLIGHTDECK_SLOW_REQUEST="0.05")
     env["FLIGHTDECK_LOOP_BLOCKED"] = "off"
@@ -174,7 +174,7 @@ def test_example_takes_its_thresholds_from_the_environment(tmp_path: Path) -> No
 
 
 def test_make_run_installs_only_what_running_needs() -> None:
-    """Issue 12 item 13: `make run` installs the `example` extra, which holds no dev tool."""
+    """`make run` installs the `example` extra, which holds no dev tool."""
     import tomllib
 
     dry = subprocess.run(

@@ -1,5 +1,5 @@
-"""Round 2 of secrets in requests (issue 12 item 3), over real HTTP: secrets that hide in
-captured headers, short keys, ";" pairs, nested URLs, and keys added with ``redact_keys``."""
+"""Secrets in requests over real HTTP: secrets that hide in captured headers, short keys,
+";" pairs, nested URLs, and keys added with ``redact_keys``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ PREFIX = "/debug/flight"
 S = [f"Z3CR3T{i}qx" for i in range(10)]
 
 
-def test_round2_secrets_absent_from_snapshots(decks: list[Any], tmp_path: Path) -> None:
+def test_hidden_secrets_absent_from_snapshots(decks: list[Any], tmp_path: Path) -> None:
     import serverapps
 
     deck = FlightDeck(

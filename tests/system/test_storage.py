@@ -254,7 +254,7 @@ def test_quota_oldest_first_never_above(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_two_workers_list_only_what_either_can_serve(decks: list[Any], tmp_path: Path) -> None:
-    """Issue 12 item 9: with a directory, the directory is the truth. Worker A's capture is
+    """With a directory, the directory is the truth. Worker A's capture is
     rotated out by worker B's; A must no longer list it, since B (answering a download
     that lands there) cannot serve it."""
     import serverapps
@@ -286,7 +286,7 @@ def test_two_workers_list_only_what_either_can_serve(decks: list[Any], tmp_path:
 
 
 def test_manual_captures_leave_automatic_snapshots_alone(decks: list[Any], tmp_path: Path) -> None:
-    """Issue 12 item 4 end to end: a burst of captures from the endpoint does not push the
+    """End to end: a burst of captures from the endpoint does not push the
     automatic snapshots out of the store."""
     import serverapps
 

@@ -19,18 +19,17 @@ import secrets
 import socket
 import threading
 import time
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
 from ...core.text import ErrorLog
 from ...snapshot.document import Snapshot, is_valid_id, new_id, rfc3339
-from ...snapshot.recorder import FlightRecorder
-from ...snapshot.store import SnapshotStore, StoredInfo
-from ..triggers import Gate
+from ...snapshot.store import StoredInfo
 from .client import Counters, FleetClient, FleetUnavailable
 from .follow import Follower
 from .options import FleetOptions
+from .ports import Engine
 from .protocol import (
     ADMIT,
     MAX_INCIDENTS,
@@ -48,31 +47,11 @@ MAX_BYTES_PER_INCIDENT = 64 << 20
 _NOT_OPENING = ("manual", "fleet")
 
 
-class Deck(Protocol):
-    """What the fleet needs of the capture engine (``capture.CaptureEngine``) it serves."""
-
-    recorder: FlightRecorder
-    store: SnapshotStore
-    gate: Gate
-    errors: ErrorLog
-    captures: int
-    building: bool
-
-    @property
-    def capturing(self) -> bool:
-        """A local capture is pending, being built or queued."""
-        ...
-
-    def _built(self) -> None:
-        """A build ended: start the queued capture, if any, else clear ``building``."""
-        ...
-
-
 class Fleet:
     """One process's part in the fleet (see README, "A fleet")."""
 
-    def __init__(self, deck: Deck, options: FleetOptions, service: str) -> None:
-        self.deck = deck
+    def __init__(self, engine: Engine, options: FleetOptions, service: str) -> None:
+        self.engine = engine
         self.options = options
         self.service = service
         self.counters = Counters()
@@ -87,7 +66,7 @@ class Fleet:
         self._log = ErrorLog()
         self._lock = threading.Lock()
         self._heads: dict[str, dict[str, Any]] = {}
-        deck.store.remote = self.fetch_bytes
+        engine.store.remote = self.fetch_bytes
 
     @property
     def sender(self) -> str:
@@ -114,7 +93,7 @@ class Fleet:
             self._originate(doc)
         except Exception as exc:
             self.counters.add("internal_errors")
-            self.deck.errors("fleet_open", exc)
+            self.engine.errors("fleet_open", exc)
 
     def _originate(self, doc: dict[str, Any]) -> None:
         trigger = doc["trigger"]
@@ -147,7 +126,7 @@ class Fleet:
             "sender": self.sender,
         }
         message = orjson.dumps(incident)
-        gate = self.deck.gate
+        gate = self.engine.gate
         keys = self.keys
         args = [
             int(gate.cooldown * 1000),
@@ -197,7 +176,7 @@ class Fleet:
             self._share(stored)
         except Exception as exc:
             self.counters.add("internal_errors")
-            self.deck.errors("fleet_upload", exc)
+            self.engine.errors("fleet_upload", exc)
 
     def _share(self, stored: StoredInfo) -> None:
         with self._lock:
@@ -215,7 +194,7 @@ class Fleet:
                 self.max_bytes,
             )
             return
-        data = self.deck.store.get_bytes(stored.id, True)
+        data = self.engine.store.get_bytes(stored.id, True)
         if data is None:
             self.counters.add("upload_failed")
             return

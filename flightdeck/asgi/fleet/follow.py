@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..triggers import RateLimiter
+from .ports import FleetPort
 from .protocol import MAX_MESSAGE, clean_incident, decode_json, trace_ids
-
-if TYPE_CHECKING:
-    from .engine import Fleet
 
 _BUSY_RETRIES = 50  # a follower capture waits up to 5 s for the local one to finish
 
@@ -21,9 +19,9 @@ class _NotInvolved(Exception):
 class Follower:
     """Hears incidents (fleet thread), freezes the window (app loop), builds (a thread)."""
 
-    def __init__(self, fleet: Fleet) -> None:
+    def __init__(self, fleet: FleetPort) -> None:
         self.fleet = fleet
-        rate = fleet.deck.gate.rate
+        rate = fleet.engine.gate.rate
         # The fleet-wide limit bounds incidents already; this bounds what one process does
         # whatever is published on the channel.
         self._rate = RateLimiter(rate.count, rate.period)
@@ -47,11 +45,11 @@ class Follower:
 
     def _follow(self, incident: dict[str, Any], attempt: int) -> None:
         # On the app's loop: freeze now, build in a thread.
-        deck = self.fleet.deck
+        engine = self.fleet.engine
         try:
-            if not deck.recorder.enabled:
+            if not engine.recorder.enabled:
                 return
-            if deck.capturing:
+            if engine.capturing:
                 if attempt < _BUSY_RETRIES and self.fleet.app_loop is not None:
                     self.fleet.app_loop.call_later(0.1, self._follow, incident, attempt + 1)
                 else:
@@ -60,9 +58,9 @@ class Follower:
             if not self._rate.allow():
                 self.fleet.counters.add("follow_suppressed")
                 return
-            deck.building = True  # local triggers meanwhile are queued, not lost
+            engine.building = True  # local triggers meanwhile are queued, not lost
             try:
-                frozen = deck.recorder.freeze()
+                frozen = engine.recorder.freeze()
                 threading.Thread(
                     target=self._build_follower,
                     args=(frozen, incident),
@@ -70,14 +68,14 @@ class Follower:
                     daemon=True,
                 ).start()
             except Exception:
-                deck._built()
+                engine._built()
                 raise
         except Exception as exc:
             self.fleet.counters.add("internal_errors")
-            deck.errors("fleet_follow", exc)
+            engine.errors("fleet_follow", exc)
 
     def _build_follower(self, frozen: Any, incident: dict[str, Any]) -> None:
-        deck = self.fleet.deck
+        engine = self.fleet.engine
         origin = incident["origin"]
 
         def involved(doc: dict[str, Any]) -> None:
@@ -92,21 +90,21 @@ class Follower:
                 f"incident {incident['id']} opened by {origin['service']}"
                 f" ({origin['kind']}: {origin['reason']})"
             )
-            stored = deck.recorder.build_into(
-                deck.store,
+            stored = engine.recorder.build_into(
+                engine.store,
                 frozen,
                 kind="fleet",
                 reason=reason[:1024],
                 extra={"incident": incident["id"], "origin": dict(origin)},
                 annotate=involved,
             )
-            deck.captures += 1
+            engine.captures += 1
             self.fleet.counters.add("followed")
             self.fleet.share(stored)
         except _NotInvolved:
             self.fleet.counters.add("not_involved")
         except Exception as exc:
             self.fleet.counters.add("internal_errors")
-            deck.errors("fleet_capture", exc)
+            engine.errors("fleet_capture", exc)
         finally:
-            deck._built()
+            engine._built()

@@ -14,8 +14,6 @@ from urllib.parse import urlsplit
 from ...core.config import env
 
 CAPTURE_MODES = ("trace", "all")
-DEFAULT_NAMESPACE = "flightdeck"
-DEFAULT_TTL = 24 * 3600.0
 _NAMESPACE = re.compile(r"\A[A-Za-z0-9_.:-]{1,64}\Z")
 # Frames of these packages (and the standard library's) are never "the module that
 # constructed the FlightDeck".

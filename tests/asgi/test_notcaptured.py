@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from browser import ARGS, CHROMIUM, browser_only
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -20,9 +20,6 @@ from flightdeck import FlightDeck
 from flightdeck.asgi.notcaptured import not_captured
 from flightdeck.asgi.pages import render_index
 from flightdeck.asgi.triggers import Gate, RateLimiter
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "export"))
-from test_html import ARGS, CHROMIUM, browser_only
 
 
 class FakeClock:

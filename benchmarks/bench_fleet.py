@@ -83,6 +83,7 @@ def measure(app_name: str, variant: str, n: int, redis_url: str) -> float:
     if variant.startswith("fd_fleet"):
         options["fleet"] = redis_url
         options["fleet_namespace"] = "bench" + str(os.getpid())
+        options["fleet_secret"] = "bench-fleet-secret-0123"
     app = FlightDeck(bench_apps.make_app(app_name), **options)
     traced = variant.endswith("+tp")
     path = bench_apps.PATHS[app_name]

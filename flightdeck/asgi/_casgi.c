@@ -353,6 +353,52 @@ static PyObject *scope_get(PyObject *scope, PyObject *key) {
     return v;
 }
 
+/* 1 when the path may hold a credential-shaped segment that FlightDeck._start_event
+ * redacts (redact.Redactor.path): a run of 20 or more of [A-Za-z0-9+_%=-] outside a
+ * segment that is exactly a UUID, "eyJ" (a JWT) or "-----" (a PEM block). Conservative:
+ * every path the Python rule would change is sent there; most others stay native. */
+static int path_suspect(PyObject *path) {
+    int kind = PyUnicode_KIND(path);
+    const void *data = PyUnicode_DATA(path);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(path), run = 0, seg = 0;
+    int long_run = 0;
+    for (Py_ssize_t i = 0; i <= n; i++) {
+        Py_UCS4 c = i < n ? PyUnicode_READ(kind, data, i) : '/';
+        if (c == '/') {
+            if (long_run) {
+                Py_ssize_t len = i - seg;
+                int uuid = len == 36;
+                for (Py_ssize_t j = 0; uuid && j < 36; j++) {
+                    Py_UCS4 d = PyUnicode_READ(kind, data, seg + j);
+                    int dash = j == 8 || j == 13 || j == 18 || j == 23;
+                    uuid = dash ? d == '-'
+                                : ((d >= '0' && d <= '9') || (d >= 'a' && d <= 'f') ||
+                                   (d >= 'A' && d <= 'F'));
+                }
+                if (!uuid) return 1;
+            }
+            long_run = 0;
+            run = 0;
+            seg = i + 1;
+            continue;
+        }
+        if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+            c == '+' || c == '_' || c == '%' || c == '=' || c == '-') {
+            if (++run >= 20) long_run = 1;
+        } else {
+            run = 0;
+        }
+        if (i + 2 < n && c == 'e' && PyUnicode_READ(kind, data, i + 1) == 'y' &&
+            PyUnicode_READ(kind, data, i + 2) == 'J')
+            return 1;
+        if (c == '-' && i + 4 < n && PyUnicode_READ(kind, data, i + 1) == '-' &&
+            PyUnicode_READ(kind, data, i + 2) == '-' && PyUnicode_READ(kind, data, i + 3) == '-' &&
+            PyUnicode_READ(kind, data, i + 4) == '-')
+            return 1;
+    }
+    return 0;
+}
+
 /* New reference to the REQ_START tuple, or NULL with an exception. */
 static PyObject *start_event(Middleware *m, PyObject *scope, PyObject *kind, PyObject *rid,
                              PyObject *t0) {
@@ -370,6 +416,7 @@ static PyObject *start_event(Middleware *m, PyObject *scope, PyObject *kind, PyO
     if (!PyUnicode_CheckExact(method) || PyUnicode_GET_LENGTH(method) > MAX_METHOD) goto python;
     if (path == NULL || !PyUnicode_CheckExact(path) || PyUnicode_GET_LENGTH(path) > MAX_PATH)
         goto python;
+    if (path_suspect(path)) goto python; /* redacted there */
     if (client == NULL) client = Py_None;
     if (client != Py_None) {
         if (!PyTuple_CheckExact(client) || PyTuple_GET_SIZE(client) != 2) goto python;

@@ -9,7 +9,14 @@ domain in ``Host``.
 With a token, a request carries ``Authorization: Bearer <token>`` or the session cookie
 that ``POST {prefix}/login`` exchanges the token for. The cookie is stateless: an expiry and
 an HMAC of it keyed by the token, so it is valid on every worker that has the token, and
-changing the token revokes every cookie.
+changing the token revokes every cookie. Logging out clears the cookie in the browser; a
+copy taken before stays valid until it expires (changing the token revokes it).
+
+Failed attempts (a wrong token at the login form, a wrong bearer token or session cookie)
+are limited per client address (:class:`FailureLimit`): past the limit every attempt from
+that address gets ``429`` with ``Retry-After`` until the oldest failure is old enough. The
+address is the one the server reports: behind a proxy all clients share the proxy's, and
+each worker process counts its own.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import hashlib
 import hmac
 import ipaddress
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from math import ceil
 
@@ -51,6 +58,12 @@ PROXY_HEADERS = frozenset(
 COOKIE = "flightdeck_session"
 SESSION_TTL = 8 * 3600  # seconds a login lasts
 _COOKIE_VERSION = "v1"
+
+#: The shortest token accepted: a short one could be guessed despite the failure limit.
+MIN_TOKEN = 16
+_MAX_EXPIRY_DIGITS = 12  # an expiry in seconds since 1970 has 10 digits until 2286
+#: Failed logins or bearer/cookie attempts: at most this many per period, per client address.
+FAILURE_RATE = (10, 60.0)
 
 #: Manual captures (``POST {prefix}/snapshots``): at most this many per period, per process.
 MANUAL_RATE = (5, 60.0)
@@ -94,7 +107,14 @@ class Access:
         allowed_hosts: Iterable[str] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if token is not None and len(token) < MIN_TOKEN:
+            raise ValueError(
+                f"token (FLIGHTDECK_TOKEN) must be at least {MIN_TOKEN} characters, not"
+                f" {len(token)}; generate one with: python -c 'import secrets;"
+                " print(secrets.token_urlsafe(32))'"
+            )
         self.token = token
+        self.failures = FailureLimit(*FAILURE_RATE)
         self.allowed_hosts = frozenset(allowed_hosts)
         self.clock = clock
         self._digest = None if token is None else hashlib.sha256(token.encode()).digest()
@@ -126,6 +146,23 @@ class Access:
         """Constant-time comparison of ``credentials`` with the token."""
         assert self._digest is not None
         return hmac.compare_digest(hashlib.sha256(credentials).digest(), self._digest)
+
+    @staticmethod
+    def address(scope: Scope) -> str:
+        """The client address the server reports ("" when it reports none)."""
+        client = scope.get("client")
+        try:
+            return str(client[0])[:256] if client else ""
+        except (TypeError, IndexError, KeyError):
+            return ""
+
+    @staticmethod
+    def has_credentials(scope: Scope) -> bool:
+        """The request carries an ``Authorization`` header or a session cookie."""
+        if _header(scope, b"authorization") is not None:
+            return True
+        cookie = _header(scope, b"cookie")
+        return cookie is not None and COOKIE.encode() in cookie
 
     def authorized(self, scope: Scope) -> bool:
         """With a token: the request carries the bearer token or a valid session cookie."""
@@ -163,7 +200,13 @@ class Access:
                 continue
             version, _, rest = value.partition(".")
             expires_text, _, signature = rest.partition(".")
-            if version != _COOKIE_VERSION or not expires_text.isdigit():
+            # ASCII digits only ("²".isdigit() is true, int() refuses it) and few of them
+            # (int() refuses more than 4300 digits): anything else is just not this cookie.
+            if (
+                version != _COOKIE_VERSION
+                or not 0 < len(expires_text) <= _MAX_EXPIRY_DIGITS
+                or not (expires_text.isascii() and expires_text.isdigit())
+            ):
                 continue
             expires = int(expires_text)
             if expires < self.clock():
@@ -194,3 +237,50 @@ class ManualLimit:
             return 0
         self.refused += 1
         return max(1, ceil(self.period - (now - times[0])))
+
+
+class FailureLimit:
+    """Failed authentication attempts per client address, in a sliding window.
+
+    At most ``addresses`` are remembered (the least recently failing forgotten first), so
+    the table stays bounded whatever the number of clients.
+    """
+
+    def __init__(
+        self,
+        count: int,
+        period: float,
+        clock: Callable[[], float] = time.monotonic,
+        addresses: int = 4096,
+    ) -> None:
+        self.count = count
+        self.period = period
+        self.clock = clock
+        self.addresses = addresses
+        self.refused = 0
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def retry_after(self, address: str) -> int:
+        """0 when ``address`` may try now, else whole seconds until it may (counted)."""
+        times = self._failures.get(address)
+        if times is None:
+            return 0
+        now = self.clock()
+        while times and now - times[0] >= self.period:
+            times.popleft()
+        if len(times) < self.count:
+            if not times:
+                del self._failures[address]
+            return 0
+        self.refused += 1
+        return max(1, ceil(self.period - (now - times[0])))
+
+    def failed(self, address: str) -> None:
+        """Count one failed attempt from ``address``."""
+        times = self._failures.pop(address, None)
+        if times is None:
+            times = deque(maxlen=self.count)
+            while len(self._failures) >= self.addresses:
+                self._failures.popitem(last=False)
+        times.append(self.clock())
+        self._failures[address] = times

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..core.config import (
     DEFAULT_LOOP_BLOCKED,
@@ -39,6 +41,7 @@ from ..core.config import (
 )
 from ..snapshot.directory import check_directory
 from .fleet.options import fleet_options
+from .fleet.signing import check_secrets
 from .redact import DEFAULT as DEFAULT_REDACTOR
 from .redact import Redactor
 from .triggers import LoopBlocked, ServerError, SlowRequest, Trigger
@@ -71,8 +74,26 @@ def _hosts(raw: str) -> list[str]:
 
 
 def _fleet(raw: str) -> str:
-    fleet_options(raw, *(DEFAULTS[o] for o in ("fleet_capture", "fleet_namespace", "fleet_ttl")))
+    # The URL's form here; with its secret and the other options in from_env.
+    if urlsplit(raw).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("not a redis://, rediss:// or unix:// URL")
     return raw
+
+
+def _fleet_secret(raw: str) -> str:
+    check_secrets(raw)
+    return raw
+
+
+def _shown(variable: str, raw: str) -> str:
+    """What a log may show of a variable's value: never a secret, nor a URL's password."""
+    if variable in _SECRET_ENV:
+        return f"<{len(raw)} characters, not shown>"
+    return re.sub(r"://[^@/]*@", "://***@", raw)
+
+
+def _query_values(raw: str) -> str | list[str]:
+    return raw.lower() if raw.lower() in ("all", "none") else parse_list(raw)
 
 
 #: option -> (environment variable, parser of that variable's text: the option's value, or
@@ -88,8 +109,15 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "enabled": ("FLIGHTDECK_ENABLED", parse_flag),
     "allowed_hosts": ("FLIGHTDECK_ALLOWED_HOSTS", _hosts),
     "fleet": ("FLIGHTDECK_FLEET", _fleet),
+    "fleet_secret": ("FLIGHTDECK_FLEET_SECRET", _fleet_secret),
     "rate_limit": ("FLIGHTDECK_RATE_LIMIT", parse_rate),
+    "query_values": ("FLIGHTDECK_QUERY_VALUES", _query_values),
 }
+
+_FLEET = ("fleet", "fleet_capture", "fleet_namespace", "fleet_ttl", "fleet_secret")
+
+#: Variables whose values are never logged or shown.
+_SECRET_ENV = frozenset({"FLIGHTDECK_TOKEN", "FLIGHTDECK_FLEET_SECRET"})
 
 #: Options for which an explicit ``None`` means "from the environment", not "disabled".
 _NONE_IS_ENV = ("window", "max_bytes", "enabled")
@@ -126,11 +154,13 @@ class Config:
         enabled: bool = True,
         allowed_hosts: Iterable[str] | None = None,
         redact_keys: Iterable[str] = (),
+        query_values: str | Iterable[str] = "all",
         service: str | None = None,
         fleet: str | None = None,
         fleet_capture: str = "trace",
         fleet_namespace: str = "flightdeck",
         fleet_ttl: float | str = 24 * 3600.0,
+        fleet_secret: str | list[str] | None = None,
     ) -> None:
         self.window = check_seconds("window", window)
         self.max_bytes = check_bytes("max_bytes", max_bytes)
@@ -143,12 +173,15 @@ class Config:
             "loop_blocked", loop_blocked, ms_hint=hint("loop_blocked")
         )
         self.cooldown = check_seconds("cooldown", cooldown)
+        if self.cooldown < 0.001:  # the fleet's cooldown is kept in whole milliseconds
+            raise ValueError(f"cooldown must be at least 0.001 seconds, not {cooldown!r}")
         self.directory = directory
         self.max_snapshots = check_positive_int("max_snapshots", max_snapshots)
         self.endpoint = check_endpoint(endpoint)
         self.token = check_token(token)
         self.allowed_hosts = check_hosts(allowed_hosts)
-        self.redactor = Redactor(redact_keys) if redact_keys else DEFAULT_REDACTOR
+        custom = redact_keys or query_values != "all"
+        self.redactor = Redactor(redact_keys, query_values) if custom else DEFAULT_REDACTOR
         self.instrument_loop = check_bool("instrument_loop", bool(instrument_loop))
         self.capture_headers = _check_header_names(capture_headers)
         self.capture_delay = check_seconds(
@@ -165,7 +198,11 @@ class Config:
         #: None: from FLIGHTDECK_SERVICE, OTEL_SERVICE_NAME or the app (``resolve_service``).
         self.service = service
         self.fleet = fleet_options(
-            fleet, fleet_capture, fleet_namespace, check_seconds("fleet_ttl", fleet_ttl)
+            fleet,
+            fleet_capture,
+            fleet_namespace,
+            check_seconds("fleet_ttl", fleet_ttl),
+            fleet_secret,
         )
         #: Environment values that were refused (each logged once): the option kept its
         #: default. Shown as ``config_errors`` in ``/debug/flight/status``.
@@ -196,9 +233,24 @@ class Config:
             except (ValueError, TypeError, ImportError) as exc:
                 extra, consequence = _ON_ENV_ERROR.get(option, ({}, ""))
                 why = f"{exc}; {consequence}" if consequence else str(exc)
-                errors.append(report_env_error(variable, raw, ValueError(why), DEFAULTS[option]))
+                shown = _shown(variable, raw)
+                errors.append(report_env_error(variable, shown, why, DEFAULTS[option]))
                 overrides.update(extra)
         options.update(overrides)
+        from_env = [o for o in ("fleet", "fleet_secret") if o not in given and o in options]
+        if from_env and options.get("fleet") is not None:
+            # The fleet needs its URL and its secret together: without a usable pair from
+            # the environment, the process runs without a fleet.
+            fleet = {o: options.get(o, DEFAULTS[o]) for o in _FLEET}
+            try:
+                fleet["fleet_ttl"] = check_seconds("fleet_ttl", fleet["fleet_ttl"])
+                fleet_options(*fleet.values())
+            except (ValueError, TypeError, ImportError) as exc:
+                variable = ENV[from_env[0]][0]
+                shown = _shown(variable, env(variable) or "")
+                why = f"{exc}; the fleet is off until it is fixed"
+                errors.append(report_env_error(variable, shown, why, DEFAULTS[from_env[0]]))
+                options["fleet"] = None
         config = cls(**options)
         config.env_errors = errors
         return config

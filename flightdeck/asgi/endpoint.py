@@ -190,8 +190,15 @@ class _Endpoint:
                 return None
             status, reason = refused
             return _not_found() if status == 404 else _response(reason, status, "text/plain")
-        if sub == "/login" or access.authorized(request.scope):
+        if sub in ("/login", "/logout"):
             return None
+        limited = self._limited(request.scope)
+        if limited is not None:
+            return limited
+        if access.authorized(request.scope):
+            return None
+        if access.has_credentials(request.scope):
+            access.failures.failed(access.address(request.scope))
         if (
             sub in ("", "/")
             and request.method in _READ_METHODS
@@ -212,6 +219,8 @@ class _Endpoint:
         method = request.method
         if sub == "/login":
             return await self._login(request, base)
+        if sub == "/logout":
+            return self._logout(request, base)
         if sub in ("", "/"):
             if method not in _READ_METHODS:
                 return _error(405, "method not allowed", {"Allow": "GET, HEAD"})
@@ -246,6 +255,7 @@ class _Endpoint:
             status = dict(self.backend.status())
             status.setdefault("store", self.backend.store.stats())
             status.setdefault("manual_refused", self.manual.refused)
+            status.setdefault("auth_limited", self.access.failures.refused)
             return _json(status)
         return _not_found()
 
@@ -264,12 +274,36 @@ class _Endpoint:
             body += chunk
             if len(body) > _MAX_LOGIN_BODY:
                 return _error(413, "login form too large")
+        limited = self._limited(request.scope)
+        if limited is not None:
+            return limited
         given = parse_qs(body.decode("utf-8", "replace")).get("token", [""])[0]
         if not self.access.token_matches(given.strip().encode()):
+            self.access.failures.failed(self.access.address(request.scope))
             page = login_page(base, "That token was refused.")
             return _response(page, 401, "text/html", headers)
         cookie = self.access.session_cookie(base, request.url.scheme in ("https", "wss"))
         return _response(b"", 303, "text/plain", {"Location": f"{base}/", "Set-Cookie": cookie})
+
+    def _limited(self, scope: Scope) -> Response | None:
+        """``429`` while the client's address is past the failed-attempt limit."""
+        wait = self.access.failures.retry_after(self.access.address(scope))
+        if not wait:
+            return None
+        message = f"too many failed attempts; try again in {wait} s"
+        return _error(429, message, {"Retry-After": str(wait)})
+
+    def _logout(self, request: Request, base: str) -> Response:
+        if self.access.token is None:
+            return _not_found()
+        if request.method != "POST":
+            return _error(405, "method not allowed", {"Allow": "POST"})
+        if _cross_site(request):
+            return _error(403, "cross-site logout refused")
+        cookie = self.access.clear_cookie(base)
+        return _response(
+            b"", 303, "text/plain", {"Location": f"{base}/login", "Set-Cookie": cookie}
+        )
 
     async def _capture(self, request: Request, base: str) -> Response:
         if _cross_site(request):
@@ -349,4 +383,6 @@ class _Endpoint:
         headers = {"Content-Security-Policy": csp, "Referrer-Policy": "no-referrer"}
         status = self.backend.status()  # configuration errors, then refused captures
         notes = [*status.get("config_errors", ()), *status.get("not_captured", ())]
-        return _response(render_index(listing, base, nonce, notes), 200, "text/html", headers)
+        logout = self.access.token is not None
+        page = render_index(listing, base, nonce, logout=logout, not_captured=notes)
+        return _response(page, 200, "text/html", headers)

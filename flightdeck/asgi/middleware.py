@@ -343,6 +343,7 @@ class FlightDeck(_Base):
             method = safe_text(method, MAX_METHOD)
         if type(path) is not str or len(path) > MAX_PATH:
             path = safe_text(path, MAX_PATH)
+        path = self.redactor.path(path)
         if client is not None and not (
             type(client) is tuple
             and len(client) == 2

@@ -95,11 +95,22 @@ def _render_rows(listing: list[dict[str, Any]], base: str) -> str:
 
 
 def render_index(
-    listing: list[dict[str, Any]], base: str, nonce: str, not_captured: Iterable[str] = ()
+    listing: list[dict[str, Any]],
+    base: str,
+    nonce: str,
+    logout: bool = False,
+    not_captured: Iterable[str] = (),
 ) -> str:
-    """The snapshot list with its "capture now" button (the script carries ``nonce``), led by
-    ``not_captured``: ignored environment values and what the gate refused lately."""
+    """The snapshot list with its "capture now" button (the script carries ``nonce``);
+    with ``logout``, a button that clears the session cookie. ``not_captured`` leads it:
+    ignored environment values and what the gate refused lately."""
     e = html.escape
+    out = (
+        f' · <form method="post" action="{e(base)}/logout" style="display:inline">'
+        '<button id="logout" type="submit">Log out</button></form>'
+        if logout
+        else ""
+    )
     rows = _render_rows(listing, base) or ('<tr><td colspan="7">No snapshots yet.</td></tr>')
     notes = "".join(f"<li>{e(note)}</li>" for note in not_captured)
     banner = f'<ul id="not-captured" role="status">{notes}</ul>' if notes else ""
@@ -120,7 +131,7 @@ tr.incident td {{ background: #f3f0e6; font-weight: 600; }}
 <body>
 <h1>flightdeck</h1>
 <p><button id="capture" data-url="{e(base)}/snapshots">Capture now</button>
-<span id="message"></span> · <a href="{e(base)}/status">status</a></p>
+<span id="message"></span> · <a href="{e(base)}/status">status</a>{out}</p>
 {banner}
 <table>
 <thead><tr><th>created</th><th>trigger</th><th>reason</th><th>request</th><th>pid</th>

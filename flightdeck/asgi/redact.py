@@ -6,13 +6,21 @@ without any sensitive-looking key) take a fast path: one regex search over the w
 A key is sensitive when, case-insensitively and with ``-`` read as ``_``, it contains one
 of the long keys below (``access_token`` contains ``token``) or has one of the short keys
 (at most :data:`SHORT` characters) as a whole word (``user_pw``, but not ``postcode``).
+
+Values are also judged by their shape, whatever their key (:func:`looks_like_credential`):
+query values, captured header values and path segments holding a JWT, a PEM block, a token
+with a known prefix (``ghp_``, ``xoxb-``, ``sk_live_``, ``AKIA``...), a hex run of at least
+:data:`MIN_HEX` digits, or a base64/base64url run of at least :data:`MIN_RUN` characters
+that changes between lower case, upper case and digits as often as random text does. UUIDs,
+32-hex trace ids, words, slugs and camelCase names are spared.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable
-from urllib.parse import quote, unquote_plus
+from urllib.parse import quote, unquote, unquote_plus
 
 from ..core.text import TRUNCATED, decode_capped
 
@@ -116,6 +124,102 @@ _SCHEME_RE = re.compile(
 )
 # A JSON Web Token (header.payload.signature, base64url, the header starting '{"').
 _JWT_RE = re.compile(r"\beyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*")
+#: A base64/base64url run this long (or longer) is judged by its shape.
+MIN_RUN = 24
+#: A run of hex digits this long is a secret (a 32-hex trace id or UUID is not).
+MIN_HEX = 40
+# Where a credential-shaped part may be (the rules below only find less): a run of what
+# encoded secrets are made of ("%": escaped ones), a PEM block; JWTs are found by "eyJ".
+_CANDIDATE = re.compile(r"[A-Za-z0-9+/_%-]{20,}|-----BEGIN")
+# The same for one path segment ("/" separates segments there).
+_SEGMENT_CANDIDATE = re.compile(r"[A-Za-z0-9+_%=-]{20,}|-----BEGIN")
+_RUN = re.compile(r"[A-Za-z0-9+/_=-]{%d,}" % MIN_RUN)  # noqa: UP031
+_SEPARATORS = re.compile(r"[-_+/=]")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_HEX = re.compile(r"[0-9a-fA-F]{%d,}" % MIN_HEX)  # noqa: UP031
+_PEM = re.compile(r"-----BEGIN[ A-Z0-9]*-----.*?(?:-----END[ A-Z0-9]*-----|\Z)", re.DOTALL)
+# Tokens of well-known services, each by its documented prefix and shape.
+_PREFIXED = re.compile(
+    r"(?<![A-Za-z0-9])(?:"
+    r"gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,}|glpat-[A-Za-z0-9_-]{20,}"
+    r"|xox[abposre]-[A-Za-z0-9-]{10,}|xapp-[A-Za-z0-9-]{10,}"
+    r"|[sr]k_(?:live|test)_[A-Za-z0-9]{16,}|whsec_[A-Za-z0-9+/=]{16,}"
+    r"|sk-(?=[A-Za-z0-9_-]*[0-9])[A-Za-z0-9_-]{20,}"
+    r"|(?:AKIA|ASIA)[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{35}|ya29\.[0-9A-Za-z_-]{20,}"
+    r"|SG\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}|shp(?:at|ss|ca|pa)_[a-fA-F0-9]{32}"
+    r"|npm_[A-Za-z0-9]{36}|pypi-[A-Za-z0-9_-]{50,}|hf_[A-Za-z0-9]{30,}"
+    r")"
+)
+
+
+def _class(c: str) -> int:
+    return 1 if c.islower() else 2 if c.isupper() else 3 if c.isdigit() else 0
+
+
+def _random_looking(run: str) -> bool:
+    """A base64/base64url run whose letters and digits look random rather than written.
+
+    In random base64 about 3 in 5 neighbouring letters and digits differ in class (lower,
+    upper, digit), digits are common and capitals meet; words, slugs and camelCase names
+    change class less often, have few digits and no capitals side by side.
+    """
+    if max(map(len, _SEPARATORS.split(run))) < 8:
+        return False  # short pieces between separators: a slug of words (random has few)
+    chars = [c for c in run if c.isalnum()]  # separators ("-", "_", "/", "+") aside
+    if len(chars) < MIN_RUN - 4:
+        return False
+    classes = [_class(c) for c in chars]
+    changes = sum(1 for a, b in itertools.pairwise(classes) if a != b)
+    if changes * 3 < len(chars):
+        return False
+    digits, upper, lower = classes.count(3), classes.count(2), classes.count(1)
+    if upper and lower:
+        capitals_meet = sum(1 for a, b in itertools.pairwise(classes) if a == b == 2)
+        return digits >= 2 or capitals_meet >= 2
+    # One case of letters, and digits (base32, base36): digits must be common.
+    return (upper or lower) > 0 and digits * 6 >= len(chars)
+
+
+def _shape_sub(text: str) -> str:
+    """``text`` with every credential-shaped part replaced by ``REDACTED``."""
+    if _CANDIDATE.search(text) is None and "eyJ" not in text:
+        return text
+    if "-----BEGIN" in text:
+        text = _PEM.sub(REDACTED, text)
+    if "eyJ" in text:
+        text = _JWT_RE.sub(REDACTED, text)
+    text = _PREFIXED.sub(REDACTED, text)
+    if _RUN.search(text) is None:
+        return text
+    # UUIDs are identifiers, never secrets: set apart so they do not join a run.
+    spared = _UUID.sub(lambda m: " " * len(m[0]), text)
+
+    def judge(match: re.Match[str]) -> bool:
+        run = match[0].rstrip("=")
+        hex_run = _HEX.search(run)
+        # A digest mixes digits and letters; "aaaa..." or "0000..." is not one.
+        if hex_run is not None and not (hex_run[0].isdigit() or hex_run[0].isalpha()):
+            return True
+        if all(c in "0123456789abcdefABCDEF-" for c in run):
+            return False
+        return _random_looking(run)
+
+    spans = [m.span() for m in _RUN.finditer(spared) if judge(m)]
+    for start, end in reversed(spans):
+        text = text[:start] + REDACTED + text[end:]
+    return text
+
+
+def looks_like_credential(value: str) -> bool:
+    """True when ``value`` (percent-decoded too) holds a credential-shaped part."""
+    if _shape_sub(value) != value:
+        return True
+    if "%" in value:
+        decoded = unquote(value, errors="replace")
+        return _shape_sub(decoded) != decoded
+    return False
+
+
 # Bounds the work done on absurd inputs; the output is capped at MAX_QUERY anyway.
 _MAX_QUERY_INPUT = 16 * MAX_QUERY
 _NESTING = 2  # URLs inside values inside URLs are redacted this deep
@@ -178,10 +282,44 @@ def _check_keys(keys: Iterable[str]) -> list[str]:
     return checked
 
 
-class Redactor:
-    """The redaction rules: :data:`DEFAULT_SENSITIVE` plus ``extra`` keys (``redact_keys=``)."""
+def _check_query_values(value: object) -> str | frozenset[str]:
+    if value in ("all", "none"):
+        return str(value)
+    if isinstance(value, (str, bytes)) or value is None:
+        raise ValueError(
+            f"query_values must be 'all', 'none' or a list of query keys, not {value!r}"
+        )
+    try:
+        keys = list(value)  # type: ignore[call-overload]
+    except TypeError:
+        raise TypeError("query_values must be 'all', 'none' or a list of query keys") from None
+    for key in keys:
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"query_values must contain query keys (str), not {key!r}")
+    return frozenset(k.casefold() for k in keys)
 
-    def __init__(self, extra: Iterable[str] = ()) -> None:
+
+def query_values_from_env(name: str) -> str | list[str]:
+    """``FLIGHTDECK_QUERY_VALUES``: ``all`` (also when unset), ``none`` or comma-separated keys."""
+    import os
+
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return "all"
+    if raw.lower() in ("all", "none"):
+        return raw.lower()
+    return [key.strip() for key in raw.split(",") if key.strip()]
+
+
+class Redactor:
+    """The redaction rules: :data:`DEFAULT_SENSITIVE` plus ``extra`` keys (``redact_keys=``),
+    credential-shaped values, and which query values are kept at all (``query_values=``:
+    ``"all"``, ``"none"`` or a list of keys whose values are kept)."""
+
+    def __init__(
+        self, extra: Iterable[str] = (), query_values: str | Iterable[str] = "all"
+    ) -> None:
+        self.query_values = _check_query_values(query_values)
         self.keys = (*DEFAULT_SENSITIVE, *_check_keys(extra))
         needles = {_normalize(k) for k in self.keys}
         long = {w for w in needles if len(w) > SHORT}
@@ -212,12 +350,24 @@ class Redactor:
         return self._candidate(normalized) is not None and self._sensitive(normalized) is not None
 
     def _key_is_sensitive(self, key: str) -> bool:
+        key = self._plain_key(key)
+        return self.is_sensitive(key)
+
+    @staticmethod
+    def _plain_key(key: str) -> str:
         if "%" in key or "+" in key:
             key = unquote_plus(key, errors="replace")
             # Double-encoded keys reach some frameworks decoded twice; redacting more is harmless.
             if "%" in key:
                 key = unquote_plus(key, errors="replace")
-        return self.is_sensitive(key)
+        return key
+
+    def _value_dropped(self, key: str) -> bool:
+        """``query_values`` says this key's value is not recorded."""
+        allowed = self.query_values
+        if allowed == "all":
+            return False
+        return allowed == "none" or self._plain_key(key).casefold() not in allowed
 
     def query(self, raw: bytes | str) -> str:
         """The query string with the values of sensitive keys replaced by ``REDACTED``.
@@ -233,7 +383,9 @@ class Redactor:
         text, cut = decode_capped(raw, _MAX_QUERY_INPUT)
         normalized = _normalize(text)
         candidate = self._candidate(normalized) is not None
-        if (candidate and self._sensitive(normalized) is not None) or (
+        if self.query_values != "all" or _CANDIDATE.search(text) or "eyJ" in text:
+            text = self._pairs(text, 0)  # values to drop, or one that may be a credential
+        elif (candidate and self._sensitive(normalized) is not None) or (
             "%" in text
             # Decoding can reveal a key only through an escape of a character keys are made
             # of, or by setting apart a candidate found already ("x%20pw"); "%20" alone not.
@@ -266,13 +418,15 @@ class Redactor:
         key, eq, value = pair.partition("=")
         if not eq or value == REDACTED:
             return pair
-        if self._key_is_sensitive(key):
+        if self._key_is_sensitive(key) or (depth == 0 and value and self._value_dropped(key)):
             return key + "=" + REDACTED
         # A query nested in a value has an "=", plain or percent-encoded (%3D, %253D, ...).
         if depth < _NESTING and ("=" in value or "3D" in value or "3d" in value):
             nested = self._value(value, depth + 1)
             if nested is not value:
                 return key + "=" + nested
+        if looks_like_credential(value):
+            return key + "=" + REDACTED
         return pair
 
     def _value(self, value: str, depth: int) -> str:
@@ -300,13 +454,21 @@ class Redactor:
         match = _SCHEME_RE.search(value)
         if match is not None:
             value = value[: match.end(1)] + " " + REDACTED
-        if "eyJ" in value:
-            value = _JWT_RE.sub(REDACTED, value)
         if "=" in value or "%" in value:
-            redacted = self._value(value, 1)
-            if redacted is not value:
-                return redacted
-        return value
+            value = self._value(value, 1)
+        return _shape_sub(value)
+
+    def path(self, path: str) -> str:
+        """``path`` with each credential-shaped segment replaced by ``REDACTED``."""
+        if _SEGMENT_CANDIDATE.search(path) is None and "eyJ" not in path:
+            return path
+        segments = path.split("/")
+        changed = False
+        for i, segment in enumerate(segments):
+            if segment and segment != REDACTED and looks_like_credential(segment):
+                segments[i] = REDACTED
+                changed = True
+        return "/".join(segments) if changed else path
 
     def headers(
         self, headers: Iterable[tuple[bytes, bytes]] | None, names: frozenset[str]
@@ -343,6 +505,7 @@ class Redactor:
 
 
 DEFAULT = Redactor()
+redact_path = DEFAULT.path
 is_sensitive = DEFAULT.is_sensitive
 redact_query = DEFAULT.query
 capture_headers = DEFAULT.headers

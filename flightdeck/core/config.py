@@ -127,7 +127,7 @@ def parse_list(text: str) -> list[str]:
 _reported: set[tuple[str, str]] = set()
 
 
-def report_env_error(name: str, raw: str, error: Exception, default: object) -> str:
+def report_env_error(name: str, raw: str, error: Exception | str, default: object) -> str:
     """Log a bad environment value once per process (an error: it names the variable, the
     value and what it accepts) and return that message for ``/debug/flight/status``.
 

@@ -260,3 +260,113 @@ def test_one_rule_locates_the_endpoint(
         assert d._for_endpoint(scope) is (expected is not None)
     finally:
         d.close()
+
+
+def _valid_cookie(d: FlightDeck) -> str:
+    access = d._endpoint_app.access  # type: ignore[union-attr]
+    return access.session_cookie(PREFIX, False).split(";", 1)[0]
+
+
+def test_malformed_session_cookies_get_401_and_never_hide_a_valid_one(decks: list[Any]) -> None:
+    """A non-ASCII digit ("²".isdigit() is true, int() refuses it) or an expiry of more digits
+    than int() converts must be "not this cookie", not a 500, and not stop the search."""
+    d = deck(decks, token=TOKEN)
+    good = _valid_cookie(d)
+    bad = [
+        f"{_access.COOKIE}=v1.\u00b2.x",
+        f"{_access.COOKIE}=v1.1\u00b9\u00b3.x",
+        f"{_access.COOKIE}=v1.{'9' * 5000}.x",
+        f"{_access.COOKIE}=v1.{'9' * 13}.x",
+        f"{_access.COOKIE}=v1..x",
+    ]
+    with uvicorn_thread(d) as srv:
+        for jar in bad:
+            headers = {"Host": "127.0.0.1", "Cookie": jar}
+            status, _, _ = request(srv.port, "GET", f"{PREFIX}/status", headers)
+            assert status == 401, jar[:40]
+            headers["Cookie"] = f"{jar}; {good}"
+            status, _, _ = request(srv.port, "GET", f"{PREFIX}/status", headers)
+            assert status == 200, jar[:40]
+
+
+def test_short_token_refused_at_construction(
+    decks: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for token in ("x", "s3cret-token", "x" * 15):
+        with pytest.raises(ValueError, match=r"token \(FLIGHTDECK_TOKEN\).*at least 16"):
+            FlightDeck(inner, endpoint=PREFIX, token=token)
+    monkeypatch.setenv("FLIGHTDECK_TOKEN", "short")
+    with pytest.raises(ValueError, match="FLIGHTDECK_TOKEN"):
+        FlightDeck(inner, endpoint=PREFIX)
+    monkeypatch.setenv("FLIGHTDECK_TOKEN", "x" * 16)
+    deck(decks)  # 16 is enough
+
+
+def test_logout_clears_the_session_cookie(decks: list[Any]) -> None:
+    d = deck(decks, token=TOKEN)
+    with uvicorn_thread(d) as srv:
+        host = {"Host": f"127.0.0.1:{srv.port}"}
+        cookie = _cookie_of(_login(srv.port, TOKEN)[1])
+        with_cookie = {**host, "Cookie": cookie}
+        assert request(srv.port, "GET", f"{PREFIX}/logout", with_cookie)[0] == 405
+        cross = {**with_cookie, "Origin": "http://evil.com"}
+        status, headers, _ = request(srv.port, "POST", f"{PREFIX}/logout", cross)
+        assert status == 403 and "set-cookie" not in headers
+        status, headers, _ = request(srv.port, "POST", f"{PREFIX}/logout", with_cookie)
+        assert status == 303 and headers["location"] == f"{PREFIX}/login"
+        attributes = [a.strip().lower() for a in headers["set-cookie"].split(";")]
+        assert attributes[0] == f"{_access.COOKIE}=" and "max-age=0" in attributes
+        assert f"path={PREFIX}" in attributes and "httponly" in attributes
+        # The index offers the button only where there is a session to end.
+        page = request(srv.port, "GET", PREFIX, {**with_cookie, "Accept": "text/html"})[2]
+        assert b'action="/debug/flight/logout"' in page
+    tokenless = deck(decks)
+    with uvicorn_thread(tokenless) as srv:
+        host = {"Host": "127.0.0.1"}
+        assert request(srv.port, "POST", f"{PREFIX}/logout", host)[0] == 404
+        page = request(srv.port, "GET", PREFIX, {**host, "Accept": "text/html"})[2]
+        assert b"/logout" not in page
+
+
+def test_failed_attempts_limited_per_client_address(decks: list[Any]) -> None:
+    """Wrong bearer tokens, cookies and login tokens count; past the limit even the right
+    token gets 429 with Retry-After (no oracle), until the oldest failure ages out."""
+    d = deck(decks, token=TOKEN)
+    access = d._endpoint_app.access  # type: ignore[union-attr]
+    now = [1000.0]
+    access.failures.clock = lambda: now[0]
+    count, period = _access.FAILURE_RATE
+    with uvicorn_thread(d) as srv:
+        host = {"Host": f"127.0.0.1:{srv.port}"}
+        status_url = f"{PREFIX}/status"
+        # Requests without credentials are not guesses: never counted.
+        for _ in range(count + 2):
+            assert request(srv.port, "GET", status_url, host)[0] == 401
+        for n in range(count):
+            if n % 3 == 0:
+                assert _login(srv.port, "wrong-token-0000000")[0] == 401
+            elif n % 3 == 1:
+                jar = {**host, "Cookie": f"{_access.COOKIE}=v1.1.x"}
+                assert request(srv.port, "GET", status_url, jar)[0] == 401
+            else:
+                bearer = {**host, "Authorization": "Bearer wrong"}
+                assert request(srv.port, "GET", status_url, bearer)[0] == 401
+        right = {**host, "Authorization": f"Bearer {TOKEN}"}
+        status, headers, body = request(srv.port, "GET", status_url, right)
+        assert status == 429 and int(headers["retry-after"]) == period
+        assert b"too many failed attempts" in body
+        status, headers, _ = _login(srv.port, TOKEN)
+        assert status == 429 and "set-cookie" not in headers
+        now[0] += period / 2
+        assert int(request(srv.port, "GET", status_url, right)[1]["retry-after"]) == period / 2
+        now[0] += period / 2
+        status, _, body = request(srv.port, "GET", status_url, right)
+        assert status == 200 and json.loads(body)["auth_limited"] == 3
+    # Another address is not affected; the table stays bounded.
+    limit = _access.FailureLimit(2, 60.0, clock=lambda: 0.0, addresses=3)
+    for address in ("a", "a", "b", "c", "d", "e"):
+        limit.failed(address)
+    assert limit.retry_after("a") == 0  # forgotten: the least recently failing went first
+    limit.failed("e")
+    assert limit.retry_after("e") == 60 and limit.retry_after("d") == 0
+    assert len(limit._failures) == 3

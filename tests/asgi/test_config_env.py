@@ -104,7 +104,8 @@ def test_a_bad_token_in_the_environment_turns_the_endpoint_off(
     assert config.token is None and config.endpoint is None
     (error,) = config.env_errors
     assert "FLIGHTDECK_TOKEN" in error and "the endpoint is off" in error
-    assert "has space" in error or "FLIGHTDECK_TOKEN=" in error
+    assert "has space" not in error  # a secret is never logged, even a bad one
+    assert error.startswith("FLIGHTDECK_TOKEN='<9 characters, not shown>' ignored")
 
 
 def test_a_shared_directory_is_refused_with_a_private_subdirectory_suggested(
@@ -224,3 +225,28 @@ def test_the_service_name_under_the_uvicorn_command(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+
+
+def test_a_fleet_from_the_environment_without_a_usable_secret_is_off(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("FLIGHTDECK_FLEET", "redis://:hunter2hunter2@127.0.0.1:1/0")
+    with caplog.at_level(logging.ERROR, logger="flightdeck"):
+        config = Config.from_env()
+    assert config.fleet is None
+    (error,) = config.env_errors
+    assert error.startswith("FLIGHTDECK_FLEET='redis://***@127.0.0.1:1/0' ignored")
+    assert "fleet_secret" in error and "the fleet is off" in error
+    monkeypatch.setenv("FLIGHTDECK_FLEET_SECRET", "short,secret-value")
+    config = Config.from_env()
+    assert config.fleet is None
+    secret_error, fleet_error = config.env_errors
+    assert secret_error.startswith("FLIGHTDECK_FLEET_SECRET='<18 characters, not shown>'")
+    assert fleet_error.startswith("FLIGHTDECK_FLEET=")
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "hunter2" not in logged and "secret-value" not in logged
+    monkeypatch.setenv("FLIGHTDECK_FLEET_SECRET", "a-fleet-secret-of-32-characters!")
+    config = Config.from_env()
+    assert config.env_errors == [] and config.fleet is not None
+    with pytest.raises(ValueError, match="fleet_secret"):  # an argument still raises
+        Config.from_env(fleet="redis://127.0.0.1:1/0", fleet_secret=None)

@@ -21,7 +21,7 @@ from flightdeck.snapshot.document import Snapshot, SnapshotInProgress, new_id
 from flightdeck.snapshot.store import SnapshotStore
 
 PREFIX = "/debug/flight"
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token-0123"
 BASE = 1_764_121_800.0
 
 

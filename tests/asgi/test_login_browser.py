@@ -67,6 +67,13 @@ def test_browser_logs_in_and_uses_the_list(decks: list[Any], tmp_path: Path) -> 
             ident = deck.store.list()[0]["id"]
             answer = page.request.get(f"{srv.url}{PREFIX}/snapshots/{ident}")
             assert answer.status == 200 and answer.json()["id"] == ident
+            # "Log out" clears the cookie: the list sends the browser to the form again.
+            page.click("#logout")
+            page.wait_for_selector("input[name=token]")
+            assert page.url == srv.url + PREFIX + "/login"
+            assert [c for c in page.context.cookies() if c["name"] == "flightdeck_session"] == []
+            page.goto(srv.url + PREFIX)
+            assert page.url == srv.url + PREFIX + "/login"
             assert errors == []
         finally:
             browser.close()

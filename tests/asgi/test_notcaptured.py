@@ -67,7 +67,7 @@ def test_the_sentence_counts_the_last_minute_and_says_when_the_next_capture_can_
 
 
 def test_the_list_page_leads_with_them_escaped() -> None:
-    page = render_index([], "/debug/flight", "n", ["1 <b> trigger not captured"])
+    page = render_index([], "/debug/flight", "n", not_captured=["1 <b> trigger not captured"])
     assert '<ul id="not-captured" role="status"><li>1 &lt;b&gt; trigger' in page
     assert "not-captured" not in render_index([], "/debug/flight", "n").split("<body>")[1]
 

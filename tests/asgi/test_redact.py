@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from typing import Any
+from urllib.parse import quote
+
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,8 +15,11 @@ from flightdeck.asgi.redact import (
     MAX_QUERY,
     REDACTED,
     SHORT,
+    Redactor,
     capture_headers,
     is_sensitive,
+    looks_like_credential,
+    redact_path,
     redact_query,
 )
 from flightdeck.core.text import TRUNCATED, safe_text
@@ -377,3 +383,147 @@ def test_percent_encoded_keys_are_found(key: str, encode: list[bool], before: st
         chars.append(c)
     raw = f"{before}{''.join(chars)}={SECRET}&z=1"
     assert SECRET not in redact_query(raw)
+
+
+# -- credential-shaped values, whatever their key ---------------------------------------
+SHAPED = {
+    "base64url": "KBI2m1CVfGk1v_cu4IgAzBFH0Lwi151U",
+    "base64": "56TAO2iKMeYF4+2VOHB4zXwXhLg6aGBE==",
+    "hex40": "8b5ded7c801c43d6348a08cfe5c6729688fb1554",
+    "hex64": "befc42e2e078b155eabfd75df593623d968a7a61614ed7491362557616ed0a1b",
+    "jwt": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
+    "pem": "-----BEGIN PRIVATE KEY-----MIIEvQIBADANBgkqhkiG9w0BAQEFAASC-----END PRIVATE KEY-----",
+    "github": "ghp_16C7e42F292c6912E7710c838347Ae178B4a",
+    "slack": "xoxb-2048-1024-T3sTt0k3nV4lu3",
+    "stripe": "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+    "aws": "AKIAIOSFODNN7EXAMPLE",
+    "saml": "PHNhbWxwOlJlc3BvbnNlIHhtbG5zOnNhbWxwPSJ1cm46b2FzaXM6bmFtZXM6dGM6U0FNTDoy",
+}
+#: Identifiers, words and names a credential rule must leave alone.
+ORDINARY = [
+    "550e8400-e29b-41d4-a716-446655440000",  # UUID
+    "4bf92f3577b34da6a3ce929d0e0e4736",  # 32-hex trace id
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  # traceparent
+    "order-550e8400-e29b-41d4-a716-446655440000",
+    "the-quick-brown-fox-jumps-over-the-lazy-dog",
+    "how-to-install-python-3-on-ubuntu-22-04-lts",
+    "sk-learn-is-a-great-library-for-ml",
+    "getUserProfile2024Version",
+    "AbstractSingletonProxyFactoryBean",
+    "MyVeryLongClassNameForTheFactoryBean",
+    "report_2024_Q3_final_v2_Revised",
+    "2026-12-03T20:51:04.123456Z",
+    "main.4f3a2b1c.chunk.js",
+    "12345678901234567890123",
+    "a" * 100,  # a repeated character is no digest
+    "0" * 64,
+    "hello",
+]
+
+
+@pytest.mark.parametrize("name", sorted(SHAPED))
+def test_credential_shaped_values_redacted_whatever_the_key(name: str) -> None:
+    value = SHAPED[name]
+    encoded = quote(value, safe="")
+    assert redact_query(f"page=2&state={encoded}&q=shoes") == f"page=2&state={REDACTED}&q=shoes"
+    assert redact_path(f"/reset/{encoded}/confirm") == f"/reset/{REDACTED}/confirm"
+    headers = [(b"x-relay", f"v1 {value} end".encode())]
+    assert capture_headers(headers, frozenset({"x-relay"})) == {"x-relay": f"v1 {REDACTED} end"}
+
+
+@pytest.mark.parametrize("value", ORDINARY)
+def test_ordinary_values_are_kept(value: str) -> None:
+    query = f"id={quote(value, safe='')}&page=2"
+    assert redact_query(query) == query
+    assert redact_path(f"/items/{value}/view") == f"/items/{value}/view"
+    headers = [(b"x-request-id", value.encode())]
+    assert capture_headers(headers, frozenset({"x-request-id"})) == {"x-request-id": value}
+
+
+def test_random_tokens_are_caught_and_random_words_are_not() -> None:
+    """The shape rule's rates: random base64url tokens of 32+ characters are caught all but
+    rarely; dictionary-like slugs never."""
+    import base64
+    import random
+
+    rng = random.Random(7)  # fixed: the same tokens every run
+    tokens = [base64.urlsafe_b64encode(rng.randbytes(24)).decode() for _ in range(2000)]
+    missed = sum(not looks_like_credential(token) for token in tokens)
+    assert missed <= 20  # 32 characters: measured about 0.4 %
+    words = ["alpha", "Bravo", "charlie", "Delta", "echo", "foxtrot", "golf", "2024", "v2"]
+    slugs = ["-".join(rng.choice(words) for _ in range(8)) for _ in range(2000)]
+    assert [s for s in slugs if looks_like_credential(s)] == []
+
+
+def test_query_values_option() -> None:
+    none = Redactor(query_values="none")
+    assert none.query("a=1&b=&c&d=x") == f"a={REDACTED}&b=&c&d={REDACTED}"
+    kept = Redactor(query_values=["page", "Q", "token"])
+    assert kept.query("page=2&q=shoes&user=bob") == f"page=2&q=shoes&user={REDACTED}"
+    # Kept keys are still redacted by key and by shape.
+    assert kept.query(f"token=abc&page={SHAPED['github']}") == f"token={REDACTED}&page={REDACTED}"
+    assert kept.query("page=2&next=%2Fx%3Fuser%3D1") == f"page=2&next={REDACTED}"
+    assert none.query(none.query("a=1")) == none.query("a=1")  # idempotent
+    for bad in ("some", None, b"all"):
+        with pytest.raises(ValueError, match="query_values"):
+            Redactor(query_values=bad)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="query_values"):
+        Redactor(query_values=[1])  # type: ignore[list-item]
+
+
+def test_query_values_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, decks: list[Any]
+) -> None:
+    from support import make_deck
+
+    monkeypatch.setenv("FLIGHTDECK_QUERY_VALUES", "page, q")
+    deck = make_deck(lambda *a: None, decks)
+    assert deck.redactor.query("page=1&q=x&r=y") == f"page=1&q=x&r={REDACTED}"
+    monkeypatch.setenv("FLIGHTDECK_QUERY_VALUES", "none")
+    assert make_deck(lambda *a: None, decks).redactor.query("a=1") == f"a={REDACTED}"
+    explicit = make_deck(lambda *a: None, decks, query_values="all")  # the argument wins
+    assert explicit.redactor.query("a=1") == "a=1"
+    with pytest.raises(ValueError, match="query_values"):
+        make_deck(lambda *a: None, decks, query_values="some")
+
+
+@pytest.mark.parametrize("asgi_path", ["native", "python"])
+def test_shaped_secrets_absent_from_snapshots_on_both_request_paths(
+    asgi_path: str, decks: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import serverapps
+    from support import get_json, http_get, uvicorn_thread, wait_until
+
+    from flightdeck import FlightDeck
+    from flightdeck.asgi.accel import casgi
+
+    if asgi_path == "native" and casgi is None:
+        pytest.skip("the native request path is not built here")
+    monkeypatch.setenv("FLIGHTDECK_NO_EXTENSIONS", "1" if asgi_path == "python" else "")
+    deck = FlightDeck(
+        serverapps.inner,
+        endpoint="/debug/flight",
+        slow_request=None,
+        loop_blocked=None,
+        capture_delay=0.0,
+        capture_headers=["x-relay", "x-request-id"],
+    )
+    decks.append(deck)
+    assert deck.asgi_path == asgi_path
+    uuid = ORDINARY[0]
+    secrets = [SHAPED["github"], SHAPED["saml"], SHAPED["hex64"], SHAPED["stripe"]]
+    with uvicorn_thread(deck) as srv:
+        assert http_get(f"{srv.url}/fast")[0] == 200  # the first request takes the pure path
+        path = f"/hooks/{secrets[0]}/items/{uuid}"
+        headers = {"X-Relay": f"sig={secrets[3]}", "X-Request-Id": uuid}
+        http_get(f"{srv.url}{path}?SAMLResponse={secrets[1]}&mac={secrets[2]}&page=2", **headers)
+        http_get(f"{srv.url}/items/{uuid}?page=3")  # nothing to redact: native where built
+        assert http_get(f"{srv.url}/error")[0] == 500
+        wait_until(lambda: get_json(srv.url + "/debug/flight/snapshots"), timeout=10)
+        ident = get_json(srv.url + "/debug/flight/snapshots")[0]["id"]
+        blob = http_get(f"{srv.url}/debug/flight/snapshots/{ident}")[2]
+    for secret in secrets:
+        assert secret.encode() not in blob, secret
+    assert f"/hooks/REDACTED/items/{uuid}".encode() in blob
+    assert b"SAMLResponse=REDACTED&mac=REDACTED&page=2" in blob
+    assert b"sig=REDACTED" in blob and f"/items/{uuid}".encode() in blob

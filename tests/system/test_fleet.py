@@ -8,21 +8,26 @@ incident for that trace; B handled the trace, C did not.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import secrets
 import subprocess
 import sys
 import threading
+import time
 import urllib.parse
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from support import RedisServer, ServerProcess, http_get, wait_until
 
-from flightdeck.snapshot.document import Snapshot
+from flightdeck.asgi.fleet.signing import Signer
+from flightdeck.snapshot.document import Snapshot, new_id
 
 TOKEN = "fleet-test-token"
+SECRET = "fleet-test-secret-0123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 DEADLINE = 30.0
 
@@ -36,6 +41,7 @@ def _options(redis: RedisServer, service: str, **extra: Any) -> dict[str, Any]:
         "loop_blocked": None,
         "capture_delay": 0.05,
         "token": TOKEN,
+        "fleet_secret": SECRET,
     }
     options.update(extra)
     return options
@@ -58,7 +64,7 @@ def _start_fleet(
     namespace = "t" + secrets.token_hex(4)
     started = {}
     for name, extra in specs.items():
-        options = _options(redis, name, fleet_namespace=namespace, **extra)
+        options = _options(redis, name, **{"fleet_namespace": namespace, **extra})
         started[name] = server(options=options)
     for srv in started.values():
         wait_until(lambda srv=srv: _fleet(srv)["connected"], timeout=DEADLINE, interval=0.1)
@@ -255,12 +261,142 @@ def test_malformed_messages_are_counted_and_ignored(
     (srv,) = _start_fleet(server, redis_server, {"svc-a": {}}).values()
     namespace = _fleet(srv)["namespace"]
     client = redis_server.client()
-    for junk in [b"not json", b"{}", b'{"v": 1, "id": "../../etc"}', b"\xff" * 100, b"[]"]:
-        client.publish(f"{namespace}:events", junk)
+    signer = Signer((SECRET,), namespace)
+    junk = [b"not json", b"{}", b'{"v": 2, "id": "../../etc"}', b"\xff" * 100, b"[]"]
+    for message in junk:
+        client.publish(f"{namespace}:events", message)  # unsigned
+        client.publish(f"{namespace}:events", signer.sign("incident", message))
     wait_until(lambda: _fleet(srv).get("malformed", 0) == 5, timeout=DEADLINE)
+    assert _fleet(srv)["unsigned"] == 5
     assert http_get(srv.url + "/fast")[0] == 200
     assert _get(srv, "/snapshots") == []
     assert _fleet(srv)["connected"]
+
+
+def _forged_incident() -> bytes:
+    # In the unsigned format processes followed before messages were signed.
+    message = {
+        "v": 1,
+        "id": new_id(),
+        "created_at": "2026-12-01T00:00:00.000Z",
+        "ts": int(time.time() * 1000),
+        "origin": {"service": "x", "hostname": "h", "pid": 1, "kind": "k", "reason": "r"},
+        "trace_id": None,
+        "sender": "forger:1:0",
+    }
+    return json.dumps(message).encode()
+
+
+def test_forged_and_replayed_incidents_capture_nothing(
+    server: Callable[..., ServerProcess], redis_server: RedisServer
+) -> None:
+    """Whoever can write to Redis but lacks the secret cannot make the fleet capture: no
+    follower snapshot replaces this process's automatic ones (max_snapshots=3)."""
+    namespace = "t" + secrets.token_hex(4)
+    listener = redis_server.client().pubsub()
+    listener.subscribe(f"{namespace}:events")
+    (srv,) = _start_fleet(
+        server, redis_server, {"svc-a": {"max_snapshots": 3, "fleet_namespace": namespace}}
+    ).values()
+    assert _fleet(srv)["namespace"] == namespace
+    assert http_get(srv.url + "/fail")[0] == 500
+    assert http_get(srv.url + "/slow?ms=600")[0] == 200
+    own = wait_until(lambda: _get(srv, "/snapshots") if len(_get(srv, "/snapshots")) == 2 else None)
+    real: list[bytes] = []  # the incidents this process published, signed
+
+    def heard() -> bool:
+        message = listener.get_message(timeout=0.1)
+        if message is not None and message["type"] == "message":
+            real.append(message["data"])
+        return len(real) == 2
+
+    wait_until(heard, timeout=DEADLINE, interval=0)
+    client = redis_server.client()
+    other = Signer(("another-secret-0123456",), namespace)
+    for _ in range(3):
+        client.publish(f"{namespace}:events", _forged_incident())
+        client.publish(f"{namespace}:events", other.sign("incident", _forged_incident()))
+    for message in real:
+        client.publish(f"{namespace}:events", message)  # replayed as they were
+    wait_until(
+        lambda: (
+            (_fleet(srv).get("unsigned"), _fleet(srv).get("bad_signature")) == (3, 3)
+            and _fleet(srv).get("replayed") == 2
+        ),
+        timeout=DEADLINE,
+    )
+    assert _get(srv, "/snapshots") == own  # nothing captured, nothing evicted
+    assert _fleet(srv).get("followed", 0) == 0
+    listener.close()
+
+
+def test_secret_rotation_new_signs_old_still_verifies(
+    server: Callable[..., ServerProcess], redis_server: RedisServer
+) -> None:
+    """Mid-rotation: A has "new,old" (signs with new), B still only "old". A follows B's
+    incidents; B ignores A's, counted, until it gets the new secret too."""
+    new = "fleet-test-secret-new-456"
+    fleet = _start_fleet(
+        server,
+        redis_server,
+        {
+            "svc-a": {"fleet_secret": f"{new},{SECRET}", "fleet_capture": "all"},
+            "svc-b": {"fleet_capture": "all"},
+        },
+    )
+    a, b = fleet["svc-a"], fleet["svc-b"]
+    assert http_get(b.url + "/fail")[0] == 500
+    wait_until(lambda: _fleet(a).get("followed", 0) == 1, timeout=DEADLINE)
+    assert http_get(a.url + "/error")[0] == 500
+    wait_until(lambda: _fleet(b).get("bad_signature", 0) >= 1, timeout=DEADLINE)
+    assert _fleet(b).get("followed", 0) == 0
+    assert [s["trigger"]["kind"] for s in _get(b, "/snapshots")] == ["server_error"]
+    # A lists both incidents; B only its own (A's record is signed with a secret B lacks).
+    wait_until(lambda: len(_get(a, "/incidents")) == 2, timeout=DEADLINE)
+    assert [i["origin"]["service"] for i in _get(b, "/incidents")] == ["svc-b"]
+
+
+def _high_water_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_poisoned_fleet_snapshot_is_refused_without_inflating_it(
+    server: Callable[..., ServerProcess], redis_server: RedisServer
+) -> None:
+    """A gzip bomb under self-consistent (unsigned) metadata: refused, and the process's
+    peak memory does not move by anything near what the bomb inflates to."""
+    (srv,) = _start_fleet(server, redis_server, {"svc-a": {}}).values()
+    namespace = _fleet(srv)["namespace"]
+    inflated = 256 << 20
+    out = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    zeros = bytes(1 << 20)
+    bomb = b"".join(out.compress(zeros) for _ in range(inflated >> 20)) + out.flush()
+    ident, incident = new_id(), new_id()
+    meta = {  # the unsigned metadata format read before metadata was signed
+        "v": 1,
+        "id": ident,
+        "incident": incident,
+        "created_at": "2026-12-01T00:00:00.000Z",
+        "service": "svc-x",
+        "hostname": "h",
+        "pid": 1,
+        "trigger": {"kind": "fleet", "reason": "r"},
+        "trace_ids": [],
+        "size": inflated,
+        "stored": len(bomb),
+        "sha256": hashlib.sha256(bomb).hexdigest(),
+    }
+    client = redis_server.client()
+    client.hset(f"{namespace}:snap:{ident}", mapping={"meta": json.dumps(meta), "data": bomb})
+    before = _high_water_kib(srv.pid)
+    for suffix in ("", "?format=summary"):
+        status, _, _ = http_get(f"{srv.url}/debug/flight/snapshots/{ident}{suffix}", **AUTH)
+        assert status == 404
+    assert _high_water_kib(srv.pid) - before < 64 << 10  # KiB: far below the 256 MiB
+    assert _fleet(srv)["unsigned"] >= 2
 
 
 def test_gunicorn_preload_workers_each_join_the_fleet(

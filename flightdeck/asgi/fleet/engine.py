@@ -39,6 +39,7 @@ from .protocol import (
     snapshot_meta,
 )
 from .reading import FleetReader
+from .signing import Signer
 
 logger = logging.getLogger("flightdeck")
 
@@ -55,10 +56,11 @@ class Fleet:
         self.options = options
         self.service = service
         self.counters = Counters()
+        self.signer = Signer(options.secrets, options.namespace)
         self.follower = Follower(self)
         self.client = FleetClient(options, self.follower.message, self.counters)
         self.keys = self.client.keys
-        self.reader = FleetReader(self.client, self.counters)
+        self.reader = FleetReader(self.client, self.counters, self.signer)
         self.max_snapshots = MAX_PER_INCIDENT
         self.max_bytes = MAX_BYTES_PER_INCIDENT
         self._nonce = secrets.token_hex(8)
@@ -111,10 +113,12 @@ class Fleet:
             request["trace_id"] = trace_id
         process = doc.get("process") or {}
         ident = new_id()
+        now = time.time()
         incident = {
             "v": MESSAGE_VERSION,
             "id": ident,
-            "created_at": rfc3339(time.time()),
+            "created_at": rfc3339(now),
+            "ts": int(now * 1000),
             "origin": {
                 "service": self.service,
                 "hostname": str(process.get("hostname") or socket.gethostname()),
@@ -125,13 +129,13 @@ class Fleet:
             "trace_id": trace_id,
             "sender": self.sender,
         }
-        message = orjson.dumps(incident)
+        message = self.signer.sign("incident", orjson.dumps(incident))
         gate = self.engine.gate
         keys = self.keys
         args = [
-            int(gate.cooldown * 1000),
+            max(1, round(gate.cooldown * 1000)),  # Redis refuses PX 0
             gate.rate.count,
-            int(gate.rate.period * 1000),
+            max(1, round(gate.rate.period * 1000)),
             ident,
             message,
             int(self.options.ttl * 1000),
@@ -198,7 +202,7 @@ class Fleet:
         if data is None:
             self.counters.add("upload_failed")
             return
-        meta = orjson.dumps(snapshot_meta(head, data, stored.size))
+        meta = self.signer.sign("meta", orjson.dumps(snapshot_meta(head, data, stored.size)))
         keys = self.keys
         ident = str(head["incident"])
         args = [stored.id, meta, data, self.max_snapshots, self.max_bytes]
@@ -229,8 +233,7 @@ class Fleet:
 
     def fetch_bytes(self, ident: str) -> bytes | None:
         """The store's ``remote``: a checked fleet snapshot's gzip'd JSON, or None."""
-        found = self.reader.fetch(ident)
-        return None if found is None else found[0]
+        return self.reader.fetch_bytes(ident)
 
     def incidents(self, limit: int = 50) -> list[dict[str, Any]] | None:
         """The fleet's incidents, newest first; None while Redis is unreachable."""

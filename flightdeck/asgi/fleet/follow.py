@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import threading
+import time
+from collections import OrderedDict
 from typing import Any
+
+import orjson
 
 from ..triggers import RateLimiter
 from .ports import FleetPort
-from .protocol import MAX_MESSAGE, clean_incident, decode_json, trace_ids
+from .protocol import MAX_MESSAGE, MAX_MESSAGE_AGE, clean_incident, decode_json, trace_ids
 
 _BUSY_RETRIES = 50  # a follower capture waits up to 5 s for the local one to finish
+_TS = re.compile(rb'"ts":(\d{1,16})[,}]')
+_SEEN = 4096  # signatures of recent messages remembered, to refuse replays
 
 
 class _NotInvolved(Exception):
@@ -25,17 +32,49 @@ class Follower:
         # The fleet-wide limit bounds incidents already; this bounds what one process does
         # whatever is published on the channel.
         self._rate = RateLimiter(rate.count, rate.period)
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
 
     def message(self, data: bytes) -> None:
-        # On the fleet thread.
-        incident = clean_incident(decode_json(data, MAX_MESSAGE))
-        if incident is None:
-            self.fleet.counters.add("malformed")
+        """An incident heard on the channel (on the fleet thread).
+
+        Everything that can refuse a message runs here, cheapest first, so that a flood
+        costs the app's loop nothing: the signature, replays (a signature seen already, or
+        a message older than :data:`MAX_MESSAGE_AGE`), this process's own incidents, the
+        follow rate, and only then parsing. At most ``rate_limit`` incidents per period
+        reach the app's loop.
+        """
+        fleet = self.fleet
+        counters = fleet.counters
+        checked = fleet.signer.verify("incident", data)
+        if isinstance(checked, str):
+            counters.add(checked)
             return
-        self.fleet.counters.add("received")
-        if incident["sender"] == self.fleet.sender:
+        payload, tag = checked
+        if tag in self._seen:
+            counters.add("replayed")
             return
-        loop = self.fleet.app_loop
+        self._seen[tag] = None
+        while len(self._seen) > _SEEN:
+            self._seen.popitem(last=False)
+        if b'"sender":' + orjson.dumps(fleet.sender) in payload:
+            counters.add("received")
+            return  # our own incident (a signed message names its sender so)
+        # Signed, so written by orjson: "ts" can be read without parsing the rest.
+        stamp = _TS.search(payload)
+        if stamp is not None and abs(time.time() * 1000 - int(stamp[1])) > MAX_MESSAGE_AGE * 1000:
+            counters.add("replayed")
+            return
+        if not self._rate.allow():
+            counters.add("follow_suppressed")
+            return
+        incident = clean_incident(decode_json(payload, MAX_MESSAGE))
+        if incident is None or stamp is None or incident["ts"] != int(stamp[1]):
+            counters.add("malformed")
+            return
+        counters.add("received")
+        if incident["sender"] == fleet.sender:
+            return
+        loop = fleet.app_loop
         if loop is None or loop.is_closed():
             return
         try:
@@ -54,9 +93,6 @@ class Follower:
                     self.fleet.app_loop.call_later(0.1, self._follow, incident, attempt + 1)
                 else:
                     self.fleet.counters.add("follow_busy")
-                return
-            if not self._rate.allow():
-                self.fleet.counters.add("follow_suppressed")
                 return
             engine.building = True  # local triggers meanwhile are queued, not lost
             try:

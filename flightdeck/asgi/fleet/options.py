@@ -7,11 +7,12 @@ import math
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from ...core.config import env
+from .signing import check_secrets
 
 CAPTURE_MODES = ("trace", "all")
 _NAMESPACE = re.compile(r"\A[A-Za-z0-9_.:-]{1,64}\Z")
@@ -33,6 +34,8 @@ class FleetOptions:
     capture: str
     namespace: str
     ttl: float
+    #: ``fleet_secret``: the first signs, every one verifies (never shown in a repr).
+    secrets: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def where(self) -> str:
@@ -42,8 +45,13 @@ class FleetOptions:
         return f"{host}:{parts.port or 6379}" if parts.scheme != "unix" else parts.path
 
 
-def fleet_options(url: Any, capture: Any, namespace: Any, ttl: Any) -> FleetOptions | None:
-    """The fleet options, or None when no Redis URL is configured; raises naming the option."""
+def fleet_options(
+    url: Any, capture: Any, namespace: Any, ttl: Any, secret: Any = None
+) -> FleetOptions | None:
+    """The fleet options, or None when no Redis URL is configured; raises naming the option.
+
+    ``secret`` (``fleet_secret``) is required with a URL: what the fleet writes is signed.
+    """
     if url is None:
         return None
     if not isinstance(url, str):
@@ -61,11 +69,18 @@ def fleet_options(url: Any, capture: Any, namespace: Any, ttl: Any) -> FleetOpti
         raise TypeError(f"fleet_ttl must be a number of seconds, not {type(ttl).__name__}")
     if not math.isfinite(ttl) or ttl < 1:
         raise ValueError(f"fleet_ttl must be at least 1 second, not {ttl!r}")
+    if secret is None or secret == "":
+        raise ValueError(
+            "fleet_secret (FLIGHTDECK_FLEET_SECRET) is required with fleet: the same secret on"
+            " every process of the fleet, e.g. python -c 'import secrets;"
+            " print(secrets.token_urlsafe(32))'"
+        )
+    secrets = check_secrets(secret)
     if importlib.util.find_spec("redis") is None:
         raise ImportError("fleet needs redis-py: pip install 'flightdeck-asgi[redis]'")
     # A password in the URL wins; the variable keeps it out of the URL (and of process lists).
     password = None if parts.password else env("FLIGHTDECK_FLEET_PASSWORD")
-    return FleetOptions(url, password, capture, namespace, float(ttl))
+    return FleetOptions(url, password, capture, namespace, float(ttl), secrets)
 
 
 def resolve_service(service: Any, app: Any) -> str:

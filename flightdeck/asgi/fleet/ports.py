@@ -15,6 +15,7 @@ from ...snapshot.store import SnapshotStore, StoredInfo
 from ..triggers import Gate
 from .client import Counters
 from .options import FleetOptions
+from .signing import Signer
 
 
 class Engine(Protocol):
@@ -43,6 +44,7 @@ class FleetPort(Protocol):
     engine: Engine
     options: FleetOptions
     counters: Counters
+    signer: Signer
     app_loop: asyncio.AbstractEventLoop | None
 
     @property

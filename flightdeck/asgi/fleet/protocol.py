@@ -1,12 +1,15 @@
 """What the fleet keeps in Redis and says on its channel: key names, Lua, validation.
 
-Everything read back from Redis is untrusted input: messages and metadata are parsed with
-size limits and checked field by field; a snapshot is served only when its bytes match the
-digest in its metadata and the document inside matches the metadata (``check_snapshot``).
+Everything read back from Redis is untrusted input: messages and metadata must carry the
+fleet's signature (``signing.py``), are read with size limits (the Lua scripts below refuse
+oversized values inside Redis, before anything is sent) and checked field by field; a
+snapshot's bytes are read only when their length is the one its signed metadata states, and
+are served only when they match its digest and inflate to exactly its stated size, checked
+while inflating (``inflate_checked``), so nothing larger is ever held.
 
 Keys, under the namespace ``ns`` (README, "A fleet"):
 
-- ``ns:events`` (channel): one JSON message per incident opened.
+- ``ns:events`` (channel): one signed JSON message per incident opened.
 - ``ns:incidents`` (sorted set, score = creation ms): incident ids, trimmed by age and count.
 - ``ns:incident:ID`` (string): the incident's JSON, expiring after ``fleet_ttl``.
 - ``ns:incident:ID:snaps`` (hash): snapshot id -> its metadata JSON; ``ns:incident:ID:bytes``
@@ -26,9 +29,14 @@ import orjson
 
 from ...snapshot.document import Snapshot, SnapshotError, is_valid_id
 
-MESSAGE_VERSION = 1
+MESSAGE_VERSION = 2  # 2: signed, with "ts"
 MAX_MESSAGE = 16 << 10
 MAX_META = 64 << 10
+#: A fleet snapshot inflates to at most this (its signed metadata states its exact size).
+MAX_INFLATED = 512 << 20
+_INFLATE_CHUNK = 1 << 20
+#: An incident message older (or further in the future) than this is a replay: ignored.
+MAX_MESSAGE_AGE = 300.0
 MAX_TRACE_IDS = 1000
 MAX_INCIDENTS = 1000  # kept in the incidents index
 TRACE_ID = re.compile(r"\A[0-9a-f]{32}\Z")
@@ -73,6 +81,52 @@ redis.call('PEXPIRE', KEYS[2], ttl)
 redis.call('INCRBY', KEYS[3], size)
 redis.call('PEXPIRE', KEYS[3], ttl)
 return 1
+"""
+
+
+# A value of a hash read only when it is at most ARGV[2] bytes long (ARGV[1]: the field).
+# Returns the value, nil when absent, or its length when it is too long.
+READ_FIELD = """
+local n = redis.call('HSTRLEN', KEYS[1], ARGV[1])
+if n == 0 then return nil end
+if n > tonumber(ARGV[2]) then return n end
+return redis.call('HGET', KEYS[1], ARGV[1])
+"""
+
+# A snapshot's data only when it is exactly as long as its signed metadata says (ARGV[1]):
+# returns the bytes, nil when absent, or the actual length otherwise.
+READ_DATA = """
+local n = redis.call('HSTRLEN', KEYS[1], 'data')
+if n == 0 then return nil end
+if n ~= tonumber(ARGV[1]) then return n end
+return redis.call('HGET', KEYS[1], 'data')
+"""
+
+# The newest ARGV[2] incidents: for each, {id, record or false, {meta, ...} or false}, where
+# oversized records, metadata and snapshot tables are left out inside Redis (ARGV[1]: the
+# namespace; ARGV[3], ARGV[4]: the largest record and metadata; ARGV[5]: most snapshots).
+LIST = """
+local out = {}
+for _, id in ipairs(redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)) do
+  if string.len(id) <= 64 then
+    local key = ARGV[1] .. ':incident:' .. id
+    local record = false
+    local n = redis.call('STRLEN', key)
+    if n > 0 and n <= tonumber(ARGV[3]) then record = redis.call('GET', key) end
+    local snaps = false
+    local skey = key .. ':snaps'
+    if redis.call('HLEN', skey) <= tonumber(ARGV[5]) then
+      snaps = {}
+      for _, field in ipairs(redis.call('HKEYS', skey)) do
+        if redis.call('HSTRLEN', skey, field) <= tonumber(ARGV[4]) then
+          table.insert(snaps, redis.call('HGET', skey, field))
+        end
+      end
+    end
+    table.insert(out, {id, record, snaps})
+  end
+end
+return out
 """
 
 
@@ -134,7 +188,12 @@ def clean_incident(raw: object) -> dict[str, Any] | None:
     origin = clean_origin(raw.get("origin"))
     created = _text(raw.get("created_at"), 64)
     sender = _text(raw.get("sender"), 64)
+    ts = raw.get("ts")  # milliseconds since the epoch, for the replay check
+    if not isinstance(ts, int) or isinstance(ts, bool) or not 0 <= ts < 1 << 53:
+        ts = None
     if not is_valid_id(ident) or origin is None or created is None or sender is None:
+        return None
+    if ts is None:
         return None
     if trace_id is not None and not (isinstance(trace_id, str) and TRACE_ID.match(trace_id)):
         return None
@@ -145,6 +204,7 @@ def clean_incident(raw: object) -> dict[str, Any] | None:
         "origin": origin,
         "trace_id": trace_id,
         "sender": sender,
+        "ts": ts,
     }
 
 
@@ -230,16 +290,44 @@ def clean_meta(raw: object) -> dict[str, Any] | None:
     return meta
 
 
-def check_snapshot(meta: dict[str, Any], data: bytes, limit: int) -> Snapshot | None:
-    """The snapshot in ``data`` when it is exactly what ``meta`` (already cleaned) says."""
-    if len(data) != meta["stored"] or hashlib.sha256(data).hexdigest() != meta["sha256"]:
+def inflate_checked(data: bytes, meta: dict[str, Any], keep: bool) -> bytes | None:
+    """``data`` inflated, when it is exactly what ``meta`` (signed, cleaned) says.
+
+    The digest is checked first; then the gzip is inflated a chunk at a time and refused as
+    soon as it grows past the stated size (a gzip bomb is never inflated in full). With
+    ``keep`` false only the check is made and ``b""`` returned: nothing is held.
+    """
+    size = meta["size"]
+    if size > MAX_INFLATED or len(data) != meta["stored"]:
+        return None
+    if hashlib.sha256(data).hexdigest() != meta["sha256"]:
         return None
     decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    chunks: list[bytes] = []
+    total = 0
+    pending = data
     try:
-        raw = decompressor.decompress(data, limit + 1)
+        while not decompressor.eof:
+            chunk = decompressor.decompress(pending, _INFLATE_CHUNK)
+            total += len(chunk)
+            if total > size:
+                return None
+            if keep:
+                chunks.append(chunk)
+            pending = decompressor.unconsumed_tail
+            if not chunk and not pending:
+                break  # truncated
     except zlib.error:
         return None
-    if len(raw) > limit or len(raw) != meta["size"] or not decompressor.eof:
+    if not decompressor.eof or decompressor.unused_data or total != size:
+        return None
+    return b"".join(chunks) if keep else b""
+
+
+def check_snapshot(meta: dict[str, Any], data: bytes) -> Snapshot | None:
+    """The snapshot in ``data`` when it is exactly what ``meta`` (signed, cleaned) says."""
+    raw = inflate_checked(data, meta, keep=True)
+    if raw is None:
         return None
     try:
         snap = Snapshot.load(raw)

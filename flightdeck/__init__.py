@@ -7,7 +7,14 @@ and the requests did when a request is slow, fails, or the loop is blocked.
 from . import export  # noqa: F401  (registers the export formats with Snapshot.dumps)
 from ._version import __version__
 from .asgi.middleware import FlightDeck
-from .asgi.triggers import LoopBlocked, RequestInfo, ServerError, SlowRequest, Trigger
+from .asgi.triggers import (
+    LoopBlocked,
+    RequestChecks,
+    RequestInfo,
+    ServerError,
+    SlowRequest,
+    Trigger,
+)
 from .instrument.annotations import log, region
 from .snapshot.document import Snapshot, SnapshotError, SnapshotInProgress
 from .snapshot.loops import install, new_event_loop
@@ -17,6 +24,7 @@ __all__ = [
     "FlightDeck",
     "FlightRecorder",
     "LoopBlocked",
+    "RequestChecks",
     "RequestInfo",
     "ServerError",
     "SlowRequest",

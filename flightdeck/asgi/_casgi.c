@@ -24,6 +24,7 @@
 #include <structmember.h>
 #include <time.h>
 #include <string.h>
+#include <limits.h>
 
 #if PY_VERSION_HEX < 0x030C0000
 static inline PyObject *PyErr_GetRaisedException_compat(void) {
@@ -163,13 +164,15 @@ typedef struct {
     PyObject *running_loop;  /* 3.11: asyncio.get_running_loop (C) */
     PyObject *contextvar;    /* instrument.context.current_request */
     PyObject *prefix;        /* endpoint path or NULL */
-    long long slow_floor_ns;
+    long long slow_floor_ns;  /* the pre-check, as the triggers state it (capture.py) */
+    long long status_floor;
     long long rid;
     long long errors;
     long long requests;
     char fast;               /* take the native path (enabled and started) */
     char triggers;           /* any on_request trigger */
-    char builtin;            /* only the built-in request triggers */
+    char precheck;           /* every request trigger states its RequestChecks */
+    char error_fires;        /* an exception escaping the app can fire one */
     char headers;            /* capture_headers configured: REQ_START from Python */
 } Middleware;
 
@@ -222,16 +225,17 @@ static void Middleware_dealloc(Middleware *m) {
 static PyObject *Middleware_setup(Middleware *m, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"app", "recorder", "report", "inflight", "done", "py_call", "start_event", "query",
                              "trace_id", "current_task", "contextvar", "prefix", "slow_floor_ns",
-                             "triggers", "builtin", "headers", "current_tasks",
-                             "running_loop", NULL};
+                             "status_floor", "triggers", "precheck", "error_fires", "headers",
+                             "current_tasks", "running_loop", NULL};
     PyObject *app, *recorder, *report, *inflight, *done, *py_call, *start_event, *query, *trace_id, *ct, *cv,
         *prefix, *tasks = Py_None, *running = Py_None;
-    long long floor;
-    int triggers, builtin, headers;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO!OOOOOOOOLppp|OO", kwlist, &app, &recorder, &report,
-                                     &PyDict_Type, &inflight, &done, &py_call, &start_event,
-                                     &query, &trace_id, &ct, &cv, &prefix, &floor, &triggers,
-                                     &builtin, &headers, &tasks, &running))
+    long long floor, status_floor;
+    int triggers, precheck, error_fires, headers;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO!OOOOOOOOLLpppp|OO", kwlist, &app, &recorder,
+                                     &report, &PyDict_Type, &inflight, &done, &py_call,
+                                     &start_event, &query, &trace_id, &ct, &cv, &prefix, &floor,
+                                     &status_floor, &triggers, &precheck, &error_fires, &headers,
+                                     &tasks, &running))
         return NULL;
     if (prefix != Py_None && !PyUnicode_CheckExact(prefix)) {
         PyErr_SetString(PyExc_TypeError, "prefix must be a str or None");
@@ -260,8 +264,10 @@ static PyObject *Middleware_setup(Middleware *m, PyObject *args, PyObject *kw) {
     Py_XSETREF(m->contextvar, Py_NewRef(cv));
     Py_XSETREF(m->prefix, prefix == Py_None ? NULL : Py_NewRef(prefix));
     m->slow_floor_ns = floor;
+    m->status_floor = status_floor;
     m->triggers = (char)triggers;
-    m->builtin = (char)builtin;
+    m->precheck = (char)precheck;
+    m->error_fires = (char)error_fires;
     m->headers = (char)headers;
     Py_RETURN_NONE;
 }
@@ -687,8 +693,9 @@ typedef struct {
     PyObject *kind;
     PyObject *rid;
     State *state;
-    PyObject *token; /* contextvar token */
+    PyObject *token; /* contextvar token, from the first step on */
     long long t0;
+    char started;    /* stepped at least once: the request id is set in its context */
 } Call;
 
 static int Call_traverse(Call *c, visitproc visit, void *arg) {
@@ -728,6 +735,23 @@ static PyObject *route_of(PyObject *scope) {
     return Py_NewRef(Py_None);
 }
 
+/* An int the snapshot formats can hold (new reference, NULL on error): one past
+ * +-(2**63 - 1) (a broken app's status or close code) becomes the nearest bound, counted as
+ * ``status_clamped`` as the Python path counts it (capture.clamp64). ``*value`` gets it. */
+static PyObject *clamp64(Middleware *m, PyObject *v, long long *value) {
+    int overflow = 0;
+    *value = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (*value == -1 && PyErr_Occurred()) return NULL;
+    if (overflow == 0 && *value != LLONG_MIN) return Py_NewRef(v);
+    *value = overflow > 0 ? LLONG_MAX : -LLONG_MAX; /* the core keeps LLONG_MIN for None */
+    PyObject *r = PyObject_CallMethod(m->report, "once", "ss", "status_clamped",
+                                      "flightdeck: the app sent a status or close code past "
+                                      "64 bits; recorded clamped");
+    if (r == NULL) dropped(m);
+    Py_XDECREF(r);
+    return PyLong_FromLongLong(*value);
+}
+
 /* The request ended (``error``: the exception's qualname, or NULL). Never raises: the
  * current exception (the app's) is kept as it is. */
 static void Call_finish(Call *c, PyObject *error) {
@@ -743,36 +767,31 @@ static void Call_finish(Call *c, PyObject *error) {
     }
     PyObject *status = st->status ? st->status : Py_None;
     long long code = 0;
-    if (status != Py_None) {
-        if (PyLong_CheckExact(status)) {
-            code = PyLong_AsLongLong(status);
-            if (code == -1 && PyErr_Occurred()) {
-                dropped(m);
-                code = 0;
-            }
-        } else {
-            status = Py_None; /* not an HTTP status: the server refuses it */
-        }
-    }
-    int is_http = c->kind == s_http;
     PyObject *status_obj = NULL;
-    if (error != NULL && status == Py_None && is_http) {
-        status_obj = PyLong_FromLong(500);
+    int is_http = c->kind == s_http;
+    if (status != Py_None && PyLong_CheckExact(status)) {
+        status_obj = clamp64(m, status, &code);
+    } else if (error != NULL && is_http) {
+        status_obj = PyLong_FromLong(500); /* none sent (or not an int the server takes) */
         code = 500;
     } else {
-        status_obj = Py_NewRef(status);
+        status_obj = Py_NewRef(Py_None); /* not an HTTP status: the server refuses it */
     }
     PyObject *route = route_of(c->scope);
     if (route == NULL) {
         dropped(m);
         route = Py_NewRef(Py_None);
     }
-    PyObject *close = st->close_code && PyLong_CheckExact(st->close_code) ? st->close_code : Py_None;
+    long long unused;
+    PyObject *close = st->close_code && PyLong_CheckExact(st->close_code)
+                          ? clamp64(m, st->close_code, &unused)
+                          : Py_NewRef(Py_None);
     PyObject *t1o = PyLong_FromLongLong(t1);
     PyObject *ev = PyTuple_New(10);
-    if (status_obj == NULL || t1o == NULL || ev == NULL) {
+    if (status_obj == NULL || close == NULL || t1o == NULL || ev == NULL) {
         dropped(m);
         Py_XDECREF(status_obj);
+        Py_XDECREF(close);
         Py_XDECREF(t1o);
         Py_XDECREF(ev);
         Py_DECREF(route);
@@ -787,7 +806,7 @@ static void Call_finish(Call *c, PyObject *error) {
     PyTuple_SET_ITEM(ev, 6, PyBool_FromLong(st->disconnected));
     PyTuple_SET_ITEM(ev, 7, Py_NewRef(error ? error : Py_None));
     PyTuple_SET_ITEM(ev, 8, PyLong_FromLongLong(st->body_end));
-    PyTuple_SET_ITEM(ev, 9, Py_NewRef(close));
+    PyTuple_SET_ITEM(ev, 9, close);
     if (PyTuple_GET_ITEM(ev, 4) == NULL || PyTuple_GET_ITEM(ev, 8) == NULL) {
         dropped_as(m, "request_end");
     } else if (emit(m, ev) < 0) {
@@ -796,7 +815,7 @@ static void Call_finish(Call *c, PyObject *error) {
     if (PyDict_DelItem(m->inflight, c->rid) < 0) PyErr_Clear();
     /* The integer pre-check: nothing can fire in the common case. */
     if (m->triggers &&
-        !(m->builtin && error == NULL && code < 500 &&
+        !(m->precheck && (error == NULL || !m->error_fires) && code < m->status_floor &&
           (st->fired || !is_http || t1 - c->t0 <= m->slow_floor_ns))) {
         PyObject *t0o = PyLong_FromLongLong(c->t0);
         if (t0o == NULL) {
@@ -837,7 +856,18 @@ static void Call_outcome(Call *c, PySendResult r) {
     Py_XDECREF(name);
 }
 
+/* The first step: the request id is set in the context running the request (a task's,
+ * when a server or app hands it to gather, shield, ensure_future or wait_for), as the
+ * Python path's coroutine sets it; Call_finish resets it there. */
+static inline void Call_begin(Call *c) {
+    if (c->started || c->finished) return;
+    c->started = 1;
+    c->token = PyContextVar_Set(c->mw->contextvar, c->rid);
+    if (c->token == NULL) dropped(c->mw);
+}
+
 static PySendResult Call_am_send(Call *c, PyObject *arg, PyObject **result) {
+    Call_begin(c);
     PySendResult r = proxy_step((Proxy *)c, 0, arg, NULL, 0, result);
     Call_outcome(c, r);
     return r;
@@ -858,6 +888,7 @@ static PyObject *Call_send(Call *c, PyObject *arg) {
 }
 static PyObject *Call_throw(Call *c, PyObject *const *args, Py_ssize_t nargs) {
     PyObject *result;
+    Call_begin(c);
     PySendResult r = proxy_step((Proxy *)c, 1, NULL, args, nargs, &result);
     Call_outcome(c, r);
     return report(r, result);
@@ -882,17 +913,25 @@ static PyObject *Call_get_cr_await(Call *c, void *x) {
     return Py_NewRef(c->iter ? c->iter : (c->awaitable ? c->awaitable : Py_None));
 }
 
+/* Never awaited to the end (dropped, or found in a reference cycle): the request is over
+ * all the same. A finalizer, so that the cycle collector runs it before any tp_clear, with
+ * everything the finish needs still in place (as it closes a dropped coroutine). The token
+ * belongs to another context now, so it is only forgotten. */
+static void Call_finalize(Call *c) {
+    /* A FlightDeck cleared as garbage (its recorder gone) has nothing left to record into. */
+    if (c->finished || c->mw == NULL || c->mw->recorder == NULL) return;
+    PyObject *exc = PyErr_GetRaisedException_compat();
+    Py_CLEAR(c->token);
+    PyObject *name = PyUnicode_FromString("GeneratorExit");
+    if (name == NULL) PyErr_Clear();
+    Call_finish(c, name ? name : Py_None);
+    Py_XDECREF(name);
+    PyErr_SetRaisedException_compat(exc);
+}
+
 static void Call_dealloc(Call *c) {
+    if (PyObject_CallFinalizerFromDealloc((PyObject *)c) < 0) return; /* resurrected */
     PyObject_GC_UnTrack(c);
-    if (!c->finished && c->mw != NULL) {
-        /* Never awaited to the end (dropped): the request is over all the same. The token
-         * belongs to another context now, so it is only forgotten. */
-        Py_CLEAR(c->token);
-        PyObject *name = PyUnicode_FromString("GeneratorExit");
-        if (name == NULL) PyErr_Clear();
-        Call_finish(c, name ? name : Py_None);
-        Py_XDECREF(name);
-    }
     Call_clear(c);
     PyObject_GC_Del(c);
 }
@@ -923,6 +962,7 @@ static PyTypeObject CallType = {
     .tp_traverse = (traverseproc)Call_traverse,
     .tp_clear = (inquiry)Call_clear,
     .tp_dealloc = (destructor)Call_dealloc,
+    .tp_finalize = (destructor)Call_finalize,
     .tp_doc = "One request through FlightDeck: awaits the app, records its end.",
 };
 
@@ -1141,7 +1181,7 @@ static PyObject *asgi_call(Middleware *m, PyObject *const *args, Py_ssize_t narg
         Py_XDECREF(st);
         if (sw) { sw->send = NULL; sw->state = NULL; Py_DECREF(sw); }
         if (rw) { rw->receive = NULL; rw->state = NULL; Py_DECREF(rw); }
-        if (c) { c->mw = NULL; c->awaitable = c->iter = c->scope = c->kind = c->rid = c->token = NULL; c->state = NULL; c->finished = 1; Py_DECREF(c); }
+        if (c) { c->mw = NULL; c->awaitable = c->iter = c->scope = c->kind = c->rid = c->token = NULL; c->state = NULL; c->finished = 1; c->started = 0; Py_DECREF(c); }
         goto python_drop;
     }
     sw->vectorcall = (vectorcallfunc)Send_vectorcall;
@@ -1153,7 +1193,7 @@ static PyObject *asgi_call(Middleware *m, PyObject *const *args, Py_ssize_t narg
     rw->state = (State *)Py_NewRef(st);
     PyObject_GC_Track(rw);
     c->awaitable = c->iter = c->token = NULL;
-    c->finished = 0;
+    c->finished = c->started = 0;
     c->mw = (Middleware *)Py_NewRef(m);
     c->scope = Py_NewRef(scope);
     c->kind = Py_NewRef(kind);
@@ -1174,8 +1214,6 @@ static PyObject *asgi_call(Middleware *m, PyObject *const *args, Py_ssize_t narg
         Py_XDECREF(entry);
         Py_DECREF(ev);
     }
-    c->token = PyContextVar_Set(m->contextvar, rid);
-    if (c->token == NULL) dropped(m);
 
     PyObject *cargs[3] = {scope, (PyObject *)rw, (PyObject *)sw};
     c->awaitable = PyObject_Vectorcall(m->app, cargs, 3, NULL);

@@ -22,7 +22,14 @@ from ..snapshot.recorder import FlightRecorder
 from ..snapshot.store import SnapshotStore
 from .config import Config
 from .redact import MAX_METHOD, MAX_PATH
-from .triggers import Gate, RateLimiter, RequestInfo, ServerError, SlowRequest, Trigger
+from .triggers import (
+    DEFAULT_BLOCK_THRESHOLD,
+    Gate,
+    RateLimiter,
+    RequestInfo,
+    ServerError,
+    Trigger,
+)
 
 
 class RequestState:
@@ -37,6 +44,27 @@ class RequestState:
         self.body_end = 0  # when the last body byte was sent
         self.fired = False  # an in-flight trigger fired for this request
         self.close_code: Any = None  # WebSocket: the first close code sent or received
+
+
+#: The range of the integers every snapshot format holds: orjson refuses any past 64 bits,
+#: and the native core's window keeps -2**63 for None.
+INT64_MIN, INT64_MAX = -((1 << 63) - 1), (1 << 63) - 1
+
+
+def clamp64(value: int, errors: ErrorLog | None = None) -> int:
+    """``value`` if it fits in 64 bits, else the nearest bound (counted in ``errors``).
+
+    A broken app may send any int as a status or close code; recorded as is, it would make
+    every capture of the window fail. ``_casgi.c`` clamps and counts alike.
+    """
+    if INT64_MIN <= value <= INT64_MAX:
+        return value
+    if errors is not None:
+        errors.once(
+            "status_clamped",
+            "flightdeck: the app sent a status or close code past 64 bits; recorded clamped",
+        )
+    return INT64_MAX if value > 0 else INT64_MIN
 
 
 #: At most this many triggers join one snapshot's ``trigger.also``; more are suppressed.
@@ -75,18 +103,27 @@ class CaptureEngine:
         self.block_triggers = [t for t in triggers if _overrides(t, "on_block")]
         self.poll_triggers = [t for t in triggers if _overrides(t, "poll")]
         self.request_triggers = [t for t in triggers if _overrides(t, "on_request")]
-        # Pre-check for the common case: only built-in request triggers, whose firing can be
-        # ruled out from the status, the error and the duration against the lowest threshold.
-        self.builtin_request_triggers = all(
-            type(t) in (SlowRequest, ServerError) for t in self.request_triggers
-        )
-        floors = [
-            min([t.threshold, *(v for v in t.routes.values() if v is not None)])
-            for t in self.request_triggers
-            if isinstance(t, SlowRequest)
-        ]
-        #: No finished request faster than this (ns) can fire a built-in trigger.
+        # The request path's pre-check: what the triggers say they need to see of finished
+        # requests (RequestChecks), combined. When every request trigger states it, a
+        # request that raised nothing (or that no trigger checks errors of), with a status
+        # under status_floor and no slower than slow_floor_ns, is ruled out with integers.
+        checks = [t.request_checks() for t in self.request_triggers]
+        stated = [c for c in checks if c is not None]
+        #: Every request trigger states its RequestChecks: the pre-check applies.
+        self.request_precheck = len(stated) == len(checks)
+        #: An exception escaping the app can fire a trigger.
+        self.error_fires = any(c.errors for c in stated)
+        statuses = [c.status_at_least for c in stated if c.status_at_least is not None]
+        #: No finished request with a status under this can fire (by its status).
+        self.status_floor = min(statuses) if statuses else 1 << 62
+        floors = [c.slower_than for c in stated if c.slower_than is not None]
+        #: No finished request faster than this (ns) can fire (by its duration).
         self.slow_floor_ns = int(min(floors) * 1e9) if floors else 1 << 62
+        #: How often requests in flight and polled triggers are checked (seconds): a
+        #: quarter of the shortest duration an in-flight trigger states, within 10-250 ms.
+        inflight = [t.request_checks() for t in self.inflight_triggers]
+        limits = [c.slower_than for c in inflight if c is not None and c.slower_than is not None]
+        self.tick_interval = min(0.25, max(min(limits) / 4, 0.01)) if limits else 0.25
         #: Requests in flight, shared with the watchdog (which labels blocks with them):
         #: rid -> (REQ_START event, scope, RequestState).
         self.inflight = recorder.live_requests
@@ -107,7 +144,7 @@ class CaptureEngine:
         if self.on_block not in self.recorder.block_listeners:
             self.recorder.block_listeners.append(self.on_block)
         self._ticks += 1
-        loop.call_later(self.config.tick_interval, self._tick, self._ticks)
+        loop.call_later(self.tick_interval, self._tick, self._ticks)
 
     def stop(self) -> None:
         """Stop the periodic checks (the pending one ends them) and the block listener.
@@ -139,7 +176,7 @@ class CaptureEngine:
         try:
             info = self.info(rid, scope, state, t0, kind, error, t1, status, route)
             for trig in self.request_triggers:
-                if state.fired and isinstance(trig, SlowRequest):
+                if state.fired and _overrides(trig, "on_inflight"):
                     continue  # fired while in flight; not again for the same request
                 reason = trig.on_request(info)
                 if reason:
@@ -200,7 +237,7 @@ class CaptureEngine:
             self.errors("tick", exc)
         finally:
             try:
-                loop.call_later(self.config.tick_interval, self._tick, ticks)
+                loop.call_later(self.tick_interval, self._tick, ticks)
             except RuntimeError:
                 pass  # loop closed
 
@@ -213,7 +250,7 @@ class CaptureEngine:
             start[ev.REQ_START_SCOPE_TYPE],
             None,
             None,
-            state.status,
+            clamp64(state.status) if type(state.status) is int else None,
             route_of(scope),
         )
         for trig in self.inflight_triggers:
@@ -372,6 +409,17 @@ class CaptureEngine:
                 "queued": self.queued is not None,
             },
         }
+
+
+def watchdog_threshold(config: Config) -> float:
+    """The loop watchdog's threshold: the smallest block any ``on_block`` trigger needs.
+
+    With no such trigger, the ``loop_blocked`` option's (blocks are recorded all the same).
+    """
+    needs = [t.block_threshold() for t in config.triggers if _overrides(t, "on_block")]
+    if needs:
+        return min(needs)
+    return config.loop_blocked if config.loop_blocked is not None else DEFAULT_BLOCK_THRESHOLD
 
 
 def _overrides(trig: Trigger, hook: str) -> bool:

@@ -277,14 +277,6 @@ class Config:
                 raise TypeError(f"triggers must be Trigger objects, not {type(trig).__name__}")
         return built
 
-    @property
-    def tick_interval(self) -> float:
-        """How often in-flight requests and polled triggers are checked, in seconds."""
-        interval = 0.25
-        if self.slow_request is not None:
-            interval = min(interval, max(self.slow_request / 4, 0.01))
-        return interval
-
 
 #: Every option's default, as written in ``Config``'s signature (the one place for it).
 DEFAULTS: dict[str, Any] = {

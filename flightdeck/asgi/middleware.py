@@ -28,7 +28,16 @@ from ..snapshot.document import Snapshot
 from ..snapshot.recorder import FlightRecorder
 from ..snapshot.store import SnapshotStore
 from .accel import casgi, native_asgi
-from .capture import CaptureEngine, RequestState, client_of, route_of
+from .capture import (
+    INT64_MAX,
+    INT64_MIN,
+    CaptureEngine,
+    RequestState,
+    clamp64,
+    client_of,
+    route_of,
+    watchdog_threshold,
+)
 from .config import Config
 from .fleet import Fleet, resolve_service
 from .locate import locate
@@ -112,13 +121,11 @@ class FlightDeck(_Base):
         self.app = app
         self.config = config = Config.from_env(**options)
         self.enabled = config.enabled
-        # The watchdog's threshold: the smallest block any trigger cares about.
-        watch = config.loop_blocked
         self.recorder = FlightRecorder(
             config.window,
             config.max_bytes,
             instrument_loop=config.instrument_loop,
-            loop_blocked=watch if watch is not None else 0.1,
+            loop_blocked=watchdog_threshold(config),  # what the triggers need
         )
         self.store = SnapshotStore(max_snapshots=config.max_snapshots, directory=config.directory)
         self.engine = engine = CaptureEngine(config, self.recorder, self.store)
@@ -158,8 +165,10 @@ class FlightDeck(_Base):
                 contextvar=current_request,
                 prefix=endpoint if self._endpoint_app is not None else None,
                 slow_floor_ns=engine.slow_floor_ns,
+                status_floor=engine.status_floor,
                 triggers=bool(engine.request_triggers),
-                builtin=engine.builtin_request_triggers,
+                precheck=engine.request_precheck,
+                error_fires=engine.error_fires,
                 headers=bool(self._capture_headers),
                 **_current_task_lookup(),
             )
@@ -282,7 +291,10 @@ class FlightDeck(_Base):
             error = type(exc).__qualname__
             raise
         finally:
-            current_request.reset(token)
+            try:
+                current_request.reset(token)
+            except ValueError:
+                pass  # closed from another context (collected in a cycle): the id goes with it
             self._finish(rid, scope, state, t0, kind, error)
 
     if casgi is None:
@@ -381,8 +393,15 @@ class FlightDeck(_Base):
             status = state.status
             if type(status) is not int:
                 status = None  # not an HTTP status: the server refuses it
+            elif not INT64_MIN <= status <= INT64_MAX:
+                status = clamp64(status, self.errors)
             if error is not None and status is None and kind == "http":
                 status = 500
+            close = state.close_code
+            if type(close) is not int:
+                close = None
+            elif not INT64_MIN <= close <= INT64_MAX:
+                close = clamp64(close, self.errors)
             self.recorder.emit(
                 (
                     ev.REQ_END,
@@ -394,7 +413,7 @@ class FlightDeck(_Base):
                     state.disconnected,
                     error,
                     state.body_end,
-                    state.close_code if type(state.close_code) is int else None,
+                    close,
                 )
             )
             self._inflight.pop(rid, None)
@@ -402,9 +421,9 @@ class FlightDeck(_Base):
             if not engine.request_triggers:
                 return
             if (
-                engine.builtin_request_triggers
-                and error is None
-                and (type(status) is not int or status < 500)
+                engine.request_precheck
+                and (error is None or not engine.error_fires)
+                and (type(status) is not int or status < engine.status_floor)
                 and (state.fired or kind != "http" or t1 - t0 <= engine.slow_floor_ns)
             ):
                 return  # nothing can fire: the common case, decided without RequestInfo

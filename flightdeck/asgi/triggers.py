@@ -67,15 +67,46 @@ class RequestInfo:
         return f"{self.method} {self.route or self.path}"
 
 
+@dataclass(frozen=True, slots=True)
+class RequestChecks:
+    """Which finished requests a trigger's ``on_request`` can fire on; it sees no others.
+
+    A request is shown when any field matches: ``errors`` (an exception escaped the app),
+    ``status_at_least`` (an int status at or past it), ``slower_than`` (an HTTP request
+    longer than this many seconds that no in-flight trigger fired on already). ``None`` and
+    ``False`` match nothing. The request path decides this with integers, per request,
+    without building a ``RequestInfo``.
+    """
+
+    errors: bool = False
+    status_at_least: int | None = None
+    slower_than: float | None = None
+
+
+#: The watchdog's threshold when no trigger states one (seconds).
+DEFAULT_BLOCK_THRESHOLD = 0.1
+
+
 class Trigger:
     """Base class of triggers. Override any of the hooks; each returns a reason to fire.
 
     ``kind`` names the trigger in snapshots; ``cooldown`` (seconds, ``None`` for the
     engine's default) is the least time between two snapshots of this kind and route.
+    A trigger also states what it needs to hear of: :meth:`block_threshold` (the loop
+    watchdog's threshold is the smallest any ``on_block`` trigger states) and
+    :meth:`request_checks` (which finished requests reach ``on_request``).
     """
 
     kind: str = "custom"
     cooldown: float | None = None
+
+    def block_threshold(self) -> float:
+        """The shortest loop block (seconds) ``on_block`` must hear of."""
+        return DEFAULT_BLOCK_THRESHOLD
+
+    def request_checks(self) -> RequestChecks | None:
+        """Which finished requests ``on_request`` must see; ``None`` (the default): all."""
+        return None
 
     def on_request(self, request: RequestInfo) -> str | None:
         """A request finished."""
@@ -117,6 +148,11 @@ class SlowRequest(Trigger):
                 raise TypeError("slow_routes must map route templates (str) to seconds")
             self.routes[route] = check_optional_seconds(f"slow_routes[{route!r}]", value)
 
+    def request_checks(self) -> RequestChecks:
+        # No finished request faster than the lowest threshold can fire.
+        limits = [self.threshold, *(v for v in self.routes.values() if v is not None)]
+        return RequestChecks(slower_than=min(limits))
+
     def limit(self, request: RequestInfo) -> float | None:
         for key in (request.route, request.path):
             if key is not None and key in self.routes:
@@ -148,6 +184,9 @@ class ServerError(Trigger):
 
     kind = "server_error"
 
+    def request_checks(self) -> RequestChecks:
+        return RequestChecks(errors=True, status_at_least=500)
+
     def on_request(self, request: RequestInfo) -> str | None:
         if request.error is not None:
             return f"{request.label} raised {request.error}"
@@ -163,6 +202,9 @@ class LoopBlocked(Trigger):
 
     def __init__(self, threshold: float | str = DEFAULT_LOOP_BLOCKED) -> None:
         self.threshold = check_seconds("loop_blocked", threshold)
+
+    def block_threshold(self) -> float:
+        return self.threshold
 
     def on_block(self, duration: float, where: str | None) -> str | None:
         if duration >= self.threshold:

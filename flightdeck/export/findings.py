@@ -18,7 +18,22 @@ from .common import (
     task_label,
     text,
 )
-from .diagnose import SLOW_CALLBACK, Hog, burst, cancellations, grouped, hogs, request_of
+from .diagnose import (
+    FLIGHTDECK,
+    FLIGHTDECK_CODE,
+    FLIGHTDECK_OWN,
+    SERVER,
+    SLOW_CALLBACK,
+    USER,
+    Hog,
+    burst,
+    cancellations,
+    first_use,
+    grouped,
+    hogs,
+    owners,
+    request_of,
+)
 from .loop_index import LoopIndex
 from .stacks import StackFolder
 
@@ -34,6 +49,12 @@ LAG = 0.05
 GC_TOTAL = 0.01
 
 
+#: Something that ended this long before the trigger's request began did not cost it.
+MARGIN = 0.1
+#: A capture runs this soon after its trigger (``capture_delay``, 0.25 s by default).
+CAPTURE_AFTER = 1.0
+
+
 @dataclass
 class Finding:
     on_trigger: float  # seconds of the trigger request it accounts for
@@ -42,6 +63,9 @@ class Finding:
     #: 0: a cause (what held the loop, GC, cancellations, the pool); 1: a symptom (slow or
     #: failed requests, delays, lag); 2: about the recording itself.
     tier: int = 0
+    #: When it happened (None: the whole window); ranked() sets ``earlier`` from it.
+    end: float | None = None
+    earlier: bool = False
 
 
 class Reading:
@@ -58,7 +82,70 @@ class Reading:
             if self.trigger_request is not None
             else None
         )
+        self.owners = owners(doc, self.index)
+        self.marks = [
+            t
+            for e in dicts(doc.get("events"))
+            if e.get("kind") == "trigger" and (t := num(e.get("start"))) is not None
+        ]
         self.hogs = hogs(doc, self.index)
+        self.span = self._span()
+
+    def owner(self, tid: Any) -> str:
+        """``user``, ``server`` or ``flightdeck`` (see ``diagnose.owners``)."""
+        return self.owners.get(tid, USER)
+
+    def hog_owner(self, h: Hog) -> str:
+        """Whose work held the loop: the app's code wherever it ran; else the task's owner;
+        with no task, flightdeck (its frames, or a capture just after a trigger) or the
+        loop's own machinery."""
+        frames = dicts(h.stack)
+        files = [text(f.get("file")).replace("\\", "/") for f in frames]
+        user = self.folder.user_frame(frames)
+        if user is not None and not any(m in files[frames.index(user)] for m in FLIGHTDECK_CODE):
+            return USER  # the app's code ran, whichever task it ran in
+        if h.task is not None:
+            return self.owner(h.task)
+        named = h.entry.get("callback") if isinstance(h.entry, dict) else None
+        if h.kind == "callback" and ": " in h.label:
+            named = h.label
+        if h.request is not None or (named and ": " in text(named)):
+            if text(named).split(": ", 1)[0].endswith("run_asgi"):
+                return FLIGHTDECK  # sampled in a request task with no request: the endpoint's
+            return USER
+        if h.kind in ("callback", "block"):
+            # No task was running. flightdeck's frames, or soon after a trigger: flightdeck
+            # capturing that snapshot (the watchdog names no frame of flightdeck's, so its
+            # sample shows an outer one); else the loop's own I/O and callbacks.
+            if any(any(m in f for m in FLIGHTDECK_OWN) for f in files):
+                return FLIGHTDECK
+            if any(m <= h.start <= m + CAPTURE_AFTER for m in self.marks):
+                return FLIGHTDECK
+            return SERVER
+        return USER
+
+    def _span(self) -> tuple[float, float] | None:
+        """The trigger's own interval: its request's, else its block's, else None."""
+        b = self.trigger
+        if b is not None:
+            return b.start, b.end
+        trig = section(self.doc, "trigger")
+        t = num(trig.get("time"))
+        if t is None or trig.get("kind") != "loop_blocked":
+            return None
+        ends = [
+            (s, s + d)
+            for e in self.index.entries
+            if e.get("kind") == "block"
+            and (s := num(e.get("start"))) is not None
+            and (d := num(e.get("duration"))) is not None
+            and s + d <= t + 0.5
+        ]
+        return max(ends, key=lambda x: x[1]) if ends else None
+
+    def is_earlier(self, end: float | None) -> bool:
+        """Whether something that ended at ``end`` was over before the trigger began."""
+        return self.span is not None and end is not None and end < self.span[0] - MARGIN
 
     def _trigger_request(self) -> dict[str, Any] | None:
         req = section(self.doc, "trigger").get("request")
@@ -121,22 +208,65 @@ def _hog_text(h: Hog, r: Reading) -> str:
     return f"{h.label} held the loop {dur}{request_of(r.index, h.request)}"
 
 
+def raised(req: dict[str, Any], folder: StackFolder) -> str:
+    """``GET /error 500 raised RuntimeError at error (app.py:62)``: where, when recorded.
+
+    The frame comes from ``error_stack`` (frames, innermost last) on the request when the
+    recorder kept it; the innermost user frame is the one named.
+    """
+    line = f"{request_label(req)} raised {text(req.get('error')) or 'an exception'}"
+    frames = dicts(req.get("error_stack"))
+    if frames:
+        frame = folder.user_frame(frames) or frames[-1]
+        return f"{line} at {folder.site([frame])}"
+    return line + " (the raising frame is not in this snapshot)"
+
+
+def _hog_end(h: Hog) -> float:
+    return h.start + h.duration
+
+
 def ranked(r: Reading) -> list[Finding]:
+    """Findings, the trigger's first: by what they cost its request, then the window.
+
+    flightdeck's own work is never a finding; what was over before the trigger's request
+    began is marked ``earlier`` and ranked after everything that was not.
+    """
     doc = r.doc
     out: list[Finding] = []
     b = r.trigger
     add = out.append
     if b is not None:
-        add(Finding(b.total, b.total, sentence(b)))
-    for g in [g for g in grouped(r.hogs) if g.first.kind != "gc"][:8]:
+        add(Finding(b.total, b.total, sentence(b), end=b.end))
+        if section(doc, "trigger").get("kind") == "exception":
+            add(Finding(float("inf"), b.total, raised(b.request, r.folder), end=b.end))
+    mine = [h for h in r.hogs if h.kind != "gc" and r.hog_owner(h) != FLIGHTDECK]
+    for g in [g for g in grouped(mine) if not first_use(g.first.label, g.first.stack)][:8]:
         on_trigger = sum(_on_trigger(b, h.start, h.start + h.duration, h.task) for h in g.hogs)
         line = _hog_text(g.first, r)
+        tier = 0
+        if "(linecache.py:" in g.first.label or "(traceback.py:" in g.first.label:
+            line += " (formatting a traceback)"
+            tier = 1
         if len(g.hogs) > 1:
             line = (
                 f"{g.first.label} held the loop {len(g.hogs)} times, {fmt_duration(g.total)} in"
                 f" all (longest {fmt_duration(g.longest)}){request_of(r.index, g.first.request)}"
             )
-        add(Finding(on_trigger, g.total, line))
+        if r.hog_owner(g.first) == SERVER:
+            if on_trigger <= 0:
+                continue  # the server's machinery, which did not hold the trigger up
+            if g.first.kind in ("callback", "block"):
+                # Only an outer library frame was running: say what it was, not where.
+                where = g.first.label.removeprefix("at ")
+                line = (
+                    f"the event loop's own callbacks and I/O (no task running; sampled in"
+                    f" {where}) held the loop {len(g.hogs)} time"
+                    f"{'s' if len(g.hogs) != 1 else ''}, {fmt_duration(g.total)} in all"
+                )
+            else:
+                line += " (the server's own work)"
+        add(Finding(on_trigger, g.total, line, tier, end=max(_hog_end(h) for h in g.hogs)))
     trigger_id = b.request.get("id") if b is not None else None
     errors, slow = [], []
     for req in dicts(doc.get("requests")):
@@ -146,7 +276,7 @@ def ranked(r: Reading) -> list[Finding]:
         dur, in_flight = request_duration(req, r.window_end)
         if dur is not None and (dur >= SLOW_REQUEST or in_flight) and req.get("id") != trigger_id:
             slow.append((dur, in_flight, req))
-    slow.sort(key=lambda x: -x[0])
+    slow.sort(key=lambda x: (r.is_earlier(num(x[2].get("end"))), -x[0]))  # current first
     for dur, in_flight, req in slow[:3]:
         if in_flight:
             line = (
@@ -157,7 +287,7 @@ def ranked(r: Reading) -> list[Finding]:
         rb = breakdown(doc, req, r.index)
         if rb is not None and rb.task is not None:
             line += "; " + sentence(rb).split(": ", 1)[-1].split("; ")[0]
-        add(Finding(0.0, dur, line, 1))
+        add(Finding(0.0, dur, line, 1, end=num(req.get("end"))))
     if len(slow) > 3:
         add(
             Finding(
@@ -168,10 +298,12 @@ def ranked(r: Reading) -> list[Finding]:
             )
         )
     for req in errors[:3]:
+        if req.get("id") == trigger_id and section(doc, "trigger").get("kind") == "exception":
+            continue  # the trigger itself: said first
         line = f"{request_label(req)} failed" + (
             f": {text(req.get('error'))}" if req.get("error") else ""
         )
-        add(Finding(0.0, num(req.get("duration")) or 0.001, line, 1))
+        add(Finding(0.0, num(req.get("duration")) or 0.001, line, 1, end=num(req.get("end"))))
     if len(errors) > 3:
         add(Finding(0.0, 0.0, f"{len(errors) - 3} more failed requests", 1))
     _cancel_findings(r, add)
@@ -188,55 +320,124 @@ def ranked(r: Reading) -> list[Finding]:
     w_start = num(section(doc, "window").get("start"))
     if w_start is not None and r.window_end is not None and r.window_end < w_start:
         add(Finding(0.0, 0.0, "window end precedes its start (clock skew?)", 2))
+    for f in out:
+        f.earlier = r.is_earlier(f.end)
     order = {id(f): i for i, f in enumerate(out)}
-    return sorted(out, key=lambda f: (-f.on_trigger, f.tier, -f.on_window, order[id(f)]))
+    return sorted(out, key=lambda f: (f.earlier, -f.on_trigger, f.tier, -f.on_window, order[id(f)]))
 
 
 def _cancel_findings(r: Reading, add: Any) -> None:
-    groups, delivered, ended = cancellations(r.doc, r.index)
-    if not groups:
-        return
-    top = groups[0]
-    detail = f"{top.count} × {top.what} at {top.site} ({top.cause})"
-    found = burst(r.doc, r.index)
-    if found is not None:
-        n, _, span = found
-        add(
-            Finding(0.0, 0.01 * n, f"cancellation burst: {n} within {fmt_duration(span)}; {detail}")
+    """The cancellation burst (or many cancellations): the trigger's part, then earlier ones.
+
+    A burst among the trigger request's own tasks cost it the time it spent on them.
+    """
+    parts: list[tuple[tuple[float, float] | None, bool]] = []
+    if r.span is None:
+        parts.append((None, False))
+    else:
+        lo = r.span[0] - MARGIN
+        parts.append(((lo, float("inf")), False))
+        parts.append(((float("-inf"), lo), True))
+    for between, earlier in parts:
+        groups, delivered, ended = cancellations(r.doc, r.index, between)
+        if not groups:
+            continue
+        top = groups[0]
+        detail = f"{top.count} × {top.what} at {top.site} ({top.cause})"
+        found = burst(r.doc, r.index, between)
+        on_trigger = _cancel_cost(r, between) if not earlier else 0.0
+        end = max(g.last for g in groups)
+        if found is not None:
+            n, _, span = found
+            line = f"cancellation burst: {n} within {fmt_duration(span)}; {detail}"
+            add(Finding(on_trigger, 0.01 * n, line, end=end))
+        elif delivered + ended >= 3:
+            line = f"{delivered} cancellations delivered, {ended} tasks ended cancelled; {detail}"
+            add(Finding(on_trigger, 0.0, line, end=end))
+
+
+def _cancel_cost(r: Reading, between: tuple[float, float] | None) -> float:
+    """How long the trigger request spent on its own tasks that were cancelled."""
+    b = r.trigger
+    if b is None:
+        return 0.0
+    rid = b.request.get("id")
+    # Tasks woken by a cancellation (a timeout's TimeoutError ends them in error) and
+    # tasks that ended cancelled.
+    hit = {e.get("task") for e in dicts(r.doc.get("events")) if e.get("kind") == "cancel"}
+    lo, hi = None, None
+    for task in r.index.tasks.values():
+        if task.get("request") != rid:
+            continue
+        if task.get("state") != "cancelled" and task.get("id") not in hit:
+            continue
+        created, done = num(task.get("created")), num(task.get("done"))
+        if created is None or done is None:
+            continue
+        if between is not None and not between[0] <= done <= between[1]:
+            continue
+        lo = created if lo is None else min(lo, created)
+        hi = done if hi is None else max(hi, done)
+    if lo is None or hi is None:
+        return 0.0
+    return max(0.0, min(hi, b.end) - max(lo, b.start))
+
+
+def _gc_finding(r: Reading, add: Any) -> None:
+    """One finding for the GC pauses of the trigger's time (and one for earlier ones)."""
+    pauses = [e for e in r.index.entries if e.get("kind") == "gc"]
+    now = [e for e in pauses if not r.is_earlier(_entry_end(e))]
+    before = [e for e in pauses if r.is_earlier(_entry_end(e))]
+    b = r.trigger
+    for group, during in ((now, b.gc if b is not None else 0.0), (before, 0.0)):
+        if not group:
+            continue
+        total = sum(num(e.get("duration")) or 0.0 for e in group)
+        worst = max(group, key=lambda e: num(e.get("duration")) or 0.0)
+        longest = num(worst.get("duration")) or 0.0
+        # A small share of the trigger's time, spent collecting nothing, is no finding.
+        share = b is not None and during >= max(0.001, 0.05 * b.total)
+        if total < GC_TOTAL and not share and longest < SLOW_CALLBACK:
+            continue
+        line = (
+            f"garbage collection paused the loop {len(group)} time"
+            f"{'s' if len(group) != 1 else ''}, {fmt_duration(total)} in all;"
+            f" worst {fmt_duration(longest)} (generation {text(worst.get('generation'))},"
+            f" {text(worst.get('collected'))} collected)"
         )
-    elif delivered + ended >= 3:
+        if b is not None and during > 0:
+            line += f"; {fmt_duration(during)} of it during {request_label(b.request)}"
+        collected = sum(num(e.get("collected")) or 0.0 for e in group)
+        # A pause that did not cost the trigger, or collected nothing (allocation churn,
+        # not garbage), is background: ranked with the symptoms.
         add(
             Finding(
-                0.0,
-                0.0,
-                f"{delivered} cancellations delivered, {ended} tasks ended cancelled; {detail}",
+                during,
+                total,
+                line,
+                0 if collected and during > 0 else 1,
+                end=max(_entry_end(e) or 0.0 for e in group),
             )
         )
 
 
-def _gc_finding(r: Reading, add: Any) -> None:
-    """One finding for all GC pauses: how often, how long, and how much of the trigger."""
-    pauses = [e for e in r.index.entries if e.get("kind") == "gc"]
-    total = sum(num(e.get("duration")) or 0.0 for e in pauses)
-    b = r.trigger
-    during = b.gc if b is not None else 0.0
-    worst = max(pauses, key=lambda e: num(e.get("duration")) or 0.0) if pauses else {}
-    if total < GC_TOTAL and during < 0.001 and (num(worst.get("duration")) or 0.0) < SLOW_CALLBACK:
-        return
-    line = (
-        f"garbage collection paused the loop {len(pauses)} time{'s' if len(pauses) != 1 else ''},"
-        f" {fmt_duration(total)} in all; worst {fmt_duration(num(worst.get('duration')))}"
-        f" (generation {text(worst.get('generation'))}, {text(worst.get('collected'))} collected)"
-    )
-    if b is not None and during > 0:
-        line += f"; {fmt_duration(during)} of it during {request_label(b.request)}"
-    add(Finding(during, total, line))
+def _entry_end(e: dict[str, Any]) -> float | None:
+    s, d = num(e.get("start")), num(e.get("duration"))
+    return None if s is None else s + (d or 0.0)
 
 
-def sched_delays(doc: dict[str, Any]) -> list[tuple[float, float | None, dict[str, Any]]]:
-    """(ready, step start, task), worst first; one entry per task (its worst step)."""
+def sched_delays(
+    doc: dict[str, Any], r: Reading | None = None
+) -> list[tuple[float, float | None, dict[str, Any]]]:
+    """(ready, step start, task), worst first; one entry per task (its worst step).
+
+    With ``r``, flightdeck's own tasks and the server's machinery are left out: they wait
+    for the loop like everyone else, and saying so names no cause.
+    """
     out = []
     for task in dicts(doc.get("tasks")):
+        if r is not None and r.owner(task.get("id")) != USER:
+            continue
         worst: tuple[float, float | None] | None = None
         steps = task.get("steps")
         for step in steps if isinstance(steps, list) else ():
@@ -251,16 +452,50 @@ def sched_delays(doc: dict[str, Any]) -> list[tuple[float, float | None, dict[st
     return out
 
 
-def long_waits(doc: dict[str, Any]) -> list[tuple[float, dict[str, Any], dict[str, Any]]]:
-    """(duration, wait, task) for recorded suspensions of at least LONG_WAIT, longest first."""
+def long_waits(
+    doc: dict[str, Any], r: Reading | None = None
+) -> list[tuple[float, dict[str, Any], dict[str, Any]]]:
+    """(duration, wait, task) for suspensions of at least LONG_WAIT, longest first.
+
+    A task still suspended when the snapshot was taken has waited since its last step
+    (``wait["ongoing"]`` is True, its stack is where it awaits). With ``r``, flightdeck's
+    own tasks and the server's machinery are left out.
+    """
     out = []
+    window_end = num(section(doc, "window").get("end"))
     for task in dicts(doc.get("tasks")):
+        if r is not None and r.owner(task.get("id")) != USER:
+            continue
         for wait in dicts(task.get("waits")):
             dur = num(wait.get("duration"))
             if dur is not None and dur >= LONG_WAIT:
                 out.append((dur, wait, task))
+        awaiting = dicts(task.get("awaiting"))
+        if awaiting and num(task.get("done")) is None and window_end is not None:
+            since = _last_step_end(task)
+            if since is None:
+                since = num(task.get("created"))
+            if since is not None and window_end - since >= LONG_WAIT:
+                wait = {"start": since, "duration": None, "stack": awaiting, "ongoing": True}
+                out.append((window_end - since, wait, task))
     out.sort(key=lambda x: -x[0])
     return out
+
+
+def _wait_end(wait: dict[str, Any], dur: float) -> float | None:
+    start = num(wait.get("start"))
+    return None if start is None else start + dur
+
+
+def _last_step_end(task: dict[str, Any]) -> float | None:
+    last = None
+    steps = task.get("steps")
+    for step in steps if isinstance(steps, list) else ():
+        if isinstance(step, (list, tuple)) and len(step) >= 2:
+            s, d = num(step[0]), num(step[1])
+            if s is not None and d is not None:
+                last = s + d if last is None else max(last, s + d)
+    return last
 
 
 def wait_site(wait: dict[str, Any], folder: StackFolder | None = None) -> str:
@@ -285,9 +520,10 @@ def wait_site(wait: dict[str, Any], folder: StackFolder | None = None) -> str:
 
 
 def _delays_and_waits(r: Reading, add: Any) -> None:
-    delays = sched_delays(r.doc)
+    delays = sched_delays(r.doc, r)
+    delays.sort(key=lambda x: r.is_earlier(x[1]))  # the worst of the trigger's time first
     if delays and delays[0][0] >= SCHED_DELAY:
-        ready, _, task = delays[0]
+        ready, start, task = delays[0]
         add(
             Finding(
                 0.0,
@@ -296,45 +532,66 @@ def _delays_and_waits(r: Reading, add: Any) -> None:
                 + request_of(r.index, task.get("request")).replace(" in ", " (", 1)
                 + (")" if r.index.requests.get(task.get("request")) else ""),
                 1,
+                end=start,
             )
         )
-    waits = long_waits(r.doc)
+    own = r.trigger.task.get("id") if r.trigger is not None and r.trigger.task else None
+    waits = [w for w in long_waits(r.doc, r) if w[2].get("id") != own]  # own: the "why"
+    waits.sort(key=lambda w: r.is_earlier(_wait_end(w[1], w[0])))  # the trigger's time first
     if waits:
         dur, wait, task = waits[0]
+        still = " (still waiting at capture)" if wait.get("ongoing") else ""
+        start = num(wait.get("start"))
         add(
             Finding(
                 0.0,
                 dur,
-                f"longest wait {fmt_duration(dur)}: task {task_label(task)}"
+                f"longest wait {fmt_duration(dur)}{still}: task {task_label(task)}"
                 f" at {wait_site(wait, r.folder)}",
                 1,
+                end=None if start is None else start + dur,
             )
         )
     lags = [
-        num(e.get("duration")) or 0.0 for e in dicts(r.doc.get("loop")) if e.get("kind") == "lag"
+        (num(e.get("duration")) or 0.0, num(e.get("start")))
+        for e in dicts(r.doc.get("loop"))
+        if e.get("kind") == "lag"
     ]
-    if lags and max(lags) >= LAG:
-        add(Finding(0.0, max(lags) * 0.5, f"event loop lagged up to {fmt_duration(max(lags))}", 1))
+    now = [x for x in lags if not r.is_earlier(x[1])]
+    for group in (now, [x for x in lags if r.is_earlier(x[1])]):
+        if group and max(group)[0] >= LAG:
+            worst, at = max(group)
+            add(
+                Finding(
+                    0.0, worst * 0.5, f"event loop lagged up to {fmt_duration(worst)}", 1, end=at
+                )
+            )
     queued = [
         (started - start, job)
         for job in dicts(r.doc.get("events"))
         if job.get("kind") == "executor"
+        and not text(job.get("func")).startswith("flightdeck.")
+        and r.owner(job.get("task")) != FLIGHTDECK
         and (start := num(job.get("start"))) is not None
         and (started := num(job.get("started"))) is not None
     ]
     if queued:
         worst_q, job = max(queued, key=lambda x: x[0])
+        b = r.trigger
+        mine = b is not None and job.get("request") == b.request.get("id")
         if worst_q >= LONG_WAIT:
             add(
                 Finding(
-                    0.0,
+                    b.pool_queued if mine and b is not None else 0.0,
                     worst_q,
                     f"thread pool saturated: {text(job.get('func'))}"
                     f" queued {fmt_duration(worst_q)}",
+                    end=num(job.get("started")),
                 )
             )
 
 
 def findings(doc: dict[str, Any], reading: Reading | None = None) -> list[str]:
-    """Short human lines on what stands out in the snapshot, most important first."""
-    return [f.text for f in ranked(reading or Reading(doc))]
+    """Short human lines on what stands out in the snapshot, most important first; what
+    was over before the trigger's request began comes last, marked ``earlier:``."""
+    return [("earlier: " if f.earlier else "") + f.text for f in ranked(reading or Reading(doc))]

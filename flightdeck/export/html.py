@@ -15,8 +15,9 @@ from typing import Any
 
 import orjson
 
-from .breakdown import breakdown, sentence, table
+from .breakdown import SLOW_STEP, breakdown, sentence, table
 from .common import dicts, fmt_duration, num, section, text, utc_text
+from .diagnose import USER
 from .findings import Reading, findings, request_duration
 
 #: Requests whose time breakdown the page carries (the trigger's and the slowest).
@@ -29,6 +30,24 @@ def _fold_config(r: Reading) -> dict[str, Any]:
     """What the page needs to fold library frames as the summary does."""
     f = r.folder
     return {"known": f.known, "stdlib": f.stdlib, "site": f.site_dirs, "app": f.app}
+
+
+def _step_names(r: Reading) -> dict[str, str]:
+    """``{"t9@3": "render_report (reports.py:88)"}``: what each long task step ran (its
+    task's id and step number), so the timeline labels the step by it."""
+    out: dict[str, str] = {}
+    for tid, task in r.index.tasks.items():
+        steps = task.get("steps")
+        for j, step in enumerate(steps if isinstance(steps, list) else ()):
+            if not isinstance(step, (list, tuple)) or len(step) < 2:
+                continue
+            s, d = num(step[0]), num(step[1])
+            if s is None or d is None or d < SLOW_STEP:
+                continue
+            name = r.index.step_label(s, s + d, None)
+            if name != "?":
+                out[f"{text(tid)}@{j}"] = name
+    return out
 
 
 def _esc(value: object) -> str:
@@ -78,7 +97,13 @@ def _header(doc: dict[str, Any], r: Reading) -> str:
     dropped = int(num(win.get("dropped")) or 0)
     events = num(win.get("events"))
     found = findings(doc, r)
-    items = "".join(f"<li>{_esc(f)}</li>" for f in found) or '<li class="none">nothing</li>'
+    items = "".join(
+        f'<li class="earlier">{_esc(f)}</li>'
+        if f.startswith("earlier: ")
+        else f"<li>{_esc(f)}</li>"
+        for f in found
+    )
+    items = items or '<li class="none">nothing</li>'
     proc_bits = [f"service <b>{_esc(proc.get('service'))}</b>"] if proc.get("service") else []
     proc_bits += [
         f"pid <b>{_esc(proc.get('pid'))}</b>",
@@ -125,6 +150,7 @@ body{display:flex;flex-direction:column}
 details summary{cursor:pointer;color:#374151;margin-top:4px}
 #findings{margin:2px 0 0;padding-left:22px;max-height:7.5em;overflow:auto}
 #findings li.none{color:#6b7280;list-style:none}
+#findings li.earlier{color:#6b7280}
 #toolbar{display:flex;gap:6px;align-items:center;padding:4px 12px;background:#eef1f6;
  border-bottom:1px solid #d8dce3;flex-wrap:wrap}
 #toolbar button{font:inherit;padding:1px 8px;border:1px solid #b8bfcc;background:#fff;
@@ -132,18 +158,19 @@ details summary{cursor:pointer;color:#374151;margin-top:4px}
 #toolbar button:hover{background:#e3e8f1}
 #shortcuts{color:#4b5563}
 #shortcuts kbd{border:1px solid #b8bfcc;border-radius:3px;padding:0 3px;background:#fff}
-#legend span{display:inline-block;width:10px;height:10px;margin:0 3px 0 8px;vertical-align:-1px}
+#legend .entry{white-space:nowrap;margin-left:8px}
+#legend .swatch{display:inline-block;width:10px;height:10px;margin-right:3px;vertical-align:-1px}
 #main{flex:1;display:flex;min-height:0}
 #wrap{flex:1;position:relative;min-width:0}
 #timeline{position:absolute;inset:0;width:100%;height:100%;cursor:grab;outline:none}
 #timeline.dragging{cursor:grabbing}
 #details{width:360px;overflow:auto;background:#fff;border-left:1px solid #d8dce3;padding:8px 10px}
-#details h3{margin:0 0 6px;font-size:13px;word-break:break-all}
-#details table{border-collapse:collapse;width:100%}
-#details td{vertical-align:top;padding:1px 4px 1px 0;word-break:break-all}
-#details td.k{color:#6b7280;white-space:nowrap;width:1%}
-#details pre{background:#f3f4f6;padding:6px;margin:4px 0;white-space:pre-wrap;word-break:break-all;
- font-size:12px}
+#details h3{margin:0 0 6px;font-size:13px;overflow-wrap:anywhere}
+#details table{border-collapse:collapse;width:100%;table-layout:fixed}
+#details td{vertical-align:top;padding:1px 4px 1px 0;overflow-wrap:anywhere}
+#details td.k{color:#6b7280;width:8em}
+#details pre{background:#f3f4f6;padding:6px;margin:4px 0;white-space:pre-wrap;
+ overflow-wrap:anywhere;font-size:12px}
 #status{padding:2px 12px;background:#fff;border-top:1px solid #d8dce3;color:#4b5563;
  white-space:nowrap;overflow:hidden;text-overflow:ellipsis;min-height:1.5em}
 """
@@ -157,12 +184,7 @@ _BODY = """
  <span id="shortcuts">wheel/<kbd>+</kbd><kbd>-</kbd> zoom · drag/<kbd>←</kbd><kbd>→</kbd> pan ·
  <kbd>↑</kbd><kbd>↓</kbd>/shift+wheel scroll rows · <kbd>0</kbd>/<kbd>f</kbd> fit ·
  <kbd>t</kbd> trigger · click for details · <kbd>Esc</kbd> clear</span>
- <span id="legend"><span style="background:#4a7bd0"></span>running<span
- style="background:#f0a030"></span>ready (woken, waiting for loop)<span
- style="background:#c9ced6"></span>suspended<span style="background:#d62828"></span>loop
- blocked<span style="background:#2a9d8f"></span>executor<span
- style="background:#9b5de5"></span>region<span
- style="background:#b5179e"></span>GC<span style="background:#6a040f"></span>cancelled</span>
+ <span id="legend" title="every colour the timeline draws"></span>
 </div>
 <div id="main"><div id="wrap"><canvas id="timeline" tabindex="0"></canvas></div>
 <aside id="details"><p class="muted">Click a slice for details.</p></aside></div>
@@ -183,7 +205,12 @@ def to_html(doc: dict[str, Any]) -> bytes:
     data = orjson.dumps(doc, default=repr, option=orjson.OPT_NON_STR_KEYS).replace(b"<", b"\\u003c")
     reading = Reading(doc)
     extra = orjson.dumps(
-        {"breakdowns": _breakdowns(doc, reading), "fold": _fold_config(reading)}
+        {
+            "breakdowns": _breakdowns(doc, reading),
+            "fold": _fold_config(reading),
+            "step_names": _step_names(reading),
+            "owners": {text(k): v for k, v in reading.owners.items() if v != USER},
+        }
     ).replace(b"<", b"\\u003c")
     trig = section(doc, "trigger")
     title = f"flightdeck {text(trig.get('kind')) or 'snapshot'} · {text(doc.get('id'))}"

@@ -12,8 +12,6 @@ from .breakdown import breakdown, sentence, table
 from .common import (
     dicts,
     fmt_duration,
-    frame_text,
-    innermost,
     num,
     request_label,
     section,
@@ -21,7 +19,7 @@ from .common import (
     text,
     utc_text,
 )
-from .diagnose import cancellations, grouped
+from .diagnose import FLIGHTDECK, SERVER, USER, cancellations, first_use, grouped
 from .findings import (
     LONG_WAIT,
     Reading,
@@ -124,10 +122,16 @@ def summarize(doc: dict[str, Any], *, request: Any = None, full: bool = False) -
 
     add("")
     add("what stands out:")
-    found = [f.text for f in ranked(r)]
-    if focus is not None and found and found[0] == sentence(focus):
-        found = found[1:]  # said on the "why" line already
+    every = ranked(r)
+    found = [f.text for f in every if not f.earlier]
+    if focus is not None:
+        found = [f for f in found if f != sentence(focus)]  # said on the "why" line already
     lines.extend(f"  - {f}" for f in found) if found else add("  nothing")
+    before = [f.text for f in every if f.earlier]
+    if before:
+        add("")
+        add("earlier in the window (over before the trigger's request began):")
+        lines.extend(f"  - {f}" for f in before)
 
     if focus is not None:
         add("")
@@ -145,9 +149,20 @@ def summarize(doc: dict[str, Any], *, request: Any = None, full: bool = False) -
         if len(hg.hogs) > 1:
             where = f"  {len(hg.hogs)} times, longest {fmt_duration(hg.longest)}, first{where}"
         req = reqs.get(h.request)
+        whose = r.hog_owner(h)
+        note = (
+            " (flightdeck's own)"
+            if whose == FLIGHTDECK
+            else " (the server's)"
+            if whose == SERVER
+            else " (first use: import or set-up)"
+            if first_use(h.label, h.stack)
+            else ""
+        )
         add(
             f"  {fmt_duration(hg.total):>9}  {h.kind:<8} {h.label}"
             + (f" ({request_label(req)})" if req else "")
+            + note
             + where
         )
 
@@ -227,7 +242,7 @@ def summarize(doc: dict[str, Any], *, request: Any = None, full: bool = False) -
             )
 
     add("")
-    delays = sched_delays(doc)
+    delays = sched_delays(doc, r)
     add("worst scheduling delays (woken but waiting for the loop):")
     if not delays:
         add("  none measured")
@@ -238,20 +253,25 @@ def summarize(doc: dict[str, Any], *, request: Any = None, full: bool = False) -
         )
 
     add("")
-    waits = long_waits(doc)
+    waits = long_waits(doc, r)
     add(f"long waits (suspended ≥ {fmt_duration(LONG_WAIT)}):")
     if not waits:
         add("  none")
     for dur, wait, task in waits[:5]:
-        add(f"  {fmt_duration(dur):>9}  task {task_label(task)}{_request_of(task, reqs)}")
+        still = "  (still waiting at capture)" if wait.get("ongoing") else ""
+        add(f"  {fmt_duration(dur):>9}  task {task_label(task)}{_request_of(task, reqs)}{still}")
         add(f"             at {wait_site(wait, folder)}")
     pending = [t for t in dicts(doc.get("tasks")) if dicts(t.get("awaiting"))]
+    # The app's own first; flightdeck's and the server's are said to be theirs.
+    pending.sort(key=lambda t: r.owner(t.get("id")) != USER)
     if pending:
         add("")
         add(f"tasks still pending at snapshot time ({len(pending)}):")
         for task in pending[:5]:
-            frame = innermost(task.get("awaiting"))
-            add(f"  task {task_label(task)}{_request_of(task, reqs)}  awaiting {frame_text(frame)}")
+            whose = r.owner(task.get("id"))
+            note = {FLIGHTDECK: " (flightdeck's own)", SERVER: " (the server's)"}.get(whose, "")
+            add(f"  task {task_label(task)}{_request_of(task, reqs)}{note}")
+            add(f"             awaiting at {wait_site({'stack': task.get('awaiting')}, folder)}")
 
     add("")
     add(f"dropped: {int(num(win.get('dropped')) or 0)} events")

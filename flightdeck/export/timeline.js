@@ -9,12 +9,26 @@ var diag = diagEl ? JSON.parse(diagEl.textContent) : {};
 var FOLD = diag.fold || {}, FULL = false;
 var ROW_H = 20, AXIS_H = 22, LABEL_W = 260, CHAR_W = 6.6;
 var C = {
-  step: '#4a7bd0', ready: '#f0a030', suspended: '#c9ced6', block: '#d62828', callback: '#7d8597',
+  step: '#4a7bd0', ready: '#f0a030', suspended: '#c9ced6', block: '#d62828', callback: '#a1887f',
   lag: '#e07b00', executor: '#2a9d8f', queued: '#9fd8d0', region: '#9b5de5', log: '#1d2330',
-  ok: '#4c9f70', redirect: '#5b8def', warn: '#d9a13b', err: '#d62828', pending: '#8a7fc7',
-  trigger: '#d62828', mark: '#e07b00', grid: '#e5e7eb', rowAlt: '#fafbfc', label: '#1d2330',
+  ok: '#4c9f70', redirect: '#5b8def', warn: '#d9a13b', err: '#ef476f', pending: '#34495e',
+  trigger: '#d62828', mark: '#7a8b00', grid: '#e5e7eb', rowAlt: '#fafbfc', label: '#1d2330',
   group: '#eef1f6', gc: '#b5179e', cancel: '#6a040f'
 };
+// Every colour drawn has a legend entry: [class, colour, words], in legend order. Only the
+// classes a snapshot draws are listed.
+var CLASSES = [
+  ['step', C.step, 'running'], ['ready', C.ready, 'ready (woken, waiting for the loop)'],
+  ['suspended', C.suspended, 'suspended'], ['block', C.block, 'loop blocked'],
+  ['gc', C.gc, 'GC'], ['callback', C.callback, 'slow callback (sampled)'],
+  ['lag', C.lag, 'loop lag'], ['executor', C.executor, 'thread pool job'],
+  ['queued', C.queued, 'queued for a thread'], ['region', C.region, 'region'],
+  ['cancel', C.cancel, 'cancelled'], ['log', C.log, 'log'], ['mark', C.mark, 'other trigger'],
+  ['ok', C.ok, 'request 2xx'], ['redirect', C.redirect, 'request 3xx'],
+  ['warn', C.warn, 'request 4xx'], ['err', C.err, 'request 5xx / error'],
+  ['pending', C.pending, 'request in flight']
+];
+var COLOR_OF = {}; CLASSES.forEach(function (c) { COLOR_OF[c[0]] = c[1]; });
 
 function num(v) { return (typeof v === 'number' && isFinite(v)) ? v : null; }
 function str(v) { return v === null || v === undefined ? '' : String(v); }
@@ -84,6 +98,7 @@ function Row(label, kind, group) {
 }
 function add(row, layer, it) {
   it.row = row;
+  if (row.folded) it.nolabel = true;
   row.layers[layer].push(it);
   (byKind[it.kind] = byKind[it.kind] || []).push(it);
   return it;
@@ -108,8 +123,8 @@ var reqItems = [], reqById = new Map();
 requests.forEach(function (r, i) {
   var s = num(r.start); if (s === null) return;
   var e = num(r.end); var inflight = e === null; if (e === null || e < s) e = W1;
-  var st = r.status, color = inflight ? C.pending : (r.error || st >= 500) ? C.err : st >= 400 ? C.warn : st >= 300 ? C.redirect : C.ok;
-  var it = {kind: 'request', s: rel(s), e: rel(Math.max(e, s)), label: reqLabel(r), color: color, h: 1, ref: r, index: i};
+  var st = r.status, cls = inflight ? 'pending' : (r.error || st >= 500) ? 'err' : st >= 400 ? 'warn' : st >= 300 ? 'redirect' : 'ok';
+  var it = {kind: 'request', s: rel(s), e: rel(Math.max(e, s)), label: reqLabel(r), color: COLOR_OF[cls], cls: cls, h: 1, ref: r, index: i};
   reqItems.push(it); if (r.id !== undefined && r.id !== null) reqById.set(r.id, it);
 });
 var rp = packFast(reqItems), reqRows = [];
@@ -117,8 +132,16 @@ for (var l = 0; l < Math.max(rp.n, 1); l++) reqRows.push(new Row(l === 0 ? 'requ
 reqItems.forEach(function (it) { add(reqRows[rp.lanes.get(it)], 0, it); });
 reqRows.forEach(function (r) { rows.push(r); });
 
-// Event loop.
-var loopRow = new Row('event loop', 'loop', 'event loop'); rows.push(loopRow);
+// Event loop: task steps, blocks, GC pauses and sampled slow callbacks overlap in time (a
+// block is a long step; GC runs inside a step), so each has its own row and none covers
+// another's label. Rows are added in this order once filled (see loopRows below).
+var loopRow = new Row('event loop', 'loop', 'event loop');
+var blockRow = new Row('event loop · blocked', 'loop', 'event loop');
+var gcRow = new Row('event loop · GC', 'loop', 'event loop');
+var cbRow = new Row('event loop · slow callbacks', 'loop', 'event loop');
+var lagRow = new Row('event loop · lag, other triggers', 'loop', 'event loop');
+rows.push(blockRow, gcRow, loopRow, cbRow, lagRow);
+var STEP_NAMES = obj(diag.step_names), OWNERS = obj(diag.owners);
 var stepEntries = new Map();
 loopEv.forEach(function (ev, i) {
   var s = num(ev.start); if (s === null) return;
@@ -128,15 +151,15 @@ loopEv.forEach(function (ev, i) {
     stepEntries.set(str(ev.task) + '@' + s, ev); return;
   }
   if (ev.kind === 'gc') {
-    add(loopRow, 1, {kind: 'gc', s: rel(s), e: rel(s + d), label: 'GC gen ' + str(ev.generation) + ' · ' + str(ev.collected) + ' collected', color: C.gc, h: 1, ref: ev, index: i});
+    add(gcRow, 0, {kind: 'gc', s: rel(s), e: rel(s + d), label: 'GC gen ' + str(ev.generation) + ' · ' + str(ev.collected) + ' collected', color: C.gc, h: 1, ref: ev, index: i});
     return;
   }
   if (ev.kind === 'block') {
-    add(loopRow, 1, {kind: 'block', s: rel(s), e: rel(s + d), label: 'blocked ' + fmtDur(d) + (ev.callback ? ' ' + ev.callback : ''), color: C.block, h: 1, ref: ev, index: i});
+    add(blockRow, 0, {kind: 'block', s: rel(s), e: rel(s + d), label: 'blocked ' + fmtDur(d) + (ev.callback ? ' ' + ev.callback : ''), color: C.block, h: 1, ref: ev, index: i});
   } else if (ev.kind === 'lag') {
-    add(loopRow, 1, {kind: 'lag', s: rel(s), e: rel(s), label: 'lag ' + fmtDur(d), color: C.lag, h: 0.45, ref: ev, index: i, tick: true});
+    add(lagRow, 0, {kind: 'lag', s: rel(s), e: rel(s), label: 'lag ' + fmtDur(d), color: C.lag, h: 0.45, ref: ev, index: i, tick: true});
   } else {
-    add(loopRow, 0, {kind: 'callback', s: rel(s), e: rel(s + d), label: str(ev.callback) || str(ev.kind), color: C.callback, h: 1, ref: ev, index: i});
+    add(cbRow, 0, {kind: 'callback', s: rel(s), e: rel(s + d), label: str(ev.callback) || str(ev.kind), color: C.callback, h: 1, ref: ev, index: i});
   }
 });
 
@@ -151,7 +174,7 @@ events.forEach(function (ev, i) {
     if (st !== null && st > s) add(row, 0, {kind: 'queued', s: rel(s), e: rel(st), label: 'queued', color: C.queued, h: 0.35, ref: ev, index: i});
     if (st !== null) {
       if (en === null || en < st) en = Math.max(st, W1);
-      add(row, 0, {kind: 'executor', s: rel(st), e: rel(en), label: str(ev.func) || 'job', color: ev.error ? C.err : C.executor, h: 1, ref: ev, index: i});
+      add(row, 0, {kind: 'executor', s: rel(st), e: rel(en), label: str(ev.func) || 'job', color: ev.error ? C.err : C.executor, cls: ev.error ? 'err' : 'executor', h: 1, ref: ev, index: i});
     }
   } else if (ev.kind === 'region') {
     regionItems.push({kind: 'region', s: rel(s), e: rel(s + Math.max(0, num(ev.duration) || 0)), label: str(ev.name) || 'region', color: C.region, h: 1, ref: ev, index: i});
@@ -159,7 +182,7 @@ events.forEach(function (ev, i) {
     if (!logRow) logRow = new Row('logs', 'logs', 'logs');
     add(logRow, 0, {kind: 'log', s: rel(s), e: rel(s), label: str(ev.category) + ': ' + str(ev.message), color: C.log, h: 0.7, ref: ev, index: i, tick: true});
   } else if (ev.kind === 'trigger') {
-    add(loopRow, 1, {kind: 'mark', s: rel(s), e: rel(s), label: 'trigger ' + str(ev.trigger_kind), color: C.mark, h: 0.45, ref: ev, index: i, tick: true});
+    add(lagRow, 0, {kind: 'mark', s: rel(s), e: rel(s), label: 'trigger ' + str(ev.trigger_kind), color: C.mark, h: 0.45, ref: ev, index: i, tick: true});
   }
 });
 threadRows.forEach(function (r) { rows.push(r); });
@@ -180,11 +203,42 @@ var trigReqId = obj(trig.request).id;
 function tkey(i) { var t = tasks[i]; var o = (trigReqId !== undefined && trigReqId !== null && t.request === trigReqId) ? -2 : reqOrder.has(t.request) ? reqOrder.get(t.request) : -1; return [o, num(t.created) || 0]; }
 taskIdx.sort(function (a, b) { var x = tkey(a), y = tkey(b); return x[0] - y[0] || x[1] - y[1]; });
 var taskRow = new Map();
+// flightdeck's own tasks (its endpoint's requests) and the server's share a few packed
+// lanes: they are not the app's work, and one row each would bury the app's tasks.
+function extent(t) {
+  var a = num(t.created), b = num(t.done), st = Array.isArray(t.steps) ? t.steps : [];
+  st.forEach(function (x) { if (Array.isArray(x) && num(x[0]) !== null) { var e = num(x[0]) + (num(x[1]) || 0); if (a === null || x[0] < a) a = x[0]; if (b === null || e > b) b = e; } });
+  if (a === null) a = W0; if (b === null || t.state === 'pending') b = W1;
+  return {s: rel(a), e: rel(Math.max(a, b))};
+}
+var sharedLanes = {};
+['flightdeck', 'server'].forEach(function (who) {
+  var items = [];
+  taskIdx.forEach(function (ti) { var t = tasks[ti]; if (OWNERS[str(t.id)] === who && !reqById.get(t.request)) { var x = extent(t); x.ti = ti; items.push(x); } });
+  if (!items.length) return;
+  var pk = packFast(items), name = who === 'flightdeck' ? "flightdeck's own work" : "the server's tasks", lanes = [];
+  for (var l = 0; l < pk.n; l++) lanes.push(new Row(l === 0 ? name : name + ' (' + (l + 1) + ')', 'owner', name));
+  items.forEach(function (x) { sharedLanes[x.ti] = lanes[pk.lanes.get(x)]; });
+});
+// Many tasks of one coroutine in one request (a gather of hundreds) fold into one row,
+// drawn without labels: they overlap, and hundreds of rows would bury everything else.
+var FOLD_AT = 20, siblings = {};
+function sibKey(t) { return str(t.request) + '\u0000' + (str(t.coro) || str(t.name)); }
+taskIdx.forEach(function (ti) { var t = tasks[ti]; if (!sharedLanes[ti] && reqById.get(t.request) && t.parent !== null && t.parent !== undefined) { var k = sibKey(t); siblings[k] = (siblings[k] || 0) + 1; } });
+var foldRows = {};
+var sharedPushed = new Set();
 taskIdx.forEach(function (ti) {
   var t = tasks[ti], req = reqById.get(t.request);
-  var group = req ? req.label : 'background tasks';
-  var row = new Row(str(t.id) + ' ' + (str(t.coro) || str(t.name)), 'task', group);
-  row.task = t; rows.push(row); taskRow.set(t.id, row);
+  var owner = OWNERS[str(t.id)];
+  var group = req ? req.label : owner === 'flightdeck' ? "flightdeck's own (its endpoint)" : owner === 'server' ? "the server's tasks" : 'background tasks';
+  var row = sharedLanes[ti], fk = sibKey(t), folded = false;
+  if (!row && reqById.get(t.request) && t.parent !== null && t.parent !== undefined && siblings[fk] >= FOLD_AT) {
+    row = foldRows[fk] || (foldRows[fk] = new Row(siblings[fk] + ' × ' + (str(t.coro) || str(t.name)) + ' (folded)', 'task', group));
+    folded = true; row.folded = true;
+  }
+  if (row) { if (!sharedPushed.has(row)) { sharedPushed.add(row); rows.push(row); } }
+  else { row = new Row(str(t.id) + ' ' + (str(t.coro) || str(t.name)), 'task', group); row.task = t; rows.push(row); }
+  taskRow.set(t.id, row);
   var what = str(t.coro) || str(t.name) || 'task';
   var waits = arr(t.waits).map(function (w) { var s = num(w.start); return s === null ? null : {s: rel(s), e: rel(s + (num(w.duration) || 0)), w: w}; }).filter(Boolean);
   function susp(a, b, extra) {
@@ -205,9 +259,11 @@ taskIdx.forEach(function (ti) {
       if (woke > prev) susp(prev, woke, {waited: waited});
       if (s > woke) add(row, 0, {kind: 'ready', s: woke, e: s, label: 'ready', color: C.ready, h: 0.6, ref: t, index: ti, step: st});
     }
-    var it = {kind: 'step', s: s, e: s + d, label: what, color: C.step, h: 1, ref: t, index: ti, step: st, stepNo: j};
+    // A long step is named by what it ran (the watchdog's sample), not only by its task.
+    var ran = STEP_NAMES[str(t.id) + '@' + j], slabel = ran ? ran + ' · ' + what : what;
+    var it = {kind: 'step', s: s, e: s + d, label: slabel, run: row.folded ? null : (ran || what), color: C.step, h: 1, ref: t, index: ti, step: st, stepNo: j};
     add(row, 0, it);
-    add(loopRow, 0, {kind: 'step', s: s, e: s + d, label: what, color: C.step, h: 1, ref: t, index: ti, step: st, stepNo: j});
+    add(loopRow, 0, {kind: 'step', s: s, e: s + d, label: slabel, run: ran || what, color: C.step, h: 1, ref: t, index: ti, step: st, stepNo: j});
     prev = prev === null ? s + d : Math.max(prev, s + d);
   }
   var done = num(t.done);
@@ -240,6 +296,30 @@ function firstVisible(layer, t) {
   while (lo < hi) { var mid = (lo + hi) >> 1; if (layer.maxEnds[mid] < t) lo = mid + 1; else hi = mid; }
   return lo;
 }
+// Rows with nothing in the view fold away (a window's hundreds of idle tasks would push
+// everything else off the screen); the main event-loop row always stays.
+var vis = rows;
+function hasIn(row, a, b) {
+  for (var L = 0; L < row.layers.length; L++) {
+    var layer = row.layers[L], i = firstVisible(layer, a);
+    if (i < layer.items.length && layer.items[i].s <= b) return true;
+  }
+  return false;
+}
+function layout() { vis = rows.filter(function (r) { return r === loopRow || hasIn(r, view.s, view.e); }); }
+// The legend: every class this snapshot draws, with its colour.
+var usedClasses = {};
+rows.forEach(function (row) { row.layers.forEach(function (layer) { layer.items.forEach(function (it) { usedClasses[it.cls || it.kind] = true; }); }); });
+var legendEl = document.getElementById('legend');
+if (legendEl) {
+  legendEl.textContent = '';
+  CLASSES.forEach(function (c) {
+    if (!usedClasses[c[0]]) return;
+    var entry = document.createElement('span'); entry.className = 'entry'; entry.setAttribute('data-class', c[0]);
+    var sw = document.createElement('span'); sw.className = 'swatch'; sw.style.background = c[1];
+    entry.appendChild(sw); entry.appendChild(document.createTextNode(c[2])); legendEl.appendChild(entry);
+  });
+}
 
 // ---- view ---------------------------------------------------------------------------
 var canvas = document.getElementById('timeline'), ctx = canvas.getContext('2d');
@@ -260,7 +340,7 @@ function trigView() {
   if (rr) scrollToRow(rr.row); else view.y = 0;
 }
 function clampY() {
-  var maxY = Math.max(0, rows.length * ROW_H - (cssH - AXIS_H) + ROW_H);
+  var maxY = Math.max(0, vis.length * ROW_H - (cssH - AXIS_H) + ROW_H);
   view.y = Math.min(Math.max(0, view.y), maxY);
 }
 function setView(s, e) {
@@ -284,7 +364,8 @@ function X(t) { return LABEL_W + (t - view.s) / (view.e - view.s) * (cssW - LABE
 function T(x) { return view.s + (x - LABEL_W) / (cssW - LABEL_W) * (view.e - view.s); }
 function rowY(i) { return AXIS_H + i * ROW_H - view.y; }
 function scrollToRow(row) {
-  var i = rows.indexOf(row); if (i < 0) return;
+  layout();
+  var i = vis.indexOf(row); if (i < 0) return;
   var y = i * ROW_H, h = cssH - AXIS_H;
   if (y < view.y || y + ROW_H > view.y + h) view.y = y - h / 3;
   clampY();
@@ -307,9 +388,14 @@ function fmtT(t, step) {
   return (t * 1e3).toFixed(Math.min(6, Math.max(0, -Math.floor(Math.log10(step * 1e3))))) + ' ms';
 }
 
-function drawLayer(layer, y, top) {
+var drawn = [];
+function drawLayer(layer, y, row) {
   var items = layer.items, n = items.length; if (!n) return;
   var i = firstVisible(layer, view.s), lastPx = -1, lastColor = '', tw = cssW;
+  // Steps on the loop's row are labelled by runs: consecutive steps that ran the same
+  // thing (a loop of CPU work between awaits) share one label over the run, so the name
+  // stays readable where each slice alone is too narrow for it.
+  var run = null, runs = [];
   for (; i < n; i++) {
     var it = items[i]; if (it.s > view.e) break;
     if (it.e < view.s) continue;
@@ -318,6 +404,11 @@ function drawLayer(layer, y, top) {
     if (x0 < LABEL_W) x0 = LABEL_W;
     if (x1 > tw) x1 = tw;
     var w = x1 - x0;
+    if (it.run) {
+      // Slivers of other work (a few px) between two slices of the run do not end it.
+      if (run && run.name === it.run && x0 - run.x1 < 12) { run.x1 = Math.max(run.x1, x0 + Math.max(w, 1)); run.n++; }
+      else if (!(run && w < 3 && x0 - run.x1 < 12)) { if (run) runs.push(run); run = {name: it.run, x0: x0, x1: x0 + Math.max(w, 1), n: 1, color: it.color, yy: yy, h: h}; }
+    }
     if (w < 1) {
       // Sub-pixel items: one rect per pixel column is all the eye can see.
       var px = x0 | 0;
@@ -327,15 +418,27 @@ function drawLayer(layer, y, top) {
     if (ctx.fillStyle !== it.color) ctx.fillStyle = it.color;
     lastColor = it.color;
     ctx.fillRect(x0, yy, w, h);
-    if (w > 30 && it.h >= 0.99) {
+    var box = null;
+    if (w > 30 && it.h >= 0.99 && !it.nolabel && !it.run) {
       var nch = Math.floor((w - 6) / CHAR_W);
       if (nch > 1) {
         var lab = it.label.length > nch ? it.label.slice(0, nch - 1) + '…' : it.label;
         ctx.fillStyle = '#fff'; ctx.fillText(lab, x0 + 3, y + ROW_H / 2 + 1); ctx.fillStyle = it.color;
+        box = {text: lab, x0: x0 + 3, x1: x0 + 3 + ctx.measureText(lab).width};
       }
     }
+    if (drawn.length < 20000) drawn.push({row: row.label, kind: it.kind, cls: it.cls || it.kind, color: it.color, tick: !!it.tick, x0: x0, x1: x0 + w, y0: yy, y1: yy + h, label: box});
     if (it === selected) { ctx.save(); ctx.strokeStyle = '#111'; ctx.lineWidth = 2; ctx.strokeRect(x0 - 1, yy - 1, w + 2, h + 2); ctx.restore(); }
   }
+  if (run) runs.push(run);
+  runs.forEach(function (r) {
+    var rw = r.x1 - r.x0, text = r.name + (r.n > 1 ? ' ×' + r.n : ''), nch = Math.floor((rw - 6) / CHAR_W);
+    if (rw <= 30 || nch < 2) return;
+    var lab = text.length > nch ? text.slice(0, nch - 1) + '…' : text, lw = ctx.measureText(lab).width;
+    ctx.fillStyle = r.color; ctx.fillRect(r.x0, r.yy, Math.min(rw, lw + 6), r.h);
+    ctx.fillStyle = '#fff'; ctx.fillText(lab, r.x0 + 3, y + ROW_H / 2 + 1);
+    if (drawn.length < 20000) drawn.push({row: row.label, kind: 'step', cls: 'step', color: r.color, tick: false, x0: r.x0, x1: r.x0 + Math.min(rw, lw + 6), y0: r.yy, y1: r.yy + r.h, label: {text: lab, x0: r.x0 + 3, x1: r.x0 + 3 + lw}, run: r.n});
+  });
 }
 function draw() {
   var t0 = performance.now();
@@ -343,6 +446,8 @@ function draw() {
   ctx.fillStyle = '#fff'; ctx.fillRect(0, 0, cssW, cssH);
   ctx.font = '11px ui-monospace, Menlo, Consolas, "DejaVu Sans Mono", monospace';
   ctx.textBaseline = 'middle';
+  layout(); clampY(); drawn = [];
+  var rows = vis;
   var first = Math.max(0, Math.floor(view.y / ROW_H)), last = Math.min(rows.length, Math.ceil((view.y + cssH - AXIS_H) / ROW_H) + 1);
   // Grid.
   var step = niceStep(view.e - view.s, cssW - LABEL_W), g0 = Math.ceil(view.s / step) * step;
@@ -354,7 +459,7 @@ function draw() {
     if (i % 2) { ctx.fillStyle = C.rowAlt; ctx.fillRect(LABEL_W, y, cssW - LABEL_W, ROW_H); }
     if (i > 0 && rows[i - 1].group !== row.group) { ctx.fillStyle = '#b8bfcc'; ctx.fillRect(0, y, cssW, 1); }
     ctx.save(); ctx.beginPath(); ctx.rect(LABEL_W, y, cssW - LABEL_W, ROW_H); ctx.clip();
-    drawLayer(row.layers[0], y); drawLayer(row.layers[1], y, true);
+    drawLayer(row.layers[0], y, row); drawLayer(row.layers[1], y, row);
     ctx.restore();
   }
   // Labels.
@@ -410,7 +515,7 @@ var pending = false;
 function redraw() { if (!pending) { pending = true; requestAnimationFrame(function () { pending = false; draw(); }); } }
 
 // ---- hit testing and details --------------------------------------------------------
-function rowAt(y) { var i = Math.floor((y - AXIS_H + view.y) / ROW_H); return (y >= AXIS_H && i >= 0 && i < rows.length) ? rows[i] : null; }
+function rowAt(y) { var i = Math.floor((y - AXIS_H + view.y) / ROW_H); return (y >= AXIS_H && i >= 0 && i < vis.length) ? vis[i] : null; }
 function hit(x, y) {
   if (x < LABEL_W) return null;
   var row = rowAt(y); if (!row) return null;
@@ -428,7 +533,12 @@ function hit(x, y) {
   return best;
 }
 function el(tag, textContent, cls) { var e = document.createElement(tag); if (textContent !== undefined) e.textContent = textContent; if (cls) e.className = cls; return e; }
-function kv(table, k, v) { if (v === null || v === undefined || v === '') return; var tr = el('tr'); tr.appendChild(el('td', k, 'k')); tr.appendChild(el('td', typeof v === 'object' ? JSON.stringify(v) : String(v))); table.appendChild(tr); }
+// Long names (dotted, paths) may break after '.', '/' or ':' (a <wbr>), never mid-word.
+function breakable(td, text) {
+  text.split(/(?<=[./:])/).forEach(function (part, i) { if (i) td.appendChild(document.createElement('wbr')); td.appendChild(document.createTextNode(part)); });
+  return td;
+}
+function kv(table, k, v) { if (v === null || v === undefined || v === '') return; var tr = el('tr'); tr.appendChild(el('td', k, 'k')); tr.appendChild(breakable(el('td'), typeof v === 'object' ? JSON.stringify(v) : String(v))); table.appendChild(tr); }
 function stackPre(title, frames) {
   var fr = arr(frames); if (!fr.length) return null;
   var div = el('div'); div.appendChild(el('div', title, 'muted'));
@@ -468,7 +578,7 @@ function showDetails(it) {
     if (num(r.ttfb) !== null) kv(tb, 'ttfb', fmtDur(r.ttfb));
     kv(tb, 'client', r.client); kv(tb, 'disconnected', r.disconnected ? 'yes' : null);
     kv(tb, 'trace id', r.trace_id);
-    kv(tb, 'exception', r.error); kv(tb, 'kind', r.kind); kv(tb, 'id', r.id);
+    kv(tb, 'exception', r.error); kv(tb, 'protocol', r.kind); kv(tb, 'id', r.id);
     if (r.headers && typeof r.headers === 'object' && Object.keys(r.headers).length) kv(tb, 'headers', r.headers);
     if (Array.isArray(r.tasks)) kv(tb, 'tasks', r.tasks.join(' '));
     var bd = obj(diag.breakdowns)[str(r.id)];
@@ -578,7 +688,7 @@ function locate(kind, index) {
   var d = Math.max(it.e - it.s, 1e-6), span = view.e - view.s;
   if (it.s < view.s || it.e > view.e || d / span * (cssW - LABEL_W) < 8) setView(it.s - d, it.e + d);
   scrollToRow(it.row); draw();
-  var i = rows.indexOf(it.row);
+  var i = vis.indexOf(it.row);
   var xs = Math.max(X(it.s), LABEL_W), xe = Math.min(X(it.e), cssW);
   return {x: (xs + xe) / 2, y: rowY(i) + ROW_H / 2};
 }
@@ -599,6 +709,9 @@ window.flightdeck = {
   selected: function () { return selected ? {kind: selected.kind, label: selected.label, start: selected.s, end: selected.e} : null; },
   draw: draw,
   axisBoxes: function () { return axisBoxes; },
+  visibleRows: function () { return vis.map(function (r) { return r.label; }); },
+  drawn: function () { return drawn; },
+  legend: function () { var o = {}; CLASSES.forEach(function (c) { if (usedClasses[c[0]]) o[c[0]] = c[1]; }); return o; },
   full: function (on) { FULL = !!on; showDetails(selected); return FULL; },
   ready: false
 };

@@ -357,3 +357,124 @@ async def test_await_chains_run_through_the_request(path: str, decks: list[Any])
     gate.set()
     await task
     assert names[0].endswith("server") and "waiting_app" in [n.split(".")[-1] for n in names]
+
+
+async def _answer(send: Any, status: Any) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+@pytest.mark.parametrize("wrap", ["gather", "shield", "ensure_future", "wait_for"])
+async def test_the_request_id_lives_in_the_context_that_runs_the_request(
+    path: str, decks: list[Any], wrap: str
+) -> None:
+    # Servers and apps await a request inside gather/shield/ensure_future/wait_for, which
+    # (on 3.11 at least) run it in a task of its own: the id must be set in that task's
+    # context, never in the caller's, and be reset there without an error.
+    from flightdeck.instrument.context import current_request
+
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(current_request.get())
+        await _answer(send, 200)
+
+    deck = await started(make(app, decks))
+    wrappers: dict[str, Any] = {
+        "gather": asyncio.gather,
+        "shield": asyncio.shield,
+        "ensure_future": asyncio.ensure_future,
+        "wait_for": lambda aw: asyncio.wait_for(aw, 30),
+    }
+    for _ in range(3):
+        await wrappers[wrap](deck(http_scope("/wrapped"), _receive_nothing, _ignore))
+        assert current_request.get() is None  # the caller's context is left as it was
+    assert len(seen) == 3 and None not in seen and len(set(seen)) == 3
+    assert [r["id"] for r in requests_of(deck)] == seen
+    assert deck.status()["errors"] == {}
+    if path == "native":
+        assert deck.native_errors == 0
+
+
+async def test_requests_dropped_inside_reference_cycles_end(path: str, decks: list[Any]) -> None:
+    # A request that started, then was dropped while its awaitable is part of a reference
+    # cycle (here: the app's awaitable holds the request's, as an abandoned task's futures
+    # hold the task) is ended by the cycle collector, as it closes a coroutine: nothing
+    # stays "in flight". No coroutine finalizer breaks this cycle first.
+    import contextvars
+
+    class Pending:
+        """What the app returns: awaits forever, and holds what awaits it."""
+
+        held: Any = None
+
+        def __await__(self) -> Any:
+            while True:
+                yield
+
+    made: list[Pending] = []
+
+    def app(scope: Any, receive: Any, send: Any) -> Pending:
+        made.append(Pending())
+        return made[-1]
+
+    deck = await started(make(app, decks))
+    gc.collect()
+    gc.disable()  # the collection below is the one that finds the cycles
+    try:
+        for _ in range(200):
+            awaitable = deck(http_scope("/cycle"), _receive_nothing, _ignore)
+            # One step, in a context of its own (as a task would), leaves the app waiting.
+            assert contextvars.copy_context().run(awaitable.send, None) is None
+            made.pop().held = awaitable  # the cycle: awaitable -> app's -> awaitable
+            del awaitable
+        assert len(deck.recorder.live_requests) == 200
+        gc.collect()
+    finally:
+        gc.enable()
+    assert not deck.recorder.live_requests
+    ended = requests_of(deck)
+    assert len(ended) == 200
+    assert all(r["end"] is not None and r["error"] == "GeneratorExit" for r in ended)
+    assert deck.status()["errors"] == {}
+    if path == "native":
+        assert deck.native_errors == 0
+
+
+@pytest.mark.parametrize("huge", [2**64, -(2**63), -(2**70), 10**400])
+async def test_a_status_beyond_64_bits_is_clamped_and_captures_keep_working(
+    path: str, decks: list[Any], huge: int
+) -> None:
+    # JSON writers (orjson) refuse integers past 64 bits: one such status must not make
+    # this or any later capture of the window fail. It is recorded clamped and counted
+    # (here twice: the status and the close code).
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == "/huge":
+            await _answer(send, huge)
+            await send({"type": "websocket.close", "code": huge})  # not HTTP: noted all the same
+        else:
+            await _answer(send, 503)
+
+    async def snapshots(n: int) -> list[dict[str, Any]]:
+        for _ in range(500):
+            if len(deck.store.list()) >= n or deck.engine.capture_failures:
+                break
+            await asyncio.sleep(0.01)
+        assert deck.engine.capture_failures == 0
+        return deck.store.list()
+
+    deck = await started(make(app, decks, server_errors=True, cooldown=0.001))
+    clamped = 2**63 - 1 if huge > 0 else -(2**63 - 1)
+    await drive(deck, http_scope("/huge"))
+    [req] = requests_of(deck)
+    assert req["status"] == req["close_code"] == clamped
+    huge_5xx = huge > 0  # a clamped huge status is a 5xx all the same
+    assert [s["request"]["status"] for s in await snapshots(int(huge_5xx))] == (
+        [clamped] if huge_5xx else []
+    )
+    await drive(deck, http_scope("/later"))  # a later capture of the same window
+    statuses = [s["request"]["status"] for s in await snapshots(1 + huge_5xx)]
+    assert sorted(statuses) == sorted([503] + ([clamped] if huge_5xx else []))
+    assert deck.status()["errors"].get("status_clamped") == 2
+    if path == "native":
+        assert deck.native_errors == 0

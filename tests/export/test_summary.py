@@ -23,15 +23,23 @@ def test_findings_of_sample() -> None:
     assert found[0].startswith(
         "GET /slow 200 took 1.20 s: 1.14 s suspended (awaiting gather at slow (app.py:41))"
     )
-    assert found[1] == "loop blocked 1.20 s in block at app.py:30 (handler /block)"
-    assert any(f.startswith("GET /block 200 took 1.25 s") for f in found)
+    assert found[1].startswith("POST /upload still in flight after 1.20 s")
+    # The block was over before GET /slow began: an earlier incident, ranked after.
+    assert "earlier: loop blocked 1.20 s in block at app.py:30 (handler /block)" in found
+    assert found.index("earlier: loop blocked 1.20 s in block at app.py:30 (handler /block)") > (
+        found.index("GET /error 500 failed: ValueError")
+    )
+    assert any(f.startswith("earlier: GET /block 200 took 1.25 s") for f in found)
     assert any(f.startswith("POST /upload still in flight after 1.20 s") for f in found)
     assert "GET /error 500 failed: ValueError" in found
     assert any(
         f.startswith("worst scheduling delay 40.0 ms for task t4 slow.<locals>.fetch_user")
         for f in found
     )
-    assert any(f.startswith("longest wait 1.12 s") and "app.py:41" in f for f in found)
+    # The trigger's own wait is in its breakdown; the longest of the others, still going on.
+    assert any(
+        f.startswith("longest wait 1.20 s (still waiting at capture): task t8") for f in found
+    )
     assert any(f.startswith("3 events dropped") for f in found)
     assert all(isinstance(f, str) and "\n" not in f for f in found)
 
@@ -67,7 +75,7 @@ def test_summary_sections() -> None:
     assert len(delay_lines) == 5
     waits = text.split("long waits")[1]
     assert "app.py:52 in fetch_user (awaiting acquire)" in waits
-    assert "awaiting starlette/requests.py:230 in receive" in text
+    assert "awaiting at starlette/requests.py:230 in receive" in text
     assert text.rstrip().endswith("dropped: 3 events")
 
 
@@ -143,8 +151,9 @@ def test_library_frames_fold_by_the_recorded_paths() -> None:
     assert "library frames" not in full.split("\n\n")[0]
     assert f"{SITE}/click/core.py:1078 in main" in full
     # The finding names the user's frame, not the innermost library one.
-    assert "loop blocked 300 ms in handler at app/views.py:12 (task t1 Server.serve)" in findings(
-        _frames_doc(None)
+    assert (
+        "earlier: loop blocked 300 ms in handler at app/views.py:12 (task t1 Server.serve)"
+        in findings(_frames_doc(None))
     )
 
 
@@ -168,3 +177,23 @@ def test_summary_shows_trace_ids_service_and_incident() -> None:
     slowest = text.split("slowest requests")[1].split("\n\n")[0]
     assert f"trace {trace}" in slowest
     assert "fleet:" not in summarize(make_doc())  # nothing said without a fleet
+
+
+def test_an_exception_trigger_names_the_frame_that_raised() -> None:
+    doc = make_doc()
+    err = next(r for r in doc["requests"] if r["path"] == "/error")
+    doc["trigger"] = {"kind": "exception", "reason": "GET /error raised ValueError"}
+    doc["trigger"]["request"] = dict(err)
+    found = findings(doc)
+    assert (
+        found[0] == "GET /error 500 raised ValueError (the raising frame is not in this snapshot)"
+    )
+    # When the recorder keeps the traceback (``error_stack``, innermost last), its innermost
+    # frame of the app's is named, not the library's below it.
+    err["error_stack"] = [
+        {"function": "run_asgi", "file": f"{SITE}/uvicorn/protocols/http/h11_impl.py", "line": 404},
+        {"function": "error", "file": "/srv/app/app.py", "line": 62},
+        {"function": "loads", "file": f"{STDLIB}/json/__init__.py", "line": 346},
+    ]
+    doc["process"]["paths"] = {"stdlib": STDLIB, "site_packages": [SITE], "app": None}
+    assert findings(doc)[0] == "GET /error 500 raised ValueError at error (app.py:62)"

@@ -83,8 +83,8 @@ class RequestChecks:
     slower_than: float | None = None
 
 
-#: The watchdog's threshold when no trigger states one (seconds).
-DEFAULT_BLOCK_THRESHOLD = 0.1
+#: The watchdog's threshold when no trigger states one (seconds): ``loop_blocked``'s default.
+DEFAULT_BLOCK_THRESHOLD = DEFAULT_LOOP_BLOCKED
 
 
 class Trigger:

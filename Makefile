@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 
 .PHONY: memcheck
-.PHONY: run test test-all test-versions lint typecheck pytest pytest-pure soak bench bench-native bench-http bench-instr clean
+.PHONY: run test test-all test-versions lint typecheck pytest pytest-pure soak bench bench-native bench-http bench-instr bench-capture clean
 
 # One line after each install: which recording core the install has (pip -q hides setup.py's).
 export CORE_LINE := from flightdeck.core.cores import CORE; print("flightdeck: native core built" if CORE == "native" else "flightdeck: native extension not built (no working C compiler, or FLIGHTDECK_NO_EXTENSIONS set): using the pure-Python core")
@@ -91,6 +91,9 @@ bench: $(STAMP)
 # The native core's figures: ns per event (from C), bytes per event, decoding rate, memory bound.
 bench-native: $(STAMP)
 	$(PY) benchmarks/bench_native.py
+
+bench-capture: $(STAMP)
+	$(PY) benchmarks/bench_capture.py
 
 bench-http: $(STAMP)
 	@command -v wrk >/dev/null 2>&1 || { echo "installing wrk (Debian package) for the load runs"; \

@@ -18,12 +18,30 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-APPS = ("hello", "steps", "fastapi")
+APPS = ("hello", "steps", "gather", "stream", "fastapi", "fastapi_body")
 VARIANTS = ("bare", "fd_mw", "fd_full", "otel", "sentry")
-PATHS = {"hello": "/", "steps": "/steps", "fastapi": "/items/42?q=widget&limit=5"}
+PATHS = {
+    "hello": "/",
+    "steps": "/steps",
+    "gather": "/gather",
+    "stream": "/stream",
+    "fastapi": "/items/42?q=widget&limit=5",
+    "fastapi_body": "/orders?token=abc",
+}
+#: Requests that carry a body: (method, content type, body).
+BODIES = {
+    "fastapi_body": (
+        "POST",
+        b"application/json",
+        b'{"sku": "widget-42", "quantity": 3, "price": 12.5, "tags": ["a", "b"], '
+        b'"note": "leave at the door"}',
+    )
+}
+#: Chunks of the streamed response.
+STREAM_CHUNKS = 20
 #: Iterations of the CPU work of the FastAPI route (about 0.3 ms on the reference machine).
 WORK = int(os.environ.get("BENCH_WORK", "6000"))
 
@@ -37,6 +55,34 @@ async def steps(request: Request) -> Response:
     await asyncio.sleep(0)
     await asyncio.sleep(0)
     return JSONResponse({"ok": True, "steps": 3})
+
+
+async def _child() -> int:
+    await asyncio.sleep(0)
+    return 1
+
+
+async def gather(request: Request) -> Response:
+    """Three child tasks, each awaiting once, gathered."""
+    n = sum(await asyncio.gather(_child(), _child(), _child()))
+    return JSONResponse({"ok": True, "children": n})
+
+
+async def _chunks() -> Any:
+    for i in range(STREAM_CHUNKS):
+        yield b"chunk %02d\n" % i
+
+
+async def stream(request: Request) -> Response:
+    return StreamingResponse(_chunks(), media_type="text/plain")
+
+
+def make_gather() -> Any:
+    return Starlette(routes=[Route("/gather", gather)])
+
+
+def make_stream() -> Any:
+    return Starlette(routes=[Route("/stream", stream)])
 
 
 def make_hello() -> Any:
@@ -81,6 +127,38 @@ def make_fastapi() -> Any:
             "limit": limit,
         }
         return Item.model_validate(raw)
+
+    return api
+
+
+def make_fastapi_body() -> Any:
+    """A POST route: a pydantic body validated, a dependency resolved, a model returned."""
+    from fastapi import Depends, FastAPI
+    from pydantic import BaseModel, Field
+
+    class Order(BaseModel):
+        sku: str = Field(min_length=1, max_length=40)
+        quantity: int = Field(gt=0)
+        price: float
+        tags: list[str] = []
+        note: str | None = None
+
+    class Receipt(BaseModel):
+        sku: str
+        total: float
+        user: str
+
+    async def current_user(token: str = "") -> str:
+        return "anonymous" if not token else f"user-{len(token)}"
+
+    # The annotations are strings (``from __future__ import annotations``): FastAPI resolves
+    # them in this module's globals.
+    globals().update(Order=Order, Receipt=Receipt, current_user=current_user)
+    api = FastAPI()
+
+    @api.post("/orders", response_model=Receipt)
+    async def create_order(order: Order, user: str = Depends(current_user)) -> Receipt:
+        return Receipt(sku=order.sku, total=order.quantity * order.price, user=user)
 
     return api
 
@@ -157,7 +235,14 @@ def wrap(app: Any, variant: str) -> Any:
 
 
 def make_app(name: str) -> Any:
-    return {"hello": make_hello, "steps": make_steps, "fastapi": make_fastapi}[name]()
+    return {
+        "hello": make_hello,
+        "steps": make_steps,
+        "gather": make_gather,
+        "stream": make_stream,
+        "fastapi": make_fastapi,
+        "fastapi_body": make_fastapi_body,
+    }[name]()
 
 
 def create_app() -> Any:

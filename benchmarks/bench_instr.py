@@ -10,14 +10,26 @@ Unlike wall-clock figures these do not depend on the machine's load, with one ex
 recorder thread wakes on a wall-clock tick, and valgrind slows everything ~50x, so its share
 per request is inflated here compared with a native run.
 
-Outputs: a markdown table and ``benchmarks/results/bench_instr.json``.
+Routes (``--apps``): ``steps`` (three awaits), ``gather`` (three child tasks, each awaiting
+once, gathered), ``stream`` (twenty chunks streamed), ``fastapi_body`` (a POST with a pydantic
+body and a dependency); ``fastapi`` and ``query`` on request. Variants: ``bare``,
+``middleware`` (``instrument_loop=False``), ``full``, and ``otel`` (OpenTelemetry's ASGI
+middleware, SDK, no exporter) with ``--otel``.
+
+The breakdown: events of each kind per request (an uninstrumented run of the driver with
+``--events``), and the loop thread's inclusive cost per request of flightdeck's native
+functions, by what they pay for (``callgrind_annotate``, same two-count difference).
+
+Outputs: markdown tables and ``benchmarks/results/bench_instr.json``.
 Run: ``.venv/bin/python benchmarks/bench_instr.py [--quick]`` (``make bench-instr``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -32,27 +44,81 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import HERE, ROOT, command_line, header, machine, verdict, write_json
 
-APPS = ("steps", "query", "fastapi")
+APPS = ("steps", "gather", "stream", "fastapi_body", "fastapi", "query")
+DEFAULT_APPS = ("steps", "gather", "stream", "fastapi_body")
 LOOPS = ("asyncio", "uvloop")
-VARIANTS = ("bare", "middleware", "full")
+VARIANTS = ("bare", "middleware", "full", "otel")
 CORES = ("native", "python")
 DRIVER = HERE / "instr_driver.py"
-TARGETS = {"full_asyncio": 0.92, "full_uvloop": 0.90, "middleware": 0.97}
-#: The FastAPI route costs ~15x the three-await one: fewer requests keep its runs short
-#: while the difference still spans >1e9 instructions.
+TARGETS = {"full_asyncio": 0.93, "full_uvloop": 0.90, "full_fastapi": 0.97, "middleware": 0.95}
+#: The routes whose full target is ``full_fastapi`` (heavier handlers).
+HEAVY = ("fastapi", "fastapi_body")
+#: The FastAPI route with 0.3 ms of CPU work costs ~15x the three-await one: fewer requests
+#: keep its runs short while the difference still spans >1e9 instructions.
 FASTAPI_DIVISOR = 5
+#: What flightdeck's native code pays for: bucket -> its functions (callgrind's names
+#: without gcc's .isra/.part/.constprop suffixes). Each function's own cost is its self
+#: cost plus the CPython/libc calls it makes (allocations, clock reads, dict updates), not
+#: the calls that run the application (``FOREIGN``), so the buckets add up to everything
+#: flightdeck's C code costs on the loop thread; what is not listed goes to "other".
+BUCKETS = {
+    "step (runner, clocks, done())": (
+        "Runner_vectorcall",
+        "step_task",
+        "task_done",
+        "runner_woken",
+        "u64tab_get",
+        "u64tab_put",
+        "u64tab_del",
+        "u64tab_grow",
+        "fut_is_cancelled",
+    ),
+    "step record": ("win_step",),
+    "call_soon + handle": (
+        "CallSoon_vectorcall",
+        "CallSoon_descr_get",
+        "HandleRun_vectorcall",
+        "HandleRun_descr_get",
+        "call_base_wrapped",
+    ),
+    "task create": ("CreateTask_vectorcall", "create_record", "creation_site", "task_record"),
+    "task done": ("runner_done", "task_method"),
+    "task wait": ("runner_wait", "chain_of", "attr_or", "frame_site"),
+    "events encoded from tuples": (
+        "win_append",
+        "Window_append",
+        "enc_event",
+        "enc_value",
+        "intern_str",
+        "strtab_find",
+        "strtab_put",
+        "strtab_grow",
+        "enc_str",
+        "enc_generic",
+        "win_open",
+        "seg_new",
+        "win_seal",
+        "byaddr_put",
+    ),
+}
+#: Calls out of flightdeck's C code that run the application (a task's step, the app's
+#: coroutine, the server's send/receive, the base loop's methods): not flightdeck's cost.
+FOREIGN = ("PyObject_Vectorcall", "PyIter_Send", "_PyObject_Call", "PyObject_Call")
+NATIVE_OBJECTS = ("_native.cpython", "_casgi.cpython", "_native.so", "_casgi.so")
 
 
-def target(variant: str, loop: str) -> float:
-    return TARGETS["middleware"] if variant == "middleware" else TARGETS[f"full_{loop}"]
+def target(variant: str, loop: str, app: str = "steps") -> float:
+    if variant == "middleware":
+        return TARGETS["middleware"]
+    return TARGETS["full_fastapi"] if app in HEAVY else TARGETS[f"full_{loop}"]
 
 
 def counts(app: str, quick: bool, n1: int | None, n2: int | None) -> tuple[int, int, int]:
     """(N1, N2, warm-up requests) for ``app``."""
-    a, b, warm = (200, 600, 300) if quick else (500, 2500, 300)
+    a, b, warm = (100, 300, 100) if quick else (100, 600, 100)
     a, b = n1 or a, n2 or b
     if app == "fastapi":
-        return max(1, a // FASTAPI_DIVISOR), max(2, b // FASTAPI_DIVISOR), 100
+        return max(1, a // FASTAPI_DIVISOR), max(2, b // FASTAPI_DIVISOR), 50
     return a, b, warm
 
 
@@ -101,6 +167,82 @@ def shown(cmd: list[str], core: str) -> str:
     return f"PYTHONHASHSEED=0 {env}" + " ".join(parts)
 
 
+def _base(name: str) -> str:
+    """A callgrind function name without gcc's clone suffixes and recursion marks."""
+    return re.sub(r"(\.(isra|part|constprop|cold)\.?\d*)+$", "", name.split("'")[0])
+
+
+def parse_callgrind(path: Path) -> dict[str, int]:
+    """Own cost of each of flightdeck's native functions in one callgrind out file.
+
+    Own = self cost + calls to non-flightdeck code except ``FOREIGN`` (the application);
+    calls into other flightdeck functions are counted there. Keys: function names,
+    ``_casgi`` functions prefixed ``casgi:``.
+    """
+    rx = re.compile(r"^(c?(?:fn|ob))=(?:\((\d+)\))?\s*(.*)$")
+    names: dict[str, str] = {}
+    objs: dict[str, str] = {}
+    own: dict[str, int] = {}
+    fn = ob = cob = cfn = None
+    ours_fn = False
+    pending: bool = False
+    with open(path) as f:
+        for line in f:
+            c = line[:1]
+            if c.isdigit() or c in "+-*":
+                if not ours_fn:
+                    pending, cob = False, None if pending else cob
+                    continue
+                parts = line.split()
+                v = int(parts[1]) if len(parts) > 1 else 0
+                if pending:
+                    # cob= names the callee's object for this one call (else the caller's)
+                    pending, callee_ob, cob = False, cob or ob or "", None
+                    callee_ours = any(o in callee_ob for o in NATIVE_OBJECTS)
+                    if callee_ours or _base(cfn or "").startswith(FOREIGN):
+                        continue
+                own[fn] = own.get(fn, 0) + v  # type: ignore[index]
+                continue
+            if line.startswith("calls="):
+                pending = True
+                continue
+            m = rx.match(line)
+            if not m:
+                continue
+            key, i, rest = m.groups()
+            rest = rest.strip()
+            if key in ("ob", "cob"):
+                o = objs.setdefault(i, rest) if i is not None and rest else objs.get(i, rest)
+                if key == "ob":
+                    ob, cob = o, None
+                else:
+                    cob = o
+                continue
+            name = names.setdefault(i, rest) if i is not None and rest else names.get(i, rest)
+            if key == "fn":
+                ours_fn = any(o in (ob or "") for o in NATIVE_OBJECTS)
+                fn = ("casgi:" if "_casgi" in (ob or "") else "") + _base(name)
+                cob = None
+            else:
+                cfn = name
+    return own
+
+
+def buckets(own: dict[str, int]) -> dict[str, int]:
+    """Own costs grouped as ``BUCKETS`` says, plus the request path and the rest."""
+    where = {fn: b for b, fns in BUCKETS.items() for fn in fns}
+    out: dict[str, int] = {b: 0 for b in BUCKETS}
+    out["request (C middleware)"] = 0
+    out["other native"] = 0
+    for fn, v in own.items():
+        if fn.startswith("casgi:"):
+            out["request (C middleware)"] += v
+        else:
+            out[where.get(fn, "other native")] += v
+    out["total"] = sum(own.values())
+    return out
+
+
 def read_totals(path: Path) -> int:
     """The ``totals:`` (or ``summary:``) Ir of one callgrind out file."""
     summary = None
@@ -132,6 +274,7 @@ def run_one(job: dict[str, Any], tmp: Path) -> dict[str, Any]:
     if not files:
         raise RuntimeError(f"no callgrind output for {key}")
     per_thread = [read_totals(p) for p in files]
+    own = parse_callgrind(files[0]) if job["variant"] in ("middleware", "full") else {}
     for p in [*files, out]:
         p.unlink(missing_ok=True)
     return {
@@ -140,7 +283,20 @@ def run_one(job: dict[str, Any], tmp: Path) -> dict[str, Any]:
         "ir_loop": per_thread[0],
         "threads": len(per_thread),
         "seconds": time.perf_counter() - t0,
+        "native_own": own,
     }
+
+
+def count_events(job: dict[str, Any]) -> dict[str, float]:
+    """Events of each kind per request: the driver run without valgrind, ``--events``."""
+    cmd = [sys.executable, str(DRIVER), "400", "--app", job["app"], "--variant", job["variant"]]
+    cmd += ["--loop", job["loop"], "--warmup", "100", "--events"]
+    proc = subprocess.run(
+        cmd, env=child_env(job["core"]), capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr}")
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -152,7 +308,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for (core, loop, app, variant), pair in by.items():
         (n1, r1), (n2, r2) = sorted(pair.items())
         dn = n2 - n1
+        b1, b2 = buckets(r1["native_own"]), buckets(r2["native_own"])
         res.setdefault(core, {}).setdefault(loop, {}).setdefault(app, {})[variant] = {
+            "native_per_req": {k: (b2[k] - b1[k]) / dn for k in b2} if r1["native_own"] else {},
             "instr_per_req": (r2["ir"] - r1["ir"]) / dn,
             "loop_thread_per_req": (r2["ir_loop"] - r1["ir_loop"]) / dn,
             "other_threads_per_req": ((r2["ir"] - r2["ir_loop"]) - (r1["ir"] - r1["ir_loop"])) / dn,
@@ -181,7 +339,7 @@ def checks(res: dict[str, Any]) -> list[dict[str, Any]]:
                     e = variants.get(v)
                     if e is None or "ratio" not in e:
                         continue
-                    tgt = target(v, loop)
+                    tgt = target(v, loop, app)
                     out.append(
                         {
                             "check": f"{core} {loop} {app} {v} ratio",
@@ -201,8 +359,9 @@ def table(res: dict[str, Any]) -> str:
     """One row per (core, loop, app); ratio = bare / variant, with PASS/MISS."""
     rows = [
         "| core | loop | app | bare | middleware | full | middleware added | full added "
-        "| bare/middleware | bare/full | loop thread: bare/middleware, bare/full |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| bare/middleware | bare/full | loop thread: bare/middleware, bare/full "
+        "| OpenTelemetry added | OTel added / full added |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for core, loops in res.items():
         for loop, apps_ in loops.items():
@@ -211,11 +370,11 @@ def table(res: dict[str, Any]) -> str:
                 def get(v: str, field: str, vs: dict[str, Any] = vs) -> float | None:
                     return vs.get(v, {}).get(field)
 
-                def ratio(v: str, vs: dict[str, Any] = vs, loop: str = loop) -> str:
+                def ratio(v: str, vs: dict[str, Any] = vs, loop: str = loop, app: str = app) -> str:
                     e = vs.get(v)
                     if e is None or "ratio" not in e:
                         return "-"
-                    tgt = target(v, loop)
+                    tgt = target(v, loop, app)
                     return f"{e['ratio']:.3f} {verdict(e['ratio'] >= tgt)} (>= {tgt})"
 
                 def lt(v: str, vs: dict[str, Any] = vs) -> str:
@@ -223,14 +382,47 @@ def table(res: dict[str, Any]) -> str:
                     return "-" if e is None or "ratio" not in e else f"{e['loop_thread_ratio']:.3f}"
 
                 added = [get(v, "added_per_req") for v in ("middleware", "full")]
+                otel = get("otel", "added_per_req")
+                times = "-" if otel is None or not added[1] else f"{otel / added[1]:.1f} x"
                 rows.append(
                     f"| {core} | {loop} | {app} | {_k(get('bare', 'instr_per_req'))} "
                     f"| {_k(get('middleware', 'instr_per_req'))} "
                     f"| {_k(get('full', 'instr_per_req'))} "
                     + " ".join(f"| {'-' if a is None else f'+{a / 1000:,.1f}k'}" for a in added)
                     + f" | {ratio('middleware')} | {ratio('full')} "
-                    f"| {lt('middleware')}, {lt('full')} |"
+                    f"| {lt('middleware')}, {lt('full')} | {_k(otel)} | {times} |"
                 )
+    return "\n".join(rows)
+
+
+def breakdown_table(res: dict[str, Any], events: dict[str, Any]) -> str:
+    """Per request: events recorded by kind, and flightdeck's native code by what it pays for."""
+    kinds = sorted({k for e in events.values() for k in e})
+    names = [*BUCKETS, "request (C middleware)", "other native", "total"]
+    rows = [
+        "| loop | app | variant | added | "
+        + " | ".join(kinds)
+        + " | "
+        + " | ".join(f"C: {n}" for n in names)
+        + " |",
+        "|---|---|---|" + "---:|" * (1 + len(kinds) + len(names)),
+    ]
+    for loops in res.values():
+        for loop, apps_ in loops.items():
+            for app, vs in apps_.items():
+                for v in ("middleware", "full"):
+                    e = vs.get(v)
+                    if e is None:
+                        continue
+                    ev = events.get(f"{loop}/{app}/{v}", {})
+                    nat = e.get("native_per_req", {})
+                    rows.append(
+                        f"| {loop} | {app} | {v} | {_k(e.get('added_per_req'))} | "
+                        + " | ".join(f"{ev.get(k, 0):.2f}" for k in kinds)
+                        + " | "
+                        + " | ".join(_k(nat.get(n)) for n in names)
+                        + " |"
+                    )
     return "\n".join(rows)
 
 
@@ -247,7 +439,15 @@ def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"valgrind": valgrind_version()}
-    for name in ("flightdeck", "starlette", "fastapi", "pydantic", "uvloop"):
+    for name in (
+        "flightdeck",
+        "starlette",
+        "fastapi",
+        "pydantic",
+        "uvloop",
+        "opentelemetry-sdk",
+        "opentelemetry-instrumentation-asgi",
+    ):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -257,13 +457,16 @@ def versions() -> dict[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="N1=200, N2=600 (fastapi /5)")
-    parser.add_argument("--n1", type=int, help="requests of the short run (default 500)")
-    parser.add_argument("--n2", type=int, help="requests of the long run (default 2500)")
-    parser.add_argument("--apps", nargs="+", default=list(APPS), choices=APPS)
+    parser.add_argument("--quick", action="store_true", help="N2=300 (fastapi /5)")
+    parser.add_argument("--n1", type=int, help="requests of the short run (default 100)")
+    parser.add_argument("--n2", type=int, help="requests of the long run (default 600)")
+    parser.add_argument("--apps", nargs="+", default=list(DEFAULT_APPS), choices=APPS)
     parser.add_argument("--loops", nargs="+", default=list(LOOPS), choices=LOOPS)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--cores", nargs="+", default=list(CORES), choices=CORES)
+    parser.add_argument(
+        "--variants", nargs="+", default=["bare", "middleware", "full"], choices=VARIANTS
+    )
+    parser.add_argument("--otel", action="store_true", help="add the otel variant")
+    parser.add_argument("--cores", nargs="+", default=["native"], choices=CORES)
     parser.add_argument("--jobs", type=int, default=2, help="valgrind runs at a time (2)")
     parser.add_argument("--output", default="bench_instr.json", help="file name in results/")
     args = parser.parse_args()
@@ -272,6 +475,8 @@ def main() -> None:
         sys.exit("bench_instr: valgrind not found (Debian/Ubuntu: apt-get install valgrind)")
     if "bare" not in args.variants:
         args.variants.insert(0, "bare")  # every ratio is to bare
+    if args.otel and "otel" not in args.variants:
+        args.variants.append("otel")
     if "uvloop" in args.loops:
         try:
             import uvloop  # noqa: F401
@@ -314,7 +519,12 @@ def main() -> None:
     elapsed = time.perf_counter() - t0
 
     res = summarize(runs)
-    md = table(res)
+    events: dict[str, dict[str, float]] = {}
+    for j in jobs:
+        key = f"{j['loop']}/{j['app']}/{j['variant']}"
+        if j["variant"] in ("middleware", "full") and j["core"] == "native" and key not in events:
+            events[key] = count_events(j)
+    md = table(res) + "\n\n" + breakdown_table(res, events)
     cks = checks(res)
     print()
     print(md)
@@ -334,6 +544,7 @@ def main() -> None:
         },
         "targets": TARGETS,
         "results": res,
+        "events_per_request": events,
         "checks": cks,
         "table_markdown": md,
         "command_template": shown(command("OUT", "N", "APP", "VARIANT", "LOOP", "W"), "native"),

@@ -1,12 +1,18 @@
 """In-process ASGI driver for ``bench_instr.py``: ``N`` GET requests, 32 in flight.
 
-Builds one app of ``apps.py`` (``steps``; ``query``: the same three-await route called with
-a query string, so query redaction is on the path; ``fastapi``), wraps it per variant
+Builds one app of ``apps.py`` (``steps``: three awaits; ``gather``: three child tasks
+gathered; ``stream``: twenty chunks streamed; ``fastapi_body``: a POST with a pydantic body
+and a dependency; ``fastapi``: a GET with 0.3 ms of CPU work; ``query``: the three-await
+route called with a query string, so query redaction is on the path), wraps it per variant
 (``bare``; ``middleware``: ``FlightDeck(app, instrument_loop=False)``; ``full``:
-``FlightDeck(app)``), triggers and endpoint off so no capture can fire, starts it as uvicorn
-would (lifespan ``startup``), warms up, then serves ``N`` requests, each its own task as a
-server would make it. Exits non-zero if any response is not a 200. Meant to run under
-``valgrind --tool=callgrind``: the per-request cost is the difference between two ``N``.
+``FlightDeck(app)``; ``otel``: OpenTelemetry's ASGI middleware, SDK tracer, no exporter),
+triggers and endpoint off so no capture can fire, starts it as uvicorn would (lifespan
+``startup``), warms up, then serves ``N`` requests, each its own task as a server would make
+it. Exits non-zero if any response is not a 200. Meant to run under ``valgrind
+--tool=callgrind``: the per-request cost is the difference between two ``N``.
+
+``--events`` (not under valgrind): prints, as JSON, the events of each kind recorded per
+measured request (from the window, by time), for the breakdown of ``bench_instr.py``.
 
 Run: ``.venv/bin/python benchmarks/instr_driver.py 500 --app steps --variant full``.
 """
@@ -15,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +33,8 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 import apps as bench_apps
 from bench_http import _new_loop, _scope
 
-APPS = ("steps", "fastapi", "query")
-VARIANTS = ("bare", "middleware", "full")
+APPS = ("steps", "gather", "stream", "fastapi_body", "fastapi", "query")
+VARIANTS = ("bare", "middleware", "full", "otel")
 LOOPS = ("asyncio", "uvloop")
 INFLIGHT = 32
 #: What ``check_flightdeck`` found at the end of the measured requests.
@@ -42,6 +50,8 @@ def build(app_name: str, variant: str) -> tuple[Any, str]:
     app = bench_apps.make_app(base)
     if variant == "bare":
         return app, path
+    if variant == "otel":
+        return bench_apps.wrap(app, "otel"), path
     from flightdeck import FlightDeck
 
     # No trigger and no endpoint: under valgrind a loop iteration can exceed any threshold,
@@ -89,9 +99,27 @@ class Lifespan:
             await self.task
 
 
+#: (method, content type, body) of the app driven (GET without a body by default).
+REQUEST: tuple[str, bytes, bytes] = ("GET", b"", b"")
+
+
+def scope_of(path: str, i: int) -> dict[str, Any]:
+    scope = _scope(path, i)
+    method, ctype, body = REQUEST
+    if method != "GET":
+        scope["method"] = method
+        scope["headers"] = [
+            *scope["headers"],
+            (b"content-type", ctype),
+            (b"content-length", str(len(body)).encode()),
+        ]
+    return scope
+
+
 async def serve(app: Any, path: str, n: int, first: int = 0) -> int:
     """``n`` requests, :data:`INFLIGHT` at a time, each its own task; returns the 200s."""
     loop = asyncio.get_running_loop()
+    body = REQUEST[2]
     ok = 0
     next_i = 0
 
@@ -104,7 +132,7 @@ async def serve(app: Any, path: str, n: int, first: int = 0) -> int:
             nonlocal sent
             if not sent:
                 sent = True
-                return {"type": "http.request", "body": b"", "more_body": False}
+                return {"type": "http.request", "body": body, "more_body": False}
             await done.wait()
             return {"type": "http.disconnect"}
 
@@ -116,7 +144,7 @@ async def serve(app: Any, path: str, n: int, first: int = 0) -> int:
             elif t == "http.response.body" and not message.get("more_body", False):
                 done.set()
 
-        await app(_scope(path, first + i), receive, send)
+        await app(scope_of(path, first + i), receive, send)
 
     async def worker() -> None:
         nonlocal next_i
@@ -143,7 +171,25 @@ def check_flightdeck(app: Any) -> list[str]:
     return problems
 
 
-async def run(app: Any, path: str, n: int, warmup: int) -> int:
+def count_events(app: Any, t0: int, t1: int, n: int) -> dict[str, float]:
+    """Events of each kind whose first time lies in ``[t0, t1]``, per request."""
+    from flightdeck.core import events as kinds
+
+    names = {s.kind: s.name for s in kinds.SPECS.values()}
+    counts: dict[str, int] = {}
+    for evs in app.recorder._window.freeze().iter_segments():
+        for e in evs:
+            if isinstance(e[1], int) and t0 <= e[1] <= t1:
+                k = names.get(e[0], str(e[0]))
+                counts[k] = counts.get(k, 0) + 1
+    return {k: v / n for k, v in sorted(counts.items())}
+
+
+#: Filled by ``run`` with ``--events``.
+EVENTS: dict[str, float] = {}
+
+
+async def run(app: Any, path: str, n: int, warmup: int, events: bool = False) -> int:
     lifespan = Lifespan(app)
     await lifespan.startup()
     fleet = getattr(app, "fleet", None)  # FLIGHTDECK_FLEET set: measure it connected
@@ -154,7 +200,10 @@ async def run(app: Any, path: str, n: int, warmup: int) -> int:
     else:
         raise SystemExit("instr_driver: the fleet did not connect to Redis")
     bad = warmup - await serve(app, path, warmup)
+    t0 = time.perf_counter_ns()
     bad += n - await serve(app, path, n, first=warmup)
+    if events and hasattr(app, "recorder"):
+        EVENTS.update(count_events(app, t0, time.perf_counter_ns(), n))
     # Checked before the shutdown, which stops the recording.
     PROBLEMS.extend(check_flightdeck(app) if app is not None and hasattr(app, "recorder") else [])
     await lifespan.shutdown()
@@ -168,12 +217,15 @@ def main() -> None:
     parser.add_argument("--variant", choices=VARIANTS, default="bare")
     parser.add_argument("--loop", choices=LOOPS, default="asyncio")
     parser.add_argument("--warmup", type=int, default=300, help="requests before the N")
+    parser.add_argument("--events", action="store_true", help="print events per request")
     args = parser.parse_args()
 
+    global REQUEST
+    REQUEST = bench_apps.BODIES.get(args.app, REQUEST)
     app, path = build(args.app, args.variant)
     loop = _new_loop(args.loop)
     try:
-        bad = loop.run_until_complete(run(app, path, args.n, args.warmup))
+        bad = loop.run_until_complete(run(app, path, args.n, args.warmup, args.events))
     finally:
         problems = PROBLEMS if args.variant != "bare" else []
         close = getattr(app, "close", None)
@@ -184,6 +236,8 @@ def main() -> None:
         sys.exit(f"instr_driver: {bad} of {args.warmup + args.n} responses were not 200")
     if problems:
         sys.exit("instr_driver: " + "; ".join(problems))
+    if args.events:
+        print(json.dumps(EVENTS))
 
 
 if __name__ == "__main__":

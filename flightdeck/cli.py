@@ -14,30 +14,26 @@ import urllib.parse
 from pathlib import Path
 from typing import NoReturn
 
+from . import convert
 from .core.config import parse_bytes, parse_seconds
 from .fetch import (
     DEFAULT_MAX_SIZE,
     FetchError,
     HTTPStatusError,
     fetch,
-    read_file,
+    read_bytes,
 )
-from .snapshot.document import Snapshot, SnapshotError, is_valid_id
+from .snapshot.document import FORMATS, Snapshot, SnapshotError, export_format, is_valid_id
 
 __all__ = ["main"]
 
 PROG = "flightdeck"
-EXPORT_SUFFIX = {
-    "perfetto": ".perfetto.json",
-    "pftrace": ".pftrace",
-    "html": ".html",
-    "summary": ".txt",
-}
 
 DESCRIPTION = """\
 Read, convert and download flightdeck snapshots (flight-recorder windows of an asyncio
-web service). A SNAPSHOT is a native flightdeck/1 JSON file (optionally gzipped), as
-written by the recorder, the debug endpoint or `flightdeck pull`."""
+web service). A SNAPSHOT is a file as the store keeps it (a snapshot directory's files,
+`flightdeck pull --format raw`) or native flightdeck/1 JSON, optionally gzipped (the
+recorder's `Snapshot.write`, `flightdeck pull`, earlier versions' snapshot directories)."""
 
 EPILOG = """\
 examples:
@@ -58,11 +54,14 @@ def _fail(message: str) -> NoReturn:
 
 def _load(path: str, max_size: int = DEFAULT_MAX_SIZE) -> Snapshot:
     try:
-        return Snapshot.load(read_file(path, max_size))
-    except FetchError as exc:
-        _fail(str(exc))
+        return convert.load_path(path, max_size)
     except SnapshotError as exc:
-        _fail(str(exc).replace("data: ", f"{path}: ", 1))
+        _fail(str(exc))
+
+
+def _converted() -> list[str]:
+    """The formats made from a document (``raw`` is a download, not a conversion)."""
+    return [name for name, fmt in FORMATS.items() if fmt.convert is not None]
 
 
 def _write(out: str, data: bytes) -> None:
@@ -80,7 +79,7 @@ def _write(out: str, data: bytes) -> None:
 def _default_out(snapshot_path: str, suffix: str) -> str:
     p = Path(snapshot_path)
     name = p.name
-    for ext in (".gz", ".json"):
+    for ext in (".gz", ".json", convert.raw_suffix(b"")):
         name = name.removesuffix(ext)
     return str(p.with_name(name + suffix))
 
@@ -100,9 +99,56 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     snap = _load(args.snapshot, args.max_size)
     data = snap.dumps(args.format)
-    out = args.output or _default_out(args.snapshot, EXPORT_SUFFIX[args.format])
+    out = args.output or _default_out(args.snapshot, export_format(args.format).suffix)
     _write(out, data)
     return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """One line per snapshot in the given directories and files, newest first; or, given
+    one endpoint URL, a running service's snapshots and what it did not capture."""
+    if len(args.paths) == 1 and args.paths[0].startswith(("http://", "https://")):
+        args.url = args.paths[0]
+        return _list_url(args)
+    found: list[dict[str, object]] = []
+    for given in args.paths:
+        where = Path(given)
+        files = sorted(p for p in where.iterdir() if p.is_file()) if where.is_dir() else [where]
+        for path in files:
+            if where.is_dir() and path.name.startswith("."):
+                continue  # the store's temporary, quarantined and cached files
+            try:
+                data = read_bytes(str(path), args.max_size)
+                header = convert.read_header(data, str(path), args.max_size)
+            except (FetchError, SnapshotError) as exc:
+                if not where.is_dir():
+                    _fail(str(exc))
+                continue  # not a snapshot: a directory may hold other files
+            header["path"] = str(path)
+            found.append(header)
+    found.sort(key=lambda h: (str(h.get("created_at")), str(h.get("id"))), reverse=True)
+    if args.json:
+        sys.stdout.write(json.dumps(found, indent=2) + "\n")
+        return 0
+    for header in found:
+        trigger = header.get("trigger") or {}
+        assert isinstance(trigger, dict)
+        request = header.get("request")
+        what = ""
+        if isinstance(request, dict):
+            what = f" {request.get('method')} {request.get('path')} -> {request.get('status')}"
+        extra = "".join(
+            f" {key}={header[key]}" for key in ("service", "incident") if header.get(key)
+        )
+        print(
+            f"{header['id']}  {header.get('created_at')}  pid={header.get('pid')}"
+            f"  {trigger.get('kind')}: {trigger.get('reason')}{what}{extra}  {header['path']}"
+        )
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    return convert.run(args)
 
 
 def _snapshot_url(base: str, snap_id: str) -> str:
@@ -141,7 +187,7 @@ def _pull_incident(args: argparse.Namespace) -> int:
     for snap in snapshots:
         one = argparse.Namespace(**vars(args))
         one.incident, one.id = None, snap["id"]
-        one.output = str(directory / f"{snap['id']}.json")
+        one.output, one.into = None, str(directory)
         cmd_pull(one)
     print(f"pulled {len(snapshots)} snapshot(s) of incident {incident} into {directory}")
     return 0
@@ -156,7 +202,16 @@ def cmd_pull(args: argparse.Namespace) -> int:
     url = _snapshot_url(args.url, snap_id)
     token = _token(args)
     try:
-        answered, body = fetch(url, token, args.timeout, args.max_size)
+        # The stored bytes (the smallest form), converted here; an endpoint older than
+        # ``format=raw`` refuses it with 400 and serves its JSON instead.
+        try:
+            answered, body = fetch(
+                url + "?format=raw", token, args.timeout, args.max_size, decode=False
+            )
+        except HTTPStatusError as exc:
+            if exc.status != 400:
+                raise
+            answered, body = fetch(url, token, args.timeout, args.max_size, decode=False)
     except HTTPStatusError as exc:
         if exc.status == 401:
             hint = "a valid --token is required" if not token else "the token was refused"
@@ -175,15 +230,20 @@ def cmd_pull(args: argparse.Namespace) -> int:
     except FetchError as exc:
         _fail(str(exc))
     try:
-        snap = Snapshot.load(body)
+        snap = convert.load(body, answered, args.max_size)
     except SnapshotError as exc:
-        _fail(f"{answered} did not return a snapshot: {exc}".replace(": data: ", ": "))
-    out = args.output or f"{snap.id}.json"
-    _write(out, body)
+        _fail(f"{answered} did not return a snapshot: {exc}".replace(f": {answered}: ", ": "))
+    fmt = export_format(args.format)
+    if fmt.convert is None:
+        data, suffix = body, convert.raw_suffix(body)
+    else:
+        data, suffix = snap.dumps(fmt.name), fmt.suffix
+    out = args.output or os.path.join(getattr(args, "into", ""), f"{snap.id}{suffix}")
+    _write(out, data)
     return 0
 
 
-def cmd_list(args: argparse.Namespace) -> int:
+def _list_url(args: argparse.Namespace) -> int:
     """The snapshots a running service holds, newest first, then the triggers it refused."""
     base = _snapshot_url(args.url, "x").rsplit("/snapshots/", 1)[0]
     token = _token(args)
@@ -265,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
         "with their stacks (library frames folded), cancellations, GC pauses, scheduling "
         "delays and the longest waits.",
     )
-    p.add_argument("snapshot", metavar="SNAPSHOT", help="path of a native snapshot (.json[.gz])")
+    p.add_argument("snapshot", metavar="SNAPSHOT", help="path of a snapshot (any form)")
     p.add_argument(
         "--request",
         metavar="ID",
@@ -283,15 +343,20 @@ def build_parser() -> argparse.ArgumentParser:
         "https://ui.perfetto.dev or chrome://tracing; 'html' writes one self-contained page "
         "with an interactive timeline (no network access needed).",
     )
-    p.add_argument("snapshot", metavar="SNAPSHOT", help="path of a native snapshot (.json[.gz])")
+    p.add_argument("snapshot", metavar="SNAPSHOT", help="path of a snapshot (any form)")
     p.add_argument(
-        "--format", "-f", required=True, choices=sorted(EXPORT_SUFFIX), help="output format"
+        "--format",
+        "-f",
+        required=True,
+        choices=_converted(),
+        help="output format: "
+        + "; ".join(f"{n} ({FORMATS[n].title}, {FORMATS[n].suffix})" for n in _converted()),
     )
     p.add_argument(
         "-o",
         "--output",
         metavar="OUT",
-        help="output path ('-' for stdout; default: SNAPSHOT's stem + .perfetto.json or .html)",
+        help="output path ('-' for stdout; default: SNAPSHOT's stem + the format's suffix)",
     )
     _max_size_option(p)
     p.set_defaults(func=cmd_export)
@@ -318,7 +383,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="fetch every snapshot of this fleet incident into -o DIR (default incident-ID)",
     )
     p.add_argument(
-        "-o", "--output", metavar="OUT", help="output path ('-' for stdout; default: <id>.json)"
+        "--format",
+        "-f",
+        default="json",
+        choices=list(FORMATS),
+        help="what to save: the stored bytes converted here to this format (default json;"
+        " 'raw' keeps them as stored)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        help="output path ('-' for stdout; default: <id> + the format's suffix)",
     )
     p.add_argument(
         "--timeout",
@@ -331,19 +407,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "list",
-        help="list a running service's snapshots and the triggers its limits refused",
-        description="List the snapshots at URL (GET URL/snapshots), newest first, then what "
-        "the service's status says was not captured (rate limit, cooldown) and any "
-        "configuration error.",
+        help="list the snapshots in directories or files, or of a running service",
+        description="List snapshots (any form) from what their headers say: id, time, pid,"
+        " trigger, request, service and incident. A directory's other files are skipped."
+        " Given one endpoint URL (http://.../debug/flight): its snapshots, newest first, then"
+        " what its status says was not captured (rate limit, cooldown) and any configuration"
+        " error.",
     )
     p.add_argument(
-        "url", metavar="URL", help="the endpoint, e.g. http://127.0.0.1:8000/debug/flight"
+        "paths", metavar="PATH", nargs="+", help="a snapshot directory or file, or one URL"
     )
     p.add_argument(
         "--token", "-t", help="bearer token of the endpoint (default: $FLIGHTDECK_TOKEN)"
     )
     p.add_argument("--timeout", type=_seconds, default=30.0, help="seconds for each request")
+    p.add_argument("--json", action="store_true", help="print a JSON list instead")
+    _max_size_option(p)
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser(
+        "convert",
+        help="write one view of a stored snapshot to stdout (what the endpoint runs)",
+        description="Read a stored snapshot (any form) and write the chosen view to OUT"
+        " (default stdout). The debug endpoint runs this in a child process.",
+    )
+    convert.add_arguments(p)
+    p.set_defaults(func=cmd_convert)
     return parser
 
 

@@ -48,19 +48,27 @@ def decompress(data: bytes, max_size: int, where: str) -> bytes:
 
 def read_file(path: str, max_size: int) -> bytes:
     """A snapshot file's bytes, decompressed, within ``max_size``."""
+    return decompress(read_bytes(path, max_size), max_size, path)
+
+
+def read_bytes(path: str, max_size: int) -> bytes:
+    """A file's bytes as they are, refused beyond ``max_size``."""
     try:
         with open(path, "rb") as handle:
             size = Path(path).stat().st_size
             if size > max_size:
                 raise FetchError(f"{path}: {size} bytes, more than --max-size ({max_size})")
-            data = handle.read(max_size + 1)
+            # Sized by the file, not by the limit: read(n) reserves n bytes up front.
+            data = handle.read(min(size, max_size) + 1)
     except FileNotFoundError:
         raise FetchError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise FetchError(f"{path}: is a directory") from None
     except OSError as exc:
         raise FetchError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return decompress(data, max_size, path)
+    if len(data) > max_size:
+        raise FetchError(f"{path}: more than --max-size ({max_size}) bytes")
+    return data
 
 
 def _origin(url: str) -> tuple[str, str, int]:
@@ -69,8 +77,13 @@ def _origin(url: str) -> tuple[str, str, int]:
     return parts.scheme, (parts.hostname or "").lower(), port
 
 
-def fetch(url: str, token: str | None, timeout: float, max_size: int) -> tuple[str, bytes]:
-    """GET ``url`` within ``timeout`` seconds in all: (the URL answered, the body decompressed).
+def fetch(
+    url: str, token: str | None, timeout: float, max_size: int, *, decode: bool = True
+) -> tuple[str, bytes]:
+    """GET ``url`` within ``timeout`` seconds in all: (the URL answered, the body).
+
+    The body is gunzipped (bounded by ``max_size``) unless ``decode`` is false: then it is
+    the bytes as sent (a stored snapshot that is itself gzip'd stays so).
 
     Runs the transfer in a daemon thread so that no server, however slow, holds the caller
     past the deadline.
@@ -82,7 +95,7 @@ def fetch(url: str, token: str | None, timeout: float, max_size: int) -> tuple[s
 
     def run() -> None:
         try:
-            result.append(_transfer(url, token, deadline, max_size, current))
+            result.append(_transfer(url, token, deadline, max_size, current, decode))
         except BaseException as exc:
             failure.append(exc)
 
@@ -102,7 +115,7 @@ def fetch(url: str, token: str | None, timeout: float, max_size: int) -> tuple[s
 
 
 def _transfer(
-    url: str, token: str | None, deadline: float, max_size: int, current: list[str]
+    url: str, token: str | None, deadline: float, max_size: int, current: list[str], decode: bool
 ) -> tuple[str, bytes]:
     origin = _origin(url)
     for _ in range(_MAX_REDIRECTS + 1):
@@ -123,7 +136,7 @@ def _transfer(
             continue
         if status != 200:
             raise HTTPStatusError(status, url)
-        if encoding == "gzip" or body[:2] == GZIP_MAGIC:
+        if encoding == "gzip" or (decode and body[:2] == GZIP_MAGIC):
             body = decompress(body, max_size, url)
         return url, body
     raise FetchError(f"{url}: more than {_MAX_REDIRECTS} redirects")

@@ -81,8 +81,38 @@ async def chain(request: Request) -> Response:
     return PlainTextResponse("chained")
 
 
+async def fanout(request: Request) -> Response:
+    """``n`` short tasks (one step or two each): a window made of many tasks."""
+
+    async def short(i: int) -> int:
+        if i % 2:
+            await asyncio.sleep(0)
+        return i
+
+    n = int(request.query_params.get("n", "20"))
+    await asyncio.gather(*(asyncio.create_task(short(i)) for i in range(n)))
+    return PlainTextResponse("fanned")
+
+
+async def own_capture(request: Request) -> Response:
+    """The recorder's own capture paths, in this process: ``how`` = ``write_to``,
+    ``snapshot``, ``capture`` (the document is never built: only its stored form)."""
+    how = request.query_params.get("how")
+    rec = app.recorder
+    if how == "write_to":
+        with open(os.devnull, "wb") as sink:
+            n = await asyncio.to_thread(rec.write_to, sink)
+    elif how == "snapshot":
+        n = (await asyncio.to_thread(rec.snapshot)).stored_size
+    else:
+        n = (await rec.capture()).stored_size
+    return JSONResponse({"bytes": n})
+
+
 _starlette = Starlette(
     routes=[
+        Route("/fanout", fanout),
+        Route("/own_capture", own_capture),
         Route("/fast", fast),
         Route("/pid", pid),
         Route("/slow", slow),

@@ -405,6 +405,27 @@ static int path_suspect(PyObject *path) {
     return 0;
 }
 
+/* New reference to the REQ_START to keep in the live entry (core.window.live_start): ev
+ * itself unless its path and query are longer than LIVE_TEXT_MAX together, then a copy
+ * with the path cut to LIVE_TEXT_MAX characters and no query. NULL with an exception. */
+#define LIVE_TEXT_MAX 256
+static PyObject *live_start(PyObject *ev) {
+    PyObject *path = PyTuple_GET_ITEM(ev, 5), *query = PyTuple_GET_ITEM(ev, 6);
+    if (!PyUnicode_CheckExact(path) || !PyUnicode_CheckExact(query) ||
+        PyUnicode_GET_LENGTH(path) + PyUnicode_GET_LENGTH(query) <= LIVE_TEXT_MAX)
+        return Py_NewRef(ev);
+    PyObject *copy = PyTuple_New(PyTuple_GET_SIZE(ev));
+    PyObject *cut = PyUnicode_Substring(path, 0, LIVE_TEXT_MAX);
+    if (copy == NULL || cut == NULL) {
+        Py_XDECREF(copy);
+        Py_XDECREF(cut);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(ev); i++)
+        PyTuple_SET_ITEM(copy, i, i == 5 ? cut : Py_NewRef(i == 6 ? s_empty : PyTuple_GET_ITEM(ev, i)));
+    return copy;
+}
+
 /* New reference to the REQ_START tuple, or NULL with an exception. */
 static PyObject *start_event(Middleware *m, PyObject *scope, PyObject *kind, PyObject *rid,
                              PyObject *t0) {
@@ -1208,7 +1229,9 @@ static PyObject *asgi_call(Middleware *m, PyObject *const *args, Py_ssize_t narg
     if (ev == NULL) {
         dropped_as(m, "request_start");
     } else {
-        PyObject *entry = PyTuple_Pack(3, ev, scope, (PyObject *)st);
+        PyObject *live = PyTuple_CheckExact(ev) && PyTuple_GET_SIZE(ev) > 6 ? live_start(ev) : Py_NewRef(ev);
+        PyObject *entry = live ? PyTuple_Pack(3, live, scope, (PyObject *)st) : NULL;
+        Py_XDECREF(live);
         if (entry == NULL || PyDict_SetItem(m->inflight, rid, entry) < 0 || emit(m, ev) < 0)
             dropped_as(m, "request_start");
         Py_XDECREF(entry);

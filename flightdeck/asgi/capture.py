@@ -268,9 +268,29 @@ class CaptureEngine:
             for trig in self.block_triggers:
                 reason = trig.on_block(duration, where)
                 if reason:
-                    self.fire(trig.kind, None, reason, None, trig.cooldown)
+                    info = self._blocked(where)
+                    self.fire(trig.kind, None, reason, info, trig.cooldown)
+                    pending = self.pending or self.queued
+                    if info is None and pending is not None and pending.record is None:
+                        pending.record = _label_record(where)
         except Exception as exc:
             self.errors("block_trigger", exc)
+
+    def _blocked(self, where: object) -> RequestInfo | None:
+        """The request in flight that a block is named after (the watchdog labels a block
+        ``"GET /path: ..."`` after the request it caught running), for the trigger record:
+        the stored form's header carries it, so listings show it without a conversion."""
+        if not isinstance(where, str):
+            return None
+        for rid, (start, scope, state) in list(self.inflight.items()):
+            label = f"{start[ev.REQ_START_METHOD]} {start[ev.REQ_START_PATH]}"
+            if where.startswith(label):
+                kind = start[ev.REQ_START_SCOPE_TYPE]
+                t0 = start[ev.REQ_START_T]
+                return self.info(
+                    rid, scope, state, t0, kind, None, None, state.status, route_of(scope)
+                )
+        return None
 
     # -- snapshots --------------------------------------------------------------------------
     def fire(
@@ -385,9 +405,10 @@ class CaptureEngine:
             frozen = self.recorder.freeze()
 
             def work() -> Snapshot:
-                snap = self.recorder.build(frozen, kind="manual", reason=reason or "captured")
-                self.store.put(snap)
-                return snap
+                # Written straight into the store: the stored form is never held whole here.
+                return self.recorder.capture_into(
+                    self.store, frozen, kind="manual", reason=reason or "captured"
+                )
 
             snap = await anyio.to_thread.run_sync(work)
             self.captures += 1
@@ -409,6 +430,19 @@ class CaptureEngine:
                 "queued": self.queued is not None,
             },
         }
+
+
+def _label_record(where: object) -> dict[str, Any] | None:
+    """``{"id": None, "method", "path"}`` from a block's label (``"GET /path: site"``) when
+    its request ended before the block was heard of: what a listing shows. The document's
+    full record is found on read (``causes.blocked_request``), as ``id`` is None."""
+    if not isinstance(where, str):
+        return None
+    method, _, rest = where.partition(" ")
+    if not (method.isalpha() and method.isupper() and rest.startswith("/")):
+        return None
+    path = rest.split(": ", 1)[0].split(" (", 1)[0]
+    return {"id": None, "method": method[:MAX_METHOD], "path": path[:MAX_PATH]}
 
 
 def watchdog_threshold(config: Config) -> float:

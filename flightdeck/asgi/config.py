@@ -40,11 +40,13 @@ from ..core.config import (
     report_env_error,
 )
 from ..snapshot.directory import check_directory
+from ..snapshot.store import DEFAULT_MAX_STORE_BYTES
 from .fleet.options import fleet_options
 from .fleet.signing import check_secrets
 from .redact import DEFAULT as DEFAULT_REDACTOR
 from .redact import Redactor
 from .triggers import LoopBlocked, ServerError, SlowRequest, Trigger
+from .views import DEFAULT_DEADLINE, DEFAULT_MEMORY
 
 #: A bare number at least this large is warned about as milliseconds written as seconds.
 _MS_HINT = {"loop_blocked": 10.0, "slow_request": 100.0, "capture_delay": 10.0}
@@ -104,6 +106,7 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "slow_request": ("FLIGHTDECK_SLOW_REQUEST", _duration(True)),
     "loop_blocked": ("FLIGHTDECK_LOOP_BLOCKED", _duration(True)),
     "directory": ("FLIGHTDECK_DIR", _directory),
+    "max_store_bytes": ("FLIGHTDECK_MAX_STORE_BYTES", parse_bytes),
     "endpoint": ("FLIGHTDECK_ENDPOINT", _endpoint),
     "token": ("FLIGHTDECK_TOKEN", check_token),
     "enabled": ("FLIGHTDECK_ENABLED", parse_flag),
@@ -112,6 +115,8 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "fleet_secret": ("FLIGHTDECK_FLEET_SECRET", _fleet_secret),
     "rate_limit": ("FLIGHTDECK_RATE_LIMIT", parse_rate),
     "query_values": ("FLIGHTDECK_QUERY_VALUES", _query_values),
+    "convert_deadline": ("FLIGHTDECK_CONVERT_DEADLINE", parse_seconds),
+    "convert_memory": ("FLIGHTDECK_CONVERT_MEMORY", parse_bytes),
 }
 
 _FLEET = ("fleet", "fleet_capture", "fleet_namespace", "fleet_ttl", "fleet_secret")
@@ -120,7 +125,7 @@ _FLEET = ("fleet", "fleet_capture", "fleet_namespace", "fleet_ttl", "fleet_secre
 _SECRET_ENV = frozenset({"FLIGHTDECK_TOKEN", "FLIGHTDECK_FLEET_SECRET"})
 
 #: Options for which an explicit ``None`` means "from the environment", not "disabled".
-_NONE_IS_ENV = ("window", "max_bytes", "enabled")
+_NONE_IS_ENV = ("window", "max_bytes", "max_store_bytes", "enabled")
 
 #: A bad value of these variables changes other options too, to fail closed: a token that
 #: was meant to guard the endpoint and cannot turns the endpoint off.
@@ -144,6 +149,7 @@ class Config:
         cooldown: float | str = 60.0,
         directory: str | os.PathLike[str] | None = None,
         max_snapshots: int = 20,
+        max_store_bytes: int | str = DEFAULT_MAX_STORE_BYTES,
         endpoint: str | None = "/debug/flight",
         token: str | None = None,
         instrument_loop: bool = True,
@@ -161,6 +167,8 @@ class Config:
         fleet_namespace: str = "flightdeck",
         fleet_ttl: float | str = 24 * 3600.0,
         fleet_secret: str | list[str] | None = None,
+        convert_deadline: float | str = DEFAULT_DEADLINE,
+        convert_memory: int | str = DEFAULT_MEMORY,
     ) -> None:
         self.window = check_seconds("window", window)
         self.max_bytes = check_bytes("max_bytes", max_bytes)
@@ -177,6 +185,8 @@ class Config:
             raise ValueError(f"cooldown must be at least 0.001 seconds, not {cooldown!r}")
         self.directory = directory
         self.max_snapshots = check_positive_int("max_snapshots", max_snapshots)
+        #: The store's bound in stored bytes (in memory, or in ``directory``).
+        self.max_store_bytes = check_bytes("max_store_bytes", max_store_bytes)
         self.endpoint = check_endpoint(endpoint)
         self.token = check_token(token)
         self.allowed_hosts = check_hosts(allowed_hosts)
@@ -207,6 +217,10 @@ class Config:
         #: Environment values that were refused (each logged once): the option kept its
         #: default. Shown as ``config_errors`` in ``/debug/flight/status``.
         self.env_errors: list[str] = []
+        #: The endpoint's converter child: killed past this many seconds, its address
+        #: space capped at this many bytes.
+        self.convert_deadline = check_seconds("convert_deadline", convert_deadline)
+        self.convert_memory = check_bytes("convert_memory", convert_memory)
 
     @classmethod
     def from_env(cls, **options: Any) -> Config:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
@@ -19,10 +20,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .. import export  # noqa: F401  (registers the formats in FORMATS)
 from ..core.config import check_endpoint, check_hosts, check_token
 from ..core.text import safe_text
-from ..snapshot.document import ExportFormat, Snapshot, SnapshotInProgress, is_valid_id
+from ..snapshot.document import FORMATS, ExportFormat, Snapshot, SnapshotInProgress, is_valid_id
 from ..snapshot.store import SnapshotStore
+from . import views
 from .access import MANUAL_RATE, Access, ManualLimit
 from .fleet import TRACE_ID, list_incidents, snapshots_of_trace, with_fleet_snapshots
 from .locate import locate
@@ -33,12 +36,8 @@ logger = logging.getLogger("flightdeck")
 _COMMON_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 _MAX_LOGIN_BODY = 4096
 _READ_METHODS = ("GET", "HEAD")
-_EXPORTS = {
-    "perfetto": ("application/json", "attachment", "perfetto.json"),
-    "pftrace": ("application/octet-stream", "attachment", "pftrace"),
-    "html": ("text/html; charset=utf-8", "inline", "html"),
-    "summary": ("text/plain; charset=utf-8", "inline", "txt"),
-}
+#: Seconds a client refused while a converter child runs is told to wait.
+_BUSY_RETRY = 5
 # The exported page is self-contained; the sandbox gives it an opaque origin, so even a
 # markup injection in it could not read the endpoint, and nothing may be fetched.
 _EXPORT_CSP = (
@@ -66,12 +65,22 @@ class EndpointBackend(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class ViewOptions:
+    """How the endpoint's converter child is bounded (``Config``: ``convert_deadline``,
+    ``convert_memory``)."""
+
+    deadline: float = views.DEFAULT_DEADLINE  #: seconds before the child is killed
+    memory: int = views.DEFAULT_MEMORY  #: the child's address space (RLIMIT_AS), bytes
+
+
 def make_endpoint(
     backend: EndpointBackend,
     *,
     prefix: str = "/debug/flight",
     token: str | None = None,
     allowed_hosts: Iterable[str] = (),
+    view_options: ViewOptions | None = None,
 ) -> ASGIApp:
     """The ASGI app serving the debug endpoint under ``prefix``.
 
@@ -92,7 +101,7 @@ def make_endpoint(
             " proxy headers are answered (set FLIGHTDECK_TOKEN to allow remote access)",
             prefix,
         )
-    return _Endpoint(backend, checked, Access(token, hosts))
+    return _Endpoint(backend, checked, Access(token, hosts), view_options or ViewOptions())
 
 
 def _response(
@@ -156,12 +165,53 @@ def _cross_site(request: Request) -> bool:
     return urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower()
 
 
+class _Streamed:
+    """A view streamed as it is read from ``source``; ``first`` (already read) proves the
+    source works before the status line goes out. A failure after that raises, so that the
+    server drops the connection: a client never takes a truncated body for a whole one.
+    """
+
+    def __init__(
+        self, source: views.Source, first: bytes, media_type: str, headers: dict[str, str]
+    ) -> None:
+        self.source = source
+        self.first = first
+        self.headers = {**_COMMON_HEADERS, **headers, "Content-Type": media_type}
+        if source.length is not None:
+            self.headers["Content-Length"] = str(source.length)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            raw = [
+                (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()
+            ]
+            await send({"type": "http.response.start", "status": 200, "headers": raw})
+            chunk = self.first
+            while chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                chunk = await self.source.read()
+            # Closed before the last message: the client's next request finds the
+            # converter slot free.
+            await self.source.close()
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await self.source.close()
+
+
 class _Endpoint:
-    def __init__(self, backend: EndpointBackend, prefix: str, access: Access) -> None:
+    def __init__(
+        self, backend: EndpointBackend, prefix: str, access: Access, view_options: ViewOptions
+    ) -> None:
         self.backend = backend
         self.prefix = prefix
         self.access = access
         self.manual = ManualLimit(*MANUAL_RATE)
+        self.view_options = view_options
+        self.view_stats = views.ViewStats()
+        store = backend.store
+        self.views = views.ViewCache(
+            getattr(store, "directory", None), lambda: {s["id"] for s in store.list()}
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -172,15 +222,26 @@ class _Endpoint:
         try:
             response = await self._handle(request)
         except Exception as exc:
-            # The middleware's error log counts failures (shown in status) and logs each kind
-            # once, so a broken exporter hit in a loop cannot flood the logs.
-            report = getattr(self.backend, "errors", None)
-            if callable(report):
-                report("endpoint", exc)
-            else:
-                logger.exception("flightdeck: the debug endpoint failed on %s", scope.get("path"))
+            self._report("endpoint", exc, scope)
             response = _error(500, "internal error")
-        await response(scope, receive, send)
+        try:
+            await response(scope, receive, send)
+        except views.ViewFailed as exc:
+            # Mid-stream: re-raised so that the server drops the connection (the status line
+            # is out; only an abort tells the client the body is not whole).
+            self._report("convert", exc, scope)
+            raise
+
+    def _report(self, kind: str, exc: Exception, scope: Scope) -> None:
+        # The middleware's error log counts failures (shown in status) and logs each kind
+        # once, so a broken exporter hit in a loop cannot flood the logs.
+        report = getattr(self.backend, "errors", None)
+        if callable(report):
+            report(kind, exc)
+        else:
+            logger.warning(
+                "flightdeck: the debug endpoint failed on %s: %s", scope.get("path"), exc
+            )
 
     def _denied(self, request: Request, base: str, sub: str) -> Response | None:
         access = self.access
@@ -208,7 +269,7 @@ class _Endpoint:
             return _response(b"", 303, "text/plain", {"Location": f"{base}/login"})
         return _error(401, "a bearer token is required", {"WWW-Authenticate": "Bearer"})
 
-    async def _handle(self, request: Request) -> Response:
+    async def _handle(self, request: Request) -> Response | _Streamed:
         located = locate(request.scope, self.prefix, self.prefix + "/")
         if located is None:
             return _not_found()
@@ -256,6 +317,7 @@ class _Endpoint:
             status.setdefault("store", self.backend.store.stats())
             status.setdefault("manual_refused", self.manual.refused)
             status.setdefault("auth_limited", self.access.failures.refused)
+            status.setdefault("views", self.view_stats.as_dict())
             return _json(status)
         return _not_found()
 
@@ -327,48 +389,115 @@ class _Endpoint:
         }
         return _json(body, 201, {"Location": url})
 
-    async def _download(self, request: Request, ident: str) -> Response:
-        fmt = request.query_params.get("format", "json")
-        if fmt != "json" and fmt not in _EXPORTS:
-            return _error(400, "format must be json, perfetto, pftrace, html or summary")
+    async def _download(self, request: Request, ident: str) -> Response | _Streamed:
+        fmt = FORMATS.get(request.query_params.get("format", "json"))
+        if fmt is None:
+            return _error(400, f"format must be one of {', '.join(FORMATS)}")
         store = self.backend.store
         if ident == "latest":
             latest = await anyio.to_thread.run_sync(store.latest_id)
             if latest is None:
                 return _not_found()
             ident = latest
-        if fmt == "json":
-            gzip = _accepts_gzip(request.headers.get("accept-encoding", ""))
-            data = await anyio.to_thread.run_sync(store.get_bytes, ident, gzip)
-            if data is None:
-                return _not_found()
-            headers = {
-                "Content-Disposition": f'attachment; filename="{ident}.json"',
-                "Vary": "Accept-Encoding",
-            }
+        gzip = _accepts_gzip(request.headers.get("accept-encoding", ""))
+        headers = {"Content-Disposition": f'{fmt.disposition}; filename="{ident}{fmt.suffix}"'}
+        if fmt.name == "html":
+            headers["Content-Security-Policy"] = _EXPORT_CSP
+        # The JSON view is kept gzip'd (served so to clients that take gzip, decompressed
+        # as it streams to the others); the other views as they are.
+        key = "json.gz" if fmt.name == "json" else fmt.name
+        if fmt.name == "json":
+            headers["Vary"] = "Accept-Encoding"
             if gzip:
                 headers["Content-Encoding"] = "gzip"
-            return _response(data, 200, "application/json", headers)
-        media_type, disposition, extension = _EXPORTS[fmt]
-        exported = await anyio.to_thread.run_sync(self._export, ident, fmt)
-        if exported is None:
+        if fmt.convert is not None:
+            cached = await anyio.to_thread.run_sync(self.views.get, ident, key)
+            if cached is not None:
+                self.view_stats.count("cached")
+                return await self._serve(request, views.any_source(cached), fmt, headers, gzip)
+        data = await anyio.to_thread.run_sync(store.get_stored, ident)
+        if data is None:
             return _not_found()
-        headers = {"Content-Disposition": f'{disposition}; filename="{ident}.{extension}"'}
-        if fmt == "html":
-            headers["Content-Security-Policy"] = _EXPORT_CSP
-        return _response(exported, 200, media_type, headers)
+        if fmt.convert is None:
+            from ..convert import raw_suffix
 
-    def _export(self, ident: str, fmt: str) -> bytes | None:
-        snapshot = self.backend.store.get(ident)
-        if snapshot is None:
-            return None
-        formats: dict[str, ExportFormat] = {
-            "perfetto": "perfetto",
-            "pftrace": "pftrace",
-            "html": "html",
-            "summary": "summary",
-        }
-        return snapshot.dumps(formats[fmt])
+            name = f"{ident}{raw_suffix(data)}"
+            headers["Content-Disposition"] = f'{fmt.disposition}; filename="{name}"'
+            return await self._serve(request, views.BytesSource(data), fmt, headers, True)
+        if fmt.name == "json" and data[:2] == b"\x1f\x8b":
+            # Gzip'd native JSON, as earlier versions stored it: the view is the bytes.
+            return await self._serve(request, views.BytesSource(data), fmt, headers, gzip)
+        if request.method == "HEAD":
+            return _response(b"", 200, fmt.media_type, headers)
+        return await self._convert(request, ident, data, fmt, key, headers, gzip)
+
+    async def _convert(
+        self,
+        request: Request,
+        ident: str,
+        data: bytes,
+        fmt: ExportFormat,
+        key: str,
+        headers: dict[str, str],
+        gzip: bool,
+    ) -> Response | _Streamed:
+        """Stream ``fmt`` made by a converter child; one child per process at a time."""
+        if not views.acquire_slot():
+            self.view_stats.count("busy")
+            message = "a snapshot is being converted; try again in a moment"
+            return _error(429, message, {"Retry-After": str(_BUSY_RETRY)})
+        options = self.view_options
+        sink = None
+        try:
+            sink = await anyio.to_thread.run_sync(self.views.sink, ident, key)
+            child = await anyio.to_thread.run_sync(
+                views.ChildSource.start,
+                data,
+                fmt.name,
+                key.endswith(".gz"),
+                sink,
+                self.view_stats,
+                options.deadline,
+                options.memory,
+            )
+        except BaseException:
+            if sink is not None:
+                sink.discard()
+            views.release_slot()
+            raise
+        del data
+        return await self._serve(request, child, fmt, headers, gzip, key.endswith(".gz"))
+
+    async def _serve(
+        self,
+        request: Request,
+        source: views.Source,
+        fmt: ExportFormat,
+        headers: dict[str, str],
+        gzip: bool,
+        gzipped: bool | None = None,
+    ) -> Response | _Streamed:
+        """Answer with ``source``, reading its first chunk first; a gzip'd JSON source is
+        decompressed as it streams for a client that does not take gzip."""
+        if gzipped is None:
+            gzipped = fmt.name == "json"
+        if gzipped and not gzip:
+            source = views.GunzipSource(source)
+        try:
+            if request.method == "HEAD":
+                await source.close()
+                return _response(b"", 200, fmt.media_type, headers)
+            first = await source.read()
+        except views.ViewFailed as exc:
+            await source.close()
+            self._report("convert", exc, request.scope)
+            if exc.timed_out:
+                return _error(504, "converting the snapshot took longer than its deadline")
+            return _error(500, "the snapshot could not be converted")
+        except BaseException:
+            await source.close()
+            raise
+        return _Streamed(source, first, fmt.media_type, headers)
 
     async def _index(self, request: Request, base: str) -> Response:
         listing = await anyio.to_thread.run_sync(self.backend.store.list)

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..core import events as ev
 from ..core.text import safe_text
+from ..core.window import LIVE_TEXT_MAX, live_start
 from ..instrument.context import current_request
 from ..snapshot.document import Snapshot
 from ..snapshot.recorder import FlightRecorder
@@ -127,7 +128,11 @@ class FlightDeck(_Base):
             instrument_loop=config.instrument_loop,
             loop_blocked=watchdog_threshold(config),  # what the triggers need
         )
-        self.store = SnapshotStore(max_snapshots=config.max_snapshots, directory=config.directory)
+        self.store = SnapshotStore(
+            max_snapshots=config.max_snapshots,
+            max_bytes=config.max_store_bytes,
+            directory=config.directory,
+        )
         self.engine = engine = CaptureEngine(config, self.recorder, self.store)
         self.errors = engine.errors
         self.service = self.recorder.service = resolve_service(config.service, app)
@@ -143,10 +148,14 @@ class FlightDeck(_Base):
         self._endpoint_app: ASGIApp | None = None
         endpoint = config.endpoint
         if self.enabled and endpoint is not None:
-            from ..asgi.endpoint import make_endpoint
+            from ..asgi.endpoint import ViewOptions, make_endpoint
 
             self._endpoint_app = make_endpoint(
-                self, prefix=endpoint, token=config.token, allowed_hosts=config.allowed_hosts
+                self,
+                prefix=endpoint,
+                token=config.token,
+                allowed_hosts=config.allowed_hosts,
+                view_options=ViewOptions(config.convert_deadline, config.convert_memory),
             )
             self._prefix, self._prefix_slash = endpoint, endpoint + "/"
         self._native = native_asgi()
@@ -249,8 +258,13 @@ class FlightDeck(_Base):
         t0 = pc()
         try:
             start = self._start_event(scope, kind, rid, t0)
-            self._inflight[rid] = (start, scope, state)
+            live = start  # what the live table keeps: bounded (see core.window.live_start)
+            if len(start[ev.REQ_START_PATH]) + len(start[ev.REQ_START_QUERY]) > LIVE_TEXT_MAX:
+                live = live_start(start)
+            self._inflight[rid] = (live, scope, state)
             self.recorder.emit(start)
+            # This frame lives as long as the request: it must not hold the whole event.
+            del start, live
         except Exception as exc:
             self.errors("request_start", exc)
 

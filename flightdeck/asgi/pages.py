@@ -6,6 +6,8 @@ import html
 from collections.abc import Iterable
 from typing import Any
 
+from ..snapshot.document import FORMATS
+
 _STYLE = """body { font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }
 input, button { font: inherit; padding: .3em .6em; }
 p.error { color: #a00; }"""
@@ -62,11 +64,23 @@ def _render_row(item: dict[str, Any], base: str) -> str:
         f"<td>{e(described)}</td>"
         f"<td>{e(str(item.get('pid') or ''))}</td>"
         f"<td>{e(_size(int(item.get('size') or 0)))}</td>"
-        f'<td><a href="{e(url)}" download>json</a> · '
-        f'<a href="{e(url)}?format=perfetto" download>perfetto</a> · '
-        f'<a href="{e(url)}?format=html" target="_blank" rel="noopener noreferrer">view</a></td>'
+        f"<td>{_links(e(url))}</td>"
         "</tr>"
     )
+
+
+def _links(url: str) -> str:
+    """A link per export format (the table in ``snapshot.document``): shown ones open in a
+    tab, the others download."""
+    links = []
+    for name, fmt in FORMATS.items():
+        href = url if name == "json" else f"{url}?format={name}"
+        if fmt.disposition == "inline":
+            label = "view" if name == "html" else name
+            links.append(f'<a href="{href}" target="_blank" rel="noopener noreferrer">{label}</a>')
+        else:
+            links.append(f'<a href="{href}" download>{name}</a>')
+    return " · ".join(links)
 
 
 def _render_rows(listing: list[dict[str, Any]], base: str) -> str:

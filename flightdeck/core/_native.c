@@ -96,6 +96,9 @@ static PyObject *KIND_OBJ[NKINDS]; /* the kind ints, as decoded */
 #define STR_COST(s) (48 + PyUnicode_GET_LENGTH(s) * PyUnicode_KIND(s))
 #define SLOT_COST 24
 #define EST_STATUS_BYTES 120
+/* A request in flight on top of its status slot, and its strings (window.py's
+ * EST_REQUEST_BYTES and request_status_bytes). */
+#define EST_REQUEST_BYTES 480
 
 /* ------------------------------------------------------------------------------------ */
 /* small hash tables (open addressing, linear probing, power-of-two capacity)           */
@@ -836,13 +839,13 @@ dec_event(Dec *d)
         switch (s[i]) {
         case 'T':
             if (get_varint(d, &u) < 0) goto fail;
-            d->last_t += unzz(u);
+            d->last_t = (int64_t)((uint64_t)d->last_t + (uint64_t)unzz(u)); /* wraps, never UB */
             d->t_first = d->last_t;
             x = PyLong_FromLongLong(d->last_t);
             break;
         case 'R':
             if (get_varint(d, &u) < 0) goto fail;
-            x = PyLong_FromLongLong(u == 0 ? 0 : d->t_first + unzz(u - 1));
+            x = PyLong_FromLongLong(u == 0 ? 0 : (int64_t)((uint64_t)d->t_first + (uint64_t)unzz(u - 1)));
             break;
         case 'N':
             if (get_varint(d, &u) < 0) goto fail;
@@ -903,8 +906,9 @@ Segment_status(Segment *g, PyObject *Py_UNUSED(ignored))
     if (!tasks || !reqs) goto fail;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(evs); i++) {
         PyObject *e = PyList_GET_ITEM(evs, i);
-        if (PyTuple_GET_SIZE(e) < 3) continue;
+        if (PyTuple_GET_SIZE(e) < 3 || !PyLong_CheckExact(PyTuple_GET_ITEM(e, 0))) continue;
         long k = PyLong_AsLong(PyTuple_GET_ITEM(e, 0));
+        if (k == -1 && PyErr_Occurred()) { PyErr_Clear(); continue; }
         PyObject *d = k == K_TASK_CREATE ? tasks : k == K_REQ_START ? reqs : NULL;
         if (d && PyDict_SetItem(d, PyTuple_GET_ITEM(e, 2), e) < 0) goto fail;
     }
@@ -926,10 +930,234 @@ Segment_get_data(Segment *g, void *c)
     return PyBytes_FromStringAndSize((const char *)g->buf, g->len);
 }
 
+/* ---- the stored form of a generation (docs/snapshot-format.md, chunk "GENR") ------------
+ * varints: zz(t_base) zz(t_start) zz(t_end) count status_len nstrs len, then nstrs strings
+ * (varint byte length + UTF-8, lone surrogates kept as surrogatepass writes them), then
+ * the len bytes of records. Self-contained: the strings travel inside the bytes. */
+
+typedef struct { uint8_t *b; Py_ssize_t n, cap; } Buf;
+
+static int
+buf_room(Buf *o, Py_ssize_t n)
+{
+    if (o->n + n <= o->cap) return 0;
+    Py_ssize_t nc = o->cap ? o->cap : 256;
+    while (nc < o->n + n) nc *= 2;
+    uint8_t *nb = PyMem_Realloc(o->b, (size_t)nc);
+    if (!nb) { PyErr_NoMemory(); return -1; }
+    o->b = nb;
+    o->cap = nc;
+    return 0;
+}
+
+static int
+buf_varint(Buf *o, uint64_t v)
+{
+    if (buf_room(o, 10) < 0) return -1;
+    o->n = raw_varint(o->b + o->n, v) - o->b;
+    return 0;
+}
+
+static int
+buf_put(Buf *o, const void *p, Py_ssize_t n)
+{
+    if (buf_varint(o, (uint64_t)n) < 0 || buf_room(o, n) < 0) return -1;
+    if (n) memcpy(o->b + o->n, p, (size_t)n);
+    o->n += n;
+    return 0;
+}
+
+static PyObject *
+Segment_dump(Segment *g, PyObject *Py_UNUSED(ignored))
+{
+    Buf o = {NULL, 0, 0};
+    if (buf_room(&o, 64 + g->len + g->nstrs * 16) < 0) return NULL;
+    if (buf_varint(&o, zz(g->t_base)) < 0 || buf_varint(&o, zz(g->t_start)) < 0
+        || buf_varint(&o, zz(g->t_end)) < 0 || buf_varint(&o, (uint64_t)g->count) < 0
+        || buf_varint(&o, (uint64_t)g->status_len) < 0 || buf_varint(&o, (uint64_t)g->nstrs) < 0)
+        goto fail;
+    for (Py_ssize_t i = 0; i < g->nstrs; i++) {
+        PyObject *s = g->strs[i];
+        if (PyUnicode_IS_COMPACT_ASCII(s)) {
+            if (buf_put(&o, PyUnicode_DATA(s), PyUnicode_GET_LENGTH(s)) < 0) goto fail;
+            continue;
+        }
+        PyObject *b = PyUnicode_AsEncodedString(s, "utf-8", "surrogatepass");
+        if (!b) goto fail;
+        int r = buf_put(&o, PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b));
+        Py_DECREF(b);
+        if (r < 0) goto fail;
+    }
+    if (buf_varint(&o, (uint64_t)g->len) < 0 || buf_room(&o, g->len) < 0) goto fail;
+    if (g->len) memcpy(o.b + o.n, g->buf, (size_t)g->len);
+    o.n += g->len;
+    PyObject *out = PyBytes_FromStringAndSize((const char *)o.b, o.n);
+    PyMem_Free(o.b);
+    return out;
+fail:
+    PyMem_Free(o.b);
+    return NULL;
+}
+
+static int
+load_varint(const uint8_t **p, const uint8_t *end, uint64_t *out, const char *what)
+{
+    Dec d = {NULL, *p, end, 0, 0, 0};
+    if (get_varint(&d, out) < 0) {
+        PyErr_Format(PyExc_ValueError, "corrupt flightdeck generation (%s)", what);
+        return -1;
+    }
+    *p = d.p;
+    return 0;
+}
+
+/* load_segment(data): a read-only Segment from what Segment.dump() wrote; checks every
+ * length against the bytes given (untrusted: they come back from files and Redis). */
+static PyObject *
+mod_load_segment(PyObject *m, PyObject *arg)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    const uint8_t *p = view.buf, *end = p + view.len;
+    uint64_t tb, ts, te, count, status_len, nstrs, len;
+    Segment *g = NULL;
+    if (load_varint(&p, end, &tb, "t_base") < 0 || load_varint(&p, end, &ts, "t_start") < 0
+        || load_varint(&p, end, &te, "t_end") < 0 || load_varint(&p, end, &count, "count") < 0
+        || load_varint(&p, end, &status_len, "status length") < 0
+        || load_varint(&p, end, &nstrs, "strings") < 0)
+        goto fail;
+    /* every string takes at least its length byte */
+    if (nstrs > (uint64_t)(end - p) || count > (uint64_t)view.len) {
+        PyErr_SetString(PyExc_ValueError, "corrupt flightdeck generation (counts)");
+        goto fail;
+    }
+    g = seg_new(0, unzz(tb));
+    if (!g) goto fail;
+    g->open = 0;
+    g->t_start = unzz(ts);
+    g->t_end = unzz(te);
+    g->count = (Py_ssize_t)count;
+    if (nstrs) {
+        g->strs = PyMem_Malloc((size_t)nstrs * sizeof(PyObject *));
+        if (!g->strs) { PyErr_NoMemory(); goto fail; }
+        g->strs_cap = (Py_ssize_t)nstrs;
+    }
+    for (uint64_t i = 0; i < nstrs; i++) {
+        uint64_t n;
+        if (load_varint(&p, end, &n, "string length") < 0) goto fail;
+        if (n > (uint64_t)(end - p)) {
+            PyErr_SetString(PyExc_ValueError, "corrupt flightdeck generation (string)");
+            goto fail;
+        }
+        PyObject *s = PyUnicode_DecodeUTF8((const char *)p, (Py_ssize_t)n, "surrogatepass");
+        if (!s) goto fail;
+        g->strs[g->nstrs++] = s;
+        p += n;
+    }
+    if (load_varint(&p, end, &len, "length") < 0) goto fail;
+    if (len != (uint64_t)(end - p) || status_len > len) {
+        PyErr_SetString(PyExc_ValueError, "corrupt flightdeck generation (record length)");
+        goto fail;
+    }
+    if (len) {
+        g->buf = PyMem_Malloc((size_t)len);
+        if (!g->buf) { PyErr_NoMemory(); goto fail; }
+        memcpy(g->buf, p, (size_t)len);
+    }
+    g->len = g->cap = (Py_ssize_t)len;
+    g->status_len = (Py_ssize_t)status_len;
+    seg_free_tables(g);
+    g->extra = 0;
+    PyBuffer_Release(&view);
+    return (PyObject *)g;
+fail:
+    Py_XDECREF(g);
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
+/* Skip one tagged value without making it (the trace-id scan). */
+static int
+skip_value(Dec *d, int depth)
+{
+    if (d->p >= d->end) { corrupt("end"); return -1; }
+    uint8_t tag = *d->p++;
+    uint64_t u;
+    switch (tag) {
+    case V_NONE: case V_FALSE: case V_TRUE: return 0;
+    case V_INT: case V_STR: case V_BIGINT: case V_REF: return get_varint(d, &u);
+    case V_TUPLE:
+    case V_LIST:
+        if (depth >= MAX_DEPTH + 1) { corrupt("depth"); return -1; }
+        if (get_varint(d, &u) < 0) return -1;
+        if (u > (uint64_t)(d->end - d->p)) { corrupt("length"); return -1; }
+        for (uint64_t i = 0; i < u; i++) if (skip_value(d, depth + 1) < 0) return -1;
+        return 0;
+    case V_ASCII:
+        if (d->p >= d->end || *d->p > d->end - d->p - 1) { corrupt("ascii"); return -1; }
+        d->p += 1 + *d->p;
+        return 0;
+    case V_FLOAT:
+        if (d->end - d->p < 8) { corrupt("float"); return -1; }
+        d->p += 8;
+        return 0;
+    case V_BYTES:
+        if (get_varint(d, &u) < 0) return -1;
+        if (u > (uint64_t)(d->end - d->p)) { corrupt("bytes"); return -1; }
+        d->p += u;
+        return 0;
+    }
+    corrupt("tag");
+    return -1;
+}
+
+/* requests(): (rid, trace_id) of every REQ_START record (status records included), decoding
+ * those alone and skipping the rest: the index a capture puts in its header. */
+static PyObject *
+Segment_requests(Segment *g, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    Dec d = {g, g->buf, g->buf + g->len, g->t_base, 0, 0};
+    while (d.p < d.end) {
+        uint8_t kind = *d.p;
+        PyObject *e = NULL;
+        if (kind == K_REQ_START || kind == K_GENERIC) {
+            e = dec_event(&d);
+            if (!e) goto fail;
+        }
+        else {
+            d.p++;
+            if (kind >= NKINDS || !SCHEMA[kind]) { corrupt("kind"); goto fail; }
+            for (const char *s = SCHEMA[kind]; *s; s++) {
+                uint64_t u;
+                if (*s == 'V' ? skip_value(&d, 1) < 0 : get_varint(&d, &u) < 0) goto fail;
+            }
+            continue;
+        }
+        if (PyTuple_GET_SIZE(e) == 11 && PyLong_CheckExact(PyTuple_GET_ITEM(e, 0))
+            && PyLong_AsLong(PyTuple_GET_ITEM(e, 0)) == K_REQ_START) {
+            PyObject *pair = PyTuple_Pack(2, PyTuple_GET_ITEM(e, 2), PyTuple_GET_ITEM(e, 10));
+            if (!pair || PyList_Append(out, pair) < 0) { Py_XDECREF(pair); Py_DECREF(e); goto fail; }
+            Py_DECREF(pair);
+        }
+        PyErr_Clear();
+        Py_DECREF(e);
+    }
+    return out;
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
 static PyMethodDef Segment_methods[] = {
     {"events", (PyCFunction)Segment_events, METH_NOARGS, "The events, decoded into tuples."},
     {"status", (PyCFunction)Segment_status, METH_NOARGS,
      "(tasks, requests) alive when the generation opened: id -> creation tuple."},
+    {"dump", (PyCFunction)Segment_dump, METH_NOARGS,
+     "The stored form: times, counts, the string table and the records, in one bytes."},
+    {"requests", (PyCFunction)Segment_requests, METH_NOARGS,
+     "(rid, trace_id) of each REQ_START record, the others skipped undecoded."},
     {NULL}
 };
 
@@ -1000,6 +1228,7 @@ typedef struct {
     Py_ssize_t sealed_events;
     PyObject *st_tasks, *st_reqs;  /* status: tid -> TASK_CREATE, rid -> REQ_START */
     Py_ssize_t st_limit;
+    Py_ssize_t st_req_bytes;   /* the requests' entries by req_status_bytes */
     long long recorded, evicted, dropped, overflows, seal_errors, sealed_n, errors;
     long long status_truncated;
     int64_t last_time;
@@ -1113,6 +1342,27 @@ Window_init(Window *w, PyObject *args, PyObject *kw)
     return 0;
 }
 
+/* Estimated bytes of a str, or of a tuple and what it holds (two levels); 0 otherwise. */
+static Py_ssize_t
+value_bytes(PyObject *v, int depth)
+{
+    if (PyUnicode_CheckExact(v)) return STR_COST(v);
+    if (!PyTuple_CheckExact(v) || depth >= 2) return 0;
+    Py_ssize_t n = 56 + 8 * PyTuple_GET_SIZE(v);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(v); i++) n += value_bytes(PyTuple_GET_ITEM(v, i), depth + 1);
+    return n;
+}
+
+/* What a request in flight holds while its REQ_START is in the status table: a fixed part
+ * and its strings (path, query, headers, trace id). Once per request start and end. */
+static Py_ssize_t
+req_status_bytes(PyObject *ev)
+{
+    Py_ssize_t n = EST_STATUS_BYTES + EST_REQUEST_BYTES;
+    for (Py_ssize_t i = 3; i < PyTuple_GET_SIZE(ev); i++) n += value_bytes(PyTuple_GET_ITEM(ev, i), 0);
+    return n;
+}
+
 /* The status tables follow the events (the GIL orders them). */
 static void
 win_status(Window *w, int64_t kind, PyObject *ev)
@@ -1122,15 +1372,24 @@ win_status(Window *w, int64_t kind, PyObject *ev)
     PyObject *key = PyTuple_GET_ITEM(ev, 2);
     /* only keys whose hash and equality run no Python code */
     if (!PyLong_CheckExact(key) && !PyUnicode_CheckExact(key)) return;
+    PyObject *old = kind == K_REQ_START || kind == K_REQ_END ? PyDict_GetItemWithError(d, key) : NULL;
+    if (old == NULL && PyErr_Occurred()) { PyErr_Clear(); w->errors++; return; }
+    Py_ssize_t old_cost = old && PyTuple_CheckExact(old) ? req_status_bytes(old) : 0;
     if (kind == K_TASK_CREATE || kind == K_REQ_START) {
-        /* One limit for both tables together: the ring was sized around their one share. */
+        /* One limit for both tables together: the ring was sized around their one share;
+         * requests are costed by what they hold against that share in bytes. */
+        Py_ssize_t cost = kind == K_REQ_START ? req_status_bytes(ev) : 0;
         if (PyDict_GET_SIZE(w->st_tasks) + PyDict_GET_SIZE(w->st_reqs) >= w->st_limit
-            && !PyDict_Contains(d, key))
-            return;
-        if (PyDict_SetItem(d, key, ev) < 0) { PyErr_Clear(); w->errors++; }
+            || PyDict_GET_SIZE(w->st_tasks) * EST_STATUS_BYTES + w->st_req_bytes - old_cost + cost
+                   > w->st_limit * EST_STATUS_BYTES) {
+            if (kind == K_REQ_START ? old == NULL : !PyDict_Contains(d, key)) return;
+        }
+        if (PyDict_SetItem(d, key, ev) < 0) { PyErr_Clear(); w->errors++; return; }
+        w->st_req_bytes += cost - old_cost;
     }
     else {
         if (PyDict_DelItem(d, key) < 0) PyErr_Clear();
+        else w->st_req_bytes -= old_cost;
     }
 }
 
@@ -1345,6 +1604,7 @@ win_clear(Window *w)
     w->sealed_events = 0;
     PyDict_Clear(w->st_tasks);
     PyDict_Clear(w->st_reqs);
+    w->st_req_bytes = 0;
     w->has_last = 0;
 }
 
@@ -1384,7 +1644,7 @@ static PyObject *
 Window_get_nbytes(Window *w, void *c)
 {
     Py_ssize_t n = w->sealed_bytes + (w->cur ? seg_bytes(w->cur) : 0)
-                   + (PyDict_GET_SIZE(w->st_tasks) + PyDict_GET_SIZE(w->st_reqs)) * EST_STATUS_BYTES;
+                   + PyDict_GET_SIZE(w->st_tasks) * EST_STATUS_BYTES + w->st_req_bytes;
     return PyLong_FromSsize_t(n);
 }
 
@@ -1523,25 +1783,28 @@ attr_or(PyObject *o, PyObject *a, PyObject *b)
 static PyObject *
 chain_of(PyObject *coro, Py_ssize_t limit)
 {
-    PyObject *out = PyList_New(0);
-    if (!out) return NULL;
-    Py_ssize_t hops = 0;
+    /* the sites gathered on the stack (one tuple at the end, no list) unless the limit is
+     * beyond what the hook asks for */
+    PyObject *small[64];
+    if (limit > 1 << 16) limit = 1 << 16; /* deeper than any recursion limit */
+    PyObject **items = limit <= 64 ? small : PyMem_Malloc((size_t)limit * sizeof(PyObject *));
+    if (!items) return PyErr_NoMemory();
+    Py_ssize_t n = 0, hops = 0;
+    PyObject *res = NULL;
     Py_XINCREF(coro);
-    while (coro && coro != Py_None && PyList_GET_SIZE(out) < limit && hops < 4 * limit) {
+    while (coro && coro != Py_None && n < limit && hops < 4 * limit) {
         hops++;
         PyObject *frame = attr_or(coro, s_cr_frame, s_gi_frame);
         if (frame && PyFrame_Check(frame)) {
             PyCodeObject *code = PyFrame_GetCode((PyFrameObject *)frame);
             PyObject *item = frame_site((PyFrameObject *)frame, code);
             Py_DECREF(code);
-            if (!item || PyList_Append(out, item) < 0) {
-                Py_XDECREF(item);
+            if (!item) {
                 Py_DECREF(frame);
                 Py_DECREF(coro);
-                Py_DECREF(out);
-                return NULL;
+                goto out;
             }
-            Py_DECREF(item);
+            items[n++] = item;
         }
         PyObject *following = attr_or(coro, s_cr_await, s_gi_yieldfrom);
         Py_DECREF(coro);
@@ -1550,8 +1813,14 @@ chain_of(PyObject *coro, Py_ssize_t limit)
         Py_XDECREF(frame);
     }
     Py_XDECREF(coro);
-    PyObject *res = PyList_AsTuple(out);
-    Py_DECREF(out);
+    res = PyTuple_New(n);
+    if (res) {
+        for (Py_ssize_t i = 0; i < n; i++) PyTuple_SET_ITEM(res, i, items[i]);
+        n = 0;
+    }
+out:
+    for (Py_ssize_t i = 0; i < n; i++) Py_DECREF(items[i]);
+    if (items != small) PyMem_Free(items);
     return res;
 }
 
@@ -1568,6 +1837,14 @@ mod_await_chain(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 
 /* ------------------------------------------------------------------------------------ */
 /* StepRunner: times task steps and wakeups (one per instrumented loop, reused)          */
+
+/* The records of the hook kept out of line: rare per step, and callgrind then shows each
+ * one's cost apart (benchmarks/bench_instr.py's breakdown). */
+#if defined(__GNUC__)
+#define FD_NOINLINE __attribute__((noinline))
+#else
+#define FD_NOINLINE
+#endif
 
 typedef struct {
     PyObject_HEAD
@@ -1592,7 +1869,7 @@ typedef struct {
     PyObject *fut_cancelled;
     int native_wait;       /* record TASK_WAIT here (its await chain natively), not wait_cb */
     PyObject *meth_type;   /* the task type whose cancelled and get_name are cached below */
-    PyObject *meth[2];
+    PyObject *meth[3];     /* cancelled, get_name, get_coro */
 } Runner;
 
 static PyTypeObject Runner_Type;
@@ -1655,22 +1932,25 @@ fut_is_cancelled(Runner *r, PyObject *fut)
     return PyObject_Vectorcall(r->fut_cancelled, &fut, 1, NULL);
 }
 
-/* task.cancelled() (which 0) or task.get_name() (1), looked up once per task type. */
+/* task.cancelled() (which 0), task.get_name() (1) or task.get_coro() (2), looked up once
+ * per task type. */
 static PyObject *
 task_method(Runner *r, PyObject *task, int which)
 {
     if ((PyObject *)Py_TYPE(task) != r->meth_type) {
         PyObject *c = PyObject_GetAttr((PyObject *)Py_TYPE(task), s_cancelled);
         PyObject *n = c ? PyObject_GetAttr((PyObject *)Py_TYPE(task), s_get_name) : NULL;
-        if (!n) { Py_XDECREF(c); return NULL; }
+        PyObject *g = n ? PyObject_GetAttr((PyObject *)Py_TYPE(task), s_get_coro) : NULL;
+        if (!g) { Py_XDECREF(c); Py_XDECREF(n); return NULL; }
         Py_XSETREF(r->meth[0], c);
         Py_XSETREF(r->meth[1], n);
+        Py_XSETREF(r->meth[2], g);
         Py_XSETREF(r->meth_type, Py_NewRef((PyObject *)Py_TYPE(task)));
     }
     return PyObject_Vectorcall(r->meth[which], &task, 1, NULL);
 }
 
-static void
+FD_NOINLINE static void
 runner_done(Runner *r, PyObject *task, uint64_t raw, int64_t t)
 {
     u64tab_del(&r->last_end, raw + 2);
@@ -1717,17 +1997,30 @@ out:
 
 /* TASK_WAIT (t_prev_end, t_queued, tid, await chain): a suspension past wait_ns, described
  * where it waited, before the wakeup runs. Counts and drops on error. */
-static void
+FD_NOINLINE static void
 runner_wait(Runner *r, PyObject *task, uint64_t raw, int64_t prev, int64_t tq)
 {
-    PyObject *coro = PyObject_CallMethodNoArgs(task, s_get_coro);
+    PyObject *coro = task_method(r, task, 2);
     PyObject *chain = coro ? chain_of(coro, 48) : NULL;
     Py_XDECREF(coro);
-    PyObject *ev = chain ? Py_BuildValue("(OLLKO)", KIND_OBJ[K_TASK_WAIT], (long long)prev,
-                                         (long long)tq, (unsigned long long)raw, chain)
-                         : NULL;
-    Py_XDECREF(chain);
-    if (!ev) { PyErr_Clear(); r->errors++; return; }
+    PyObject *tp = chain ? PyLong_FromLongLong(prev) : NULL;
+    PyObject *tqv = tp ? PyLong_FromLongLong(tq) : NULL;
+    PyObject *tid = tqv ? PyLong_FromUnsignedLongLong(raw) : NULL;
+    PyObject *ev = tid ? PyTuple_New(5) : NULL;
+    if (!ev) {
+        Py_XDECREF(chain);
+        Py_XDECREF(tp);
+        Py_XDECREF(tqv);
+        Py_XDECREF(tid);
+        PyErr_Clear();
+        r->errors++;
+        return;
+    }
+    PyTuple_SET_ITEM(ev, 0, Py_NewRef(KIND_OBJ[K_TASK_WAIT]));
+    PyTuple_SET_ITEM(ev, 1, tp);
+    PyTuple_SET_ITEM(ev, 2, tqv);
+    PyTuple_SET_ITEM(ev, 3, tid);
+    PyTuple_SET_ITEM(ev, 4, chain);
     win_append(r->win, ev);
     Py_DECREF(ev);
 }
@@ -1842,6 +2135,7 @@ Runner_traverse(Runner *r, visitproc visit, void *arg)
     Py_VISIT(r->meth_type);
     Py_VISIT(r->meth[0]);
     Py_VISIT(r->meth[1]);
+    Py_VISIT(r->meth[2]);
     return 0;
 }
 
@@ -1862,6 +2156,7 @@ Runner_clear(Runner *r)
     Py_CLEAR(r->meth_type);
     Py_CLEAR(r->meth[0]);
     Py_CLEAR(r->meth[1]);
+    Py_CLEAR(r->meth[2]);
     return 0;
 }
 
@@ -2392,7 +2687,7 @@ creation_site(CreateTask *ct)
     Py_RETURN_NONE;
 }
 
-static int
+FD_NOINLINE static int
 create_record(CreateTask *ct, PyObject *loop, PyObject *coro, PyObject *context, PyObject *task)
 {
     Runner *r = ct->runner;
@@ -2621,6 +2916,8 @@ static PyMethodDef mod_methods[] = {
      "The recorder's clock in ns: the same clock as time.perf_counter_ns()."},
     {"await_chain", (PyCFunction)(void (*)(void))mod_await_chain, METH_FASTCALL,
      "await_chain(coro, limit=48): (function, file, line) of each frame it awaits, innermost last."},
+    {"load_segment", (PyCFunction)mod_load_segment, METH_O,
+     "load_segment(data): a read-only Segment from Segment.dump()'s bytes (checked)."},
     {"bench_step", (PyCFunction)mod_bench_step, METH_VARARGS,
      "bench_step(window, n, clocks=True): record n task steps from C; ns spent."},
     {NULL}

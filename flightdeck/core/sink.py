@@ -44,7 +44,8 @@ class Sink:
         self.emit = emit
         #: Tasks alive now, ``tid -> TASK_CREATE event`` (for labels; mutated by the loop).
         self.live_tasks = live_tasks
-        #: Requests in flight, ``rid -> (REQ_START event, scope, state)`` (the middleware's).
+        #: Requests in flight, ``rid -> (REQ_START event, scope, state)`` (the middleware's;
+        #: the event bounded by ``window.live_start``).
         self.live_requests = live_requests
         self.last_event_time = last_event_time
         self.to_epoch = to_epoch

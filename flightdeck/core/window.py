@@ -14,6 +14,7 @@ drained alongside it.
 from __future__ import annotations
 
 import marshal
+import sys
 import threading
 import zlib
 from collections import deque
@@ -30,6 +31,13 @@ Event = tuple[Any, ...]
 EST_OPEN_EVENT_BYTES = 160
 #: Rough cost of one entry of a status table (dict slot; the tuple is shared with its event).
 EST_STATUS_BYTES = 120
+#: Fixed cost of a request in flight on top of its status slot: its REQ_START tuple and ints,
+#: and the middleware's live entry (a tuple, the request's state, a dict slot). Its strings
+#: (path, query, headers, trace id) are costed by their size: see ``request_status_bytes``.
+EST_REQUEST_BYTES = 480
+#: The live entry's copy of a request's path is cut to this many characters (its query is
+#: not kept) when the two together are longer: see ``live_start``.
+LIVE_TEXT_MAX = 256
 #: Hard cap on the append buffer, a safety net should the drain thread starve.
 BUFFER_MAXLEN = 1 << 20
 #: Bound of each status table, should completions go missing (dropped, or never recorded).
@@ -48,14 +56,53 @@ class Segment:
     requests: dict[int, Event]
     #: zlib over the marshal bytes; done only under memory pressure (see Window._compress).
     compressed: bool = False
+    #: What its status tables hold (``status_bytes``), computed once when sealed.
+    status_nbytes: int = -1
+
+    def __post_init__(self) -> None:
+        if self.status_nbytes < 0:
+            self.status_nbytes = status_bytes(self.tasks, self.requests)
 
     @property
     def nbytes(self) -> int:
-        return len(self.data) + (len(self.tasks) + len(self.requests)) * EST_STATUS_BYTES
+        return len(self.data) + self.status_nbytes
 
     def events(self) -> list[Event]:
         raw = zlib.decompress(self.data) if self.compressed else self.data
         return marshal.loads(raw)  # type: ignore[no-any-return]
+
+
+def _value_bytes(v: Any, depth: int = 0) -> int:
+    if type(v) is str:
+        return sys.getsizeof(v)
+    if type(v) is tuple and depth < 2:
+        return sys.getsizeof(v) + sum(_value_bytes(x, depth + 1) for x in v)
+    return 0  # ints and None: in the fixed part
+
+
+def request_status_bytes(e: Event) -> int:
+    """What a request in flight really holds: a fixed part, plus the strings of its REQ_START.
+
+    Counted against ``max_bytes`` while its entry is in the status tables (both cores; the
+    native one estimates string sizes the same way in C). Computed once per request.
+    """
+    return EST_STATUS_BYTES + EST_REQUEST_BYTES + sum(_value_bytes(v) for v in e[3:])
+
+
+def live_start(e: Event) -> Event:
+    """The REQ_START to keep in a live entry: ``e`` itself unless its path and query are long.
+
+    Then a copy, with the path cut to ``LIVE_TEXT_MAX`` characters and no query: the live
+    table (labels, in-flight triggers) needs neither in full, and a request past the status
+    tables' share of ``max_bytes`` must not hold kilobytes outside the bound.
+    """
+    path, query = e[ev.REQ_START_PATH], e[ev.REQ_START_QUERY]
+    if type(path) is not str or type(query) is not str:
+        return e
+    if len(path) + len(query) <= LIVE_TEXT_MAX:
+        return e
+    q = ev.REQ_START_QUERY
+    return (*e[: ev.REQ_START_PATH], path[:LIVE_TEXT_MAX], "", *e[q + 1 :])
 
 
 def advance_status(
@@ -63,14 +110,21 @@ def advance_status(
     requests: dict[int, Event],
     events: list[Event],
     limit: int = MAX_STATUS,
-) -> tuple[dict[int, Event], dict[int, Event]]:
+    limit_bytes: int = 1 << 62,
+    req_bytes: int | None = None,
+) -> tuple[dict[int, Event], dict[int, Event], int]:
     """The status tables after ``events``: what was alive before, plus creations, minus ends.
 
-    Each table holds at most ``limit`` entries (the window's byte bound must hold even with
-    more tasks or requests alive than it can describe); what did not fit is not described.
+    Each table holds at most ``limit`` entries, and the requests at most ``limit_bytes``
+    (``request_status_bytes`` each): the window's byte bound must hold even with more tasks
+    or requests alive than it can describe; what did not fit is not described. Returns the
+    tables and what their requests hold; ``req_bytes`` is that of ``requests`` when known
+    (only the events' requests are costed then, not every one alive).
     """
     tasks = dict(tasks)
     requests = dict(requests)
+    if req_bytes is None:
+        req_bytes = sum(request_status_bytes(e) for e in requests.values())
     for e in events:
         k = e[0]
         if k == ev.TASK_CREATE:
@@ -79,11 +133,23 @@ def advance_status(
         elif k == ev.TASK_DONE:
             tasks.pop(e[ev.TASK_DONE_TID], None)
         elif k == ev.REQ_START:
-            if len(requests) < limit:
+            cost = request_status_bytes(e)
+            if len(requests) < limit and req_bytes + cost <= limit_bytes:
+                gone = requests.get(e[ev.REQ_START_RID])
+                if gone is not None:
+                    req_bytes -= request_status_bytes(gone)
                 requests[e[ev.REQ_START_RID]] = e
+                req_bytes += cost
         elif k == ev.REQ_END:
-            requests.pop(e[ev.REQ_END_RID], None)
-    return tasks, requests
+            gone = requests.pop(e[ev.REQ_END_RID], None)
+            if gone is not None:
+                req_bytes -= request_status_bytes(gone)
+    return tasks, requests, req_bytes
+
+
+def status_bytes(tasks: dict[int, Event], requests: dict[int, Event]) -> int:
+    """What status tables hold: a slot per task, each request by ``request_status_bytes``."""
+    return len(tasks) * EST_STATUS_BYTES + sum(request_status_bytes(e) for e in requests.values())
 
 
 class Sealed(Protocol):
@@ -167,10 +233,12 @@ class Window:
         self._segment_bytes = 0
         #: What the instrumentation knows is alive now (for labels; mutated by the loop).
         self.live_tasks: dict[int, Event] = {}
-        #: Requests in flight: ``rid -> (REQ_START event, scope, state)`` (the middleware's).
+        #: Requests in flight: ``rid -> (REQ_START event, scope, state)`` (the middleware's;
+        #: the event bounded by ``window.live_start``).
         self.live_requests: dict[int, tuple[Any, ...]] = {}
         #: Status after every sealed event: the tables of the next segment to seal.
         self._next_tables: tuple[dict[int, Event], dict[int, Event]] = ({}, {})
+        self._next_status_bytes = 0
         self.recorded = 0
         self.evicted = 0
         self.dropped = 0
@@ -185,8 +253,7 @@ class Window:
     def nbytes(self) -> int:
         """Estimated bytes held: compacted segments plus events not compacted yet."""
         pending = len(self._open) + len(self._sealing) + len(self._buffer)
-        tasks, requests = self._next_tables
-        status = (len(tasks) + len(requests)) * EST_STATUS_BYTES
+        status = self._next_status_bytes
         return self._segment_bytes + pending * EST_OPEN_EVENT_BYTES + status
 
     @property
@@ -245,7 +312,16 @@ class Window:
             if seg is None:
                 return
             data = zlib.compress(seg.data, 1)
-            packed = Segment(seg.t_start, seg.t_end, seg.count, data, seg.tasks, seg.requests, True)
+            packed = Segment(
+                seg.t_start,
+                seg.t_end,
+                seg.count,
+                data,
+                seg.tasks,
+                seg.requests,
+                True,
+                seg.status_nbytes,
+            )
             with self._lock:
                 # Segments are immutable (a freeze may hold this one): swap in a new one.
                 for i, current in enumerate(self._segments):
@@ -270,19 +346,26 @@ class Window:
             self._sealing = open_
             self._open = []
             tasks, requests = self._sealing_tables = self._next_tables
+            tables_bytes = self._next_status_bytes
+            req_bytes = tables_bytes - len(tasks) * EST_STATUS_BYTES
             t0 = self._open_t0
         # The expensive part, outside the lock: freeze() sees these events in ``_sealing``.
         seg: Segment | None = None
         try:
-            seg = Segment(t0, now, len(open_), marshal.dumps(open_), tasks, requests)
+            data = marshal.dumps(open_)
+            seg = Segment(t0, now, len(open_), data, tasks, requests, False, tables_bytes)
         except (ValueError, TypeError):
             self.seal_errors += 1
         # Status tables get at most an eighth of the budget: they are copied per segment.
         limit = max(64, min(MAX_STATUS, self.max_bytes // (8 * EST_STATUS_BYTES)))
-        after = advance_status(tasks, requests, open_, limit)
+        tasks, requests, req_bytes = advance_status(
+            tasks, requests, open_, limit, self.max_bytes // 8, req_bytes
+        )
+        after_bytes = len(tasks) * EST_STATUS_BYTES + req_bytes
         with self._lock:
             self._sealing = []
-            self._next_tables = after
+            self._next_tables = tasks, requests
+            self._next_status_bytes = after_bytes
             if seg is None:
                 self.dropped += len(open_)
             else:
@@ -346,6 +429,7 @@ class Window:
             self._segments.clear()
             self._segment_bytes = 0
             self._next_tables = ({}, {})
+            self._next_status_bytes = 0
             self.live_tasks.clear()
             self.live_requests.clear()
 

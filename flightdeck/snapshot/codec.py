@@ -259,12 +259,19 @@ def is_manual(summary: Summary) -> bool:
     return bool(summary["trigger"]["kind"] == "manual")
 
 
-def eviction_key(summary: Summary) -> tuple[bool, float, str]:
-    """Order in which snapshots give way to new ones: manual ones first, oldest first within.
+#: Which snapshots give way first: manual captures, then fleet follower captures, then the
+#: rest (automatic and crash snapshots).
+_EVICTION_RANK = {"manual": 0, "fleet": 1}
 
-    An operator's (or a script's) captures never push out the snapshots that triggers took.
+
+def eviction_key(summary: Summary) -> tuple[int, float, str]:
+    """Order in which snapshots give way to new ones: manual captures, then fleet follower
+    captures, then automatic and crash snapshots; oldest first within each.
+
+    An operator's captures and the copies other services asked for never push out the
+    snapshots this process's own triggers took.
     """
-    return (not is_manual(summary), *sort_key(summary))
+    return (_EVICTION_RANK.get(summary["trigger"]["kind"], 2), *sort_key(summary))
 
 
 def id_time(ident: str) -> float | None:

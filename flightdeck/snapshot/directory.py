@@ -1,7 +1,8 @@
 """``SnapshotDirectory``: snapshots as files in a directory that several workers share.
 
-Each snapshot is one file, ``<id>.json.gz`` (see ``codec.py``), written atomically
-(temporary file, fsync, ``os.replace``). Every worker lists, serves and rotates what is in
+Each snapshot is one file, ``<id>.fdk`` (its stored form, ``container.py``) or, written
+by earlier versions, ``<id>.json.gz`` (``codec.py``), written atomically (temporary file,
+fsync, ``os.replace``). Every worker lists, serves and rotates what is in
 the directory, so the directory is the truth: what one worker lists, any worker serves.
 
 The directory is checked when it is configured, not at the first write: it must be a real
@@ -20,12 +21,16 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from ..core.text import ErrorLog
-from . import codec
+from . import codec, container
 from .codec import SUFFIX, Summary
 from .document import is_valid_id
+
+#: The file suffix of a snapshot's stored form.
+STORED_SUFFIX = ".fdk"
+_SUFFIXES = (STORED_SUFFIX, SUFFIX)
 
 _TMP_PREFIX = ".flightdeck-tmp-"
 _CORRUPT_PREFIX = ".corrupt-"
@@ -38,7 +43,7 @@ _OPEN_READ = (
     | getattr(os, "O_BINARY", 0)
 )
 _OPEN_WRITE = (
-    os.O_WRONLY
+    os.O_RDWR
     | os.O_CREAT
     | os.O_EXCL
     | getattr(os, "O_NOFOLLOW", 0)
@@ -101,11 +106,17 @@ class SnapshotDirectory:
     """The files of one snapshot directory: write, rotate, list (verified) and read."""
 
     def __init__(
-        self, path: str, max_snapshots: int, read_limit: int, failed: Callable[[str, OSError], None]
+        self,
+        path: str,
+        max_snapshots: int,
+        read_limit: int,
+        failed: Callable[[str, OSError], None],
+        max_bytes: int | None = None,
     ) -> None:
         check_directory(path)
         self.path = path
         self.max_snapshots = max_snapshots
+        self.max_bytes = max_bytes
         self.read_limit = read_limit
         self.failed = failed
         self.written = 0
@@ -118,11 +129,26 @@ class SnapshotDirectory:
         self._verified: OrderedDict[tuple[int, ...], Summary] = OrderedDict()
 
     # -- writing -------------------------------------------------------------------------
-    def write(self, ident: str, data: bytes | codec.Chunks) -> str | None:
-        """Write one snapshot file, rotating out the oldest beyond the quota; None on failure."""
-        final = os.path.join(self.path, ident + SUFFIX)
+    def write(
+        self,
+        ident: str,
+        data: bytes | Iterable[bytes],
+        stored: bool = False,
+        unwritten: list[bytes] | None = None,
+    ) -> str | None:
+        """Write one snapshot file, rotating out the oldest beyond the quota; None on failure.
+
+        ``stored``: ``data`` is a stored form (``<id>.fdk``), else gzip'd JSON. ``data`` may
+        be an iterator, consumed as written (a capture's pieces, made as they go). On
+        failure ``unwritten``, if given, receives all of ``data`` (what was written read back,
+        then the rest), so that the caller can keep it elsewhere.
+        """
+        final = os.path.join(self.path, ident + (STORED_SUFFIX if stored else SUFFIX))
         tmp = os.path.join(self.path, f"{_TMP_PREFIX}{ident}.{secrets.token_hex(4)}")
         created = False
+        pieces = iter([data] if isinstance(data, bytes) else data)
+        size = 0
+        chunk = b""
         try:
             if not os.path.isdir(self.path):
                 # Recreated when removed while running (tmp cleaners, an operator).
@@ -131,20 +157,31 @@ class SnapshotDirectory:
             fd = os.open(tmp, _OPEN_WRITE, 0o600)
             created = True
             try:
-                for chunk in [data] if isinstance(data, bytes) else data:
+                for chunk in pieces:
                     view = memoryview(chunk)
                     while view:
                         view = view[os.write(fd, view) :]
+                    size += len(chunk)
+                    chunk = b""
                 os.fsync(fd)
+            except OSError:
+                if unwritten is not None:
+                    if size:
+                        with contextlib.suppress(OSError):
+                            unwritten.append(os.pread(fd, size, 0))
+                    unwritten.append(chunk)  # the one being written
+                raise
             finally:
                 os.close(fd)
             # Make room first, so that the directory never holds more than the limit (in one
             # process; concurrent writers can each be one ahead until the last one rotates).
-            self.enforce_quota(incoming=ident)
+            self.enforce_quota(incoming=ident, incoming_bytes=size)
             os.replace(tmp, final)
             created = False
         except OSError as exc:
             self.failed("write", exc)
+            if unwritten is not None:
+                unwritten.extend(pieces)  # the rest, not made yet
             return None
         finally:
             if created:
@@ -155,34 +192,57 @@ class SnapshotDirectory:
         self.enforce_quota()
         return final
 
-    def enforce_quota(self, incoming: str | None = None) -> None:
-        """Remove files beyond ``max_snapshots``: manual captures first, then the oldest.
+    def enforce_quota(self, incoming: str | None = None, incoming_bytes: int = 0) -> None:
+        """Remove files beyond ``max_snapshots`` or ``max_bytes``, in ``codec.eviction_key``'s
+        order: manual captures, then fleet follower captures, then the rest, oldest first.
 
         Every writer enforces after its own write, on a fresh listing that includes it, so
-        whichever process writes last leaves at most max_snapshots files behind. Unlinking
-        a file another process already removed is harmless. With ``incoming`` (a file about
-        to be renamed into place) one slot is kept free for it.
+        whichever process writes last leaves the directory within its bounds. Unlinking a
+        file another process already removed is harmless. With ``incoming`` (a file about
+        to be renamed into place, of ``incoming_bytes``) room is kept for it. The newest
+        file is never removed for bytes alone.
         """
         files = self.scan(include_unreadable=True)
         limit = self.max_snapshots
+        budget = self.max_bytes
         if incoming is not None:
             files = [item for item in files if item[1].get("id") != incoming]
             limit -= 1
+            if budget is not None:
+                budget -= incoming_bytes
+        sizes: dict[str, int] = {}
+        if budget is not None:
+            for path, _ in files:
+                try:
+                    sizes[path] = os.stat(path, follow_symlinks=False).st_size
+                except OSError:
+                    sizes[path] = 0
+        total = sum(sizes.values())
         excess = len(files) - limit
-        if excess <= 0:
+        if excess <= 0 and (budget is None or total <= budget):
             return
         # Unreadable files (another format version) go by their id's time, as automatic.
         files.sort(key=lambda item: codec.eviction_key(item[1]))
-        for path, _ in files[:excess]:
+        keep_newest = incoming is None and files
+        newest = max(files, key=lambda item: codec.sort_key(item[1]))[0] if keep_newest else None
+        for path, _ in files:
+            over_bytes = budget is not None and total > budget
+            if excess <= 0 and not over_bytes:
+                break
+            if excess <= 0 and path == newest:
+                continue
             try:
                 os.unlink(path)
             except FileNotFoundError:
-                continue
+                pass
             except OSError as exc:
                 self.failed("remove", exc)
                 continue
-            with self._lock:
-                self.removed += 1
+            else:
+                with self._lock:
+                    self.removed += 1
+            excess -= 1
+            total -= sizes.get(path, 0)
 
     # -- listing -------------------------------------------------------------------------
     def scan(self, include_unreadable: bool = False) -> list[tuple[str, Summary]]:
@@ -205,8 +265,9 @@ class SnapshotDirectory:
                 else:
                     corrupt.append(entry)
                 continue
-            ident = name[: -len(SUFFIX)]
-            if not name.endswith(SUFFIX) or not is_valid_id(ident):
+            suffix = next((x for x in _SUFFIXES if name.endswith(x)), None)
+            ident = name[: -len(suffix)] if suffix else ""
+            if not is_valid_id(ident):
                 continue
             try:
                 # d_type from scandir: FIFOs, devices and symlinks are never even opened.
@@ -277,6 +338,8 @@ class SnapshotDirectory:
             cached = self._verified.get(key)
         if cached is not None:
             return cached
+        if path.endswith(STORED_SUFFIX):
+            return self._check_stored(fd, st, key, path, ident)
         try:
             head = codec.read_exact(fd, 12)
             if len(head) < 12 or head[:4] != codec.GZIP_MAGIC:
@@ -296,14 +359,38 @@ class SnapshotDirectory:
         if not good:
             self._quarantine(path, ident)
             return None
+        return self._remember(key, summary)
+
+    def _remember(self, key: tuple[int, ...], summary: Summary) -> Summary:
         with self._lock:
             self._verified[key] = summary
             while len(self._verified) > 4 * self.max_snapshots + 16:
                 self._verified.popitem(last=False)
         return summary
 
+    def _check_stored(
+        self, fd: int, st: os.stat_result, key: tuple[int, ...], path: str, ident: str
+    ) -> Summary | None:
+        """A stored form's summary, from its header, once every chunk's checksum holds
+        (read in blocks: the file is never held whole)."""
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            if not container.is_container(codec.read_exact(fd, len(container.MAGIC))):
+                return None  # not ours: left alone
+            os.lseek(fd, 0, os.SEEK_SET)
+            head: dict[str, object] | None = container.verify(lambda n: os.read(fd, n))
+        except OSError:
+            return None
+        except container.ContainerError:
+            head = None
+        summary = codec.clean(head, st.st_size) if head is not None else None
+        if summary is None or summary["id"] != ident or not codec.consistent(summary):
+            self._quarantine(path, ident)
+            return None
+        return self._remember(key, summary)
+
     def _quarantine(self, path: str, ident: str) -> None:
-        target = os.path.join(self.path, f"{_CORRUPT_PREFIX}{ident}{SUFFIX}")
+        target = os.path.join(self.path, f"{_CORRUPT_PREFIX}{os.path.basename(path)}")
         try:
             os.replace(path, target)
         except FileNotFoundError:
@@ -323,11 +410,18 @@ class SnapshotDirectory:
 
     # -- reading -------------------------------------------------------------------------
     def path_of(self, ident: str) -> str | None:
-        """The file of snapshot ``ident``; None for a malformed id (never a path outside)."""
-        return os.path.join(self.path, ident + SUFFIX) if is_valid_id(ident) else None
+        """The file of snapshot ``ident`` (its stored form's, else an earlier version's
+        gzip'd JSON, whichever exists); None for a malformed id (never a path outside)."""
+        if not is_valid_id(ident):
+            return None
+        for suffix in _SUFFIXES:
+            path = os.path.join(self.path, ident + suffix)
+            if os.path.lexists(path):
+                return path
+        return os.path.join(self.path, ident + STORED_SUFFIX)
 
     def read(self, ident: str) -> bytes | None:
-        """The gzip data of a verified snapshot file, or None when absent or refused."""
+        """The bytes of a verified snapshot file, or None when absent or refused."""
         path = self.path_of(ident)
         if path is None:
             return None

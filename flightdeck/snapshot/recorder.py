@@ -34,10 +34,9 @@ from ..instrument.gc import GcMonitor
 from ..instrument.loop import LoopInstrumentation, describe_loop
 from ..instrument.paths import app_module, process_paths
 from ..instrument.watchdog import Watchdog
-from . import build as builder
-from .codec import CAPTURE_LEVEL
+from . import container
 from .document import Snapshot, SnapshotInProgress, new_id
-from .store import SnapshotStore, StoredInfo, encode_chunks
+from .store import SnapshotStore, StoredInfo
 from .switching import prompt_switching
 
 #: How often the loop checks that the recorder thread still runs (``FlightRecorder._guard``).
@@ -293,6 +292,34 @@ class FlightRecorder:
                 self._errors += 1
         return frozen
 
+    def _head(
+        self,
+        kind: str,
+        reason: str,
+        request: dict[str, Any] | None,
+        trigger_time_ns: int | None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The header of a stored snapshot (``container.py``), before the window's part."""
+        return {
+            "id": new_id(),
+            "trigger": {"kind": kind, "reason": reason, "request": request, **(extra or {})},
+            "trigger_time_ns": trigger_time_ns,
+            "process": self._process_info(),
+            "clock_offset_ns": self._clock_offset_ns,
+            "options": {"window": self.window, "max_bytes": self.max_bytes},
+            "core": CORE,
+        }
+
+    def _write(
+        self,
+        frozen: Frozen,
+        head: dict[str, Any],
+        annotate: Callable[[dict[str, Any]], None] | None = None,
+    ) -> list[bytes]:
+        with self._building():
+            return container.write(frozen, head, annotate=annotate)
+
     def build(
         self,
         frozen: Frozen,
@@ -302,21 +329,16 @@ class FlightRecorder:
         request: dict[str, Any] | None = None,
         trigger_time_ns: int | None = None,
     ) -> Snapshot:
-        """Build a :class:`Snapshot` from a frozen window (the expensive part; any thread).
+        """A :class:`Snapshot` of a frozen window (the expensive part; any thread).
 
+        The window's records are written in their stored form (``container.py``); the
+        document is built only when the snapshot is read (``Snapshot.to_dict()``, ``dumps``).
         Only one build runs at a time per recorder: a concurrent one raises
         :class:`SnapshotInProgress` rather than queueing.
         """
-        with self._building():
-            doc = builder.build_document(
-                frozen,
-                snapshot_id=new_id(),
-                offset_ns=self._clock_offset_ns,
-                trigger={"kind": kind, "reason": reason, "request": request},
-                trigger_time_ns=trigger_time_ns,
-                process=self._process_info(),
-            )
-        return Snapshot(doc)
+        head = self._head(kind, reason, request, trigger_time_ns)
+        # The pieces as written, never joined here: a store keeps these very bytes.
+        return Snapshot.from_stored(self._write(frozen, head), head)
 
     def build_into(
         self,
@@ -330,36 +352,36 @@ class FlightRecorder:
         extra: dict[str, Any] | None = None,
         annotate: Callable[[dict[str, Any]], None] | None = None,
     ) -> StoredInfo:
-        """Build a snapshot of ``frozen`` straight into ``store`` (the capture path).
+        """Capture ``frozen`` straight into ``store`` in its stored form (the capture path).
 
-        Like :meth:`build`, but the document is written out and compressed task by task
-        instead of being built whole as Python objects: a capture's peak memory stays a
-        fraction of the window's. ``extra`` is merged into the trigger record; ``annotate``
-        sees the assembled document before it is written (the fleet adds its incident
-        there) and may raise to drop the snapshot. ``frozen`` is consumed: each of its
-        segments is let go once decoded (``Frozen.iter_segments``).
+        Nothing is decoded: the window's records are copied as they are
+        (``container.write``), at about the window's bytes. ``extra`` is merged into the
+        trigger record; ``annotate`` sees the header (with the window's trace ids as
+        ``requests``, see ``container.write``) before it is written (the fleet adds its
+        incident there) and may raise to drop the snapshot. ``frozen`` is consumed.
         """
+        head = self._head(kind, reason, request, trigger_time_ns, extra)
+        return self._store(store, frozen, head, annotate)
+
+    def _store(
+        self,
+        store: SnapshotStore,
+        frozen: Frozen,
+        head: dict[str, Any],
+        annotate: Callable[[dict[str, Any]], None] | None = None,
+    ) -> StoredInfo:
         with self._building():
-            trigger = {"kind": kind, "reason": reason, "request": request, **(extra or {})}
-            doc = builder.assemble(
-                frozen,
-                snapshot_id=new_id(),
-                offset_ns=self._clock_offset_ns,
-                trigger=trigger,
-                trigger_time_ns=trigger_time_ns,
-                process=self._process_info(),
-                release=True,
-            )
-            if annotate is not None:
-                annotate(doc)
-            # Each task is dropped once written and the gzip member is kept in the chunks
-            # zlib gave: the steps, the compressed body and a join of it never coexist.
-            pieces = builder.iter_json(doc, release=True)
-            chunks, summary = encode_chunks(doc, pieces, CAPTURE_LEVEL)
-            del doc
-            info = store.put_encoded(chunks, summary)
-            del chunks
-        return info
+            # Made as the store writes them: to a directory, one generation at a time.
+            return store.put_stored(container.stream(frozen, head, annotate=annotate), head)
+
+    def capture_into(
+        self, store: SnapshotStore, frozen: Frozen, *, kind: str = "manual", reason: str = ""
+    ) -> Snapshot:
+        """Like :meth:`build_into`, returning a :class:`Snapshot` that reads its stored form
+        back from ``store`` only when asked for (a manual capture's answer needs the header)."""
+        head = self._head(kind, reason, None, None)
+        info = self._store(store, frozen, head)
+        return Snapshot.from_header(head, lambda: store.get_stored(info.id))
 
     @contextlib.contextmanager
     def _building(self) -> Iterator[None]:
@@ -388,26 +410,36 @@ class FlightRecorder:
     def snapshot(self, reason: str = "", *, kind: str = "manual") -> Snapshot:
         """Snapshot the current window (trigger kind ``manual`` by default).
 
-        The window is frozen on the calling thread and the document built right away; from
-        async code prefer ``await capture()``, which builds it in a worker thread.
+        The window is frozen and its stored form written on the calling thread (a copy of
+        the window's records, no decoding); the ``flightdeck/1`` document is built when the
+        snapshot is read. From async code prefer ``await capture()``.
         """
         return self.build(self.freeze(), kind=kind, reason=reason)
 
     async def capture(self, reason: str = "", *, kind: str = "manual") -> Snapshot:
-        """Like :meth:`snapshot`, but builds the document off the event loop."""
+        """Like :meth:`snapshot`, but writes the stored form off the event loop."""
         import anyio.to_thread
 
         frozen = self.freeze()
         return await anyio.to_thread.run_sync(lambda: self.build(frozen, kind=kind, reason=reason))
 
-    def write_to(self, fileobj: IO[bytes] | IO[str]) -> int:
-        """Snapshot the window and write it to ``fileobj`` as native JSON; returns bytes written."""
-        data = self.snapshot().dumps("json")
+    def write_to(self, fileobj: IO[bytes]) -> int:
+        """Snapshot the window and write its stored form to ``fileobj``; returns bytes written.
+
+        The stored form is the window's own records (``docs/snapshot-format.md``), as Go's
+        ``FlightRecorder.WriteTo`` writes its binary trace: ``flightdeck export`` or
+        :meth:`Snapshot.load` make JSON, Perfetto or HTML of it.
+        """
         if isinstance(fileobj, io.TextIOBase):
-            fileobj.write(data.decode())
-        else:
-            fileobj.write(data)  # type: ignore[arg-type]
-        return len(data)
+            raise TypeError("write_to() writes the stored form: open the file in binary mode")
+        head = self._head("manual", "", None, None)
+        frozen = self.freeze()
+        written = 0
+        with self._building():
+            for piece in container.stream(frozen, head):
+                fileobj.write(piece)
+                written += len(piece)
+        return written
 
     def to_epoch(self, t_ns: int) -> float:
         """Convert a recorder timestamp (``perf_counter_ns``) to Unix epoch seconds."""

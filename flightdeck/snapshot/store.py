@@ -3,9 +3,10 @@
 Every method does blocking work (compression, file I/O) and is meant to be called from a
 worker thread, never from the event loop; a lock makes it safe to call from several.
 
-Snapshots are kept as gzip'd native JSON (``codec.py``): a frozen document is large as
-Python objects (several times its JSON size) and rarely read again, so holding the
-compressed bytes bounds memory tightly and lets a download be served without recompressing.
+Snapshots are kept in their stored form (``container.py``: the window's own records, about
+the window's bytes or less); the gzip'd native JSON that earlier versions stored
+(``codec.py``) is still read, listed and served. Views (JSON, HTML, ...) are conversions of
+the stored bytes; :meth:`SnapshotStore.get_bytes` converts here, for in-process callers.
 
 Without a directory the snapshots live in memory. With one, the directory is the truth
 (``directory.py``): a snapshot is listed and served only while its file is there, whichever
@@ -19,7 +20,7 @@ import errno
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..core.text import ErrorLog
@@ -30,6 +31,7 @@ from .codec import (
     Listing,
     StoredInfo,
     Summary,
+    clean,
     encode,
     encode_chunks,
     encode_stream,
@@ -38,8 +40,13 @@ from .codec import (
     gunzip,
     sort_key,
 )
+from .container import ContainerError, is_container, read_document
 from .directory import SnapshotDirectory
 from .document import Snapshot, SnapshotError, is_valid_id
+
+#: Default bound of a store in bytes (``max_store_bytes``); a kept snapshot holds at most
+#: about one window's bytes (``max_bytes``, 16 MiB by default).
+DEFAULT_MAX_STORE_BYTES = 256 << 20
 
 __all__ = ["SUFFIX", "SnapshotStore", "StoredInfo", "encode", "encode_chunks", "encode_stream"]
 
@@ -47,9 +54,10 @@ __all__ = ["SUFFIX", "SnapshotStore", "StoredInfo", "encode", "encode_chunks", "
 class SnapshotStore:
     """Keeps the most recent snapshots, in memory or, when ``directory`` is set, on disk.
 
-    At most ``max_snapshots`` snapshots (in the directory: in total, whichever process
-    wrote them) and, in memory, ``max_bytes`` of compressed JSON. Beyond the bounds manual
-    captures go first, then the oldest; the snapshot just stored is always kept. Disk
+    At most ``max_snapshots`` snapshots and ``max_bytes`` of stored bytes (in the
+    directory: in total, whichever process wrote them). Beyond the bounds manual captures go
+    first, then fleet follower captures, then automatic and crash snapshots, oldest first
+    within each (``codec.eviction_key``); the snapshot just stored is always kept. Disk
     errors are counted in :attr:`errors` and logged once per kind, never raised; a bad
     ``directory`` (others may write to it, a symlink) raises ``ValueError`` here.
     """
@@ -57,7 +65,7 @@ class SnapshotStore:
     def __init__(
         self,
         max_snapshots: int = 20,
-        max_bytes: int = 256 << 20,
+        max_bytes: int = DEFAULT_MAX_STORE_BYTES,
         directory: str | os.PathLike[str] | None = None,
     ) -> None:
         for name, value in (("max_snapshots", max_snapshots), ("max_bytes", max_bytes)):
@@ -88,7 +96,7 @@ class SnapshotStore:
                 raise ValueError("directory must not be empty")
             self.directory = os.path.abspath(path)
             self._dir = SnapshotDirectory(
-                self.directory, max_snapshots, self._read_limit, self._failed
+                self.directory, max_snapshots, self._read_limit, self._failed, max_bytes
             )
 
     @property
@@ -101,8 +109,38 @@ class SnapshotStore:
 
     # -- writing -------------------------------------------------------------------------
     def put(self, snapshot: Snapshot) -> StoredInfo:
-        """Keep ``snapshot`` (evicting beyond the bounds) and write it to the directory."""
+        """Keep ``snapshot`` (evicting beyond the bounds) and write it to the directory.
+
+        Its stored form when it has one (a capture's), else gzip'd native JSON.
+        """
+        pieces = snapshot.stored_pieces()
+        if pieces is not None:
+            return self.put_stored(pieces, snapshot._head)
         return self.put_encoded(*encode(snapshot))
+
+    def put_stored(self, pieces: Iterable[bytes], head: dict[str, Any]) -> StoredInfo:
+        """Keep a stored form from ``container.write`` or ``container.stream``: its pieces,
+        never joined here; an iterator is written to the directory as it is made.
+
+        ``head`` is its header (complete once the pieces are); the listing is made of it.
+        """
+        if not is_valid_id(head.get("id")):
+            raise ValueError(f"not a storable snapshot: malformed id {head.get('id')!r}")
+        ident: str = head["id"]
+        if self._dir is not None:
+            unwritten: Chunks = []
+            path = self._dir.write(ident, pieces, stored=True, unwritten=unwritten)
+            if path is not None:
+                size = _size(path)
+                return StoredInfo(ident, size, size, path)
+            pieces = unwritten
+        kept = pieces if isinstance(pieces, list) else list(pieces)
+        size = encoded_size(kept)
+        summary = clean(head, size)
+        if summary is None:
+            raise ValueError(f"not a storable snapshot: malformed id {ident!r}")
+        self._keep(ident, kept, summary, size)
+        return StoredInfo(ident, size, size, None)
 
     def put_encoded(self, data: bytes | Chunks, summary: Summary) -> StoredInfo:
         """Keep a snapshot encoded by :func:`encode`, :func:`encode_stream` (``bytes``) or
@@ -148,8 +186,13 @@ class SnapshotStore:
             )
 
     # -- reading -------------------------------------------------------------------------
+    def get_stored(self, id: str) -> bytes | None:
+        """Snapshot ``id`` as stored: its stored form (``container.is_container``), or the
+        gzip'd native JSON an earlier version stored; None when absent."""
+        return self._data(id)
+
     def _data(self, ident: object) -> bytes | None:
-        """The gzip data of snapshot ``ident``, or None when absent."""
+        """The stored bytes of snapshot ``ident``, or None when absent."""
         if not isinstance(ident, str) or not is_valid_id(ident):
             return None
         with self._lock:
@@ -182,8 +225,14 @@ class SnapshotStore:
             return None
 
     def get(self, id: str) -> Snapshot | None:
-        """The snapshot ``id``, or None."""
+        """The snapshot ``id``, or None (a stored form's document is built when read)."""
         data = self._data(id)
+        if data is not None and is_container(data):
+            try:
+                snap = Snapshot.from_stored(data)
+            except SnapshotError:
+                return None
+            return snap if snap.id == id else None
         raw = None if data is None else gunzip(data, self._read_limit)
         if raw is None:
             return None
@@ -194,8 +243,19 @@ class SnapshotStore:
         return snapshot if snapshot.id == id else None
 
     def get_bytes(self, id: str, gzip: bool) -> bytes | None:
-        """Native JSON of snapshot ``id``, gzip-compressed when ``gzip``; None when absent."""
+        """Native JSON of snapshot ``id``, gzip-compressed when ``gzip``; None when absent.
+
+        A stored form is converted here, in this process (the whole document is built):
+        for in-process callers; the server converts in a child process instead.
+        """
         data = self._data(id)
+        if data is not None and is_container(data):
+            try:
+                doc = read_document(data)
+                body = Snapshot(doc).dumps("json")
+            except (ContainerError, SnapshotError):
+                return None
+            return encode_stream(doc, [body])[0] if gzip else body
         if data is None or gzip:
             return data
         return gunzip(data, self._read_limit)
@@ -205,7 +265,8 @@ class SnapshotStore:
 
         ``[{id, created_at, trigger: {kind, reason}, request, pid, size, service, incident}]``
         where ``request`` is ``{method, path, status, duration}`` or None and ``size`` is the
-        native JSON size. With ``trace_id``, only the snapshots whose window holds a request
+        stored size (the native JSON size for the gzip'd JSON of earlier versions). With
+        ``trace_id``, only the snapshots whose window holds a request
         of that trace (the trace ids are in each snapshot's verified summary).
         """
         with self._lock:
@@ -241,6 +302,13 @@ class SnapshotStore:
 
     def __repr__(self) -> str:
         return f"<SnapshotStore {len(self._memory)} in memory, directory={self.directory!r}>"
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path, follow_symlinks=False).st_size
+    except OSError:
+        return 0
 
 
 def _copy(summary: Summary) -> Summary:

@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message
 
 from flightdeck.asgi import endpoint as _endpoint
 from flightdeck.asgi.endpoint import make_endpoint
-from flightdeck.snapshot.document import Snapshot, SnapshotInProgress, new_id
+from flightdeck.snapshot.document import FORMATS, Snapshot, SnapshotInProgress, new_id
 from flightdeck.snapshot.store import SnapshotStore
 
 PREFIX = "/debug/flight"
@@ -223,15 +223,14 @@ async def test_latest_when_empty(tmp_path: Path) -> None:
 
 @pytest.fixture
 def exports(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
-    """Stub the exporters (written elsewhere), recording the format and thread of each call."""
+    """Record every conversion made in this (the app's) process: there must be none."""
     calls: list[tuple[str, int]] = []
     real = Snapshot.dumps
 
     def dumps(self: Snapshot, format: str = "json") -> bytes:
-        if format == "json":
-            return real(self, "json")
-        calls.append((format, threading.get_ident()))
-        return f"{format}:{self.id}".encode()
+        if format != "json":
+            calls.append((format, threading.get_ident()))
+        return real(self, format)
 
     monkeypatch.setattr(Snapshot, "dumps", dumps)
     return calls
@@ -242,33 +241,36 @@ async def test_perfetto_and_html_exports(
     client: httpx.AsyncClient, snapshots: list[Snapshot], exports: list[tuple[str, int]]
 ) -> None:
     ident = snapshots[1].id
+    expected = {name: fmt.convert(snapshots[1].to_dict()) for name, fmt in _converted()}
     response = common(await client.get(f"{PREFIX}/snapshots/{ident}?format=perfetto"))
     assert response.status_code == 200
-    assert response.content == f"perfetto:{ident}".encode()
+    assert response.content == expected["perfetto"]
     assert response.headers["content-type"] == "application/json"
     assert response.headers["content-disposition"] == (
         f'attachment; filename="{ident}.perfetto.json"'
     )
     response = common(await client.get(f"{PREFIX}/snapshots/latest?format=html"))
     assert response.status_code == 200
-    assert response.content == f"html:{snapshots[2].id}".encode()
+    assert response.content == FORMATS["html"].convert(snapshots[2].to_dict())  # type: ignore[misc]
     assert response.headers["content-type"].startswith("text/html")
     assert response.headers["content-disposition"].startswith("inline;")
     assert "sandbox" in response.headers["content-security-policy"]
     response = common(await client.get(f"{PREFIX}/snapshots/{ident}?format=pftrace"))
-    assert response.status_code == 200 and response.content == f"pftrace:{ident}".encode()
+    assert response.status_code == 200 and response.content == expected["pftrace"]
     assert response.headers["content-disposition"] == f'attachment; filename="{ident}.pftrace"'
     response = common(await client.get(f"{PREFIX}/snapshots/{ident}?format=summary"))
-    assert response.status_code == 200 and response.content == f"summary:{ident}".encode()
+    assert response.status_code == 200 and response.content == expected["summary"]
     assert response.headers["content-type"] == "text/plain; charset=utf-8"
-    loop_thread = threading.get_ident()
-    assert [fmt for fmt, _ in exports] == ["perfetto", "html", "pftrace", "summary"]
-    assert all(thread != loop_thread for _, thread in exports)  # built off the loop
+    assert exports == []  # every view was made in a child process, none here
     response = common(await client.get(f"{PREFIX}/snapshots/{ident}?format=pdf"))
     assert response.status_code == 400
     missing = new_id(BASE - 100)
     response = common(await client.get(f"{PREFIX}/snapshots/{missing}?format=perfetto"))
     assert response.status_code == 404
+
+
+def _converted() -> list[tuple[str, Any]]:
+    return [(name, fmt) for name, fmt in FORMATS.items() if fmt.convert is not None]
 
 
 @pytest.mark.anyio

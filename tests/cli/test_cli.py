@@ -150,18 +150,31 @@ class Endpoint:
         self.doc = make_doc()
         self.body = orjson.dumps(self.doc)
         self.requests: list[dict[str, Any]] = []
+        #: An endpoint of a version without ``format=raw``: refuses it with 400.
+        self.old = False
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 endpoint.requests.append({"path": self.path, "headers": dict(self.headers)})
+                path, _, query = self.path.partition("?")
                 if self.headers.get("Authorization") != f"Bearer {TOKEN}":
                     self.send_response(401)
                     self.send_header("WWW-Authenticate", "Bearer")
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                if self.path in (
+                if query == "format=raw" and endpoint.old:
+                    body = b'{"error": "format must be json, perfetto, pftrace, html or summary"}'
+                    self.send_response(400)
+                elif query == "format=raw" and path in (
+                    f"/debug/flight/snapshots/{DOC_ID}",
+                    "/debug/flight/snapshots/latest",
+                ):
+                    body = gzip.compress(endpoint.body)  # the stored form, as it is stored
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/octet-stream")
+                elif path in (
                     f"/debug/flight/snapshots/{DOC_ID}",
                     "/debug/flight/snapshots/latest",
                 ):
@@ -173,7 +186,7 @@ class Endpoint:
                     self.send_header("Content-Type", "application/json")
                     if gz:
                         self.send_header("Content-Encoding", "gzip")
-                elif self.path == "/debug/flight/snapshots/20261126T015000Z-1234-00000000":
+                elif path == "/debug/flight/snapshots/20261126T015000Z-1234-00000000":
                     body = b'{"not": "a snapshot"}'
                     self.send_response(200)
                 else:
@@ -212,7 +225,7 @@ def test_pull_latest(endpoint: Endpoint, tmp_path: Path) -> None:
     saved = tmp_path / f"{DOC_ID}.json"
     assert orjson.loads(saved.read_bytes()) == endpoint.doc
     req = endpoint.requests[-1]
-    assert req["path"] == "/debug/flight/snapshots/latest"
+    assert req["path"] == "/debug/flight/snapshots/latest?format=raw"  # the stored bytes
     assert "gzip" in req["headers"]["Accept-Encoding"]
     assert req["headers"]["Authorization"] == f"Bearer {TOKEN}"
     # The saved file is usable by the other commands.
@@ -223,10 +236,35 @@ def test_pull_by_id_to_path_and_stdout(endpoint: Endpoint, tmp_path: Path) -> No
     out = tmp_path / "mine.json"
     proc = run("pull", endpoint.url + "/", "--token", TOKEN, "--id", DOC_ID, "-o", str(out))
     assert proc.returncode == 0, proc.stderr
-    assert endpoint.requests[-1]["path"] == f"/debug/flight/snapshots/{DOC_ID}"
+    assert endpoint.requests[-1]["path"] == f"/debug/flight/snapshots/{DOC_ID}?format=raw"
     assert orjson.loads(out.read_bytes())["id"] == DOC_ID
     proc = run("pull", endpoint.url, "--token", TOKEN, "-o", "-")
     assert orjson.loads(proc.stdout)["id"] == DOC_ID
+
+
+def test_pull_raw_keeps_the_stored_bytes_and_converts_locally(
+    endpoint: Endpoint, tmp_path: Path
+) -> None:
+    proc = run("pull", endpoint.url, "--token", TOKEN, "--format", "raw", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    saved = tmp_path / f"{DOC_ID}.json.gz"  # the stored form of this server, as it was sent
+    assert gzip.decompress(saved.read_bytes()) == endpoint.body
+    proc = run("pull", endpoint.url, "--token", TOKEN, "--format", "html", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    page = (tmp_path / f"{DOC_ID}.html").read_bytes()
+    assert page.lstrip().lower().startswith(b"<!doctype html")
+    assert all(r["path"].endswith("?format=raw") for r in endpoint.requests)  # made here
+
+
+def test_pull_from_an_endpoint_without_raw_falls_back_to_json(
+    endpoint: Endpoint, tmp_path: Path
+) -> None:
+    endpoint.old = True
+    proc = run("pull", endpoint.url, "--token", TOKEN, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert orjson.loads((tmp_path / f"{DOC_ID}.json").read_bytes()) == endpoint.doc
+    paths = [r["path"] for r in endpoint.requests]
+    assert paths == ["/debug/flight/snapshots/latest?format=raw", "/debug/flight/snapshots/latest"]
 
 
 def test_pull_errors(endpoint: Endpoint, tmp_path: Path) -> None:

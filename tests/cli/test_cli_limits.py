@@ -112,7 +112,10 @@ def test_same_origin_redirect_is_followed_with_the_token(
     server = servers(handle)
     proc = run("pull", server.url + "/old", "--token", TOKEN, "-o", "out.json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert [s["path"] for s in server.seen] == ["/old/snapshots/latest", "/new/snapshots/latest"]
+    assert [s["path"] for s in server.seen] == [
+        "/old/snapshots/latest?format=raw",
+        "/new/snapshots/latest?format=raw",
+    ]
     assert all(s["authorization"] == f"Bearer {TOKEN}" for s in server.seen)
 
 

@@ -224,9 +224,12 @@ def test_native_await_chain_walks_as_the_python_one() -> None:
         c.send(None)
     next(gen)
     for c in [*coros, gen, Frameless(coros[0]), None, 42, Frameless(None)]:
-        for limit in (48, 2):
+        # 100 and 10**9: past the sites the walk gathers on the stack (64), and a limit no
+        # chain reaches (nothing is allocated for it)
+        for limit in (48, 2, 0, 100, 10**9):
             assert native.await_chain(c, limit) == frames._py_await_chain(c, limit)
     assert len(native.await_chain(coros[1])) == 48
+    assert len(native.await_chain(coros[1], 100)) == 62  # deep(60..0), then park
     names = [f[0].rpartition(".")[2] for f in native.await_chain(coros[0])]
     assert names == ["top", "middle", "leaf", "park"]
     for c in coros:

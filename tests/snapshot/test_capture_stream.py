@@ -75,7 +75,9 @@ def test_build_into_stores_a_loadable_snapshot(run: Runner) -> None:
     assert data is not None
     snap = Snapshot.load(gzip.decompress(data))
     assert snap.id == info.id and snap.trigger["kind"] == "slow_request"
-    assert info.size == len(gzip.decompress(data))
+    stored = store.get_stored(info.id)
+    assert stored is not None and info.size == info.stored == len(stored)
+    assert Snapshot.load(stored).dumps("json") == gzip.decompress(data)  # converted on read
     assert store.list()[0]["trigger"]["reason"] == "r"
     assert rec.stats["snapshots"] == 1
 

@@ -17,6 +17,7 @@ from endpoint_samples import make_document, make_snapshot, write_many
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from flightdeck.snapshot.directory import STORED_SUFFIX
 from flightdeck.snapshot.document import ID_PATTERN, Snapshot, new_id
 from flightdeck.snapshot.store import SUFFIX, SnapshotStore, StoredInfo, encode
 
@@ -376,7 +377,7 @@ def test_ids_never_escape_the_directory(ident: str) -> None:
         assert ID_PATTERN.match(ident) is None
     else:
         assert os.path.dirname(os.path.realpath(path)) == directory
-        assert os.path.basename(path) == ident + SUFFIX
+        assert os.path.basename(path) in (ident + SUFFIX, ident + STORED_SUFFIX)
 
 
 @settings(

@@ -115,7 +115,7 @@ def test_block_fanout_and_executor_all_named(server: tuple[str, Path]) -> None:
     assert jobs[0]["duration"] >= 0.05
 
     # Kept on disk too, in the shared directory.
-    assert (directory / f"{snap.id}.json.gz").exists()
+    assert (directory / f"{snap.id}.fdk").exists()
 
 
 def test_error_and_hung_request_snapshots_and_exports(server: tuple[str, Path]) -> None:

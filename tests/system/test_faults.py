@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from support import Message, await_until, drive, http_scope, make_deck
 
-import flightdeck.snapshot.document
 from flightdeck import FlightDeck
 from flightdeck.asgi.triggers import RequestInfo, ServerError
-from flightdeck.snapshot import build as builder
+from flightdeck.convert import FAULT_ENV
+from flightdeck.snapshot import container
 
 pytestmark = pytest.mark.anyio
 
@@ -48,9 +48,9 @@ FAULTS = {
     ),
     "recorder.emit": (lambda deck, mp: mp.setattr(deck.recorder, "emit", _boom), "request_start"),
     "trigger": (lambda deck, mp: None, "request_end"),
-    "store": (lambda deck, mp: mp.setattr(deck.store, "put_encoded", _boom), "capture"),
-    # The capture path serializes the document itself, task by task.
-    "exporter": (lambda deck, mp: mp.setattr(builder, "iter_json", _boom), "capture"),
+    "store": (lambda deck, mp: mp.setattr(deck.store, "put_stored", _boom), "capture"),
+    # The capture path writes the stored form itself (no document, no exporter).
+    "writer": (lambda deck, mp: mp.setattr(container, "stream", _boom), "capture"),
 }
 
 
@@ -92,7 +92,8 @@ async def test_exporter_fault_on_download_leaves_app_alone(
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         created = await client.post("/debug/flight/snapshots")
         assert created.status_code == 201
-        monkeypatch.setitem(flightdeck.snapshot.document._EXPORTERS, "perfetto", _boom)
+        # The converter runs in a child process: make the child fail.
+        monkeypatch.setenv(FAULT_ENV, "fail")
         caplog.set_level(logging.WARNING, logger="flightdeck")
         for _ in range(2):
             answer = await client.get(created.headers["location"] + "?format=perfetto")
@@ -100,8 +101,9 @@ async def test_exporter_fault_on_download_leaves_app_alone(
         ok = await client.get("/ok")
         assert ok.status_code == 200 and ok.text == "body of /ok"
         status = (await client.get("/debug/flight/status")).json()
-    assert status["errors"].get("endpoint") == 2
-    logged = [r for r in caplog.records if "internal error in endpoint" in r.getMessage()]
+    assert status["errors"].get("convert") == 2
+    assert status["views"]["failed"] == 2
+    logged = [r for r in caplog.records if "internal error in convert" in r.getMessage()]
     assert len(logged) == 1
 
 

@@ -32,6 +32,7 @@ from support import (
 
 from flightdeck import FlightDeck
 from flightdeck.snapshot import directory as _directory
+from flightdeck.snapshot.directory import STORED_SUFFIX
 from flightdeck.snapshot.document import new_id
 from flightdeck.snapshot.store import SUFFIX, SnapshotStore, encode
 
@@ -45,7 +46,7 @@ async def inner(scope: Any, receive: Any, send: Any) -> None:
 
 
 def snapshot_files(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if p.name.endswith(SUFFIX))
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith((SUFFIX, STORED_SUFFIX)))
 
 
 class FailingOS:

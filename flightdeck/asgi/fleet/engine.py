@@ -198,7 +198,7 @@ class Fleet:
                 self.max_bytes,
             )
             return
-        data = self.engine.store.get_bytes(stored.id, True)
+        data = self.engine.store.get_stored(stored.id)  # the stored form, as kept here
         if data is None:
             self.counters.add("upload_failed")
             return

@@ -14,7 +14,8 @@ Keys, under the namespace ``ns`` (README, "A fleet"):
 - ``ns:incident:ID`` (string): the incident's JSON, expiring after ``fleet_ttl``.
 - ``ns:incident:ID:snaps`` (hash): snapshot id -> its metadata JSON; ``ns:incident:ID:bytes``
   (integer): stored bytes, for the per-incident quota. Both expire with the incident.
-- ``ns:snap:SID`` (hash): ``data`` (the gzip'd native JSON) and ``meta``; expires with it.
+- ``ns:snap:SID`` (hash): ``data`` (the stored form, ``snapshot/container.py``; gzip'd
+  native JSON from earlier versions) and ``meta``; expires with it.
 - ``ns:cool:H`` and ``ns:rate``: the fleet-wide cooldown per (kind, route) and rate limit.
 """
 
@@ -27,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from ...snapshot.container import ContainerError, is_container, iter_chunks, read_header
 from ...snapshot.document import Snapshot, SnapshotError, is_valid_id
 
 MESSAGE_VERSION = 2  # 2: signed, with "ts"
@@ -290,8 +292,30 @@ def clean_meta(raw: object) -> dict[str, Any] | None:
     return meta
 
 
+def _stored_ok(meta: dict[str, Any], data: bytes) -> bool:
+    """A stored form (``snapshot/container.py``), whole and intact (every chunk's checksum),
+    whose header says what ``meta`` says; its size is the stored size."""
+    try:
+        for _ in iter_chunks(data):
+            pass
+        head = read_header(data)
+    except ContainerError:
+        return False
+    raw_process, raw_trigger = head.get("process"), head.get("trigger")
+    process: dict[str, Any] = raw_process if isinstance(raw_process, dict) else {}
+    trigger: dict[str, Any] = raw_trigger if isinstance(raw_trigger, dict) else {}
+    return bool(
+        len(data) == meta["size"]
+        and head.get("id") == meta["id"]
+        and trigger.get("incident") == meta["incident"]
+        and process.get("pid") == meta["pid"]
+        and (process.get("service") or "") == meta["service"]
+    )
+
+
 def inflate_checked(data: bytes, meta: dict[str, Any], keep: bool) -> bytes | None:
-    """``data`` inflated, when it is exactly what ``meta`` (signed, cleaned) says.
+    """``data`` inflated, when it is exactly what ``meta`` (signed, cleaned) says; a stored
+    form (``snapshot/container.py``) is checked whole and returned as it is.
 
     The digest is checked first; then the gzip is inflated a chunk at a time and refused as
     soon as it grows past the stated size (a gzip bomb is never inflated in full). With
@@ -302,6 +326,8 @@ def inflate_checked(data: bytes, meta: dict[str, Any], keep: bool) -> bytes | No
         return None
     if hashlib.sha256(data).hexdigest() != meta["sha256"]:
         return None
+    if is_container(data):
+        return (data if keep else b"") if _stored_ok(meta, data) else None
     decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
     chunks: list[bytes] = []
     total = 0

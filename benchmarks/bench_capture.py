@@ -1,0 +1,220 @@
+"""Capture cost: trigger to stored snapshot for a full default window, its bytes, its RSS.
+
+Each run is a fresh child process (core x loop). The child keeps a loop busy with many
+short tasks (fan-outs of 40, one or two steps each) until the default 16 MiB window is
+full (the byte bound has pushed events out), takes its RSS as the steady state, then does
+what a trigger does after its ``capture_delay`` while the load keeps running: freeze the
+window on the loop and write its stored form into an in-memory store in a thread
+(``FlightRecorder.build_into``). Reported: trigger to stored (the freeze included), stored
+bytes against ``stats.bytes`` at the freeze, the RSS peak over the steady state (sampled
+every 5 ms) and the loop's worst lag meanwhile. Then, off the app's path, the conversion
+of that stored form to gzip'd ``flightdeck/1`` JSON (``container.read_document``), in
+events/s.
+
+Targets (the capture issue): trigger to stored <= 0.2 s native, <= 1 s pure; stored bytes
+<= the window's bytes (aim <= 0.5 x); RSS <= steady + 1 x max_bytes. The machine may be
+loaded by other work: wall-clock figures are then upper bounds.
+
+Command: .venv/bin/python benchmarks/bench_capture.py [--cores native,python]
+    [--loops asyncio,uvloop] (or `make bench-capture`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import header, line, write_json
+
+MIB = 1 << 20
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+class Peak:
+    """The RSS peak, sampled every 5 ms from a thread, while the block runs."""
+
+    def __init__(self) -> None:
+        self.peak = rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, rss())
+
+    def __enter__(self) -> Peak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss())
+
+
+async def child(fill_seconds: float) -> dict[str, Any]:
+    import gzip
+
+    from flightdeck import FlightRecorder
+    from flightdeck.snapshot import container
+    from flightdeck.snapshot.document import Snapshot
+    from flightdeck.snapshot.store import SnapshotStore
+
+    rec = FlightRecorder(loop_blocked=None)
+    rec.start()
+    stop = asyncio.Event()
+
+    async def short(i: int) -> int:
+        if i % 2:
+            await asyncio.sleep(0)
+        return i
+
+    async def load() -> None:
+        while not stop.is_set():
+            await asyncio.gather(*(asyncio.create_task(short(i)) for i in range(40)))
+            await asyncio.sleep(0)
+
+    lag = 0.0
+
+    async def ticker() -> None:
+        nonlocal lag
+        while not stop.is_set():
+            t = time.perf_counter()
+            await asyncio.sleep(0.005)
+            lag = max(lag, time.perf_counter() - t - 0.005)
+
+    loaders = [asyncio.ensure_future(load()) for _ in range(4)]
+    deadline = time.monotonic() + fill_seconds
+    while rec.stats["dropped"] == 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)  # a second of steady state at the bound
+    steady = rss()
+    tick = asyncio.ensure_future(ticker())
+    store = SnapshotStore()
+    stats = rec.stats
+    with Peak() as peak:
+        started = time.perf_counter()
+        frozen = rec.freeze()
+        window_bytes = rec.stats["bytes"]
+        info = await asyncio.to_thread(rec.build_into, store, frozen, kind="bench")
+        took = time.perf_counter() - started
+    stop.set()
+    await asyncio.gather(tick, *loaders)
+    rec.stop()
+    data = store.get_stored(info.id)
+    assert data is not None
+    head = container.read_header(data)
+    started = time.perf_counter()
+    doc = container.read_document(data)
+    body = gzip.compress(Snapshot(doc).dumps("json"), 4)
+    convert = time.perf_counter() - started
+    return {
+        "core": stats["core"],
+        "events": head["events"],
+        "window_bytes": window_bytes,
+        "max_bytes": stats["max_bytes"],
+        "stored_bytes": info.stored,
+        "trigger_to_stored_s": took,
+        "steady_rss_mib": steady / MIB,
+        "capture_extra_rss_mib": (peak.peak - steady) / MIB,
+        "loop_lag_max_ms": lag * 1e3,
+        "convert_s": convert,
+        "convert_events_per_s": head["events"] / convert if convert else 0.0,
+        "json_gz_bytes": len(body),
+    }
+
+
+def run_child(core: str, loop: str, fill: float) -> dict[str, Any]:
+    env = dict(os.environ)
+    env.pop("FLIGHTDECK_NO_EXTENSIONS", None)
+    if core == "python":
+        env["FLIGHTDECK_NO_EXTENSIONS"] = "1"
+    cmd = [sys.executable, __file__, "--child", loop, "--fill", str(fill)]
+    try:
+        out = subprocess.run(cmd, env=env, capture_output=True, timeout=300, check=True)
+    except subprocess.CalledProcessError as exc:
+        return {"error": exc.stderr.decode(errors="replace")[-2000:]}
+    except subprocess.TimeoutExpired:
+        return {"error": "no result in 300 s"}
+    result: dict[str, Any] = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cores", default="native,python")
+    parser.add_argument("--loops", default="asyncio,uvloop")
+    parser.add_argument("--fill", type=float, default=60.0, help="seconds to fill the window")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        if args.child == "uvloop":
+            import uvloop
+
+            result = uvloop.run(child(args.fill))
+        else:
+            result = asyncio.run(child(args.fill))
+        print(json.dumps(result))
+        return
+    header("bench_capture: trigger to stored snapshot, full default window")
+    results: dict[str, Any] = {"runs": []}
+    for core in args.cores.split(","):
+        for loop in args.loops.split(","):
+            r = run_child(core, loop, args.fill)
+            r.update(requested_core=core, loop=loop)
+            results["runs"].append(r)
+            if "error" in r:
+                print(f"  {core:<6} {loop:<7} failed: {r['error'][-300:]}")
+                continue
+            label = f"{r['core']:<6} {loop:<7} {r['events'] / 1e3:.0f}k events"
+            limit = 0.2 if r["core"] == "native" else 1.0
+            print(
+                line(
+                    label + " trigger to stored",
+                    f"{r['trigger_to_stored_s']:.3f} s",
+                    f"<= {limit} s",
+                    r["trigger_to_stored_s"] <= limit,
+                )
+            )
+            ratio = r["stored_bytes"] / r["window_bytes"]
+            print(
+                line(
+                    label + " stored / window bytes",
+                    f"{r['stored_bytes'] / MIB:.2f}/{r['window_bytes'] / MIB:.2f} MiB",
+                    "<= 1 (aim 0.5)",
+                    ratio <= 1.0,
+                )
+            )
+            print(
+                line(
+                    label + " RSS over steady",
+                    f"+{r['capture_extra_rss_mib']:.1f} MiB",
+                    f"<= {r['max_bytes'] // MIB} MiB",
+                    r["capture_extra_rss_mib"] <= r["max_bytes"] / MIB,
+                )
+            )
+            print(
+                f"  {label}: loop lag at most {r['loop_lag_max_ms']:.0f} ms while capturing;"
+                f" converted to gzip'd JSON in {r['convert_s']:.2f} s"
+                f" ({r['convert_events_per_s'] / 1e3:.0f}k events/s,"
+                f" {r['json_gz_bytes'] / MIB:.1f} MiB)"
+            )
+    path = write_json("bench_capture.json", results)
+    print(f"   results: {path}")
+
+
+if __name__ == "__main__":
+    main()

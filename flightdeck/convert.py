@@ -1,0 +1,267 @@
+"""Read a stored snapshot in any of its forms, and convert it to one export format.
+
+The one loader of the CLI (``summary``, ``export``, ``list``, ``pull``) and the converter
+the debug endpoint runs in a child process (``python -m flightdeck convert``), so that no
+view of a snapshot is ever built in the app's process. A stored snapshot comes in three
+forms, told apart by their first bytes:
+
+- the binary container of ``flightdeck.snapshot.container`` (the stored form, when that
+  module is present);
+- gzip'd ``flightdeck/1`` JSON (what earlier versions stored, with or without the summary
+  in the gzip header);
+- plain ``flightdeck/1`` JSON (``Snapshot.write``, ``flightdeck pull``).
+
+Untrusted bytes are safe here: decompression is bounded, JSON is parsed by orjson, the
+container by its own checked reader, and the document's envelope is validated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+import zlib
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any, BinaryIO
+
+import orjson
+
+from . import export  # noqa: F401  (registers the export formats)
+from .fetch import DEFAULT_MAX_SIZE, FetchError, decompress, read_bytes
+from .snapshot.codec import clean, parse_header
+from .snapshot.document import (
+    FORMATS,
+    Snapshot,
+    SnapshotError,
+    export_format,
+    validate_document,
+)
+
+CONTAINER = "container"
+GZIP_JSON = "gzip"
+JSON = "json"
+
+#: Bytes the child writes at a time (the endpoint streams them as they come).
+CHUNK = 1 << 16
+#: The compression level of ``convert --gzip`` (the endpoint's cached JSON view).
+GZIP_LEVEL = 4
+#: Tests only: makes the converter child misbehave (``fail``: exit with status 3 before
+#: writing; ``die``: the same after its first chunk; ``stall``: hang after its first chunk),
+#: so the endpoint's handling of a child that fails or overruns can be exercised on a real
+#: server.
+FAULT_ENV = "FLIGHTDECK_CONVERT_FAULT"
+_CONTAINER_SUFFIX = ".fdsnap"
+
+
+def _container() -> ModuleType | None:
+    """The binary container's module, or None in a build that has no container yet."""
+    try:
+        return importlib.import_module("flightdeck.snapshot.container")
+    except ImportError:
+        return None
+
+
+def form_of(data: bytes) -> str | None:
+    """``"container"``, ``"gzip"`` or ``"json"`` by the first bytes; None for anything else."""
+    module = _container()
+    if module is not None and module.is_container(data):
+        return CONTAINER
+    if data[:2] == b"\x1f\x8b":
+        return GZIP_JSON
+    if data.lstrip()[:1] == b"{":
+        return JSON
+    return None
+
+
+def raw_suffix(data: bytes) -> str:
+    """The file name suffix of stored bytes in their own form (``flightdeck pull --format raw``)."""
+    form = form_of(data)
+    if form == GZIP_JSON:
+        return ".json.gz"
+    if form == JSON:
+        return ".json"
+    module = _container()
+    suffix = getattr(module, "SUFFIX", None) if module is not None else None
+    return suffix if isinstance(suffix, str) else _CONTAINER_SUFFIX
+
+
+def read_document(data: bytes, where: str, max_size: int = DEFAULT_MAX_SIZE) -> dict[str, Any]:
+    """The validated ``flightdeck/1`` document of a stored snapshot in any form.
+
+    Raises :class:`SnapshotError` naming ``where`` and the reason.
+    """
+    form = form_of(data)
+    doc: object
+    if form == CONTAINER:
+        module = _container()
+        assert module is not None
+        try:
+            doc = module.read_document(data)
+        except SnapshotError as exc:
+            raise SnapshotError(str(exc).replace("data: ", f"{where}: ", 1)) from None
+        except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+            raise SnapshotError(f"{where}: corrupt snapshot container ({exc})") from None
+    elif form in (GZIP_JSON, JSON):
+        try:
+            text = decompress(data, max_size, where)
+        except FetchError as exc:
+            raise SnapshotError(str(exc)) from None
+        try:
+            doc = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise SnapshotError(f"{where}: not JSON, or truncated ({exc})") from None
+    else:
+        raise SnapshotError(
+            f"{where}: not a flightdeck snapshot (neither a snapshot container nor JSON)"
+        )
+    validate_document(doc, where)
+    assert isinstance(doc, dict)
+    return doc
+
+
+def load(data: bytes, where: str, max_size: int = DEFAULT_MAX_SIZE) -> Snapshot:
+    """:func:`read_document` as a :class:`Snapshot`."""
+    return Snapshot(read_document(data, where, max_size))
+
+
+def load_path(path: str, max_size: int = DEFAULT_MAX_SIZE) -> Snapshot:
+    """The snapshot stored in file ``path``; :class:`SnapshotError` naming it otherwise."""
+    try:
+        data = read_bytes(path, max_size)
+    except FetchError as exc:
+        raise SnapshotError(str(exc)) from None
+    return load(data, path, max_size)
+
+
+def read_header(data: bytes, where: str, max_size: int = DEFAULT_MAX_SIZE) -> dict[str, Any]:
+    """What a listing shows of a stored snapshot: ``{id, created_at, trigger: {kind,
+    reason}, request, pid, size, service, incident}``.
+
+    From the header alone where the form has one (the container, the gzip'd JSON that the
+    store wrote); an older file without one is read whole.
+    """
+    form = form_of(data)
+    if form == CONTAINER:
+        module = _container()
+        assert module is not None
+        try:
+            header = module.read_header(data)
+        except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+            raise SnapshotError(f"{where}: corrupt snapshot container ({exc})") from None
+        summary = clean(header, len(data))
+        if summary is None:
+            raise SnapshotError(f"{where}: corrupt snapshot container (no id in its header)")
+    elif form == GZIP_JSON and (parsed := parse_header(data[:65600])) is not None:
+        summary = parsed[0]
+    else:
+        doc = read_document(data, where, max_size)
+        summary = clean(doc, len(Snapshot(doc).dumps("json")))
+        assert summary is not None  # the document was validated
+    summary.pop("trace_ids", None)
+    return summary
+
+
+def chunks(data: bytes, size: int = CHUNK) -> Iterator[bytes]:
+    view = memoryview(data)
+    for start in range(0, len(data), size):
+        yield bytes(view[start : start + size])
+
+
+def gzipped(pieces: Iterator[bytes], level: int = GZIP_LEVEL) -> Iterator[bytes]:
+    """``pieces`` as one gzip member, compressed as they come."""
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    for piece in pieces:
+        out = compressor.compress(piece)
+        if out:
+            yield out
+    yield compressor.flush()
+
+
+def convert(
+    data: bytes, format: str, out: BinaryIO, *, gzip: bool = False, where: str = "input"
+) -> int:
+    """Write stored snapshot ``data`` as ``format`` to ``out``; returns the bytes written.
+
+    ``raw`` copies ``data`` unchanged; ``gzip`` compresses the output as one gzip member.
+    Raises :class:`SnapshotError` when ``data`` is not a readable snapshot.
+    """
+    fmt = export_format(format)
+    fault = os.environ.get(FAULT_ENV, "")
+    if fault == "fail":
+        raise SnapshotError(f"{where}: failing as {FAULT_ENV} asks")
+    if fmt.convert is None:
+        body = data
+    else:
+        body = load(data, where).dumps(fmt.name)
+    pieces = chunks(body)
+    if gzip:
+        pieces = gzipped(pieces)
+    written = 0
+    for piece in pieces:
+        if not piece:
+            continue
+        out.write(piece)
+        out.flush()
+        written += len(piece)
+        if fault == "die":
+            os._exit(3)
+        if fault == "stall":
+            while True:
+                time.sleep(3600)
+    return written
+
+
+def limit_memory(limit: int) -> None:
+    """Cap this process's address space at ``limit`` bytes (where the platform can)."""
+    try:
+        import resource
+    except ImportError:  # not on this platform: the deadline still bounds the child
+        return
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``flightdeck convert``."""
+    p.add_argument("input", metavar="INPUT", help="a stored snapshot in any form, or '-' for stdin")
+    p.add_argument("--format", "-f", required=True, choices=list(FORMATS), help="the view to write")
+    p.add_argument("-o", "--output", metavar="OUT", default="-", help="output path ('-': stdout)")
+    p.add_argument("--gzip", action="store_true", help="compress the output (one gzip member)")
+    p.add_argument(
+        "--memory",
+        type=int,
+        metavar="BYTES",
+        help="cap this process's address space (RLIMIT_AS) before reading",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """``flightdeck convert``: one line on stderr and status 2 on failure."""
+    if args.memory:
+        limit_memory(args.memory)
+    where = "stdin" if args.input == "-" else args.input
+    try:
+        if args.input == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            data = read_bytes(args.input, DEFAULT_MAX_SIZE)
+        if args.output == "-":
+            convert(data, args.format, sys.stdout.buffer, gzip=args.gzip, where=where)
+        else:
+            with open(args.output, "wb") as handle:
+                convert(data, args.format, handle, gzip=args.gzip, where=where)
+    except (SnapshotError, FetchError) as exc:
+        print(f"flightdeck: error: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"flightdeck: error: {where}: out of memory converting", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"flightdeck: error: cannot write {args.output}: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import convert
+from .core.config import parse_bytes, parse_seconds
 from .fetch import (
     DEFAULT_MAX_SIZE,
     FetchError,
     HTTPStatusError,
     fetch,
-    parse_seconds,
-    parse_size,
     read_bytes,
 )
 from .snapshot.document import FORMATS, Snapshot, SnapshotError, export_format, is_valid_id
@@ -106,7 +105,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    """One line per snapshot in the given directories and files, newest first."""
+    """One line per snapshot in the given directories and files, newest first; or, given
+    one endpoint URL, a running service's snapshots and what it did not capture."""
+    if len(args.paths) == 1 and args.paths[0].startswith(("http://", "https://")):
+        args.url = args.paths[0]
+        return _list_url(args)
     found: list[dict[str, object]] = []
     for given in args.paths:
         where = Path(given)
@@ -240,6 +243,39 @@ def cmd_pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list_url(args: argparse.Namespace) -> int:
+    """The snapshots a running service holds, newest first, then the triggers it refused."""
+    base = _snapshot_url(args.url, "x").rsplit("/snapshots/", 1)[0]
+    token = _token(args)
+    answers = []
+    for url in (base + "/snapshots", base + "/status"):
+        try:
+            _, body = fetch(url, token, args.timeout, 16 << 20)
+            answers.append(json.loads(body))
+        except FetchError as exc:
+            _fail(str(exc))
+        except ValueError:
+            _fail(f"{url} did not return JSON")
+    listing, status = answers
+    if not isinstance(listing, list) or not isinstance(status, dict):
+        _fail(f"{base} is not a flightdeck endpoint")
+    for item in listing:
+        if not isinstance(item, dict) or not isinstance(item.get("trigger"), dict):
+            continue
+        trigger = item["trigger"]
+        print(
+            f"{item.get('id')}  {item.get('created_at')}  {trigger.get('kind')}: "
+            f"{trigger.get('reason')}"
+        )
+    if not listing:
+        print("no snapshots")
+    for note in status.get("not_captured") or []:
+        print(f"not captured: {note}")
+    for error in status.get("config_errors") or []:
+        print(f"configuration: {error}")
+    return 0
+
+
 def _token(args: argparse.Namespace) -> str | None:
     # The argument wins over the environment, as everywhere in flightdeck.
     token: str | None = args.token or os.environ.get("FLIGHTDECK_TOKEN") or None
@@ -255,7 +291,7 @@ def _seconds(text: str) -> float:
 
 def _size(text: str) -> int:
     try:
-        return parse_size(text)
+        return parse_bytes(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -371,11 +407,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "list",
-        help="list the snapshots in directories or files, newest first",
+        help="list the snapshots in directories or files, or of a running service",
         description="List snapshots (any form) from what their headers say: id, time, pid,"
-        " trigger, request, service and incident. A directory's other files are skipped.",
+        " trigger, request, service and incident. A directory's other files are skipped."
+        " Given one endpoint URL (http://.../debug/flight): its snapshots, newest first, then"
+        " what its status says was not captured (rate limit, cooldown) and any configuration"
+        " error.",
     )
-    p.add_argument("paths", metavar="PATH", nargs="+", help="a snapshot directory or file")
+    p.add_argument(
+        "paths", metavar="PATH", nargs="+", help="a snapshot directory or file, or one URL"
+    )
+    p.add_argument(
+        "--token", "-t", help="bearer token of the endpoint (default: $FLIGHTDECK_TOKEN)"
+    )
+    p.add_argument("--timeout", type=_seconds, default=30.0, help="seconds for each request")
     p.add_argument("--json", action="store_true", help="print a JSON list instead")
     _max_size_option(p)
     p.set_defaults(func=cmd_list)

@@ -9,7 +9,6 @@ redirect, every byte) must finish by the deadline, however slowly a server trick
 from __future__ import annotations
 
 import http.client
-import math
 import ssl
 import threading
 import time
@@ -26,32 +25,6 @@ _CHUNK = 1 << 16
 
 class FetchError(Exception):
     """A failure to report as one line (it names the URL or file concerned)."""
-
-
-def parse_size(text: str) -> int:
-    """``--max-size``: bytes, with an optional K, M or G suffix (KiB, MiB, GiB)."""
-    raw = text.strip().lower().removesuffix("b").removesuffix("i")
-    scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(raw[-1:], 1)
-    if scale != 1:
-        raw = raw[:-1]
-    try:
-        value = int(raw) * scale
-    except ValueError:
-        raise ValueError(f"{text!r} is not a size in bytes (e.g. 1073741824, 512M, 1G)") from None
-    if value <= 0:
-        raise ValueError(f"{text!r} must be a positive size")
-    return value
-
-
-def parse_seconds(text: str) -> float:
-    """``--timeout``: a positive, finite number of seconds."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{text!r} must be a positive, finite number of seconds")
-    return value
 
 
 def decompress(data: bytes, max_size: int, where: str) -> bytes:

@@ -176,3 +176,7 @@ _options: dict[str, Any] = json.loads(os.environ.get("FD_TEST_OPTIONS") or "{}")
 if "rate_limit" in _options:
     _options["rate_limit"] = tuple(_options["rate_limit"])
 app = FlightDeck(inner, **_options)
+
+#: The README's Starlette form: Starlette builds the middleware at the first request.
+added = Starlette(routes=[Route("/fast", fast), Route("/block", block)])
+added.add_middleware(FlightDeck)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -154,7 +155,12 @@ async def pool(jobs: int = Query(4, ge=1, le=100)) -> dict[str, int]:
     return {"jobs": jobs}
 
 
+# The README's tour takes about ten snapshots in a minute, more than the default rate limit
+# (6 per 60 s, which suits a service in production) keeps: relaxed to 30 per 60 s for the
+# demo, unless FLIGHTDECK_RATE_LIMIT says otherwise.
+demo = {} if os.environ.get("FLIGHTDECK_RATE_LIMIT") else {"rate_limit": (30, 60.0)}
+
 # One line: every request is recorded; slow, failing and loop-blocking ones leave a snapshot.
 # The thresholds come from the environment (FLIGHTDECK_SLOW_REQUEST, default 1 s, and
-# FLIGHTDECK_LOOP_BLOCKED, default 0.1 s): an argument given here would win over them.
-app = FlightDeck(api, cooldown=10.0)
+# FLIGHTDECK_LOOP_BLOCKED, default 100ms): an argument given here would win over them.
+app = FlightDeck(api, cooldown=10.0, **demo)

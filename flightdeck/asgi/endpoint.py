@@ -510,5 +510,8 @@ class _Endpoint:
         nonce = secrets.token_urlsafe(16)
         csp = _PAGE_CSP + f"; script-src 'nonce-{nonce}'; connect-src 'self'"
         headers = {"Content-Security-Policy": csp, "Referrer-Policy": "no-referrer"}
-        page = render_index(listing, base, nonce, logout=self.access.token is not None)
+        status = self.backend.status()  # configuration errors, then refused captures
+        notes = [*status.get("config_errors", ()), *status.get("not_captured", ())]
+        logout = self.access.token is not None
+        page = render_index(listing, base, nonce, logout=logout, not_captured=notes)
         return _response(page, 200, "text/html", headers)

@@ -104,8 +104,9 @@ class FlightDeck(_Base):
 
     ``FlightDeck(app, slow_request=0.5)`` or ``app.add_middleware(FlightDeck, ...)``. The
     options are :class:`~flightdeck.asgi.config.Config`'s (see the README for each); a bad
-    value raises ``ValueError``/``TypeError`` naming the option. ``FLIGHTDECK_ENABLED=0``
-    turns it into a pass-through.
+    argument raises ``ValueError``/``TypeError`` naming the option, a bad environment value
+    is logged and ignored (``config_errors`` in the status). ``FLIGHTDECK_ENABLED=0`` turns
+    it into a pass-through.
 
     With the extension built, ``__call__`` is native (``_casgi.c``): it records HTTP and
     WebSocket requests once recording has started and hands everything else (lifespan, the
@@ -477,6 +478,8 @@ class FlightDeck(_Base):
             "recorder": stats,
             "service": self.service,
             "fleet": None if self.fleet is None else self.fleet.stats(),
+            "config_errors": list(self.config.env_errors),
+            "not_captured": self.engine.gate.not_captured(),
         }
 
     def close(self) -> None:

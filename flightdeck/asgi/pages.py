@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Iterable
 from typing import Any
 
 from ..snapshot.document import FORMATS
@@ -107,9 +108,16 @@ def _render_rows(listing: list[dict[str, Any]], base: str) -> str:
     return "\n".join(rows)
 
 
-def render_index(listing: list[dict[str, Any]], base: str, nonce: str, logout: bool = False) -> str:
+def render_index(
+    listing: list[dict[str, Any]],
+    base: str,
+    nonce: str,
+    logout: bool = False,
+    not_captured: Iterable[str] = (),
+) -> str:
     """The snapshot list with its "capture now" button (the script carries ``nonce``);
-    with ``logout``, a button that clears the session cookie."""
+    with ``logout``, a button that clears the session cookie. ``not_captured`` leads it:
+    ignored environment values and what the gate refused lately."""
     e = html.escape
     out = (
         f' · <form method="post" action="{e(base)}/logout" style="display:inline">'
@@ -118,6 +126,8 @@ def render_index(listing: list[dict[str, Any]], base: str, nonce: str, logout: b
         else ""
     )
     rows = _render_rows(listing, base) or ('<tr><td colspan="7">No snapshots yet.</td></tr>')
+    notes = "".join(f"<li>{e(note)}</li>" for note in not_captured)
+    banner = f'<ul id="not-captured" role="status">{notes}</ul>' if notes else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -130,11 +140,13 @@ td:nth-child(3), td:nth-child(4) {{ word-break: break-all; }}
 button {{ font: inherit; padding: .3em 1em; }}
 tr.incident td {{ background: #f3f0e6; font-weight: 600; }}
 #message {{ margin-left: 1em; color: #a00; }}
+#not-captured {{ background: #fff4d6; border: 1px solid #e0c36a; padding: .5em 1em .5em 2em; }}
 </style></head>
 <body>
 <h1>flightdeck</h1>
 <p><button id="capture" data-url="{e(base)}/snapshots">Capture now</button>
 <span id="message"></span> · <a href="{e(base)}/status">status</a>{out}</p>
+{banner}
 <table>
 <thead><tr><th>created</th><th>trigger</th><th>reason</th><th>request</th><th>pid</th>
 <th>size</th><th>download</th></tr></thead>

@@ -299,18 +299,6 @@ def _check_query_values(value: object) -> str | frozenset[str]:
     return frozenset(k.casefold() for k in keys)
 
 
-def query_values_from_env(name: str) -> str | list[str]:
-    """``FLIGHTDECK_QUERY_VALUES``: ``all`` (also when unset), ``none`` or comma-separated keys."""
-    import os
-
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return "all"
-    if raw.lower() in ("all", "none"):
-        return raw.lower()
-    return [key.strip() for key in raw.split(",") if key.strip()]
-
-
 class Redactor:
     """The redaction rules: :data:`DEFAULT_SENSITIVE` plus ``extra`` keys (``redact_keys=``),
     credential-shaped values, and which query values are kept at all (``query_values=``:

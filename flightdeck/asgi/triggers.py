@@ -8,12 +8,22 @@ engine (``capture.py``) builds one snapshot at a time.
 
 from __future__ import annotations
 
-import math
+import logging
 import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from ..core.config import (
+    DEFAULT_LOOP_BLOCKED,
+    DEFAULT_SLOW_REQUEST,
+    check_optional_seconds,
+    check_seconds,
+)
+from .notcaptured import not_captured, things, why
+
+logger = logging.getLogger("flightdeck")
 
 
 @dataclass(slots=True)
@@ -73,8 +83,8 @@ class RequestChecks:
     slower_than: float | None = None
 
 
-#: The watchdog's threshold when no trigger states one (seconds).
-DEFAULT_BLOCK_THRESHOLD = 0.1
+#: The watchdog's threshold when no trigger states one (seconds): ``loop_blocked``'s default.
+DEFAULT_BLOCK_THRESHOLD = DEFAULT_LOOP_BLOCKED
 
 
 class Trigger:
@@ -115,14 +125,6 @@ class Trigger:
         return None
 
 
-def _seconds(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
-    return float(value)
-
-
 class SlowRequest(Trigger):
     """Fires when a request takes longer than ``threshold`` (per-route overrides allowed).
 
@@ -132,13 +134,19 @@ class SlowRequest(Trigger):
 
     kind = "slow_request"
 
-    def __init__(self, threshold: float = 1.0, routes: Mapping[str, float | None] | None = None):
-        self.threshold = _seconds("slow_request", threshold)
+    def __init__(
+        self,
+        threshold: float | str = DEFAULT_SLOW_REQUEST,
+        routes: Mapping[str, float | str | None] | None = None,
+    ):
+        self.threshold = check_seconds("slow_request", threshold)
         self.routes: dict[str, float | None] = {}
+        if routes is not None and not isinstance(routes, Mapping):
+            raise TypeError("slow_routes must be a dict of route template to seconds or None")
         for route, value in (routes or {}).items():
             if not isinstance(route, str):
-                raise TypeError("slow_request routes must be route templates (str)")
-            self.routes[route] = None if value is None else _seconds(f"routes[{route!r}]", value)
+                raise TypeError("slow_routes must map route templates (str) to seconds")
+            self.routes[route] = check_optional_seconds(f"slow_routes[{route!r}]", value)
 
     def request_checks(self) -> RequestChecks:
         # No finished request faster than the lowest threshold can fire.
@@ -192,8 +200,8 @@ class LoopBlocked(Trigger):
 
     kind = "loop_blocked"
 
-    def __init__(self, threshold: float = 0.1) -> None:
-        self.threshold = _seconds("loop_blocked", threshold)
+    def __init__(self, threshold: float | str = DEFAULT_LOOP_BLOCKED) -> None:
+        self.threshold = check_seconds("loop_blocked", threshold)
 
     def block_threshold(self) -> float:
         return self.threshold
@@ -223,6 +231,13 @@ class RateLimiter:
         times.append(now)
         return True
 
+    def wait(self) -> float:
+        """Seconds until :meth:`allow` would allow again (0 when it would now)."""
+        times = self._times
+        if len(times) < self.count:
+            return 0.0
+        return max(0.0, self.period - (float(self.clock()) - times[-self.count]))
+
 
 class Gate:
     """Cooldowns per (kind, route) and a global rate limit; counts fired and suppressed.
@@ -244,6 +259,10 @@ class Gate:
         self.fired: dict[str, int] = {}
         self.suppressed: dict[str, int] = {}
         self.why: dict[str, dict[str, int]] = {}
+        #: (time, kind, reason) of the latest refusals, for ``notcaptured``; and whether one
+        #: was logged since a trigger was last admitted (one log line per burst).
+        self.recent: deque[tuple[float, str, str]] = deque(maxlen=4096)
+        self._logged = False
 
     def admit(
         self, kind: str, route: str | None, cooldown: float | None = None, *, rate: bool = True
@@ -268,9 +287,22 @@ class Gate:
                 del self._last[old]
         self._last[key] = now
         self.fired[kind] = self.fired.get(kind, 0) + 1
+        self._logged = False
         return True
+
+    def not_captured(self) -> list[str]:
+        """The refusals of the last minute (or rate period), one sentence per reason."""
+        return not_captured(self)
 
     def suppress(self, kind: str, reason: str = "capturing") -> None:
         self.suppressed[kind] = self.suppressed.get(kind, 0) + 1
         counts = self.why.setdefault(reason, {})
         counts[kind] = counts.get(kind, 0) + 1
+        self.recent.append((self.clock(), kind, reason))
+        if reason != "cooldown" and not self._logged:  # a cooldown is the expected de-dup
+            self._logged = True
+            logger.warning(
+                "flightdeck: %s not captured: %s (more are counted in the status, not logged)",
+                things({kind: 1}),
+                why(self, reason),
+            )

@@ -86,10 +86,19 @@ def check_directory(path: str) -> None:
             " snapshots must live in a directory private to the service user"
         )
     if st.st_mode & 0o022:
+        # A shared directory (sticky like /tmp, or not ours) must stay shared: advise a
+        # private directory inside it rather than a chmod that would break the machine.
+        shared = bool(st.st_mode & stat.S_ISVTX) or st.st_uid != euid
+        fix = (
+            f"use a private subdirectory such as {os.path.join(path, f'flightdeck-{euid}')!r}"
+            " (flightdeck creates it with mode 0700)"
+            if shared
+            else f"chmod 700 {path}, or use a private subdirectory"
+        )
         raise ValueError(
             f"directory {path!r} is writable by group or others (mode"
             f" {stat.S_IMODE(st.st_mode):04o}), so anyone could plant or delete snapshots:"
-            f" chmod 700 {path} or choose another directory"
+            f" {fix}"
         )
 
 

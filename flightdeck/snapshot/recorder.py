@@ -17,6 +17,7 @@ from typing import IO, Any
 from .._version import __version__
 from ..core import registry
 from ..core.config import (
+    DEFAULT_LOOP_BLOCKED,
     DEFAULT_MAX_BYTES,
     DEFAULT_WINDOW,
     check_bool,
@@ -66,7 +67,7 @@ class FlightRecorder:
         max_bytes: int | None = None,
         *,
         instrument_loop: bool = True,
-        loop_blocked: float | None = 0.1,
+        loop_blocked: float | None = DEFAULT_LOOP_BLOCKED,
         wait_threshold: float = 0.05,
         slow_callback: float = 0.01,
     ) -> None:

@@ -312,27 +312,11 @@ async def test_environment_sets_defaults(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 @pytest.mark.parametrize(
-    ("variable", "value"),
-    [
-        ("FLIGHTDECK_MAX_BYTES", "lots"),
-        ("FLIGHTDECK_WINDOW", "ten"),
-        ("FLIGHTDECK_SLOW_REQUEST", "x"),
-    ],
-)
-def test_bad_environment_values_name_the_variable(
-    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
-) -> None:
-    monkeypatch.setenv(variable, value)
-    with pytest.raises(ValueError, match=variable):
-        FlightDeck(starlette_app())
-
-
-@pytest.mark.parametrize(
     ("options", "name"),
     [
         ({"window": 0}, "window"),
         ({"window": -1.0}, "window"),
-        ({"window": "10"}, "window"),
+        ({"window": "ten"}, "window"),
         ({"max_bytes": 0}, "max_bytes"),
         ({"max_bytes": 1.5}, "max_bytes"),
         ({"slow_request": -0.1}, "slow_request"),

@@ -84,7 +84,7 @@ def test_loop_blocked_threshold() -> None:
     [
         (lambda: SlowRequest(0), "slow_request"),
         (lambda: SlowRequest(-1.0), "slow_request"),
-        (lambda: SlowRequest("1"), "slow_request"),  # type: ignore[arg-type]
+        (lambda: SlowRequest("one"), "slow_request"),
         (lambda: LoopBlocked(float("nan")), "loop_blocked"),
         (lambda: SlowRequest(1.0, routes={"/a": 0}), "routes"),
     ],

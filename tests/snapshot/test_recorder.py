@@ -22,14 +22,14 @@ from flightdeck.snapshot.recorder import active_recorders
         ({"window": 0}, ValueError, "window"),
         ({"window": -1.0}, ValueError, "window"),
         ({"window": float("nan")}, ValueError, "window"),
-        ({"window": "10"}, TypeError, "window"),
+        ({"window": "ten"}, ValueError, "window"),
         ({"window": True}, TypeError, "window"),
         ({"max_bytes": 0}, ValueError, "max_bytes"),
         ({"max_bytes": -5}, ValueError, "max_bytes"),
         ({"max_bytes": 1.5}, TypeError, "max_bytes"),
         ({"max_bytes": "16M"}, TypeError, "max_bytes"),
         ({"loop_blocked": 0}, ValueError, "loop_blocked"),
-        ({"loop_blocked": "x"}, TypeError, "loop_blocked"),
+        ({"loop_blocked": "x"}, ValueError, "loop_blocked"),
         ({"wait_threshold": -1}, ValueError, "wait_threshold"),
         ({"slow_callback": None}, TypeError, "slow_callback"),
         ({"instrument_loop": 1}, TypeError, "instrument_loop"),
@@ -45,9 +45,8 @@ def test_options_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLIGHTDECK_MAX_BYTES", "1000")
     rec = FlightRecorder()
     assert rec.window == 3.5 and rec.max_bytes == 1000
-    monkeypatch.setenv("FLIGHTDECK_WINDOW", "soon")
-    with pytest.raises(ValueError, match="FLIGHTDECK_WINDOW"):
-        FlightRecorder()
+    monkeypatch.setenv("FLIGHTDECK_WINDOW", "soon")  # refused and logged: the default stays
+    assert FlightRecorder().window == 10.0
 
 
 def test_lifecycle_without_a_loop() -> None:

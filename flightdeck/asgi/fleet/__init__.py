@@ -1,4 +1,4 @@
-"""Coordinated capture across a fleet of services through Redis (extra ``flightdeck[redis]``).
+"""Coordinated capture across a fleet of services through Redis (extra ``flightdeck-asgi[redis]``).
 
 ``FlightDeck(app, fleet="redis://...")`` builds a :class:`Fleet`; the endpoint lists its
 incidents with :func:`list_incidents`. redis-py is imported only on the fleet's own thread,

@@ -77,7 +77,7 @@ def fleet_options(
         )
     secrets = check_secrets(secret)
     if importlib.util.find_spec("redis") is None:
-        raise ImportError("fleet needs redis-py: pip install 'flightdeck[redis]'")
+        raise ImportError("fleet needs redis-py: pip install 'flightdeck-asgi[redis]'")
     # A password in the URL wins; the variable keeps it out of the URL (and of process lists).
     password = None if parts.password else env("FLIGHTDECK_FLEET_PASSWORD")
     return FleetOptions(url, password, capture, namespace, float(ttl), secrets)
@@ -101,8 +101,11 @@ def resolve_service(service: Any, app: Any) -> str:
     owners: list[int] = []  # framework objects on the way, e.g. the app of add_middleware()
     while frame is not None:
         module = frame.f_globals.get("__name__")
+        if isinstance(module, str):
+            # A server's own __main__ (``uvicorn app:app``, ``python -m uvicorn``) is not it.
+            module = _main_name(module, frame.f_globals.get("__file__"))
         if isinstance(module, str) and not _is_framework(module):
-            return _clip(_main_name(module, frame.f_globals.get("__file__")))
+            return _clip(module)
         owner = frame.f_locals.get("self")
         if owner is not None:
             owners.append(id(owner))
@@ -123,6 +126,8 @@ def _module_holding(owners: list[int]) -> str | None:
         return None
     wanted = set(owners)
     for name, module in list(sys.modules.items()):
+        if module is not None:  # a server's script holds its own objects (click's command)
+            name = _main_name(name, getattr(module, "__file__", None))
         if module is None or _is_framework(name):
             continue
         try:
@@ -130,7 +135,7 @@ def _module_holding(owners: list[int]) -> str | None:
         except TypeError:
             continue
         if any(id(value) in wanted for value in values):
-            return _main_name(name, getattr(module, "__file__", None))
+            return name
     return None
 
 
@@ -140,8 +145,11 @@ def _is_framework(module: str) -> bool:
 
 
 def _main_name(module: str, file: object) -> str:
-    if module == "__main__" and isinstance(file, str):
-        return os.path.splitext(os.path.basename(file))[0] or module
+    if module in ("__main__", "__mp_main__") and isinstance(file, str):
+        name = os.path.splitext(os.path.basename(file))[0]
+        if name == "__main__":  # python -m package: the package's name
+            name = os.path.basename(os.path.dirname(file))
+        return name or module
     return module
 
 

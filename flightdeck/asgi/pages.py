@@ -136,7 +136,7 @@ def render_index(
 body {{ font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }}
 table {{ border-collapse: collapse; width: 100%; }}
 th, td {{ text-align: left; padding: .3em .6em; border-bottom: 1px solid #ddd; }}
-td:nth-child(3), td:nth-child(4) {{ word-break: break-all; }}
+td:nth-child(3), td:nth-child(4) {{ overflow-wrap: anywhere; }}
 button {{ font: inherit; padding: .3em 1em; }}
 tr.incident td {{ background: #f3f0e6; font-weight: 600; }}
 #message {{ margin-left: 1em; color: #a00; }}

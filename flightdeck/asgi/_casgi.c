@@ -12,11 +12,12 @@
  * dropped; the app's and the server's exceptions and results pass through untouched, and a
  * message that is not exactly a dict is forwarded without being looked at.
  *
- * One file because its types share static state (interned strings, the type objects) and the request path calls across them
- * with static inline helpers; split, they would need a private header and exported symbols
- * for nothing. In order: RequestState, Middleware and its setup, trace ids, REQ_START, Send,
- * the awaitable proxy shared by Call and ReceiveAwaitable, Call (REQ_END and the trigger
- * pre-check), Receive, Middleware.__call__, AsyncCall (FlightDeck.__call__), the module.
+ * One file because its types share static state (interned strings, the type objects) and the
+ * request path calls across them with static inline helpers; split, they would need a private
+ * header and exported symbols for nothing. In order: RequestState, Middleware and its setup,
+ * trace ids, REQ_START, Send, the awaitable proxy shared by Call and ReceiveAwaitable, Call
+ * (REQ_END and the trigger pre-check), Receive, Middleware.__call__, AsyncCall
+ * (FlightDeck.__call__), the module.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -164,14 +164,14 @@ loopEv.forEach(function (ev, i) {
 });
 
 // Executor threads, regions, logs.
-var threadRows = new Map(), regionItems = [], logRow = null;
+var threadRows = new Map(), regionItems = [], logRow = null, queuedItems = [];
 events.forEach(function (ev, i) {
   var s = num(ev.start); if (s === null) return;
   if (ev.kind === 'executor') {
     var th = str(ev.thread) || 'executor', row = threadRows.get(th);
     if (!row) { row = new Row('thread ' + th, 'thread', 'executor threads'); threadRows.set(th, row); }
     var st = num(ev.started), en = num(ev.end);
-    if (st !== null && st > s) add(row, 0, {kind: 'queued', s: rel(s), e: rel(st), label: 'queued', color: C.queued, h: 0.35, ref: ev, index: i});
+    if (st !== null && st > s) queuedItems.push([row, {kind: 'queued', s: rel(s), e: rel(st), label: 'queued', color: C.queued, h: 0.35, ref: ev, index: i}]);
     if (st !== null) {
       if (en === null || en < st) en = Math.max(st, W1);
       add(row, 0, {kind: 'executor', s: rel(st), e: rel(en), label: str(ev.func) || 'job', color: ev.error ? C.err : C.executor, cls: ev.error ? 'err' : 'executor', h: 1, ref: ev, index: i});
@@ -184,6 +184,16 @@ events.forEach(function (ev, i) {
   } else if (ev.kind === 'trigger') {
     add(lagRow, 0, {kind: 'mark', s: rel(s), e: rel(s), label: 'trigger ' + str(ev.trigger_kind), color: C.mark, h: 0.45, ref: ev, index: i, tick: true});
   }
+});
+// A job's queued time is drawn on the row of the thread that ran it, only where that thread
+// was not running another job (which it would cover, label included); the details pane
+// gives the whole wait.
+queuedItems.forEach(function (q) {
+  var row = q[0], it = q[1];
+  row.layers[0].forEach(function (job) {
+    if (job.kind === 'executor' && job.s < it.e && job.e > it.s) it.s = Math.max(it.s, job.e);
+  });
+  if (it.e > it.s) add(row, 0, it);
 });
 threadRows.forEach(function (r) { rows.push(r); });
 if (regionItems.length) {

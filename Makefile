@@ -8,12 +8,12 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 
 .PHONY: memcheck
-.PHONY: run test test-all test-versions lint typecheck pytest pytest-pure soak bench bench-native bench-http bench-instr bench-capture clean
+.PHONY: format-c run test test-all test-versions lint typecheck pytest pytest-pure soak bench bench-native bench-http bench-instr bench-capture clean
 
 # One line after each install: which recording core the install has (pip -q hides setup.py's).
 export CORE_LINE := from flightdeck.core.cores import CORE; print("flightdeck: native core built" if CORE == "native" else "flightdeck: native extension not built (no working C compiler, or FLIGHTDECK_NO_EXTENSIONS set): using the pure-Python core")
 
-$(STAMP): pyproject.toml setup.py $(wildcard flightdeck/*/*.c)
+$(STAMP): pyproject.toml setup.py $(wildcard flightdeck/*/*.c flightdeck/*/*.h flightdeck/core/native/*.h)
 	@test -n "$(PYTHON)" && command -v $(PYTHON) >/dev/null 2>&1 || { echo "python3.11 not found; set PYTHON=/path/to/python3.11+"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml setup.py $(wildcard flightdeck/*/*.c)
 # adds the development tools to the same venv.
 RUN_STAMP := $(VENV)/.installed-run
 
-$(RUN_STAMP): pyproject.toml setup.py $(wildcard flightdeck/*/*.c)
+$(RUN_STAMP): pyproject.toml setup.py $(wildcard flightdeck/*/*.c flightdeck/*/*.h flightdeck/core/native/*.h)
 	@test -n "$(PYTHON)" && command -v $(PYTHON) >/dev/null 2>&1 || { echo "python3.11 not found; set PYTHON=/path/to/python3.11+"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -41,6 +41,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check flightdeck tests examples benchmarks tools
 	$(VENV)/bin/ruff format --check flightdeck tests examples benchmarks tools
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/clang-format --dry-run --Werror $(C_SOURCES)
+
+# The C sources in the one style of .clang-format.
+C_SOURCES := flightdeck/core/_native.c $(wildcard flightdeck/core/native/*.h) flightdeck/asgi/_casgi.c
+format-c: $(STAMP)
+	$(VENV)/bin/clang-format -i $(C_SOURCES)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy flightdeck

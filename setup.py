@@ -63,6 +63,21 @@ class optional_build_ext(build_ext):
 # Generated from flightdeck/core/events.py (tools/gen_kinds.py) and checked in: the build
 # never imports the package.
 KINDS_H = "flightdeck/core/_kinds.h"
+# The native core's parts (one translation unit: _native.c includes them) and the clock
+# header both C modules share.
+NATIVE_PARTS = sorted(
+    os.path.join("flightdeck/core/native", name)
+    for name in os.listdir(
+        os.path.join(os.path.dirname(os.path.abspath(__file__)), "flightdeck/core/native")
+    )
+    if name.endswith(".h")
+)
+CLOCK_H = "flightdeck/core/native/clock.h"
+# Benchmark hooks (`_native.bench_step`) are compiled only on request, never in a shipped build:
+# FLIGHTDECK_BENCH_HOOKS=1 python setup.py build_ext --inplace (benchmarks/bench_native.py).
+BENCH_MACROS = (
+    [("FLIGHTDECK_BENCH_HOOKS", "1")] if os.environ.get("FLIGHTDECK_BENCH_HOOKS") == "1" else []
+)
 FLAGS = ["-O2", "-std=c11", "-Wall", "-Wno-missing-field-initializers"]
 ext_modules = []
 if not _no_extensions() and sys.platform != "win32" and sys.implementation.name == "cpython":
@@ -70,7 +85,8 @@ if not _no_extensions() and sys.platform != "win32" and sys.implementation.name 
         Extension(
             "flightdeck.core._native",
             ["flightdeck/core/_native.c"],
-            depends=[KINDS_H],
+            depends=[KINDS_H, *NATIVE_PARTS],
+            define_macros=BENCH_MACROS,
             extra_compile_args=FLAGS,
         )
     )
@@ -78,7 +94,7 @@ if not _no_extensions() and sys.platform != "win32" and sys.implementation.name 
         Extension(
             "flightdeck.asgi._casgi",
             ["flightdeck/asgi/_casgi.c"],
-            depends=[KINDS_H],
+            depends=[KINDS_H, CLOCK_H],
             extra_compile_args=FLAGS,
         )
     )

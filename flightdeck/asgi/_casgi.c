@@ -27,7 +27,9 @@
 #include <limits.h>
 
 #if PY_VERSION_HEX < 0x030C0000
-static inline PyObject *PyErr_GetRaisedException_compat(void) {
+static inline PyObject *
+PyErr_GetRaisedException_compat(void)
+{
     PyObject *t, *v, *tb;
     PyErr_Fetch(&t, &v, &tb);
     if (t == NULL) return NULL;
@@ -37,7 +39,9 @@ static inline PyObject *PyErr_GetRaisedException_compat(void) {
     Py_XDECREF(tb);
     return v;
 }
-static inline void PyErr_SetRaisedException_compat(PyObject *e) {
+static inline void
+PyErr_SetRaisedException_compat(PyObject *e)
+{
     if (e == NULL) {
         PyErr_Clear();
         return;
@@ -49,7 +53,9 @@ static inline void PyErr_SetRaisedException_compat(PyObject *e) {
 #define PyErr_SetRaisedException_compat PyErr_SetRaisedException
 #endif
 #if PY_VERSION_HEX < 0x030D0000
-static inline int PyObject_GetOptionalAttr(PyObject *o, PyObject *name, PyObject **result) {
+static inline int
+PyObject_GetOptionalAttr(PyObject *o, PyObject *name, PyObject **result)
+{
     return _PyObject_LookupAttr(o, name, result);
 }
 #endif
@@ -61,22 +67,19 @@ static inline int PyObject_GetOptionalAttr(PyObject *o, PyObject *name, PyObject
 /* Event kinds (K_REQ_START, K_REQ_END), generated from flightdeck/core/events.py; the
  * REQ_END layout: see there. */
 #include "../core/_kinds.h"
+#include "../core/native/clock.h"
 
-static PyObject *s_type, *s_http, *s_websocket, *s_flightdeck, *s_path, *s_root_path,
-    *s_method, *s_query_string, *s_client, *s_headers, *s_status, *s_more_body, *s_code,
-    *s_route, *s_path_format, *s_empty, *s_WS, *s_throw, *s_close, *s_send, *s_emit,
-    *s_m_resp_start, *s_m_resp_body, *s_m_ws_resp_start, *s_m_ws_accept, *s_m_ws_close,
-    *s_m_http_disconnect, *s_m_ws_disconnect, *i_kind_start, *i_kind_end;
+static PyObject *s_type, *s_http, *s_websocket, *s_flightdeck, *s_path, *s_root_path, *s_method,
+    *s_query_string, *s_client, *s_headers, *s_status, *s_more_body, *s_code, *s_route,
+    *s_path_format, *s_empty, *s_WS, *s_throw, *s_close, *s_send, *s_emit, *s_m_resp_start,
+    *s_m_resp_body, *s_m_ws_resp_start, *s_m_ws_accept, *s_m_ws_close, *s_m_http_disconnect,
+    *s_m_ws_disconnect, *i_kind_start, *i_kind_end;
 
-static inline long long now_ns(void) {
-    struct timespec ts;
-    /* time.perf_counter_ns() reads the same clock on Linux: events stay in one order. */
-#ifdef CLOCK_UPTIME_RAW
-    clock_gettime(CLOCK_UPTIME_RAW, &ts);
-#else
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-#endif
-    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+/* The recorder's clock (time.perf_counter_ns()'s), shared with the native core. */
+static inline long long
+now_ns(void)
+{
+    return (long long)fd_clock();
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -93,21 +96,37 @@ typedef struct {
 } State;
 
 /* Not a GC container: it only ever holds ints and None (the setters see to it). */
-static void State_dealloc(State *s) {
+static void
+State_dealloc(State *s)
+{
     Py_CLEAR(s->status);
     Py_CLEAR(s->close_code);
     PyObject_Free(s);
 }
-static inline PyObject *int_or_none(PyObject *v) {
+static inline PyObject *
+int_or_none(PyObject *v)
+{
     return v != NULL && PyLong_CheckExact(v) ? v : Py_None;
 }
-static PyObject *State_get_status(State *s, void *c) { return Py_NewRef(s->status ? s->status : Py_None); }
-static int State_set_status(State *s, PyObject *v, void *c) {
+static PyObject *
+State_get_status(State *s, void *c)
+{
+    return Py_NewRef(s->status ? s->status : Py_None);
+}
+static int
+State_set_status(State *s, PyObject *v, void *c)
+{
     Py_XSETREF(s->status, Py_NewRef(int_or_none(v)));
     return 0;
 }
-static PyObject *State_get_close(State *s, void *c) { return Py_NewRef(s->close_code ? s->close_code : Py_None); }
-static int State_set_close(State *s, PyObject *v, void *c) {
+static PyObject *
+State_get_close(State *s, void *c)
+{
+    return Py_NewRef(s->close_code ? s->close_code : Py_None);
+}
+static int
+State_set_close(State *s, PyObject *v, void *c)
+{
     Py_XSETREF(s->close_code, Py_NewRef(int_or_none(v)));
     return 0;
 }
@@ -133,7 +152,9 @@ static PyTypeObject StateType = {
     .tp_doc = "Per-request state (status, ttfb, disconnected, body_end, fired, close_code).",
 };
 
-static State *state_new(void) {
+static State *
+state_new(void)
+{
     State *s = PyObject_New(State, &StateType);
     if (s == NULL) return NULL;
     s->status = NULL;
@@ -164,21 +185,23 @@ typedef struct {
     PyObject *running_loop;  /* 3.11: asyncio.get_running_loop (C) */
     PyObject *contextvar;    /* instrument.context.current_request */
     PyObject *prefix;        /* endpoint path or NULL */
-    long long slow_floor_ns;  /* the pre-check, as the triggers state it (capture.py) */
+    long long slow_floor_ns; /* the pre-check, as the triggers state it (capture.py) */
     long long status_floor;
     long long rid;
     long long errors;
     long long requests;
-    char fast;               /* take the native path (enabled and started) */
-    char triggers;           /* any on_request trigger */
-    char precheck;           /* every request trigger states its RequestChecks */
-    char error_fires;        /* an exception escaping the app can fire one */
-    char headers;            /* capture_headers configured: REQ_START from Python */
+    char fast;        /* take the native path (enabled and started) */
+    char triggers;    /* any on_request trigger */
+    char precheck;    /* every request trigger states its RequestChecks */
+    char error_fires; /* an exception escaping the app can fire one */
+    char headers;     /* capture_headers configured: REQ_START from Python */
 } Middleware;
 
 static PyTypeObject MiddlewareType, CallType, SendType, ReceiveType, RecvAwaitType, AsyncCallType;
 
-static int Middleware_traverse(Middleware *m, visitproc visit, void *arg) {
+static int
+Middleware_traverse(Middleware *m, visitproc visit, void *arg)
+{
     Py_VISIT(m->dict);
     Py_VISIT(m->app);
     Py_VISIT(m->recorder);
@@ -196,7 +219,9 @@ static int Middleware_traverse(Middleware *m, visitproc visit, void *arg) {
     Py_VISIT(m->prefix);
     return 0;
 }
-static int Middleware_clear(Middleware *m) {
+static int
+Middleware_clear(Middleware *m)
+{
     Py_CLEAR(m->dict);
     Py_CLEAR(m->app);
     Py_CLEAR(m->recorder);
@@ -214,7 +239,9 @@ static int Middleware_clear(Middleware *m) {
     Py_CLEAR(m->prefix);
     return 0;
 }
-static void Middleware_dealloc(Middleware *m) {
+static void
+Middleware_dealloc(Middleware *m)
+{
     PyTypeObject *tp = Py_TYPE(m);
     PyObject_GC_UnTrack(m);
     if (m->weakreflist != NULL) PyObject_ClearWeakRefs((PyObject *)m);
@@ -222,20 +249,22 @@ static void Middleware_dealloc(Middleware *m) {
     tp->tp_free((PyObject *)m); /* a heap subclass's type is released by subtype_dealloc */
 }
 
-static PyObject *Middleware_setup(Middleware *m, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"app", "recorder", "report", "inflight", "done", "py_call", "start_event", "query",
-                             "trace_id", "current_task", "contextvar", "prefix", "slow_floor_ns",
-                             "status_floor", "triggers", "precheck", "error_fires", "headers",
-                             "current_tasks", "running_loop", NULL};
-    PyObject *app, *recorder, *report, *inflight, *done, *py_call, *start_event, *query, *trace_id, *ct, *cv,
-        *prefix, *tasks = Py_None, *running = Py_None;
+static PyObject *
+Middleware_setup(Middleware *m, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {
+        "app",           "recorder",     "report",   "inflight",     "done",        "py_call",
+        "start_event",   "query",        "trace_id", "current_task", "contextvar",  "prefix",
+        "slow_floor_ns", "status_floor", "triggers", "precheck",     "error_fires", "headers",
+        "current_tasks", "running_loop", NULL};
+    PyObject *app, *recorder, *report, *inflight, *done, *py_call, *start_event, *query, *trace_id,
+        *ct, *cv, *prefix, *tasks = Py_None, *running = Py_None;
     long long floor, status_floor;
     int triggers, precheck, error_fires, headers;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO!OOOOOOOOLLpppp|OO", kwlist, &app, &recorder,
-                                     &report, &PyDict_Type, &inflight, &done, &py_call,
-                                     &start_event, &query, &trace_id, &ct, &cv, &prefix, &floor,
-                                     &status_floor, &triggers, &precheck, &error_fires, &headers,
-                                     &tasks, &running))
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kw, "OOOO!OOOOOOOOLLpppp|OO", kwlist, &app, &recorder, &report, &PyDict_Type,
+            &inflight, &done, &py_call, &start_event, &query, &trace_id, &ct, &cv, &prefix, &floor,
+            &status_floor, &triggers, &precheck, &error_fires, &headers, &tasks, &running))
         return NULL;
     if (prefix != Py_None && !PyUnicode_CheckExact(prefix)) {
         PyErr_SetString(PyExc_TypeError, "prefix must be a str or None");
@@ -274,7 +303,9 @@ static PyObject *Middleware_setup(Middleware *m, PyObject *args, PyObject *kw) {
 
 /* A failure of flightdeck's own: counted (native_errors), reported to the ErrorLog under
  * ``kind`` as the Python path reports it, and dropped. Never leaves an exception set. */
-static void dropped_as(Middleware *m, const char *kind) {
+static void
+dropped_as(Middleware *m, const char *kind)
+{
     m->errors++;
     PyObject *exc = PyErr_GetRaisedException_compat();
     if (m->report != NULL && exc != NULL) {
@@ -289,7 +320,9 @@ static void dropped_as(Middleware *m, const char *kind) {
 #define dropped(m) dropped_as((m), "native")
 
 /* recorder.emit(event); 0, or -1 with an exception set. */
-static int emit(Middleware *m, PyObject *event) {
+static int
+emit(Middleware *m, PyObject *event)
+{
     PyObject *fn = PyObject_GetAttr(m->recorder, s_emit);
     if (fn == NULL) return -1;
     PyObject *r = PyObject_CallOneArg(fn, event);
@@ -300,7 +333,9 @@ static int emit(Middleware *m, PyObject *event) {
 }
 
 /* --- the trace id of a traceparent header (see tracecontext.py) ----------------------- */
-static int hexlower(const char *p, Py_ssize_t n, int *allzero) {
+static int
+hexlower(const char *p, Py_ssize_t n, int *allzero)
+{
     int zero = 1;
     for (Py_ssize_t i = 0; i < n; i++) {
         char c = p[i];
@@ -312,13 +347,15 @@ static int hexlower(const char *p, Py_ssize_t n, int *allzero) {
 }
 
 /* New reference: a str of 32 hex, or None; NULL (no exception) means "ask Python". */
-static PyObject *trace_id_of(const char *v, Py_ssize_t n) {
+static PyObject *
+trace_id_of(const char *v, Py_ssize_t n)
+{
     while (n && (*v == ' ' || *v == '\t')) v++, n--;
     while (n && (v[n - 1] == ' ' || v[n - 1] == '\t')) n--;
     int zt, zp;
     if (n < 55 || v[2] != '-' || v[35] != '-' || v[52] != '-') return Py_NewRef(Py_None);
-    if (!hexlower(v, 2, NULL) || !hexlower(v + 3, 32, &zt) || !hexlower(v + 36, 16, &zp) ||
-        !hexlower(v + 53, 2, NULL))
+    if (!hexlower(v, 2, NULL) || !hexlower(v + 3, 32, &zt) || !hexlower(v + 36, 16, &zp)
+        || !hexlower(v + 53, 2, NULL))
         return Py_NewRef(Py_None);
     if (n > 55) {
         if (v[55] != '-' || (v[0] == '0' && v[1] == '0')) return Py_NewRef(Py_None);
@@ -329,7 +366,9 @@ static PyObject *trace_id_of(const char *v, Py_ssize_t n) {
 }
 
 /* New reference; NULL with an exception on failure. */
-static PyObject *scan_trace_id(Middleware *m, PyObject *headers) {
+static PyObject *
+scan_trace_id(Middleware *m, PyObject *headers)
+{
     if (!PyList_CheckExact(headers) && !PyTuple_CheckExact(headers)) return Py_NewRef(Py_None);
     Py_ssize_t n = PySequence_Fast_GET_SIZE(headers);
     PyObject **items = PySequence_Fast_ITEMS(headers);
@@ -344,8 +383,8 @@ static PyObject *scan_trace_id(Middleware *m, PyObject *headers) {
         } else {
             return PyObject_CallOneArg(m->trace_id, headers); /* unusual: Python decides */
         }
-        if (!PyBytes_CheckExact(name) || PyBytes_GET_SIZE(name) != 11 ||
-            memcmp(PyBytes_AS_STRING(name), "traceparent", 11) != 0)
+        if (!PyBytes_CheckExact(name) || PyBytes_GET_SIZE(name) != 11
+            || memcmp(PyBytes_AS_STRING(name), "traceparent", 11) != 0)
             continue;
         if (!PyBytes_CheckExact(value)) return PyObject_CallOneArg(m->trace_id, headers);
         return trace_id_of(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value));
@@ -354,7 +393,9 @@ static PyObject *scan_trace_id(Middleware *m, PyObject *headers) {
 }
 
 /* --- REQ_START ------------------------------------------------------------------------ */
-static PyObject *scope_get(PyObject *scope, PyObject *key) {
+static PyObject *
+scope_get(PyObject *scope, PyObject *key)
+{
     PyObject *v = PyDict_GetItemWithError(scope, key); /* borrowed */
     return v;
 }
@@ -363,7 +404,9 @@ static PyObject *scope_get(PyObject *scope, PyObject *key) {
  * redacts (redact.Redactor.path): a run of 20 or more of [A-Za-z0-9+_%=-] outside a
  * segment that is exactly a UUID, "eyJ" (a JWT) or "-----" (a PEM block). Conservative:
  * every path the Python rule would change is sent there; most others stay native. */
-static int path_suspect(PyObject *path) {
+static int
+path_suspect(PyObject *path)
+{
     int kind = PyUnicode_KIND(path);
     const void *data = PyUnicode_DATA(path);
     Py_ssize_t n = PyUnicode_GET_LENGTH(path), run = 0, seg = 0;
@@ -378,8 +421,8 @@ static int path_suspect(PyObject *path) {
                     Py_UCS4 d = PyUnicode_READ(kind, data, seg + j);
                     int dash = j == 8 || j == 13 || j == 18 || j == 23;
                     uuid = dash ? d == '-'
-                                : ((d >= '0' && d <= '9') || (d >= 'a' && d <= 'f') ||
-                                   (d >= 'A' && d <= 'F'));
+                                : ((d >= '0' && d <= '9') || (d >= 'a' && d <= 'f')
+                                   || (d >= 'A' && d <= 'F'));
                 }
                 if (!uuid) return 1;
             }
@@ -388,18 +431,18 @@ static int path_suspect(PyObject *path) {
             seg = i + 1;
             continue;
         }
-        if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-            c == '+' || c == '_' || c == '%' || c == '=' || c == '-') {
+        if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+'
+            || c == '_' || c == '%' || c == '=' || c == '-') {
             if (++run >= 20) long_run = 1;
         } else {
             run = 0;
         }
-        if (i + 2 < n && c == 'e' && PyUnicode_READ(kind, data, i + 1) == 'y' &&
-            PyUnicode_READ(kind, data, i + 2) == 'J')
+        if (i + 2 < n && c == 'e' && PyUnicode_READ(kind, data, i + 1) == 'y'
+            && PyUnicode_READ(kind, data, i + 2) == 'J')
             return 1;
-        if (c == '-' && i + 4 < n && PyUnicode_READ(kind, data, i + 1) == '-' &&
-            PyUnicode_READ(kind, data, i + 2) == '-' && PyUnicode_READ(kind, data, i + 3) == '-' &&
-            PyUnicode_READ(kind, data, i + 4) == '-')
+        if (c == '-' && i + 4 < n && PyUnicode_READ(kind, data, i + 1) == '-'
+            && PyUnicode_READ(kind, data, i + 2) == '-' && PyUnicode_READ(kind, data, i + 3) == '-'
+            && PyUnicode_READ(kind, data, i + 4) == '-')
             return 1;
     }
     return 0;
@@ -409,10 +452,12 @@ static int path_suspect(PyObject *path) {
  * itself unless its path and query are longer than LIVE_TEXT_MAX together, then a copy
  * with the path cut to LIVE_TEXT_MAX characters and no query. NULL with an exception. */
 #define LIVE_TEXT_MAX 256
-static PyObject *live_start(PyObject *ev) {
+static PyObject *
+live_start(PyObject *ev)
+{
     PyObject *path = PyTuple_GET_ITEM(ev, 5), *query = PyTuple_GET_ITEM(ev, 6);
-    if (!PyUnicode_CheckExact(path) || !PyUnicode_CheckExact(query) ||
-        PyUnicode_GET_LENGTH(path) + PyUnicode_GET_LENGTH(query) <= LIVE_TEXT_MAX)
+    if (!PyUnicode_CheckExact(path) || !PyUnicode_CheckExact(query)
+        || PyUnicode_GET_LENGTH(path) + PyUnicode_GET_LENGTH(query) <= LIVE_TEXT_MAX)
         return Py_NewRef(ev);
     PyObject *copy = PyTuple_New(PyTuple_GET_SIZE(ev));
     PyObject *cut = PyUnicode_Substring(path, 0, LIVE_TEXT_MAX);
@@ -422,13 +467,15 @@ static PyObject *live_start(PyObject *ev) {
         return NULL;
     }
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(ev); i++)
-        PyTuple_SET_ITEM(copy, i, i == 5 ? cut : Py_NewRef(i == 6 ? s_empty : PyTuple_GET_ITEM(ev, i)));
+        PyTuple_SET_ITEM(copy, i,
+                         i == 5 ? cut : Py_NewRef(i == 6 ? s_empty : PyTuple_GET_ITEM(ev, i)));
     return copy;
 }
 
 /* New reference to the REQ_START tuple, or NULL with an exception. */
-static PyObject *start_event(Middleware *m, PyObject *scope, PyObject *kind, PyObject *rid,
-                             PyObject *t0) {
+static PyObject *
+start_event(Middleware *m, PyObject *scope, PyObject *kind, PyObject *rid, PyObject *t0)
+{
     if (m->headers) goto python;
     PyObject *method = scope_get(scope, s_method);
     PyObject *path = scope_get(scope, s_path);
@@ -448,8 +495,8 @@ static PyObject *start_event(Middleware *m, PyObject *scope, PyObject *kind, PyO
     if (client != Py_None) {
         if (!PyTuple_CheckExact(client) || PyTuple_GET_SIZE(client) != 2) goto python;
         PyObject *host = PyTuple_GET_ITEM(client, 0);
-        if (!PyUnicode_CheckExact(host) || PyUnicode_GET_LENGTH(host) > MAX_HOST ||
-            !PyLong_CheckExact(PyTuple_GET_ITEM(client, 1)))
+        if (!PyUnicode_CheckExact(host) || PyUnicode_GET_LENGTH(host) > MAX_HOST
+            || !PyLong_CheckExact(PyTuple_GET_ITEM(client, 1)))
             goto python;
     }
     PyObject *query;
@@ -472,8 +519,10 @@ static PyObject *start_event(Middleware *m, PyObject *scope, PyObject *kind, PyO
         PyObject *loop = PyObject_CallNoArgs(m->running_loop);
         task = loop ? PyDict_GetItemWithError(m->current_tasks, loop) : NULL;
         Py_XDECREF(loop);
-        if (task != NULL) Py_INCREF(task);
-        else if (!PyErr_Occurred()) task = Py_NewRef(Py_None);
+        if (task != NULL)
+            Py_INCREF(task);
+        else if (!PyErr_Occurred())
+            task = Py_NewRef(Py_None);
     } else {
         task = PyObject_CallNoArgs(m->current_task);
     }
@@ -507,10 +556,11 @@ static PyObject *start_event(Middleware *m, PyObject *scope, PyObject *kind, PyO
     PyTuple_SET_ITEM(ev, 9, tid);
     PyTuple_SET_ITEM(ev, 10, trace);
     return ev;
-python: {
-    PyObject *args[4] = {scope, kind, rid, t0};
-    return PyObject_Vectorcall(m->start_event, args, 4, NULL);
-}
+python:
+    {
+        PyObject *args[4] = {scope, kind, rid, t0};
+        return PyObject_Vectorcall(m->start_event, args, 4, NULL);
+    }
 }
 
 /* --- Send: a plain callable returning the server's awaitable -------------------------- */
@@ -521,29 +571,40 @@ typedef struct {
     State *state;
 } Send;
 
-static int Send_traverse(Send *s, visitproc visit, void *arg) {
+static int
+Send_traverse(Send *s, visitproc visit, void *arg)
+{
     Py_VISIT(s->send);
     Py_VISIT(s->state);
     return 0;
 }
-static int Send_clear(Send *s) {
+static int
+Send_clear(Send *s)
+{
     Py_CLEAR(s->send);
     Py_CLEAR(s->state);
     return 0;
 }
-static void Send_dealloc(Send *s) {
+static void
+Send_dealloc(Send *s)
+{
     PyObject_GC_UnTrack(s);
     Send_clear(s);
     PyObject_GC_Del(s);
 }
 
-static inline int same(PyObject *a, PyObject *b) {
-    return a == b || (PyUnicode_CheckExact(a) && PyUnicode_GET_LENGTH(a) == PyUnicode_GET_LENGTH(b) &&
-                      PyUnicode_Compare(a, b) == 0);
+static inline int
+same(PyObject *a, PyObject *b)
+{
+    return a == b
+           || (PyUnicode_CheckExact(a) && PyUnicode_GET_LENGTH(a) == PyUnicode_GET_LENGTH(b)
+               && PyUnicode_Compare(a, b) == 0);
 }
 
 /* Note what a sent message says; never fails (a lookup error is dropped). */
-static void note_sent(State *st, PyObject *msg) {
+static void
+note_sent(State *st, PyObject *msg)
+{
     PyObject *t = PyDict_GetItemWithError(msg, s_type);
     if (t == NULL || !PyUnicode_CheckExact(t)) goto out;
     if (same(t, s_m_resp_body)) {
@@ -568,7 +629,9 @@ out:
     PyErr_Clear();
 }
 
-static PyObject *Send_vectorcall(Send *s, PyObject *const *args, size_t nargsf, PyObject *kw) {
+static PyObject *
+Send_vectorcall(Send *s, PyObject *const *args, size_t nargsf, PyObject *kw)
+{
     if (PyVectorcall_NARGS(nargsf) == 1 && kw == NULL && PyDict_CheckExact(args[0]))
         note_sent(s->state, args[0]);
     return PyObject_Vectorcall(s->send, args, nargsf, kw); /* the server's own answer */
@@ -588,7 +651,9 @@ static PyTypeObject SendType = {
 
 /* --- awaitable proxies ---------------------------------------------------------------- */
 /* The iterator of ``await obj`` (new reference), or NULL with the error ``await`` raises. */
-static PyObject *await_iter(PyObject *obj) {
+static PyObject *
+await_iter(PyObject *obj)
+{
     if (PyCoro_CheckExact(obj)) return Py_NewRef(obj);
     PyTypeObject *tp = Py_TYPE(obj);
     if (tp->tp_as_async == NULL || tp->tp_as_async->am_await == NULL) {
@@ -606,7 +671,9 @@ static PyObject *await_iter(PyObject *obj) {
 }
 
 /* Set StopIteration(value) as a finished iterator reports its result. */
-static void set_stop(PyObject *value) {
+static void
+set_stop(PyObject *value)
+{
     if (value == Py_None) {
         PyErr_SetNone(PyExc_StopIteration);
         return;
@@ -620,7 +687,9 @@ static void set_stop(PyObject *value) {
 
 /* The value of a StopIteration being raised (new reference, clearing it), else NULL with
  * the error still set. */
-static PyObject *take_stop(void) {
+static PyObject *
+take_stop(void)
+{
     if (!PyErr_ExceptionMatches(PyExc_StopIteration)) return NULL;
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
@@ -633,10 +702,10 @@ static PyObject *take_stop(void) {
 }
 
 /* Shared by Call and RecvAwait: the proxy's iterator state. */
-#define PROXY_HEAD        \
-    PyObject_HEAD         \
-    PyObject *awaitable;  \
-    PyObject *iter;       \
+#define PROXY_HEAD       \
+    PyObject_HEAD        \
+    PyObject *awaitable; \
+    PyObject *iter;      \
     char finished;
 
 typedef struct {
@@ -647,8 +716,10 @@ typedef PySendResult (*on_result_fn)(Proxy *, PySendResult, PyObject **);
 
 /* One step of the inner iterator: PYGEN_NEXT (yielded), PYGEN_RETURN (result) or
  * PYGEN_ERROR (exception set). ``mode`` 0: send(arg); 1: throw(args); 2: close(). */
-static PySendResult proxy_step(Proxy *p, int mode, PyObject *arg, PyObject *const *args,
-                               Py_ssize_t nargs, PyObject **result) {
+static PySendResult
+proxy_step(Proxy *p, int mode, PyObject *arg, PyObject *const *args, Py_ssize_t nargs,
+           PyObject **result)
+{
     *result = NULL;
     if (p->finished) {
         if (mode == 2) {
@@ -685,8 +756,10 @@ static PySendResult proxy_step(Proxy *p, int mode, PyObject *arg, PyObject *cons
         }
         /* No throw(): raise the exception here, as ``await`` would at this point. */
         PyObject *exc = nargs ? args[0] : Py_None;
-        if (PyExceptionInstance_Check(exc)) PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-        else PyErr_SetObject(exc, nargs > 1 ? args[1] : NULL);
+        if (PyExceptionInstance_Check(exc))
+            PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        else
+            PyErr_SetObject(exc, nargs > 1 ? args[1] : NULL);
         return PYGEN_ERROR;
     }
     *result = PyObject_Vectorcall(meth, args, nargs, NULL);
@@ -697,7 +770,9 @@ static PySendResult proxy_step(Proxy *p, int mode, PyObject *arg, PyObject *cons
 }
 
 /* Report a step's outcome the way tp_iternext / send() / throw() must. */
-static PyObject *report(PySendResult r, PyObject *result) {
+static PyObject *
+report(PySendResult r, PyObject *result)
+{
     if (r == PYGEN_NEXT) return result;
     if (r == PYGEN_RETURN) {
         set_stop(result);
@@ -716,10 +791,12 @@ typedef struct {
     State *state;
     PyObject *token; /* contextvar token, from the first step on */
     long long t0;
-    char started;    /* stepped at least once: the request id is set in its context */
+    char started; /* stepped at least once: the request id is set in its context */
 } Call;
 
-static int Call_traverse(Call *c, visitproc visit, void *arg) {
+static int
+Call_traverse(Call *c, visitproc visit, void *arg)
+{
     Py_VISIT(c->awaitable);
     Py_VISIT(c->iter);
     Py_VISIT(c->mw);
@@ -730,7 +807,9 @@ static int Call_traverse(Call *c, visitproc visit, void *arg) {
     Py_VISIT(c->token);
     return 0;
 }
-static int Call_clear(Call *c) {
+static int
+Call_clear(Call *c)
+{
     Py_CLEAR(c->awaitable);
     Py_CLEAR(c->iter);
     Py_CLEAR(c->mw);
@@ -742,7 +821,9 @@ static int Call_clear(Call *c) {
     return 0;
 }
 
-static PyObject *route_of(PyObject *scope) {
+static PyObject *
+route_of(PyObject *scope)
+{
     PyObject *route = PyDict_GetItemWithError(scope, s_route);
     if (route == NULL || route == Py_None) return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
     PyObject *p = NULL;
@@ -759,7 +840,9 @@ static PyObject *route_of(PyObject *scope) {
 /* An int the snapshot formats can hold (new reference, NULL on error): one past
  * +-(2**63 - 1) (a broken app's status or close code) becomes the nearest bound, counted as
  * ``status_clamped`` as the Python path counts it (capture.clamp64). ``*value`` gets it. */
-static PyObject *clamp64(Middleware *m, PyObject *v, long long *value) {
+static PyObject *
+clamp64(Middleware *m, PyObject *v, long long *value)
+{
     int overflow = 0;
     *value = PyLong_AsLongLongAndOverflow(v, &overflow);
     if (*value == -1 && PyErr_Occurred()) return NULL;
@@ -775,7 +858,9 @@ static PyObject *clamp64(Middleware *m, PyObject *v, long long *value) {
 
 /* The request ended (``error``: the exception's qualname, or NULL). Never raises: the
  * current exception (the app's) is kept as it is. */
-static void Call_finish(Call *c, PyObject *error) {
+static void
+Call_finish(Call *c, PyObject *error)
+{
     if (c->finished) return;
     c->finished = 1;
     Middleware *m = c->mw;
@@ -835,15 +920,21 @@ static void Call_finish(Call *c, PyObject *error) {
     }
     if (PyDict_DelItem(m->inflight, c->rid) < 0) PyErr_Clear();
     /* The integer pre-check: nothing can fire in the common case. */
-    if (m->triggers &&
-        !(m->precheck && (error == NULL || !m->error_fires) && code < m->status_floor &&
-          (st->fired || !is_http || t1 - c->t0 <= m->slow_floor_ns))) {
+    if (m->triggers
+        && !(m->precheck && (error == NULL || !m->error_fires) && code < m->status_floor
+             && (st->fired || !is_http || t1 - c->t0 <= m->slow_floor_ns))) {
         PyObject *t0o = PyLong_FromLongLong(c->t0);
         if (t0o == NULL) {
             dropped(m);
         } else {
-            PyObject *args[9] = {c->rid, c->scope, (PyObject *)st, t0o, t1o, c->kind,
-                                 PyTuple_GET_ITEM(ev, 3), PyTuple_GET_ITEM(ev, 5),
+            PyObject *args[9] = {c->rid,
+                                 c->scope,
+                                 (PyObject *)st,
+                                 t0o,
+                                 t1o,
+                                 c->kind,
+                                 PyTuple_GET_ITEM(ev, 3),
+                                 PyTuple_GET_ITEM(ev, 5),
                                  error ? error : Py_None};
             PyObject *r = PyObject_Vectorcall(m->done, args, 9, NULL);
             if (r == NULL) dropped_as(m, "request_end");
@@ -856,7 +947,9 @@ after_emit:
     PyErr_SetRaisedException_compat(exc);
 }
 
-static PyObject *error_name(void) {
+static PyObject *
+error_name(void)
+{
     PyObject *exc = PyErr_GetRaisedException_compat();
     PyObject *name = exc ? PyType_GetQualName(Py_TYPE(exc)) : NULL;
     if (name == NULL) PyErr_Clear();
@@ -865,7 +958,9 @@ static PyObject *error_name(void) {
 }
 
 /* Finish on a return or an error; the outcome passes through unchanged. */
-static void Call_outcome(Call *c, PySendResult r) {
+static void
+Call_outcome(Call *c, PySendResult r)
+{
     if (r == PYGEN_NEXT) return;
     if (r == PYGEN_RETURN) {
         Call_finish(c, NULL);
@@ -880,20 +975,26 @@ static void Call_outcome(Call *c, PySendResult r) {
 /* The first step: the request id is set in the context running the request (a task's,
  * when a server or app hands it to gather, shield, ensure_future or wait_for), as the
  * Python path's coroutine sets it; Call_finish resets it there. */
-static inline void Call_begin(Call *c) {
+static inline void
+Call_begin(Call *c)
+{
     if (c->started || c->finished) return;
     c->started = 1;
     c->token = PyContextVar_Set(c->mw->contextvar, c->rid);
     if (c->token == NULL) dropped(c->mw);
 }
 
-static PySendResult Call_am_send(Call *c, PyObject *arg, PyObject **result) {
+static PySendResult
+Call_am_send(Call *c, PyObject *arg, PyObject **result)
+{
     Call_begin(c);
     PySendResult r = proxy_step((Proxy *)c, 0, arg, NULL, 0, result);
     Call_outcome(c, r);
     return r;
 }
-static PyObject *Call_iternext(Call *c) {
+static PyObject *
+Call_iternext(Call *c)
+{
     PyObject *result;
     PySendResult r = Call_am_send(c, Py_None, &result);
     if (r == PYGEN_RETURN && result == Py_None) {
@@ -902,35 +1003,49 @@ static PyObject *Call_iternext(Call *c) {
     }
     return report(r, result);
 }
-static PyObject *Call_send(Call *c, PyObject *arg) {
+static PyObject *
+Call_send(Call *c, PyObject *arg)
+{
     PyObject *result;
     PySendResult r = Call_am_send(c, arg, &result);
     return report(r, result);
 }
-static PyObject *Call_throw(Call *c, PyObject *const *args, Py_ssize_t nargs) {
+static PyObject *
+Call_throw(Call *c, PyObject *const *args, Py_ssize_t nargs)
+{
     PyObject *result;
     Call_begin(c);
     PySendResult r = proxy_step((Proxy *)c, 1, NULL, args, nargs, &result);
     Call_outcome(c, r);
     return report(r, result);
 }
-static PyObject *Call_close(Call *c, PyObject *unused) {
+static PyObject *
+Call_close(Call *c, PyObject *unused)
+{
     PyObject *result;
     int was = c->finished;
     PySendResult r = proxy_step((Proxy *)c, 2, NULL, NULL, 0, &result);
     if (!was) {
         PyObject *name = PyUnicode_FromString("GeneratorExit");
         if (name == NULL) PyErr_Clear();
-        if (r == PYGEN_ERROR) Call_outcome(c, r);
-        else Call_finish(c, name);
+        if (r == PYGEN_ERROR)
+            Call_outcome(c, r);
+        else
+            Call_finish(c, name);
         Py_XDECREF(name);
     }
     if (r == PYGEN_ERROR) return NULL;
     Py_XDECREF(result);
     Py_RETURN_NONE;
 }
-static PyObject *Call_await(PyObject *self) { return Py_NewRef(self); }
-static PyObject *Call_get_cr_await(Call *c, void *x) {
+static PyObject *
+Call_await(PyObject *self)
+{
+    return Py_NewRef(self);
+}
+static PyObject *
+Call_get_cr_await(Call *c, void *x)
+{
     return Py_NewRef(c->iter ? c->iter : (c->awaitable ? c->awaitable : Py_None));
 }
 
@@ -938,7 +1053,9 @@ static PyObject *Call_get_cr_await(Call *c, void *x) {
  * all the same. A finalizer, so that the cycle collector runs it before any tp_clear, with
  * everything the finish needs still in place (as it closes a dropped coroutine). The token
  * belongs to another context now, so it is only forgotten. */
-static void Call_finalize(Call *c) {
+static void
+Call_finalize(Call *c)
+{
     /* A FlightDeck cleared as garbage (its recorder gone) has nothing left to record into. */
     if (c->finished || c->mw == NULL || c->mw->recorder == NULL) return;
     PyObject *exc = PyErr_GetRaisedException_compat();
@@ -950,7 +1067,9 @@ static void Call_finalize(Call *c) {
     PyErr_SetRaisedException_compat(exc);
 }
 
-static void Call_dealloc(Call *c) {
+static void
+Call_dealloc(Call *c)
+{
     if (PyObject_CallFinalizerFromDealloc((PyObject *)c) < 0) return; /* resurrected */
     PyObject_GC_UnTrack(c);
     Call_clear(c);
@@ -993,25 +1112,33 @@ typedef struct {
     State *state;
 } RecvAwait;
 
-static int RecvAwait_traverse(RecvAwait *r, visitproc visit, void *arg) {
+static int
+RecvAwait_traverse(RecvAwait *r, visitproc visit, void *arg)
+{
     Py_VISIT(r->awaitable);
     Py_VISIT(r->iter);
     Py_VISIT(r->state);
     return 0;
 }
-static int RecvAwait_clear(RecvAwait *r) {
+static int
+RecvAwait_clear(RecvAwait *r)
+{
     Py_CLEAR(r->awaitable);
     Py_CLEAR(r->iter);
     Py_CLEAR(r->state);
     return 0;
 }
-static void RecvAwait_dealloc(RecvAwait *r) {
+static void
+RecvAwait_dealloc(RecvAwait *r)
+{
     PyObject_GC_UnTrack(r);
     RecvAwait_clear(r);
     PyObject_GC_Del(r);
 }
 
-static void note_received(State *st, PyObject *msg) {
+static void
+note_received(State *st, PyObject *msg)
+{
     if (!PyDict_CheckExact(msg)) return;
     PyObject *t = PyDict_GetItemWithError(msg, s_type);
     if (t == NULL || !PyUnicode_CheckExact(t)) goto out;
@@ -1029,7 +1156,9 @@ out:
     PyErr_Clear();
 }
 
-static PySendResult RecvAwait_am_send(RecvAwait *r, PyObject *arg, PyObject **result) {
+static PySendResult
+RecvAwait_am_send(RecvAwait *r, PyObject *arg, PyObject **result)
+{
     PySendResult s = proxy_step((Proxy *)r, 0, arg, NULL, 0, result);
     if (s != PYGEN_NEXT) {
         r->finished = 1;
@@ -1041,24 +1170,32 @@ static PySendResult RecvAwait_am_send(RecvAwait *r, PyObject *arg, PyObject **re
     }
     return s;
 }
-static PyObject *RecvAwait_iternext(RecvAwait *r) {
+static PyObject *
+RecvAwait_iternext(RecvAwait *r)
+{
     PyObject *result;
     PySendResult s = RecvAwait_am_send(r, Py_None, &result);
     return report(s, result);
 }
-static PyObject *RecvAwait_send(RecvAwait *r, PyObject *arg) {
+static PyObject *
+RecvAwait_send(RecvAwait *r, PyObject *arg)
+{
     PyObject *result;
     PySendResult s = RecvAwait_am_send(r, arg, &result);
     return report(s, result);
 }
-static PyObject *RecvAwait_throw(RecvAwait *r, PyObject *const *args, Py_ssize_t nargs) {
+static PyObject *
+RecvAwait_throw(RecvAwait *r, PyObject *const *args, Py_ssize_t nargs)
+{
     PyObject *result;
     PySendResult s = proxy_step((Proxy *)r, 1, NULL, args, nargs, &result);
     if (s != PYGEN_NEXT) r->finished = 1;
     if (s == PYGEN_RETURN) note_received(r->state, result);
     return report(s, result);
 }
-static PyObject *RecvAwait_close(RecvAwait *r, PyObject *unused) {
+static PyObject *
+RecvAwait_close(RecvAwait *r, PyObject *unused)
+{
     PyObject *result;
     PySendResult s = proxy_step((Proxy *)r, 2, NULL, NULL, 0, &result);
     r->finished = 1;
@@ -1066,7 +1203,9 @@ static PyObject *RecvAwait_close(RecvAwait *r, PyObject *unused) {
     Py_XDECREF(result);
     Py_RETURN_NONE;
 }
-static PyObject *RecvAwait_get_cr_await(RecvAwait *r, void *x) {
+static PyObject *
+RecvAwait_get_cr_await(RecvAwait *r, void *x)
+{
     return Py_NewRef(r->iter ? r->iter : (r->awaitable ? r->awaitable : Py_None));
 }
 static PyMethodDef RecvAwait_methods[] = {
@@ -1104,23 +1243,30 @@ typedef struct {
     State *state;
 } Receive;
 
-static int Receive_traverse(Receive *s, visitproc visit, void *arg) {
+static int
+Receive_traverse(Receive *s, visitproc visit, void *arg)
+{
     Py_VISIT(s->receive);
     Py_VISIT(s->state);
     return 0;
 }
-static int Receive_clear(Receive *s) {
+static int
+Receive_clear(Receive *s)
+{
     Py_CLEAR(s->receive);
     Py_CLEAR(s->state);
     return 0;
 }
-static void Receive_dealloc(Receive *s) {
+static void
+Receive_dealloc(Receive *s)
+{
     PyObject_GC_UnTrack(s);
     Receive_clear(s);
     PyObject_GC_Del(s);
 }
-static PyObject *Receive_vectorcall(Receive *s, PyObject *const *args, size_t nargsf,
-                                    PyObject *kw) {
+static PyObject *
+Receive_vectorcall(Receive *s, PyObject *const *args, size_t nargsf, PyObject *kw)
+{
     PyObject *aw = PyObject_Vectorcall(s->receive, args, nargsf, kw);
     if (aw == NULL) return NULL; /* the server's own error */
     RecvAwait *r = PyObject_GC_New(RecvAwait, &RecvAwaitType);
@@ -1148,7 +1294,9 @@ static PyTypeObject ReceiveType = {
 };
 
 /* --- Middleware.__call__ -------------------------------------------------------------- */
-static int is_endpoint(Middleware *m, PyObject *scope) {
+static int
+is_endpoint(Middleware *m, PyObject *scope)
+{
     PyObject *path = PyDict_GetItemWithError(scope, s_path);
     if (path == NULL || !PyUnicode_CheckExact(path)) return PyErr_Occurred() ? -1 : 0;
     Py_ssize_t start = 0, n = PyUnicode_GET_LENGTH(path);
@@ -1169,8 +1317,9 @@ static int is_endpoint(Middleware *m, PyObject *scope) {
 }
 
 /* __call__(scope, receive, send), arguments as vectorcall passes them. */
-static PyObject *asgi_call(Middleware *m, PyObject *const *args, Py_ssize_t nargs,
-                           PyObject *kwnames) {
+static PyObject *
+asgi_call(Middleware *m, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
     if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0) goto python;
     if (nargs != 3 || !m->fast || m->app == NULL) goto python;
     PyObject *scope = args[0];
@@ -1179,9 +1328,12 @@ static PyObject *asgi_call(Middleware *m, PyObject *const *args, Py_ssize_t narg
     if (!PyDict_CheckExact(scope)) goto python;
     PyObject *kind = PyDict_GetItemWithError(scope, s_type);
     if (kind == NULL || !PyUnicode_CheckExact(kind)) goto python_clear;
-    if (same(kind, s_http)) kind = s_http;
-    else if (same(kind, s_websocket)) kind = s_websocket;
-    else goto python;
+    if (same(kind, s_http))
+        kind = s_http;
+    else if (same(kind, s_websocket))
+        kind = s_websocket;
+    else
+        goto python;
     int has = PyDict_Contains(scope, s_flightdeck);
     if (has != 0) goto python_clear;
     if (m->prefix != NULL && kind == s_http) {
@@ -1200,9 +1352,24 @@ static PyObject *asgi_call(Middleware *m, PyObject *const *args, Py_ssize_t narg
     if (rid == NULL || st == NULL || sw == NULL || rw == NULL || c == NULL) {
         Py_XDECREF(rid);
         Py_XDECREF(st);
-        if (sw) { sw->send = NULL; sw->state = NULL; Py_DECREF(sw); }
-        if (rw) { rw->receive = NULL; rw->state = NULL; Py_DECREF(rw); }
-        if (c) { c->mw = NULL; c->awaitable = c->iter = c->scope = c->kind = c->rid = c->token = NULL; c->state = NULL; c->finished = 1; c->started = 0; Py_DECREF(c); }
+        if (sw) {
+            sw->send = NULL;
+            sw->state = NULL;
+            Py_DECREF(sw);
+        }
+        if (rw) {
+            rw->receive = NULL;
+            rw->state = NULL;
+            Py_DECREF(rw);
+        }
+        if (c) {
+            c->mw = NULL;
+            c->awaitable = c->iter = c->scope = c->kind = c->rid = c->token = NULL;
+            c->state = NULL;
+            c->finished = 1;
+            c->started = 0;
+            Py_DECREF(c);
+        }
         goto python_drop;
     }
     sw->vectorcall = (vectorcallfunc)Send_vectorcall;
@@ -1229,7 +1396,8 @@ static PyObject *asgi_call(Middleware *m, PyObject *const *args, Py_ssize_t narg
     if (ev == NULL) {
         dropped_as(m, "request_start");
     } else {
-        PyObject *live = PyTuple_CheckExact(ev) && PyTuple_GET_SIZE(ev) > 6 ? live_start(ev) : Py_NewRef(ev);
+        PyObject *live =
+            PyTuple_CheckExact(ev) && PyTuple_GET_SIZE(ev) > 6 ? live_start(ev) : Py_NewRef(ev);
         PyObject *entry = live ? PyTuple_Pack(3, live, scope, (PyObject *)st) : NULL;
         Py_XDECREF(live);
         if (entry == NULL || PyDict_SetItem(m->inflight, rid, entry) < 0 || emit(m, ev) < 0)
@@ -1263,7 +1431,9 @@ python:
     return PyObject_Vectorcall(m->py_call, args, nargs, kwnames);
 }
 
-static PyObject *Middleware_call(Middleware *m, PyObject *args, PyObject *kw) {
+static PyObject *
+Middleware_call(Middleware *m, PyObject *args, PyObject *kw)
+{
     if (kw != NULL && PyDict_GET_SIZE(kw) != 0) {
         if (m->py_call == NULL) {
             PyErr_SetString(PyExc_RuntimeError, "FlightDeck is not set up");
@@ -1285,8 +1455,9 @@ typedef struct {
     PyObject *dict;
 } AsyncCall;
 
-static PyObject *AsyncCall_vectorcall(AsyncCall *a, PyObject *const *args, size_t nargsf,
-                                      PyObject *kwnames) {
+static PyObject *
+AsyncCall_vectorcall(AsyncCall *a, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     if (nargs < 1 || !PyObject_TypeCheck(args[0], &MiddlewareType)) {
         PyErr_SetString(PyExc_TypeError, "__call__ needs a FlightDeck");
@@ -1294,24 +1465,34 @@ static PyObject *AsyncCall_vectorcall(AsyncCall *a, PyObject *const *args, size_
     }
     return asgi_call((Middleware *)args[0], args + 1, nargs - 1, kwnames);
 }
-static PyObject *AsyncCall_get(PyObject *self, PyObject *obj, PyObject *type) {
+static PyObject *
+AsyncCall_get(PyObject *self, PyObject *obj, PyObject *type)
+{
     if (obj == NULL || obj == Py_None) return Py_NewRef(self);
     return PyMethod_New(self, obj);
 }
-static int AsyncCall_traverse(AsyncCall *a, visitproc visit, void *arg) {
+static int
+AsyncCall_traverse(AsyncCall *a, visitproc visit, void *arg)
+{
     Py_VISIT(a->dict);
     return 0;
 }
-static int AsyncCall_clear(AsyncCall *a) {
+static int
+AsyncCall_clear(AsyncCall *a)
+{
     Py_CLEAR(a->dict);
     return 0;
 }
-static void AsyncCall_dealloc(AsyncCall *a) {
+static void
+AsyncCall_dealloc(AsyncCall *a)
+{
     PyObject_GC_UnTrack(a);
     AsyncCall_clear(a);
     Py_TYPE(a)->tp_free((PyObject *)a);
 }
-static PyObject *AsyncCall_new(PyTypeObject *t, PyObject *args, PyObject *kw) {
+static PyObject *
+AsyncCall_new(PyTypeObject *t, PyObject *args, PyObject *kw)
+{
     AsyncCall *a = (AsyncCall *)t->tp_alloc(t, 0);
     if (a != NULL) a->vectorcall = (vectorcallfunc)AsyncCall_vectorcall;
     return (PyObject *)a;
@@ -1323,8 +1504,8 @@ static PyGetSetDef AsyncCall_getset[] = {
 static PyTypeObject AsyncCallType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "flightdeck.asgi._casgi.AsyncCall",
     .tp_basicsize = sizeof(AsyncCall),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL |
-                Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL
+                | Py_TPFLAGS_METHOD_DESCRIPTOR,
     .tp_vectorcall_offset = offsetof(AsyncCall, vectorcall),
     .tp_call = PyVectorcall_Call,
     .tp_descr_get = AsyncCall_get,
@@ -1359,7 +1540,9 @@ static PyGetSetDef Middleware_getset[] = {
     {NULL},
 };
 
-static PyObject *Middleware_new(PyTypeObject *t, PyObject *a, PyObject *k) {
+static PyObject *
+Middleware_new(PyTypeObject *t, PyObject *a, PyObject *k)
+{
     Middleware *m = (Middleware *)t->tp_alloc(t, 0); /* zeroed */
     return (PyObject *)m;
 }
@@ -1382,14 +1565,20 @@ static PyTypeObject MiddlewareType = {
 };
 
 /* --- module --------------------------------------------------------------------------- */
-static PyObject *mod_trace_id(PyObject *mod, PyObject *value) {
+static PyObject *
+mod_trace_id(PyObject *mod, PyObject *value)
+{
     if (!PyBytes_Check(value)) {
         PyErr_SetString(PyExc_TypeError, "a bytes header value is required");
         return NULL;
     }
     return trace_id_of(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value));
 }
-static PyObject *mod_clock(PyObject *mod, PyObject *unused) { return PyLong_FromLongLong(now_ns()); }
+static PyObject *
+mod_clock(PyObject *mod, PyObject *unused)
+{
+    return PyLong_FromLongLong(now_ns());
+}
 
 static PyMethodDef mod_methods[] = {
     {"trace_id_of", mod_trace_id, METH_O, "The trace id of a traceparent value, else None."},
@@ -1402,12 +1591,15 @@ static struct PyModuleDef casgi_module = {
     mod_methods,
 };
 
-#define INTERN(var, text)                                  \
-    do {                                                   \
+#define INTERN(var, text)                                                  \
+    do {                                                                   \
         if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL; \
     } while (0)
 
-PyMODINIT_FUNC PyInit__casgi(void) {
+PyMODINIT_FUNC
+PyInit__casgi(void)
+{
+    fd_clock_init();
     INTERN(s_type, "type");
     INTERN(s_http, "http");
     INTERN(s_websocket, "websocket");
@@ -1438,15 +1630,15 @@ PyMODINIT_FUNC PyInit__casgi(void) {
     INTERN(s_m_ws_disconnect, "websocket.disconnect");
     if ((i_kind_start = PyLong_FromLong(K_REQ_START)) == NULL) return NULL;
     if ((i_kind_end = PyLong_FromLong(K_REQ_END)) == NULL) return NULL;
-    PyTypeObject *types[] = {&StateType, &MiddlewareType, &CallType, &SendType, &ReceiveType,
-                             &RecvAwaitType, &AsyncCallType};
+    PyTypeObject *types[] = {&StateType,   &MiddlewareType, &CallType,     &SendType,
+                             &ReceiveType, &RecvAwaitType,  &AsyncCallType};
     for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++)
         if (PyType_Ready(types[i]) < 0) return NULL;
     PyObject *m = PyModule_Create(&casgi_module);
     if (m == NULL) return NULL;
-    if (PyModule_AddObjectRef(m, "Middleware", (PyObject *)&MiddlewareType) < 0 ||
-        PyModule_AddObjectRef(m, "RequestState", (PyObject *)&StateType) < 0 ||
-        PyModule_AddObjectRef(m, "AsyncCall", (PyObject *)&AsyncCallType) < 0) {
+    if (PyModule_AddObjectRef(m, "Middleware", (PyObject *)&MiddlewareType) < 0
+        || PyModule_AddObjectRef(m, "RequestState", (PyObject *)&StateType) < 0
+        || PyModule_AddObjectRef(m, "AsyncCall", (PyObject *)&AsyncCallType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

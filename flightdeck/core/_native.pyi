@@ -6,7 +6,6 @@ from typing import Any
 def clock() -> int:
     """The recorder's clock in ns: the clock ``time.perf_counter_ns()`` reads."""
 
-def bench_step(window: Window, n: int, clocks: bool = ...) -> int: ...
 
 class Segment:
     @property

@@ -1,0 +1,590 @@
+/* Window: the ring of generations, bounded by bytes and age; freeze, status.
+ * Part of the _native translation unit: included once, in order, by core/_native.c
+ * (one unit keeps the hot helpers inlined across parts). */
+#ifndef FD_NATIVE_WINDOW_H
+#define FD_NATIVE_WINDOW_H
+
+/* ------------------------------------------------------------------------------------ */
+/* Window                                                                                */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *dict; /* instance attributes (live_tasks, live_requests, ...) */
+    PyObject *weakreflist;
+    int64_t window_ns, max_bytes, gen_ns;
+    Py_ssize_t gen_cap;
+    Py_ssize_t ngen;  /* generations held at most, the open one included */
+    PyObject *clock;  /* a Python callable, or NULL: the native clock */
+    Segment *cur;     /* the open generation, or NULL (opened by the next event) */
+    PyObject *sealed; /* list of Segment, oldest first */
+    Py_ssize_t sealed_bytes;
+    Py_ssize_t sealed_events;
+    PyObject *st_tasks, *st_reqs; /* status: tid -> TASK_CREATE, rid -> REQ_START */
+    Py_ssize_t st_limit;
+    Py_ssize_t st_req_bytes; /* the requests' entries by req_status_bytes */
+    long long recorded, evicted, dropped, overflows, seal_errors, sealed_n, errors;
+    long long status_truncated;
+    int64_t last_time;
+    int has_last;
+    int busy;
+} Window;
+
+static PyTypeObject Window_Type;
+
+static int64_t
+win_now(Window *w)
+{
+    if (!w->clock) return fd_clock();
+    PyObject *r = PyObject_CallNoArgs(w->clock);
+    if (!r) {
+        PyErr_Clear();
+        w->errors++;
+        return fd_clock();
+    }
+    long long v = PyLong_AsLongLong(r);
+    Py_DECREF(r);
+    if (v == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        w->errors++;
+        return fd_clock();
+    }
+    return v;
+}
+
+static int
+Window_traverse(Window *w, visitproc visit, void *arg)
+{
+    Py_VISIT(w->dict);
+    Py_VISIT(w->clock);
+    Py_VISIT(w->sealed);
+    Py_VISIT(w->st_tasks);
+    Py_VISIT(w->st_reqs);
+    return 0;
+}
+
+static int
+Window_clear_refs(Window *w)
+{
+    Py_CLEAR(w->dict);
+    Py_CLEAR(w->clock);
+    Py_CLEAR(w->sealed);
+    Py_CLEAR(w->cur);
+    Py_CLEAR(w->st_tasks);
+    Py_CLEAR(w->st_reqs);
+    return 0;
+}
+
+static void
+Window_dealloc(Window *w)
+{
+    PyObject_GC_UnTrack(w);
+    if (w->weakreflist) PyObject_ClearWeakRefs((PyObject *)w);
+    Window_clear_refs(w);
+    Py_TYPE(w)->tp_free((PyObject *)w);
+}
+
+static PyObject *
+Window_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    Window *w = (Window *)type->tp_alloc(type, 0);
+    if (!w) return NULL;
+    w->sealed = PyList_New(0);
+    w->st_tasks = PyDict_New();
+    w->st_reqs = PyDict_New();
+    if (!w->sealed || !w->st_tasks || !w->st_reqs) {
+        Py_DECREF(w);
+        return NULL;
+    }
+    return (PyObject *)w;
+}
+
+static int
+Window_init(Window *w, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"window_ns",   "max_bytes", "segment_events", "segment_ns", "clock",
+                             "generations", NULL};
+    long long window_ns, max_bytes, segment_events = 0, segment_ns = 1000000000LL;
+    PyObject *clock = Py_None;
+    Py_ssize_t ngen = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "LL|LLOn:Window", kwlist, &window_ns, &max_bytes,
+                                     &segment_events, &segment_ns, &clock, &ngen))
+        return -1;
+    if (window_ns <= 0 || max_bytes <= 0 || segment_ns <= 0) {
+        PyErr_SetString(PyExc_ValueError, "window_ns, max_bytes and segment_ns must be positive");
+        return -1;
+    }
+    (void)segment_events; /* the pure window's knob; generations are bounded by bytes here */
+    w->window_ns = window_ns;
+    w->max_bytes = max_bytes;
+    Py_CLEAR(w->clock);
+    if (clock != Py_None) {
+        /* time.perf_counter_ns is the native clock: call no Python for it */
+        PyObject *name = PyObject_GetAttrString(clock, "__name__");
+        PyObject *mod = PyObject_GetAttrString(clock, "__module__");
+        int same = name && mod && PyUnicode_Check(name) && PyUnicode_Check(mod)
+                   && PyUnicode_CompareWithASCIIString(name, "perf_counter_ns") == 0
+                   && PyUnicode_CompareWithASCIIString(mod, "time") == 0;
+        PyErr_Clear();
+        Py_XDECREF(name);
+        Py_XDECREF(mod);
+        if (!same) {
+            Py_INCREF(clock);
+            w->clock = clock;
+        }
+    }
+    /* Status tables get an eighth of the budget (as in the pure window). */
+    long long limit = max_bytes / (8 * EST_STATUS_BYTES);
+    if (limit > 200000) limit = 200000;
+    w->st_limit = (Py_ssize_t)limit;
+    long long ring = max_bytes - limit * EST_STATUS_BYTES;
+    if (ngen <= 0) {
+        ngen = (Py_ssize_t)(ring / (64 << 10));
+        if (ngen < 4) ngen = 4;
+        if (ngen > 16) ngen = 16;
+    }
+    w->ngen = ngen;
+    w->gen_cap = (Py_ssize_t)(ring / ngen);
+    /* Rotate by age too, so that ngen - 1 sealed generations span the whole window. */
+    int64_t gen_ns = window_ns / (ngen - 1 > 0 ? ngen - 1 : 1);
+    w->gen_ns = gen_ns < segment_ns ? gen_ns : segment_ns;
+    return 0;
+}
+
+/* Estimated bytes of a str, or of a tuple and what it holds (two levels); 0 otherwise. */
+static Py_ssize_t
+value_bytes(PyObject *v, int depth)
+{
+    if (PyUnicode_CheckExact(v)) return STR_COST(v);
+    if (!PyTuple_CheckExact(v) || depth >= 2) return 0;
+    Py_ssize_t n = 56 + 8 * PyTuple_GET_SIZE(v);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(v); i++)
+        n += value_bytes(PyTuple_GET_ITEM(v, i), depth + 1);
+    return n;
+}
+
+/* What a request in flight holds while its REQ_START is in the status table: a fixed part
+ * and its strings (path, query, headers, trace id). Once per request start and end. */
+static Py_ssize_t
+req_status_bytes(PyObject *ev)
+{
+    Py_ssize_t n = EST_STATUS_BYTES + EST_REQUEST_BYTES;
+    for (Py_ssize_t i = 3; i < PyTuple_GET_SIZE(ev); i++)
+        n += value_bytes(PyTuple_GET_ITEM(ev, i), 0);
+    return n;
+}
+
+/* The status tables follow the events (the GIL orders them). */
+static void
+win_status(Window *w, int64_t kind, PyObject *ev)
+{
+    PyObject *d = kind == K_TASK_CREATE || kind == K_TASK_DONE ? w->st_tasks : w->st_reqs;
+    if (PyTuple_GET_SIZE(ev) < 3) return;
+    PyObject *key = PyTuple_GET_ITEM(ev, 2);
+    /* only keys whose hash and equality run no Python code */
+    if (!PyLong_CheckExact(key) && !PyUnicode_CheckExact(key)) return;
+    PyObject *old =
+        kind == K_REQ_START || kind == K_REQ_END ? PyDict_GetItemWithError(d, key) : NULL;
+    if (old == NULL && PyErr_Occurred()) {
+        PyErr_Clear();
+        w->errors++;
+        return;
+    }
+    Py_ssize_t old_cost = old && PyTuple_CheckExact(old) ? req_status_bytes(old) : 0;
+    if (kind == K_TASK_CREATE || kind == K_REQ_START) {
+        /* One limit for both tables together: the ring was sized around their one share;
+         * requests are costed by what they hold against that share in bytes. */
+        Py_ssize_t cost = kind == K_REQ_START ? req_status_bytes(ev) : 0;
+        if (PyDict_GET_SIZE(w->st_tasks) + PyDict_GET_SIZE(w->st_reqs) >= w->st_limit
+            || PyDict_GET_SIZE(w->st_tasks) * EST_STATUS_BYTES + w->st_req_bytes - old_cost + cost
+                   > w->st_limit * EST_STATUS_BYTES) {
+            if (kind == K_REQ_START ? old == NULL : !PyDict_Contains(d, key)) return;
+        }
+        if (PyDict_SetItem(d, key, ev) < 0) {
+            PyErr_Clear();
+            w->errors++;
+            return;
+        }
+        w->st_req_bytes += cost - old_cost;
+    } else {
+        if (PyDict_DelItem(d, key) < 0)
+            PyErr_Clear();
+        else
+            w->st_req_bytes -= old_cost;
+    }
+}
+
+static void
+win_evict_oldest(Window *w, int64_t horizon)
+{
+    Segment *old = (Segment *)PyList_GET_ITEM(w->sealed, 0);
+    if (old->t_end < horizon)
+        w->evicted += old->count;
+    else
+        w->dropped += old->count;
+    w->sealed_bytes -= seg_bytes(old);
+    w->sealed_events -= old->count;
+    if (PyList_SetSlice(w->sealed, 0, 1, NULL) < 0) {
+        PyErr_Clear();
+        w->errors++;
+    }
+}
+
+static void
+win_seal(Window *w)
+{
+    Segment *g = w->cur;
+    if (!g) return;
+    w->cur = NULL;
+    if (g->count == 0) {
+        Py_DECREF(g);
+        return;
+    }
+    seg_seal(g);
+    if (PyList_Append(w->sealed, (PyObject *)g) < 0) {
+        PyErr_Clear();
+        w->errors++;
+        w->dropped += g->count;
+    } else {
+        w->sealed_bytes += seg_bytes(g);
+        w->sealed_events += g->count;
+        w->sealed_n++;
+    }
+    Py_DECREF(g);
+}
+
+/* Open a generation headed by the status tables; makes room in the ring first. */
+static int
+win_open(Window *w, int64_t now)
+{
+    if (w->gen_cap <= 0) return -1;
+    while (PyList_GET_SIZE(w->sealed) >= w->ngen - 1 && PyList_GET_SIZE(w->sealed) > 0)
+        win_evict_oldest(w, now - w->window_ns);
+    Segment *g = seg_new(w->gen_cap, now);
+    if (!g) {
+        PyErr_Clear();
+        return -1;
+    }
+    /* The status gets at most half a generation, so that a generation always has room for
+     * events (else each event would open a new generation). What does not fit is counted. */
+    Py_ssize_t cap = g->cap;
+    g->cap = cap / 2;
+    PyObject *tables[2] = {w->st_tasks, w->st_reqs};
+    for (int k = 0; k < 2; k++) {
+        Py_ssize_t pos = 0;
+        PyObject *key, *ev;
+        while (PyDict_Next(tables[k], &pos, &key, &ev)) {
+            int64_t t_end;
+            if (!PyTuple_CheckExact(ev) || enc_event(g, ev, &t_end) < 0) {
+                w->status_truncated++;
+                if (PyErr_Occurred()) PyErr_Clear();
+            }
+        }
+    }
+    g->cap = cap;
+    g->status_len = g->len;
+    g->last_t = g->t_base; /* events decode from the base again */
+    g->last_tid = 0;
+    w->cur = g;
+    return 0;
+}
+
+/* Append one event tuple. Never raises: counts and drops. */
+static void
+win_append(Window *w, PyObject *ev)
+{
+    if (w->busy) {
+        w->dropped++;
+        w->overflows++;
+        return;
+    }
+    if (!PyTuple_CheckExact(ev) || PyTuple_GET_SIZE(ev) < 2) {
+        w->seal_errors++;
+        w->dropped++;
+        return;
+    }
+    w->busy = 1;
+    int64_t t_end = 0;
+    int r = -1;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (!w->cur && win_open(w, win_now(w)) < 0) {
+            r = E_FULL;
+            break;
+        }
+        r = enc_event(w->cur, ev, &t_end);
+        if (r != E_FULL) break;
+        if (w->cur->count == 0) break; /* does not fit a whole generation */
+        win_seal(w);
+    }
+    if (PyErr_Occurred()) PyErr_Clear();
+    if (r == 0) {
+        Segment *g = w->cur;
+        g->count++;
+        if (t_end > g->t_end) g->t_end = t_end;
+        w->recorded++;
+        w->last_time = t_end;
+        w->has_last = 1;
+        int64_t kind = PyLong_CheckExact(PyTuple_GET_ITEM(ev, 0))
+                           ? PyLong_AsLongLong(PyTuple_GET_ITEM(ev, 0))
+                           : -1;
+        if (kind == K_TASK_CREATE || kind == K_TASK_DONE || kind == K_REQ_START
+            || kind == K_REQ_END)
+            win_status(w, kind, ev);
+        if (PyErr_Occurred()) PyErr_Clear();
+    } else {
+        w->dropped++;
+        if (r == E_FULL)
+            w->overflows++;
+        else
+            w->seal_errors++;
+    }
+    w->busy = 0;
+}
+
+static void
+win_step(Window *w, int64_t t0, int64_t t1, uint64_t tid, int64_t tq)
+{
+    if (w->busy) {
+        w->dropped++;
+        w->overflows++;
+        return;
+    }
+    w->busy = 1;
+    int r = -1;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (!w->cur && win_open(w, w->clock ? win_now(w) : t0) < 0) {
+            r = E_FULL;
+            break;
+        }
+        r = enc_step(w->cur, t0, t1, tid, tq);
+        if (r != E_FULL) break;
+        if (w->cur->count == 0) break;
+        win_seal(w);
+    }
+    if (PyErr_Occurred()) PyErr_Clear();
+    if (r == 0) {
+        Segment *g = w->cur;
+        g->count++;
+        if (t1 > g->t_end) g->t_end = t1;
+        w->recorded++;
+        w->last_time = t1;
+        w->has_last = 1;
+    } else {
+        w->dropped++;
+        if (r == E_FULL)
+            w->overflows++;
+        else
+            w->seal_errors++;
+    }
+    w->busy = 0;
+}
+
+static PyObject *
+Window_append(Window *w, PyObject *ev)
+{
+    win_append(w, ev);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Window_emit_step(Window *w, PyObject *const *args, Py_ssize_t nargs)
+{
+    int64_t v[4];
+    if (nargs != 4) {
+        w->seal_errors++;
+        w->dropped++;
+        Py_RETURN_NONE;
+    }
+    for (int i = 0; i < 4; i++) {
+        if (exact_i64(args[i], &v[i]) < 0) {
+            w->seal_errors++;
+            w->dropped++;
+            Py_RETURN_NONE;
+        }
+    }
+    win_step(w, v[0], v[1], (uint64_t)v[2], v[3]);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Window_maintain(Window *w, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"force_seal", NULL};
+    int force = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|p:maintain", kwlist, &force)) return NULL;
+    if (w->busy) Py_RETURN_NONE;
+    int64_t now = win_now(w);
+    w->busy = 1;
+    Segment *g = w->cur;
+    if (g && g->count && (force || now - g->t_start >= w->gen_ns)) win_seal(w);
+    int64_t horizon = now - w->window_ns;
+    while (PyList_GET_SIZE(w->sealed) > 0
+           && ((Segment *)PyList_GET_ITEM(w->sealed, 0))->t_end < horizon)
+        win_evict_oldest(w, horizon);
+    w->busy = 0;
+    Py_RETURN_NONE;
+}
+
+/* (segments, tasks, requests, dropped, t_now): the sealed generations (immutable, shared)
+ * and a copy of the open one; the status of the oldest one held. */
+static PyObject *
+Window_freeze_parts(Window *w, PyObject *Py_UNUSED(ignored))
+{
+    int64_t now = win_now(w);
+    PyObject *segs = PyList_GetSlice(w->sealed, 0, PyList_GET_SIZE(w->sealed));
+    if (!segs) return NULL;
+    if (w->cur && w->cur->count) {
+        Segment *c = seg_copy(w->cur);
+        if (!c || PyList_Append(segs, (PyObject *)c) < 0) {
+            Py_XDECREF(c);
+            Py_DECREF(segs);
+            return NULL;
+        }
+        Py_DECREF(c);
+    }
+    PyObject *status;
+    if (PyList_GET_SIZE(segs)) {
+        status = Segment_status((Segment *)PyList_GET_ITEM(segs, 0), NULL);
+    } else {
+        status = Py_BuildValue("(NN)", PyDict_Copy(w->st_tasks), PyDict_Copy(w->st_reqs));
+    }
+    if (!status) {
+        Py_DECREF(segs);
+        return NULL;
+    }
+    PyObject *out = Py_BuildValue("(NOOLL)", segs, PyTuple_GET_ITEM(status, 0),
+                                  PyTuple_GET_ITEM(status, 1), w->dropped, (long long)now);
+    Py_DECREF(status);
+    return out;
+}
+
+static void
+win_clear(Window *w)
+{
+    Py_CLEAR(w->cur);
+    if (PyList_SetSlice(w->sealed, 0, PyList_GET_SIZE(w->sealed), NULL) < 0) PyErr_Clear();
+    w->sealed_bytes = 0;
+    w->sealed_events = 0;
+    PyDict_Clear(w->st_tasks);
+    PyDict_Clear(w->st_reqs);
+    w->st_req_bytes = 0;
+    w->has_last = 0;
+}
+
+static PyObject *
+Window_clear(Window *w, PyObject *Py_UNUSED(ignored))
+{
+    win_clear(w);
+    if (w->dict) {
+        const char *names[] = {"live_tasks", "live_requests"};
+        for (int i = 0; i < 2; i++) {
+            PyObject *d = PyDict_GetItemString(w->dict, names[i]);
+            if (d && PyDict_Check(d)) PyDict_Clear(d);
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Window_after_fork(Window *w, PyObject *Py_UNUSED(ignored))
+{
+    /* In a forked child: nothing the parent recorded, counters from zero, not busy. */
+    w->busy = 0;
+    PyObject *r = Window_clear(w, NULL);
+    w->recorded = w->evicted = w->dropped = w->overflows = 0;
+    w->seal_errors = w->sealed_n = w->errors = w->status_truncated = 0;
+    return r;
+}
+
+static PyObject *
+Window_last_event_time(Window *w, PyObject *Py_UNUSED(ignored))
+{
+    if (!w->has_last) Py_RETURN_NONE;
+    return PyLong_FromLongLong(w->last_time);
+}
+
+static PyObject *
+Window_get_nbytes(Window *w, void *c)
+{
+    Py_ssize_t n = w->sealed_bytes + (w->cur ? seg_bytes(w->cur) : 0)
+                   + PyDict_GET_SIZE(w->st_tasks) * EST_STATUS_BYTES + w->st_req_bytes;
+    return PyLong_FromSsize_t(n);
+}
+
+static PyObject *
+Window_get_events(Window *w, void *c)
+{
+    return PyLong_FromSsize_t(w->sealed_events + (w->cur ? w->cur->count : 0));
+}
+
+static PyObject *
+Window_get_segments(Window *w, void *c)
+{
+    return PyLong_FromSsize_t(PyList_GET_SIZE(w->sealed));
+}
+
+static PyObject *
+Window_get_open_bytes(Window *w, void *c)
+{
+    return PyLong_FromSsize_t(w->cur ? w->cur->len - w->cur->status_len : 0);
+}
+
+static PyMethodDef Window_methods[] = {
+    {"append", (PyCFunction)Window_append, METH_O,
+     "Record one event tuple (see core/events.py). Never raises: drops and counts instead."},
+    {"emit_step", (PyCFunction)(void (*)(void))Window_emit_step, METH_FASTCALL,
+     "emit_step(t0, t1, tid, t_queued): a TASK_STEP without building its tuple."},
+    {"maintain", (PyCFunction)(void (*)(void))Window_maintain, METH_VARARGS | METH_KEYWORDS,
+     "Seal the open generation when due and evict the ones older than the window."},
+    {"_freeze_parts", (PyCFunction)Window_freeze_parts, METH_NOARGS,
+     "(segments, tasks, requests, dropped, t_now) for Frozen."},
+    {"clear", (PyCFunction)Window_clear, METH_NOARGS, "Forget every event."},
+    {"after_fork", (PyCFunction)Window_after_fork, METH_NOARGS, "Reset in a forked child."},
+    {"last_event_time", (PyCFunction)Window_last_event_time, METH_NOARGS,
+     "When the most recent event ended, or None."},
+    {NULL}};
+
+static PyMemberDef Window_members[] = {
+    {"window_ns", T_LONGLONG, offsetof(Window, window_ns), READONLY, NULL},
+    {"max_bytes", T_LONGLONG, offsetof(Window, max_bytes), READONLY, NULL},
+    {"generation_bytes", T_PYSSIZET, offsetof(Window, gen_cap), READONLY, NULL},
+    {"generations", T_PYSSIZET, offsetof(Window, ngen), READONLY, NULL},
+    {"generation_ns", T_LONGLONG, offsetof(Window, gen_ns), READONLY, NULL},
+    {"recorded", T_LONGLONG, offsetof(Window, recorded), READONLY, NULL},
+    {"evicted", T_LONGLONG, offsetof(Window, evicted), READONLY, NULL},
+    {"dropped", T_LONGLONG, offsetof(Window, dropped), READONLY, NULL},
+    {"overflows", T_LONGLONG, offsetof(Window, overflows), READONLY, NULL},
+    {"seal_errors", T_LONGLONG, offsetof(Window, seal_errors), READONLY, NULL},
+    {"sealed", T_LONGLONG, offsetof(Window, sealed_n), READONLY, NULL},
+    {"errors", T_LONGLONG, offsetof(Window, errors), READONLY, NULL},
+    {"status_truncated", T_LONGLONG, offsetof(Window, status_truncated), READONLY, NULL},
+    {"__dictoffset__", T_PYSSIZET, offsetof(Window, dict), READONLY, NULL},
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(Window, weakreflist), READONLY, NULL},
+    {NULL}};
+
+static PyGetSetDef Window_getset[] = {
+    {"nbytes", (getter)Window_get_nbytes, NULL, "accounted bytes held", NULL},
+    {"events", (getter)Window_get_events, NULL, "events held", NULL},
+    {"segments", (getter)Window_get_segments, NULL, "sealed generations held", NULL},
+    {"open_bytes", (getter)Window_get_open_bytes, NULL, "record bytes in the open generation",
+     NULL},
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    {NULL}};
+
+static PyTypeObject Window_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "flightdeck.core._native.Window",
+    .tp_basicsize = sizeof(Window),
+    .tp_dealloc = (destructor)Window_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The native rolling window: encoded generations bounded by bytes and by age.",
+    .tp_traverse = (traverseproc)Window_traverse,
+    .tp_clear = (inquiry)Window_clear_refs,
+    .tp_methods = Window_methods,
+    .tp_members = Window_members,
+    .tp_getset = Window_getset,
+    .tp_dictoffset = offsetof(Window, dict),
+    .tp_weaklistoffset = offsetof(Window, weakreflist),
+    .tp_init = (initproc)Window_init,
+    .tp_new = Window_new,
+};
+
+#endif /* FD_NATIVE_WINDOW_H */

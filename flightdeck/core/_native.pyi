@@ -6,7 +6,6 @@ from typing import Any
 def clock() -> int:
     """The recorder's clock in ns: the clock ``time.perf_counter_ns()`` reads."""
 
-
 class Segment:
     @property
     def count(self) -> int: ...

@@ -76,8 +76,14 @@ def _traceparent() -> tuple[str, str]:
     return trace_id, f"00-{trace_id}-{secrets.token_hex(8)}-01"
 
 
-def _incident(srv: ServerProcess, services: set[str]) -> dict[str, Any]:
-    """Poll ``srv``'s incident list until one holds snapshots of exactly ``services``."""
+def _incident(
+    srv: ServerProcess, services: set[str], fleet: dict[str, ServerProcess] | None = None
+) -> dict[str, Any]:
+    """Poll ``srv``'s incident list until one holds snapshots of exactly ``services``.
+
+    At the deadline the failure says what every process of ``fleet`` counted and logged, so a
+    miss on a loaded machine tells which step (open, follow, share) did not happen.
+    """
 
     def ready() -> dict[str, Any] | None:
         for incident in _get(srv, "/incidents"):
@@ -85,7 +91,15 @@ def _incident(srv: ServerProcess, services: set[str]) -> dict[str, Any]:
                 return dict(incident)
         return None
 
-    found: dict[str, Any] = wait_until(ready, timeout=DEADLINE, interval=0.1)
+    try:
+        found: dict[str, Any] = wait_until(ready, timeout=DEADLINE, interval=0.1)
+    except AssertionError as exc:
+        seen = {"incidents": _get(srv, "/incidents")}
+        for name, other in (fleet or {}).items():
+            status = _get(other, "/status")
+            seen[name] = {"fleet": status.get("fleet"), "errors": status.get("errors")}
+            seen[name + " log"] = other.log()[-2000:]
+        raise AssertionError(f"{exc}: {json.dumps(seen, indent=1, default=str)}") from None
     return found
 
 
@@ -106,7 +120,7 @@ def test_incident_captures_the_services_of_the_trace(
     trace_id, traceparent = _traceparent()
     _slow_chain(a, b, traceparent)
 
-    incident = _incident(c, {"svc-a", "svc-b"})
+    incident = _incident(c, {"svc-a", "svc-b"}, fleet)
     assert incident["trace_id"] == trace_id
     assert incident["origin"]["service"] == "svc-a"
     assert incident["origin"]["kind"] == "slow_request"
@@ -186,7 +200,7 @@ def test_fleet_capture_all_captures_every_service(
     )
     _, traceparent = _traceparent()
     _slow_chain(fleet["svc-a"], fleet["svc-b"], traceparent)
-    incident = _incident(fleet["svc-b"], {"svc-a", "svc-b", "svc-c"})
+    incident = _incident(fleet["svc-b"], {"svc-a", "svc-b", "svc-c"}, fleet)
     assert len(incident["snapshots"]) == 3
 
 

@@ -1,0 +1,712 @@
+"""The window in a file: what a process recorded survives its death as a crash snapshot.
+
+With a snapshot directory, each recording process keeps a copy of its window in
+``<directory>/windows/<host>-<pid>-<nonce>.fdk``, written by a thread of its own (never the
+event loop). The file is a stored snapshot's container (``container.py``) laid out as::
+
+    MAGIC | version | HEAD (the process) | sealed record chunks ... | tail | WSTA | 12 zero bytes
+
+Each sealed generation (native: ``GENR``, ``Segment.dump()``; pure: ``SSTA`` + ``EVTS``, its
+status and its events) is appended once, when sealed; a generation the window evicts has its
+chunks' tags overwritten with ``GONE`` (readers skip unknown tags). Every ``INTERVAL`` the
+open generation is written after them (the tail: overwritten in place at each write, so it
+is only ever the last record chunk), followed by ``WSTA`` (the writer's clock, the drop
+count and the block in progress, if any) and a zero chunk header that ends the file for
+readers. A reader takes chunks up to the last complete one (``iter_chunks(strict=False)``):
+what a process killed mid-write leaves is ignored, never misread.
+
+The file's space is reserved when it is created (``posix_fallocate``: a full disk fails
+the creation, which falls back to memory only, never a write later; no mapping, so no
+SIGBUS). It holds at most ``capacity`` bytes (twice ``max_bytes`` and a margin): when the
+next write would not fit, the live chunks are copied to a fresh file that replaces it
+(``rename``), the evicted ones left behind.
+
+Liveness is an exclusive ``flock`` on the open file, held for the process's life: the
+kernel drops it when the process dies, whatever kills it, so "the lock can be taken and the
+file was not closed" means the process died without stopping its recorder, and no pid reuse
+or pid namespace can fool it. A clean end (``stop()``, lifespan shutdown, ``close()``, or an
+interpreter exit that was not in the middle of a loop block) appends ``CLOS`` and removes
+the file. :func:`recover` turns each dead process's file into a snapshot of trigger kind
+``"crash"``: exactly once, since the recoverer holds the file's lock while it converts it
+and checks that the path still names the inode it locked before it unlinks it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import errno
+import fcntl
+import os
+import re
+import secrets
+import socket
+import stat
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+
+from ..core.text import ErrorLog
+from ..core.window import Frozen
+from . import container
+from .directory import check_directory
+from .document import new_id, rfc3339
+
+#: The subdirectory of the snapshot directory holding the processes' window files.
+WINDOWS = "windows"
+SUFFIX = ".fdk"
+#: How often the open generation is copied to the file (seconds): at most this much of the
+#: last events is lost when the process dies (plus what its core had not yet sealed).
+INTERVAL = 0.25
+#: How often a live process looks for the files of dead ones (seconds).
+SCAN_INTERVAL = 1.0
+#: Temporary files (a file being created or rewritten) older than this are a dead writer's.
+STALE_TMP = 600.0
+
+#: Chunk tags of a window file, beside ``container``'s.
+SSTA = b"SSTA"  #: the status at the start of the ``EVTS`` chunk that follows (pure core)
+WSTA = b"WSTA"  #: the writer's state at its last write (JSON)
+CLOS = b"CLOS"  #: the file was closed cleanly
+GONE = b"GONE"  #: a chunk the window evicted (its space is reclaimed at the next rewrite)
+_ZERO = b"\0" * container._CHUNK.size
+_STOP = b"\0\0\0\0"
+_TMP = ".tmp-"
+
+_OPEN_NEW = (
+    os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+)
+_OPEN_EXISTING = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}-[0-9]{1,10}-[0-9a-f]{8}\.fdk$")
+
+_log = ErrorLog()
+
+
+def windows_dir(directory: str) -> str:
+    return os.path.join(directory, WINDOWS)
+
+
+def _host() -> str:
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())[:64]
+    return name or "host"
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+def _key(seg: Any) -> tuple[int, int, int]:
+    return (int(seg.t_start), int(seg.t_end), int(seg.count))
+
+
+class WindowFile:
+    """One process's window file: created locked, written by one thread, closed clean or not.
+
+    ``head`` names the process (``process``, ``clock_offset_ns``, ``options``, ``core``).
+    Raises ``OSError`` (or ``ValueError`` for a bad directory) from :meth:`create` only;
+    later failures are counted in ``errors`` and give the file up (memory only).
+    """
+
+    def __init__(self, directory: str, head: dict[str, Any], capacity: int) -> None:
+        self.directory = directory
+        self.capacity = capacity
+        self.head_bytes = container.PREAMBLE + container.chunk(
+            container.HEAD, container.json_bytes({**head, "window_file": 1})
+        )
+        self.path = ""
+        self.fd = -1
+        #: key -> (offset, length, chunk offsets) of each sealed generation in the file.
+        self.written: dict[tuple[int, int, int], tuple[int, int, list[int]]] = {}
+        self.end = 0  # where the sealed chunks end (the tail goes here)
+        self.writes = 0
+        self.rewrites = 0
+        self.dropped = 0  # generations the file had no room for
+        self.errors = 0
+        self.closed = False
+
+    # -- creation -----------------------------------------------------------------------
+    def create(self) -> None:
+        wdir = windows_dir(self.directory)
+        check_directory(wdir)
+        name = f"{_host()}-{os.getpid()}-{secrets.token_hex(4)}{SUFFIX}"
+        self.path = os.path.join(wdir, name)
+        self.fd, self.end = self._new_file(self.head_bytes)
+        try:
+            os.rename(self._tmp_path, self.path)
+        except OSError:
+            self._discard(self.fd, self._tmp_path)
+            self.fd = -1
+            raise
+
+    def _new_file(self, first: bytes) -> tuple[int, int]:
+        """A locked, reserved temporary file holding ``first``: (fd, bytes written)."""
+        self._tmp_path = os.path.join(
+            os.path.dirname(self.path),
+            f"{_TMP}{os.path.basename(self.path)}.{secrets.token_hex(4)}",
+        )
+        fd = os.open(self._tmp_path, _OPEN_NEW, 0o600)
+        try:
+            if not _try_lock(fd):  # a fresh file nobody else knows of
+                raise OSError(errno.EWOULDBLOCK, "cannot lock a new window file")
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(fd, 0, self.capacity)
+            _pwrite_all(fd, first, 0)
+            _pwrite_all(fd, _ZERO, len(first))
+        except BaseException:
+            self._discard(fd, self._tmp_path)
+            raise
+        return fd, len(first)
+
+    @staticmethod
+    def _discard(fd: int, path: str) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+    # -- writing (one thread) -------------------------------------------------------------
+    def update(self, frozen: Frozen, state: dict[str, Any]) -> None:
+        """Bring the file up to ``frozen``: new sealed generations, the tail, the state."""
+        if self.fd < 0 or self.closed:
+            return
+        sealed, tail = _split(frozen)
+        keys = set()
+        new: list[tuple[tuple[int, int, int], list[bytes]]] = []
+        for seg in sealed:
+            key = _key(seg)
+            keys.add(key)
+            if key not in self.written:
+                new.append((key, _sealed_chunks(seg)))
+        for key in [k for k in self.written if k not in keys]:
+            _, _, chunks = self.written.pop(key)
+            for off in chunks:  # evicted from the window: no longer a record of it
+                os.pwrite(self.fd, GONE, off)
+        last = tail if tail is not None else []
+        status = None if sealed else {"tasks": frozen.tasks, "requests": frozen.requests}
+        tail_bytes = b"".join(_tail_chunks(last, status))
+        tail_bytes += container.chunk(WSTA, container.json_bytes(state))
+        need = sum(len(c) for _, pieces in new for c in pieces) + len(tail_bytes) + len(_ZERO)
+        if self.end + need > self.capacity:
+            self._rewrite(new, tail_bytes)
+        else:
+            for key, pieces in new:
+                self._append(key, pieces, self.fd)
+            _pwrite_all(self.fd, tail_bytes + _ZERO, self.end)
+        self.writes += 1
+
+    def _append(self, key: tuple[int, int, int], pieces: list[bytes], fd: int) -> None:
+        offsets = []
+        at = self.end
+        for piece in pieces:
+            offsets.append(at)
+            at += len(piece)
+        _pwrite_all(fd, b"".join(pieces), self.end)
+        self.written[key] = (self.end, at - self.end, offsets)
+        self.end = at
+
+    def _rewrite(
+        self, new: list[tuple[tuple[int, int, int], list[bytes]]], tail_bytes: bytes
+    ) -> None:
+        """Copy the live generations to a fresh file that replaces this one (the disk bound)."""
+        old_fd, old = self.fd, list(self.written.items())
+        room = self.capacity - len(self.head_bytes) - len(tail_bytes) - len(_ZERO)
+        sizes = [length for _, (_, length, _) in old] + [sum(map(len, p)) for _, p in new]
+        skip = 0
+        while skip < len(sizes) and sum(sizes[skip:]) > room:
+            skip += 1  # oldest first: the file holds less than the window rather than nothing
+        self.dropped += skip
+        fd, end = self._new_file(self.head_bytes)
+        try:
+            self.end = end
+            self.written = {}
+            for i, (key, (off, length, chunks)) in enumerate(old):
+                if i < skip:
+                    continue
+                data = os.pread(old_fd, length, off)
+                if len(data) != length:
+                    raise OSError(errno.EIO, "short read of the window file")
+                self.written[key] = (self.end, length, [c - off + self.end for c in chunks])
+                _pwrite_all(fd, data, self.end)
+                self.end += length
+            for i, (key, pieces) in enumerate(new):
+                if len(old) + i >= skip:
+                    self._append(key, pieces, fd)
+            if self.end + len(tail_bytes) + len(_ZERO) <= self.capacity:
+                _pwrite_all(fd, tail_bytes + _ZERO, self.end)
+            os.rename(self._tmp_path, self.path)
+        except BaseException:
+            self._discard(fd, self._tmp_path)
+            self.written = {}
+            raise
+        self.fd = fd
+        os.close(old_fd)  # its inode is unlinked now; its lock goes with it
+        self.rewrites += 1
+
+    def close(self, clean: bool) -> None:
+        """Clean: mark the file closed and remove it. Not clean: leave it to be recovered."""
+        if self.closed:
+            return
+        self.closed = True
+        fd, self.fd = self.fd, -1
+        if fd < 0:
+            return
+        try:
+            if clean:
+                with contextlib.suppress(OSError):
+                    _pwrite_all(fd, container.chunk(CLOS, b"{}") + _ZERO, self.end)
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def forget(self) -> None:
+        """In a forked child: let go of the parent's file without touching it."""
+        self.closed = True
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)  # the parent's open description keeps its lock
+
+
+def _split(frozen: Frozen) -> tuple[Sequence[Any], list[Any] | Any | None]:
+    """(sealed generations, the open one): native freezes append a copy of the open one."""
+    segments = list(frozen.segments)
+    if segments and hasattr(segments[-1], "dump"):
+        # The last one may be the open generation's copy, or sealed: written as the tail
+        # until a younger one follows it, then as sealed (the tail is overwritten).
+        return segments[:-1], segments[-1]
+    return segments, frozen.tail
+
+
+def _status_of(tasks: Any, requests: Any) -> dict[str, Any]:
+    return {"tasks": list(tasks.values()), "requests": list(requests.values())}
+
+
+def _sealed_chunks(seg: Any) -> list[bytes]:
+    if hasattr(seg, "dump"):
+        return [container.chunk(container.GENR, seg.dump(), container.RECORDS_LEVEL)]
+    status = container.json_bytes(_status_of(seg.tasks, seg.requests))
+    events = container.json_bytes(seg.events())
+    return [
+        container.chunk(SSTA, status, container.CAPTURE_LEVEL),
+        container.chunk(container.EVTS, events, container.CAPTURE_LEVEL),
+    ]
+
+
+def _tail_chunks(tail: Any, status: dict[str, Any] | None) -> list[bytes]:
+    if hasattr(tail, "dump"):
+        return [container.chunk(container.GENR, tail.dump(), container.RECORDS_LEVEL)]
+    out = []
+    if status is not None:
+        status = _status_of(status["tasks"], status["requests"])
+        out.append(container.chunk(SSTA, container.json_bytes(status), container.CAPTURE_LEVEL))
+    if tail:
+        out.append(
+            container.chunk(container.EVTS, container.json_bytes(tail), container.CAPTURE_LEVEL)
+        )
+    return out
+
+
+# -- the process's black box: the file and the thread that writes it -----------------------
+_open_boxes: weakref.WeakSet[BlackBox] = weakref.WeakSet()
+
+
+class BlackBox:
+    """Keeps a recorder's window in a file and recovers the files of dead processes.
+
+    ``freeze`` takes the window (``Window.freeze``); ``state`` says what the writer knows
+    beyond it (the block in progress); ``head`` names the process; ``store`` receives the
+    crash snapshots (a ``SnapshotStore`` with a directory). Never raises into its caller
+    after construction: failures are counted and logged once.
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        head: Callable[[], dict[str, Any]],
+        freeze: Callable[[], Frozen],
+        state: Callable[[], dict[str, Any]],
+        max_bytes: int,
+        interval: float = INTERVAL,
+    ) -> None:
+        self.store = store
+        self.directory: str = store.directory
+        self.head = head
+        self.freeze = freeze
+        self.state = state
+        self.capacity = 2 * max_bytes + (1 << 20)
+        self.interval = interval
+        self.file: WindowFile | None = None
+        self.errors = 0
+        self.recovered = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._blocked_at_exit: Callable[[], bool] = lambda: False
+
+    def start(self, blocked: Callable[[], bool] | None = None) -> None:
+        """Create the file and start the writer (which first recovers dead processes')."""
+        if blocked is not None:
+            self._blocked_at_exit = blocked
+        self._stop = threading.Event()
+        self.file = None
+        try:
+            wf = WindowFile(self.directory, self.head(), self.capacity)
+            wf.create()
+            self.file = wf
+        except (OSError, ValueError) as exc:
+            self._failed("create", exc)
+        _open_boxes.add(self)
+        self._thread = threading.Thread(target=self._run, name="flightdeck-blackbox", daemon=True)
+        self._thread.start()
+
+    def _failed(self, action: str, exc: BaseException) -> None:
+        self.errors += 1
+        code = errno.errorcode.get(getattr(exc, "errno", 0) or 0, type(exc).__name__)
+        _log.once(
+            f"windowfile:{action}:{code}",
+            "flightdeck: cannot %s the window file in %s (%s); the window stays in memory only"
+            " (a crash of this process leaves no snapshot; logged once)",
+            action,
+            self.directory,
+            exc,
+        )
+
+    def _run(self) -> None:
+        stop = self._stop
+        next_scan = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= next_scan:
+                next_scan = now + SCAN_INTERVAL
+                try:
+                    self.recovered += len(recover(self.store, skip=self._own_path()))
+                except Exception as exc:
+                    self._failed("recover", exc)
+            self.sync()
+            if stop.wait(self.interval):
+                return
+
+    def _own_path(self) -> str | None:
+        return self.file.path if self.file is not None else None
+
+    def sync(self) -> None:
+        """One write of the window to the file (the writer's thread; atexit)."""
+        with self._lock:
+            wf = self.file
+            if wf is None or wf.closed:
+                return
+            try:
+                wf.update(self.freeze(), self.state())
+            except Exception as exc:
+                # A file that cannot be written is given up (removed: it would otherwise be
+                # recovered as a crash): the window stays in memory.
+                self._failed("write", exc)
+                wf.close(clean=True)
+                self.file = None
+
+    def stop(self, clean: bool = True) -> None:
+        """Stop the writer; ``clean`` removes the file (a crash leaves it)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5.0)
+        self._thread = None
+        _open_boxes.discard(self)
+        with self._lock:
+            wf, self.file = self.file, None
+        if wf is not None:
+            wf.close(clean)
+
+    def at_exit(self) -> None:
+        """The interpreter exits: a clean end unless the loop was in the middle of a block
+        (gunicorn's timeout: its SIGABRT handler calls ``sys.exit`` inside the blocked
+        request), which is recorded one last time and left for recovery."""
+        blocked = False
+        with contextlib.suppress(Exception):
+            blocked = self._blocked_at_exit()
+        if blocked:
+            self._stop.set()
+            self.sync()
+            with self._lock:
+                wf, self.file = self.file, None
+            if wf is not None:
+                wf.close(clean=False)
+        else:
+            self.stop(clean=True)
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's file stays the parent's; the child starts its own."""
+        self._lock = threading.Lock()
+        if self.file is not None:
+            self.file.forget()
+            self.file = None
+        self.start()
+
+    def stats(self) -> dict[str, Any]:
+        wf = self.file
+        return {
+            "path": wf.path if wf is not None else None,
+            "writes": wf.writes if wf is not None else 0,
+            "rewrites": wf.rewrites if wf is not None else 0,
+            "bytes": wf.end if wf is not None else 0,
+            "capacity": self.capacity,
+            "dropped": wf.dropped if wf is not None else 0,
+            "errors": self.errors,
+            "recovered": self.recovered,
+        }
+
+
+@atexit.register
+def _at_exit() -> None:
+    for box in list(_open_boxes):
+        with contextlib.suppress(Exception):
+            box.at_exit()
+
+
+# -- recovery ---------------------------------------------------------------------------------
+def recover(store: Any, skip: str | None = None) -> list[str]:
+    """Turn the window file of every dead process under ``store.directory`` into a crash
+    snapshot in ``store``; returns their ids. ``skip``: this process's own file."""
+    directory = store.directory
+    if directory is None:
+        return []
+    wdir = windows_dir(directory)
+    try:
+        names = os.listdir(wdir)
+    except FileNotFoundError:
+        return []
+    made: list[str] = []
+    for name in names:
+        path = os.path.join(wdir, name)
+        if path == skip:
+            continue
+        if name.startswith(_TMP):
+            _remove_stale_tmp(path)
+            continue
+        if not _NAME.match(name):
+            continue
+        ident = recover_file(store, path)
+        if ident is not None:
+            made.append(ident)
+    return made
+
+
+def _remove_stale_tmp(path: str) -> None:
+    with contextlib.suppress(OSError):
+        st = os.lstat(path)
+        if stat.S_ISREG(st.st_mode) and time.time() - st.st_mtime > STALE_TMP:
+            fd = os.open(path, _OPEN_EXISTING)
+            try:
+                if _try_lock(fd):
+                    os.unlink(path)
+            finally:
+                os.close(fd)
+
+
+def recover_file(store: Any, path: str) -> str | None:
+    """The crash snapshot's id made of the window file at ``path``, or None (its process is
+    alive, it was closed cleanly, or another recoverer got there first)."""
+    try:
+        fd = os.open(path, _OPEN_EXISTING)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or not _try_lock(fd):
+            return None
+        try:
+            now_st = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            return None  # removed meanwhile (closed, or recovered by another process)
+        if (now_st.st_dev, now_st.st_ino) != (st.st_dev, st.st_ino):
+            return None  # replaced by its writer's rewrite meanwhile: the writer is alive
+        data = _read_all(fd, st.st_size)
+        ident = None
+        try:
+            parsed = parse(data)
+        except container.ContainerError:
+            parsed = None
+        if parsed is not None and not parsed.closed:
+            pieces, head = parsed.snapshot()
+            ident = head["id"]
+            store.put_stored(pieces, head)
+        os.unlink(path)
+        return ident
+    finally:
+        os.close(fd)
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    parts = []
+    pos = 0
+    while pos < size:
+        block = os.pread(fd, min(size - pos, 1 << 20), pos)
+        if not block:
+            break
+        parts.append(block)
+        pos += len(block)
+    return b"".join(parts)
+
+
+class Parsed:
+    """What a window file holds, as its reader found it."""
+
+    def __init__(self) -> None:
+        self.head: dict[str, Any] = {}
+        self.records: list[tuple[bytes, bytes]] = []
+        self.status: dict[str, Any] | None = None
+        self.state: dict[str, Any] = {}
+        self.closed = False
+
+    def snapshot(self) -> tuple[list[bytes], dict[str, Any]]:
+        """The crash snapshot's stored form (pieces) and header."""
+        process = self.head.get("process")
+        process = process if isinstance(process, dict) else {}
+        pid = process.get("pid", "?")
+        state = self.state
+        t_now = state.get("t_now")
+        offset = self.head.get("clock_offset_ns")
+        offset = offset if isinstance(offset, int) else 0
+        events, trace_ids, status = _scan_records(self.records, self.status)
+        if not isinstance(t_now, int):
+            t_now = _last_time(self.records) or 0
+        reason, request = _reason(pid, state, t_now, offset)
+        head = {
+            "id": new_id(),
+            "trigger": {"kind": "crash", "reason": reason, "request": request},
+            "trigger_time_ns": t_now,
+            "process": process,
+            "clock_offset_ns": offset,
+            "options": self.head.get("options", {}),
+            "core": self.head.get("core", "native"),
+            "container": container.VERSION,
+            "t_now": t_now,
+            "dropped": state.get("dropped", 0) if isinstance(state.get("dropped"), int) else 0,
+            "events": events,
+            "trace_ids": trace_ids,
+            "created_at": rfc3339(time.time()),
+        }
+        return container.assemble(head, status, self.records), head
+
+
+def parse(data: bytes) -> Parsed:
+    """Read a window file's chunks up to the last complete one. Raises ``ContainerError``."""
+    out = Parsed()
+    pending_status: dict[str, Any] | None = None
+    for tag, raw in container.iter_chunks(data, strict=False):
+        if tag == _STOP:
+            break
+        if tag == container.HEAD:
+            out.head = _obj(raw)
+        elif tag == SSTA:
+            pending_status = _obj(raw)
+        elif tag in (container.GENR, container.EVTS):
+            if not out.records and tag == container.EVTS:
+                out.status = pending_status
+            out.records.append((tag, raw))
+            pending_status = None
+        elif tag == WSTA:
+            out.state = _obj(raw)
+        elif tag == CLOS:
+            out.closed = True
+    if not out.records and pending_status is not None:
+        out.status = pending_status
+    return out
+
+
+def _obj(raw: bytes) -> dict[str, Any]:
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _generation(payload: bytes) -> Any:
+    return container._generation(payload)
+
+
+def _scan_records(
+    records: list[tuple[bytes, bytes]], status: dict[str, Any] | None
+) -> tuple[int, list[str], dict[str, Any]]:
+    """Events held, the trace ids of their requests, and the status at the oldest."""
+    count = 0
+    ids: dict[str, None] = {}
+    first_status: dict[str, Any] | None = status
+    for i, (tag, payload) in enumerate(records):
+        try:
+            if tag == container.GENR:
+                gen = _generation(payload)
+                count += gen.count
+                for _rid, trace in gen.requests():
+                    if isinstance(trace, str) and len(ids) < container.MAX_TRACE_IDS:
+                        ids[trace] = None
+                if i == 0 and first_status is None:
+                    tasks, requests = gen.status()
+                    first_status = _status_of(tasks, requests)
+            else:
+                events = orjson.loads(payload)
+                count += len(events)
+                for e in events:
+                    trace = e[10] if e[0] == 8 and len(e) == 11 else None
+                    if isinstance(trace, str) and len(ids) < container.MAX_TRACE_IDS:
+                        ids[trace] = None
+        except Exception:
+            continue  # read_document reports a record it cannot decode
+    return count, list(ids), first_status or {"tasks": [], "requests": []}
+
+
+def _last_time(records: list[tuple[bytes, bytes]]) -> int | None:
+    if not records:
+        return None
+    tag, payload = records[-1]
+    try:
+        if tag == container.GENR:
+            return int(_generation(payload).t_end)
+        events = orjson.loads(payload)
+        return max(int(e[1]) for e in events) if events else None
+    except Exception:
+        return None
+
+
+def _reason(
+    pid: object, state: dict[str, Any], t_now: int, offset: int
+) -> tuple[str, dict[str, Any] | None]:
+    """What is known of the end, and the request the loop was blocked in (if any)."""
+    block = state.get("block")
+    when = time.strftime("%H:%M:%S", time.gmtime((t_now + offset) / 1e9)) if t_now else "?"
+    if isinstance(block, dict) and isinstance(block.get("start"), int):
+        seconds = max(0, t_now - block["start"]) / 1e9
+        reason = (
+            f"process {pid} ended without shutdown while the loop was blocked for {seconds:.1f} s"
+        )
+        site, label = block.get("site"), block.get("request")
+        if isinstance(site, str) and site:
+            reason += f" in {site}"
+        request = None
+        if isinstance(label, dict):
+            method, path = label.get("method"), label.get("path")
+            if isinstance(method, str) and isinstance(path, str):
+                reason += f" during {method} {path}"
+                request = {"id": label.get("id"), "method": method, "path": path}
+        return reason + f" (last recorded at {when} UTC)", request
+    return f"process {pid} ended without shutdown (last recorded at {when} UTC)", None

@@ -199,7 +199,7 @@ class FlightRecorder:
                 self._file_state,
                 self.max_bytes,
             )
-            box.start(blocked=self._blocked_now)
+            box.start(block=self._block_now)
             self._blackbox = box
         except Exception:  # never into the app: the window stays in memory
             self._errors += 1
@@ -214,17 +214,16 @@ class FlightRecorder:
 
     def _file_state(self) -> dict[str, Any]:
         """What the window file's writer records beside the window at each write."""
-        wd = self._watchdog
         return {
             "t_now": perf_counter_ns(),
             "time": time.time(),
             "dropped": self._window.dropped,
-            "block": wd.block_in_progress() if wd is not None else None,
+            "block": self._block_now(),
         }
 
-    def _blocked_now(self) -> bool:
+    def _block_now(self) -> dict[str, Any] | None:
         wd = self._watchdog
-        return wd is not None and wd.block_in_progress() is not None
+        return wd.block_in_progress() if wd is not None else None
 
     def _arm_guard(self, loop: asyncio.AbstractEventLoop) -> None:
         self._guard_gen += 1

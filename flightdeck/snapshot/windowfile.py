@@ -42,11 +42,12 @@ import re
 import secrets
 import socket
 import stat
+import sys
 import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 
@@ -360,12 +361,17 @@ class BlackBox:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._blocked_at_exit: Callable[[], bool] = lambda: False
+        self._block: Callable[[], dict[str, Any] | None] = lambda: None
+        #: The block the loop was in when ``sys.exit`` was called (``_noting_exit``).
+        self.exit_block: dict[str, Any] | None = None
 
-    def start(self, blocked: Callable[[], bool] | None = None) -> None:
-        """Create the file and start the writer (which first recovers dead processes')."""
-        if blocked is not None:
-            self._blocked_at_exit = blocked
+    def start(self, block: Callable[[], dict[str, Any] | None] | None = None) -> None:
+        """Create the file and start the writer (which first recovers dead processes').
+
+        ``block`` says which block the loop is in now (``Watchdog.block_in_progress``).
+        """
+        if block is not None:
+            self._block = block
         self._stop = threading.Event()
         self.file = None
         try:
@@ -375,6 +381,7 @@ class BlackBox:
         except (OSError, ValueError) as exc:
             self._failed("create", exc)
         _open_boxes.add(self)
+        _install_exit_hook()
         self._thread = threading.Thread(target=self._run, name="flightdeck-blackbox", daemon=True)
         self._thread.start()
 
@@ -415,7 +422,10 @@ class BlackBox:
             if wf is None or wf.closed:
                 return
             try:
-                wf.update(self.freeze(), self.state())
+                state = self.state()
+                if state.get("block") is None and self.exit_block is not None:
+                    state["block"] = self.exit_block
+                wf.update(self.freeze(), state)
             except Exception as exc:
                 # A file that cannot be written is given up (removed: it would otherwise be
                 # recovered as a crash): the window stays in memory.
@@ -440,9 +450,9 @@ class BlackBox:
         """The interpreter exits: a clean end unless the loop was in the middle of a block
         (gunicorn's timeout: its SIGABRT handler calls ``sys.exit`` inside the blocked
         request), which is recorded one last time and left for recovery."""
-        blocked = False
+        blocked = self.exit_block is not None
         with contextlib.suppress(Exception):
-            blocked = self._blocked_at_exit()
+            blocked = blocked or self._block() is not None
         if blocked:
             self._stop.set()
             self.sync()
@@ -480,6 +490,25 @@ def _at_exit() -> None:
     for box in list(_open_boxes):
         with contextlib.suppress(Exception):
             box.at_exit()
+
+
+_original_exit = sys.exit
+
+
+def _noting_exit(status: str | int | None = None, /) -> NoReturn:
+    """``sys.exit`` that first notes, for each black box, whether the loop is in the middle
+    of a block: a server's signal handler calling it inside the blocked request (gunicorn's
+    SIGABRT on timeout) ends the process because of that block, and the cleanup that follows
+    may run the loop again (ending the block as far as the watchdog sees) before atexit."""
+    for box in list(_open_boxes):
+        with contextlib.suppress(Exception):
+            box.exit_block = box._block() or box.exit_block
+    _original_exit(status)
+
+
+def _install_exit_hook() -> None:
+    if sys.exit is _original_exit:
+        sys.exit = _noting_exit
 
 
 # -- recovery ---------------------------------------------------------------------------------

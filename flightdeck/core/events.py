@@ -83,6 +83,7 @@ MARK: Final = 15
 GC: Final = 16
 TASK_CANCEL: Final = 17
 TASK_SLOW_STEP: Final = 18
+LOOP_BLOCK_ONGOING: Final = 19
 
 SPECS: Final[dict[int, Spec]] = {
     s.kind: s
@@ -240,6 +241,17 @@ SPECS: Final[dict[int, Spec]] = {
             ("tid", "int"),
             ("stack", "stack", "the await chain after the step (empty if it finished)"),
         ),
+        _spec(
+            "LOOP_BLOCK_ONGOING",
+            "loop_block_ongoing",
+            "the loop is blocked now (recorded when the watchdog sees it, refreshed while it"
+            " lasts; the block's LOOP_BLOCK, same t_start, replaces it when it ends)",
+            ("t_start", "time"),
+            ("t_seen", "time", "when the watchdog last saw the loop still held"),
+            ("callback", "str?"),
+            ("stack", "stack", "taken while the loop was held"),
+            ("request", "int?", "the request whose task holds the loop"),
+        ),
     )
 }
 
@@ -308,6 +320,13 @@ TASK_CANCEL_T, TASK_CANCEL_TID, TASK_CANCEL_STACK, TASK_CANCEL_CAUSE = _position
 TASK_SLOW_STEP_START, TASK_SLOW_STEP_END, TASK_SLOW_STEP_TID, TASK_SLOW_STEP_STACK = _positions(
     TASK_SLOW_STEP
 )
+(
+    LOOP_BLOCK_ONGOING_START,
+    LOOP_BLOCK_ONGOING_SEEN,
+    LOOP_BLOCK_ONGOING_CALLBACK,
+    LOOP_BLOCK_ONGOING_STACK,
+    LOOP_BLOCK_ONGOING_REQUEST,
+) = _positions(LOOP_BLOCK_ONGOING)
 
 
 def end_time(event: tuple[Any, ...]) -> int:

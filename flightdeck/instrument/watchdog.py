@@ -21,6 +21,8 @@ from ..core import events as ev
 from ..core.sink import Sink
 from .frames import stack_of
 
+#: A block in progress is recorded again (a fresh stack) at most this often (ns).
+ONGOING_REFRESH_NS = 1_000_000_000
 #: Heartbeat delays above this are recorded as loop lag; others once every LAG_EVERY beats.
 LAG_NOTABLE_NS = 2_000_000
 LAG_EVERY = 10
@@ -70,6 +72,7 @@ class Watchdog:
         self._block_request: dict[str, Any] | None = None
         self._described: tuple[str | None, dict[str, Any] | None] = (None, None)
         self._stopped_in: dict[str, Any] | None = None  # the block the loop stopped in
+        self._ongoing_at = 0  # when the block in progress was last recorded (LOOP_BLOCK_ONGOING)
         #: A heartbeat later than this means a slow callback, sampled and named (not a block).
         self.slow_ns = sink.slow_callback_ns
         self._slow_name: str | None = None
@@ -218,17 +221,37 @@ class Watchdog:
             with self._lock:
                 if self._pending_since == posted and not self._blocked:
                     self._slow_name = name or "busy"
-        if capture and self.thread_id is not None:
+        refresh = False
+        if not capture and self._blocked and now - self._ongoing_at >= ONGOING_REFRESH_NS:
+            refresh = True
+        if (capture or refresh) and self.thread_id is not None:
             frame = sys._current_frames().get(self.thread_id)
             stack = stack_of(frame) if frame is not None else ()
             name = self._describe(stack)
             site, request = self._described
             with self._lock:
-                if self._blocked:
+                still = self._blocked
+                if still:
                     self._block_stack = stack
                     self._block_name = name
                     self._block_site = site
                     self._block_request = request
+                    start = self._block_start
+            if still:
+                # In the window now, not only when the block ends: a process killed in the
+                # middle of it (gunicorn's timeout) still says what held its loop.
+                self._ongoing_at = now
+                rid = request.get("id") if request is not None else None
+                self.sink.emit(
+                    (
+                        ev.LOOP_BLOCK_ONGOING,
+                        start,
+                        now,
+                        name,
+                        stack,
+                        rid if type(rid) is int else None,
+                    )
+                )
 
     def _last_activity(self, posted: int) -> int:
         """Best guess of when the current callback started: the loop's last recorded event."""

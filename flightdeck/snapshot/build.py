@@ -153,6 +153,10 @@ class _Builder(TaskTable):
         self.packer = packer()
         #: The steps of the tasks the last ``feed`` touched (raw id -> hot-path entry).
         self.touched: dict[int, tuple[str, Steps, Any]] = {}
+        #: Blocks seen in progress (t_start -> their latest LOOP_BLOCK_ONGOING), and the
+        #: starts of the blocks that ended (a LOOP_BLOCK): see ``close_ongoing``.
+        self.ongoing: dict[int, Event] = {}
+        self.ended: set[int] = set()
 
     # -- requests ---------------------------------------------------------------------------
     def _request(self, e: Event) -> Doc:
@@ -278,6 +282,9 @@ class _Builder(TaskTable):
             elif k == ev.LOOP_BLOCK:
                 _, t0, t1, cb, stack = e
                 self._loop_entry("block", t0, t1 - t0, cb, _stack(stack) or [])
+                self.ended.add(t0)
+            elif k == ev.LOOP_BLOCK_ONGOING:
+                self.ongoing[e[ev.LOOP_BLOCK_ONGOING_START]] = e
             elif k == ev.LOOP_CALLBACK:
                 _, t0, t1, name = e
                 self._loop_entry("callback", t0, t1 - t0, name, None)
@@ -361,6 +368,19 @@ class _Builder(TaskTable):
                 steps.pack(compressor)
         self.touched = {}
 
+    def close_ongoing(self, t_now: int) -> None:
+        """A loop entry ``block`` with ``ongoing: true`` for each block seen in progress that
+        did not end in the window (the process died in it, or it still holds the loop): its
+        duration so far, to the window's end, with the latest stack the watchdog took."""
+        for t0, e in self.ongoing.items():
+            if t0 in self.ended:
+                continue
+            _, _, t_seen, cb, stack, _rid = e
+            self._loop_entry("block", t0, max(t_seen, t_now) - t0, cb, _stack(stack) or [])
+            self.loop[-1]["ongoing"] = True
+        self.ongoing = {}
+        self.ended = set()
+
     def _loop_entry(
         self, kind: str, t0: int, dur_ns: int, callback: str | None, stack: Any
     ) -> None:
@@ -443,6 +463,7 @@ def assemble(
     b.last_end.clear()
     b.created_ns.clear()
     b.older.clear()
+    b.close_ongoing(frozen.t_now)
     requests, tasks = b.finish(frozen.extra.get("awaiting", {}), frozen.extra.get("names", {}))
     end = b.ts(frozen.t_now)
     start = b.ts(b.t_min) if b.t_min is not None else end

@@ -145,10 +145,16 @@ class WindowFile:
     # -- creation -----------------------------------------------------------------------
     def create(self) -> None:
         wdir = windows_dir(self.directory)
-        check_directory(wdir)
         name = f"{_host()}-{os.getpid()}-{secrets.token_hex(4)}{SUFFIX}"
         self.path = os.path.join(wdir, name)
-        self.fd, self.end = self._new_file(self.head_bytes)
+        for attempt in (1, 2):
+            check_directory(wdir)
+            try:
+                self.fd, self.end = self._new_file(self.head_bytes)
+                break
+            except FileNotFoundError:
+                if attempt == 2:  # removed again: another process's clean end raced us
+                    raise
         try:
             os.rename(self._tmp_path, self.path)
         except OSError:
@@ -274,6 +280,9 @@ class WindowFile:
                     _pwrite_all(fd, container.chunk(CLOS, b"{}") + _ZERO, self.end)
                 with contextlib.suppress(OSError):
                     os.unlink(self.path)
+                # The last process to end cleanly leaves the directory as it found it.
+                with contextlib.suppress(OSError):
+                    os.rmdir(os.path.dirname(self.path))
         finally:
             with contextlib.suppress(OSError):
                 os.close(fd)

@@ -192,6 +192,13 @@ def test_gunicorn_timeout_kill_names_the_blocking_function_and_the_request(
     assert crash["request"]["path"] == "/report"
     summary = _summary(directory, crash["id"])
     assert "fetch_legacy" in summary and "GET /report" in summary, summary
+    # The block never ended: the window holds it as recorded while it lasted.
+    doc = _document(directory, crash["id"], core)
+    blocks = [e for e in doc["loop"] if e["kind"] == "block"]
+    assert len(blocks) == 1 and blocks[0]["ongoing"] is True, blocks
+    assert blocks[0]["duration"] >= 1.0
+    assert blocks[0]["stack"][-1]["function"] == "fetch_legacy"
+    assert "GET /report" in blocks[0]["callback"]
 
 
 @pytest.mark.parametrize("core", CORES)

@@ -456,9 +456,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
+    from .snapshot.recovery import recover
     from .snapshot.store import SnapshotStore
-    from .snapshot.windowfile import recover
 
+    if not os.path.isdir(args.directory):
+        raise CLIError(f"{args.directory}: not a directory")
     try:
         store = SnapshotStore(max_snapshots=args.max_snapshots, directory=args.directory)
         made = recover(store)

@@ -471,6 +471,10 @@ def assemble(
     trig["time"] = b.ts(trigger_time_ns if trigger_time_ns is not None else frozen.t_now)
     if trig.get("request") is None and trig.get("kind") == "loop_blocked":
         trig["request"] = causes.blocked_request(trig["time"], b.loop, b.requests)
+    elif trig.get("kind") == "crash" and isinstance(trig.get("request"), dict):
+        # A crash names the request its loop was blocked in by id: the window's record of it.
+        found = b.requests.get(trig["request"].get("id"))
+        trig["request"] = dict(found) if found is not None else None
     return {
         "format": FORMAT,
         "id": snapshot_id,

@@ -27,8 +27,7 @@ file was not closed" means the process died without stopping its recorder, and n
 or pid namespace can fool it. A clean end (``stop()``, lifespan shutdown, ``close()``, or an
 interpreter exit that was not in the middle of a loop block) appends ``CLOS`` and removes
 the file. :func:`recover` turns each dead process's file into a snapshot of trigger kind
-``"crash"``: exactly once, since the recoverer holds the file's lock while it converts it
-and checks that the path still names the inode it locked before it unlinks it.
+``"crash"`` (``recovery.py``).
 """
 
 from __future__ import annotations
@@ -41,7 +40,6 @@ import os
 import re
 import secrets
 import socket
-import stat
 import sys
 import threading
 import time
@@ -49,13 +47,10 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-import orjson
-
 from ..core.text import ErrorLog
 from ..core.window import Frozen
 from . import container
 from .directory import check_directory
-from .document import new_id, rfc3339
 
 #: The subdirectory of the snapshot directory holding the processes' window files.
 WINDOWS = "windows"
@@ -74,14 +69,14 @@ WSTA = b"WSTA"  #: the writer's state at its last write (JSON)
 CLOS = b"CLOS"  #: the file was closed cleanly
 GONE = b"GONE"  #: a chunk the window evicted (its space is reclaimed at the next rewrite)
 _ZERO = b"\0" * container._CHUNK.size
-_STOP = b"\0\0\0\0"
-_TMP = ".tmp-"
+STOP_TAG = b"\0\0\0\0"
+TMP_PREFIX = ".tmp-"
 
 _OPEN_NEW = (
     os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 )
-_OPEN_EXISTING = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}-[0-9]{1,10}-[0-9a-f]{8}\.fdk$")
+OPEN_EXISTING = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}-[0-9]{1,10}-[0-9a-f]{8}\.fdk$")
 
 _log = ErrorLog()
 
@@ -95,7 +90,7 @@ def _host() -> str:
     return name or "host"
 
 
-def _try_lock(fd: int) -> bool:
+def try_lock(fd: int) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -166,11 +161,11 @@ class WindowFile:
         """A locked, reserved temporary file holding ``first``: (fd, bytes written)."""
         self._tmp_path = os.path.join(
             os.path.dirname(self.path),
-            f"{_TMP}{os.path.basename(self.path)}.{secrets.token_hex(4)}",
+            f"{TMP_PREFIX}{os.path.basename(self.path)}.{secrets.token_hex(4)}",
         )
         fd = os.open(self._tmp_path, _OPEN_NEW, 0o600)
         try:
-            if not _try_lock(fd):  # a fresh file nobody else knows of
+            if not try_lock(fd):  # a fresh file nobody else knows of
                 raise OSError(errno.EWOULDBLOCK, "cannot lock a new window file")
             if hasattr(os, "posix_fallocate"):
                 os.posix_fallocate(fd, 0, self.capacity)
@@ -306,14 +301,14 @@ def _split(frozen: Frozen) -> tuple[Sequence[Any], list[Any] | Any | None]:
     return segments, frozen.tail
 
 
-def _status_of(tasks: Any, requests: Any) -> dict[str, Any]:
+def status_of(tasks: Any, requests: Any) -> dict[str, Any]:
     return {"tasks": list(tasks.values()), "requests": list(requests.values())}
 
 
 def _sealed_chunks(seg: Any) -> list[bytes]:
     if hasattr(seg, "dump"):
         return [container.chunk(container.GENR, seg.dump(), container.RECORDS_LEVEL)]
-    status = container.json_bytes(_status_of(seg.tasks, seg.requests))
+    status = container.json_bytes(status_of(seg.tasks, seg.requests))
     events = container.json_bytes(seg.events())
     return [
         container.chunk(SSTA, status, container.CAPTURE_LEVEL),
@@ -326,7 +321,7 @@ def _tail_chunks(tail: Any, status: dict[str, Any] | None) -> list[bytes]:
         return [container.chunk(container.GENR, tail.dump(), container.RECORDS_LEVEL)]
     out = []
     if status is not None:
-        status = _status_of(status["tasks"], status["requests"])
+        status = status_of(status["tasks"], status["requests"])
         out.append(container.chunk(SSTA, container.json_bytes(status), container.CAPTURE_LEVEL))
     if tail:
         out.append(
@@ -407,6 +402,8 @@ class BlackBox:
         )
 
     def _run(self) -> None:
+        from . import recovery
+
         stop = self._stop
         next_scan = 0.0
         while True:
@@ -414,7 +411,7 @@ class BlackBox:
             if now >= next_scan:
                 next_scan = now + SCAN_INTERVAL
                 try:
-                    self.recovered += len(recover(self.store, skip=self._own_path()))
+                    self.recovered += len(recovery.recover(self.store, skip=self._own_path()))
                 except Exception as exc:
                     self._failed("recover", exc)
             self.sync()
@@ -518,233 +515,3 @@ def _noting_exit(status: str | int | None = None, /) -> NoReturn:
 def _install_exit_hook() -> None:
     if sys.exit is _original_exit:
         sys.exit = _noting_exit
-
-
-# -- recovery ---------------------------------------------------------------------------------
-def recover(store: Any, skip: str | None = None) -> list[str]:
-    """Turn the window file of every dead process under ``store.directory`` into a crash
-    snapshot in ``store``; returns their ids. ``skip``: this process's own file."""
-    directory = store.directory
-    if directory is None:
-        return []
-    wdir = windows_dir(directory)
-    try:
-        names = os.listdir(wdir)
-    except FileNotFoundError:
-        return []
-    made: list[str] = []
-    for name in names:
-        path = os.path.join(wdir, name)
-        if path == skip:
-            continue
-        if name.startswith(_TMP):
-            _remove_stale_tmp(path)
-            continue
-        if not _NAME.match(name):
-            continue
-        ident = recover_file(store, path)
-        if ident is not None:
-            made.append(ident)
-    return made
-
-
-def _remove_stale_tmp(path: str) -> None:
-    with contextlib.suppress(OSError):
-        st = os.lstat(path)
-        if stat.S_ISREG(st.st_mode) and time.time() - st.st_mtime > STALE_TMP:
-            fd = os.open(path, _OPEN_EXISTING)
-            try:
-                if _try_lock(fd):
-                    os.unlink(path)
-            finally:
-                os.close(fd)
-
-
-def recover_file(store: Any, path: str) -> str | None:
-    """The crash snapshot's id made of the window file at ``path``, or None (its process is
-    alive, it was closed cleanly, or another recoverer got there first)."""
-    try:
-        fd = os.open(path, _OPEN_EXISTING)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or not _try_lock(fd):
-            return None
-        try:
-            now_st = os.stat(path, follow_symlinks=False)
-        except FileNotFoundError:
-            return None  # removed meanwhile (closed, or recovered by another process)
-        if (now_st.st_dev, now_st.st_ino) != (st.st_dev, st.st_ino):
-            return None  # replaced by its writer's rewrite meanwhile: the writer is alive
-        data = _read_all(fd, st.st_size)
-        ident = None
-        try:
-            parsed = parse(data)
-        except container.ContainerError:
-            parsed = None
-        if parsed is not None and not parsed.closed:
-            pieces, head = parsed.snapshot()
-            ident = head["id"]
-            store.put_stored(pieces, head)
-        os.unlink(path)
-        return ident
-    finally:
-        os.close(fd)
-
-
-def _read_all(fd: int, size: int) -> bytes:
-    parts = []
-    pos = 0
-    while pos < size:
-        block = os.pread(fd, min(size - pos, 1 << 20), pos)
-        if not block:
-            break
-        parts.append(block)
-        pos += len(block)
-    return b"".join(parts)
-
-
-class Parsed:
-    """What a window file holds, as its reader found it."""
-
-    def __init__(self) -> None:
-        self.head: dict[str, Any] = {}
-        self.records: list[tuple[bytes, bytes]] = []
-        self.status: dict[str, Any] | None = None
-        self.state: dict[str, Any] = {}
-        self.closed = False
-
-    def snapshot(self) -> tuple[list[bytes], dict[str, Any]]:
-        """The crash snapshot's stored form (pieces) and header."""
-        process = self.head.get("process")
-        process = process if isinstance(process, dict) else {}
-        pid = process.get("pid", "?")
-        state = self.state
-        t_now = state.get("t_now")
-        offset = self.head.get("clock_offset_ns")
-        offset = offset if isinstance(offset, int) else 0
-        events, trace_ids, status = _scan_records(self.records, self.status)
-        if not isinstance(t_now, int):
-            t_now = _last_time(self.records) or 0
-        reason, request = _reason(pid, state, t_now, offset)
-        head = {
-            "id": new_id(),
-            "trigger": {"kind": "crash", "reason": reason, "request": request},
-            "trigger_time_ns": t_now,
-            "process": process,
-            "clock_offset_ns": offset,
-            "options": self.head.get("options", {}),
-            "core": self.head.get("core", "native"),
-            "container": container.VERSION,
-            "t_now": t_now,
-            "dropped": state.get("dropped", 0) if isinstance(state.get("dropped"), int) else 0,
-            "events": events,
-            "trace_ids": trace_ids,
-            "created_at": rfc3339(time.time()),
-        }
-        return container.assemble(head, status, self.records), head
-
-
-def parse(data: bytes) -> Parsed:
-    """Read a window file's chunks up to the last complete one. Raises ``ContainerError``."""
-    out = Parsed()
-    pending_status: dict[str, Any] | None = None
-    for tag, raw in container.iter_chunks(data, strict=False):
-        if tag == _STOP:
-            break
-        if tag == container.HEAD:
-            out.head = _obj(raw)
-        elif tag == SSTA:
-            pending_status = _obj(raw)
-        elif tag in (container.GENR, container.EVTS):
-            if not out.records and tag == container.EVTS:
-                out.status = pending_status
-            out.records.append((tag, raw))
-            pending_status = None
-        elif tag == WSTA:
-            out.state = _obj(raw)
-        elif tag == CLOS:
-            out.closed = True
-    if not out.records and pending_status is not None:
-        out.status = pending_status
-    return out
-
-
-def _obj(raw: bytes) -> dict[str, Any]:
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _generation(payload: bytes) -> Any:
-    return container._generation(payload)
-
-
-def _scan_records(
-    records: list[tuple[bytes, bytes]], status: dict[str, Any] | None
-) -> tuple[int, list[str], dict[str, Any]]:
-    """Events held, the trace ids of their requests, and the status at the oldest."""
-    count = 0
-    ids: dict[str, None] = {}
-    first_status: dict[str, Any] | None = status
-    for i, (tag, payload) in enumerate(records):
-        try:
-            if tag == container.GENR:
-                gen = _generation(payload)
-                count += gen.count
-                for _rid, trace in gen.requests():
-                    if isinstance(trace, str) and len(ids) < container.MAX_TRACE_IDS:
-                        ids[trace] = None
-                if i == 0 and first_status is None:
-                    tasks, requests = gen.status()
-                    first_status = _status_of(tasks, requests)
-            else:
-                events = orjson.loads(payload)
-                count += len(events)
-                for e in events:
-                    trace = e[10] if e[0] == 8 and len(e) == 11 else None
-                    if isinstance(trace, str) and len(ids) < container.MAX_TRACE_IDS:
-                        ids[trace] = None
-        except Exception:
-            continue  # read_document reports a record it cannot decode
-    return count, list(ids), first_status or {"tasks": [], "requests": []}
-
-
-def _last_time(records: list[tuple[bytes, bytes]]) -> int | None:
-    if not records:
-        return None
-    tag, payload = records[-1]
-    try:
-        if tag == container.GENR:
-            return int(_generation(payload).t_end)
-        events = orjson.loads(payload)
-        return max(int(e[1]) for e in events) if events else None
-    except Exception:
-        return None
-
-
-def _reason(
-    pid: object, state: dict[str, Any], t_now: int, offset: int
-) -> tuple[str, dict[str, Any] | None]:
-    """What is known of the end, and the request the loop was blocked in (if any)."""
-    block = state.get("block")
-    when = time.strftime("%H:%M:%S", time.gmtime((t_now + offset) / 1e9)) if t_now else "?"
-    if isinstance(block, dict) and isinstance(block.get("start"), int):
-        seconds = max(0, t_now - block["start"]) / 1e9
-        reason = (
-            f"process {pid} ended without shutdown while the loop was blocked for {seconds:.1f} s"
-        )
-        site, label = block.get("site"), block.get("request")
-        if isinstance(site, str) and site:
-            reason += f" in {site}"
-        request = None
-        if isinstance(label, dict):
-            method, path = label.get("method"), label.get("path")
-            if isinstance(method, str) and isinstance(path, str):
-                reason += f" during {method} {path}"
-                request = {"id": label.get("id"), "method": method, "path": path}
-        return reason + f" (last recorded at {when} UTC)", request
-    return f"process {pid} ended without shutdown (last recorded at {when} UTC)", None

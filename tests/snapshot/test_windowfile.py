@@ -22,7 +22,7 @@ import pytest
 from support import ROOT
 
 from flightdeck import FlightRecorder
-from flightdeck.snapshot import container, windowfile
+from flightdeck.snapshot import container, recovery, windowfile
 from flightdeck.snapshot.store import SnapshotStore
 
 _DIE = textwrap.dedent(
@@ -108,7 +108,7 @@ def test_the_file_is_private_locked_named_after_the_process_and_removed_at_stop(
                 assert exc.value.errno in (errno.EWOULDBLOCK, errno.EAGAIN)
             finally:
                 os.close(fd)
-            assert windowfile.recover(_store(tmp_path)) == []  # alive: left alone
+            assert recovery.recover(_store(tmp_path)) == []  # alive: left alone
             assert path.exists()
         finally:
             rec.stop()
@@ -125,7 +125,7 @@ def test_a_clean_end_or_a_script_returning_without_stop_leaves_no_crash(
     proc = _run(tmp_path, how)
     assert proc.returncode == 0, proc.stderr
     assert _files(tmp_path) == []
-    assert windowfile.recover(_store(tmp_path)) == []
+    assert recovery.recover(_store(tmp_path)) == []
 
 
 def test_a_dead_process_file_becomes_one_crash_snapshot_and_is_removed(tmp_path: Path) -> None:
@@ -134,7 +134,7 @@ def test_a_dead_process_file_becomes_one_crash_snapshot_and_is_removed(tmp_path:
     path = Path(proc.stdout.strip())
     assert path.exists()
     store = _store(tmp_path)
-    made = windowfile.recover(store)
+    made = recovery.recover(store)
     assert len(made) == 1 and not path.exists()
     (item,) = store.list()
     assert item["trigger"]["kind"] == "crash" and item["id"] == made[0]
@@ -146,7 +146,7 @@ def test_a_dead_process_file_becomes_one_crash_snapshot_and_is_removed(tmp_path:
     body = doc.to_dict()
     assert body["trigger"]["kind"] == "crash" and body["process"]["pid"] == pid
     assert body["tasks"], "the window's tasks are in it"
-    assert windowfile.recover(store) == []  # exactly once
+    assert recovery.recover(store) == []  # exactly once
 
 
 def test_sys_exit_inside_a_blocked_step_is_a_crash_with_the_block_in_its_reason(
@@ -155,7 +155,7 @@ def test_sys_exit_inside_a_blocked_step_is_a_crash_with_the_block_in_its_reason(
     proc = _run(tmp_path, "abort_in_block")
     assert proc.returncode == 1, proc.stderr
     store = _store(tmp_path)
-    made = windowfile.recover(store)
+    made = recovery.recover(store)
     assert len(made) == 1, (proc.stdout, proc.stderr)
     reason = store.list()[0]["trigger"]["reason"]
     assert "while the loop was blocked for" in reason, reason
@@ -188,7 +188,7 @@ def test_two_processes_racing_to_recover_make_one_snapshot_per_file(tmp_path: Pa
     assert len(_files(tmp_path)) == 4
     code = (
         "import sys; from flightdeck.snapshot.store import SnapshotStore;"
-        "from flightdeck.snapshot.windowfile import recover;"
+        "from flightdeck.snapshot.recovery import recover;"
         "print(' '.join(recover(SnapshotStore(directory=sys.argv[1]))))"
     )
     racers = [
@@ -217,18 +217,18 @@ def test_an_unlocked_file_is_dead_whatever_process_now_has_its_pid(tmp_path: Pat
     fd = os.open(held, os.O_RDWR)
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
-        made = windowfile.recover(_store(tmp_path))
+        made = recovery.recover(_store(tmp_path))
         assert len(made) == 1 and not reused.exists() and held.exists()
     finally:
         os.close(fd)
-    assert len(windowfile.recover(_store(tmp_path))) == 1
+    assert len(recovery.recover(_store(tmp_path))) == 1
 
 
 def test_a_torn_tail_is_ignored_and_the_complete_chunks_recovered(tmp_path: Path) -> None:
     proc = _run(tmp_path, "exit")
     path = Path(proc.stdout.strip())
     data = path.read_bytes()
-    whole = windowfile.parse(data)
+    whole = recovery.parse(data)
     assert whole.records
     # Cut inside the last record chunk: what precedes it is read, the torn chunk is not.
     ends = []
@@ -244,9 +244,9 @@ def test_a_torn_tail_is_ignored_and_the_complete_chunks_recovered(tmp_path: Path
     last = [e for e in ends if e[0] in (container.GENR, container.EVTS)][-1]
     torn = data[: last[2] - 5]
     path.write_bytes(torn)
-    parsed = windowfile.parse(torn)
+    parsed = recovery.parse(torn)
     assert len(parsed.records) == len(whole.records) - 1
-    made = windowfile.recover(_store(tmp_path))
+    made = recovery.recover(_store(tmp_path))
     assert len(made) == 1
     snap = _store(tmp_path).get(made[0])
     assert snap is not None and snap.to_dict()["trigger"]["kind"] == "crash"
@@ -260,7 +260,7 @@ def test_the_file_stays_within_its_capacity_by_rewriting(tmp_path: Path) -> None
     path = Path(proc.stdout.strip())
     capacity = 2 * (64 << 10) + (1 << 20)
     assert path.stat().st_size == capacity
-    made = windowfile.recover(_store(tmp_path))
+    made = recovery.recover(_store(tmp_path))
     assert len(made) == 1
     snap = _store(tmp_path).get(made[0])
     assert snap is not None
@@ -290,7 +290,7 @@ def test_rewrites_keep_the_live_generations_and_drop_the_evicted(tmp_path: Path)
             live = gens[max(0, i - 4) : i]  # the window holds the last four
             wf.update(Frozen(live, [], {}, {}, 0, live[-1].t_end), {"t_now": live[-1].t_end})
         assert wf.rewrites > 0
-        parsed = windowfile.parse(Path(wf.path).read_bytes())
+        parsed = recovery.parse(Path(wf.path).read_bytes())
         kept = [container.json_bytes(g.events()) for g in gens[-5:-1]]
         assert [p for t, p in parsed.records] == kept
     finally:
@@ -334,3 +334,23 @@ def test_a_file_that_cannot_be_created_falls_back_to_memory(
     stats = asyncio.run(main())
     assert stats["path"] is None and stats["errors"] >= 1
     assert [p for p in _files(tmp_path) if not p.name.startswith(".")] == []
+
+
+def test_flightdeck_recover_makes_the_crash_snapshots_from_a_shell(tmp_path: Path) -> None:
+    proc = _run(tmp_path, "exit", run=0.2)
+    pid = Path(proc.stdout.strip()).name.split("-")[-2]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "flightdeck", "recover", str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    (line,) = out.stdout.splitlines()
+    ident = line.split()[0]
+    assert f"crash  process {pid} ended without shutdown" in line
+    assert [s["id"] for s in _store(tmp_path).list()] == [ident]
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+    assert again.returncode == 0 and again.stdout == ""  # nothing left to recover
+    missing = subprocess.run(
+        [*cmd[:-1], str(tmp_path / "nope")], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert missing.returncode == 2 and "not a directory" in missing.stderr
+    assert not (tmp_path / "nope").exists()

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from support import ROOT, ServerProcess, get_json, http_get, wait_until
 
@@ -65,6 +66,8 @@ def _document(directory: Path, ident: str, core: str) -> dict[str, Any]:
     import json
 
     doc: dict[str, Any] = json.loads(out.stdout)
+    schema = json.loads((ROOT / "flightdeck/snapshot/schema/flightdeck-1.schema.json").read_text())
+    jsonschema.validate(doc, schema)
     return doc
 
 
@@ -199,6 +202,7 @@ def test_gunicorn_timeout_kill_names_the_blocking_function_and_the_request(
     assert blocks[0]["duration"] >= 1.0
     assert blocks[0]["stack"][-1]["function"] == "fetch_legacy"
     assert "GET /report" in blocks[0]["callback"]
+    assert doc["trigger"]["request"]["path"] == "/report"  # the window's record of it
 
 
 @pytest.mark.parametrize("core", CORES)

@@ -18,6 +18,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from support import ROOT
 
@@ -354,3 +355,47 @@ def test_flightdeck_recover_makes_the_crash_snapshots_from_a_shell(tmp_path: Pat
     )
     assert missing.returncode == 2 and "not a directory" in missing.stderr
     assert not (tmp_path / "nope").exists()
+
+
+def test_the_pure_cores_open_events_are_appended_then_replaced_by_their_seal(
+    tmp_path: Path,
+) -> None:
+    """Each write adds only the open events recorded since the last one; once they are
+    sealed, the sealed generation takes their place: every event is in the file once."""
+    from flightdeck.core.window import Frozen
+
+    class Sealed:
+        def __init__(self, events: list[Any]) -> None:
+            self.t_start, self.t_end, self.count = events[0][1], events[-1][1], len(events)
+            self.tasks: dict[int, Any] = {}
+            self.requests: dict[int, Any] = {}
+            self._events = events
+
+        def events(self) -> list[Any]:
+            return self._events
+
+    def mark(t: int) -> tuple[Any, ...]:
+        return (15, t, "mark", f"m{t}")
+
+    def records(path: str) -> list[Any]:
+        parsed = recovery.parse(Path(path).read_bytes())
+        return [list(e) for _t, p in parsed.records for e in orjson.loads(p)]
+
+    wf = windowfile.WindowFile(str(tmp_path), {"process": {"pid": 1}}, capacity=1 << 20)
+    wf.create()
+    try:
+        tail = [mark(1), mark(2)]
+        wf.update(Frozen([], tail, {}, {}, 0, 2), {"t_now": 2})
+        tail += [mark(3)]
+        wf.update(Frozen([], list(tail), {}, {}, 0, 3), {"t_now": 3})
+        tail += [mark(4), mark(5)]
+        wf.update(Frozen([], list(tail), {}, {}, 0, 5), {"t_now": 5})
+        parsed = recovery.parse(Path(wf.path).read_bytes())
+        assert len(parsed.records) == 3 and parsed.state == {"t_now": 5}  # three appends
+        assert records(wf.path) == [list(mark(t)) for t in range(1, 6)]
+        sealed = Sealed(list(tail))
+        wf.update(Frozen([sealed], [mark(6)], {}, {}, 0, 6), {"t_now": 6})
+        assert records(wf.path) == [list(mark(t)) for t in range(1, 7)]
+        assert len(recovery.parse(Path(wf.path).read_bytes()).records) == 2
+    finally:
+        wf.close(clean=True)

@@ -218,3 +218,28 @@ def test_a_clean_stop_leaves_no_window_file_and_no_crash_snapshot(
     srv.stop()  # SIGTERM: uvicorn runs the lifespan's shutdown
     assert _window_files(directory) == []
     assert SnapshotStore(directory=directory).list() == []
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_a_live_sibling_worker_makes_the_crash_snapshot_of_a_killed_one(
+    server: Callable[..., ServerProcess], tmp_path: Path, core: str
+) -> None:
+    """uvicorn --workers 2 on one directory: one worker is SIGKILLed; a live worker (the
+    other, which checks every second, or the replacement, at its start) turns its window
+    file into a crash snapshot."""
+    directory = tmp_path / "snaps"
+    env = _env(directory, core)
+    srv = server(env=env, workers=2, ready_path="/pid")
+    wait_until(lambda: len(_window_files(directory)) == 2, timeout=20)
+    pids = {int(p.name.split("-")[-2]) for p in _window_files(directory)}
+    victim = min(pids)
+    t_kill = time.time()
+    os.kill(victim, signal.SIGKILL)
+    crash = _wait_crash(srv, timeout=10)
+    assert crash["pid"] == victim
+    assert time.time() - t_kill < 10
+    # Made by the surviving worker or by the one uvicorn started in the victim's place.
+    maker = int(crash["id"].split("-")[-2])
+    assert maker != victim and maker != srv.pid
+    files = [p.name for p in _window_files(directory)]
+    assert not [f for f in files if f"-{victim}-" in f]

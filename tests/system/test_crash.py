@@ -195,6 +195,7 @@ def test_gunicorn_timeout_kill_names_the_blocking_function_and_the_request(
     assert crash["request"]["path"] == "/report"
     summary = _summary(directory, crash["id"])
     assert "fetch_legacy" in summary and "GET /report" in summary, summary
+    assert "ongoing" in summary, summary
     # The block never ended: the window holds it as recorded while it lasted.
     doc = _document(directory, crash["id"], core)
     blocks = [e for e in doc["loop"] if e["kind"] == "block"]

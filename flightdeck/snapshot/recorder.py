@@ -526,8 +526,9 @@ class FlightRecorder:
         if self._watchdog is not None:
             self._watchdog.after_fork()
         self._start_thread()
-        if self._blackbox is not None:
-            self._blackbox.after_fork()
+        box, self._blackbox = self._blackbox, None
+        if box is not None:
+            box.after_fork()  # the parent's file is left alone; the child keeps none
 
     @property
     def internal_errors(self) -> int:

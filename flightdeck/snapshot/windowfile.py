@@ -511,12 +511,18 @@ class BlackBox:
             self.stop(clean=True)
 
     def after_fork(self) -> None:
-        """In a forked child: the parent's file stays the parent's; the child starts its own."""
+        """In a forked child of a recording process: the parent's file stays the parent's,
+        and the child keeps none. Such children (multiprocessing's, ``ProcessPoolExecutor``'s
+        with the fork start method) end with ``os._exit`` by design: a file of theirs would
+        make a crash snapshot of every one. Servers start recording in each worker, after
+        the fork (gunicorn ``--preload`` included), and get their files then."""
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+        _open_boxes.discard(self)
         if self.file is not None:
             self.file.forget()
             self.file = None
-        self.start()
 
     def stats(self) -> dict[str, Any]:
         wf = self.file

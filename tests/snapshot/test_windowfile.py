@@ -399,3 +399,46 @@ def test_the_pure_cores_open_events_are_appended_then_replaced_by_their_seal(
         assert len(recovery.parse(Path(wf.path).read_bytes()).records) == 2
     finally:
         wf.close(clean=True)
+
+
+def test_a_child_forked_from_a_recording_process_leaves_no_crash_at_os_exit(
+    tmp_path: Path,
+) -> None:
+    """multiprocessing's fork children end with os._exit by design: they keep no window file
+    (the parent's stays the parent's, still locked and live)."""
+    code = textwrap.dedent(
+        """
+        import asyncio, os, sys, time
+        from flightdeck import FlightRecorder
+        from flightdeck.snapshot.store import SnapshotStore
+
+        async def main():
+            rec = FlightRecorder(window=5, max_bytes=1 << 20)
+            rec.keep_window_in(SnapshotStore(directory=sys.argv[1]))
+            rec.start()
+            await asyncio.sleep(0.1)
+            pid = os.fork()
+            if pid == 0:
+                time.sleep(0.3)
+                os._exit(0 if rec.stats.get("window_file") is None else 5)
+            _, status = os.waitpid(pid, 0)
+            print(os.waitstatus_to_exitcode(status), rec.stats["window_file"]["path"], flush=True)
+            rec.stop()
+
+        asyncio.run(main())
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    child_status, parent_file = proc.stdout.split()
+    assert child_status == "0"  # the child had no window file
+    assert parent_file  # the parent kept its own until stop()
+    assert _files(tmp_path) == []
+    assert recovery.recover(_store(tmp_path)) == []

@@ -187,7 +187,9 @@ def test_gunicorn_timeout_kill_names_the_blocking_function_and_the_request(
 
     wait_until(new_worker, timeout=30, interval=0.2)
     crash = _wait_crash(srv)
-    assert time.time() - t0 < 30
+    # Killed 2-4 s after the request began (gunicorn checks its workers about every second),
+    # the crash was listed within 10 s of that.
+    assert time.time() - t0 < 14
     assert crash["pid"] == first
     reason = crash["trigger"]["reason"]
     assert "while the loop was blocked for" in reason, reason

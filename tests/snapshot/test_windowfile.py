@@ -442,3 +442,57 @@ def test_a_child_forked_from_a_recording_process_leaves_no_crash_at_os_exit(
     assert parent_file  # the parent kept its own until stop()
     assert _files(tmp_path) == []
     assert recovery.recover(_store(tmp_path)) == []
+
+
+def test_a_disk_that_fills_up_later_gives_the_file_up_not_the_app(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rewrite that keeps the file within its size needs a fresh reserved file: when
+    the disk is full by then, the file is removed (no false crash later) and the window
+    stays in memory; nothing is raised."""
+    from flightdeck.core.window import Frozen
+
+    class Gen:
+        def __init__(self, n: int) -> None:
+            self.t_start, self.t_end, self.count = n, n + 1, 1
+            self.tasks: dict[int, Any] = {}
+            self.requests: dict[int, Any] = {}
+            self.text = os.urandom(300).hex()
+
+        def events(self) -> list[Any]:
+            return [(15, self.t_start, "mark", self.text)]
+
+    gens = [Gen(i * 10 + 1) for i in range(40)]
+    at = {"i": 1}
+
+    def freeze() -> Frozen:
+        live = gens[max(0, at["i"] - 3) : at["i"]]
+        return Frozen(live, [], {}, {}, 0, live[-1].t_end)
+
+    store = _store(tmp_path)
+    box = windowfile.BlackBox(store, lambda: {"process": {"pid": 1}}, freeze, dict, 1024)
+    box.capacity = 8192
+    box.start()
+    box._stop.set()  # no writer thread: this test writes
+    assert box._thread is not None
+    box._thread.join(5)
+    assert box.file is not None
+    path = box.file.path
+    calls = {"n": 0}
+    real = os.posix_fallocate
+
+    def fill_up(fd: int, offset: int, length: int) -> None:
+        calls["n"] += 1
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", fill_up)
+    for i in range(2, len(gens)):
+        at["i"] = i
+        box.sync()
+        if box.file is None:
+            break
+    monkeypatch.setattr(os, "posix_fallocate", real)
+    assert calls["n"] == 1 and box.file is None and box.errors == 1
+    assert not Path(path).exists()
+    box.stop()
+    assert recovery.recover(store) == []

@@ -239,8 +239,11 @@ class FlightRecorder:
         for key in self.coverage:
             self.coverage[key] = False
 
+    #: The recorder thread's period (seconds): drain, seal, evict, watch the loop.
+    TICK = 0.02
+
     def _run(self) -> None:
-        tick = 0.02
+        tick = self.TICK
         if self.loop_blocked is not None:
             tick = min(tick, self.loop_blocked / 4)
         # Drain every tick: a busy loop can append ~250k events/s, and what waits in the

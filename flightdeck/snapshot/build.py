@@ -22,6 +22,41 @@ from .steps import plain as plain_steps
 
 Doc = dict[str, Any]
 
+#: The part of the document each event kind lands in (``_Builder.feed``), by kind: a
+#: section (``requests``, ``tasks``), a field of its entries (``tasks[].steps``) or an entry
+#: kind of ``loop`` or ``events`` (``loop[block]``). Every kind of ``events.SPECS`` has its
+#: row, and every exporter says how it draws each part (``export/tracks.py`` ``DRAWN``,
+#: ``export/timeline.js`` ``PARTS``): tests/export/test_kinds_rendered.py checks both, and
+#: records one event of each kind through a recorder to find it in every output.
+KIND_PARTS: dict[int, tuple[str, ...]] = {
+    ev.TASK_CREATE: ("tasks",),
+    ev.TASK_STEP: ("tasks[].steps",),
+    ev.TASK_DONE: ("tasks[].state",),
+    ev.TASK_WAIT: ("tasks[].waits",),
+    ev.LOOP_BLOCK: ("loop[block]",),
+    ev.LOOP_CALLBACK: ("loop[callback]",),
+    ev.LOOP_LAG: ("loop[lag]",),
+    ev.REQ_START: ("requests",),
+    ev.REQ_END: ("requests[].end",),
+    ev.REGION: ("events[region]",),
+    ev.LOG: ("events[log]",),
+    ev.EXECUTOR: ("events[executor]",),
+    ev.MARK: ("events[trigger]",),
+    ev.GC: ("loop[gc]",),
+    ev.TASK_CANCEL: ("events[cancel]",),
+    ev.TASK_SLOW_STEP: ("loop[step]",),
+}
+#: Parts made from something other than an event: the header's trigger, and the await
+#: chains of the tasks still pending when the window was frozen (``Frozen.extra``).
+OTHER_PARTS: dict[str, str] = {
+    "trigger": "the trigger of the snapshot (its header)",
+    "tasks[].awaiting": "where each task still pending at the freeze was suspended",
+}
+#: Every part of the document an exporter may have to draw.
+PARTS: frozenset[str] = frozenset(
+    [p for parts in KIND_PARTS.values() for p in parts] + list(OTHER_PARTS)
+)
+
 
 def _text(value: Any) -> Any:
     """Recorded raw on the hot path; made valid text here (lone surrogates become U+FFFD)."""

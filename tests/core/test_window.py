@@ -10,7 +10,7 @@ import pytest
 
 from flightdeck.core import events as ev
 from flightdeck.core import window as _window
-from flightdeck.core.window import Window
+from flightdeck.core.window import Event, Window
 from flightdeck.snapshot.build import build_document
 
 S = 1_000_000_000  # one second in ns
@@ -258,17 +258,17 @@ def test_freeze_while_a_segment_is_being_sealed(monkeypatch: pytest.MonkeyPatch)
     w = make(clock)
     entered = threading.Event()
     release = threading.Event()
-    real_dumps = _window.marshal.dumps
+    real_encode = w._encode
 
-    def slow_dumps(value: object) -> bytes:
+    def slow_encode(value: list[Event]) -> bytes:
         entered.set()
         assert release.wait(10)
-        return real_dumps(value)
+        return real_encode(value)
 
     w.append((ev.TASK_CREATE, 0, 5, "T", "c", None, None, None))
     w.maintain(force_seal=True)
     log(w, clock, 3, tag="sealing")
-    monkeypatch.setattr(_window.marshal, "dumps", slow_dumps)
+    monkeypatch.setattr(w, "_encode", slow_encode)
     sealer = threading.Thread(target=w.maintain, kwargs={"force_seal": True})
     sealer.start()
     assert entered.wait(10)
@@ -293,10 +293,10 @@ def test_buffer_overflow_is_counted(monkeypatch: pytest.MonkeyPatch) -> None:
     assert w.recorded == 8
 
 
-def test_unmarshallable_event_counts_as_dropped() -> None:
+def test_unencodable_event_counts_as_dropped() -> None:
     clock = FakeClock()
     w = make(clock)
-    w.append((ev.LOG, 0, "c", object(), None))  # not marshal-able: a bug elsewhere
+    w.append((ev.LOG, 0, "c", object(), None))  # JSON cannot hold it: a bug elsewhere
     w.maintain(force_seal=True)
     assert w.seal_errors == 1 and w.dropped == 1 and w.segments == 0
     log(w, clock, 1)

@@ -1,7 +1,7 @@
 """The event table: every event kind and its layout, declared once.
 
 An event is a flat tuple ``(kind, field, field, ...)`` whose fields follow ``SPECS[kind]``.
-Emitters build plain tuples on the hot path (``marshal`` refuses namedtuples, and a
+Emitters build plain tuples on the hot path (the encoders take them fastest, and a
 tuple is the cheapest thing to build); readers take field positions from this table
 (``TASK_STEP_END`` and friends, derived below) instead of bare integers. Times are
 ``perf_counter_ns`` values; the snapshot builder turns them into Unix epoch seconds. Task

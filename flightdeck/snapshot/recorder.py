@@ -82,7 +82,9 @@ class FlightRecorder:
         self.wait_threshold = check_seconds("wait_threshold", wait_threshold)
         self.slow_callback = check_seconds("slow_callback", slow_callback)
 
-        self._window = make_window(int(self.window * 1e9), self.max_bytes)
+        self._window = make_window(
+            int(self.window * 1e9), self.max_bytes, encode=container.encode_events
+        )
         self._clock_offset_ns = time.time_ns() - perf_counter_ns()
         self.sink = Sink(
             self._window.append,

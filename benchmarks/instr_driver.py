@@ -58,9 +58,12 @@ def scale_time(scale: float) -> None:
     import flightdeck.snapshot.recorder as recorder
     from flightdeck.core import cores
 
-    def make_window(window_ns: int, max_bytes: int) -> Any:
-        cls = cores.NativeWindow or cores.Window
-        return cls(int(window_ns * scale), max_bytes, segment_ns=int(1e9 * scale))
+    def make_window(window_ns: int, max_bytes: int, **options: Any) -> Any:
+        if cores.NativeWindow is None:
+            return cores.Window(
+                int(window_ns * scale), max_bytes, segment_ns=int(1e9 * scale), **options
+            )
+        return cores.NativeWindow(int(window_ns * scale), max_bytes, segment_ns=int(1e9 * scale))
 
     class Scaled(recorder.FlightRecorder):
         TICK = recorder.FlightRecorder.TICK * scale

@@ -20,9 +20,10 @@
 #define K_GC 16
 #define K_TASK_CANCEL 17
 #define K_TASK_SLOW_STEP 18
+#define K_REQ_ERROR 19
 
 /* One more than the largest kind. */
-#define FD_NKINDS 19
+#define FD_NKINDS 20
 
 /* The native encoder's field layout of each kind (events.native_layout), by kind:
  * NULL for 0 (the generic form), empty for a number no kind has. */
@@ -46,9 +47,10 @@
     "TRNN",       /* 16 GC t_start t_end generation collected */ \
     "TIVV",       /* 17 TASK_CANCEL t tid stack cause */ \
     "TRIV",       /* 18 TASK_SLOW_STEP t_start t_end tid stack */ \
+    "TNV",        /* 19 REQ_ERROR t rid stack */ \
 }
 
 /* The same layouts joined by commas, as the native module shows them (SCHEMA). */
-#define FD_SCHEMA_STRING ",TIVVInV,TRIR,TIVVV,TRIV,TRVV,TRV,TN,TNVVVVVVIV,TNnRVVVRn,TRVI,TVVI,TRRVVInV,,,TVV,TRNN,TIVV,TRIV"
+#define FD_SCHEMA_STRING ",TIVVInV,TRIR,TIVVV,TRIV,TRVV,TRV,TN,TNVVVVVVIV,TNnRVVVRn,TRVI,TVVI,TRRVVInV,,,TVV,TRNN,TIVV,TRIV,TNV"
 
 #endif

@@ -83,6 +83,7 @@ MARK: Final = 15
 GC: Final = 16
 TASK_CANCEL: Final = 17
 TASK_SLOW_STEP: Final = 18
+REQ_ERROR: Final = 19
 
 SPECS: Final[dict[int, Spec]] = {
     s.kind: s
@@ -240,6 +241,14 @@ SPECS: Final[dict[int, Spec]] = {
             ("tid", "int"),
             ("stack", "stack", "the await chain after the step (empty if it finished)"),
         ),
+        _spec(
+            "REQ_ERROR",
+            "request_error",
+            "an exception left the app: where it was raised (recorded before its REQ_END)",
+            ("t", "time"),
+            ("rid", "int"),
+            ("stack", "stack", "its traceback's code locations, innermost last, bounded"),
+        ),
     )
 }
 
@@ -308,6 +317,7 @@ TASK_CANCEL_T, TASK_CANCEL_TID, TASK_CANCEL_STACK, TASK_CANCEL_CAUSE = _position
 TASK_SLOW_STEP_START, TASK_SLOW_STEP_END, TASK_SLOW_STEP_TID, TASK_SLOW_STEP_STACK = _positions(
     TASK_SLOW_STEP
 )
+REQ_ERROR_T, REQ_ERROR_RID, REQ_ERROR_STACK = _positions(REQ_ERROR)
 
 
 def end_time(event: tuple[Any, ...]) -> int:

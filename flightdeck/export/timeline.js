@@ -35,6 +35,7 @@ var COLOR_OF = {}; CLASSES.forEach(function (c) { COLOR_OF[c[0]] = c[1]; });
 var PARTS = {
   "requests": "a bar on a requests row",
   "requests[].end": "the bar's end, colour by status or exception; details",
+  "requests[].error_stack": "where it raised, in the request's details",
   "tasks": "a row per task, grouped under its request",
   "tasks[].steps": "running slices on the task's row and the event loop row",
   "tasks[].state": "where the task's row ends; state and exception in its details",
@@ -613,6 +614,7 @@ function showDetails(it) {
     kv(tb, 'client', r.client); kv(tb, 'disconnected', r.disconnected ? 'yes' : null);
     kv(tb, 'trace id', r.trace_id);
     kv(tb, 'exception', r.error); kv(tb, 'protocol', r.kind); kv(tb, 'id', r.id);
+    extra.push(stackPre('raised at (innermost last)', r.error_stack));
     if (r.headers && typeof r.headers === 'object' && Object.keys(r.headers).length) kv(tb, 'headers', r.headers);
     if (Array.isArray(r.tasks)) kv(tb, 'tasks', r.tasks.join(' '));
     var bd = obj(diag.breakdowns)[str(r.id)];

@@ -40,6 +40,7 @@ Spans = dict[Any, list[tuple[float, float]]]
 DRAWN: dict[str, str] = {
     "requests": "a slice on a requests lane",
     "requests[].end": "the request slice's end, status and exception",
+    "requests[].error_stack": "the request slice's raised_at argument (where it raised)",
     "tasks": "one track per task, grouped by request",
     "tasks[].steps": "step slices on the task's track and the event loop's",
     "tasks[].state": "an instant where a task ended in error or was cancelled",
@@ -109,6 +110,7 @@ def request_tracks(
             "client": r.get("client"),
             "disconnected": r.get("disconnected"),
             "error": r.get("error"),
+            "raised_at": frames_text(r.get("error_stack")) or None,
             "in_flight": True if in_flight else None,
             "headers": r.get("headers") or None,
             "tasks": r.get("tasks") or None,

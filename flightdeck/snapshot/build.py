@@ -45,6 +45,7 @@ KIND_PARTS: dict[int, tuple[str, ...]] = {
     ev.GC: ("loop[gc]",),
     ev.TASK_CANCEL: ("events[cancel]",),
     ev.TASK_SLOW_STEP: ("loop[step]",),
+    ev.REQ_ERROR: ("requests[].error_stack",),
 }
 #: Parts made from something other than an event: the header's trigger, and the await
 #: chains of the tasks still pending when the window was frozen (``Frozen.extra``).
@@ -209,6 +210,7 @@ class _Builder(TaskTable):
             "client": f"{client[0]}:{client[1]}" if client else None,
             "disconnected": False,
             "error": None,
+            "error_stack": None,
             "headers": dict(headers) if headers else {},
             "trace_id": trace_id,
             "tasks": [],
@@ -310,6 +312,10 @@ class _Builder(TaskTable):
                 req["disconnected"] = bool(disconnected)
                 req["error"] = error
                 req["close_code"] = close
+            elif k == ev.REQ_ERROR:
+                req = self.requests.get(e[ev.REQ_ERROR_RID])
+                if req is not None:
+                    req["error_stack"] = _stack(e[ev.REQ_ERROR_STACK])
             elif k == ev.LOOP_BLOCK:
                 _, t0, t1, cb, stack = e
                 self._loop_entry("block", t0, t1 - t0, cb, _stack(stack) or [])

@@ -245,6 +245,10 @@ IN_DOCUMENT: dict[str, Callable[[Doc], bool]] = {
         r["id"] == RID and r["status"] == 503 and r["error"] == _m(ev.REQ_END, "error")
         for r in d["requests"]
     ),
+    "requests[].error_stack": lambda d: any(
+        r["id"] == RID and _stack_has(r["error_stack"], _m(ev.REQ_ERROR, "stack"))
+        for r in d["requests"]
+    ),
     "tasks": lambda d: _sample_task(d)["request"] == RID,
     "tasks[].steps": lambda d: len(_sample_task(d)["steps"]) == 1,
     "tasks[].state": lambda d: _sample_task(d)["error"] == _m(ev.TASK_DONE, "error"),
@@ -399,6 +403,9 @@ def _in_trace(records: list[Record], part: str) -> bool:
         "requests[].end": lambda: _any(records, type="slice", cat="request")(
             lambda r: r["name"].endswith(" 503") and _arg_has(r, "error", _m(ev.REQ_END, "error"))
         ),
+        "requests[].error_stack": lambda: _any(records, type="slice", cat="request")(
+            lambda r: _arg_has(r, "raised_at", _m(ev.REQ_ERROR, "stack"))
+        ),
         "tasks": lambda: any(coro in r["track"] for r in records),
         "tasks[].steps": lambda: _any(records, type="slice", cat="step")(
             lambda r: coro in r["track"]
@@ -517,6 +524,10 @@ def _in_page(page: dict[str, Any], part: str) -> bool:
         "requests[].end": lambda: item(
             "request",
             lambda i: i["label"].endswith(" 503") and _m(ev.REQ_END, "error") in i["details"],
+        ),
+        "requests[].error_stack": lambda: item(
+            "request",
+            lambda i: "raised at" in i["details"] and _m(ev.REQ_ERROR, "stack") in i["details"],
         ),
         "tasks": lambda: any(coro in row for row in page["rows"]),
         "tasks[].steps": lambda: item("step", lambda i: coro in i["label"]),

@@ -133,6 +133,12 @@ def child_env(core: str) -> dict[str, str]:
     return env
 
 
+#: ``instr_driver.py --time-scale`` under valgrind: callgrind runs this driver about 50 x
+#: slower than natively, so the recorder's wall-clock thresholds and periods are stretched as
+#: much (``--time-scale`` of this script; 1 measures them unscaled).
+TIME_SCALE = 50.0
+
+
 def command(
     out: str, n: int | str, app: str, variant: str, loop: str, warm: int | str
 ) -> list[str]:
@@ -152,6 +158,8 @@ def command(
         loop,
         "--warmup",
         str(warm),
+        "--time-scale",
+        f"{TIME_SCALE:g}",
     ]
 
 
@@ -456,6 +464,7 @@ def versions() -> dict[str, str]:
 
 
 def main() -> None:
+    global TIME_SCALE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="N2=300 (fastapi /5)")
     parser.add_argument("--n1", type=int, help="requests of the short run (default 100)")
@@ -469,7 +478,14 @@ def main() -> None:
     parser.add_argument("--cores", nargs="+", default=["native"], choices=CORES)
     parser.add_argument("--jobs", type=int, default=2, help="valgrind runs at a time (2)")
     parser.add_argument("--output", default="bench_instr.json", help="file name in results/")
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=TIME_SCALE,
+        help=f"the driver's --time-scale under valgrind ({TIME_SCALE:g})",
+    )
     args = parser.parse_args()
+    TIME_SCALE = args.time_scale
 
     if shutil.which("valgrind") is None:
         sys.exit("bench_instr: valgrind not found (Debian/Ubuntu: apt-get install valgrind)")

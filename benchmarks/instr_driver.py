@@ -11,6 +11,13 @@ triggers and endpoint off so no capture can fire, starts it as uvicorn would (li
 it. Exits non-zero if any response is not a 200. Meant to run under ``valgrind
 --tool=callgrind``: the per-request cost is the difference between two ``N``.
 
+``--time-scale S`` (``bench_instr.py`` passes it under valgrind, which runs Python about
+50 x slower): every wall-clock threshold and period of the recorder is multiplied by ``S`` --
+the wait and slow-step thresholds, the window's age and its generations' age, the recorder
+thread's tick -- so that a run at 1/S of native speed records what a native run records
+(without it, every task of the 32 in flight "waited" past 50 ms under valgrind and none did
+natively, and generations turned S times as often per request).
+
 ``--events`` (not under valgrind): prints, as JSON, the events of each kind recorded per
 measured request (from the window, by time), for the breakdown of ``bench_instr.py``.
 
@@ -41,6 +48,33 @@ INFLIGHT = 32
 PROBLEMS: list[str] = []
 #: The query route: the three-await handler, with a query string to redact.
 QUERY_PATH = "/steps?user=42&page=3&token=abc"
+
+
+def scale_time(scale: float) -> None:
+    """Multiply the recorder's wall-clock thresholds and periods by ``scale`` (see above)."""
+    if scale == 1:
+        return
+    import flightdeck.asgi.middleware as middleware
+    import flightdeck.snapshot.recorder as recorder
+    from flightdeck.core import cores
+
+    def make_window(window_ns: int, max_bytes: int, **options: Any) -> Any:
+        if cores.NativeWindow is None:
+            return cores.Window(
+                int(window_ns * scale), max_bytes, segment_ns=int(1e9 * scale), **options
+            )
+        return cores.NativeWindow(int(window_ns * scale), max_bytes, segment_ns=int(1e9 * scale))
+
+    class Scaled(recorder.FlightRecorder):
+        TICK = recorder.FlightRecorder.TICK * scale
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["wait_threshold"] = kwargs.get("wait_threshold", 0.05) * scale
+            kwargs["slow_callback"] = kwargs.get("slow_callback", 0.01) * scale
+            super().__init__(*args, **kwargs)
+
+    recorder.make_window = make_window  # type: ignore[assignment]
+    middleware.FlightRecorder = Scaled  # type: ignore[misc]
 
 
 def build(app_name: str, variant: str) -> tuple[Any, str]:
@@ -218,7 +252,14 @@ def main() -> None:
     parser.add_argument("--loop", choices=LOOPS, default="asyncio")
     parser.add_argument("--warmup", type=int, default=300, help="requests before the N")
     parser.add_argument("--events", action="store_true", help="print events per request")
+    parser.add_argument(
+        "--time-scale", type=float, default=1.0, help="multiply wall-clock thresholds (1)"
+    )
     args = parser.parse_args()
+    if args.time_scale <= 0:
+        parser.error("--time-scale must be positive")
+    if args.variant in ("middleware", "full"):
+        scale_time(args.time_scale)
 
     global REQUEST
     REQUEST = bench_apps.BODIES.get(args.app, REQUEST)

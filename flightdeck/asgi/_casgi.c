@@ -64,8 +64,8 @@ PyObject_GetOptionalAttr(PyObject *o, PyObject *name, PyObject **result)
 #define MAX_PATH 2048
 #define MAX_HOST 256
 
-/* Event kinds (K_REQ_START, K_REQ_END), generated from flightdeck/core/events.py; the
- * REQ_END layout: see there. */
+/* Event kinds (K_REQ_START, K_REQ_END, K_REQ_ERROR), generated from flightdeck/core/events.py;
+ * their layouts: see there. */
 #include "../core/_kinds.h"
 #include "../core/native/clock.h"
 
@@ -73,7 +73,7 @@ static PyObject *s_type, *s_http, *s_websocket, *s_flightdeck, *s_path, *s_root_
     *s_query_string, *s_client, *s_headers, *s_status, *s_more_body, *s_code, *s_route,
     *s_path_format, *s_empty, *s_WS, *s_throw, *s_close, *s_send, *s_emit, *s_m_resp_start,
     *s_m_resp_body, *s_m_ws_resp_start, *s_m_ws_accept, *s_m_ws_close, *s_m_http_disconnect,
-    *s_m_ws_disconnect, *i_kind_start, *i_kind_end;
+    *s_m_ws_disconnect, *i_kind_start, *i_kind_end, *i_kind_error;
 
 /* The recorder's clock (time.perf_counter_ns()'s), shared with the native core. */
 static inline long long
@@ -183,6 +183,7 @@ typedef struct {
     PyObject *current_task;  /* asyncio.current_task (C on 3.12+) */
     PyObject *current_tasks; /* 3.11: asyncio.tasks._current_tasks (loop -> task), or NULL */
     PyObject *running_loop;  /* 3.11: asyncio.get_running_loop (C) */
+    PyObject *error_stack;   /* frames.error_stack(exc): where the app's exception was raised */
     PyObject *contextvar;    /* instrument.context.current_request */
     PyObject *prefix;        /* endpoint path or NULL */
     long long slow_floor_ns; /* the pre-check, as the triggers state it (capture.py) */
@@ -215,6 +216,7 @@ Middleware_traverse(Middleware *m, visitproc visit, void *arg)
     Py_VISIT(m->current_task);
     Py_VISIT(m->current_tasks);
     Py_VISIT(m->running_loop);
+    Py_VISIT(m->error_stack);
     Py_VISIT(m->contextvar);
     Py_VISIT(m->prefix);
     return 0;
@@ -235,6 +237,7 @@ Middleware_clear(Middleware *m)
     Py_CLEAR(m->current_task);
     Py_CLEAR(m->current_tasks);
     Py_CLEAR(m->running_loop);
+    Py_CLEAR(m->error_stack);
     Py_CLEAR(m->contextvar);
     Py_CLEAR(m->prefix);
     return 0;
@@ -253,18 +256,20 @@ static PyObject *
 Middleware_setup(Middleware *m, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {
-        "app",           "recorder",     "report",   "inflight",     "done",        "py_call",
-        "start_event",   "query",        "trace_id", "current_task", "contextvar",  "prefix",
-        "slow_floor_ns", "status_floor", "triggers", "precheck",     "error_fires", "headers",
-        "current_tasks", "running_loop", NULL};
+        "app",         "recorder",    "report",        "inflight",      "done",
+        "py_call",     "start_event", "query",         "trace_id",      "current_task",
+        "contextvar",  "prefix",      "slow_floor_ns", "status_floor",  "triggers",
+        "precheck",    "error_fires", "headers",       "current_tasks", "running_loop",
+        "error_stack", NULL};
     PyObject *app, *recorder, *report, *inflight, *done, *py_call, *start_event, *query, *trace_id,
-        *ct, *cv, *prefix, *tasks = Py_None, *running = Py_None;
+        *ct, *cv, *prefix, *tasks = Py_None, *running = Py_None, *error_stack = Py_None;
     long long floor, status_floor;
     int triggers, precheck, error_fires, headers;
-    if (!PyArg_ParseTupleAndKeywords(
-            args, kw, "OOOO!OOOOOOOOLLpppp|OO", kwlist, &app, &recorder, &report, &PyDict_Type,
-            &inflight, &done, &py_call, &start_event, &query, &trace_id, &ct, &cv, &prefix, &floor,
-            &status_floor, &triggers, &precheck, &error_fires, &headers, &tasks, &running))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO!OOOOOOOOLLpppp|OOO", kwlist, &app, &recorder,
+                                     &report, &PyDict_Type, &inflight, &done, &py_call,
+                                     &start_event, &query, &trace_id, &ct, &cv, &prefix, &floor,
+                                     &status_floor, &triggers, &precheck, &error_fires, &headers,
+                                     &tasks, &running, &error_stack))
         return NULL;
     if (prefix != Py_None && !PyUnicode_CheckExact(prefix)) {
         PyErr_SetString(PyExc_TypeError, "prefix must be a str or None");
@@ -291,6 +296,7 @@ Middleware_setup(Middleware *m, PyObject *args, PyObject *kw)
     Py_XSETREF(m->current_tasks, tasks == Py_None ? NULL : Py_NewRef(tasks));
     Py_XSETREF(m->running_loop, tasks == Py_None ? NULL : Py_NewRef(running));
     Py_XSETREF(m->contextvar, Py_NewRef(cv));
+    Py_XSETREF(m->error_stack, error_stack == Py_None ? NULL : Py_NewRef(error_stack));
     Py_XSETREF(m->prefix, prefix == Py_None ? NULL : Py_NewRef(prefix));
     m->slow_floor_ns = floor;
     m->status_floor = status_floor;
@@ -856,6 +862,24 @@ clamp64(Middleware *m, PyObject *v, long long *value)
     return PyLong_FromLongLong(*value);
 }
 
+/* REQ_ERROR: where ``exc``, the app's exception, was raised (``error_stack`` makes the frames,
+ * as the Python path does); nothing when it gives none. Never raises: a failure is dropped. */
+static void
+emit_error(Middleware *m, PyObject *rid, PyObject *t1o, PyObject *exc)
+{
+    PyObject *stack = PyObject_CallOneArg(m->error_stack, exc);
+    if (stack == NULL) {
+        dropped_as(m, "request_error");
+        return;
+    }
+    if (PyTuple_CheckExact(stack) && PyTuple_GET_SIZE(stack) > 0) {
+        PyObject *ev = PyTuple_Pack(4, i_kind_error, t1o, rid, stack);
+        if (ev == NULL || emit(m, ev) < 0) dropped_as(m, "request_error");
+        Py_XDECREF(ev);
+    }
+    Py_DECREF(stack);
+}
+
 /* The request ended (``error``: the exception's qualname, or NULL). Never raises: the
  * current exception (the app's) is kept as it is. */
 static void
@@ -893,6 +917,8 @@ Call_finish(Call *c, PyObject *error)
                           ? clamp64(m, st->close_code, &unused)
                           : Py_NewRef(Py_None);
     PyObject *t1o = PyLong_FromLongLong(t1);
+    if (t1o != NULL && error != NULL && error != Py_None && exc != NULL && m->error_stack != NULL)
+        emit_error(m, c->rid, t1o, exc);
     PyObject *ev = PyTuple_New(10);
     if (status_obj == NULL || close == NULL || t1o == NULL || ev == NULL) {
         dropped(m);
@@ -1630,6 +1656,7 @@ PyInit__casgi(void)
     INTERN(s_m_ws_disconnect, "websocket.disconnect");
     if ((i_kind_start = PyLong_FromLong(K_REQ_START)) == NULL) return NULL;
     if ((i_kind_end = PyLong_FromLong(K_REQ_END)) == NULL) return NULL;
+    if ((i_kind_error = PyLong_FromLong(K_REQ_ERROR)) == NULL) return NULL;
     PyTypeObject *types[] = {&StateType,   &MiddlewareType, &CallType,     &SendType,
                              &ReceiveType, &RecvAwaitType,  &AsyncCallType};
     for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++)

@@ -35,6 +35,7 @@ class Middleware:
         headers: bool,
         current_tasks: dict[Any, Any] | None = None,
         running_loop: Callable[[], Any] | None = None,
+        error_stack: Callable[[BaseException], tuple[Any, ...]] | None = None,
     ) -> None: ...
 
 class RequestState:

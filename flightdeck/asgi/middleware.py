@@ -25,6 +25,7 @@ from ..core import events as ev
 from ..core.text import safe_text
 from ..core.window import LIVE_TEXT_MAX, live_start
 from ..instrument.context import current_request
+from ..instrument.frames import error_stack
 from ..snapshot.document import Snapshot
 from ..snapshot.recorder import FlightRecorder
 from ..snapshot.store import SnapshotStore
@@ -183,6 +184,7 @@ class FlightDeck(_Base):
                 error_fires=engine.error_fires,
                 headers=bool(self._capture_headers),
                 **_current_task_lookup(),
+                error_stack=error_stack,
             )
 
     @property
@@ -302,17 +304,24 @@ class FlightDeck(_Base):
 
         token = current_request.set(rid)
         error: str | None = None
+        raised_at: tuple[Any, ...] = ()
         try:
             await self.app(scope, receive_wrapper, send_wrapper)
         except BaseException as exc:
             error = type(exc).__qualname__
+            # Taken here, the frames only: ``exc`` (and through its traceback every frame's
+            # locals) is not kept past this block.
+            try:
+                raised_at = error_stack(exc)
+            except Exception as failure:
+                self.errors("request_error", failure)
             raise
         finally:
             try:
                 current_request.reset(token)
             except ValueError:
                 pass  # closed from another context (collected in a cycle): the id goes with it
-            self._finish(rid, scope, state, t0, kind, error)
+            self._finish(rid, scope, state, t0, kind, error, raised_at)
 
     if casgi is None:
         __call__ = _py_call
@@ -402,10 +411,19 @@ class FlightDeck(_Base):
         )
 
     def _finish(
-        self, rid: int, scope: Scope, state: RequestState, t0: int, kind: str, error: str | None
+        self,
+        rid: int,
+        scope: Scope,
+        state: RequestState,
+        t0: int,
+        kind: str,
+        error: str | None,
+        raised_at: tuple[Any, ...] = (),
     ) -> None:
         try:
             t1 = perf_counter_ns()
+            if raised_at:
+                self.recorder.emit((ev.REQ_ERROR, t1, rid, raised_at))
             route = route_of(scope)
             status = state.status
             if type(status) is not int:

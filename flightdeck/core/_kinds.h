@@ -20,10 +20,11 @@
 #define K_GC 16
 #define K_TASK_CANCEL 17
 #define K_TASK_SLOW_STEP 18
-#define K_LOOP_BLOCK_ONGOING 19
+#define K_REQ_ERROR 19
+#define K_LOOP_BLOCK_ONGOING 20
 
 /* One more than the largest kind. */
-#define FD_NKINDS 20
+#define FD_NKINDS 21
 
 /* The native encoder's field layout of each kind (events.native_layout), by kind:
  * NULL for 0 (the generic form), empty for a number no kind has. */
@@ -47,10 +48,11 @@
     "TRNN",       /* 16 GC t_start t_end generation collected */ \
     "TIVV",       /* 17 TASK_CANCEL t tid stack cause */ \
     "TRIV",       /* 18 TASK_SLOW_STEP t_start t_end tid stack */ \
-    "TRVVn",      /* 19 LOOP_BLOCK_ONGOING t_start t_seen callback stack request */ \
+    "TNV",        /* 19 REQ_ERROR t rid stack */ \
+    "TRVVn",      /* 20 LOOP_BLOCK_ONGOING t_start t_seen callback stack request */ \
 }
 
 /* The same layouts joined by commas, as the native module shows them (SCHEMA). */
-#define FD_SCHEMA_STRING ",TIVVInV,TRIR,TIVVV,TRIV,TRVV,TRV,TN,TNVVVVVVIV,TNnRVVVRn,TRVI,TVVI,TRRVVInV,,,TVV,TRNN,TIVV,TRIV,TRVVn"
+#define FD_SCHEMA_STRING ",TIVVInV,TRIR,TIVVV,TRIV,TRVV,TRV,TN,TNVVVVVVIV,TNnRVVVRn,TRVI,TVVI,TRRVVInV,,,TVV,TRNN,TIVV,TRIV,TNV,TRVVn"
 
 #endif

@@ -12,7 +12,7 @@ import os
 from types import ModuleType
 from typing import Final
 
-from .window import Window
+from .window import Encoder, Window, encode_events
 
 #: The switch that forces pure Python everywhere (the core here, the request path in
 #: ``asgi/accel.py``, the build in ``setup.py``).
@@ -50,8 +50,8 @@ def native_module() -> ModuleType | None:
     return _native
 
 
-def make_window(window_ns: int, max_bytes: int) -> Window:
-    """A window of the selected core."""
+def make_window(window_ns: int, max_bytes: int, encode: Encoder = encode_events) -> Window:
+    """A window of the selected core; ``encode`` makes the pure core's sealed segments."""
     if NativeWindow is not None:
         return NativeWindow(window_ns, max_bytes)
-    return Window(window_ns, max_bytes)
+    return Window(window_ns, max_bytes, encode=encode)

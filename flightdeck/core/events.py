@@ -1,7 +1,7 @@
 """The event table: every event kind and its layout, declared once.
 
 An event is a flat tuple ``(kind, field, field, ...)`` whose fields follow ``SPECS[kind]``.
-Emitters build plain tuples on the hot path (``marshal`` refuses namedtuples, and a
+Emitters build plain tuples on the hot path (the encoders take them fastest, and a
 tuple is the cheapest thing to build); readers take field positions from this table
 (``TASK_STEP_END`` and friends, derived below) instead of bare integers. Times are
 ``perf_counter_ns`` values; the snapshot builder turns them into Unix epoch seconds. Task
@@ -83,7 +83,8 @@ MARK: Final = 15
 GC: Final = 16
 TASK_CANCEL: Final = 17
 TASK_SLOW_STEP: Final = 18
-LOOP_BLOCK_ONGOING: Final = 19
+REQ_ERROR: Final = 19
+LOOP_BLOCK_ONGOING: Final = 20
 
 SPECS: Final[dict[int, Spec]] = {
     s.kind: s
@@ -242,6 +243,14 @@ SPECS: Final[dict[int, Spec]] = {
             ("stack", "stack", "the await chain after the step (empty if it finished)"),
         ),
         _spec(
+            "REQ_ERROR",
+            "request_error",
+            "an exception left the app: where it was raised (recorded before its REQ_END)",
+            ("t", "time"),
+            ("rid", "int"),
+            ("stack", "stack", "its traceback's code locations, innermost last, bounded"),
+        ),
+        _spec(
             "LOOP_BLOCK_ONGOING",
             "loop_block_ongoing",
             "the loop is blocked now (recorded when the watchdog sees it, refreshed while it"
@@ -320,6 +329,7 @@ TASK_CANCEL_T, TASK_CANCEL_TID, TASK_CANCEL_STACK, TASK_CANCEL_CAUSE = _position
 TASK_SLOW_STEP_START, TASK_SLOW_STEP_END, TASK_SLOW_STEP_TID, TASK_SLOW_STEP_STACK = _positions(
     TASK_SLOW_STEP
 )
+REQ_ERROR_T, REQ_ERROR_RID, REQ_ERROR_STACK = _positions(REQ_ERROR)
 (
     LOOP_BLOCK_ONGOING_START,
     LOOP_BLOCK_ONGOING_SEEN,

@@ -1,22 +1,25 @@
 """The rolling window: a lock-free append buffer drained into sealed, compacted segments.
 
-The hot path is a bound ``deque.append`` of a tuple (thread-safe under the GIL, no lock).
-A background thread drains that deque into the open segment; a segment is sealed when it
-is old or large enough, compacted with ``marshal`` + ``zlib`` (about 10-20 bytes an
-event), and old segments are evicted by age (``window``) and by bytes (``max_bytes``,
-which wins). Like a Go trace generation, every segment carries the status of every task
-and request alive when it opened, so a snapshot never refers to something it lacks. The
-status tables are derived from the sealed events themselves (creations minus completions),
-off the event loop; a copy of a dict that the loop mutates would race with the events
-drained alongside it.
+The hot path is a bound ``deque.append`` of a tuple (thread-safe under the GIL, no lock). A
+background thread drains that deque into the open segment; a segment is sealed when it is
+old or large enough, encoded as the stored form's ``EVTS`` payload (a JSON array of events;
+zlib'd once the window is past half its budget, about 15 bytes an event), and old segments
+are evicted by age (``window``) and by bytes (``max_bytes``, which wins). A capture writes a
+sealed segment's bytes as they are (``snapshot/container.py``): nothing sealed is decoded or
+encoded again to capture. Like a Go trace generation, every segment carries the status of
+every task and request alive when it opened, so a snapshot never refers to something it
+lacks. The status tables are derived from the sealed events themselves (creations minus
+completions), off the event loop; a copy of a dict that the loop mutates would race with the
+events drained alongside it.
 """
 
 from __future__ import annotations
 
-import marshal
+import json
 import sys
 import threading
 import zlib
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -43,21 +46,118 @@ BUFFER_MAXLEN = 1 << 20
 #: Bound of each status table, should completions go missing (dropped, or never recorded).
 MAX_STATUS = 200_000
 
+#: Encodes a sealed segment's events as the stored form's ``EVTS`` payload (JSON bytes);
+#: raises ``TypeError`` or ``ValueError`` for an event JSON cannot hold (then dropped).
+Encoder = Callable[[list["Event"]], bytes]
+
+_strict_json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+
+
+def encode_events(events: list[Event]) -> bytes:
+    """The standard library's encoder (the recorder passes a faster one, the same JSON)."""
+    return _strict_json(events).encode()
+
+
+def _tupled(value: Any) -> Any:
+    if type(value) is list:
+        return tuple([_tupled(v) if type(v) is list else v for v in value])
+    return value
+
+
+def decode_events(raw: bytes) -> list[Event]:
+    """Events from an ``EVTS`` payload the window encoded: JSON arrays back to tuples."""
+    value = json.loads(raw)
+    if type(value) is not list:
+        raise ValueError("not a list of events")
+    return [_tupled(e) for e in value]
+
+
+class Traces:
+    """The ``(rid, trace_id)`` of a sealed segment's ``REQ_START`` events, in order, compact.
+
+    A capture lists the window's trace ids in its header without decoding a segment. A W3C
+    trace id (32 lowercase hex digits) takes 16 bytes and its request id 8; anything else
+    (a custom emitter's) is kept as it is, beside.
+    """
+
+    __slots__ = ("ids", "nbytes", "odd", "rids")
+
+    def __init__(self, pairs: list[tuple[Any, Any]]) -> None:
+        self.rids = array("q")
+        ids = bytearray()
+        self.odd: dict[int, tuple[Any, Any]] = {}
+        for rid, tid in pairs:
+            packed = _hex16(tid)
+            if packed is None or type(rid) is not int or not -(1 << 63) <= rid < 1 << 63:
+                self.odd[len(self.rids)] = (rid, tid)
+                self.rids.append(0)
+                ids += bytes(16)
+            else:
+                self.rids.append(rid)
+                ids += packed
+        self.ids = bytes(ids)
+        # Its arrays' and their objects' overhead, 24 bytes a request, what the odd ones hold.
+        self.nbytes = (
+            200 + len(self.rids) * 24 + sum(_value_bytes(p) for p in self.odd.values())
+            if pairs
+            else 0
+        )
+
+    def __len__(self) -> int:
+        return len(self.rids)
+
+    def pairs(self) -> Iterator[tuple[Any, Any]]:
+        ids, odd = self.ids, self.odd
+        for i, rid in enumerate(self.rids):
+            pair = odd.get(i) if odd else None
+            yield pair if pair is not None else (rid, ids[16 * i : 16 * i + 16].hex())
+
+    def find(self, rid: object) -> Any:
+        """The trace id of request ``rid`` here (its last), or None."""
+        if self.odd or type(rid) is not int:
+            found = None
+            for r, tid in self.pairs():
+                if r == rid:
+                    found = tid
+            return found
+        if rid not in self.rids:  # a scan in C
+            return None
+        i = len(self.rids) - 1 - self.rids[::-1].index(rid)
+        return self.ids[16 * i : 16 * i + 16].hex()
+
+
+def _hex16(tid: object) -> bytes | None:
+    if type(tid) is not str or len(tid) != 32:
+        return None
+    try:
+        packed = bytes.fromhex(tid)
+    except ValueError:
+        return None
+    return packed if packed.hex() == tid else None  # lowercase only: it reads back the same
+
+
+NO_TRACES = Traces([])
+
 
 @dataclass(slots=True)
 class Segment:
-    """A sealed run of events, compacted."""
+    """A sealed run of events, held as the stored form's ``EVTS`` chunk payload."""
 
     t_start: int
     t_end: int
     count: int
+    #: The events as a JSON array (``Encoder``), zlib'd when ``compressed``.
     data: bytes
     tasks: dict[int, Event]
     requests: dict[int, Event]
-    #: zlib over the marshal bytes; done only under memory pressure (see Window._compress).
+    #: zlib over the JSON; done only under memory pressure (see Window._compress).
     compressed: bool = False
     #: What its status tables hold (``status_bytes``), computed once when sealed.
     status_nbytes: int = -1
+    #: Its requests' trace ids, for a capture's header.
+    traces: Traces = NO_TRACES
+    #: crc32 of ``data``, computed once (when compressed, else at the first capture).
+    crc: int = -1
 
     def __post_init__(self) -> None:
         if self.status_nbytes < 0:
@@ -65,11 +165,18 @@ class Segment:
 
     @property
     def nbytes(self) -> int:
-        return len(self.data) + self.status_nbytes
+        return len(self.data) + self.status_nbytes + self.traces.nbytes
 
     def events(self) -> list[Event]:
         raw = zlib.decompress(self.data) if self.compressed else self.data
-        return marshal.loads(raw)  # type: ignore[no-any-return]
+        return decode_events(raw)
+
+    def stored(self) -> tuple[bool, int, bytes]:
+        """``(compressed, crc32, payload)``: the ``EVTS`` chunk a capture writes, as held."""
+        if self.crc < 0:
+            # Benign race: two captures at once compute the same value.
+            self.crc = zlib.crc32(self.data)
+        return self.compressed, self.crc, self.data
 
 
 def _value_bytes(v: Any, depth: int = 0) -> int:
@@ -112,6 +219,7 @@ def advance_status(
     limit: int = MAX_STATUS,
     limit_bytes: int = 1 << 62,
     req_bytes: int | None = None,
+    traces: list[tuple[Any, Any]] | None = None,
 ) -> tuple[dict[int, Event], dict[int, Event], int]:
     """The status tables after ``events``: what was alive before, plus creations, minus ends.
 
@@ -119,7 +227,8 @@ def advance_status(
     (``request_status_bytes`` each): the window's byte bound must hold even with more tasks
     or requests alive than it can describe; what did not fit is not described. Returns the
     tables and what their requests hold; ``req_bytes`` is that of ``requests`` when known
-    (only the events' requests are costed then, not every one alive).
+    (only the events' requests are costed then, not every one alive). ``traces``, when
+    given, gets the ``(rid, trace_id)`` of each of the events' ``REQ_START`` with a trace id.
     """
     tasks = dict(tasks)
     requests = dict(requests)
@@ -133,6 +242,10 @@ def advance_status(
         elif k == ev.TASK_DONE:
             tasks.pop(e[ev.TASK_DONE_TID], None)
         elif k == ev.REQ_START:
+            if traces is not None and len(e) > ev.REQ_START_TRACE_ID:
+                tid = e[ev.REQ_START_TRACE_ID]
+                if tid is not None:
+                    traces.append((e[ev.REQ_START_RID], tid))
             cost = request_status_bytes(e)
             if len(requests) < limit and req_bytes + cost <= limit_bytes:
                 gone = requests.get(e[ev.REQ_START_RID])
@@ -203,17 +316,19 @@ class Window:
         self,
         window_ns: int,
         max_bytes: int,
-        # Small segments: sealing (marshal, status tables) holds the GIL, and a long hold is a
+        # Small segments: sealing (encoding, status tables) holds the GIL, and a long hold is a
         # latency spike in the app (p99 went from 6.9 ms to 2.7 ms going from 32k to 4k).
         segment_events: int = 4096,
         segment_ns: int = 1_000_000_000,
         clock: Callable[[], int] = perf_counter_ns,
+        encode: Encoder = encode_events,
     ) -> None:
         self.window_ns = window_ns
         self.max_bytes = max_bytes
         self.segment_events = segment_events
         self.segment_ns = segment_ns
         self.clock = clock
+        self._encode = encode
         # The append buffer's hard cap: a quarter of the byte budget (at least 64 events), kept
         # free by eviction (see ``_evict``), so that a burst between two drains cannot take
         # the window past ``max_bytes``; what a burst pushes out is counted as an overflow.
@@ -301,8 +416,8 @@ class Window:
     def _compress(self) -> None:
         """Compress sealed segments, oldest first, while the window is past half its budget.
 
-        marshal alone takes ~50 bytes an event, zlib brings it to ~15 but costs about twice
-        as much CPU as everything else the drain does: a window with room to spare skips it.
+        The JSON takes ~85 bytes an event, zlib brings it to ~15 but costs about twice as
+        much CPU as encoding it: a window with room to spare skips it.
         """
         while True:
             with self._lock:
@@ -321,6 +436,8 @@ class Window:
                 seg.requests,
                 True,
                 seg.status_nbytes,
+                seg.traces,
+                zlib.crc32(data),  # ~15 bytes an event: nothing next to the compression
             )
             with self._lock:
                 # Segments are immutable (a freeze may hold this one): swap in a new one.
@@ -350,17 +467,22 @@ class Window:
             req_bytes = tables_bytes - len(tasks) * EST_STATUS_BYTES
             t0 = self._open_t0
         # The expensive part, outside the lock: freeze() sees these events in ``_sealing``.
-        seg: Segment | None = None
+        data: bytes | None = None
         try:
-            data = marshal.dumps(open_)
-            seg = Segment(t0, now, len(open_), data, tasks, requests, False, tables_bytes)
-        except (ValueError, TypeError):
+            data = self._encode(open_)
+        except (ValueError, TypeError, RecursionError):
             self.seal_errors += 1
         # Status tables get at most an eighth of the budget: they are copied per segment.
         limit = max(64, min(MAX_STATUS, self.max_bytes // (8 * EST_STATUS_BYTES)))
+        pairs: list[tuple[Any, Any]] = []
+        before = tasks, requests
         tasks, requests, req_bytes = advance_status(
-            tasks, requests, open_, limit, self.max_bytes // 8, req_bytes
+            tasks, requests, open_, limit, self.max_bytes // 8, req_bytes, pairs
         )
+        seg: Segment | None = None
+        if data is not None:
+            traces = Traces(pairs) if pairs else NO_TRACES
+            seg = Segment(t0, now, len(open_), data, *before, False, tables_bytes, traces)
         after_bytes = len(tasks) * EST_STATUS_BYTES + req_bytes
         with self._lock:
             self._sealing = []

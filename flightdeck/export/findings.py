@@ -224,6 +224,16 @@ def raised(req: dict[str, Any], folder: StackFolder) -> str:
     return line + " (the raising frame is not in this snapshot)"
 
 
+def why(r: Reading) -> str | None:
+    """The trigger's line: where its request raised for an exception trigger (what the
+    reader asks first), else where its time went; None without a trigger request."""
+    if r.trigger is None:
+        return None
+    if section(r.doc, "trigger").get("kind") == "exception":
+        return raised(r.trigger.request, r.folder)
+    return sentence(r.trigger)
+
+
 def _hog_end(h: Hog) -> float:
     return h.start + h.duration
 
@@ -305,6 +315,8 @@ def ranked(r: Reading) -> list[Finding]:
         line = f"{request_label(req)} failed" + (
             f": {text(req.get('error'))}" if req.get("error") else ""
         )
+        if dicts(req.get("error_stack")):
+            line += f" at {r.folder.site(req.get('error_stack'))}"
         add(Finding(0.0, num(req.get("duration")) or 0.001, line, 1, end=num(req.get("end"))))
     if len(errors) > 3:
         add(Finding(0.0, 0.0, f"{len(errors) - 3} more failed requests", 1))

@@ -18,7 +18,7 @@ import orjson
 from .breakdown import SLOW_STEP, breakdown, sentence, table
 from .common import dicts, fmt_duration, num, section, text, utc_text
 from .diagnose import USER
-from .findings import Reading, findings, request_duration
+from .findings import Reading, findings, request_duration, why
 
 #: Requests whose time breakdown the page carries (the trigger's and the slowest).
 BREAKDOWNS = 50
@@ -119,12 +119,13 @@ def _header(doc: dict[str, Any], r: Reading) -> str:
     if events is not None:
         win_bits.append(f"<b>{int(events)}</b> events")
     win_bits.append(f'<span class="{"warn" if dropped else ""}"><b>{dropped}</b> dropped</span>')
-    why = f'\n<div class="why" id="why">{_esc(sentence(r.trigger))}</div>' if r.trigger else ""
+    why_line = why(r)
+    why_div = f'\n<div class="why" id="why">{_esc(why_line)}</div>' if why_line is not None else ""
     return f"""<header id="header">
 <div class="title"><span class="brand">flightdeck</span> snapshot <code>{_esc(doc.get("id"))}</code>
  <span class="muted">created {_esc(doc.get("created_at"))}</span></div>
 <div class="trigger" id="trigger">trigger <span class="kind">{_esc(trig.get("kind") or "?")}</span>
- {_esc(trig.get("reason"))}{_fleet(trig)}</div>{why}
+ {_esc(trig.get("reason"))}{_fleet(trig)}</div>{why_div}
 <div class="meta" id="process">{" · ".join(proc_bits)}</div>
 <div class="meta" id="window">{" · ".join(win_bits)}</div>
 <details open><summary>what stands out</summary><ul id="findings">{items}</ul></details>

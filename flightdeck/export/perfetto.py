@@ -17,6 +17,10 @@ from .trace import TraceWriter
 
 __all__ = ["to_perfetto"]
 
+#: What this export draws of a document, and leaves out: the tracks' (``tracks.py``).
+DRAWN = tracks.DRAWN
+NOT_DRAWN = tracks.NOT_DRAWN
+
 
 def build_trace(doc: dict[str, Any]) -> TraceWriter:
     """Every track of the document, written and flushed."""

@@ -60,6 +60,11 @@ from .trace import P_NORMAL, TraceWriter, frames_text
 
 __all__ = ["to_pftrace"]
 
+#: What this export draws of a document, and leaves out: the JSON export's (``tracks.py``),
+#: task tracks included (``_TaskTracks`` follows ``tracks.task_track``).
+DRAWN = tracks.DRAWN
+NOT_DRAWN = tracks.NOT_DRAWN
+
 
 def _varint_slow(value: int) -> bytes:
     value &= 0xFFFFFFFFFFFFFFFF  # negative ints as two's complement, as protobuf does

@@ -29,6 +29,7 @@ from .findings import (
     request_duration,
     sched_delays,
     wait_site,
+    why,
 )
 
 __all__ = ["findings", "fmt_duration", "request_duration", "summarize"]
@@ -100,8 +101,9 @@ def summarize(doc: dict[str, Any], *, request: Any = None, full: bool = False) -
     add(f"snapshot {text(doc.get('id'))}  created {text(doc.get('created_at'))}")
     reason = text(trig.get("reason"))
     add(f"trigger:  {text(trig.get('kind')) or '?'}" + (f" — {reason}" if reason else ""))
-    if focus is not None:
-        add(f"why:      {sentence(focus)}")
+    why_line = why(r) if request is None else sentence(focus) if focus is not None else None
+    if why_line is not None:
+        add(f"why:      {why_line}")
     fleet = _fleet_line(trig)
     if fleet:
         add(f"fleet:    {fleet}")
@@ -124,8 +126,8 @@ def summarize(doc: dict[str, Any], *, request: Any = None, full: bool = False) -
     add("what stands out:")
     every = ranked(r)
     found = [f.text for f in every if not f.earlier]
-    if focus is not None:
-        found = [f for f in found if f != sentence(focus)]  # said on the "why" line already
+    if why_line is not None:
+        found = [f for f in found if f != why_line]  # said on the "why" line already
     lines.extend(f"  - {f}" for f in found) if found else add("  nothing")
     before = [f.text for f in every if f.earlier]
     if before:

@@ -29,6 +29,31 @@ var CLASSES = [
   ['pending', C.pending, 'request in flight']
 ];
 var COLOR_OF = {}; CLASSES.forEach(function (c) { COLOR_OF[c[0]] = c[1]; });
+// How this page draws each part of a document (snapshot/build.py PARTS): part -> where, and
+// the parts it leaves out with the reason. Written as JSON: tests/export/test_kinds_rendered.py
+// reads both, fails on a part in neither, and finds each drawn one in a real page.
+var PARTS = {
+  "requests": "a bar on a requests row",
+  "requests[].end": "the bar's end, colour by status or exception; details",
+  "requests[].error_stack": "where it raised, in the request's details",
+  "tasks": "a row per task, grouped under its request",
+  "tasks[].steps": "running slices on the task's row and the event loop row",
+  "tasks[].state": "where the task's row ends; state and exception in its details",
+  "tasks[].waits": "the await stack in a suspended slice's details",
+  "tasks[].awaiting": "the last suspended slice of a pending task; the stack in its details",
+  "loop[block]": "a slice on the blocked row; the stack in its details",
+  "loop[callback]": "a slice on the slow callbacks row",
+  "loop[lag]": "a tick on the lag row",
+  "loop[gc]": "a slice on the GC row",
+  "loop[step]": "in the details of the task's step it describes",
+  "events[region]": "a slice on a regions row",
+  "events[log]": "a tick on the logs row",
+  "events[executor]": "a slice on its thread's row, the queued time before it",
+  "events[cancel]": "a tick on the cancelled task's row",
+  "events[trigger]": "a tick on the lag and other triggers row",
+  "trigger": "the marker on the time axis"
+};
+var NOT_DRAWN = {};
 
 function num(v) { return (typeof v === 'number' && isFinite(v)) ? v : null; }
 function str(v) { return v === null || v === undefined ? '' : String(v); }
@@ -589,6 +614,7 @@ function showDetails(it) {
     kv(tb, 'client', r.client); kv(tb, 'disconnected', r.disconnected ? 'yes' : null);
     kv(tb, 'trace id', r.trace_id);
     kv(tb, 'exception', r.error); kv(tb, 'protocol', r.kind); kv(tb, 'id', r.id);
+    extra.push(stackPre('raised at (innermost last)', r.error_stack));
     if (r.headers && typeof r.headers === 'object' && Object.keys(r.headers).length) kv(tb, 'headers', r.headers);
     if (Array.isArray(r.tasks)) kv(tb, 'tasks', r.tasks.join(' '));
     var bd = obj(diag.breakdowns)[str(r.id)];
@@ -723,6 +749,8 @@ window.flightdeck = {
   drawn: function () { return drawn; },
   legend: function () { var o = {}; CLASSES.forEach(function (c) { if (usedClasses[c[0]]) o[c[0]] = c[1]; }); return o; },
   full: function (on) { FULL = !!on; showDetails(selected); return FULL; },
+  parts: PARTS,
+  notDrawn: NOT_DRAWN,
   ready: false
 };
 resize();

@@ -33,6 +33,35 @@ from .trace import (
 
 Spans = dict[Any, list[tuple[float, float]]]
 
+#: How the trace exports (``perfetto.py`` and ``pftrace.py``, both through these functions)
+#: draw each part of a document (``snapshot/build.py`` ``PARTS``): part -> where.
+#: tests/export/test_kinds_rendered.py fails on a part in neither this nor ``NOT_DRAWN``,
+#: and looks for each of these in a real export of one event of every kind.
+DRAWN: dict[str, str] = {
+    "requests": "a slice on a requests lane",
+    "requests[].end": "the request slice's end, status and exception",
+    "requests[].error_stack": "the request slice's raised_at argument (where it raised)",
+    "tasks": "one track per task, grouped by request",
+    "tasks[].steps": "step slices on the task's track and the event loop's",
+    "tasks[].state": "an instant where a task ended in error or was cancelled",
+    "tasks[].waits": "the await stack of the suspended slice it overlaps",
+    "tasks[].awaiting": "the last suspended slice of a pending task (its awaiting argument)",
+    "loop[block]": "a slice on the event loop with the stack taken while blocked",
+    "loop[callback]": "a slice on the event loop",
+    "loop[lag]": "the loop lag counter",
+    "loop[gc]": "a slice on the event loop",
+    "events[region]": "a slice on a regions lane",
+    "events[log]": "an instant on its task's track (else the loop's)",
+    "events[executor]": "a slice on its thread's track, a flow from the task that queued it",
+    "events[cancel]": "an instant on the cancelled task's track",
+    "events[trigger]": "a global instant for each trigger other than the snapshot's",
+    "trigger": "the global instant TRIGGER",
+}
+#: Parts the trace exports leave out, with the reason.
+NOT_DRAWN: dict[str, str] = {
+    "loop[step]": "a long task step is already drawn as its task's step (tasks[].steps)",
+}
+
 
 def request_tracks(
     w: TraceWriter, requests: list[dict[str, Any]]
@@ -81,6 +110,7 @@ def request_tracks(
             "client": r.get("client"),
             "disconnected": r.get("disconnected"),
             "error": r.get("error"),
+            "raised_at": frames_text(r.get("error_stack")) or None,
             "in_flight": True if in_flight else None,
             "headers": r.get("headers") or None,
             "tasks": r.get("tasks") or None,

@@ -5,6 +5,7 @@ Nothing here keeps a frame, task or callable alive: only these plain values are 
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
 import types
@@ -32,6 +33,35 @@ def stack_of(frame: types.FrameType | None, limit: int = MAX_STACK) -> tuple[Any
         frame = frame.f_back
     out.reverse()
     return tuple(out)
+
+
+#: The package's files: flightdeck's frames (the middleware an exception passed through)
+#: are not where an app's exception was raised.
+_PACKAGE_DIR = os.path.dirname(_OWN_DIR.rstrip(os.sep)) + os.sep
+#: A traceback is walked this far at most (a RecursionError's has about a thousand frames).
+_MAX_TRACEBACK = 10_000
+
+
+def error_stack(exc: BaseException, limit: int = MAX_STACK) -> tuple[Any, ...]:
+    """Where ``exc`` was raised: ``(function, file, line)`` of its traceback, innermost last.
+
+    The innermost ``limit`` frames are kept, flightdeck's own left out. Code locations only:
+    nothing of a frame's locals is read. Empty for ``GeneratorExit`` (a coroutine closed
+    from outside: nothing was raised in it) and for an exception without a traceback.
+    """
+    if isinstance(exc, GeneratorExit):
+        return ()
+    frames: collections.deque[tuple[str, str, int]] = collections.deque(maxlen=limit)
+    tb = exc.__traceback__
+    hops = 0
+    while tb is not None and hops < _MAX_TRACEBACK:
+        code = tb.tb_frame.f_code
+        if not code.co_filename.startswith(_PACKAGE_DIR):
+            line = tb.tb_lineno
+            frames.append((code.co_qualname, code.co_filename, line if type(line) is int else 0))
+        tb = tb.tb_next
+        hops += 1
+    return tuple(frames)
 
 
 def _py_await_chain(coro: Any, limit: int = MAX_STACK) -> tuple[Any, ...]:

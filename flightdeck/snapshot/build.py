@@ -22,6 +22,44 @@ from .steps import plain as plain_steps
 
 Doc = dict[str, Any]
 
+#: The part of the document each event kind lands in (``_Builder.feed``), by kind: a
+#: section (``requests``, ``tasks``), a field of its entries (``tasks[].steps``) or an entry
+#: kind of ``loop`` or ``events`` (``loop[block]``). Every kind of ``events.SPECS`` has its
+#: row, and every exporter says how it draws each part (``export/tracks.py`` ``DRAWN``,
+#: ``export/timeline.js`` ``PARTS``): tests/export/test_kinds_rendered.py checks both, and
+#: records one event of each kind through a recorder to find it in every output.
+KIND_PARTS: dict[int, tuple[str, ...]] = {
+    ev.TASK_CREATE: ("tasks",),
+    ev.TASK_STEP: ("tasks[].steps",),
+    ev.TASK_DONE: ("tasks[].state",),
+    ev.TASK_WAIT: ("tasks[].waits",),
+    ev.LOOP_BLOCK: ("loop[block]",),
+    ev.LOOP_CALLBACK: ("loop[callback]",),
+    ev.LOOP_LAG: ("loop[lag]",),
+    ev.REQ_START: ("requests",),
+    ev.REQ_END: ("requests[].end",),
+    ev.REGION: ("events[region]",),
+    ev.LOG: ("events[log]",),
+    ev.EXECUTOR: ("events[executor]",),
+    ev.MARK: ("events[trigger]",),
+    ev.GC: ("loop[gc]",),
+    ev.TASK_CANCEL: ("events[cancel]",),
+    ev.TASK_SLOW_STEP: ("loop[step]",),
+    ev.REQ_ERROR: ("requests[].error_stack",),
+    # A block seen in progress: the block's own entry, ``ongoing`` while it has not ended.
+    ev.LOOP_BLOCK_ONGOING: ("loop[block]",),
+}
+#: Parts made from something other than an event: the header's trigger, and the await
+#: chains of the tasks still pending when the window was frozen (``Frozen.extra``).
+OTHER_PARTS: dict[str, str] = {
+    "trigger": "the trigger of the snapshot (its header)",
+    "tasks[].awaiting": "where each task still pending at the freeze was suspended",
+}
+#: Every part of the document an exporter may have to draw.
+PARTS: frozenset[str] = frozenset(
+    [p for parts in KIND_PARTS.values() for p in parts] + list(OTHER_PARTS)
+)
+
 
 def _text(value: Any) -> Any:
     """Recorded raw on the hot path; made valid text here (lone surrogates become U+FFFD)."""
@@ -178,6 +216,7 @@ class _Builder(TaskTable):
             "client": f"{client[0]}:{client[1]}" if client else None,
             "disconnected": False,
             "error": None,
+            "error_stack": None,
             "headers": dict(headers) if headers else {},
             "trace_id": trace_id,
             "tasks": [],
@@ -279,6 +318,10 @@ class _Builder(TaskTable):
                 req["disconnected"] = bool(disconnected)
                 req["error"] = error
                 req["close_code"] = close
+            elif k == ev.REQ_ERROR:
+                req = self.requests.get(e[ev.REQ_ERROR_RID])
+                if req is not None:
+                    req["error_stack"] = _stack(e[ev.REQ_ERROR_STACK])
             elif k == ev.LOOP_BLOCK:
                 _, t0, t1, cb, stack = e
                 self._loop_entry("block", t0, t1 - t0, cb, _stack(stack) or [])

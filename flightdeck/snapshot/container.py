@@ -2,11 +2,13 @@
 
 A capture freezes the window and writes what the recorder holds, as it holds it: the native
 core's generations (their encoded records and their string tables, ``Segment.dump()``), the
-pure core's events (JSON), the status of the tasks and requests alive at the oldest event,
-the await chains of the pending tasks and a small JSON header (id, trigger, process,
-options, clock offset, the trace ids the window holds). No event is decoded and no document
-is built to capture; :func:`read_document` builds the unchanged ``flightdeck/1`` document
-from it later, wherever the conversion runs. The layout (``docs/snapshot-format.md``)::
+pure core's sealed segments (the JSON of their events, zlib'd or not, as the window keeps
+them: ``Segment.stored()``) and its events not sealed yet (JSON), the status of the tasks
+and requests alive at the oldest event, the await chains of the pending tasks and a small
+JSON header (id, trigger, process, options, clock offset, the trace ids the window holds).
+No event is decoded and no document is built to capture; :func:`read_document` builds the
+unchanged ``flightdeck/1`` document from it later, wherever the conversion runs. The layout
+(``docs/snapshot-format.md``)::
 
     MAGIC (8 bytes) | version (u32 LE) | chunk | chunk | ...
     chunk = tag (4 ASCII bytes) | flags (u8) | 3 zero bytes | length (u32 LE)
@@ -33,6 +35,7 @@ from typing import Any
 import orjson
 
 from ..core.window import Event, Frozen
+from ..core.window import encode_events as _strict_events
 from . import build as builder
 from .document import rfc3339
 
@@ -47,7 +50,7 @@ _CHUNK = struct.Struct("<4sB3xII")
 HEAD = b"HEAD"  #: the header (JSON); always the first chunk
 STAT = b"STAT"  #: status at the oldest event: {"tasks": [event], "requests": [event]} (JSON)
 GENR = b"GENR"  #: one native generation, ``Segment.dump()``
-EVTS = b"EVTS"  #: pure-core events, a JSON array of events (arrays)
+EVTS = b"EVTS"  #: pure-core events, a JSON array of events (arrays); see encode_events
 LIVE = b"LIVE"  #: pending tasks: {"awaiting": [[tid, stack]], "names": [[tid, name, coro]]}
 END = b"END "  #: the container is complete: {"chunks": n} (JSON), n chunks in all, itself included
 
@@ -98,6 +101,18 @@ def _json(value: Any) -> bytes:
         return json.dumps(value, separators=(",", ":"), default=repr).encode()
 
 
+def encode_events(events: list[Event]) -> bytes:
+    """An ``EVTS`` payload: the pure window seals each segment with this, and a capture
+    writes those bytes as they are. Raises ``TypeError``/``ValueError`` for an event JSON
+    cannot hold (the window then drops the segment and counts it).
+    """
+    try:
+        return orjson.dumps(events)
+    except TypeError:
+        # Lone surrogates or ints past 64 bits: the standard library writes both exactly.
+        return _strict_events(events)
+
+
 class _TraceIndex:
     """The distinct trace ids of the window's requests, and the one of the trigger's."""
 
@@ -118,6 +133,36 @@ class _TraceIndex:
         for e in events:
             if e[0] == 8 and len(e) == 11:
                 self.add(e[2], e[10])
+
+    def add_segment(self, seg: Any) -> None:
+        """The trace ids of a sealed segment, read without decoding its events."""
+        if hasattr(seg, "dump"):  # a native generation: decoded from its records, in C
+            for rid, trace_id in seg.requests():
+                self.add(rid, trace_id)
+            return
+        traces = seg.traces
+        if len(self.ids) >= MAX_TRACE_IDS:  # full: only the trigger's is still wanted
+            if self.trigger_rid is not None:
+                found = traces.find(self.trigger_rid)
+                if found is not None:
+                    self.add(self.trigger_rid, found)
+            return
+        for rid, trace_id in traces.pairs():
+            self.add(rid, trace_id)
+
+
+def _as_stored(seg: object) -> bool:
+    """A segment a capture writes without decoding: a native generation or a pure one."""
+    return hasattr(seg, "dump") or hasattr(seg, "stored")
+
+
+def _stored_pieces(seg: Any) -> list[bytes]:
+    """A pure segment's ``EVTS`` chunk: its header, then the window's own bytes (not copied:
+    a store keeps the pieces, so the window's bytes are shared until it evicts them)."""
+    compressed, crc, payload = seg.stored()
+    if len(payload) > MAX_CHUNK:
+        raise ValueError(f"chunk {EVTS!r} of {len(payload)} bytes is too large to store")
+    return [_CHUNK.pack(EVTS, ZLIB if compressed else 0, len(payload), crc), payload]
 
 
 def _finish_head(
@@ -183,22 +228,24 @@ def stream(
     annotate: Callable[[dict[str, Any]], None] | None = None,
 ) -> Iterator[bytes]:
     """Like :func:`write`, one piece at a time as they are made: a native window's
-    generations are dumped as the consumer takes them (its trace ids are read first,
-    undecoded), so writing to a file or a socket never holds the whole stored form. The pure
-    core's chunks (compressed JSON) are made whole first, as :func:`write` does.
+    generations are dumped as the consumer takes them, a pure window's sealed segments are
+    handed over as the window holds them (their trace ids are read first, undecoded), so
+    writing to a file or a socket never holds the whole stored form. Segments of any other
+    kind (only ``events()``) are encoded whole first, as :func:`write` does.
     """
     segments = list(frozen.segments)
-    if not all(hasattr(seg, "dump") for seg in segments):
+    if not all(_as_stored(seg) for seg in segments):
         yield from write(frozen, head, level=level, records_level=records_level, annotate=annotate)
         return
-    del segments
     index = _index(head)
     status = _status_chunk(frozen, index, level)
-    for seg in frozen.segments:
-        for rid, trace_id in seg.requests():  # type: ignore[attr-defined]
-            index.add(rid, trace_id)
-    count = sum(seg.count for seg in frozen.segments) + len(frozen.tail)
-    header = _finish_head(head, frozen, index, count, "native", annotate)
+    for seg in segments:
+        index.add_segment(seg)
+    index.add_events(frozen.tail)
+    count = sum(seg.count for seg in segments) + len(frozen.tail)
+    core = "python" if any(hasattr(seg, "stored") for seg in segments) else "native"
+    del segments
+    header = _finish_head(head, frozen, index, count, core, annotate)
     yield _PREAMBLE
     yield header
     del header
@@ -210,11 +257,14 @@ def stream(
     frozen.segments = []
     while pending:
         seg = pending.pop()
-        piece = _chunk(GENR, seg.dump(), records_level)  # type: ignore[attr-defined]
+        if hasattr(seg, "dump"):
+            pieces = [_chunk(GENR, seg.dump(), records_level)]
+        else:
+            pieces = _stored_pieces(seg)
         del seg
         n += 1
-        yield piece
-        del piece
+        yield from pieces
+        del pieces
     tail, frozen.tail = frozen.tail, []
     if tail:
         n += 1
@@ -237,15 +287,17 @@ def write(
 ) -> list[bytes]:
     """The stored form of ``frozen``, in pieces to write in order (never joined here).
 
-    ``level``: zlib level of the JSON chunks; ``records_level``: of the native generations.
-    ``head`` holds the header's own fields (``id``, ``trigger``, ``process``, ...); the
-    window's (``t_now``, ``dropped``, ``events``, ``core``, ``trace_ids``, ``created_at``)
-    are added to it. ``annotate`` sees the header before it is written, with ``requests``
-    listing ``{id, trace_id}`` for each distinct trace id and for the trigger's request (what
-    the fleet reads of a document), and may change it or raise to drop the snapshot.
-    ``frozen`` is consumed: each segment is let go once written (``Frozen.iter_segments``).
+    ``level``: zlib level of the JSON chunks made at capture (the status, the events not
+    sealed yet; a pure window's sealed segments are written as it holds them);
+    ``records_level``: of the native generations. ``head`` holds the header's own fields
+    (``id``, ``trigger``, ``process``, ...); the window's (``t_now``, ``dropped``,
+    ``events``, ``core``, ``trace_ids``, ``created_at``) are added to it. ``annotate`` sees
+    the header before it is written, with ``requests`` listing ``{id, trace_id}`` for each
+    distinct trace id and for the trigger's request (what the fleet reads of a document),
+    and may change it or raise to drop the snapshot. ``frozen`` is consumed: each segment is
+    let go once written (``Frozen.iter_segments``).
     """
-    if frozen.segments and all(hasattr(seg, "dump") for seg in frozen.segments):
+    if frozen.segments and all(_as_stored(seg) for seg in frozen.segments):
         return list(
             stream(frozen, head, level=level, records_level=records_level, annotate=annotate)
         )
@@ -280,6 +332,12 @@ def chunk(tag: bytes, payload: bytes, level: int = 0) -> bytes:
     """One chunk of ``payload`` (zlib at ``level`` when that makes it smaller): for writers
     that lay chunks out themselves, such as a process's window file (``windowfile.py``)."""
     return _chunk(tag, payload, level)
+
+
+def chunk_header(tag: bytes, compressed: bool, length: int, crc: int) -> bytes:
+    """The header of a chunk whose payload (``length`` bytes, checksum ``crc``) is already
+    made, zlib'd or not: written before it, the payload never copied."""
+    return _CHUNK.pack(tag, ZLIB if compressed else 0, length, crc)
 
 
 def json_bytes(value: Any) -> bytes:

@@ -82,7 +82,9 @@ class FlightRecorder:
         self.wait_threshold = check_seconds("wait_threshold", wait_threshold)
         self.slow_callback = check_seconds("slow_callback", slow_callback)
 
-        self._window = make_window(int(self.window * 1e9), self.max_bytes)
+        self._window = make_window(
+            int(self.window * 1e9), self.max_bytes, encode=container.encode_events
+        )
         self._clock_offset_ns = time.time_ns() - perf_counter_ns()
         self.sink = Sink(
             self._window.append,
@@ -295,8 +297,11 @@ class FlightRecorder:
         for key in self.coverage:
             self.coverage[key] = False
 
+    #: The recorder thread's period (seconds): drain, seal, evict, watch the loop.
+    TICK = 0.02
+
     def _run(self) -> None:
-        tick = 0.02
+        tick = self.TICK
         if self.loop_blocked is not None:
             tick = min(tick, self.loop_blocked / 4)
         # Drain every tick: a busy loop can append ~250k events/s, and what waits in the

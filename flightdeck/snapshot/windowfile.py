@@ -349,12 +349,19 @@ def status_of(tasks: Any, requests: Any) -> dict[str, Any]:
 def _sealed_chunks(seg: Any) -> list[bytes]:
     if hasattr(seg, "dump"):
         return [container.chunk(container.GENR, seg.dump(), container.RECORDS_LEVEL)]
-    status = container.json_bytes(status_of(seg.tasks, seg.requests))
+    status = container.chunk(
+        SSTA, container.json_bytes(status_of(seg.tasks, seg.requests)), container.CAPTURE_LEVEL
+    )
+    if hasattr(seg, "stored"):
+        # The pure segment holds its EVTS payload already (JSON, zlib'd under pressure):
+        # written as it is held, nothing encoded; compressed here when the window had not.
+        compressed, crc, payload = seg.stored()
+        if not compressed:
+            return [status, container.chunk(container.EVTS, payload, container.CAPTURE_LEVEL)]
+        header = container.chunk_header(container.EVTS, True, len(payload), crc)
+        return [status, header + payload]  # one piece per chunk: GONE marks chunk starts
     events = container.json_bytes(seg.events())
-    return [
-        container.chunk(SSTA, status, container.CAPTURE_LEVEL),
-        container.chunk(container.EVTS, events, container.CAPTURE_LEVEL),
-    ]
+    return [status, container.chunk(container.EVTS, events, container.CAPTURE_LEVEL)]
 
 
 def _tail_chunks(tail: Any, status: dict[str, Any] | None) -> list[bytes]:

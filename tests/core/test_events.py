@@ -39,6 +39,7 @@ KIND_CONSTANTS = {
         "GC",
         "TASK_CANCEL",
         "TASK_SLOW_STEP",
+        "REQ_ERROR",
         "LOOP_BLOCK_ONGOING",
     )
 }

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
+import zlib
 from typing import Any
 
 import pytest
 
 from flightdeck.core import events as ev
 from flightdeck.core import window as _window
-from flightdeck.core.window import Window
+from flightdeck.core.window import Event, Traces, Window
 from flightdeck.snapshot.build import build_document
 
 S = 1_000_000_000  # one second in ns
@@ -258,17 +260,17 @@ def test_freeze_while_a_segment_is_being_sealed(monkeypatch: pytest.MonkeyPatch)
     w = make(clock)
     entered = threading.Event()
     release = threading.Event()
-    real_dumps = _window.marshal.dumps
+    real_encode = w._encode
 
-    def slow_dumps(value: object) -> bytes:
+    def slow_encode(value: list[Event]) -> bytes:
         entered.set()
         assert release.wait(10)
-        return real_dumps(value)
+        return real_encode(value)
 
     w.append((ev.TASK_CREATE, 0, 5, "T", "c", None, None, None))
     w.maintain(force_seal=True)
     log(w, clock, 3, tag="sealing")
-    monkeypatch.setattr(_window.marshal, "dumps", slow_dumps)
+    monkeypatch.setattr(w, "_encode", slow_encode)
     sealer = threading.Thread(target=w.maintain, kwargs={"force_seal": True})
     sealer.start()
     assert entered.wait(10)
@@ -293,10 +295,10 @@ def test_buffer_overflow_is_counted(monkeypatch: pytest.MonkeyPatch) -> None:
     assert w.recorded == 8
 
 
-def test_unmarshallable_event_counts_as_dropped() -> None:
+def test_unencodable_event_counts_as_dropped() -> None:
     clock = FakeClock()
     w = make(clock)
-    w.append((ev.LOG, 0, "c", object(), None))  # not marshal-able: a bug elsewhere
+    w.append((ev.LOG, 0, "c", object(), None))  # JSON cannot hold it: a bug elsewhere
     w.maintain(force_seal=True)
     assert w.seal_errors == 1 and w.dropped == 1 and w.segments == 0
     log(w, clock, 1)
@@ -369,3 +371,97 @@ def test_a_new_segment_never_shows_past_the_budget(monkeypatch: pytest.MonkeyPat
         clock.now += 1000
     assert w.dropped > 0  # the budget was the limit
     assert max(seen) <= w.max_bytes, (max(seen), w.max_bytes)
+
+
+# -- sealed segments in the stored form's encoding --------------------------------------------
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def _request(rid: int, t: int, trace: object) -> Event:
+    return (ev.REQ_START, t, rid, "http", "GET", "/p", "", None, None, None, trace)
+
+
+def test_a_sealed_segment_is_its_events_as_json_and_reads_back_as_tuples() -> None:
+    from flightdeck.snapshot.container import encode_events
+
+    awkward: list[Event] = [
+        (
+            ev.REQ_START,
+            5,
+            1,
+            "http",
+            "GET",
+            "/p\udc80é",
+            "q=1",
+            ("1.2.3.4", 5),
+            (("a", "b"),),
+            9,
+            None,
+        ),
+        (ev.LOG, 6, "cat", "h\udcff", None),  # a lone surrogate: orjson refuses it
+        (ev.LOG, 7, "big", str(2**70), 2**70),  # past 64 bits: orjson refuses it
+        (ev.TASK_CREATE, 8, 3, "T", "c", None, None, ("f", "x.py", 3)),
+        (ev.REQ_END, 9, 1, 200, 8, "/p", False, None, 9, None),
+    ]
+    for encode in (_window.encode_events, encode_events):  # the core's default, the recorder's
+        clock = FakeClock()
+        w = Window(10 * S, 1 << 30, clock=clock, encode=encode)
+        for e in awkward:
+            w.append(e)
+        w.maintain(force_seal=True)
+        (seg,) = w._segments
+        assert not seg.compressed and seg.data.startswith(b"[[8,5,1,")  # JSON arrays
+        assert seg.events() == awkward  # tuples all the way down, the same values
+        compressed, crc, payload = seg.stored()
+        assert (compressed, payload) == (False, seg.data) and crc == zlib.crc32(seg.data)
+
+
+def test_compressed_segments_are_zlib_over_the_same_json() -> None:
+    clock = FakeClock()
+    w = Window(10**12, 64 << 10, clock=clock)
+    for batch in range(40):
+        for i in range(500):
+            w.append((ev.TASK_STEP, 10**9 + i, 10**9 + i + 1, batch, i))
+        w.maintain(force_seal=True)
+    packed = [s for s in w._segments if s.compressed]
+    assert packed
+    for seg in packed:
+        raw = zlib.decompress(seg.data)
+        assert raw.startswith(b"[[2,") and seg.events() == [tuple(e) for e in json.loads(raw)]
+        assert seg.stored() == (True, zlib.crc32(seg.data), seg.data)  # crc taken when packed
+
+
+def test_trace_ids_are_kept_beside_a_segment_compactly_and_in_order() -> None:
+    pairs: list[tuple[Any, Any]] = [
+        (1, TRACE),
+        (2, "not-a-w3c-id"),
+        (3, TRACE.upper()),  # would not read back the same from bytes
+        (2**70, "0" * 32),  # a request id past 64 bits
+        ("odd", "a" * 32),
+        (1, "b" * 32),  # the same request again: its last wins in find()
+    ]
+    traces = Traces(pairs)
+    assert list(traces.pairs()) == pairs and len(traces) == 6
+    assert traces.find(1) == "b" * 32 and traces.find(2) == "not-a-w3c-id"
+    assert traces.find("odd") == "a" * 32 and traces.find(99) is None
+    plain = Traces([(5, TRACE), (6, "c" * 32), (5, "d" * 32)])
+    assert not plain.odd and plain.find(5) == "d" * 32 and plain.find(7) is None
+    assert plain.nbytes == 200 + 3 * 24 and Traces([]).nbytes == 0
+
+
+def test_a_segment_keeps_its_requests_trace_ids_and_counts_them() -> None:
+    clock = FakeClock()
+    w = make(clock)
+    w.append(_request(1, 1, TRACE))
+    w.append(_request(2, 2, None))  # no trace id: not kept
+    w.append(_request(3, 3, "e" * 32))
+    w.append((ev.LOG, 4, "c", "m", None))
+    w.maintain(force_seal=True)
+    (seg,) = w._segments
+    assert list(seg.traces.pairs()) == [(1, TRACE), (3, "e" * 32)]
+    assert seg.nbytes == len(seg.data) + seg.status_nbytes + seg.traces.nbytes
+    assert seg.traces.nbytes > 0 and w.nbytes >= seg.nbytes
+    log(w, clock, 3)
+    w.maintain(force_seal=True)
+    assert w._segments[1].traces is _window.NO_TRACES  # none: nothing held for them

@@ -197,3 +197,8 @@ def test_an_exception_trigger_names_the_frame_that_raised() -> None:
     ]
     doc["process"]["paths"] = {"stdlib": STDLIB, "site_packages": [SITE], "app": None}
     assert findings(doc)[0] == "GET /error 500 raised ValueError at error (app.py:62)"
+    # The summary says it on its "why" line, and names it for a failed request that is not
+    # the trigger's too.
+    assert "why:      GET /error 500 raised ValueError at error (app.py:62)" in summarize(doc)
+    doc["trigger"] = {"kind": "manual", "reason": "", "request": None}
+    assert "GET /error 500 failed: ValueError at error (app.py:62)" in findings(doc)

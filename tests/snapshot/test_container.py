@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from flightdeck import FlightRecorder
 from flightdeck.core import events as ev
 from flightdeck.core.cores import CORE
+from flightdeck.core.window import Segment, Window
 from flightdeck.snapshot import build as builder
 from flightdeck.snapshot import container
 from flightdeck.snapshot.container import ContainerError
@@ -199,3 +200,115 @@ def test_no_marshal_or_pickle_on_the_read_path() -> None:
         with open(os.path.join(here, name)) as f:
             text = f.read()
         assert "import marshal" not in text and "import pickle" not in text
+
+
+# -- the pure core: a capture is a copy of its sealed segments --------------------------------
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def _pure_window(requests: int = 60) -> Window:
+    """A pure window with compressed and uncompressed sealed segments and an open tail,
+    its requests carrying trace ids (what the recorder makes, whichever core it runs)."""
+    w = Window(
+        10**15,
+        192 << 10,
+        segment_events=10**6,
+        clock=lambda: 2 * 10**9,  # two freezes see the same window
+        encode=container.encode_events,
+    )
+    t = 10**9
+    for rid in range(1, requests + 1):
+        tid = 0x7F00_0000 + 16 * rid
+        w.append(
+            (ev.REQ_START, t, rid, "http", "GET", f"/r{rid}", "", None, None, tid, f"{rid:032x}")
+        )
+        w.append((ev.TASK_CREATE, t + 1, tid, f"Task-{rid}", "handler", None, rid, None))
+        for k in range(30):
+            w.append((ev.TASK_STEP, t + 2 + 10 * k, t + 7 + 10 * k, tid, t + 1 + 10 * k))
+        w.append((ev.TASK_DONE, t + 400, tid, "done", None, f"Task-{rid}"))
+        w.append((ev.REQ_END, t + 401, rid, 200, t + 300, "/r", False, None, t + 401, tid))
+        t += 1000
+        if rid < requests:  # the last request stays in the append buffer: the open tail
+            w.maintain(force_seal=rid % 10 == 0)
+    # Past half its budget, the window compressed its oldest segments; nothing was lost.
+    assert w.dropped == w.evicted == 0 and w.events == requests * 34
+    return w
+
+
+def _head() -> dict[str, Any]:
+    return {
+        "id": new_id(),
+        "trigger": {"kind": "manual", "reason": "", "request": None},
+        "process": {"pid": 1},
+        "clock_offset_ns": 0,
+        "trigger_time_ns": None,
+    }
+
+
+def test_a_pure_capture_writes_the_sealed_segments_bytes_without_decoding_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    w = _pure_window()
+    frozen = w.freeze()
+    segs = list(frozen.segments)
+    assert any(s.compressed for s in segs) and frozen.tail
+    expected = builder.build_document(
+        w.freeze(),
+        snapshot_id="20260101T000000Z-1-00000000",
+        offset_ns=0,
+        trigger={"kind": "manual", "reason": "", "request": None},
+        process={"pid": 1},
+    )
+
+    def refuse(self: Segment) -> list[Any]:
+        raise AssertionError("a sealed segment was decoded to capture")
+
+    monkeypatch.setattr(Segment, "events", refuse)
+    head = _head()
+    head["id"] = expected["id"]
+    pieces = container.write(frozen, head)
+    # The window's own bytes objects, shared with the stored form, not copies.
+    assert all(any(p is s.data for p in pieces) for s in segs)
+    monkeypatch.undo()
+    data = b"".join(pieces)
+    stored = [(tag, raw) for tag, raw in container.iter_chunks(data) if tag == container.EVTS]
+    assert len(stored) == len(segs) + 1  # then the open tail, encoded at capture
+    for (_, raw), seg in zip(stored, segs, strict=False):
+        assert raw == (zlib.decompress(seg.data) if seg.compressed else seg.data)
+    read = container.read_header(data)
+    assert read["events"] == w.events and read["core"] == "python"
+    assert read["trace_ids"] == [f"{rid:032x}" for rid in range(1, 61)]
+    got = container.read_document(data)
+    got["created_at"] = expected["created_at"]
+    assert got == expected
+
+
+def test_a_pure_capture_finds_the_trigger_trace_past_the_header_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(container, "MAX_TRACE_IDS", 5)
+    w = _pure_window()
+    head = _head()
+    head["trigger"]["request"] = {"id": 37}  # sealed, well past the first five trace ids
+    seen: list[dict[str, Any]] = []
+    data = b"".join(container.write(w.freeze(), head, annotate=lambda h: seen.append(dict(h))))
+    assert container.read_header(data)["trace_ids"] == [f"{rid:032x}" for rid in range(1, 6)]
+    assert seen[0]["requests"][0] == {"id": 37, "trace_id": f"{37:032x}"}
+
+
+def test_a_pure_capture_into_the_store_pins_the_windows_bytes(tmp_path: Any) -> None:
+    from flightdeck.snapshot.store import SnapshotStore
+
+    w = _pure_window()
+    frozen = w.freeze()
+    segs = list(frozen.segments)
+    held = sum(len(s.data) for s in segs)
+    rec = FlightRecorder(loop_blocked=None)
+    store = SnapshotStore()
+    info = rec.build_into(store, frozen, kind="test")
+    kept, _ = store._memory[info.id]
+    assert all(any(p is s.data for p in kept) for s in segs)  # no copy of what was sealed
+    assert info.stored - held < 64 << 10  # the rest: header, status, the open tail
+    data = store.get_stored(info.id)
+    assert data is not None and container.read_header(data)["events"] == w.events

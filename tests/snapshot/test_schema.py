@@ -196,6 +196,8 @@ def test_asgi_app_snapshot_is_valid(
             if any(e["kind"] == "block" for e in doc["loop"]):
                 break
             time.sleep(0.02)
+    # The schema sees the frames of the request that raised, not only nulls.
+    assert any(r["error_stack"] for r in doc["requests"] if r["path"] == "/error"), doc
     validator.validate(doc)
     check_integrity(doc)
     # The blocking call, the fan-out and the executor job, all three named.

@@ -163,7 +163,11 @@ def test_sys_exit_inside_a_blocked_step_is_a_crash_with_the_block_in_its_reason(
     assert "main (<string>:" in reason, reason
     snap = store.get(made[0])
     assert snap is not None
-    blocks = [e for e in snap.to_dict()["loop"] if e["kind"] == "block"]
+    blocks = [
+        e
+        for e in snap.to_dict()["loop"]
+        if e["kind"] == "block" and "main (<string>:" in (e["callback"] or "")
+    ]
     # Ended by the exception unwinding it (asyncio.run's cleanup ran the loop once more).
     assert len(blocks) == 1, blocks
     assert blocks[0]["duration"] >= 0.5 and blocks[0]["stack"][-1]["function"] == "main"

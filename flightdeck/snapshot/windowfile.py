@@ -353,8 +353,10 @@ def _sealed_chunks(seg: Any) -> list[bytes]:
         SSTA, container.json_bytes(status_of(seg.tasks, seg.requests)), container.CAPTURE_LEVEL
     )
     if hasattr(seg, "stored"):
-        # The pure segment holds its EVTS payload already (JSON, zlib'd under pressure):
-        # written as it is held, nothing encoded; compressed here when the window had not.
+        # The pure segment holds its EVTS payload already (JSON, zlib'd by the window under
+        # pressure): written as held, nothing encoded. One the window has not compressed is
+        # compressed here (GIL released): the window compresses its older segments later,
+        # in memory only, and the file must hold the whole window within twice max_bytes.
         compressed, crc, payload = seg.stored()
         if not compressed:
             return [status, container.chunk(container.EVTS, payload, container.CAPTURE_LEVEL)]

@@ -198,6 +198,8 @@ def test_gunicorn_timeout_kill_names_the_blocking_function_and_the_request(
     summary = _summary(directory, crash["id"])
     assert "fetch_legacy" in summary and "GET /report" in summary, summary
     assert "ongoing" in summary, summary
+    why = next(line for line in summary.splitlines() if line.startswith("why:"))
+    assert "running on the loop" in why and "suspended" not in why, why  # held, not waiting
     # The block never ended: the window holds it as recorded while it lasted.
     doc = _document(directory, crash["id"], core)
     blocks = [e for e in doc["loop"] if e["kind"] == "block"]

@@ -248,3 +248,50 @@ def test_a_live_sibling_worker_makes_the_crash_snapshot_of_a_killed_one(
     assert maker != victim and maker != srv.pid
     files = [p.name for p in _window_files(directory)]
     assert not [f for f in files if f"-{victim}-" in f]
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_a_small_window_rewritten_under_load_still_leaves_a_readable_crash_snapshot(
+    server: Callable[..., ServerProcess], tmp_path: Path, core: str
+) -> None:
+    """max_bytes of 256 KiB under load: the file reaches its bound and is rewritten (the live
+    generations copied to a fresh file); the crash snapshot after a SIGKILL
+    is still whole, and the file never grew past its bound."""
+    directory = tmp_path / "snaps"
+    env = {**_env(directory, core), "FLIGHTDECK_MAX_BYTES": str(256 << 10)}
+    srv = server(env=env)
+    capacity = 2 * (256 << 10) + (1 << 20)
+    stop = threading.Event()
+    sizes: list[int] = []
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                http_get(f"{srv.url}/fanout?n=50", timeout=5)
+            except OSError:
+                return
+
+    loaders = [threading.Thread(target=load) for _ in range(2)]
+    for t in loaders:
+        t.start()
+    try:
+        deadline = time.monotonic() + 30
+        rewrites = 0
+        while time.monotonic() < deadline and rewrites < 1:
+            status = get_json(srv.url + PREFIX + "/status")
+            rewrites = status["recorder"]["window_file"]["rewrites"]
+            sizes += [p.stat().st_size for p in _window_files(directory)]
+            time.sleep(0.2)
+        assert rewrites >= 1, status["recorder"]["window_file"]
+        os.kill(srv.pid, signal.SIGKILL)
+        _dead(srv)
+    finally:
+        stop.set()
+        for t in loaders:
+            t.join(timeout=10)
+    assert sizes and max(sizes) <= capacity
+    again = server(env=env)
+    crash = _wait_crash(again)
+    doc = _document(directory, crash["id"], core)
+    assert [r for r in doc["requests"] if r["path"] == "/fanout"]
+    assert doc["tasks"]

@@ -191,7 +191,11 @@ def summarize(doc: dict[str, Any], *, request: Any = None, full: bool = False) -
         if req.get("trace_id"):
             bits.append(f"trace {text(req.get('trace_id'))}")
         if req.get("error"):
-            bits.append(f"error {text(req.get('error'))}")
+            raised_at = dicts(req.get("error_stack"))
+            bits.append(
+                f"error {text(req.get('error'))}"
+                + (f" raised at {folder.site(raised_at)}" if raised_at else "")
+            )
         if req.get("disconnected"):
             bits.append("client disconnected")
         tasks = req.get("tasks")

@@ -56,8 +56,8 @@ END = b"END "  #: the container is complete: {"chunks": n} (JSON), n chunks in a
 
 #: Flag: the payload is zlib-compressed (RFC 1950).
 ZLIB = 1
-#: The compression of a capture's JSON chunks (the pure core's events, the status): zlib
-#: releases the GIL while it compresses. JSON is several times the pure window's bytes.
+#: The compression of a capture's JSON chunks (the status, the pure core's open tail and the
+#: segments its window had not compressed yet): zlib releases the GIL while it compresses.
 CAPTURE_LEVEL = 1
 #: The compression of the native core's generations on the capture path: none. They are
 #: already compact (stored, about 0.95 x the window's accounted bytes), and zlib at level 1
@@ -156,9 +156,16 @@ def _as_stored(seg: object) -> bool:
     return hasattr(seg, "dump") or hasattr(seg, "stored")
 
 
-def _stored_pieces(seg: Any) -> list[bytes]:
+def _stored_pieces(seg: Any, level: int) -> list[bytes]:
     """A pure segment's ``EVTS`` chunk: its header, then the window's own bytes (not copied:
-    a store keeps the pieces, so the window's bytes are shared until it evicts them)."""
+    a store keeps the pieces, so the window's bytes are shared until it evicts them).
+
+    A segment the window has not compressed (it had room to spare) is compressed here at
+    ``level``, with the GIL released: about five times smaller stored, at about 0.1 s of a
+    thread's time for the largest such part of a window (half its budget).
+    """
+    if level and not seg.compressed:
+        return [_chunk(EVTS, seg.data, level)]
     compressed, crc, payload = seg.stored()
     if len(payload) > MAX_CHUNK:
         raise ValueError(f"chunk {EVTS!r} of {len(payload)} bytes is too large to store")
@@ -260,7 +267,7 @@ def stream(
         if hasattr(seg, "dump"):
             pieces = [_chunk(GENR, seg.dump(), records_level)]
         else:
-            pieces = _stored_pieces(seg)
+            pieces = _stored_pieces(seg, level)
         del seg
         n += 1
         yield from pieces
@@ -288,7 +295,8 @@ def write(
     """The stored form of ``frozen``, in pieces to write in order (never joined here).
 
     ``level``: zlib level of the JSON chunks made at capture (the status, the events not
-    sealed yet; a pure window's sealed segments are written as it holds them);
+    sealed yet, and a pure window's sealed segments it had not compressed; those it had are
+    written as it holds them);
     ``records_level``: of the native generations. ``head`` holds the header's own fields
     (``id``, ``trigger``, ``process``, ...); the window's (``t_now``, ``dropped``,
     ``events``, ``core``, ``trace_ids``, ``created_at``) are added to it. ``annotate`` sees

@@ -319,6 +319,7 @@ def _from_json(data: bytes) -> list[Record]:
             "name": e["name"],
             "cat": e.get("cat"),
             "args": e.get("args") or {},
+            "value": next(iter(e["args"].values()), None) if e["ph"] == "C" else None,
         }
         for e in events
         if e["ph"] in kinds
@@ -369,25 +370,30 @@ def _from_pftrace(data: bytes) -> list[Record]:
             else:
                 args[t["keys"][a.name_iid]] = getattr(a, a.WhichOneof("value"))
         track = te.track_uuid if te.HasField("track_uuid") else default_track[seq]
+        value = None
+        if te.type == TrackEvent.TYPE_COUNTER:
+            value = te.double_counter_value if te.HasField("double_counter_value") else None
+            value = te.counter_value if value is None else value
         out.append(
             {
                 "track": tracks.get(track, ""),
                 "type": kinds[te.type],
-                "name": t["names"].get(te.name_iid),
+                # A counter is named by its own track here, by its event in the JSON.
+                "name": t["names"].get(te.name_iid)
+                or (tracks.get(track) if value is not None else None),
                 "cat": t["cats"].get(te.category_iids[0]) if te.category_iids else None,
                 "args": args,
+                "value": value,
             }
         )
     return out
 
 
-def _any(records: list[Record], **want: Any) -> Callable[[Callable[[Record], bool]], bool]:
-    """Whether a record with these type/cat/name values also passes ``test``."""
-
-    def check(test: Callable[[Record], bool] = lambda r: True) -> bool:
-        return any(all(r.get(k) == v for k, v in want.items()) and test(r) for r in records)
-
-    return check
+def _has(records: list[Record], test: Callable[[Record], bool] | None = None, **want: Any) -> bool:
+    """Whether a record has these values (``type``, ``cat``, ``name``) and passes ``test``."""
+    return any(
+        all(r.get(k) == v for k, v in want.items()) and (test is None or test(r)) for r in records
+    )
 
 
 def _arg_has(r: Record, key: str, text: str) -> bool:
@@ -397,59 +403,79 @@ def _arg_has(r: Record, key: str, text: str) -> bool:
 def _in_trace(records: list[Record], part: str) -> bool:
     coro = _m(ev.TASK_CREATE, "coro")
     checks: dict[str, Callable[[], bool]] = {
-        "requests": lambda: _any(records, type="slice", cat="request")(
-            lambda r: "/request_start.path" in r["name"]
+        "requests": lambda: _has(
+            records, lambda r: "/request_start.path" in r["name"], type="slice", cat="request"
         ),
-        "requests[].end": lambda: _any(records, type="slice", cat="request")(
-            lambda r: r["name"].endswith(" 503") and _arg_has(r, "error", _m(ev.REQ_END, "error"))
+        "requests[].end": lambda: _has(
+            records,
+            lambda r: r["name"].endswith(" 503") and _arg_has(r, "error", _m(ev.REQ_END, "error")),
+            type="slice",
+            cat="request",
         ),
-        "requests[].error_stack": lambda: _any(records, type="slice", cat="request")(
-            lambda r: _arg_has(r, "raised_at", _m(ev.REQ_ERROR, "stack"))
+        "requests[].error_stack": lambda: _has(
+            records,
+            lambda r: _arg_has(r, "raised_at", _m(ev.REQ_ERROR, "stack")),
+            type="slice",
+            cat="request",
         ),
         "tasks": lambda: any(coro in r["track"] for r in records),
-        "tasks[].steps": lambda: _any(records, type="slice", cat="step")(
-            lambda r: coro in r["track"]
+        "tasks[].steps": lambda: _has(
+            records, lambda r: coro in r["track"], type="slice", cat="step"
         ),
-        "tasks[].state": lambda: _any(records, type="instant", cat="task")(
-            lambda r: r["name"] == f"task error: {_m(ev.TASK_DONE, 'error')}"
+        "tasks[].state": lambda: _has(
+            records,
+            lambda r: r["name"] == f"task error: {_m(ev.TASK_DONE, 'error')}",
+            type="instant",
+            cat="task",
         ),
-        "tasks[].waits": lambda: _any(records, type="slice", cat="suspended")(
-            lambda r: _arg_has(r, "await_stack", _m(ev.TASK_WAIT, "stack"))
+        "tasks[].waits": lambda: _has(
+            records,
+            lambda r: _arg_has(r, "await_stack", _m(ev.TASK_WAIT, "stack")),
+            type="slice",
+            cat="suspended",
         ),
-        "tasks[].awaiting": lambda: _any(records, type="slice", cat="suspended")(
-            lambda r: _arg_has(r, "awaiting", "pending_forever")
+        "tasks[].awaiting": lambda: _has(
+            records,
+            lambda r: _arg_has(r, "awaiting", "pending_forever"),
+            type="slice",
+            cat="suspended",
         ),
-        "loop[block]": lambda: _any(records, type="slice", cat="block")(
-            lambda r: _arg_has(r, "stack", _m(ev.LOOP_BLOCK, "stack"))
+        "loop[block]": lambda: _has(
+            records,
+            lambda r: _arg_has(r, "stack", _m(ev.LOOP_BLOCK, "stack")),
+            type="slice",
+            cat="block",
         ),
-        "loop[callback]": lambda: _any(
+        "loop[callback]": lambda: _has(
             records, type="slice", cat="callback", name=_m(ev.LOOP_CALLBACK, "name")
-        )(),
-        "loop[lag]": lambda: _any(records, type="counter")(),
-        "loop[gc]": lambda: _any(records, type="slice", cat="gc", name="GC gen 2")(),
-        "events[region]": lambda: _any(
+        ),
+        "loop[lag]": lambda: _has(records, type="counter", name="loop lag (ms)", value=5.0),
+        "loop[gc]": lambda: _has(records, type="slice", cat="gc", name="GC gen 2"),
+        "events[region]": lambda: _has(
             records, type="slice", cat="region", name=_m(ev.REGION, "name")
-        )(),
-        "events[log]": lambda: _any(records, type="instant", cat="log")(
-            lambda r: r["name"] == f"{_m(ev.LOG, 'category')}: {_m(ev.LOG, 'message')}"
         ),
-        "events[executor]": lambda: _any(
+        "events[log]": lambda: _has(
+            records,
+            lambda r: r["name"] == f"{_m(ev.LOG, 'category')}: {_m(ev.LOG, 'message')}",
+            type="instant",
+            cat="log",
+        ),
+        "events[executor]": lambda: _has(
             records, type="slice", cat="executor", name=_m(ev.EXECUTOR, "func")
-        )(),
-        "events[cancel]": lambda: _any(records, type="instant", cat="cancel")(
-            lambda r: _arg_has(r, "at", _m(ev.TASK_CANCEL, "stack"))
         ),
-        "events[trigger]": lambda: _any(
+        "events[cancel]": lambda: _has(
+            records,
+            lambda r: _arg_has(r, "at", _m(ev.TASK_CANCEL, "stack")),
+            type="instant",
+            cat="cancel",
+        ),
+        "events[trigger]": lambda: _has(
             records, type="instant", cat="trigger", name=f"trigger {_m(ev.MARK, 'kind')}"
-        )(),
-        "trigger": lambda: _any(records, type="instant", name="TRIGGER manual")(),
+        ),
+        "trigger": lambda: _has(records, type="instant", name="TRIGGER manual"),
     }
-    assert checks.keys() == tracks_parts(), "say where a new part shows in a trace"
+    assert checks.keys() == set(perfetto.DRAWN) == set(pftrace.DRAWN), "say where it shows"
     return checks[part]()
-
-
-def tracks_parts() -> set[str]:
-    return set(perfetto.DRAWN)
 
 
 TRACES: dict[str, Callable[[Doc], list[Record]]] = {

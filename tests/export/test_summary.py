@@ -202,3 +202,5 @@ def test_an_exception_trigger_names_the_frame_that_raised() -> None:
     assert "why:      GET /error 500 raised ValueError at error (app.py:62)" in summarize(doc)
     doc["trigger"] = {"kind": "manual", "reason": "", "request": None}
     assert "GET /error 500 failed: ValueError at error (app.py:62)" in findings(doc)
+    slowest = summarize(doc).split("slowest requests")[1].split("\n\n")[0]
+    assert "error ValueError raised at error (app.py:62)" in slowest

@@ -252,7 +252,8 @@ def test_a_pure_capture_writes_the_sealed_segments_bytes_without_decoding_them(
     w = _pure_window()
     frozen = w.freeze()
     segs = list(frozen.segments)
-    assert any(s.compressed for s in segs) and frozen.tail
+    packed = [s for s in segs if s.compressed]
+    assert packed and len(packed) < len(segs) and frozen.tail
     expected = builder.build_document(
         w.freeze(),
         snapshot_id="20260101T000000Z-1-00000000",
@@ -268,14 +269,16 @@ def test_a_pure_capture_writes_the_sealed_segments_bytes_without_decoding_them(
     head = _head()
     head["id"] = expected["id"]
     pieces = container.write(frozen, head)
-    # The window's own bytes objects, shared with the stored form, not copies.
-    assert all(any(p is s.data for p in pieces) for s in segs)
+    # What the window compressed: its own bytes objects, shared with the stored form, not
+    # copies. What it had not: compressed now, from its JSON as it is.
+    assert all(any(p is s.data for p in pieces) for s in packed)
     monkeypatch.undo()
     data = b"".join(pieces)
     stored = [(tag, raw) for tag, raw in container.iter_chunks(data) if tag == container.EVTS]
     assert len(stored) == len(segs) + 1  # then the open tail, encoded at capture
     for (_, raw), seg in zip(stored, segs, strict=False):
         assert raw == (zlib.decompress(seg.data) if seg.compressed else seg.data)
+    assert len(data) < sum(len(s.data) for s in segs)  # everything stored compressed
     read = container.read_header(data)
     assert read["events"] == w.events and read["core"] == "python"
     assert read["trace_ids"] == [f"{rid:032x}" for rid in range(1, 61)]
@@ -302,13 +305,18 @@ def test_a_pure_capture_into_the_store_pins_the_windows_bytes(tmp_path: Any) -> 
 
     w = _pure_window()
     frozen = w.freeze()
-    segs = list(frozen.segments)
-    held = sum(len(s.data) for s in segs)
+    packed = [s for s in frozen.segments if s.compressed]
+    assert packed
     rec = FlightRecorder(loop_blocked=None)
     store = SnapshotStore()
     info = rec.build_into(store, frozen, kind="test")
     kept, _ = store._memory[info.id]
-    assert all(any(p is s.data for p in kept) for s in segs)  # no copy of what was sealed
-    assert info.stored - held < 64 << 10  # the rest: header, status, the open tail
+    assert all(any(p is s.data for p in kept) for s in packed)  # not copied: shared
     data = store.get_stored(info.id)
     assert data is not None and container.read_header(data)["events"] == w.events
+    # Uncompressed (level 0), every sealed segment is the window's own bytes.
+    frozen = w.freeze()
+    segs = list(frozen.segments)
+    pieces = container.write(frozen, _head(), level=0)
+    assert all(any(p is s.data for p in pieces) for s in segs)
+    assert container.read_document(b"".join(pieces))["window"]["events"] == w.events

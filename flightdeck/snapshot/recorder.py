@@ -15,6 +15,7 @@ from time import perf_counter_ns
 from typing import IO, Any
 
 from .._version import __version__
+from ..core import events as ev
 from ..core import registry
 from ..core.config import (
     DEFAULT_LOOP_BLOCKED,
@@ -215,11 +216,25 @@ class FlightRecorder:
         }
 
     def _file_state(self) -> dict[str, Any]:
-        """What the window file's writer records beside the window at each write."""
+        """What the window file's writer records beside the window at each write: with the
+        requests in flight (how many, the three oldest), what a crash snapshot's reason says
+        the process was doing."""
+        live = list(self.live_requests.values())  # one C call: atomic under the GIL
+        oldest = sorted((e[0] for e in live), key=lambda start: start[ev.REQ_START_T])[:3]
         return {
             "t_now": perf_counter_ns(),
             "time": time.time(),
             "dropped": self._window.dropped,
+            "inflight": len(live),
+            "oldest": [
+                [
+                    e[ev.REQ_START_RID],
+                    e[ev.REQ_START_METHOD],
+                    e[ev.REQ_START_PATH],
+                    e[ev.REQ_START_T],
+                ]
+                for e in oldest
+            ],
             "block": self._block_now(),
         }
 

@@ -267,4 +267,17 @@ def _reason(
                 reason += f" during {method} {path}"
                 request = {"id": label.get("id"), "method": method, "path": path}
         return reason + f" (last recorded at {when} UTC)", request
-    return f"process {pid} ended without shutdown (last recorded at {when} UTC)", None
+    reason = f"process {pid} ended without shutdown"
+    request = None
+    oldest = state.get("oldest")
+    count = state.get("inflight")
+    if isinstance(count, int) and count > 0 and isinstance(oldest, list) and oldest:
+        first = oldest[0]
+        if isinstance(first, list) and len(first) == 4 and isinstance(first[3], int):
+            rid, method, path, t0 = first
+            plural = "s" if count != 1 else ""
+            reason += f" with {count} request{plural} in flight"
+            if isinstance(method, str) and isinstance(path, str):
+                reason += f" (the oldest {method} {path}, for {max(0, t_now - t0) / 1e9:.1f} s)"
+                request = {"id": rid, "method": method, "path": path}
+    return reason + f" (last recorded at {when} UTC)", request

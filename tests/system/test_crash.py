@@ -164,6 +164,10 @@ def test_os_exit_and_segfault_leave_a_crash_snapshot_holding_the_fatal_request(
     doc = _document(directory, crash["id"], core)
     fatal = [r for r in doc["requests"] if r["path"] == "/die"]
     assert len(fatal) == 1 and fatal[0]["end"] is None, fatal  # in flight when it died
+    # What it was doing: the request in flight, named in the reason and as the trigger's.
+    assert "with 1 request in flight (the oldest GET /die, for " in crash["trigger"]["reason"]
+    assert crash["request"]["path"] == "/die"
+    assert doc["trigger"]["request"]["id"] == fatal[0]["id"]
 
 
 @pytest.mark.parametrize("core", CORES)

@@ -4,16 +4,18 @@ With a snapshot directory, each recording process keeps a copy of its window in
 ``<directory>/windows/<host>-<pid>-<nonce>.fdk``, written by a thread of its own (never the
 event loop). The file is a stored snapshot's container (``container.py``) laid out as::
 
-    MAGIC | version | HEAD (the process) | sealed record chunks ... | tail | WSTA | 12 zero bytes
+    MAGIC | version | HEAD (the process) | sealed record chunks ... | tail | WSTA | zero header
 
 Each sealed generation (native: ``GENR``, ``Segment.dump()``; pure: ``SSTA`` + ``EVTS``, its
-status and its events) is appended once, when sealed; a generation the window evicts has its
-chunks' tags overwritten with ``GONE`` (readers skip unknown tags). Every ``INTERVAL`` the
-open generation is written after them (the tail: overwritten in place at each write, so it
-is only ever the last record chunk), followed by ``WSTA`` (the writer's clock, the drop
-count and the block in progress, if any) and a zero chunk header that ends the file for
-readers. A reader takes chunks up to the last complete one (``iter_chunks(strict=False)``):
-what a process killed mid-write leaves is ignored, never misread.
+status and the ``EVTS`` payload the window holds) is appended once, when sealed; a
+generation the window evicts has its chunks' tags overwritten with ``GONE`` (readers skip
+unknown tags). Every ``INTERVAL`` the open generation follows them (the tail: the native
+core's copy of it, overwritten in place at each write; the pure core's events appended as
+they come, ``_extend``), and its sealed form takes the tail's place once sealed; then
+``WSTA`` (the writer's clock, the drop count, the requests in flight, the block in
+progress) and a zero chunk header that ends the file for readers. A reader takes chunks
+up to the last complete one (``iter_chunks(strict=False)``): what a process killed
+mid-write leaves is ignored, never misread.
 
 The file's space is reserved when it is created (``posix_fallocate``: a full disk fails
 the creation, which falls back to memory only, never a write later; no mapping, so no
@@ -26,8 +28,8 @@ kernel drops it when the process dies, whatever kills it, so "the lock can be ta
 file was not closed" means the process died without stopping its recorder, and no pid reuse
 or pid namespace can fool it. A clean end (``stop()``, lifespan shutdown, ``close()``, or an
 interpreter exit that was not in the middle of a loop block) appends ``CLOS`` and removes
-the file. :func:`recover` turns each dead process's file into a snapshot of trigger kind
-``"crash"`` (``recovery.py``).
+the file. ``recovery.recover`` turns each dead process's file into a snapshot of trigger
+kind ``"crash"``. A child forked from a recording process keeps no file (``after_fork``).
 """
 
 from __future__ import annotations

@@ -500,3 +500,33 @@ def test_a_disk_that_fills_up_later_gives_the_file_up_not_the_app(
     assert not Path(path).exists()
     box.stop()
     assert recovery.recover(store) == []
+
+
+def test_two_recorders_in_one_process_each_see_the_other_alive(tmp_path: Path) -> None:
+    """The lock is held per open file, not per process (flock, not POSIX record locks): a
+    recorder's scan never takes a sibling's file in the same process for a dead one."""
+
+    async def main() -> None:
+        # One loop is instrumented by one recorder: the second only keeps its window.
+        recs = [
+            FlightRecorder(window=5, max_bytes=1 << 20, instrument_loop=i == 0) for i in range(2)
+        ]
+        for rec in recs:
+            rec.keep_window_in(_store(tmp_path))
+            rec.start()
+        try:
+            for _ in range(20):
+                await asyncio.sleep(0.001)
+            paths = {rec.stats["window_file"]["path"] for rec in recs}
+            assert len(paths) == 2 and all(paths)
+            assert recovery.recover(_store(tmp_path)) == []
+            # Each one's own scan (it runs every second) leaves the other's file alone.
+            await asyncio.sleep(1.2)
+            assert all(Path(p).exists() for p in paths)
+            assert all(rec.stats["window_file"]["recovered"] == 0 for rec in recs)
+        finally:
+            for rec in recs:
+                rec.stop()
+
+    asyncio.run(main())
+    assert _files(tmp_path) == [] and _store(tmp_path).list() == []

@@ -119,6 +119,16 @@ async def report(request: Request) -> Response:
     return PlainTextResponse(fetch_legacy(_ms(request, 10_000)))
 
 
+async def backtrack(request: Request) -> Response:
+    """A step that holds the GIL for good: the regular expression engine never releases it,
+    and this pattern backtracks exponentially (the watchdog's thread cannot run meanwhile)."""
+    import re
+
+    await asyncio.sleep(_ms(request, 600))  # its start is in the window file first
+    matched = re.match(r"(a+)+$", "a" * 40 + "b")
+    return PlainTextResponse(str(matched))
+
+
 async def die(request: Request) -> Response:
     """Wait ``ms`` (so the writer has copied this request to the window file), then end the
     process without any shutdown: ``how`` = ``exit`` (``os._exit``) or ``segfault``."""
@@ -134,6 +144,7 @@ _starlette = Starlette(
     routes=[
         Route("/report", report),
         Route("/die", die),
+        Route("/backtrack", backtrack),
         Route("/fanout", fanout),
         Route("/own_capture", own_capture),
         Route("/fast", fast),

@@ -32,6 +32,7 @@
  *   decoder.h   records back into event tuples, every length checked
  *   stored.h    the stored form of a generation (GENR), load_segment, the Segment type
  *   window.h    Window: the ring of generations, freeze, status
+ *   blockwatch.h  BlockWatch: a step holding the loop (and the GIL) noticed without the GIL
  *   runner.h    await chains and StepRunner (task steps and wakeups)
  *   schedule.h  CallSoon and CreateTask (the loop subclass's call_soon and create_task)
  * and, below, the module.
@@ -49,6 +50,7 @@
 #include "native/decoder.h"
 #include "native/stored.h"
 #include "native/window.h"
+#include "native/blockwatch.h"
 #include "native/runner.h"
 #include "native/schedule.h"
 
@@ -137,7 +139,8 @@ PyInit__native(void)
     INTERN(s_get_coro, "get_coro");
     if (PyType_Ready(&Segment_Type) < 0 || PyType_Ready(&Window_Type) < 0
         || PyType_Ready(&Runner_Type) < 0 || PyType_Ready(&CallSoon_Type) < 0
-        || PyType_Ready(&CreateTask_Type) < 0 || PyType_Ready(&HandleRun_Type) < 0)
+        || PyType_Ready(&CreateTask_Type) < 0 || PyType_Ready(&HandleRun_Type) < 0
+        || PyType_Ready(&BlockWatch_Type) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&native_module);
     if (!m) return NULL;
@@ -147,6 +150,7 @@ PyInit__native(void)
         || PyModule_AddObjectRef(m, "CallSoon", (PyObject *)&CallSoon_Type) < 0
         || PyModule_AddObjectRef(m, "CreateTask", (PyObject *)&CreateTask_Type) < 0
         || PyModule_AddObjectRef(m, "HandleRun", (PyObject *)&HandleRun_Type) < 0
+        || PyModule_AddObjectRef(m, "BlockWatch", (PyObject *)&BlockWatch_Type) < 0
         || PyModule_AddStringConstant(m, "SCHEMA", FD_SCHEMA_STRING) < 0) {
         Py_DECREF(m);
         return NULL;

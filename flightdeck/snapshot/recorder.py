@@ -201,6 +201,7 @@ class FlightRecorder:
                 self._window.freeze,
                 self._file_state,
                 self.max_bytes,
+                block_threshold=self.loop_blocked,
             )
             box.start(block=self._block_now)
             self._blackbox = box

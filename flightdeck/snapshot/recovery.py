@@ -19,17 +19,31 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import struct
 import time
 from typing import Any
 
 import orjson
 
+from ..core.events import (
+    LOOP_BLOCK_ONGOING,
+    REQ_START,
+    REQ_START_METHOD,
+    REQ_START_PATH,
+    REQ_START_RID,
+    REQ_START_TID,
+    TASK_CREATE,
+    TASK_CREATE_CORO,
+    TASK_CREATE_REQUEST,
+    TASK_CREATE_TID,
+)
 from . import container
 from .document import new_id, rfc3339
 from .windowfile import (
     CLOS,
     NAME_PATTERN,
     OPEN_EXISTING,
+    SLOT,
     SSTA,
     STALE_TMP,
     STOP_TAG,
@@ -134,6 +148,8 @@ class Parsed:
         self.status: dict[str, Any] | None = None
         self.state: dict[str, Any] = {}
         self.closed = False
+        #: The native block watch's record: (step start, last seen running, task), or None.
+        self.watch: tuple[int, int, int] | None = None
 
     def snapshot(self) -> tuple[list[bytes], dict[str, Any]]:
         """The crash snapshot's stored form (pieces) and header."""
@@ -147,6 +163,12 @@ class Parsed:
         events, trace_ids, status = _scan_records(self.records, self.status)
         if not isinstance(t_now, int):
             t_now = _last_time(self.records) or 0
+        records = self.records
+        if self.watch is not None:
+            state, t_now, extra = _watched(self.watch, state, t_now, records, status)
+            if extra is not None:
+                records = [*records, extra]
+                events += 1
         reason, request = _reason(pid, state, t_now, offset)
         head = {
             "id": new_id(),
@@ -163,7 +185,7 @@ class Parsed:
             "trace_ids": trace_ids,
             "created_at": rfc3339(time.time()),
         }
-        return container.assemble(head, status, self.records), head
+        return container.assemble(head, status, records), head
 
 
 def parse(data: bytes) -> Parsed:
@@ -188,7 +210,93 @@ def parse(data: bytes) -> Parsed:
             out.closed = True
     if not out.records and pending_status is not None:
         out.status = pending_status
+    out.watch = _watch_record(data)
     return out
+
+
+def _watch_record(data: bytes) -> tuple[int, int, int] | None:
+    """The block watch's record in the file's last ``SLOT`` bytes, if one is there whole."""
+    if len(data) < SLOT:
+        return None
+    rec = data[-SLOT:]
+    if rec[:5] != b"FDBW\x01":
+        return None
+    t0, seen, task, check = struct.unpack_from("<qqQI", rec, 8)
+    digest = 2166136261
+    for byte in rec[:32]:
+        digest = ((digest ^ byte) * 16777619) & 0xFFFFFFFF
+    if digest != check or t0 <= 0 or seen < t0:
+        return None
+    return t0, seen, task
+
+
+def _watched(
+    watch: tuple[int, int, int],
+    state: dict[str, Any],
+    t_now: int,
+    records: list[tuple[bytes, bytes]],
+    status: dict[str, Any],
+) -> tuple[dict[str, Any], int, tuple[bytes, bytes] | None]:
+    """The state, end time and extra record that the block watch's record adds.
+
+    The watch saw a task step running past the threshold, last at ``seen``. Later than the
+    writer's last write, it is the newest thing known. The watchdog's block in the state is
+    the same block when the step began before it: then only the end moves. Without one, the
+    step held the GIL (the watchdog and the writer could not run): the block is made of the
+    watch's record, named after its task and request from the window's records, and added
+    to the window as a block in progress (``LOOP_BLOCK_ONGOING``, with no stack).
+    """
+    t0, seen, task = watch
+    if seen <= t_now:
+        return state, t_now, None
+    block = state.get("block")
+    if isinstance(block, dict) and isinstance(block.get("start"), int) and t0 <= block["start"]:
+        return state, seen, None
+    coro, rid, method, path = _task_info(records, status, task)
+    request = None
+    if isinstance(method, str) and isinstance(path, str):
+        request = {"id": rid, "method": method, "path": path}
+    if coro == "?":
+        site = "a task step that never released the GIL (begun after the file's last write:"
+        site += " its task is not in it; no stack could be taken)"
+    else:
+        site = f"task {coro} (a step that never released the GIL: no stack could be taken)"
+    state = {**state, "block": {"start": t0, "site": site, "request": request}}
+    label = f"{method} {path} ({coro})" if request is not None else f"task {coro}"
+    event = [LOOP_BLOCK_ONGOING, t0, seen, label, [], rid if isinstance(rid, int) else None]
+    return state, seen, (container.EVTS, container.json_bytes([event]))
+
+
+def _task_info(
+    records: list[tuple[bytes, bytes]], status: dict[str, Any], task: int
+) -> tuple[str, object, object, object]:
+    """(coroutine, request id, method, path) of the task whose raw id is ``task``."""
+    coro: str = "?"
+    rid: object = None
+    starts: dict[object, Any] = {}
+    events: list[Any] = list(status.get("tasks") or []) + list(status.get("requests") or [])
+    for tag, payload in records:
+        try:
+            if tag == container.GENR:
+                events.extend(container._generation(payload).events())
+            else:
+                events.extend(orjson.loads(payload))
+        except Exception:
+            continue
+    for e in events:
+        if not isinstance(e, (list, tuple)) or not e:
+            continue
+        if e[0] == TASK_CREATE and len(e) == 8 and e[TASK_CREATE_TID] == task:
+            coro = str(e[TASK_CREATE_CORO])
+            rid = e[TASK_CREATE_REQUEST]
+        elif e[0] == REQ_START and len(e) == 11:
+            starts[e[REQ_START_RID]] = e
+            if e[REQ_START_TID] == task and rid is None:
+                rid = e[REQ_START_RID]
+    start = starts.get(rid)
+    if start is None:
+        return coro, rid, None, None
+    return coro, rid, start[REQ_START_METHOD], start[REQ_START_PATH]
 
 
 def _obj(raw: bytes) -> dict[str, Any]:

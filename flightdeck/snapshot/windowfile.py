@@ -71,6 +71,9 @@ WSTA = b"WSTA"  #: the writer's state at its last write (JSON)
 CLOS = b"CLOS"  #: the file was closed cleanly
 GONE = b"GONE"  #: a chunk the window evicted (its space is reclaimed at the next rewrite)
 _ZERO = b"\0" * container._CHUNK.size
+#: The last bytes of the file: the native block watch's record (``core/native/blockwatch.h``)
+#: of a task step holding the loop and the GIL, read by the recovery.
+SLOT = 64
 STOP_TAG = b"\0\0\0\0"
 TMP_PREFIX = ".tmp-"
 
@@ -122,9 +125,20 @@ class WindowFile:
     later failures are counted in ``errors`` and give the file up (memory only).
     """
 
-    def __init__(self, directory: str, head: dict[str, Any], capacity: int) -> None:
+    def __init__(
+        self,
+        directory: str,
+        head: dict[str, Any],
+        capacity: int,
+        on_fd: Callable[[int, int], None] | None = None,
+    ) -> None:
         self.directory = directory
-        self.capacity = capacity
+        #: The file's size: its chunks, then the block watch's slot (its last ``SLOT`` bytes).
+        self.size = capacity
+        self.capacity = capacity - SLOT
+        #: Told ``(fd, slot offset)`` whenever the file's descriptor changes (-1: closed),
+        #: before the previous one is closed (``_native.BlockWatch.set_fd``).
+        self.on_fd = on_fd
         self.head_bytes = container.PREAMBLE + container.chunk(
             container.HEAD, container.json_bytes({**head, "window_file": 1})
         )
@@ -163,6 +177,11 @@ class WindowFile:
             self._discard(self.fd, self._tmp_path)
             self.fd = -1
             raise
+        self._tell(self.fd)
+
+    def _tell(self, fd: int) -> None:
+        if self.on_fd is not None:
+            self.on_fd(fd, self.size - SLOT)
 
     def _new_file(self, first: bytes) -> tuple[int, int]:
         """A locked, reserved temporary file holding ``first``: (fd, bytes written)."""
@@ -175,7 +194,7 @@ class WindowFile:
             if not try_lock(fd):  # a fresh file nobody else knows of
                 raise OSError(errno.EWOULDBLOCK, "cannot lock a new window file")
             if hasattr(os, "posix_fallocate"):
-                os.posix_fallocate(fd, 0, self.capacity)
+                os.posix_fallocate(fd, 0, self.size)
             _pwrite_all(fd, first, 0)
             _pwrite_all(fd, _ZERO, len(first))
         except BaseException:
@@ -300,6 +319,7 @@ class WindowFile:
             self.written = {}
             raise
         self.fd = fd
+        self._tell(fd)  # the watch writes to the new file before the old one is closed
         os.close(old_fd)  # its inode is unlinked now; its lock goes with it
         self.rewrites += 1
         return fits
@@ -312,6 +332,8 @@ class WindowFile:
         fd, self.fd = self.fd, -1
         if fd < 0:
             return
+        with contextlib.suppress(Exception):
+            self._tell(-1)
         try:
             if clean:
                 with contextlib.suppress(OSError):
@@ -382,6 +404,19 @@ def _tail_chunks(tail: Any, status: dict[str, Any] | None) -> list[bytes]:
     return out
 
 
+def _block_watch(threshold: float | None) -> Any:
+    """The native block watch (``core/native/blockwatch.h``), or None on the pure core."""
+    if threshold is None:
+        return None
+    from ..core.cores import native_module
+
+    native = native_module()
+    if native is None:
+        return None
+    interval = max(0.05, min(threshold / 2, 0.25))
+    return native.BlockWatch(int(threshold * 1e9), int(interval * 1e9))
+
+
 # -- the process's black box: the file and the thread that writes it -----------------------
 _open_boxes: weakref.WeakSet[BlackBox] = weakref.WeakSet()
 
@@ -403,8 +438,13 @@ class BlackBox:
         state: Callable[[], dict[str, Any]],
         max_bytes: int,
         interval: float = INTERVAL,
+        block_threshold: float | None = None,
     ) -> None:
         self.store = store
+        #: A task step running past this (seconds) is recorded by the native block watch,
+        #: without the GIL (None, or the pure core: not watched).
+        self.block_threshold = block_threshold
+        self.watch: Any = None
         self.directory: str = store.directory
         self.head = head
         self.freeze = freeze
@@ -431,7 +471,12 @@ class BlackBox:
         self._stop = threading.Event()
         self.file = None
         try:
-            wf = WindowFile(self.directory, self.head(), self.capacity)
+            self.watch = _block_watch(self.block_threshold)
+        except (OSError, RuntimeError, ValueError) as exc:
+            self._failed("watch", exc)
+        try:
+            on_fd = self.watch.set_fd if self.watch is not None else None
+            wf = WindowFile(self.directory, self.head(), self.capacity, on_fd)
             wf.create()
             self.file = wf
         except (OSError, ValueError) as exc:
@@ -503,6 +548,9 @@ class BlackBox:
             wf, self.file = self.file, None
         if wf is not None:
             wf.close(clean)
+        watch, self.watch = self.watch, None
+        if watch is not None:
+            watch.close()
 
     def at_exit(self) -> None:
         """The interpreter exits: a clean end unless the loop was in the middle of a block
@@ -531,7 +579,11 @@ class BlackBox:
         self._stop = threading.Event()
         self._thread = None
         _open_boxes.discard(self)
+        if self.watch is not None:
+            self.watch.after_fork()
+            self.watch = None
         if self.file is not None:
+            self.file.on_fd = None
             self.file.forget()
             self.file = None
 

@@ -299,3 +299,42 @@ def test_a_small_window_rewritten_under_load_still_leaves_a_readable_crash_snaps
     doc = _document(directory, crash["id"], core)
     assert [r for r in doc["requests"] if r["path"] == "/fanout"]
     assert doc["tasks"]
+
+
+def test_a_step_holding_the_gil_is_named_by_the_native_block_watch(
+    server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """A step that never releases the GIL stops the watchdog and the window file's writer:
+    the native block watch (no GIL) still records the step, and the crash snapshot of the
+    process killed in it says the loop was blocked, in which task, during which request."""
+    from flightdeck.core.cores import CORE
+
+    if CORE != "native":
+        pytest.skip("the block watch is part of the native core")
+    directory = tmp_path / "snaps"
+    env = _env(directory, "native")
+    srv = server(env=env)
+    http_get(srv.url + "/fast")
+    hung = threading.Thread(target=lambda: _swallow(f"{srv.url}/backtrack"), daemon=True)
+    hung.start()
+    time.sleep(2.0)  # the watch writes every 0.05 s once the step passed loop_blocked
+    os.kill(srv.pid, signal.SIGKILL)
+    _dead(srv)
+    again = server(env=env)
+    crash = _wait_crash(again)
+    reason = crash["trigger"]["reason"]
+    assert "while the loop was blocked for" in reason, reason
+    assert "never released the GIL" in reason and "during GET /backtrack" in reason, reason
+    seconds = float(reason.split("blocked for ")[1].split(" s")[0])
+    assert seconds >= 1.0, reason  # 2 s, less the 0.6 s it awaited first
+    doc = _document(directory, crash["id"], "native")
+    blocks = [e for e in doc["loop"] if e["kind"] == "block" and e.get("ongoing")]
+    assert len(blocks) == 1 and "GET /backtrack" in blocks[0]["callback"], blocks
+    assert doc["trigger"]["request"]["path"] == "/backtrack"
+
+
+def _swallow(url: str) -> None:
+    try:
+        http_get(url, timeout=30)
+    except OSError:
+        pass

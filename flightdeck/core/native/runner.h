@@ -389,7 +389,9 @@ Runner_vectorcall(Runner *r, PyObject *const *args, size_t nargsf, PyObject *kwn
         }
     }
     int64_t t0 = fd_clock();
+    fd_step_begin(t0, raw); /* for BlockWatch, which cannot take the GIL */
     PyObject *res = PyObject_Vectorcall(cb, args + 2, nargs - 2, NULL);
+    fd_step_end();
     int64_t t1 = fd_clock();
     r->steps++;
 #if PY_VERSION_HEX >= 0x030C0000

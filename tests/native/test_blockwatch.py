@@ -10,11 +10,14 @@ from pathlib import Path
 
 import pytest
 
-_native = pytest.importorskip("flightdeck.core._native")
+from flightdeck import FlightRecorder
+from flightdeck.core.cores import native_module
+from flightdeck.snapshot.recovery import _watch_record
+from flightdeck.snapshot.windowfile import SLOT
 
-from flightdeck import FlightRecorder  # noqa: E402
-from flightdeck.snapshot.recovery import _watch_record  # noqa: E402
-from flightdeck.snapshot.windowfile import SLOT  # noqa: E402
+_native = native_module()
+if _native is None:
+    pytest.skip("the native core is disabled or not built", allow_module_level=True)
 
 
 def test_arguments_are_checked_and_close_is_idempotent() -> None:

@@ -433,7 +433,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_arguments(p)
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser(
+        "recover",
+        help="make crash snapshots of the processes that died recording into a directory",
+        description="Each process recording with a snapshot directory keeps its window in"
+        " DIRECTORY/windows/. A file whose process died without stopping its recorder"
+        " (SIGKILL, OOM killer, segfault, os._exit, gunicorn's timeout) becomes a snapshot of"
+        " trigger kind 'crash' in DIRECTORY, then is removed; files of live processes are left"
+        " alone. Live processes sharing the directory do this themselves within a second or"
+        " two; this is for when none is left running.",
+    )
+    p.add_argument("directory", metavar="DIRECTORY", help="the snapshot directory")
+    p.add_argument(
+        "--max-snapshots",
+        type=int,
+        default=20,
+        help="the directory's bound on snapshots (as the service's max_snapshots; default 20)",
+    )
+    p.set_defaults(func=cmd_recover)
     return parser
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    from .snapshot.recovery import recover
+    from .snapshot.store import SnapshotStore
+
+    if not os.path.isdir(args.directory):
+        raise CLIError(f"{args.directory}: not a directory")
+    try:
+        store = SnapshotStore(max_snapshots=args.max_snapshots, directory=args.directory)
+        made = recover(store)
+    except (OSError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    for ident in made:
+        listed = next((s for s in store.list() if s["id"] == ident), None)
+        reason = listed["trigger"]["reason"] if listed else ""
+        print(f"{ident}  crash  {reason}")
+    if not made:
+        print(f"no window file of a dead process in {args.directory}", file=sys.stderr)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -109,8 +109,31 @@ async def own_capture(request: Request) -> Response:
     return JSONResponse({"bytes": n})
 
 
+def fetch_legacy(seconds: float) -> str:
+    """A synchronous call inside ``async def``: what holds a loop until the arbiter kills it."""
+    time.sleep(seconds)
+    return "report"
+
+
+async def report(request: Request) -> Response:
+    return PlainTextResponse(fetch_legacy(_ms(request, 10_000)))
+
+
+async def die(request: Request) -> Response:
+    """Wait ``ms`` (so the writer has copied this request to the window file), then end the
+    process without any shutdown: ``how`` = ``exit`` (``os._exit``) or ``segfault``."""
+    await asyncio.sleep(_ms(request, 1000))
+    if request.query_params.get("how") == "segfault":
+        import ctypes
+
+        ctypes.string_at(0)  # SIGSEGV
+    os._exit(3)
+
+
 _starlette = Starlette(
     routes=[
+        Route("/report", report),
+        Route("/die", die),
         Route("/fanout", fanout),
         Route("/own_capture", own_capture),
         Route("/fast", fast),

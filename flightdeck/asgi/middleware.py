@@ -134,6 +134,9 @@ class FlightDeck(_Base):
             max_bytes=config.max_store_bytes,
             directory=config.directory,
         )
+        if config.directory is not None and self.enabled:
+            # The window in a file under the directory: a crash leaves a snapshot.
+            self.recorder.keep_window_in(self.store)
         self.engine = engine = CaptureEngine(config, self.recorder, self.store)
         self.errors = engine.errors
         self.service = self.recorder.service = resolve_service(config.service, app)

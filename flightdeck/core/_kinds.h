@@ -21,9 +21,10 @@
 #define K_TASK_CANCEL 17
 #define K_TASK_SLOW_STEP 18
 #define K_REQ_ERROR 19
+#define K_LOOP_BLOCK_ONGOING 20
 
 /* One more than the largest kind. */
-#define FD_NKINDS 20
+#define FD_NKINDS 21
 
 /* The native encoder's field layout of each kind (events.native_layout), by kind:
  * NULL for 0 (the generic form), empty for a number no kind has. */
@@ -48,9 +49,10 @@
     "TIVV",       /* 17 TASK_CANCEL t tid stack cause */ \
     "TRIV",       /* 18 TASK_SLOW_STEP t_start t_end tid stack */ \
     "TNV",        /* 19 REQ_ERROR t rid stack */ \
+    "TRVVn",      /* 20 LOOP_BLOCK_ONGOING t_start t_seen callback stack request */ \
 }
 
 /* The same layouts joined by commas, as the native module shows them (SCHEMA). */
-#define FD_SCHEMA_STRING ",TIVVInV,TRIR,TIVVV,TRIV,TRVV,TRV,TN,TNVVVVVVIV,TNnRVVVRn,TRVI,TVVI,TRRVVInV,,,TVV,TRNN,TIVV,TRIV,TNV"
+#define FD_SCHEMA_STRING ",TIVVInV,TRIR,TIVVV,TRIV,TRVV,TRV,TN,TNVVVVVVIV,TNnRVVVRn,TRVI,TVVI,TRRVVInV,,,TVV,TRNN,TIVV,TRIV,TNV,TRVVn"
 
 #endif

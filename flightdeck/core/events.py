@@ -84,6 +84,7 @@ GC: Final = 16
 TASK_CANCEL: Final = 17
 TASK_SLOW_STEP: Final = 18
 REQ_ERROR: Final = 19
+LOOP_BLOCK_ONGOING: Final = 20
 
 SPECS: Final[dict[int, Spec]] = {
     s.kind: s
@@ -249,6 +250,17 @@ SPECS: Final[dict[int, Spec]] = {
             ("rid", "int"),
             ("stack", "stack", "its traceback's code locations, innermost last, bounded"),
         ),
+        _spec(
+            "LOOP_BLOCK_ONGOING",
+            "loop_block_ongoing",
+            "the loop is blocked now (recorded when the watchdog sees it, refreshed while it"
+            " lasts; the block's LOOP_BLOCK, same t_start, replaces it when it ends)",
+            ("t_start", "time"),
+            ("t_seen", "time", "when the watchdog last saw the loop still held"),
+            ("callback", "str?"),
+            ("stack", "stack", "taken while the loop was held"),
+            ("request", "int?", "the request whose task holds the loop"),
+        ),
     )
 }
 
@@ -318,6 +330,13 @@ TASK_SLOW_STEP_START, TASK_SLOW_STEP_END, TASK_SLOW_STEP_TID, TASK_SLOW_STEP_STA
     TASK_SLOW_STEP
 )
 REQ_ERROR_T, REQ_ERROR_RID, REQ_ERROR_STACK = _positions(REQ_ERROR)
+(
+    LOOP_BLOCK_ONGOING_START,
+    LOOP_BLOCK_ONGOING_SEEN,
+    LOOP_BLOCK_ONGOING_CALLBACK,
+    LOOP_BLOCK_ONGOING_STACK,
+    LOOP_BLOCK_ONGOING_REQUEST,
+) = _positions(LOOP_BLOCK_ONGOING)
 
 
 def end_time(event: tuple[Any, ...]) -> int:

@@ -236,7 +236,22 @@ def breakdown(
     if prev_end is None:
         prev_end = start
     if prev_end < end:
-        suspended(prev_end, end, tail=True)
+        # A step that had not ended: the block the watchdog saw in progress (``ongoing``),
+        # named after this request, is its task running on the loop, not suspended.
+        label = f"{req.get('method')} {req.get('path')}"
+        held = [
+            b
+            for b in index.entries_between(prev_end, end, "block")
+            if b.get("ongoing") is True and (text(b.get("callback")) or "").startswith(label)
+        ]
+        b0 = max(prev_end, min(num(b.get("start")) or end for b in held)) if held else end
+        if b0 < end:
+            suspended(prev_end, b0, tail=True)
+            out.running += end - b0
+            site = (text(held[0].get("callback")) or "?").removeprefix(label + ": ")
+            _add(out.ran, f"a step still running at the end: {site}", end - b0)
+        else:
+            suspended(prev_end, end, tail=True)
     return out
 
 

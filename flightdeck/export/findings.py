@@ -194,6 +194,8 @@ def _hog_text(h: Hog, r: Reading) -> str:
     if h.kind == "block":
         block = h.entry if isinstance(h.entry, dict) else {}
         line = f"loop blocked {fmt_duration(num(block.get('duration')))}"
+        if block.get("ongoing") is True:
+            line += " and still blocked (ongoing when the window ends)"
         frame = r.folder.user_frame(h.stack) or innermost(h.stack)
         if frame is not None:
             line += f" in {text(frame.get('function')) or '?'} at "

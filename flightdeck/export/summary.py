@@ -218,6 +218,8 @@ def summarize(doc: dict[str, Any], *, request: Any = None, full: bool = False) -
         head += f"  at {_rel(num(block.get('start')), w_start)}"
         if block.get("callback"):
             head += f"  {text(block.get('callback'))}"
+        if block.get("ongoing") is True:
+            head += "  (ongoing: had not ended when the window ends)"
         add(head)
         frames = dicts(block.get("stack"))
         if frames:

@@ -180,7 +180,7 @@ loopEv.forEach(function (ev, i) {
     return;
   }
   if (ev.kind === 'block') {
-    add(blockRow, 0, {kind: 'block', s: rel(s), e: rel(s + d), label: 'blocked ' + fmtDur(d) + (ev.callback ? ' ' + ev.callback : ''), color: C.block, h: 1, ref: ev, index: i});
+    add(blockRow, 0, {kind: 'block', s: rel(s), e: rel(s + d), label: 'blocked ' + fmtDur(d) + (ev.ongoing === true ? ' (ongoing)' : '') + (ev.callback ? ' ' + ev.callback : ''), color: C.block, h: 1, ref: ev, index: i});
   } else if (ev.kind === 'lag') {
     add(lagRow, 0, {kind: 'lag', s: rel(s), e: rel(s), label: 'lag ' + fmtDur(d), color: C.lag, h: 0.45, ref: ev, index: i, tick: true});
   } else {

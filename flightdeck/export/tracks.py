@@ -352,6 +352,8 @@ def loop_track(w: TraceWriter, loop_tid: int) -> None:
             continue
         if kind == "block":
             name = f"loop blocked {fmt_duration(dur)}" + (f" ({cb})" if cb else "")
+            if ev.get("ongoing") is True:
+                name += " (ongoing)"
             args: dict[str, Any] = {"callback": cb or None, "duration_ms": ms(dur)}
             args["stack"] = frames_text(ev.get("stack")) or None
             w.slice(loop_tid, start, start + dur, name, "block", args, C_BLOCK, P_BLOCK)

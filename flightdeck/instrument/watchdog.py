@@ -21,6 +21,8 @@ from ..core import events as ev
 from ..core.sink import Sink
 from .frames import stack_of
 
+#: A block in progress is recorded again (a fresh stack) at most this often (ns).
+ONGOING_REFRESH_NS = 1_000_000_000
 #: Heartbeat delays above this are recorded as loop lag; others once every LAG_EVERY beats.
 LAG_NOTABLE_NS = 2_000_000
 LAG_EVERY = 10
@@ -64,6 +66,13 @@ class Watchdog:
         self._block_start = 0
         self._block_stack: tuple[Any, ...] = ()
         self._block_name: str | None = None
+        #: The block's application frame (``function (file:line)``) and the request whose task
+        #: held the loop (``{id, method, path}``), for what a crash snapshot says of the end.
+        self._block_site: str | None = None
+        self._block_request: dict[str, Any] | None = None
+        self._described: tuple[str | None, dict[str, Any] | None] = (None, None)
+        self._stopped_in: dict[str, Any] | None = None  # the block the loop stopped in
+        self._ongoing_at = 0  # when the block in progress was last recorded (LOOP_BLOCK_ONGOING)
         #: A heartbeat later than this means a slow callback, sampled and named (not a block).
         self.slow_ns = sink.slow_callback_ns
         self._slow_name: str | None = None
@@ -88,9 +97,26 @@ class Watchdog:
         self._lock = threading.Lock()
         self._pending_since = 0
         self._blocked = False
+        self._stopped_in = None
 
     def close(self) -> None:
         self.closed = True
+
+    def block_in_progress(self) -> dict[str, Any] | None:
+        """The block the loop is in now, as far as the watchdog saw it: ``{start, site,
+        request}`` (``start`` in the recorder's clock), or None. A loop that stopped while
+        blocked (and has not run a heartbeat since) is still in that block."""
+        with self._lock:
+            if not self._blocked:
+                return self._stopped_in
+            return self._block_state()
+
+    def _block_state(self) -> dict[str, Any]:
+        return {
+            "start": self._block_start,
+            "site": self._block_site,
+            "request": self._block_request,
+        }
 
     def counters(self) -> dict[str, Any]:
         return {"blocks": self.blocks, "beats": self._beats, "blocked_now": self._blocked}
@@ -104,6 +130,7 @@ class Watchdog:
             self._last_beat = now
             blocked = self._blocked
             self._blocked = False
+            self._stopped_in = None
             start, stack, name = self._block_start, self._block_stack, self._block_name
             slow_name = self._slow_name
             self._slow_name = None
@@ -148,8 +175,12 @@ class Watchdog:
             return
         if not self.loop.is_running():
             # A stopped loop runs no heartbeat: that is not a block. Forget a pending one so
-            # the wait is not counted from before the loop ran again.
+            # the wait is not counted from before the loop ran again. A loop that stopped in
+            # the middle of a block (an exception such as gunicorn's SystemExit raised inside
+            # the blocked step) is remembered: the process is ending because of it.
             with self._lock:
+                if self._blocked:
+                    self._stopped_in = self._block_state()
                 self._pending_since = 0
                 self._blocked = False
             return
@@ -172,6 +203,8 @@ class Watchdog:
                     self._block_start = max(self._last_beat, self._last_activity(posted))
                     self._block_stack = ()
                     self._block_name = None
+                    self._block_site = None
+                    self._block_request = None
                     capture = True
                 else:
                     capture = False
@@ -188,14 +221,37 @@ class Watchdog:
             with self._lock:
                 if self._pending_since == posted and not self._blocked:
                     self._slow_name = name or "busy"
-        if capture and self.thread_id is not None:
+        refresh = False
+        if not capture and self._blocked and now - self._ongoing_at >= ONGOING_REFRESH_NS:
+            refresh = True
+        if (capture or refresh) and self.thread_id is not None:
             frame = sys._current_frames().get(self.thread_id)
             stack = stack_of(frame) if frame is not None else ()
             name = self._describe(stack)
+            site, request = self._described
             with self._lock:
-                if self._blocked:
+                still = self._blocked
+                if still:
                     self._block_stack = stack
                     self._block_name = name
+                    self._block_site = site
+                    self._block_request = request
+                    start = self._block_start
+            if still:
+                # In the window now, not only when the block ends: a process killed in the
+                # middle of it (gunicorn's timeout) still says what held its loop.
+                self._ongoing_at = now
+                rid = request.get("id") if request is not None else None
+                self.sink.emit(
+                    (
+                        ev.LOOP_BLOCK_ONGOING,
+                        start,
+                        now,
+                        name,
+                        stack,
+                        rid if type(rid) is int else None,
+                    )
+                )
 
     def _last_activity(self, posted: int) -> int:
         """Best guess of when the current callback started: the loop's last recorded event."""
@@ -205,7 +261,9 @@ class Watchdog:
         return last
 
     def _describe(self, stack: tuple[Any, ...]) -> str | None:
+        """The block's label; its site and request are left in ``_described``."""
         site = blocking_site(stack)
+        self._described = (site, None)
         try:
             task = asyncio.current_task(self.loop)
         except Exception:
@@ -225,7 +283,12 @@ class Watchdog:
                         req = candidate
                         break
             if req is not None:
-                label = f"{req[ev.REQ_START_METHOD]} {req[ev.REQ_START_PATH]}"
+                method, path = req[ev.REQ_START_METHOD], req[ev.REQ_START_PATH]
+                label = f"{method} {path}"
+                self._described = (
+                    site,
+                    {"id": req[ev.REQ_START_RID], "method": method, "path": path},
+                )
                 return f"{label}: {site}" if site else f"{label} ({cname})"
             return f"{cname}: {site}" if site else cname
         return site

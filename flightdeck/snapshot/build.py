@@ -46,6 +46,8 @@ KIND_PARTS: dict[int, tuple[str, ...]] = {
     ev.TASK_CANCEL: ("events[cancel]",),
     ev.TASK_SLOW_STEP: ("loop[step]",),
     ev.REQ_ERROR: ("requests[].error_stack",),
+    # A block seen in progress: the block's own entry, ``ongoing`` while it has not ended.
+    ev.LOOP_BLOCK_ONGOING: ("loop[block]",),
 }
 #: Parts made from something other than an event: the header's trigger, and the await
 #: chains of the tasks still pending when the window was frozen (``Frozen.extra``).
@@ -189,6 +191,10 @@ class _Builder(TaskTable):
         self.packer = packer()
         #: The steps of the tasks the last ``feed`` touched (raw id -> hot-path entry).
         self.touched: dict[int, tuple[str, Steps, Any]] = {}
+        #: Blocks seen in progress (t_start -> their latest LOOP_BLOCK_ONGOING), and the
+        #: starts of the blocks that ended (a LOOP_BLOCK): see ``close_ongoing``.
+        self.ongoing: dict[int, Event] = {}
+        self.ended: set[int] = set()
 
     # -- requests ---------------------------------------------------------------------------
     def _request(self, e: Event) -> Doc:
@@ -319,6 +325,9 @@ class _Builder(TaskTable):
             elif k == ev.LOOP_BLOCK:
                 _, t0, t1, cb, stack = e
                 self._loop_entry("block", t0, t1 - t0, cb, _stack(stack) or [])
+                self.ended.add(t0)
+            elif k == ev.LOOP_BLOCK_ONGOING:
+                self.ongoing[e[ev.LOOP_BLOCK_ONGOING_START]] = e
             elif k == ev.LOOP_CALLBACK:
                 _, t0, t1, name = e
                 self._loop_entry("callback", t0, t1 - t0, name, None)
@@ -402,6 +411,19 @@ class _Builder(TaskTable):
                 steps.pack(compressor)
         self.touched = {}
 
+    def close_ongoing(self, t_now: int) -> None:
+        """A loop entry ``block`` with ``ongoing: true`` for each block seen in progress that
+        did not end in the window (the process died in it, or it still holds the loop): its
+        duration so far, to the window's end, with the latest stack the watchdog took."""
+        for t0, e in self.ongoing.items():
+            if t0 in self.ended:
+                continue
+            _, _, t_seen, cb, stack, _rid = e
+            self._loop_entry("block", t0, max(t_seen, t_now) - t0, cb, _stack(stack) or [])
+            self.loop[-1]["ongoing"] = True
+        self.ongoing = {}
+        self.ended = set()
+
     def _loop_entry(
         self, kind: str, t0: int, dur_ns: int, callback: str | None, stack: Any
     ) -> None:
@@ -484,6 +506,7 @@ def assemble(
     b.last_end.clear()
     b.created_ns.clear()
     b.older.clear()
+    b.close_ongoing(frozen.t_now)
     requests, tasks = b.finish(frozen.extra.get("awaiting", {}), frozen.extra.get("names", {}))
     end = b.ts(frozen.t_now)
     start = b.ts(b.t_min) if b.t_min is not None else end
@@ -491,6 +514,10 @@ def assemble(
     trig["time"] = b.ts(trigger_time_ns if trigger_time_ns is not None else frozen.t_now)
     if trig.get("request") is None and trig.get("kind") == "loop_blocked":
         trig["request"] = causes.blocked_request(trig["time"], b.loop, b.requests)
+    elif trig.get("kind") == "crash" and isinstance(trig.get("request"), dict):
+        # A crash names the request its loop was blocked in by id: the window's record of it.
+        found = b.requests.get(trig["request"].get("id"))
+        trig["request"] = dict(found) if found is not None else None
     return {
         "format": FORMAT,
         "id": snapshot_id,

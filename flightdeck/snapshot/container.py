@@ -336,6 +336,46 @@ def write(
     return [_PREAMBLE, header, *body]
 
 
+def chunk(tag: bytes, payload: bytes, level: int = 0) -> bytes:
+    """One chunk of ``payload`` (zlib at ``level`` when that makes it smaller): for writers
+    that lay chunks out themselves, such as a process's window file (``windowfile.py``)."""
+    return _chunk(tag, payload, level)
+
+
+def chunk_header(tag: bytes, compressed: bool, length: int, crc: int) -> bytes:
+    """The header of a chunk whose payload (``length`` bytes, checksum ``crc``) is already
+    made, zlib'd or not: written before it, the payload never copied."""
+    return _CHUNK.pack(tag, ZLIB if compressed else 0, length, crc)
+
+
+def json_bytes(value: Any) -> bytes:
+    """``value`` as the container's JSON chunks hold it."""
+    return _json(value)
+
+
+#: What a stored snapshot (or a window file) starts with: ``MAGIC`` and the version.
+PREAMBLE = _PREAMBLE
+
+
+def assemble(
+    head: Header,
+    status: dict[str, Any],
+    records: list[tuple[bytes, bytes]],
+    level: int = CAPTURE_LEVEL,
+) -> list[bytes]:
+    """A stored snapshot of records already in their stored form: ``(tag, payload)`` of
+    ``GENR``/``EVTS`` chunks as a window file holds them, copied without decoding.
+
+    ``head`` is complete (``t_now``, ``dropped``, ... included); ``status`` is the ``STAT``
+    chunk's object (the tasks and requests alive at the oldest record).
+    """
+    body = [_chunk(STAT, _json(status), level)]
+    for tag, payload in records:
+        body.append(_chunk(tag, payload, level if tag == EVTS else RECORDS_LEVEL))
+    body.append(_chunk(END, _json({"chunks": len(body) + 2})))
+    return [_PREAMBLE, _chunk(HEAD, _json(head)), *body]
+
+
 # -- reading ----------------------------------------------------------------------------------
 def _preamble(data: bytes | memoryview) -> None:
     if len(data) < len(_PREAMBLE) or bytes(data[: len(MAGIC)]) != MAGIC:

@@ -15,6 +15,7 @@ from time import perf_counter_ns
 from typing import IO, Any
 
 from .._version import __version__
+from ..core import events as ev
 from ..core import registry
 from ..core.config import (
     DEFAULT_LOOP_BLOCKED,
@@ -126,6 +127,10 @@ class FlightRecorder:
         self._errors = 0
         #: ``process.service`` of its snapshots (``FlightDeck`` sets it; None leaves it out).
         self.service: str | None = None
+        #: The store whose directory keeps this recorder's window in a file while it records
+        #: (``keep_window_in``), and the writer of that file (``windowfile.BlackBox``).
+        self._window_store: SnapshotStore | None = None
+        self._blackbox: Any = None
 
     # -- lifecycle --------------------------------------------------------------------------
     @property
@@ -173,6 +178,69 @@ class FlightRecorder:
         self._start_thread()
         if loop is not None:
             self._arm_guard(loop)
+        self._start_blackbox()
+
+    def keep_window_in(self, store: SnapshotStore) -> None:
+        """While recording, keep the window in a file under ``store``'s directory, so that
+        a death without ``stop()`` leaves a crash snapshot there (``windowfile.py``); the
+        files of processes that died are made into crash snapshots in ``store``.
+
+        Takes effect at the next ``start()``; a store without a directory does nothing.
+        """
+        self._window_store = store if store.directory is not None else None
+
+    def _start_blackbox(self) -> None:
+        if self._window_store is None:
+            return
+        from .windowfile import BlackBox
+
+        try:
+            box = BlackBox(
+                self._window_store,
+                self._file_head,
+                self._window.freeze,
+                self._file_state,
+                self.max_bytes,
+            )
+            box.start(block=self._block_now)
+            self._blackbox = box
+        except Exception:  # never into the app: the window stays in memory
+            self._errors += 1
+
+    def _file_head(self) -> dict[str, Any]:
+        return {
+            "process": self._process_info(),
+            "clock_offset_ns": self._clock_offset_ns,
+            "options": {"window": self.window, "max_bytes": self.max_bytes},
+            "core": CORE,
+        }
+
+    def _file_state(self) -> dict[str, Any]:
+        """What the window file's writer records beside the window at each write: with the
+        requests in flight (how many, the three oldest), what a crash snapshot's reason says
+        the process was doing."""
+        live = list(self.live_requests.values())  # one C call: atomic under the GIL
+        oldest = sorted((e[0] for e in live), key=lambda start: start[ev.REQ_START_T])[:3]
+        return {
+            "t_now": perf_counter_ns(),
+            "time": time.time(),
+            "dropped": self._window.dropped,
+            "inflight": len(live),
+            "oldest": [
+                [
+                    e[ev.REQ_START_RID],
+                    e[ev.REQ_START_METHOD],
+                    e[ev.REQ_START_PATH],
+                    e[ev.REQ_START_T],
+                ]
+                for e in oldest
+            ],
+            "block": self._block_now(),
+        }
+
+    def _block_now(self) -> dict[str, Any] | None:
+        wd = self._watchdog
+        return wd.block_in_progress() if wd is not None else None
 
     def _arm_guard(self, loop: asyncio.AbstractEventLoop) -> None:
         self._guard_gen += 1
@@ -234,6 +302,9 @@ class FlightRecorder:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=2.0)
         self._thread = None
+        box, self._blackbox = self._blackbox, None
+        if box is not None:
+            box.stop(clean=True)
         if self._watchdog is not None:
             self._watchdog.close()
             self._watchdog = None
@@ -475,6 +546,9 @@ class FlightRecorder:
         if self._watchdog is not None:
             self._watchdog.after_fork()
         self._start_thread()
+        box, self._blackbox = self._blackbox, None
+        if box is not None:
+            box.after_fork()  # the parent's file is left alone; the child keeps none
 
     @property
     def internal_errors(self) -> int:
@@ -513,6 +587,8 @@ class FlightRecorder:
         if self._watchdog is not None:
             out["watchdog"] = self._watchdog.counters()
         out["gc"] = self._gc.counters()
+        if self._blackbox is not None:
+            out["window_file"] = self._blackbox.stats()
         return out
 
     def __repr__(self) -> str:

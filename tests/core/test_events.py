@@ -40,6 +40,7 @@ KIND_CONSTANTS = {
         "TASK_CANCEL",
         "TASK_SLOW_STEP",
         "REQ_ERROR",
+        "LOOP_BLOCK_ONGOING",
     )
 }
 

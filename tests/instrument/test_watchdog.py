@@ -200,3 +200,49 @@ def test_slow_callback_sampled_and_named(run: Runner) -> None:
     assert slow[0]["duration"] >= 0.01
     assert "busy_for_a_while" in (slow[0]["callback"] or "")
     assert not any(e["kind"] == "block" for e in doc["loop"])
+
+
+def test_a_block_in_progress_is_in_the_window_before_it_ends(run: Runner) -> None:
+    """A snapshot taken while the loop is still held shows the block (``ongoing``), its
+    stack refreshed while it lasts; once it ends, the block is there once, not ongoing."""
+    release = threading.Event()
+    seen: dict[str, Any] = {}
+
+    def observer(rec: FlightRecorder, wd: Watchdog) -> None:
+        try:
+            assert wait_for(lambda: wd._blocked and bool(wd._block_stack))
+            time.sleep(1.3)  # past one refresh (at most once a second)
+            seen["doc"] = rec.snapshot("during").to_dict()
+            seen["still_blocked"] = not release.is_set()
+        finally:
+            release.set()
+
+    async def handler() -> None:
+        block_the_loop_until(release)
+
+    async def main() -> dict[str, Any]:
+        rec = FlightRecorder(loop_blocked=0.05)
+        rec.start()
+        try:
+            wd = rec._watchdog
+            assert isinstance(wd, Watchdog)
+            obs = threading.Thread(target=observer, args=(rec, wd))
+            obs.start()
+            await asyncio.create_task(handler(), name="handler")
+            obs.join(10)
+            assert await await_for(lambda: wd.blocks == 1)
+            return rec.snapshot("after").to_dict()
+        finally:
+            rec.stop()
+
+    after = run(main())
+    assert seen["still_blocked"]
+    during = [e for e in seen["doc"]["loop"] if e["kind"] == "block"]
+    assert len(during) == 1, during  # the refreshed record replaces the first one
+    assert during[0]["ongoing"] is True
+    assert during[0]["duration"] >= 1.0
+    assert during[0]["stack"][-1]["function"] == "block_the_loop_until"
+    assert "handler" in during[0]["callback"]
+    blocks = [e for e in after["loop"] if e["kind"] == "block"]
+    assert len(blocks) == 1 and "ongoing" not in blocks[0]
+    assert blocks[0]["start"] == during[0]["start"]

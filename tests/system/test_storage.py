@@ -93,7 +93,8 @@ async def test_disk_full_or_read_only_keeps_snapshot_in_memory(
     assert len(listed) == 2
     for item in listed:
         assert deck.store.get(item["id"]) is not None  # kept in memory
-    assert list(tmp_path.iterdir()) == []  # the temporary files were removed
+    # The temporary files were removed (windows/ holds the recording process's window file).
+    assert [p for p in tmp_path.iterdir() if p.name != "windows"] == []
     stats = deck.store.stats()
     assert stats["errors"] == 2 and stats["written"] == 0
     assert deck.status()["capture_failures"] == 0  # the capture itself succeeded

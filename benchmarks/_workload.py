@@ -68,9 +68,9 @@ class EventSource:
             e = s + 6_000 + (rid % 13) * 100
             emit((ev.TASK_STEP, s, e, tid, s - 1_500))
             s = e + 9_000
-        emit((ev.TASK_DONE, s, tid, "done", None))
+        emit((ev.TASK_DONE, s, tid, "done", None, create[ev.TASK_CREATE_NAME]))
         self.live_tasks.pop(tid, None)
-        emit((ev.REQ_END, s + 400, rid, 200, s - 8_000, ROUTE, False, None, s + 300))
+        emit((ev.REQ_END, s + 400, rid, 200, s - 8_000, ROUTE, False, None, s + 300, None))
         self.live_requests.pop(rid, None)
         self.t = s + 20_000
         return self.per_request

@@ -448,6 +448,12 @@ def test_trace_ids_are_kept_beside_a_segment_compactly_and_in_order() -> None:
     plain = Traces([(5, TRACE), (6, "c" * 32), (5, "d" * 32)])
     assert not plain.odd and plain.find(5) == "d" * 32 and plain.find(7) is None
     assert plain.nbytes == 200 + 3 * 24 and Traces([]).nbytes == 0
+    # Each way out of the packed-in-one-go path: an uppercase id, a request id past 64 bits,
+    # a bool for a request id (an int to array(), not to the header).
+    for odd in ((1, TRACE.upper()), (2**64, TRACE), (True, TRACE)):
+        traces = Traces([(5, TRACE), odd])
+        assert list(traces.pairs()) == [(5, TRACE), odd] and traces.odd == {1: odd}
+        assert type(list(traces.pairs())[1][0]) is type(odd[0])
 
 
 def test_a_segment_keeps_its_requests_trace_ids_and_counts_them() -> None:

@@ -320,3 +320,9 @@ def test_a_pure_capture_into_the_store_pins_the_windows_bytes(tmp_path: Any) -> 
     pieces = container.write(frozen, _head(), level=0)
     assert all(any(p is s.data for p in pieces) for s in segs)
     assert container.read_document(b"".join(pieces))["window"]["events"] == w.events
+
+
+@pytest.mark.skipif(CORE != "python", reason="the pure core's window")
+def test_the_recorders_pure_window_seals_with_the_stored_forms_encoder() -> None:
+    rec = FlightRecorder(loop_blocked=None)
+    assert rec._window._encode is container.encode_events

@@ -280,7 +280,8 @@ def test_a_small_window_rewritten_under_load_still_leaves_a_readable_crash_snaps
     for t in loaders:
         t.start()
     try:
-        deadline = time.monotonic() + 30
+        # Until the first rewrite: about 40 s of this load on a loaded 2-core machine.
+        deadline = time.monotonic() + 150
         rewrites = 0
         while time.monotonic() < deadline and rewrites < 1:
             status = get_json(srv.url + PREFIX + "/status")

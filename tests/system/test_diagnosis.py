@@ -172,7 +172,8 @@ def _snapshot_of(srv: ThreadServer, path: str) -> tuple[str, dict[str, Any]]:
                 return str(item["id"])
         return None
 
-    ident = wait_until(found, timeout=15)
+    # Generous: on a loaded machine the trigger's capture_delay and build run late.
+    ident = wait_until(found, timeout=45)
     status, headers, text = http_get(f"{srv.url}{PREFIX}/snapshots/{ident}?format=summary")
     assert status == 200 and headers["content-type"].startswith("text/plain")
     _, _, raw = http_get(f"{srv.url}{PREFIX}/snapshots/{ident}")

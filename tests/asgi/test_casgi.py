@@ -32,14 +32,6 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(params=["native", "python"])
-def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "native" and accel.casgi is None:
-        pytest.skip("the extension is not built")
-    monkeypatch.setenv("FLIGHTDECK_NO_EXTENSIONS", "" if request.param == "native" else "1")
-    return str(request.param)
-
-
 def make(app: Any, decks: list[Any], **options: Any) -> FlightDeck:
     options.setdefault("endpoint", None)
     options.setdefault("capture_delay", 0.0)

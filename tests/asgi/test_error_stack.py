@@ -14,7 +14,6 @@ import pytest
 from support import http_scope
 
 from flightdeck import FlightDeck
-from flightdeck.asgi import accel
 from flightdeck.asgi import middleware as middleware_module
 from flightdeck.instrument.frames import MAX_STACK
 
@@ -26,14 +25,6 @@ HERE = __file__
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture(params=["native", "python"])
-def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "native" and accel.casgi is None:
-        pytest.skip("the extension is not built")
-    monkeypatch.setenv("FLIGHTDECK_NO_EXTENSIONS", "" if request.param == "native" else "1")
-    return str(request.param)
 
 
 async def make(app: Any, decks: list[Any], path: str) -> FlightDeck:

@@ -37,16 +37,6 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(params=["native", "python"])
-def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    from flightdeck.asgi import accel
-
-    if request.param == "native" and accel.casgi is None:
-        pytest.skip("the extension is not built")
-    monkeypatch.setenv("FLIGHTDECK_NO_EXTENSIONS", "" if request.param == "native" else "1")
-    return str(request.param)
-
-
 def long_scope(i: int) -> dict[str, Any]:
     # 2 KB of path and 4 KB of query (about the most the window records of each), each
     # request its own.

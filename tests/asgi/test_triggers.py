@@ -10,7 +10,6 @@ import pytest
 from support import drive, http_scope
 
 from flightdeck import FlightDeck, LoopBlocked, RequestInfo, ServerError, SlowRequest
-from flightdeck.asgi import accel
 from flightdeck.asgi.triggers import Gate, RateLimiter, RequestChecks, Trigger
 
 
@@ -123,14 +122,6 @@ def test_rate_limit_caps_a_storm() -> None:
 
 
 # -- what the triggers need, stated by themselves ------------------------------------------
-
-
-@pytest.fixture(params=["native", "python"])
-def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "native" and accel.casgi is None:
-        pytest.skip("the extension is not built")
-    monkeypatch.setenv("FLIGHTDECK_NO_EXTENSIONS", "" if request.param == "native" else "1")
-    return str(request.param)
 
 
 @pytest.fixture

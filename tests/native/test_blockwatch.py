@@ -17,6 +17,7 @@ from flightdeck.snapshot.windowfile import SLOT
 
 _native = native_module()
 if _native is None:
+    # As every native test: the pure-core run disables the extension on purpose.
     pytest.skip("the native core is disabled or not built", allow_module_level=True)
 
 

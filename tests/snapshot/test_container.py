@@ -322,6 +322,7 @@ def test_a_pure_capture_into_the_store_pins_the_windows_bytes(tmp_path: Any) -> 
     assert container.read_document(b"".join(pieces))["window"]["events"] == w.events
 
 
+# Only the pure window takes an encoder; the native one encodes in C.
 @pytest.mark.skipif(CORE != "python", reason="the pure core's window")
 def test_the_recorders_pure_window_seals_with_the_stored_forms_encoder() -> None:
     rec = FlightRecorder(loop_blocked=None)

@@ -312,6 +312,7 @@ def test_a_step_holding_the_gil_is_named_by_the_native_block_watch(
     from flightdeck.core.cores import CORE
 
     if CORE != "native":
+        # The watch is C that runs without the GIL; the pure core has no equivalent.
         pytest.skip("the block watch needs the native core: native core is disabled")
     directory = tmp_path / "snaps"
     env = _env(directory, "native")

@@ -46,6 +46,10 @@ def crunch(seconds: float) -> int:
 #: however the client threads are scheduled.
 HOG_WAITING = threading.Event()
 VICTIM_IN = asyncio.Event()
+#: Set once the holder has the lock and once the pool hog's jobs fill the pool: the test
+#: sends the victim only then, so it waits behind them however the client threads run.
+LOCK_HELD = threading.Event()
+POOL_FULL = threading.Event()
 
 
 async def victim(request: Request) -> Response:
@@ -90,6 +94,7 @@ async def collect(request: Request) -> Response:
 
 async def holder(request: Request) -> Response:
     async with LOCK:
+        LOCK_HELD.set()
         await asyncio.sleep(0.2)
     return PlainTextResponse("held")
 
@@ -110,7 +115,9 @@ def slow_io() -> None:
 
 async def pool_hog(request: Request) -> Response:
     loop = asyncio.get_running_loop()
-    await asyncio.gather(*(loop.run_in_executor(POOL, slow_io) for _ in range(4)))
+    jobs = [loop.run_in_executor(POOL, slow_io) for _ in range(4)]  # submitted here
+    POOL_FULL.set()
+    await asyncio.gather(*jobs)
     return PlainTextResponse("pool hogged")
 
 
@@ -192,15 +199,14 @@ def _idle(srv: ThreadServer) -> None:
     wait_until(idle, timeout=15)
 
 
-def _together(*paths: str, gap: float = 0.01) -> None:
-    threads = []
-    for path in paths:
-        t = threading.Thread(target=http_get, args=(path,))
-        t.start()
-        threads.append(t)
-        time.sleep(gap)
-    for t in threads:
-        t.join(15)
+def _behind(first: str, ready: threading.Event, victim: str) -> None:
+    """Send ``first``, wait until it set ``ready`` on the server, then send ``victim``."""
+    ready.clear()
+    client = threading.Thread(target=http_get, args=(first,))
+    client.start()
+    wait_until(ready.is_set, timeout=15)
+    http_get(victim)
+    client.join(15)
 
 
 def _adds_up(doc: dict[str, Any]) -> None:
@@ -262,7 +268,7 @@ def test_a_gc_pause_is_a_finding_and_counted_in_the_request(srv: ThreadServer) -
 
 def test_a_lock_held_across_an_await_shows_where_the_victim_waited(srv: ThreadServer) -> None:
     _idle(srv)
-    _together(f"{srv.url}/holder", f"{srv.url}/waiter", gap=0.03)
+    _behind(f"{srv.url}/holder", LOCK_HELD, f"{srv.url}/waiter")
     text, doc = _snapshot_of(srv, "/waiter")
     why = next(line for line in text.splitlines() if line.startswith("why:"))
     assert "suspended (awaiting Lock.acquire at waiter (test_diagnosis.py:" in why, why
@@ -271,7 +277,7 @@ def test_a_lock_held_across_an_await_shows_where_the_victim_waited(srv: ThreadSe
 
 def test_a_saturated_thread_pool_shows_queued_time(srv: ThreadServer) -> None:
     _idle(srv)
-    _together(f"{srv.url}/pool-hog", f"{srv.url}/pool")
+    _behind(f"{srv.url}/pool-hog", POOL_FULL, f"{srv.url}/pool")
     text, doc = _snapshot_of(srv, "/pool")
     head = _head(text)
     why = next(line for line in text.splitlines() if line.startswith("why:"))

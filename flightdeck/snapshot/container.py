@@ -235,7 +235,7 @@ def stream(
     level: int = CAPTURE_LEVEL,
     records_level: int = RECORDS_LEVEL,
     annotate: Callable[[dict[str, Any]], None] | None = None,
-    extra: Iterable[bytes] = (),
+    extra: Iterable[Iterable[bytes]] = (),
 ) -> Iterator[bytes]:
     """Like :func:`write`, one piece at a time as they are made: a native window's
     generations are dumped as the consumer takes them, a pure window's sealed segments are
@@ -286,9 +286,9 @@ def stream(
     if live is not None:
         n += 1
         yield live
-    for piece in extra:  # whole chunks (a host capture's other processes)
+    for more in extra:  # more chunks, each in pieces (a host capture's other processes)
         n += 1
-        yield piece
+        yield from more
     yield _chunk(END, _json({"chunks": n + 1}))
 
 
@@ -299,7 +299,7 @@ def write(
     level: int = CAPTURE_LEVEL,
     records_level: int = RECORDS_LEVEL,
     annotate: Callable[[dict[str, Any]], None] | None = None,
-    extra: Iterable[bytes] = (),
+    extra: Iterable[Iterable[bytes]] = (),
 ) -> list[bytes]:
     """The stored form of ``frozen``, in pieces to write in order (never joined here).
 
@@ -347,9 +347,12 @@ def write(
     live = _live_chunk(frozen, level)
     if live is not None:
         body.append(live)
-    body.extend(extra)  # whole chunks (a host capture's other processes)
+    chunks = len(body)
+    for more in extra:  # more chunks, each in pieces (a host capture's other processes)
+        body.extend(more)
+        chunks += 1
     header = _finish_head(head, frozen, index, count, "python", annotate)
-    body.append(_chunk(END, _json({"chunks": len(body) + 2})))  # HEAD, body, END
+    body.append(_chunk(END, _json({"chunks": chunks + 2})))  # HEAD, body, END
     return [_PREAMBLE, header, *body]
 
 

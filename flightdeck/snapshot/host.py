@@ -26,7 +26,7 @@ import os
 import stat
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
@@ -165,23 +165,24 @@ def _process_of(fd: int) -> dict[str, Any]:
     return process
 
 
-def read_window(fd: int, limit: int = MAX_PEER_BYTES) -> bytes:
-    """A window file's bytes up to its last complete chunk, ``GONE`` chunks left out (a
-    stored form ``iter_chunks(strict=False)`` reads). A chunk the writer was writing at that
-    moment fails its checksum: read again, up to ``TORN_RETRIES`` times."""
-    best = b""
+def read_window(fd: int, limit: int = MAX_PEER_BYTES) -> tuple[list[memoryview], int, int]:
+    """A window file's chunks up to its last complete one, ``GONE`` chunks left out: the
+    pieces of a stored form ``iter_chunks(strict=False)`` reads (views of one read of the
+    file, never copied again), their length and their crc32. A chunk the writer was writing
+    at that moment fails its checksum: read again, up to ``TORN_RETRIES`` times."""
+    best: tuple[list[memoryview], int, int] = ([], 0, 0)
     for _ in range(TORN_RETRIES):
-        data, torn = _read_once(fd, limit)
-        if len(data) > len(best):
-            best = data
+        pieces, length, crc, torn = _read_once(fd, limit)
+        if length > best[1]:
+            best = (pieces, length, crc)
         if not torn:
             break
-    if not best:
+    if best[1] <= len(container.PREAMBLE):
         raise container.ContainerError("window file holds no readable chunk")
     return best
 
 
-def _read_once(fd: int, limit: int) -> tuple[bytes, bool]:
+def _read_once(fd: int, limit: int) -> tuple[list[memoryview], int, int, bool]:
     size = min(os.fstat(fd).st_size, limit)
     pre = len(container.PREAMBLE)
     pos = pre
@@ -196,46 +197,64 @@ def _read_once(fd: int, limit: int) -> tuple[bytes, bool]:
     data = memoryview(_pread_all(fd, pos))
     if bytes(data[: len(container.MAGIC)]) != container.MAGIC:
         raise container.ContainerError("not a window file (bad magic)")
-    parts = [bytes(data[:pre])]
+    pieces = [data[:pre]]
+    crc = zlib.crc32(pieces[0])
+    total = pre
     at = pre
     while at + _HEADER.size <= len(data):
-        tag, _flags, length, crc = _HEADER.unpack_from(data, at)
+        tag, _flags, length, chunk_crc = _HEADER.unpack_from(data, at)
         end = at + _HEADER.size + length
-        if end > len(data) or zlib.crc32(data[at + _HEADER.size : end]) != crc:
-            return b"".join(parts), True  # torn by a write in progress
+        if end > len(data) or zlib.crc32(data[at + _HEADER.size : end]) != chunk_crc:
+            return pieces, total, crc, True  # torn by a write in progress
         if tag != GONE:
-            parts.append(bytes(data[at:end]))
+            piece = data[at:end]
+            pieces.append(piece)
+            crc = zlib.crc32(piece, crc)
+            total += len(piece)
         at = end
-    return b"".join(parts), False
+    return pieces, total, crc, False
 
 
-def _pread_all(fd: int, size: int) -> bytes:
-    parts = []
+def _pread_all(fd: int, size: int) -> bytearray:
+    """The first ``size`` bytes of the file (fewer at its end), read into one buffer."""
+    buf = bytearray(size)
+    view = memoryview(buf)
     pos = 0
     while pos < size:
-        block = os.pread(fd, min(size - pos, 1 << 20), pos)
-        if not block:
+        n = os.preadv(fd, [view[pos : pos + (1 << 20)]], pos)
+        if n <= 0:
             break
-        parts.append(block)
-        pos += len(block)
-    return b"".join(parts)
+        pos += n
+    view.release()
+    del buf[pos:]
+    return buf
 
 
-def host_chunks(peers: list[Peer], skipped: list[dict[str, Any]]) -> Iterator[bytes]:
-    """The ``PROC`` and ``PSKP`` chunks of a host capture, one process at a time (each
-    file read when its turn comes; its descriptor closed once read)."""
+def host_chunks(peers: list[Peer], skipped: list[dict[str, Any]]) -> Iterator[Iterable[bytes]]:
+    """The ``PROC`` and ``PSKP`` chunks of a host capture, each as its pieces, one process
+    at a time: each file is read when its turn comes (its descriptor closed once read), and
+    each of its chunks copied out of that one read as it is written."""
     for note in skipped:
-        yield container.chunk(PSKP, container.json_bytes(note))
+        yield [container.chunk(PSKP, container.json_bytes(note))]
     for peer in peers:
         try:
-            data = read_window(peer.fd)
+            pieces, length, crc = read_window(peer.fd)
         except (OSError, container.ContainerError, ValueError) as exc:
             note = skip_note(peer.pid, peer.name, exc)
-            yield container.chunk(PSKP, container.json_bytes(note))
+            yield [container.chunk(PSKP, container.json_bytes(note))]
             continue
         finally:
             peer.close()
-        yield container.chunk(PROC, data, container.RECORDS_LEVEL)
+        yield _pieces(container.chunk_header(PROC, False, length, crc), pieces)
+
+
+def _pieces(header: bytes, views: list[memoryview]) -> Iterator[bytes]:
+    yield header
+    views.reverse()
+    while views:
+        view = views.pop()
+        yield bytes(view)
+        view.release()
 
 
 # -- reading: one document across the processes ---------------------------------------------

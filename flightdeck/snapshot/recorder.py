@@ -452,7 +452,7 @@ class FlightRecorder:
         scope: str = "process",
     ) -> StoredInfo:
         with self._building():
-            others: Iterable[bytes] = ()
+            others: Iterable[Iterable[bytes]] = ()
             peers: list[Any] = []
             if scope == "host":
                 peers, others = self._host_part(store, head)
@@ -466,7 +466,7 @@ class FlightRecorder:
 
     def _host_part(
         self, store: SnapshotStore, head: dict[str, Any]
-    ) -> tuple[list[Any], Iterable[bytes]]:
+    ) -> tuple[list[Any], Iterable[Iterable[bytes]]]:
         """The other live processes of ``store``'s directory, named in ``head``, and their
         chunks, each read as the store writes it."""
         from . import host

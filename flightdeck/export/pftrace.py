@@ -1091,22 +1091,29 @@ def to_pftrace(doc: dict[str, Any]) -> bytes:
     parts = split_processes(doc)
     if len(parts) == 1:
         return _one_trace(doc)[0]
-    out = []
-    flows = 0
-    for n, part in enumerate(parts):
-        # Process n's uuids: n << 32 for the process, its tracks' just above.
-        data, used = _one_trace(part, uuid_base=n << 32, flow_base=flows, floor=0)
-        flows += used
-        out.append(data)
-    return b"".join(out)
+    floor = 0
+    while True:
+        out = []
+        flows = 0
+        earliest = floor
+        for n, part in enumerate(parts):
+            # Process n's uuids: n << 32 for the process, its tracks' just above.
+            data, used, lo = _one_trace(part, uuid_base=n << 32, flow_base=flows, floor=floor)
+            flows += used
+            earliest = min(earliest, lo)
+            out.append(data)
+        if earliest == floor:
+            return b"".join(out)
+        # Something of one process lies before the window: every clock counts from there.
+        floor = earliest
 
 
 def _one_trace(
     doc: dict[str, Any], uuid_base: int = 0, flow_base: int = 0, floor: int | None = None
-) -> tuple[bytes, int]:
-    """The trace of one process's document and the flow ids it used; ``floor``: the clock
-    counts from no later than this (ns after the window's start), so that the traces of
-    several processes align."""
+) -> tuple[bytes, int, int]:
+    """The trace of one process's document, the flow ids it used and the time its clock
+    counts from (ns after the window's start); ``floor``: no later than this, so that the
+    traces of several processes align."""
     w = _Writer(doc)
     if uuid_base:
         w.next_tid = uuid_base + 1
@@ -1229,7 +1236,7 @@ def _one_trace(
             if k % 1024 == 1023 and len(raw) >= _BUNDLE:
                 bundles.cut()
                 raw = bundles.raw
-        return bundles.finish(), len(w.flows)
+        return bundles.finish(), len(w.flows), lo
     finally:
         bundles.close()
 

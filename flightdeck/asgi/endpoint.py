@@ -535,5 +535,6 @@ class _Endpoint:
         status = self.backend.status()  # configuration errors, then refused captures
         notes = [*status.get("config_errors", ()), *status.get("not_captured", ())]
         logout = self.access.token is not None
-        page = render_index(listing, base, nonce, logout=logout, not_captured=notes)
+        host = self.backend.store.directory is not None
+        page = render_index(listing, base, nonce, logout=logout, not_captured=notes, host=host)
         return _response(page, 200, "text/html", headers)

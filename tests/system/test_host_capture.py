@@ -129,6 +129,11 @@ def test_a_host_capture_of_four_workers_holds_four_processes_lanes(
     assert set(entry["processes"]) == pids
     stored = (directory / f"{body['id']}.fdk").stat().st_size
     assert entry["size"] == stored
+    # The list page offers the capture of all workers, and says what each capture holds.
+    status, _, page = http_get(srv.url + PREFIX + "/", Accept="text/html")
+    assert status == 200
+    assert f'data-url="{PREFIX}/snapshots?scope=host"' in page.decode()
+    assert "(+3 processes)" in page.decode()
 
     doc = _document(srv, body["id"])
     _check_document(doc, pids)
@@ -281,6 +286,8 @@ def test_without_a_directory_scope_host_is_refused(
     assert "process, host" in body["error"], body
     status, _ = _post(f"{srv.url}{PREFIX}/snapshots")  # the process scope still works
     assert status == 201
+    status, _, page = http_get(srv.url + PREFIX + "/", Accept="text/html")
+    assert status == 200 and b"capture-host" not in page
 
 
 @pytest.mark.parametrize("core", CORES)

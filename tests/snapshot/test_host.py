@@ -115,6 +115,15 @@ def test_a_host_capture_holds_the_other_live_process_and_its_ids_do_not_collide(
         offset = doc["processes"][1]["id_offset"]
         assert all(int(t["id"][1:]) > offset for t in theirs)
         assert Path(path).exists()  # read, never taken nor removed
+        listed = subprocess.run(
+            [sys.executable, "-m", "flightdeck", "list", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            timeout=60,
+            check=True,
+        ).stdout
+        assert f"processes={os.getpid()},{proc.pid}" in listed, listed
     finally:
         _end(proc)
     assert proc.returncode == 0

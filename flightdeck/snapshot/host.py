@@ -230,12 +230,17 @@ def _pread_all(fd: int, size: int) -> bytearray:
     return buf
 
 
-def host_chunks(peers: list[Peer], skipped: list[dict[str, Any]]) -> Iterator[Iterable[bytes]]:
+def host_chunks(
+    peers: list[Peer], skipped: list[dict[str, Any]], budget: int | None = None
+) -> Iterator[Iterable[bytes]]:
     """The ``PROC`` and ``PSKP`` chunks of a host capture, each as its pieces, one process
     at a time: each file is read when its turn comes (its descriptor closed once read), and
-    each of its chunks copied out of that one read as it is written."""
+    each of its chunks copied out of that one read as it is written. ``budget``: at most
+    this many bytes of other processes' windows in all (the store's bound); a process past
+    it is named, not copied."""
     for note in skipped:
         yield [container.chunk(PSKP, container.json_bytes(note))]
+    total = 0
     for peer in peers:
         try:
             pieces, length, crc = read_window(peer.fd)
@@ -245,6 +250,11 @@ def host_chunks(peers: list[Peer], skipped: list[dict[str, Any]]) -> Iterator[It
             continue
         finally:
             peer.close()
+        if budget is not None and total + length > budget:
+            why = f"left out: the capture would pass the store's bound ({budget} bytes)"
+            yield [container.chunk(PSKP, container.json_bytes(skip_note(peer.pid, peer.name, why)))]
+            continue
+        total += length
         yield _pieces(container.chunk_header(PROC, False, length, crc), pieces)
 
 

@@ -478,7 +478,7 @@ class FlightRecorder:
         peers, skipped = host.find_peers(store.directory, own)
         head["scope"] = "host"
         head["processes"] = [head["process"], *(p.process for p in peers), *skipped]
-        return peers, host.host_chunks(peers, skipped)
+        return peers, host.host_chunks(peers, skipped, budget=store.max_bytes)
 
     def capture_into(
         self,

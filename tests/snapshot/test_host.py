@@ -283,3 +283,21 @@ def test_capture_scope_host_needs_a_directory(
     config = Config.from_env()
     assert config.capture_scope == "process"
     assert any("not one of process, host" in e for e in config.env_errors)
+
+
+def test_the_windows_copied_stay_within_the_budget_and_the_rest_are_named(
+    tmp_path: Path,
+) -> None:
+    head = _chunk(container.HEAD, orjson.dumps({"process": {"pid": 7}}))
+    body = _chunk(container.EVTS, orjson.dumps([[15, 1, "mark", "x" * 1000]]))
+    peers = []
+    for pid in (7, 8):
+        path = tmp_path / f"h-{pid}-0123abcd.fdk"
+        path.write_bytes(container.PREAMBLE + head + body)
+        peers.append(host.Peer(str(path), os.open(path, os.O_RDONLY), {"pid": pid}))
+    size = len(container.PREAMBLE + head + body)
+    chunks = [b"".join(c) for c in host.host_chunks(peers, [], budget=size + 10)]
+    assert [c[:4] for c in chunks] == [host.PROC, host.PSKP]
+    note = orjson.loads(chunks[1][16:])  # past the chunk header
+    assert note["pid"] == 8 and "store's bound" in note["error"]
+    assert all(p.fd == -1 for p in peers)  # every descriptor closed

@@ -110,7 +110,10 @@ def skip_note(pid: int, name: str, exc: BaseException | str) -> dict[str, Any]:
 def _open_live(path: str) -> Peer | None:
     """The file at ``path`` opened, if a live process holds it (None: it ended)."""
     for _ in range(3):
-        fd = os.open(path, _OPEN_READ)
+        try:
+            fd = os.open(path, _OPEN_READ)
+        except FileNotFoundError:
+            return None  # removed meanwhile: its process ended cleanly, or was recovered
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):

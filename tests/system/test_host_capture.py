@@ -222,7 +222,8 @@ def test_the_html_timeline_draws_a_group_of_rows_per_worker(
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         try:
-            tab = browser.new_page(viewport={"width": 1400, "height": 900})
+            # Tall enough for every worker's rows at once: drawn() reports what is on screen.
+            tab = browser.new_page(viewport={"width": 1400, "height": 2400})
             errors: list[str] = []
             tab.on("pageerror", lambda e: errors.append(str(e)))
             tab.goto(path.resolve().as_uri())

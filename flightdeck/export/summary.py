@@ -84,11 +84,11 @@ def summarize(doc: dict[str, Any], *, request: Any = None, full: bool = False) -
     ``request``: explain this request id instead of the trigger's (``UnknownRequest`` if the
     snapshot lacks it). ``full``: show library frames instead of folding them.
     """
+    lines: list[str] = []
+    add = lines.append
     parts = split_processes(doc)
     if len(parts) > 1:
         return host_summary(doc, parts, request=request, full=full)
-    lines: list[str] = []
-    add = lines.append
     trig = section(doc, "trigger")
     proc = section(doc, "process")
     win = section(doc, "window")

@@ -140,6 +140,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         extra = "".join(
             f" {key}={header[key]}" for key in ("service", "incident") if header.get(key)
         )
+        processes = header.get("processes")
+        if isinstance(processes, list) and len(processes) > 1:  # a host capture's pids
+            extra += " processes=" + ",".join(str(pid) for pid in processes)
         print(
             f"{header['id']}  {header.get('created_at')}  pid={header.get('pid')}"
             f"  {trigger.get('kind')}: {trigger.get('reason')}{what}{extra}  {header['path']}"

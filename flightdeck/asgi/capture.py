@@ -364,6 +364,7 @@ class CaptureEngine:
                     extra={"also": capture.also},
                     # The fleet may open an incident (trigger.incident); it never raises.
                     annotate=None if fleet is None else fleet.originate,
+                    scope=self.config.capture_scope,
                 )
                 self.captures += 1
                 if fleet is not None:
@@ -392,9 +393,16 @@ class CaptureEngine:
         self.pending, self.queued = self.queued, None
         self._capture_now()
 
-    async def capture(self, reason: str = "") -> Snapshot:
-        """Take a manual snapshot now and keep it in the store (the endpoint's capture)."""
+    async def capture(self, reason: str = "", scope: str = "process") -> Snapshot:
+        """Take a manual snapshot now and keep it in the store (the endpoint's capture).
+
+        ``scope="host"``: with every live process's window sharing the store's directory
+        (``ValueError`` without a directory).
+        """
         import anyio.to_thread
+
+        if scope == "host" and self.store.directory is None:
+            raise ValueError("a host capture needs a snapshot directory")
 
         if self.capturing:
             raise SnapshotInProgress("a snapshot is already being built")
@@ -407,7 +415,7 @@ class CaptureEngine:
             def work() -> Snapshot:
                 # Written straight into the store: the stored form is never held whole here.
                 return self.recorder.capture_into(
-                    self.store, frozen, kind="manual", reason=reason or "captured"
+                    self.store, frozen, kind="manual", reason=reason or "captured", scope=scope
                 )
 
             snap = await anyio.to_thread.run_sync(work)

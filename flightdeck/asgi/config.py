@@ -28,6 +28,7 @@ from ..core.config import (
     check_hosts,
     check_optional_seconds,
     check_positive_int,
+    check_scope,
     check_seconds,
     check_token,
     env,
@@ -36,6 +37,7 @@ from ..core.config import (
     parse_list,
     parse_optional_seconds,
     parse_rate,
+    parse_scope,
     parse_seconds,
     report_env_error,
 )
@@ -106,6 +108,7 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "slow_request": ("FLIGHTDECK_SLOW_REQUEST", _duration(True)),
     "loop_blocked": ("FLIGHTDECK_LOOP_BLOCKED", _duration(True)),
     "directory": ("FLIGHTDECK_DIR", _directory),
+    "capture_scope": ("FLIGHTDECK_CAPTURE_SCOPE", parse_scope),
     "max_store_bytes": ("FLIGHTDECK_MAX_STORE_BYTES", parse_bytes),
     "endpoint": ("FLIGHTDECK_ENDPOINT", _endpoint),
     "token": ("FLIGHTDECK_TOKEN", check_token),
@@ -155,6 +158,7 @@ class Config:
         instrument_loop: bool = True,
         capture_headers: Iterable[str] = (),
         capture_delay: float | str = 0.25,
+        capture_scope: str = "process",
         slow_routes: Mapping[str, float | str | None] | None = None,
         rate_limit: tuple[int, float | str] = (6, 60.0),
         enabled: bool = True,
@@ -197,6 +201,14 @@ class Config:
         self.capture_delay = check_seconds(
             "capture_delay", capture_delay, zero=True, ms_hint=hint("capture_delay")
         )
+        #: What a triggered capture takes: this process's window, or (``"host"``) every
+        #: live process's sharing ``directory`` (``snapshot/host.py``).
+        self.capture_scope = check_scope("capture_scope", capture_scope)
+        if self.capture_scope == "host" and directory is None:
+            raise ValueError(
+                "capture_scope='host' needs a snapshot directory (directory= or"
+                " FLIGHTDECK_DIR) shared by the processes to capture"
+            )
         if not (isinstance(rate_limit, tuple) and len(rate_limit) == 2):
             raise TypeError("rate_limit must be a (count, period_seconds) tuple")
         self.rate_count = check_positive_int("rate_limit count", rate_limit[0])
@@ -251,6 +263,15 @@ class Config:
                 errors.append(report_env_error(variable, shown, why, DEFAULTS[option]))
                 overrides.update(extra)
         options.update(overrides)
+        if (
+            "capture_scope" not in given
+            and options.get("capture_scope") == "host"
+            and options.get("directory") is None
+        ):
+            variable = ENV["capture_scope"][0]
+            why = "a host capture needs a snapshot directory (FLIGHTDECK_DIR or directory=)"
+            errors.append(report_env_error(variable, "host", why, DEFAULTS["capture_scope"]))
+            options.pop("capture_scope")
         from_env = [o for o in ("fleet", "fleet_secret") if o not in given and o in options]
         if from_env and options.get("fleet") is not None:
             # The fleet needs its URL and its secret together: without a usable pair from

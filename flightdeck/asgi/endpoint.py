@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import export  # noqa: F401  (registers the formats in FORMATS)
-from ..core.config import check_endpoint, check_hosts, check_token
+from ..core.config import CAPTURE_SCOPES, check_endpoint, check_hosts, check_token
 from ..core.text import safe_text
 from ..snapshot.document import FORMATS, ExportFormat, Snapshot, SnapshotInProgress, is_valid_id
 from ..snapshot.store import SnapshotStore
@@ -56,8 +56,9 @@ class EndpointBackend(Protocol):
 
     store: SnapshotStore
 
-    async def capture(self, reason: str) -> Snapshot:
-        """Take a manual snapshot and put it in the store (may raise SnapshotInProgress)."""
+    async def capture(self, reason: str, scope: str = "process") -> Snapshot:
+        """Take a manual snapshot and put it in the store (may raise SnapshotInProgress);
+        ``scope="host"``: of every live process sharing the store's directory."""
         ...
 
     def status(self) -> dict[str, Any]:
@@ -375,18 +376,39 @@ class _Endpoint:
             message = f"too many manual captures; try again in {wait} s"
             return _error(429, message, {"Retry-After": str(wait)})
         reason = safe_text(request.query_params.get("reason") or "", 200)
+        scope = request.query_params.get("scope") or "process"
+        if scope not in CAPTURE_SCOPES:
+            return _error(400, f"scope must be one of {', '.join(CAPTURE_SCOPES)}")
+        if scope == "host" and self.backend.store.directory is None:
+            return _error(
+                400,
+                "scope=host needs a snapshot directory shared by the processes"
+                " (directory= or FLIGHTDECK_DIR); this process has none",
+            )
+        reason = reason or "captured from the debug endpoint"
         try:
-            snapshot = await self.backend.capture(reason or "captured from the debug endpoint")
+            if scope == "host":
+                snapshot = await self.backend.capture(reason, scope)
+            else:
+                snapshot = await self.backend.capture(reason)
         except SnapshotInProgress:
             return _error(409, "a snapshot is being taken; try again in a moment")
         url = f"{base}/snapshots/{snapshot.id}"
         trigger = snapshot.trigger
-        body = {
+        body: dict[str, Any] = {
             "id": snapshot.id,
             "created_at": snapshot.created_at,
             "trigger": {"kind": trigger.get("kind"), "reason": trigger.get("reason")},
             "url": url,
         }
+        processes = getattr(snapshot, "_head", {}).get("processes")
+        if scope == "host" and isinstance(processes, list):
+            body["scope"] = "host"
+            body["processes"] = [
+                {k: p.get(k) for k in ("pid", "hostname", "error") if p.get(k) is not None}
+                for p in processes
+                if isinstance(p, dict)
+            ]
         return _json(body, 201, {"Location": url})
 
     async def _download(self, request: Request, ident: str) -> Response | _Streamed:
@@ -520,5 +542,6 @@ class _Endpoint:
         status = self.backend.status()  # configuration errors, then refused captures
         notes = [*status.get("config_errors", ()), *status.get("not_captured", ())]
         logout = self.access.token is not None
-        page = render_index(listing, base, nonce, logout=logout, not_captured=notes)
+        host = self.backend.store.directory is not None
+        page = render_index(listing, base, nonce, logout=logout, not_captured=notes, host=host)
         return _response(page, 200, "text/html", headers)

@@ -467,11 +467,12 @@ class FlightDeck(_Base):
             self.errors("request_end", exc)
 
     # -- endpoint backend -------------------------------------------------------------------
-    async def capture(self, reason: str = "") -> Snapshot:
-        """Take a manual snapshot now and keep it in the store (the endpoint's capture)."""
+    async def capture(self, reason: str = "", scope: str = "process") -> Snapshot:
+        """Take a manual snapshot now and keep it in the store (the endpoint's capture);
+        ``scope="host"``: of every live process sharing the snapshot directory."""
         if not self._started:
             self._start()
-        return await self.engine.capture(reason)
+        return await self.engine.capture(reason, scope)
 
     def status(self) -> dict[str, Any]:
         """Counters for ``/debug/flight/status``."""

@@ -62,11 +62,20 @@ def _render_row(item: dict[str, Any], base: str) -> str:
         f"{e(' · ' + str(item['service'])) if item.get('service') else ''}</td>"
         f"<td>{e(str(item['trigger']['reason']))}</td>"
         f"<td>{e(described)}</td>"
-        f"<td>{e(str(item.get('pid') or ''))}</td>"
+        f"<td>{e(str(item.get('pid') or ''))}{e(_others(item))}</td>"
         f"<td>{e(_size(int(item.get('size') or 0)))}</td>"
         f"<td>{_links(e(url))}</td>"
         "</tr>"
     )
+
+
+def _others(item: dict[str, Any]) -> str:
+    """`` (+3 processes)`` for a host capture holding the windows of three others."""
+    processes = item.get("processes")
+    if not isinstance(processes, list) or len(processes) < 2:
+        return ""
+    n = len(processes) - 1
+    return f" (+{n} process{'es' if n != 1 else ''})"
 
 
 def _links(url: str) -> str:
@@ -114,11 +123,20 @@ def render_index(
     nonce: str,
     logout: bool = False,
     not_captured: Iterable[str] = (),
+    host: bool = False,
 ) -> str:
     """The snapshot list with its "capture now" button (the script carries ``nonce``);
     with ``logout``, a button that clears the session cookie. ``not_captured`` leads it:
-    ignored environment values and what the gate refused lately."""
+    ignored environment values and what the gate refused lately. ``host`` (a snapshot
+    directory is shared): a button capturing every worker sharing it too."""
     e = html.escape
+    every = (
+        f' <button class="capture" id="capture-host" data-url="{e(base)}/snapshots?scope=host"'
+        ' title="one snapshot of every live process sharing the snapshot directory">'
+        "Capture all workers</button>"
+        if host
+        else ""
+    )
     out = (
         f' · <form method="post" action="{e(base)}/logout" style="display:inline">'
         '<button id="logout" type="submit">Log out</button></form>'
@@ -144,7 +162,7 @@ tr.incident td {{ background: #f3f0e6; font-weight: 600; }}
 </style></head>
 <body>
 <h1>flightdeck</h1>
-<p><button id="capture" data-url="{e(base)}/snapshots">Capture now</button>
+<p><button class="capture" id="capture" data-url="{e(base)}/snapshots">Capture now</button>{every}
 <span id="message"></span> · <a href="{e(base)}/status">status</a>{out}</p>
 {banner}
 <table>
@@ -154,23 +172,24 @@ tr.incident td {{ background: #f3f0e6; font-weight: 600; }}
 {rows}
 </tbody></table>
 <script nonce="{e(nonce)}">
-const button = document.getElementById("capture");
 const message = document.getElementById("message");
-button.addEventListener("click", async () => {{
-  button.disabled = true;
-  message.textContent = "";
-  try {{
-    const answer = await fetch(button.dataset.url, {{
-      method: "POST", headers: {{"Accept": "application/json"}}, credentials: "same-origin"
-    }});
-    if (answer.ok) {{ location.reload(); return; }}
-    const body = await answer.json().catch(() => ({{}}));
-    message.textContent = "Capture failed: " + (body.error || answer.status);
-  }} catch (error) {{
-    message.textContent = "Capture failed: " + error;
-  }}
-  button.disabled = false;
-}});
+for (const button of document.querySelectorAll("button.capture")) {{
+  button.addEventListener("click", async () => {{
+    button.disabled = true;
+    message.textContent = "";
+    try {{
+      const answer = await fetch(button.dataset.url, {{
+        method: "POST", headers: {{"Accept": "application/json"}}, credentials: "same-origin"
+      }});
+      if (answer.ok) {{ location.reload(); return; }}
+      const body = await answer.json().catch(() => ({{}}));
+      message.textContent = "Capture failed: " + (body.error || answer.status);
+    }} catch (error) {{
+      message.textContent = "Capture failed: " + error;
+    }}
+    button.disabled = false;
+  }});
+}}
 </script>
 </body></html>
 """

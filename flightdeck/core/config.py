@@ -117,6 +117,19 @@ def parse_rate(text: str) -> tuple[int, float]:
     return value, seconds
 
 
+#: What ``capture_scope`` may be: this process's window, or every process's sharing the
+#: snapshot directory.
+CAPTURE_SCOPES = ("process", "host")
+
+
+def parse_scope(text: str) -> str:
+    """A capture scope (``process`` or ``host``), any case."""
+    value = text.strip().lower()
+    if value not in CAPTURE_SCOPES:
+        raise ValueError(f"not one of {', '.join(CAPTURE_SCOPES)}")
+    return value
+
+
 def parse_list(text: str) -> list[str]:
     """A comma-separated list (blank items dropped)."""
     return [item.strip() for item in text.split(",") if item.strip()]
@@ -245,6 +258,16 @@ def check_bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
     return value
+
+
+def check_scope(name: str, value: object) -> str:
+    """A capture scope: ``"process"`` or ``"host"``."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be 'process' or 'host', not {type(value).__name__}")
+    try:
+        return parse_scope(value)
+    except ValueError:
+        raise ValueError(f"{name} must be 'process' or 'host', not {value!r}") from None
 
 
 def check_endpoint(value: object) -> str | None:

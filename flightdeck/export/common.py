@@ -105,3 +105,39 @@ def utc_text(ts: float | None, fmt: str = "%Y-%m-%d %H:%M:%S.%f") -> str:
         return datetime.fromtimestamp(ts, UTC).strftime(fmt)[:-3]
     except (OverflowError, OSError, ValueError):
         return "?"
+
+
+def host_processes(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The processes a host capture holds (``processes``, those read), else []."""
+    return [
+        p
+        for p in dicts(doc.get("processes"))
+        if isinstance(p.get("pid"), int)
+        and not isinstance(p.get("pid"), bool)
+        and not p.get("error")
+    ]
+
+
+def split_processes(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """A host capture's document as one document per process (the capturing one first, with
+    the trigger; the others with ``trigger`` None), each with the whole capture's window so
+    that they share one time origin; ``[doc]`` for a capture of one process."""
+    processes = host_processes(doc)
+    if len(processes) < 2:
+        return [doc]
+    first = processes[0]["pid"]
+    parts: dict[Any, dict[str, list[dict[str, Any]]]] = {
+        p["pid"]: {"requests": [], "tasks": [], "loop": [], "events": []} for p in processes
+    }
+    for key in ("requests", "tasks", "loop", "events"):
+        for item in dicts(doc.get(key)):
+            part = parts.get(item.get("pid"), parts[first])
+            part[key].append(item)
+    out = []
+    for p in processes:
+        one = {**doc, **parts[p["pid"]], "process": p}
+        del one["processes"]  # one process: read as any capture's document
+        if p["pid"] != first:
+            one["trigger"] = None
+        out.append(one)
+    return out

@@ -15,6 +15,7 @@ from .common import (
     num,
     request_label,
     section,
+    split_processes,
     task_label,
     text,
 )
@@ -608,4 +609,23 @@ def _delays_and_waits(r: Reading, add: Any) -> None:
 def findings(doc: dict[str, Any], reading: Reading | None = None) -> list[str]:
     """Short human lines on what stands out in the snapshot, most important first; what
     was over before the trigger's request began comes last, marked ``earlier:``."""
+    parts = split_processes(doc)
+    if len(parts) > 1:
+        return host_findings(parts)
     return [("earlier: " if f.earlier else "") + f.text for f in ranked(reading or Reading(doc))]
+
+
+def host_findings(parts: list[dict[str, Any]]) -> list[str]:
+    """The findings of a host capture (``common.split_processes``), each read in its own
+    process and named after it (``pid 4711: ...``): the capturing process's first, then the
+    others'; what was over before the trigger's request began last."""
+    now: list[str] = []
+    earlier: list[str] = []
+    for part in parts:
+        pid = text(section(part, "process").get("pid"))
+        for f in ranked(Reading(part)):
+            if f.earlier:
+                earlier.append(f"earlier: pid {pid}: {f.text}")
+            else:
+                now.append(f"pid {pid}: {f.text}")
+    return now + earlier

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from .breakdown import SLOW_STEP, breakdown, sentence, table
-from .common import dicts, fmt_duration, num, section, text, utc_text
+from .common import dicts, fmt_duration, num, section, split_processes, text, utc_text
 from .diagnose import USER
 from .findings import Reading, findings, request_duration, why
 
@@ -112,6 +112,14 @@ def _header(doc: dict[str, Any], r: Reading) -> str:
         f"loop <b>{_esc(proc.get('loop'))}</b>",
         f"flightdeck <b>{_esc(proc.get('flightdeck'))}</b>",
     ]
+    host = dicts(doc.get("processes"))
+    if host:
+        listed = ", ".join(
+            f"<b>{_esc(p.get('pid'))}</b>"
+            + (f" (not read: {_esc(p.get('error'))})" if p.get("error") else "")
+            for p in host
+        )
+        proc_bits.append(f'<span id="processes">processes {listed}</span>')
     win_bits = [
         f"window <b>{_esc(fmt_duration(span))}</b>"
         f" ({_esc(utc_text(start))} → {_esc(utc_text(end))} UTC)",
@@ -204,15 +212,18 @@ def to_html(doc: dict[str, Any]) -> bytes:
     # "<" only occurs inside JSON strings, where "\\u003c" means the same; with none left the
     # data can never end its <script> element or start a comment.
     data = orjson.dumps(doc, default=repr, option=orjson.OPT_NON_STR_KEYS).replace(b"<", b"\\u003c")
-    reading = Reading(doc)
-    extra = orjson.dumps(
-        {
-            "breakdowns": _breakdowns(doc, reading),
-            "fold": _fold_config(reading),
-            "step_names": _step_names(reading),
-            "owners": {text(k): v for k, v in reading.owners.items() if v != USER},
-        }
-    ).replace(b"<", b"\\u003c")
+    # A host capture is read process by process (the capturing one first): task and request
+    # ids are unique across them, so the diagnosis of each merges into one.
+    split = split_processes(doc)
+    readings = [Reading(part) for part in split]
+    reading = readings[0]
+    diagnosis: dict[str, Any] = {"breakdowns": {}, "step_names": {}, "owners": {}}
+    for part, r in zip(split, readings, strict=True):
+        diagnosis["breakdowns"].update(_breakdowns(part, r))
+        diagnosis["step_names"].update(_step_names(r))
+        diagnosis["owners"].update({text(k): v for k, v in r.owners.items() if v != USER})
+    diagnosis["fold"] = _fold_config(reading)
+    extra = orjson.dumps(diagnosis).replace(b"<", b"\\u003c")
     trig = section(doc, "trigger")
     title = f"flightdeck {text(trig.get('kind')) or 'snapshot'} · {text(doc.get('id'))}"
     head = (

@@ -55,7 +55,7 @@ from typing import Any
 import orjson
 
 from . import tracks
-from .common import dicts, num, request_label, section, text
+from .common import dicts, num, request_label, section, split_processes, text
 from .trace import P_NORMAL, TraceWriter, frames_text
 
 __all__ = ["to_pftrace"]
@@ -1081,8 +1081,42 @@ def _step(step: object) -> tuple[float, float | None, float | None, float | None
 
 def to_pftrace(doc: dict[str, Any]) -> bytes:
     """Perfetto's protobuf trace format for a ``flightdeck/1`` document (open it in
-    ui.perfetto.dev); times in ns after ``window.start``."""
+    ui.perfetto.dev); times in ns after ``window.start``.
+
+    A host capture's document is one trace per process (``common.split_processes``),
+    concatenated: each with a process descriptor of its own pid, track uuids and flow ids
+    of a range of its own, and the clock counting from the same origin (the window's start,
+    or the earliest time before it of the first process that has one).
+    """
+    parts = split_processes(doc)
+    if len(parts) == 1:
+        return _one_trace(doc)[0]
+    floor = 0
+    while True:
+        out = []
+        flows = 0
+        earliest = floor
+        for n, part in enumerate(parts):
+            # Process n's uuids: n << 32 for the process, its tracks' just above.
+            data, used, lo = _one_trace(part, uuid_base=n << 32, flow_base=flows, floor=floor)
+            flows += used
+            earliest = min(earliest, lo)
+            out.append(data)
+        if earliest == floor:
+            return b"".join(out)
+        # Something of one process lies before the window: every clock counts from there.
+        floor = earliest
+
+
+def _one_trace(
+    doc: dict[str, Any], uuid_base: int = 0, flow_base: int = 0, floor: int | None = None
+) -> tuple[bytes, int, int]:
+    """The trace of one process's document, the flow ids it used and the time its clock
+    counts from (ns after the window's start); ``floor``: no later than this, so that the
+    traces of several processes align."""
     w = _Writer(doc)
+    if uuid_base:
+        w.next_tid = uuid_base + 1
     seq1, seq2 = _Sequence(), _Sequence()
     requests = dicts(doc.get("requests"))
     events = dicts(doc.get("events"))
@@ -1104,7 +1138,8 @@ def to_pftrace(doc: dict[str, Any]) -> bytes:
     task_steps = {by_task[tid]: tasks.steps(tasks.docs[tid]) for tid in executor}
     tracks.event_marks(w, events, thread_tids, tasks.tid, task_steps, loop_tid)
     tracks.region_slices(w, regions)
-    tracks.trigger_marks(w, loop_tid)
+    if doc.get("trigger") is not None:
+        tracks.trigger_marks(w, loop_tid)
     loop = _LoopLane(loop_tid + 1)
     tasks.encode(executor, loop)
     head = seq1.head
@@ -1133,7 +1168,7 @@ def to_pftrace(doc: dict[str, Any]) -> bytes:
         return tasks.slice_at(tid, ts) if tid in tasks.docs else None
 
     flows: dict[int, dict[int, bytes]] = {}  # track -> slice -> flow ids for its BEGIN
-    for n, (src, src_ns, dst, dst_ns, _name, _args) in enumerate(w.flows, start=1):
+    for n, (src, src_ns, dst, dst_ns, _name, _args) in enumerate(w.flows, start=1 + flow_base):
         i = slice_at(src, int(src_ns))
         j = slice_at(dst, int(dst_ns))
         if i is None or j is None:
@@ -1169,11 +1204,14 @@ def to_pftrace(doc: dict[str, Any]) -> bytes:
         lo = min(lo, marks[0][0])
     if loop_first is not None:
         lo = min(lo, loop_first)
+    if floor is not None:
+        lo = min(lo, floor)
 
     # The slices, track by track in the JSON export's track order, then the instants and
     # counters; ``bundles`` deflates them as they come (it may end a bundle at each
     # packet boundary it is told of, and then starts a new buffer).
-    bundles = _Bundles(bytearray(_head(w, doc, seq1, seq2, counters)))
+    process_uuid = uuid_base or _PROCESS_UUID
+    bundles = _Bundles(bytearray(_head(w, doc, seq1, seq2, counters, process_uuid)))
     try:
         bundles.cut()
         raw = bundles.raw
@@ -1198,7 +1236,7 @@ def to_pftrace(doc: dict[str, Any]) -> bytes:
             if k % 1024 == 1023 and len(raw) >= _BUNDLE:
                 bundles.cut()
                 raw = bundles.raw
-        return bundles.finish()
+        return bundles.finish(), len(w.flows), lo
     finally:
         bundles.close()
 
@@ -1219,6 +1257,7 @@ def _head(
     seq1: _Sequence,
     seq2: _Sequence,
     counters: dict[tuple[int, str], int],
+    process_uuid: int = _PROCESS_UUID,
 ) -> bytes:
     """The descriptors of the process, its tracks and the counter tracks, then both
     sequences' first packets: cleared state, interned data, sequence 2's clock."""
@@ -1228,9 +1267,9 @@ def _head(
     labels = [f"{k} {text(proc.get(k))}" for k in ("python", "loop", "flightdeck") if proc.get(k)]
     process = _P_PID + _varint(w.pid) + _ld(_P_NAME, pname.encode("utf-8", "replace"))
     process += b"".join(_ld(_P_LABELS, label.encode("utf-8", "replace")) for label in labels)
-    desc = _T_UUID + _varint(_PROCESS_UUID) + _ld(_T_PROCESS, process) + _T_CHILD_ORDER_EXPLICIT
+    desc = _T_UUID + _varint(process_uuid) + _ld(_T_PROCESS, process) + _T_CHILD_ORDER_EXPLICIT
     out = [_packet(_ld(_TRACK_DESC, desc))]
-    parent = _T_PARENT + _varint(_PROCESS_UUID)
+    parent = _T_PARENT + _varint(process_uuid)
     small = _SMALL  # a descriptor a task track: most varints here are under 2 bytes
     for tid, (name, sort) in w.names.items():
         data = name.encode("utf-8", "replace")

@@ -15,6 +15,7 @@ from .common import (
     num,
     request_label,
     section,
+    split_processes,
     task_label,
     text,
     utc_text,
@@ -24,6 +25,7 @@ from .findings import (
     LONG_WAIT,
     Reading,
     findings,
+    host_findings,
     long_waits,
     ranked,
     request_duration,
@@ -84,6 +86,9 @@ def summarize(doc: dict[str, Any], *, request: Any = None, full: bool = False) -
     """
     lines: list[str] = []
     add = lines.append
+    parts = split_processes(doc)
+    if len(parts) > 1:
+        return host_summary(doc, parts, request=request, full=full)
     trig = section(doc, "trigger")
     proc = section(doc, "process")
     win = section(doc, "window")
@@ -283,4 +288,61 @@ def summarize(doc: dict[str, Any], *, request: Any = None, full: bool = False) -
 
     add("")
     add(f"dropped: {int(num(win.get('dropped')) or 0)} events")
+    return "\n".join(lines) + "\n"
+
+
+def host_summary(
+    doc: dict[str, Any], parts: list[dict[str, Any]], *, request: Any = None, full: bool = False
+) -> str:
+    """The summary of a host capture: the capturing process's (or, with ``request``, the one
+    holding that request), its "what stands out" reading across every process, each finding
+    named after its process; then a line for each other process."""
+    focus = parts[0]
+    if request is not None:
+        holding = [p for p in parts if Reading(p).request(request) is not None]
+        if not holding:
+            raise UnknownRequest(f"no request {request} in this snapshot")
+        focus = holding[0]
+    lines = summarize(focus, request=request, full=full).splitlines()
+    listed = []
+    for p in dicts(doc.get("processes")):
+        if p.get("error"):
+            listed.append(f"pid {text(p.get('pid')) or '?'} (not read: {text(p.get('error'))})")
+        else:
+            listed.append(f"pid {text(p.get('pid'))}")
+    at = next((i for i, line in enumerate(lines) if line.startswith("process:")), 0)
+    lines.insert(at + 1, f"processes: {len(listed)} in this capture: {', '.join(listed)}")
+    # "what stands out": every process's findings, named after their process.
+    start = lines.index("what stands out:") + 1
+    end = start
+    while end < len(lines) and lines[end].startswith("  "):
+        end += 1
+    every = host_findings(parts)
+    found = [f for f in every if not f.startswith("earlier: ")]
+    lines[start:end] = [f"  - {f}" for f in found] or ["  nothing"]
+    head = "earlier in the window (over before the trigger's request began):"
+    if head in lines:
+        start = lines.index(head) + 1
+        end = start
+        while end < len(lines) and lines[end].startswith("  "):
+            end += 1
+        lines[start:end] = [f"  - {f.removeprefix('earlier: ')}" for f in every if f not in found]
+    lines.append("")
+    lines.append(f"the other processes ({len(parts) - 1}):")
+    for part in parts:
+        if part is focus:
+            continue
+        proc = section(part, "process")
+        reqs = dicts(part.get("requests"))
+        blocks = [
+            num(e.get("duration")) or 0.0
+            for e in dicts(part.get("loop"))
+            if e.get("kind") == "block"
+        ]
+        worst = f", worst {fmt_duration(max(blocks))}" if blocks else ""
+        lines.append(
+            f"  pid {text(proc.get('pid'))} on {text(proc.get('hostname')) or '?'}:"
+            f" {len(reqs)} requests, {len(dicts(part.get('tasks')))} tasks,"
+            f" {len(blocks)} loop blocks{worst}"
+        )
     return "\n".join(lines) + "\n"

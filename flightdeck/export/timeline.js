@@ -114,6 +114,22 @@ if (W1 === null || W1 < W0) W1 = W0;
 var SPAN = Math.max(W1 - W0, 1e-3);
 function rel(t) { return t - W0; }
 
+// A host capture holds several processes: each gets its own group of rows (its requests,
+// event loop, threads, tasks), in the order of doc.processes, every label prefixed by its
+// pid. One process: nothing changes.
+var PROCS = arr(doc.processes).filter(function (p) { return typeof p.pid === 'number' && !p.error; });
+var MULTI = PROCS.length > 1, PROC_RANK = new Map();
+PROCS.forEach(function (p, i) { PROC_RANK.set(p.pid, i); });
+function pidOf(x) { return !MULTI ? null : PROC_RANK.has(x.pid) ? x.pid : PROCS[0].pid; }
+function inProc(pid, text) { return pid === null ? text : 'pid ' + pid + ' · ' + text; }
+function procRow(pid, label, kind, group) { var r = new Row(inProc(pid, label), kind, inProc(pid, group)); r.proc = pid; return r; }
+function byProc(items, ref) {
+  var m = new Map();
+  items.forEach(function (it) { var pid = pidOf(ref(it)); if (!m.has(pid)) m.set(pid, []); m.get(pid).push(it); });
+  if (!m.size) m.set(MULTI ? PROCS[0].pid : null, []);
+  return m;
+}
+
 // ---- rows ---------------------------------------------------------------------------
 // A row holds layers; a layer holds items sorted by start with a running max of ends,
 // so the first visible item is found by binary search even when items nest or overlap.
@@ -152,20 +168,30 @@ requests.forEach(function (r, i) {
   var it = {kind: 'request', s: rel(s), e: rel(Math.max(e, s)), label: reqLabel(r), color: COLOR_OF[cls], cls: cls, h: 1, ref: r, index: i};
   reqItems.push(it); if (r.id !== undefined && r.id !== null) reqById.set(r.id, it);
 });
-var rp = packFast(reqItems), reqRows = [];
-for (var l = 0; l < Math.max(rp.n, 1); l++) reqRows.push(new Row(l === 0 ? 'requests' : 'requests (' + (l + 1) + ')', 'requests', 'requests'));
-reqItems.forEach(function (it) { add(reqRows[rp.lanes.get(it)], 0, it); });
-reqRows.forEach(function (r) { rows.push(r); });
+byProc(reqItems, function (it) { return it.ref; }).forEach(function (items, pid) {
+  var rp = packFast(items), reqRows = [];
+  for (var l = 0; l < Math.max(rp.n, 1); l++) reqRows.push(procRow(pid, l === 0 ? 'requests' : 'requests (' + (l + 1) + ')', 'requests', 'requests'));
+  items.forEach(function (it) { add(reqRows[rp.lanes.get(it)], 0, it); });
+  reqRows.forEach(function (r) { rows.push(r); });
+});
 
 // Event loop: task steps, blocks, GC pauses and sampled slow callbacks overlap in time (a
 // block is a long step; GC runs inside a step), so each has its own row and none covers
 // another's label. Rows are added in this order once filled (see loopRows below).
-var loopRow = new Row('event loop', 'loop', 'event loop');
-var blockRow = new Row('event loop · blocked', 'loop', 'event loop');
-var gcRow = new Row('event loop · GC', 'loop', 'event loop');
-var cbRow = new Row('event loop · slow callbacks', 'loop', 'event loop');
-var lagRow = new Row('event loop · lag, other triggers', 'loop', 'event loop');
-rows.push(blockRow, gcRow, loopRow, cbRow, lagRow);
+var LOOPS = new Map();
+function loopOf(x) {
+  var pid = pidOf(x), rs = LOOPS.get(pid);
+  if (!rs) {
+    rs = {loop: procRow(pid, 'event loop', 'loop', 'event loop'), block: procRow(pid, 'event loop · blocked', 'loop', 'event loop'),
+      gc: procRow(pid, 'event loop · GC', 'loop', 'event loop'), cb: procRow(pid, 'event loop · slow callbacks', 'loop', 'event loop'),
+      lag: procRow(pid, 'event loop · lag, other triggers', 'loop', 'event loop')};
+    rs.loop.always = true;
+    LOOPS.set(pid, rs); rows.push(rs.block, rs.gc, rs.loop, rs.cb, rs.lag);
+  }
+  return rs;
+}
+PROCS.forEach(function (p) { loopOf(p); });
+var loopRow = loopOf({}).loop;
 var STEP_NAMES = obj(diag.step_names), OWNERS = obj(diag.owners);
 var stepEntries = new Map();
 loopEv.forEach(function (ev, i) {
@@ -175,26 +201,27 @@ loopEv.forEach(function (ev, i) {
     // A long step: drawn as the task's step already; kept for its details.
     stepEntries.set(str(ev.task) + '@' + s, ev); return;
   }
+  var LR = loopOf(ev);
   if (ev.kind === 'gc') {
-    add(gcRow, 0, {kind: 'gc', s: rel(s), e: rel(s + d), label: 'GC gen ' + str(ev.generation) + ' · ' + str(ev.collected) + ' collected', color: C.gc, h: 1, ref: ev, index: i});
+    add(LR.gc, 0, {kind: 'gc', s: rel(s), e: rel(s + d), label: 'GC gen ' + str(ev.generation) + ' · ' + str(ev.collected) + ' collected', color: C.gc, h: 1, ref: ev, index: i});
     return;
   }
   if (ev.kind === 'block') {
-    add(blockRow, 0, {kind: 'block', s: rel(s), e: rel(s + d), label: 'blocked ' + fmtDur(d) + (ev.ongoing === true ? ' (ongoing)' : '') + (ev.callback ? ' ' + ev.callback : ''), color: C.block, h: 1, ref: ev, index: i});
+    add(LR.block, 0, {kind: 'block', s: rel(s), e: rel(s + d), label: 'blocked ' + fmtDur(d) + (ev.ongoing === true ? ' (ongoing)' : '') + (ev.callback ? ' ' + ev.callback : ''), color: C.block, h: 1, ref: ev, index: i});
   } else if (ev.kind === 'lag') {
-    add(lagRow, 0, {kind: 'lag', s: rel(s), e: rel(s), label: 'lag ' + fmtDur(d), color: C.lag, h: 0.45, ref: ev, index: i, tick: true});
+    add(LR.lag, 0, {kind: 'lag', s: rel(s), e: rel(s), label: 'lag ' + fmtDur(d), color: C.lag, h: 0.45, ref: ev, index: i, tick: true});
   } else {
-    add(cbRow, 0, {kind: 'callback', s: rel(s), e: rel(s + d), label: str(ev.callback) || str(ev.kind), color: C.callback, h: 1, ref: ev, index: i});
+    add(LR.cb, 0, {kind: 'callback', s: rel(s), e: rel(s + d), label: str(ev.callback) || str(ev.kind), color: C.callback, h: 1, ref: ev, index: i});
   }
 });
 
 // Executor threads, regions, logs.
-var threadRows = new Map(), regionItems = [], logRow = null, queuedItems = [];
+var threadRows = new Map(), regionItems = [], logRows = new Map(), queuedItems = [];
 events.forEach(function (ev, i) {
   var s = num(ev.start); if (s === null) return;
   if (ev.kind === 'executor') {
-    var th = str(ev.thread) || 'executor', row = threadRows.get(th);
-    if (!row) { row = new Row('thread ' + th, 'thread', 'executor threads'); threadRows.set(th, row); }
+    var th = str(ev.thread) || 'executor', tk = pidOf(ev) + '\u0000' + th, row = threadRows.get(tk);
+    if (!row) { row = procRow(pidOf(ev), 'thread ' + th, 'thread', 'executor threads'); threadRows.set(tk, row); }
     var st = num(ev.started), en = num(ev.end);
     if (st !== null && st > s) queuedItems.push([row, {kind: 'queued', s: rel(s), e: rel(st), label: 'queued', color: C.queued, h: 0.35, ref: ev, index: i}]);
     if (st !== null) {
@@ -204,10 +231,11 @@ events.forEach(function (ev, i) {
   } else if (ev.kind === 'region') {
     regionItems.push({kind: 'region', s: rel(s), e: rel(s + Math.max(0, num(ev.duration) || 0)), label: str(ev.name) || 'region', color: C.region, h: 1, ref: ev, index: i});
   } else if (ev.kind === 'log') {
-    if (!logRow) logRow = new Row('logs', 'logs', 'logs');
+    var lk = pidOf(ev), logRow = logRows.get(lk);
+    if (!logRow) { logRow = procRow(lk, 'logs', 'logs', 'logs'); logRows.set(lk, logRow); }
     add(logRow, 0, {kind: 'log', s: rel(s), e: rel(s), label: str(ev.category) + ': ' + str(ev.message), color: C.log, h: 0.7, ref: ev, index: i, tick: true});
   } else if (ev.kind === 'trigger') {
-    add(lagRow, 0, {kind: 'mark', s: rel(s), e: rel(s), label: 'trigger ' + str(ev.trigger_kind), color: C.mark, h: 0.45, ref: ev, index: i, tick: true});
+    add(loopOf(ev).lag, 0, {kind: 'mark', s: rel(s), e: rel(s), label: 'trigger ' + str(ev.trigger_kind), color: C.mark, h: 0.45, ref: ev, index: i, tick: true});
   }
 });
 // A job's queued time is drawn on the row of the thread that ran it, only where that thread
@@ -221,13 +249,13 @@ queuedItems.forEach(function (q) {
   if (it.e > it.s) add(row, 0, it);
 });
 threadRows.forEach(function (r) { rows.push(r); });
-if (regionItems.length) {
-  var gp = packFast(regionItems), regRows = [];
-  for (var k = 0; k < gp.n; k++) regRows.push(new Row(k === 0 ? 'regions' : 'regions (' + (k + 1) + ')', 'regions', 'regions'));
-  regionItems.forEach(function (it) { add(regRows[gp.lanes.get(it)], 0, it); });
+if (regionItems.length) byProc(regionItems, function (it) { return it.ref; }).forEach(function (items, pid) {
+  var gp = packFast(items), regRows = [];
+  for (var k = 0; k < gp.n; k++) regRows.push(procRow(pid, k === 0 ? 'regions' : 'regions (' + (k + 1) + ')', 'regions', 'regions'));
+  items.forEach(function (it) { add(regRows[gp.lanes.get(it)], 0, it); });
   regRows.forEach(function (r) { rows.push(r); });
-}
-if (logRow) rows.push(logRow);
+});
+logRows.forEach(function (r) { rows.push(r); });
 
 // Tasks, grouped under their request (in request start order), background tasks first.
 var reqOrder = new Map();
@@ -248,31 +276,34 @@ function extent(t) {
 }
 var sharedLanes = {};
 ['flightdeck', 'server'].forEach(function (who) {
-  var items = [];
-  taskIdx.forEach(function (ti) { var t = tasks[ti]; if (OWNERS[str(t.id)] === who && !reqById.get(t.request)) { var x = extent(t); x.ti = ti; items.push(x); } });
-  if (!items.length) return;
-  var pk = packFast(items), name = who === 'flightdeck' ? "flightdeck's own work" : "the server's tasks", lanes = [];
-  for (var l = 0; l < pk.n; l++) lanes.push(new Row(l === 0 ? name : name + ' (' + (l + 1) + ')', 'owner', name));
-  items.forEach(function (x) { sharedLanes[x.ti] = lanes[pk.lanes.get(x)]; });
+  var all = [];
+  taskIdx.forEach(function (ti) { var t = tasks[ti]; if (OWNERS[str(t.id)] === who && !reqById.get(t.request)) { var x = extent(t); x.ti = ti; all.push(x); } });
+  if (!all.length) return;
+  byProc(all, function (x) { return tasks[x.ti]; }).forEach(function (items, pid) {
+    var pk = packFast(items), name = who === 'flightdeck' ? "flightdeck's own work" : "the server's tasks", lanes = [];
+    for (var l = 0; l < pk.n; l++) lanes.push(procRow(pid, l === 0 ? name : name + ' (' + (l + 1) + ')', 'owner', name));
+    items.forEach(function (x) { sharedLanes[x.ti] = lanes[pk.lanes.get(x)]; });
+  });
 });
 // Many tasks of one coroutine in one request (a gather of hundreds) fold into one row,
 // drawn without labels: they overlap, and hundreds of rows would bury everything else.
 var FOLD_AT = 20, siblings = {};
-function sibKey(t) { return str(t.request) + '\u0000' + (str(t.coro) || str(t.name)); }
+function sibKey(t) { return pidOf(t) + '\u0000' + str(t.request) + '\u0000' + (str(t.coro) || str(t.name)); }
 taskIdx.forEach(function (ti) { var t = tasks[ti]; if (!sharedLanes[ti] && reqById.get(t.request) && t.parent !== null && t.parent !== undefined) { var k = sibKey(t); siblings[k] = (siblings[k] || 0) + 1; } });
 var foldRows = {};
 var sharedPushed = new Set();
 taskIdx.forEach(function (ti) {
   var t = tasks[ti], req = reqById.get(t.request);
   var owner = OWNERS[str(t.id)];
-  var group = req ? req.label : owner === 'flightdeck' ? "flightdeck's own (its endpoint)" : owner === 'server' ? "the server's tasks" : 'background tasks';
+  var group = inProc(pidOf(t), req ? req.label : owner === 'flightdeck' ? "flightdeck's own (its endpoint)" : owner === 'server' ? "the server's tasks" : 'background tasks');
   var row = sharedLanes[ti], fk = sibKey(t), folded = false;
   if (!row && reqById.get(t.request) && t.parent !== null && t.parent !== undefined && siblings[fk] >= FOLD_AT) {
     row = foldRows[fk] || (foldRows[fk] = new Row(siblings[fk] + ' × ' + (str(t.coro) || str(t.name)) + ' (folded)', 'task', group));
+    row.proc = pidOf(t);
     folded = true; row.folded = true;
   }
   if (row) { if (!sharedPushed.has(row)) { sharedPushed.add(row); rows.push(row); } }
-  else { row = new Row(str(t.id) + ' ' + (str(t.coro) || str(t.name)), 'task', group); row.task = t; rows.push(row); }
+  else { row = new Row(str(t.id) + ' ' + (str(t.coro) || str(t.name)), 'task', group); row.task = t; row.proc = pidOf(t); rows.push(row); }
   taskRow.set(t.id, row);
   var what = str(t.coro) || str(t.name) || 'task';
   var waits = arr(t.waits).map(function (w) { var s = num(w.start); return s === null ? null : {s: rel(s), e: rel(s + (num(w.duration) || 0)), w: w}; }).filter(Boolean);
@@ -298,7 +329,7 @@ taskIdx.forEach(function (ti) {
     var ran = STEP_NAMES[str(t.id) + '@' + j], slabel = ran ? ran + ' · ' + what : what;
     var it = {kind: 'step', s: s, e: s + d, label: slabel, run: row.folded ? null : (ran || what), color: C.step, h: 1, ref: t, index: ti, step: st, stepNo: j};
     add(row, 0, it);
-    add(loopRow, 0, {kind: 'step', s: s, e: s + d, label: slabel, run: ran || what, color: C.step, h: 1, ref: t, index: ti, step: st, stepNo: j});
+    add(loopOf(t).loop, 0, {kind: 'step', s: s, e: s + d, label: slabel, run: ran || what, color: C.step, h: 1, ref: t, index: ti, step: st, stepNo: j});
     prev = prev === null ? s + d : Math.max(prev, s + d);
   }
   var done = num(t.done);
@@ -315,6 +346,13 @@ events.forEach(function (ev, i) {
   add(row, 1, {kind: 'cancel', s: rel(s), e: rel(s), label: 'cancelled (' + (str(ev.cause) || 'unknown') + ')', color: C.cancel, h: 1, ref: ev, index: i, tick: true});
 });
 
+// Each process's rows together, in the order of doc.processes (a stable sort keeps the
+// order of the rows within each).
+if (MULTI) {
+  var rowAt0 = new Map(); rows.forEach(function (r, i) { rowAt0.set(r, i); });
+  var rank = function (r) { return PROC_RANK.has(r.proc) ? PROC_RANK.get(r.proc) : 0; };
+  rows.sort(function (a, b) { return rank(a) - rank(b) || rowAt0.get(a) - rowAt0.get(b); });
+}
 // Index every layer: sorted starts and running max of ends.
 var nItems = 0;
 rows.forEach(function (row) {
@@ -341,7 +379,7 @@ function hasIn(row, a, b) {
   }
   return false;
 }
-function layout() { vis = rows.filter(function (r) { return r === loopRow || hasIn(r, view.s, view.e); }); }
+function layout() { vis = rows.filter(function (r) { return r.always || hasIn(r, view.s, view.e); }); }
 // The legend: every class this snapshot draws, with its colour.
 var usedClasses = {};
 rows.forEach(function (row) { row.layers.forEach(function (layer) { layer.items.forEach(function (it) { usedClasses[it.cls || it.kind] = true; }); }); });
@@ -732,6 +770,8 @@ window.flightdeck = {
   doc: doc,
   rows: rows.map(function (r) { return r.label; }),
   rowKinds: rows.map(function (r) { return r.kind; }),
+  processes: PROCS.map(function (p) { return p.pid; }),
+  rowProcesses: rows.map(function (r) { return r.proc === undefined ? null : r.proc; }),
   itemCount: nItems,
   trigger: TRIG,
   kinds: function () { var o = {}; Object.keys(byKind).forEach(function (k) { o[k] = byKind[k].length; }); return o; },

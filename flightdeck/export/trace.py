@@ -91,6 +91,8 @@ class TraceWriter:
         self.names: dict[int, tuple[str, int]] = {}
         self.next_tid = 1
         self.flows: list[tuple[int, float, int, float, str, dict[str, Any]]] = []
+        #: Flow ids start past this (a host capture's processes share one id space).
+        self.flow_base = 0
         #: After flushing: each slice by (track, start, end), and each flow as
         #: (id, source slice key, destination slice key), for the protobuf writer.
         self.slice_at: dict[tuple[int, float, float], dict[str, Any]] = {}
@@ -195,7 +197,8 @@ class TraceWriter:
         return None
 
     def flush_flows(self) -> None:
-        for n, (src, src_ts, dst, dst_ts, name, args) in enumerate(self.flows, start=1):
+        flows = enumerate(self.flows, start=1 + self.flow_base)
+        for n, (src, src_ts, dst, dst_ts, name, args) in flows:
             a = self._inside(src, src_ts)
             b = self._inside(dst, dst_ts)
             if a is None or b is None:

@@ -95,7 +95,7 @@ def clean(raw: object, size: object) -> Summary | None:
     else:
         service = raw.get("service")
     incident = trigger.get("incident", raw.get("incident"))
-    return {
+    summary: Summary = {
         "id": raw["id"],
         "created_at": _str(raw.get("created_at"), 64),
         "trigger": {
@@ -109,6 +109,13 @@ def clean(raw: object, size: object) -> Summary | None:
         "incident": incident if is_valid_id(incident) else None,
         "trace_ids": _trace_ids(raw),
     }
+    processes = raw.get("processes")
+    if isinstance(processes, list):
+        # A host capture: the pids of the processes it holds (``host.py``).
+        summary["processes"] = [
+            pid for p in processes[:4096] if isinstance(p, dict) and (pid := _int(p.get("pid")))
+        ]
+    return summary
 
 
 def _trace_ids(raw: dict[str, Any]) -> list[str]:

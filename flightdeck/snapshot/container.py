@@ -29,7 +29,7 @@ import json
 import struct
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import orjson
@@ -52,6 +52,8 @@ STAT = b"STAT"  #: status at the oldest event: {"tasks": [event], "requests": [e
 GENR = b"GENR"  #: one native generation, ``Segment.dump()``
 EVTS = b"EVTS"  #: pure-core events, a JSON array of events (arrays); see encode_events
 LIVE = b"LIVE"  #: pending tasks: {"awaiting": [[tid, stack]], "names": [[tid, name, coro]]}
+PROC = b"PROC"  #: host capture: another process's window file (``host.py``)
+PSKP = b"PSKP"  #: host capture: a process whose window file could not be read (JSON)
 END = b"END "  #: the container is complete: {"chunks": n} (JSON), n chunks in all, itself included
 
 #: Flag: the payload is zlib-compressed (RFC 1950).
@@ -233,6 +235,7 @@ def stream(
     level: int = CAPTURE_LEVEL,
     records_level: int = RECORDS_LEVEL,
     annotate: Callable[[dict[str, Any]], None] | None = None,
+    extra: Iterable[Iterable[bytes]] = (),
 ) -> Iterator[bytes]:
     """Like :func:`write`, one piece at a time as they are made: a native window's
     generations are dumped as the consumer takes them, a pure window's sealed segments are
@@ -242,7 +245,9 @@ def stream(
     """
     segments = list(frozen.segments)
     if not all(_as_stored(seg) for seg in segments):
-        yield from write(frozen, head, level=level, records_level=records_level, annotate=annotate)
+        yield from write(
+            frozen, head, level=level, records_level=records_level, annotate=annotate, extra=extra
+        )
         return
     index = _index(head)
     status = _status_chunk(frozen, index, level)
@@ -281,6 +286,9 @@ def stream(
     if live is not None:
         n += 1
         yield live
+    for more in extra:  # more chunks, each in pieces (a host capture's other processes)
+        n += 1
+        yield from more
     yield _chunk(END, _json({"chunks": n + 1}))
 
 
@@ -291,6 +299,7 @@ def write(
     level: int = CAPTURE_LEVEL,
     records_level: int = RECORDS_LEVEL,
     annotate: Callable[[dict[str, Any]], None] | None = None,
+    extra: Iterable[Iterable[bytes]] = (),
 ) -> list[bytes]:
     """The stored form of ``frozen``, in pieces to write in order (never joined here).
 
@@ -307,7 +316,14 @@ def write(
     """
     if frozen.segments and all(_as_stored(seg) for seg in frozen.segments):
         return list(
-            stream(frozen, head, level=level, records_level=records_level, annotate=annotate)
+            stream(
+                frozen,
+                head,
+                level=level,
+                records_level=records_level,
+                annotate=annotate,
+                extra=extra,
+            )
         )
     index = _index(head)
     body = [_status_chunk(frozen, index, level)]
@@ -331,8 +347,12 @@ def write(
     live = _live_chunk(frozen, level)
     if live is not None:
         body.append(live)
+    chunks = len(body)
+    for more in extra:  # more chunks, each in pieces (a host capture's other processes)
+        body.extend(more)
+        chunks += 1
     header = _finish_head(head, frozen, index, count, "python", annotate)
-    body.append(_chunk(END, _json({"chunks": len(body) + 2})))  # HEAD, body, END
+    body.append(_chunk(END, _json({"chunks": chunks + 2})))  # HEAD, body, END
     return [_PREAMBLE, header, *body]
 
 
@@ -592,6 +612,8 @@ def read_frozen(data: bytes | memoryview) -> tuple[Header, Frozen]:
             head = _loads(raw, tag)
         elif tag in (GENR, EVTS):
             segments.append(_Stored(tag, raw))
+        elif tag in (PROC, PSKP):
+            extra.setdefault("host", []).append((tag, raw))
         elif tag == STAT:
             status = _loads(raw, tag)
             for e in _checked_events(status.get("tasks")):
@@ -676,4 +698,14 @@ def read_document(data: bytes) -> dict[str, Any]:
     created = head.get("created_at")
     if isinstance(created, str):
         doc["created_at"] = created
+    host_chunks = frozen.extra.get("host")
+    if host_chunks:
+        from . import host
+
+        gc.disable()
+        try:
+            doc = host.read_host(doc, host_chunks, builder.build_document)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
     return doc

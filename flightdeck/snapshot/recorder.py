@@ -10,7 +10,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from time import perf_counter_ns
 from typing import IO, Any
 
@@ -428,6 +428,7 @@ class FlightRecorder:
         trigger_time_ns: int | None = None,
         extra: dict[str, Any] | None = None,
         annotate: Callable[[dict[str, Any]], None] | None = None,
+        scope: str = "process",
     ) -> StoredInfo:
         """Capture ``frozen`` straight into ``store`` in its stored form (the capture path).
 
@@ -436,9 +437,11 @@ class FlightRecorder:
         trigger record; ``annotate`` sees the header (with the window's trace ids as
         ``requests``, see ``container.write``) before it is written (the fleet adds its
         incident there) and may raise to drop the snapshot. ``frozen`` is consumed.
+        ``scope="host"``: the windows of every other live process recording under
+        ``store``'s directory too (``host.py``).
         """
         head = self._head(kind, reason, request, trigger_time_ns, extra)
-        return self._store(store, frozen, head, annotate)
+        return self._store(store, frozen, head, annotate, scope)
 
     def _store(
         self,
@@ -446,18 +449,50 @@ class FlightRecorder:
         frozen: Frozen,
         head: dict[str, Any],
         annotate: Callable[[dict[str, Any]], None] | None = None,
+        scope: str = "process",
     ) -> StoredInfo:
         with self._building():
-            # Made as the store writes them: to a directory, one generation at a time.
-            return store.put_stored(container.stream(frozen, head, annotate=annotate), head)
+            others: Iterable[Iterable[bytes]] = ()
+            peers: list[Any] = []
+            if scope == "host":
+                peers, others = self._host_part(store, head)
+            try:
+                # Made as the store writes them: to a directory, one generation at a time.
+                pieces = container.stream(frozen, head, annotate=annotate, extra=others)
+                return store.put_stored(pieces, head)
+            finally:
+                for peer in peers:  # those not read (the capture failed first)
+                    peer.close()
+
+    def _host_part(
+        self, store: SnapshotStore, head: dict[str, Any]
+    ) -> tuple[list[Any], Iterable[Iterable[bytes]]]:
+        """The other live processes of ``store``'s directory, named in ``head``, and their
+        chunks, each read as the store writes it."""
+        from . import host
+
+        if store.directory is None:
+            raise ValueError("a host capture needs a snapshot directory")
+        box = self._blackbox
+        own = box.file.path if box is not None and box.file is not None else None
+        peers, skipped = host.find_peers(store.directory, own)
+        head["scope"] = "host"
+        head["processes"] = [head["process"], *(p.process for p in peers), *skipped]
+        return peers, host.host_chunks(peers, skipped, budget=store.max_bytes)
 
     def capture_into(
-        self, store: SnapshotStore, frozen: Frozen, *, kind: str = "manual", reason: str = ""
+        self,
+        store: SnapshotStore,
+        frozen: Frozen,
+        *,
+        kind: str = "manual",
+        reason: str = "",
+        scope: str = "process",
     ) -> Snapshot:
         """Like :meth:`build_into`, returning a :class:`Snapshot` that reads its stored form
         back from ``store`` only when asked for (a manual capture's answer needs the header)."""
         head = self._head(kind, reason, None, None)
-        info = self._store(store, frozen, head)
+        info = self._store(store, frozen, head, scope=scope)
         return Snapshot.from_header(head, lambda: store.get_stored(info.id))
 
     @contextlib.contextmanager

@@ -184,10 +184,11 @@ def read_window(fd: int, limit: int = MAX_PEER_BYTES) -> tuple[list[memoryview],
     best: tuple[list[memoryview], int, int] = ([], 0, 0)
     for _ in range(TORN_RETRIES):
         pieces, length, crc, torn = _read_once(fd, limit)
+        if not torn:
+            best = (pieces, length, crc)  # whole: whatever an earlier, torn read held
+            break
         if length > best[1]:
             best = (pieces, length, crc)
-        if not torn:
-            break
     if best[1] <= len(container.PREAMBLE):
         raise container.ContainerError("window file holds no readable chunk")
     return best

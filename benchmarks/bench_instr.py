@@ -47,7 +47,7 @@ from _common import HERE, ROOT, command_line, header, machine, verdict, write_js
 APPS = ("steps", "gather", "stream", "fastapi_body", "fastapi", "query")
 DEFAULT_APPS = ("steps", "gather", "stream", "fastapi_body")
 LOOPS = ("asyncio", "uvloop")
-VARIANTS = ("bare", "middleware", "full", "otel")
+VARIANTS = ("bare", "middleware", "full", "file", "otel")
 CORES = ("native", "python")
 DRIVER = HERE / "instr_driver.py"
 TARGETS = {"full_asyncio": 0.93, "full_uvloop": 0.90, "full_fastapi": 0.97, "middleware": 0.95}
@@ -282,7 +282,7 @@ def run_one(job: dict[str, Any], tmp: Path) -> dict[str, Any]:
     if not files:
         raise RuntimeError(f"no callgrind output for {key}")
     per_thread = [read_totals(p) for p in files]
-    own = parse_callgrind(files[0]) if job["variant"] in ("middleware", "full") else {}
+    own = parse_callgrind(files[0]) if job["variant"] in ("middleware", "full", "file") else {}
     for p in [*files, out]:
         p.unlink(missing_ok=True)
     return {

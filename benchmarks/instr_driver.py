@@ -5,7 +5,8 @@ gathered; ``stream``: twenty chunks streamed; ``fastapi_body``: a POST with a py
 and a dependency; ``fastapi``: a GET with 0.3 ms of CPU work; ``query``: the three-await
 route called with a query string, so query redaction is on the path), wraps it per variant
 (``bare``; ``middleware``: ``FlightDeck(app, instrument_loop=False)``; ``full``:
-``FlightDeck(app)``; ``otel``: OpenTelemetry's ASGI middleware, SDK tracer, no exporter),
+``FlightDeck(app)``; ``file``: ``full`` with a snapshot directory, so the window is kept in a
+file too; ``otel``: OpenTelemetry's ASGI middleware, SDK tracer, no exporter),
 triggers and endpoint off so no capture can fire, starts it as uvicorn would (lifespan
 ``startup``), warms up, then serves ``N`` requests, each its own task as a server would make
 it. Exits non-zero if any response is not a 200. Meant to run under ``valgrind
@@ -28,8 +29,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +45,9 @@ import apps as bench_apps
 from bench_http import _new_loop, _scope
 
 APPS = ("steps", "gather", "stream", "fastapi_body", "fastapi", "query")
-VARIANTS = ("bare", "middleware", "full", "otel")
+VARIANTS = ("bare", "middleware", "full", "file", "otel")
+#: The variants that run flightdeck (scaled clocks, closed at the end).
+FLIGHTDECK_VARIANTS = ("middleware", "full", "file")
 LOOPS = ("asyncio", "uvloop")
 INFLIGHT = 32
 #: What ``check_flightdeck`` found at the end of the measured requests.
@@ -56,6 +62,7 @@ def scale_time(scale: float) -> None:
         return
     import flightdeck.asgi.middleware as middleware
     import flightdeck.snapshot.recorder as recorder
+    import flightdeck.snapshot.windowfile as windowfile
     from flightdeck.core import cores
 
     def make_window(window_ns: int, max_bytes: int, **options: Any) -> Any:
@@ -73,7 +80,16 @@ def scale_time(scale: float) -> None:
             kwargs["slow_callback"] = kwargs.get("slow_callback", 0.01) * scale
             super().__init__(*args, **kwargs)
 
+    windowfile.SCAN_INTERVAL *= scale  # the window file's scan of dead processes' files
+    interval = windowfile.INTERVAL * scale  # and its writer's period
+
+    class ScaledBox(windowfile.BlackBox):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["interval"] = interval
+            super().__init__(*args, **kwargs)
+
     recorder.make_window = make_window  # type: ignore[assignment]
+    windowfile.BlackBox = ScaledBox  # type: ignore[misc]  (recorder imports it when it starts)
     middleware.FlightRecorder = Scaled  # type: ignore[misc]
 
 
@@ -100,6 +116,10 @@ def build(app_name: str, variant: str) -> tuple[Any, str]:
     }
     if variant == "middleware":
         return FlightDeck(app, instrument_loop=False, **off), path
+    if variant == "file":
+        directory = tempfile.mkdtemp(prefix="fd-instr-")
+        atexit.register(shutil.rmtree, directory, True)
+        return FlightDeck(app, directory=directory, **off), path
     return FlightDeck(app, **off), path
 
 
@@ -258,7 +278,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.time_scale <= 0:
         parser.error("--time-scale must be positive")
-    if args.variant in ("middleware", "full"):
+    if args.variant in FLIGHTDECK_VARIANTS:
         scale_time(args.time_scale)
 
     global REQUEST

@@ -226,6 +226,18 @@ def limit_memory(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
+def lower_priority() -> None:
+    """Run at the lowest CPU priority (nice 19): a converter the endpoint starts shares the
+    app's cores, and takes only what the app leaves (where the platform has priorities)."""
+    nice = getattr(os, "nice", None)
+    if nice is None:
+        return
+    try:
+        nice(19)  # relative, capped at the maximum: 19 lands there from any start
+    except OSError:
+        pass  # not permitted here: converting at the app's priority still works
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``flightdeck convert``."""
     p.add_argument("input", metavar="INPUT", help="a stored snapshot in any form, or '-' for stdin")
@@ -238,12 +250,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="BYTES",
         help="cap this process's address space (RLIMIT_AS) before reading",
     )
+    p.add_argument(
+        "--background",
+        action="store_true",
+        help="run at the lowest CPU priority (what the endpoint's converter does)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """``flightdeck convert``: one line on stderr and status 2 on failure."""
     if args.memory:
         limit_memory(args.memory)
+    if args.background:
+        lower_priority()
     where = "stdin" if args.input == "-" else args.input
     try:
         if args.input == "-":

@@ -514,7 +514,14 @@ class _Endpoint:
             await source.close()
             self._report("convert", exc, request.scope)
             if exc.timed_out:
-                return _error(504, "converting the snapshot took longer than its deadline")
+                # The converter runs at the lowest priority: on a saturated process it may
+                # not finish; the stored bytes are served as they are, and convert anywhere.
+                message = (
+                    "converting the snapshot took longer than its deadline (the converter"
+                    " takes only the CPU the app leaves); download ?format=raw and run"
+                    " `flightdeck convert` on it elsewhere"
+                )
+                return _error(504, message)
             return _error(500, "the snapshot could not be converted")
         except BaseException:
             await source.close()

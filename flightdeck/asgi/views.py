@@ -345,7 +345,7 @@ class ChildSource:
     ) -> ChildSource:
         """Start the converter on ``data`` (blocking: run in a worker thread)."""
         command = [sys.executable, "-m", "flightdeck", "convert", "--format", format]
-        command += ["--memory", str(memory), *(["--gzip"] if gzip else [])]
+        command += ["--memory", str(memory), "--background", *(["--gzip"] if gzip else [])]
         command += ["--output", sink.path, "-"]
         errors = tempfile.TemporaryFile()  # noqa: SIM115  (closed in _reap)
         try:

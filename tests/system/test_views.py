@@ -3,6 +3,7 @@ one child at a time, killed past its deadline, never a truncated 200, kept for t
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import http.client
 import os
@@ -162,7 +163,8 @@ def test_one_child_at_a_time_and_the_deadline_kills_it(
 ) -> None:
     store, snap = stored
     monkeypatch.setenv(FAULT_ENV, "stall")  # the child writes one chunk, then hangs
-    with _serve(store, deadline=3.0) as server:
+    # Long enough for a child at nice 19 on a busy machine to write its first chunk.
+    with _serve(store, deadline=6.0) as server:
         url = f"{server.url}{PREFIX}/snapshots/{snap.id}"
         outcome: dict[str, Any] = {}
         started = threading.Event()
@@ -191,7 +193,7 @@ def test_one_child_at_a_time_and_the_deadline_kills_it(
         # Killed at the deadline: the connection is dropped, not closed as a whole 200.
         assert outcome["status"] == 200 and outcome["got"] > 0
         assert isinstance(outcome["error"], httpx.RemoteProtocolError)
-        assert 2.5 < elapsed < 20
+        assert 5.5 < elapsed < 30
         views = _views(server)
         assert views["killed"] == 1 and views["busy"] == 1 and views["children"] == 1
         assert not (Path(str(store.directory)) / f"{snap.id}.html.view").exists()
@@ -210,7 +212,8 @@ def test_a_slow_client_is_not_cut_by_the_deadline(tmp_path: Path) -> None:
     snap = make_snapshot(created=BASE, padding=40000)
     store.put(snap)
     expected = snap.dumps("perfetto")
-    with _serve(store, deadline=3.0) as server:
+    # The converter runs at nice 19: on a busy machine it needs a few seconds.
+    with _serve(store, deadline=8.0) as server:
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
         sock.settimeout(30)
@@ -222,7 +225,7 @@ def test_a_slow_client_is_not_cut_by_the_deadline(tmp_path: Path) -> None:
         assert answer.status == 200
         body = answer.read(1024)
         wait_until(lambda: _views(server)["children"] == 1)
-        time.sleep(5.0)  # the client is away past the deadline (what is tested, not a wait)
+        time.sleep(9.0)  # the client is away past the deadline (what is tested, not a wait)
         body += answer.read()
         sock.close()
         assert body == expected
@@ -335,3 +338,43 @@ def test_gzip_helper_round_trip() -> None:
 
     data = os.urandom(1000) * 300
     assert gzip.decompress(b"".join(gzipped(chunks(data)))) == data
+
+
+def _converter_children() -> list[int]:
+    """Pids of this process's children running ``flightdeck convert`` (Linux /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile
+        if int(stat[1]) == os.getpid() and b"convert" in cmdline:
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads the child's priority in /proc")
+def test_the_converter_runs_at_the_lowest_cpu_priority(
+    stored: tuple[SnapshotStore, Snapshot], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It shares the app's cores: under load it must take only what the app leaves.
+    store, snap = stored
+    monkeypatch.setenv(FAULT_ENV, "stall")  # the child writes one chunk, then waits
+    with _serve(store, deadline=20.0) as server:
+        url = f"{server.url}{PREFIX}/snapshots/{snap.id}?format=summary"
+        with httpx.stream("GET", url, timeout=30) as answer:
+            assert answer.status_code == 200
+            pids = wait_until(_converter_children, timeout=20)
+            with open(f"/proc/{pids[0]}/stat") as f:
+                nice = int(f.read().rsplit(")", 1)[1].split()[16])
+            assert nice == 19
+            for pid in pids:
+                os.kill(pid, 9)  # ends the stream now, not at the deadline
+            with contextlib.suppress(httpx.HTTPError):
+                for _ in answer.iter_raw():
+                    pass

@@ -2,15 +2,16 @@
 
 ``uvicorn --workers 4`` serves the benchmark app (``apps.py``, the fan-out route ``gather``,
 flightdeck's defaults) on one snapshot directory; ``wrk`` loads it for ``--fill`` seconds so
-that each worker's window (and so its window file) fills, then keeps loading it while
-``POST /debug/flight/snapshots`` (scope ``process``) and ``...?scope=host`` are taken in
-turn, ``--gap`` seconds apart. Reported per scope: the POST's answer time (the capture,
-trigger to stored: for ``host``, the other workers' window files copied in too) and the
-stored size (the listing's ``size``), medians over ``--rounds``; and the processes a host
-capture holds. The automatic triggers are off (their captures would answer 409).
+that each worker's window (and so its window file) fills. Then, each round, three runs of
+``--duration`` seconds of load: steady, one with ``POST /debug/flight/snapshots`` (scope
+``process``) one second in, one with ``...?scope=host`` one second in. Reported per run
+kind, medians over ``--rounds``: throughput and p99 (wrk), the POST's answer time (the
+capture, trigger to stored: for ``host``, the other workers' window files copied in too)
+and the stored size (the listing's ``size``); and the processes a host capture holds. The
+automatic triggers are off (their captures would answer 409).
 
 Command: .venv/bin/python benchmarks/bench_host_capture.py [--rounds 3] [--fill 20]
-    [--gap 3] [--core native|python]
+    [--duration 5] [--core native|python]
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
 from _common import HERE, ROOT, command_line, median
-from bench_http import free_port
+from bench_http import free_port, parse_wrk, wrk_cmd
 
 from flightdeck.snapshot import host
 
@@ -61,7 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--fill", type=float, default=20.0)
-    parser.add_argument("--gap", type=float, default=3.0)
+    parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--core", choices=["native", "python"], default="native")
     args = parser.parse_args()
 
@@ -92,10 +93,10 @@ def main() -> None:
             time.sleep(0.2)
         else:
             raise SystemExit(f"{WORKERS} workers did not start: {directory / 'server.log'}")
-        total = args.fill + args.rounds * 2 * args.gap + 30
-        wrk_cmd = ["wrk", "-t2", "-c32", f"-d{int(total)}s", f"{base}/gather"]
-        wrk = subprocess.Popen(wrk_cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        time.sleep(args.fill)
+        fill = wrk_cmd(f"{base}/gather", args.fill)
+        wrk = subprocess.Popen(fill, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wrk.wait(timeout=args.fill + 60)
+        wrk = None
         sizes = {}
         for path in windows.glob("*.fdk"):  # written, not reserved: up to the last chunk
             fd = os.open(path, os.O_RDONLY)
@@ -103,36 +104,50 @@ def main() -> None:
                 sizes[path.name] = host.read_window(fd)[1]
             finally:
                 os.close(fd)
-        results: dict[str, dict[str, list[float]]] = {}
+        runs: dict[str, dict[str, list[float]]] = {}
         held: list[int] = []
         for _ in range(args.rounds):
-            for scope in ("process", "host"):
-                query = "?scope=host" if scope == "host" else ""
-                status, body, took = _post(f"{base}/debug/flight/snapshots{query}")
-                if status != 201:
-                    print(f"{scope}: POST answered {status}; skipped")
-                    time.sleep(args.gap)
-                    continue
-                listing = _get(f"{base}/debug/flight/snapshots")
-                entry = next(s for s in listing if s["id"] == body["id"])
-                bucket = results.setdefault(scope, {"ms": [], "mib": []})
-                bucket["ms"].append(took * 1e3)
-                bucket["mib"].append(entry["size"] / (1 << 20))
-                if scope == "host":
-                    held.append(len([p for p in body["processes"] if "error" not in p]))
-                time.sleep(args.gap)
+            for kind in ("steady", "process", "host"):
+                load = subprocess.Popen(
+                    wrk_cmd(f"{base}/gather", args.duration),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+                got = runs.setdefault(kind, {"rps": [], "p99": [], "ms": [], "mib": []})
+                if kind != "steady":
+                    time.sleep(1.0)
+                    query = "?scope=host" if kind == "host" else ""
+                    status, body, took = _post(f"{base}/debug/flight/snapshots{query}")
+                    if status == 201:
+                        listing = _get(f"{base}/debug/flight/snapshots")
+                        entry = next(s for s in listing if s["id"] == body["id"])
+                        got["ms"].append(took * 1e3)
+                        got["mib"].append(entry["size"] / (1 << 20))
+                        if kind == "host":
+                            held.append(len([p for p in body["processes"] if "error" not in p]))
+                    else:
+                        print(f"{kind}: POST answered {status}")
+                out, _ = load.communicate(timeout=args.duration + 60)
+                measured = parse_wrk(out)
+                got["rps"].append(measured["rps"])
+                got["p99"].append(measured["p99_ms"])
         print(f"# {command_line()}")
         print(
-            f"core {args.core}, {WORKERS} workers, wrk -t2 -c32 on /gather, {args.fill:.0f} s fill"
+            f"core {args.core}, {WORKERS} workers, wrk {args.duration:.0f} s runs on /gather,"
+            f" {args.fill:.0f} s fill, {args.rounds} rounds"
         )
         written = ", ".join(f"{s / (1 << 20):.1f} MiB" for s in sizes.values())
         print(f"window files (written part) after the fill: {written}")
-        for scope, got in results.items():
-            ms, mib = got["ms"], got["mib"]
-            print(
-                f"scope {scope:<7}  capture (POST answer) median {median(ms):7.1f} ms"
-                f" (all: {', '.join(f'{v:.0f}' for v in ms)})  stored {median(mib):6.2f} MiB"
-            )
+        for kind, got in runs.items():
+            line = f"{kind:<8} {median(got['rps']):8.0f} req/s  p99 {median(got['p99']):7.1f} ms"
+            if got["ms"]:
+                line += (
+                    f"  capture {median(got['ms']):7.1f} ms"
+                    f" (all: {', '.join(f'{v:.0f}' for v in got['ms'])})"
+                    f"  stored {median(got['mib']):6.2f} MiB"
+                )
+            print(line)
         if held:
             print(f"processes held by each host capture: {held}")
     finally:

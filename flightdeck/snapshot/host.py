@@ -171,66 +171,85 @@ def _process_of(fd: int) -> dict[str, Any]:
 def read_window(fd: int, limit: int = MAX_PEER_BYTES) -> tuple[list[memoryview], int, int]:
     """A window file's chunks up to its last complete one, ``GONE`` chunks left out: the
     pieces of a stored form ``iter_chunks(strict=False)`` reads (views of one read of the
-    file, never copied again), their length and their crc32. A chunk the writer was writing
-    at that moment fails its checksum: read again, up to ``TORN_RETRIES`` times."""
+    file), their length and their crc32. A chunk the writer was writing at that moment
+    fails its checksum: read again, up to ``TORN_RETRIES`` times.
+
+    Only the last ``CHECKED`` chunks are checked here: the writer appends at the end and
+    rewrites only what it wrote last (the open generation, its state), so nothing before
+    them can be half written (an evicted chunk's tag becomes ``GONE`` in place; its payload
+    and checksum stay). The reader checks every chunk again when it converts. Few calls
+    that let go of the GIL (a read per MiB, a checksum per run of chunks): a capture
+    thread waits for the GIL after each, against a busy loop.
+    """
     best: tuple[list[memoryview], int, int] = ([], 0, 0)
     for _ in range(TORN_RETRIES):
         pieces, length, crc, torn = _read_once(fd, limit)
+        if not torn:
+            best = (pieces, length, crc)  # whole: whatever an earlier, torn read held
+            break
         if length > best[1]:
             best = (pieces, length, crc)
-        if not torn:
-            break
     if best[1] <= len(container.PREAMBLE):
         raise container.ContainerError("window file holds no readable chunk")
     return best
 
 
+#: The last chunks of a window file checked when it is read (see ``read_window``).
+CHECKED = 8
+_BLOCK = 1 << 20
+
+
 def _read_once(fd: int, limit: int) -> tuple[list[memoryview], int, int, bool]:
     size = min(os.fstat(fd).st_size, limit)
     pre = len(container.PREAMBLE)
-    pos = pre
-    while pos + _HEADER.size <= size:  # where the chunks end, by their headers
-        head = os.pread(fd, _HEADER.size, pos)
-        if len(head) < _HEADER.size:
-            break
-        tag, _flags, length, _crc = _HEADER.unpack(head)
-        if tag == STOP_TAG or pos + _HEADER.size + length > size:
-            break
-        pos += _HEADER.size + length
-    data = memoryview(_pread_all(fd, pos))
-    if bytes(data[: len(container.MAGIC)]) != container.MAGIC:
+    buf = bytearray()
+
+    def have(n: int) -> bool:
+        while len(buf) < n:
+            block = os.pread(fd, min(max(_BLOCK, n - len(buf)), size - len(buf)), len(buf))
+            if not block:
+                return False
+            buf.extend(block)
+        return True
+
+    if not have(pre) or bytes(buf[: len(container.MAGIC)]) != container.MAGIC:
         raise container.ContainerError("not a window file (bad magic)")
-    pieces = [data[:pre]]
-    crc = zlib.crc32(pieces[0])
-    total = pre
-    at = pre
-    while at + _HEADER.size <= len(data):
-        tag, _flags, length, chunk_crc = _HEADER.unpack_from(data, at)
-        end = at + _HEADER.size + length
-        if end > len(data) or zlib.crc32(data[at + _HEADER.size : end]) != chunk_crc:
-            return pieces, total, crc, True  # torn by a write in progress
-        if tag != GONE:
-            piece = data[at:end]
-            pieces.append(piece)
-            crc = zlib.crc32(piece, crc)
-            total += len(piece)
-        at = end
-    return pieces, total, crc, False
-
-
-def _pread_all(fd: int, size: int) -> bytearray:
-    """The first ``size`` bytes of the file (fewer at its end), read into one buffer."""
-    buf = bytearray(size)
-    view = memoryview(buf)
-    pos = 0
-    while pos < size:
-        n = os.preadv(fd, [view[pos : pos + (1 << 20)]], pos)
-        if n <= 0:
+    chunks: list[tuple[int, int, bytes, int]] = []  # (start, end, tag, crc)
+    pos = pre
+    while have(pos + _HEADER.size):  # the chunks, by their headers, up to the end marker
+        tag, _flags, length, crc = _HEADER.unpack_from(buf, pos)
+        end = pos + _HEADER.size + length
+        if tag == STOP_TAG or end > size or not have(end):
             break
-        pos += n
-    view.release()
-    del buf[pos:]
-    return buf
+        chunks.append((pos, end, tag, crc))
+        pos = end
+    data = memoryview(buf)
+    torn = False
+    for i in range(max(0, len(chunks) - CHECKED), len(chunks)):
+        start, end, _tag, crc = chunks[i]
+        if zlib.crc32(data[start + _HEADER.size : end]) != crc:
+            del chunks[i:]  # torn by a write in progress
+            torn = True
+            break
+    # Runs of adjacent chunks that are kept: the preamble and HEAD, then (the evicted,
+    # oldest generations skipped) the rest.
+    runs: list[list[int]] = [[0, pre]]
+    for start, end, tag, _crc in chunks:
+        if tag == GONE:
+            continue
+        if runs[-1][1] == start:
+            runs[-1][1] = end
+        else:
+            runs.append([start, end])
+    pieces = []
+    crc = 0
+    total = 0
+    for start, end in runs:
+        run = data[start:end]
+        crc = zlib.crc32(run, crc)
+        total += end - start
+        pieces += [run[i : i + _BLOCK] for i in range(0, end - start, _BLOCK)]
+    return pieces, total, crc, torn
 
 
 def host_chunks(

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,12 @@ from flightdeck.snapshot.store import SnapshotStore
 
 _PEER = textwrap.dedent(
     """
-    import asyncio, sys
+    import asyncio, os, sys, time
     from flightdeck import FlightRecorder
     from flightdeck.snapshot.store import SnapshotStore
 
     async def main():
-        rec = FlightRecorder(window=5, max_bytes=1 << 20)
+        rec = FlightRecorder(window=5, max_bytes=int(os.environ.get("FD_MAX", 1 << 20)))
         rec.keep_window_in(SnapshotStore(directory=sys.argv[1]))
         rec.start()
 
@@ -45,6 +46,9 @@ _PEER = textwrap.dedent(
             await asyncio.gather(*(work(i) for i in range(5)))
         await asyncio.sleep(0.6)  # past the writer's interval: the tasks are in the file
         print(rec.stats["window_file"]["path"], flush=True)
+        busy = time.monotonic() + float(os.environ.get("FD_BUSY", "0"))
+        while time.monotonic() < busy:  # recording on, while the test reads the file
+            await asyncio.gather(*(work(i) for i in range(50)))
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         rec.stop()
 
@@ -53,8 +57,8 @@ _PEER = textwrap.dedent(
 )
 
 
-def _peer(directory: Path) -> tuple[subprocess.Popen[str], str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+def _peer(directory: Path, **env_extra: str) -> tuple[subprocess.Popen[str], str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **env_extra)
     proc = subprocess.Popen(
         [sys.executable, "-c", _PEER, str(directory)],
         stdin=subprocess.PIPE,
@@ -301,3 +305,42 @@ def test_the_windows_copied_stay_within_the_budget_and_the_rest_are_named(
     note = orjson.loads(chunks[1][16:])  # past the chunk header
     assert note["pid"] == 8 and "store's bound" in note["error"]
     assert all(p.fd == -1 for p in peers)  # every descriptor closed
+
+
+def test_reads_of_a_window_file_being_written_hold_only_whole_chunks(tmp_path: Path) -> None:
+    """A peer recording flat out into a small window (its file rewritten when full): every
+    read, whenever it falls, is whole chunks, each passing its checksum (what the writer
+    was writing at that moment is read again or left out, never copied torn)."""
+    proc, _ = _peer(tmp_path, FD_MAX=str(256 << 10), FD_BUSY="4")
+    reads = 0
+    try:
+        deadline = time.monotonic() + 3.5
+        while time.monotonic() < deadline:
+            peers, skipped = host.find_peers(str(tmp_path), None)
+            assert skipped == []
+            for peer in peers:
+                try:
+                    pieces, length, crc = host.read_window(peer.fd)
+                finally:
+                    peer.close()
+                data = b"".join(pieces)
+                assert (len(data), zlib.crc32(data)) == (length, crc)
+                # Every chunk read is whole: parsing stops at the end, not before.
+                assert _chunks_end(data) == length
+                reads += 1
+    finally:
+        _end(proc)
+    assert reads >= 10
+
+
+def _chunks_end(data: bytes) -> int:
+    """Where the last chunk that passes its checksum ends (``iter_chunks`` decompresses
+    payloads, so their stored lengths are counted from the headers here)."""
+    pos = len(container.PREAMBLE)
+    while pos + 16 <= len(data):
+        _tag, _flags, length, crc = container._CHUNK.unpack_from(data, pos)
+        end = pos + 16 + length
+        if end > len(data) or zlib.crc32(data[pos + 16 : end]) != crc:
+            break
+        pos = end
+    return pos

@@ -323,3 +323,30 @@ def test_a_worker_killed_at_the_capture_and_an_unreadable_file_do_not_fail_it(
     finally:
         os.close(fd)
         bogus.unlink()
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_gunicorn_preload_workers_are_captured_together(
+    server: Callable[..., ServerProcess], tmp_path: Path, core: str
+) -> None:
+    """gunicorn with uvicorn's worker and ``--preload``: the app (and its FlightDeck) is
+    made in the arbiter, each worker records after the fork in a window file of its own,
+    and a host capture holds both workers (never the arbiter, which does not record)."""
+    directory = tmp_path / "snaps"
+    srv = server(
+        kind="gunicorn", workers=2, env=_env(directory, core), args=["--preload"], ready_path="/pid"
+    )
+    pids = wait_until(lambda: len(_window_pids(directory)) == 2 and _window_pids(directory))
+    assert srv.pid not in pids
+    seen: set[int] = set()
+    wait_until(
+        lambda: seen.add(json.loads(http_get(srv.url + "/pid")[2])["pid"]) or seen == pids,
+        timeout=60,
+        interval=0.005,
+    )
+    time.sleep(0.6)
+    status, body = _post(f"{srv.url}{PREFIX}/snapshots?scope=host")
+    assert status == 201, body
+    doc = _document(srv, body["id"])
+    assert {p["pid"] for p in doc["processes"]} == pids
+    assert {r["pid"] for r in doc["requests"] if r["path"] == "/pid"} == pids

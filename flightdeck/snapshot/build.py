@@ -662,7 +662,8 @@ def build_document(
         native=native,
     )
     for task in doc["tasks"]:
-        task["steps"] = plain_steps(task["steps"])
+        if type(task["steps"]) is Steps:  # the native feed's are plain already
+            task["steps"] = plain_steps(task["steps"])
     return doc
 
 

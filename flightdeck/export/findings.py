@@ -90,6 +90,30 @@ class Reading:
         ]
         self.hogs = hogs(doc, self.index)
         self.span = self._span()
+        self._delays: list[tuple[float, float | None, dict[str, Any]]] | None = None
+        self._waits: list[tuple[float, dict[str, Any], dict[str, Any]]] | None = None
+
+    def delays_and_waits(
+        self,
+    ) -> tuple[
+        list[tuple[float, float | None, dict[str, Any]]],
+        list[tuple[float, dict[str, Any], dict[str, Any]]],
+    ]:
+        """``sched_delays(doc, r)`` and ``long_waits(doc, r)``, made once in one pass over
+        the app's tasks (the findings and the summary both list them); copies, to sort."""
+        if self._delays is None or self._waits is None:
+            delays: list[tuple[float, float | None, dict[str, Any]]] = []
+            waits: list[tuple[float, dict[str, Any], dict[str, Any]]] = []
+            owners, window_end = self.owners, self.window_end
+            for task in dicts(self.doc.get("tasks")):
+                if owners.get(task.get("id"), USER) != USER:
+                    continue
+                _task_delay(task, delays)
+                _task_waits(task, window_end, waits)
+            delays.sort(key=lambda x: -x[0])
+            waits.sort(key=lambda x: -x[0])
+            self._delays, self._waits = delays, waits
+        return list(self._delays), list(self._waits)
 
     def owner(self, tid: Any) -> str:
         """``user``, ``server`` or ``flightdeck`` (see ``diagnose.owners``)."""
@@ -440,6 +464,57 @@ def _entry_end(e: dict[str, Any]) -> float | None:
     return None if s is None else s + (d or 0.0)
 
 
+def _finite(value: object) -> float | None:
+    """``num(value)``, the float case first (steps are floats)."""
+    if type(value) is float:
+        return value if value - value == 0.0 else None  # NaN and infinities are not
+    return num(value)
+
+
+def _task_delay(
+    task: dict[str, Any], out: list[tuple[float, float | None, dict[str, Any]]]
+) -> None:
+    """Append ``task``'s worst step by ``ready``: (ready, step start, task)."""
+    worst: tuple[float, float | None] | None = None
+    steps = task.get("steps")
+    for step in steps if isinstance(steps, list) else ():
+        if not isinstance(step, (list, tuple)) or len(step) < 4:
+            continue
+        ready = step[3]
+        if type(ready) is float:  # ``num``, inline for the floats the builder writes
+            if ready - ready != 0.0:
+                continue
+        elif (ready := num(ready)) is None:
+            continue
+        if worst is None or ready > worst[0]:
+            worst = (ready, _finite(step[0]))
+    if worst is not None:
+        out.append((worst[0], worst[1], task))
+
+
+def _task_waits(
+    task: dict[str, Any],
+    window_end: float | None,
+    out: list[tuple[float, dict[str, Any], dict[str, Any]]],
+) -> None:
+    """Append ``task``'s suspensions of at least LONG_WAIT: (duration, wait, task)."""
+    if task.get("waits"):
+        for wait in dicts(task.get("waits")):
+            dur = num(wait.get("duration"))
+            if dur is not None and dur >= LONG_WAIT:
+                out.append((dur, wait, task))
+    if not task.get("awaiting"):
+        return
+    awaiting = dicts(task.get("awaiting"))
+    if awaiting and num(task.get("done")) is None and window_end is not None:
+        since = _last_step_end(task)
+        if since is None:
+            since = num(task.get("created"))
+        if since is not None and window_end - since >= LONG_WAIT:
+            wait = {"start": since, "duration": None, "stack": awaiting, "ongoing": True}
+            out.append((window_end - since, wait, task))
+
+
 def sched_delays(
     doc: dict[str, Any], r: Reading | None = None
 ) -> list[tuple[float, float | None, dict[str, Any]]]:
@@ -448,20 +523,13 @@ def sched_delays(
     With ``r``, flightdeck's own tasks and the server's machinery are left out: they wait
     for the loop like everyone else, and saying so names no cause.
     """
-    out = []
+    if r is not None and r.doc is doc:
+        return r.delays_and_waits()[0]
+    out: list[tuple[float, float | None, dict[str, Any]]] = []
     for task in dicts(doc.get("tasks")):
         if r is not None and r.owner(task.get("id")) != USER:
             continue
-        worst: tuple[float, float | None] | None = None
-        steps = task.get("steps")
-        for step in steps if isinstance(steps, list) else ():
-            if not isinstance(step, (list, tuple)) or len(step) < 4:
-                continue
-            ready = num(step[3])
-            if ready is not None and (worst is None or ready > worst[0]):
-                worst = (ready, num(step[0]))
-        if worst is not None:
-            out.append((worst[0], worst[1], task))
+        _task_delay(task, out)
     out.sort(key=lambda x: -x[0])
     return out
 
@@ -475,23 +543,14 @@ def long_waits(
     (``wait["ongoing"]`` is True, its stack is where it awaits). With ``r``, flightdeck's
     own tasks and the server's machinery are left out.
     """
-    out = []
+    if r is not None and r.doc is doc:
+        return r.delays_and_waits()[1]
+    out: list[tuple[float, dict[str, Any], dict[str, Any]]] = []
     window_end = num(section(doc, "window").get("end"))
     for task in dicts(doc.get("tasks")):
         if r is not None and r.owner(task.get("id")) != USER:
             continue
-        for wait in dicts(task.get("waits")):
-            dur = num(wait.get("duration"))
-            if dur is not None and dur >= LONG_WAIT:
-                out.append((dur, wait, task))
-        awaiting = dicts(task.get("awaiting"))
-        if awaiting and num(task.get("done")) is None and window_end is not None:
-            since = _last_step_end(task)
-            if since is None:
-                since = num(task.get("created"))
-            if since is not None and window_end - since >= LONG_WAIT:
-                wait = {"start": since, "duration": None, "stack": awaiting, "ongoing": True}
-                out.append((window_end - since, wait, task))
+        _task_waits(task, window_end, out)
     out.sort(key=lambda x: -x[0])
     return out
 

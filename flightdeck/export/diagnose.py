@@ -343,26 +343,27 @@ def owners(doc: dict[str, Any], index: LoopIndex) -> dict[Any, str]:
     own_file: dict[Any, bool] = {}
 
     def is_asgi(coro: Any) -> bool:
-        found = asgi_coro.get(coro) if isinstance(coro, str) else None
+        found = asgi_coro.get(coro) if type(coro) is str else None
         if found is None:
             found = "asgi" in text(coro).lower()
-            if isinstance(coro, str):
+            if type(coro) is str:
                 asgi_coro[coro] = found
         return found
 
     def is_own(file: Any) -> bool:
-        found = own_file.get(file) if isinstance(file, str) else None
+        found = own_file.get(file) if type(file) is str else None
         if found is None:
             f = text(file).replace("\\", "/")
             found = any(m in f for m in FLIGHTDECK_OWN)
-            if isinstance(file, str):
+            if type(file) is str:
                 own_file[file] = found
         return found
 
     def own(task: dict[str, Any], depth: int = 0) -> str:
         tid = task.get("id")
-        if tid in out:
-            return out[tid]
+        who = out.get(tid)
+        if who is not None:
+            return who
         if task.get("request") is not None:
             who = USER
         elif tid in fd_jobs or is_asgi(task.get("coro")):
@@ -374,10 +375,15 @@ def owners(doc: dict[str, Any], index: LoopIndex) -> dict[Any, str]:
                 site = task.get("site")
                 frames = [site] if isinstance(site, dict) else []
             parent = index.tasks.get(task.get("parent"))
-            if any(is_own(f.get("file")) for f in frames):
+            fd_frame = False
+            for f in frames:
+                if is_own(f.get("file")):
+                    fd_frame = True
+                    break
+            if fd_frame:
                 who = FLIGHTDECK
             elif parent is not None and depth < 50:
-                who = own(parent, depth + 1)
+                who = out.get(parent.get("id")) or own(parent, depth + 1)
             elif (frames and all(folder.is_library(f) for f in frames)) or (
                 not frames and text(task.get("coro")).startswith(("Server.", "LifespanOn."))
             ):

@@ -594,9 +594,10 @@ def wait_site(wait: dict[str, Any], folder: StackFolder | None = None) -> str:
 
 def _delays_and_waits(r: Reading, add: Any) -> None:
     delays = sched_delays(r.doc, r)
-    delays.sort(key=lambda x: r.is_earlier(x[1]))  # the worst of the trigger's time first
-    if delays and delays[0][0] >= SCHED_DELAY:
-        ready, start, task = delays[0]
+    # The worst of the trigger's time first (the first of the others if there is none).
+    first = next((d for d in delays if not r.is_earlier(d[1])), delays[0] if delays else None)
+    if first is not None and first[0] >= SCHED_DELAY:
+        ready, start, task = first
         add(
             Finding(
                 0.0,
@@ -610,9 +611,12 @@ def _delays_and_waits(r: Reading, add: Any) -> None:
         )
     own = r.trigger.task.get("id") if r.trigger is not None and r.trigger.task else None
     waits = [w for w in long_waits(r.doc, r) if w[2].get("id") != own]  # own: the "why"
-    waits.sort(key=lambda w: r.is_earlier(_wait_end(w[1], w[0])))  # the trigger's time first
-    if waits:
-        dur, wait, task = waits[0]
+    # The longest of the trigger's time first (the first of the others if there is none).
+    longest = next(
+        (w for w in waits if not r.is_earlier(_wait_end(w[1], w[0]))), waits[0] if waits else None
+    )
+    if longest is not None:
+        dur, wait, task = longest
         still = " (still waiting at capture)" if wait.get("ongoing") else ""
         start = num(wait.get("start"))
         add(

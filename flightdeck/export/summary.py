@@ -282,7 +282,7 @@ def _summarize(doc: dict[str, Any], *, request: Any, full: bool) -> str:
         still = "  (still waiting at capture)" if wait.get("ongoing") else ""
         add(f"  {fmt_duration(dur):>9}  task {task_label(task)}{_request_of(task, reqs)}{still}")
         add(f"             at {wait_site(wait, folder)}")
-    pending = [t for t in dicts(doc.get("tasks")) if dicts(t.get("awaiting"))]
+    pending = [t for t in dicts(doc.get("tasks")) if t.get("awaiting") and dicts(t.get("awaiting"))]
     # The app's own first; flightdeck's and the server's are said to be theirs.
     pending.sort(key=lambda t: r.owner(t.get("id")) != USER)
     if pending:

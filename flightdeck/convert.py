@@ -41,6 +41,7 @@ from .snapshot.document import (
     Snapshot,
     SnapshotError,
     export_format,
+    sanitize,
     validate_document,
 )
 
@@ -258,34 +259,72 @@ def convert(
     fault = os.environ.get(FAULT_ENV, "")
     if fault == "fail":
         raise SnapshotError(f"{where}: failing as {FAULT_ENV} asks")
-    if fmt.convert is None:
-        body = data
-    else:
-        # The document is millions of objects that all live until it is written: the
-        # cyclic GC's passes over them would only cost (read_document says the same).
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
-        try:
-            body = load(data, where).dumps(fmt.name)
-        finally:
-            if gc_was_enabled:
-                gc.enable()
-    pieces = chunks(body)
-    if gzip:
-        pieces = gzipped(pieces)
-    written = 0
-    for piece in pieces:
-        if not piece:
-            continue
-        out.write(piece)
-        out.flush()
-        written += len(piece)
-        if fault == "die":
-            os._exit(3)
-        if fault == "stall":
-            while True:
-                time.sleep(3600)
-    return written
+    # The document is millions of objects that all live until it is written: the cyclic
+    # GC's passes over them would only cost (read_document says the same).
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        pieces: Iterator[bytes]
+        if fmt.convert is None:
+            pieces = chunks(data)
+        elif fmt.name == "json":
+            # Written as it is made, so that its compression (in threads) overlaps it.
+            pieces = json_pieces(read_document(data, where))
+        else:
+            pieces = chunks(load(data, where).dumps(fmt.name))
+        if gzip:
+            pieces = gzipped(pieces)
+        written = 0
+        for piece in pieces:
+            if not piece:
+                continue
+            out.write(piece)
+            out.flush()
+            written += len(piece)
+            if fault == "die":
+                os._exit(3)
+            if fault == "stall":
+                while True:
+                    time.sleep(3600)
+        return written
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+#: Items of a long list of the document (tasks, requests, loop entries, events) written
+#: per piece of ``json_pieces``.
+JSON_SLICE = 2048
+
+
+def _json(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        # Lone surrogates (undecodable bytes) somewhere: made valid text, as
+        # ``Snapshot.dumps`` does for the whole document (item by item, the same bytes).
+        return orjson.dumps(sanitize(value), option=orjson.OPT_NON_STR_KEYS)
+
+
+def json_pieces(doc: dict[str, Any]) -> Iterator[bytes]:
+    """``Snapshot(doc).dumps("json")`` in pieces: the same bytes, never all at once.
+
+    orjson's compact list is its items' JSON joined by commas, so slices of a long list
+    give the same bytes as the list.
+    """
+    yield b"{"
+    first = True
+    for key, value in doc.items():
+        yield (b"" if first else b",") + _json(key) + b":"
+        first = False
+        if isinstance(value, list) and len(value) > JSON_SLICE:
+            yield b"["
+            for i in range(0, len(value), JSON_SLICE):
+                yield (b"," if i else b"") + _json(value[i : i + JSON_SLICE])[1:-1]
+            yield b"]"
+        else:
+            yield _json(value)
+    yield b"}"
 
 
 def limit_memory(limit: int) -> None:

@@ -54,7 +54,8 @@ typedef struct {
 } TaskFeed;
 
 static PyTypeObject TaskFeed_Type;
-static PyObject *tf_template; /* a task record's keys, in the reference's order */
+static PyObject *tf_template;      /* a task record's keys, in the reference's order */
+static PyObject *tf_site_template; /* a site's */
 static PyObject *s_k_id, *s_k_name, *s_k_coro, *s_k_parent, *s_k_request, *s_k_created, *s_k_site,
     *s_k_done, *s_k_state, *s_k_error, *s_k_steps, *s_k_awaiting, *s_k_waits, *s_k_start,
     *s_k_duration, *s_k_stack, *s_k_function, *s_k_file, *s_k_line, *s_pending;
@@ -160,7 +161,7 @@ tf_site(TaskFeed *f, PyObject *site)
 {
     if (site == Py_None) Py_RETURN_NONE;
     if (PyTuple_CheckExact(site) && PyTuple_GET_SIZE(site) == 3) {
-        PyObject *d = PyDict_New();
+        PyObject *d = PyDict_Copy(tf_site_template);
         if (!d) return NULL;
         if (PyDict_SetItem(d, s_k_function, PyTuple_GET_ITEM(site, 0)) < 0
             || PyDict_SetItem(d, s_k_file, PyTuple_GET_ITEM(site, 1)) < 0
@@ -174,6 +175,25 @@ tf_site(TaskFeed *f, PyObject *site)
 }
 
 static PyObject *tf_task(TaskFeed *f, int64_t raw);
+
+/* "t<n>", the reference's f"t{n}" */
+static PyObject *
+tf_uid(Py_ssize_t n)
+{
+    char digits[24];
+    int len = 0;
+    size_t v = (size_t)n;
+    do {
+        digits[len++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v && len < 23);
+    PyObject *s = PyUnicode_New(len + 1, 127);
+    if (!s) return NULL;
+    Py_UCS1 *out = PyUnicode_1BYTE_DATA(s);
+    out[0] = 't';
+    for (int i = 0; i < len; i++) out[1 + i] = (Py_UCS1)digits[len - 1 - i];
+    return s;
+}
 
 /* The reference's `_new_task(raw, e, status=...)`; `e` NULL: a task known only by
  * reference. Returns the record (borrowed: the tasks dict holds it). */
@@ -216,7 +236,7 @@ tf_new_task(TaskFeed *f, int64_t raw, PyObject *e, int status)
     }
     en->has_created = en->has_last = en->known = 0;
     f->n++;
-    PyObject *uid = PyUnicode_FromFormat("t%zd", f->n);
+    PyObject *uid = tf_uid(f->n);
     if (!uid) return NULL;
     /* a copy of the template: its keys in order, no insertion or resize below */
     PyObject *rec = PyDict_Copy(tf_template);
@@ -252,17 +272,16 @@ tf_new_task(TaskFeed *f, int64_t raw, PyObject *e, int status)
     steps = PyList_New(0);
     waits = PyList_New(0);
     if (!steps || !waits) goto fail;
-    if (PyDict_SetItem(rec, s_k_id, uid) < 0 || PyDict_SetItem(rec, s_k_name, name) < 0
-        || PyDict_SetItem(rec, s_k_coro, coro) < 0
-        || PyDict_SetItem(rec, s_k_parent, parent_uid) < 0
-        || PyDict_SetItem(rec, s_k_request, rid) < 0
-        || PyDict_SetItem(rec, s_k_created, created ? created : Py_None) < 0
-        || PyDict_SetItem(rec, s_k_site, site_d ? site_d : Py_None) < 0
-        || PyDict_SetItem(rec, s_k_done, Py_None) < 0
-        || PyDict_SetItem(rec, s_k_state, s_pending) < 0
-        || PyDict_SetItem(rec, s_k_error, Py_None) < 0 || PyDict_SetItem(rec, s_k_steps, steps) < 0
-        || PyDict_SetItem(rec, s_k_awaiting, Py_None) < 0
+    /* the template holds None for the rest, and "pending" for the state */
+    if (PyDict_SetItem(rec, s_k_id, uid) < 0 || PyDict_SetItem(rec, s_k_steps, steps) < 0
         || PyDict_SetItem(rec, s_k_waits, waits) < 0)
+        goto fail;
+    if (e
+        && (PyDict_SetItem(rec, s_k_name, name) < 0 || PyDict_SetItem(rec, s_k_coro, coro) < 0
+            || PyDict_SetItem(rec, s_k_parent, parent_uid) < 0
+            || PyDict_SetItem(rec, s_k_request, rid) < 0
+            || PyDict_SetItem(rec, s_k_created, created) < 0
+            || PyDict_SetItem(rec, s_k_site, site_d) < 0))
         goto fail;
     if (e && !status) {
         en->last_end = t_ns;
@@ -893,7 +912,13 @@ builder_init_strings(void)
                         s_k_steps,   s_k_awaiting, s_k_waits};
     if (!(tf_template = PyDict_New())) return -1;
     for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
-        if (PyDict_SetItem(tf_template, keys[i], Py_None) < 0) return -1;
+        if (PyDict_SetItem(tf_template, keys[i], keys[i] == s_k_state ? s_pending : Py_None) < 0)
+            return -1;
+    if (!(tf_site_template = PyDict_New())) return -1;
+    if (PyDict_SetItem(tf_site_template, s_k_function, Py_None) < 0
+        || PyDict_SetItem(tf_site_template, s_k_file, Py_None) < 0
+        || PyDict_SetItem(tf_site_template, s_k_line, Py_None) < 0)
+        return -1;
     return 0;
 }
 

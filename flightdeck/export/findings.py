@@ -4,6 +4,7 @@ window. Each names a function or a task, not only a symptom."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from .breakdown import Breakdown, breakdown, sentence
@@ -109,9 +110,11 @@ class Reading:
                 if owners.get(task.get("id"), USER) != USER:
                     continue
                 _task_delay(task, delays)
-                _task_waits(task, window_end, waits)
-            delays.sort(key=lambda x: -x[0])
-            waits.sort(key=lambda x: -x[0])
+                if task.get("waits") or task.get("awaiting"):  # most tasks have neither
+                    _task_waits(task, window_end, waits)
+            # Worst first; ties keep the tasks' order (a reversed sort is stable too).
+            delays.sort(key=itemgetter(0), reverse=True)
+            waits.sort(key=itemgetter(0), reverse=True)
             self._delays, self._waits = delays, waits
         return list(self._delays), list(self._waits)
 

@@ -67,7 +67,7 @@ test: lint typecheck pytest
 memcheck: $(STAMP)
 	@command -v valgrind >/dev/null 2>&1 || { echo "valgrind not found: apt-get install valgrind"; exit 1; }
 	$(PY) tests/memcheck.py _casgi tests/asgi/test_casgi.py tests/system/test_middleware_contract.py
-	FLIGHTDECK_HYPOTHESIS_EXAMPLES=25 $(PY) tests/memcheck.py _native tests/native
+	FLIGHTDECK_HYPOTHESIS_EXAMPLES=25 $(PY) tests/memcheck.py _native tests/native tests/snapshot/test_native_builder.py
 
 # The suite with the extension ignored at import: the pure-Python core.
 pytest-pure: $(STAMP)

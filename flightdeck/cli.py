@@ -7,6 +7,7 @@ laptop that has flightdeck installed but not the service's dependencies.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -87,12 +88,20 @@ def _default_out(snapshot_path: str, suffix: str) -> str:
 def cmd_summary(args: argparse.Namespace) -> int:
     from .export.summary import UnknownRequest, summarize
 
-    snap = _load(args.snapshot, args.max_size)
+    # A whole window's document is millions of objects that live until the summary is
+    # written: the cyclic GC's passes over them would find nothing to free.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
     try:
-        text = summarize(snap.to_dict(), request=args.request, full=args.full)
-    except UnknownRequest as exc:
-        _fail(f"{args.snapshot}: {exc}")
-    sys.stdout.write(text)
+        snap = _load(args.snapshot, args.max_size)
+        try:
+            text = summarize(snap.to_dict(), request=args.request, full=args.full)
+        except UnknownRequest as exc:
+            _fail(f"{args.snapshot}: {exc}")
+        sys.stdout.write(text)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     return 0
 
 

@@ -18,12 +18,16 @@ container by its own checked reader, and the document's envelope is validated.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import os
+import struct
 import sys
 import time
 import zlib
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from types import ModuleType
 from typing import Any, BinaryIO
 
@@ -37,6 +41,7 @@ from .snapshot.document import (
     Snapshot,
     SnapshotError,
     export_format,
+    sanitize,
     validate_document,
 )
 
@@ -46,8 +51,13 @@ JSON = "json"
 
 #: Bytes the child writes at a time (the endpoint streams them as they come).
 CHUNK = 1 << 16
-#: The compression level of ``convert --gzip`` (the endpoint's cached JSON view).
-GZIP_LEVEL = 4
+#: The compression level of ``convert --gzip`` (the endpoint's cached JSON view): the
+#: fastest, since the stored snapshot is the small form and this is a cache of a view.
+GZIP_LEVEL = 1
+#: ``convert --gzip`` deflates this many blocks of ``GZIP_BLOCK`` bytes at once.
+GZIP_THREADS = 2
+GZIP_BLOCK = 1 << 20
+_WINDOW = 1 << 15
 #: Tests only: makes the converter child misbehave (``fail``: exit with status 3 before
 #: writing; ``die``: the same after its first chunk; ``stall``: hang after its first chunk),
 #: so the endpoint's handling of a child that fails or overruns can be exercised on a real
@@ -170,14 +180,71 @@ def chunks(data: bytes, size: int = CHUNK) -> Iterator[bytes]:
         yield bytes(view[start : start + size])
 
 
-def gzipped(pieces: Iterator[bytes], level: int = GZIP_LEVEL) -> Iterator[bytes]:
-    """``pieces`` as one gzip member, compressed as they come."""
-    compressor = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+def _deflate(block: bytes, zdict: bytes, last: bool, level: int) -> bytes:
+    """One block of a gzip member's deflate stream: primed with the 32 KiB before it (so
+    it compresses as well as one stream would) and ended on a byte boundary (a sync flush),
+    or as the stream's final block."""
+    if zdict:
+        c = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, zdict=zdict)
+    else:
+        c = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return c.compress(block) + c.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+
+
+def _blocks(pieces: Iterator[bytes], size: int) -> Iterator[bytes]:
+    """``pieces`` regrouped into blocks of at least ``size`` bytes (the last may be less)."""
+    held: list[bytes] = []
+    n = 0
     for piece in pieces:
-        out = compressor.compress(piece)
-        if out:
-            yield out
-    yield compressor.flush()
+        held.append(piece)
+        n += len(piece)
+        if n >= size:
+            yield b"".join(held)
+            held, n = [], 0
+    if held:
+        yield b"".join(held)
+
+
+def gzipped(pieces: Iterator[bytes], level: int = GZIP_LEVEL) -> Iterator[bytes]:
+    """``pieces`` as one gzip member, compressed as they come, ``GZIP_THREADS`` blocks at a
+    time (zlib lets go of the GIL while it deflates: the way pigz splits one stream)."""
+    # The gzip header: deflate, no name, no time, "unknown" system (RFC 1952).
+    yield b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+    crc = 0
+    size = 0
+    pool = None
+    if GZIP_THREADS > 1:
+        try:
+            pool = ThreadPoolExecutor(GZIP_THREADS, thread_name_prefix="flightdeck-gzip")
+        except RuntimeError:  # no thread to be had: one block at a time
+            pool = None
+    try:
+        running: deque[Future[bytes]] = deque()
+        tail = b""
+        prev: bytes | None = None
+
+        def submit(block: bytes, last: bool) -> Iterator[bytes]:
+            nonlocal tail
+            zdict = tail
+            tail = (tail + block)[-_WINDOW:] if len(block) < _WINDOW else block[-_WINDOW:]
+            if pool is None:
+                yield _deflate(block, zdict, last, level)
+                return
+            running.append(pool.submit(_deflate, block, zdict, last, level))
+            while running and (last or len(running) > GZIP_THREADS):
+                yield running.popleft().result()
+
+        for block in _blocks(pieces, GZIP_BLOCK):
+            crc = zlib.crc32(block, crc)
+            size += len(block)
+            if prev is not None:
+                yield from submit(prev, False)
+            prev = block
+        yield from submit(prev if prev is not None else b"", True)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    yield struct.pack("<II", crc & 0xFFFFFFFF, size & 0xFFFFFFFF)
 
 
 def convert(
@@ -192,26 +259,72 @@ def convert(
     fault = os.environ.get(FAULT_ENV, "")
     if fault == "fail":
         raise SnapshotError(f"{where}: failing as {FAULT_ENV} asks")
-    if fmt.convert is None:
-        body = data
-    else:
-        body = load(data, where).dumps(fmt.name)
-    pieces = chunks(body)
-    if gzip:
-        pieces = gzipped(pieces)
-    written = 0
-    for piece in pieces:
-        if not piece:
-            continue
-        out.write(piece)
-        out.flush()
-        written += len(piece)
-        if fault == "die":
-            os._exit(3)
-        if fault == "stall":
-            while True:
-                time.sleep(3600)
-    return written
+    # The document is millions of objects that all live until it is written: the cyclic
+    # GC's passes over them would only cost (read_document says the same).
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        pieces: Iterator[bytes]
+        if fmt.convert is None:
+            pieces = chunks(data)
+        elif fmt.name == "json":
+            # Written as it is made, so that its compression (in threads) overlaps it.
+            pieces = json_pieces(read_document(data, where))
+        else:
+            pieces = chunks(load(data, where).dumps(fmt.name))
+        if gzip:
+            pieces = gzipped(pieces)
+        written = 0
+        for piece in pieces:
+            if not piece:
+                continue
+            out.write(piece)
+            out.flush()
+            written += len(piece)
+            if fault == "die":
+                os._exit(3)
+            if fault == "stall":
+                while True:
+                    time.sleep(3600)
+        return written
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+#: Items of a long list of the document (tasks, requests, loop entries, events) written
+#: per piece of ``json_pieces``.
+JSON_SLICE = 2048
+
+
+def _json(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        # Lone surrogates (undecodable bytes) somewhere: made valid text, as
+        # ``Snapshot.dumps`` does for the whole document (item by item, the same bytes).
+        return orjson.dumps(sanitize(value), option=orjson.OPT_NON_STR_KEYS)
+
+
+def json_pieces(doc: dict[str, Any]) -> Iterator[bytes]:
+    """``Snapshot(doc).dumps("json")`` in pieces: the same bytes, never all at once.
+
+    orjson's compact list is its items' JSON joined by commas, so slices of a long list
+    give the same bytes as the list.
+    """
+    yield b"{"
+    first = True
+    for key, value in doc.items():
+        yield (b"" if first else b",") + _json(key) + b":"
+        first = False
+        if isinstance(value, list) and len(value) > JSON_SLICE:
+            yield b"["
+            for i in range(0, len(value), JSON_SLICE):
+                yield (b"," if i else b"") + _json(value[i : i + JSON_SLICE])[1:-1]
+            yield b"]"
+        else:
+            yield _json(value)
+    yield b"}"
 
 
 def limit_memory(limit: int) -> None:

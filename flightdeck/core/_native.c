@@ -31,6 +31,7 @@
  *   segment.h   Segment (one generation) and the encoder
  *   decoder.h   records back into event tuples, every length checked
  *   stored.h    the stored form of a generation (GENR), load_segment, the Segment type
+ *   builder.h   TaskFeed: the snapshot builder's task table and task kinds (conversion)
  *   window.h    Window: the ring of generations, freeze, status
  *   blockwatch.h  BlockWatch: a step holding the loop (and the GIL) noticed without the GIL
  *   runner.h    await chains and StepRunner (task steps and wakeups)
@@ -49,6 +50,7 @@
 #include "native/segment.h"
 #include "native/decoder.h"
 #include "native/stored.h"
+#include "native/builder.h"
 #include "native/window.h"
 #include "native/blockwatch.h"
 #include "native/runner.h"
@@ -140,7 +142,8 @@ PyInit__native(void)
     if (PyType_Ready(&Segment_Type) < 0 || PyType_Ready(&Window_Type) < 0
         || PyType_Ready(&Runner_Type) < 0 || PyType_Ready(&CallSoon_Type) < 0
         || PyType_Ready(&CreateTask_Type) < 0 || PyType_Ready(&HandleRun_Type) < 0
-        || PyType_Ready(&BlockWatch_Type) < 0)
+        || PyType_Ready(&BlockWatch_Type) < 0 || PyType_Ready(&TaskFeed_Type) < 0
+        || builder_init_strings() < 0)
         return NULL;
     PyObject *m = PyModule_Create(&native_module);
     if (!m) return NULL;
@@ -151,6 +154,7 @@ PyInit__native(void)
         || PyModule_AddObjectRef(m, "CreateTask", (PyObject *)&CreateTask_Type) < 0
         || PyModule_AddObjectRef(m, "HandleRun", (PyObject *)&HandleRun_Type) < 0
         || PyModule_AddObjectRef(m, "BlockWatch", (PyObject *)&BlockWatch_Type) < 0
+        || PyModule_AddObjectRef(m, "TaskFeed", (PyObject *)&TaskFeed_Type) < 0
         || PyModule_AddStringConstant(m, "SCHEMA", FD_SCHEMA_STRING) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -312,9 +312,10 @@ FLIGHTDECK_CODE = (*FLIGHTDECK_OWN, "/flightdeck/instrument/", "/flightdeck/core
 
 
 def _frames_of(task: dict[str, Any]) -> list[dict[str, Any]]:
-    frames = dicts(task.get("awaiting"))
-    for wait in dicts(task.get("waits")):
-        frames += dicts(wait.get("stack"))
+    frames = dicts(task.get("awaiting")) if task.get("awaiting") else []
+    if task.get("waits"):
+        for wait in dicts(task.get("waits")):
+            frames += dicts(wait.get("stack"))
     site = task.get("site")
     if isinstance(site, dict):
         frames.append(site)
@@ -337,23 +338,52 @@ def owners(doc: dict[str, Any], index: LoopIndex) -> dict[Any, str]:
         if e.get("kind") == "executor" and text(e.get("func")).startswith("flightdeck.")
     }
     out: dict[Any, str] = {}
+    # Tasks are many, their coroutines and files few: each is looked at once.
+    asgi_coro: dict[Any, bool] = {}
+    own_file: dict[Any, bool] = {}
+
+    def is_asgi(coro: Any) -> bool:
+        found = asgi_coro.get(coro) if type(coro) is str else None
+        if found is None:
+            found = "asgi" in text(coro).lower()
+            if type(coro) is str:
+                asgi_coro[coro] = found
+        return found
+
+    def is_own(file: Any) -> bool:
+        found = own_file.get(file) if type(file) is str else None
+        if found is None:
+            f = text(file).replace("\\", "/")
+            found = any(m in f for m in FLIGHTDECK_OWN)
+            if type(file) is str:
+                own_file[file] = found
+        return found
 
     def own(task: dict[str, Any], depth: int = 0) -> str:
         tid = task.get("id")
-        if tid in out:
-            return out[tid]
+        who = out.get(tid)
+        if who is not None:
+            return who
         if task.get("request") is not None:
             who = USER
-        elif tid in fd_jobs or "asgi" in text(task.get("coro")).lower():
+        elif tid in fd_jobs or is_asgi(task.get("coro")):
             who = FLIGHTDECK
         else:
-            frames = _frames_of(task)
-            files = [text(f.get("file")).replace("\\", "/") for f in frames]
+            if task.get("awaiting") or task.get("waits"):
+                frames = _frames_of(task)
+            else:  # most tasks: where they were created, and nothing else
+                site = task.get("site")
+                frames = [site] if isinstance(site, dict) else []
             parent = index.tasks.get(task.get("parent"))
-            if any(any(m in f for m in FLIGHTDECK_OWN) for f in files):
+            fd_frame = False
+            for f in frames:
+                if is_own(f.get("file")):
+                    fd_frame = True
+                    break
+            if fd_frame:
                 who = FLIGHTDECK
             elif parent is not None and depth < 50:
-                who = own(parent, depth + 1)
+                who = out.get(parent.get("id")) or own(parent, depth + 1)
             elif (frames and all(folder.is_library(f) for f in frames)) or (
                 not frames and text(task.get("coro")).startswith(("Server.", "LifespanOn."))
             ):

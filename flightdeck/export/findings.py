@@ -4,6 +4,7 @@ window. Each names a function or a task, not only a symptom."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from .breakdown import Breakdown, breakdown, sentence
@@ -91,6 +92,32 @@ class Reading:
         ]
         self.hogs = hogs(doc, self.index)
         self.span = self._span()
+        self._delays: list[tuple[float, float | None, dict[str, Any]]] | None = None
+        self._waits: list[tuple[float, dict[str, Any], dict[str, Any]]] | None = None
+
+    def delays_and_waits(
+        self,
+    ) -> tuple[
+        list[tuple[float, float | None, dict[str, Any]]],
+        list[tuple[float, dict[str, Any], dict[str, Any]]],
+    ]:
+        """``sched_delays(doc, r)`` and ``long_waits(doc, r)``, made once in one pass over
+        the app's tasks (the findings and the summary both list them); copies, to sort."""
+        if self._delays is None or self._waits is None:
+            delays: list[tuple[float, float | None, dict[str, Any]]] = []
+            waits: list[tuple[float, dict[str, Any], dict[str, Any]]] = []
+            owners, window_end = self.owners, self.window_end
+            for task in dicts(self.doc.get("tasks")):
+                if owners.get(task.get("id"), USER) != USER:
+                    continue
+                _task_delay(task, delays)
+                if task.get("waits") or task.get("awaiting"):  # most tasks have neither
+                    _task_waits(task, window_end, waits)
+            # Worst first; ties keep the tasks' order (a reversed sort is stable too).
+            delays.sort(key=itemgetter(0), reverse=True)
+            waits.sort(key=itemgetter(0), reverse=True)
+            self._delays, self._waits = delays, waits
+        return list(self._delays), list(self._waits)
 
     def owner(self, tid: Any) -> str:
         """``user``, ``server`` or ``flightdeck`` (see ``diagnose.owners``)."""
@@ -441,6 +468,57 @@ def _entry_end(e: dict[str, Any]) -> float | None:
     return None if s is None else s + (d or 0.0)
 
 
+def _finite(value: object) -> float | None:
+    """``num(value)``, the float case first (steps are floats)."""
+    if type(value) is float:
+        return value if value - value == 0.0 else None  # NaN and infinities are not
+    return num(value)
+
+
+def _task_delay(
+    task: dict[str, Any], out: list[tuple[float, float | None, dict[str, Any]]]
+) -> None:
+    """Append ``task``'s worst step by ``ready``: (ready, step start, task)."""
+    worst: tuple[float, float | None] | None = None
+    steps = task.get("steps")
+    for step in steps if isinstance(steps, list) else ():
+        if not isinstance(step, (list, tuple)) or len(step) < 4:
+            continue
+        ready = step[3]
+        if type(ready) is float:  # ``num``, inline for the floats the builder writes
+            if ready - ready != 0.0:
+                continue
+        elif (ready := num(ready)) is None:
+            continue
+        if worst is None or ready > worst[0]:
+            worst = (ready, _finite(step[0]))
+    if worst is not None:
+        out.append((worst[0], worst[1], task))
+
+
+def _task_waits(
+    task: dict[str, Any],
+    window_end: float | None,
+    out: list[tuple[float, dict[str, Any], dict[str, Any]]],
+) -> None:
+    """Append ``task``'s suspensions of at least LONG_WAIT: (duration, wait, task)."""
+    if task.get("waits"):
+        for wait in dicts(task.get("waits")):
+            dur = num(wait.get("duration"))
+            if dur is not None and dur >= LONG_WAIT:
+                out.append((dur, wait, task))
+    if not task.get("awaiting"):
+        return
+    awaiting = dicts(task.get("awaiting"))
+    if awaiting and num(task.get("done")) is None and window_end is not None:
+        since = _last_step_end(task)
+        if since is None:
+            since = num(task.get("created"))
+        if since is not None and window_end - since >= LONG_WAIT:
+            wait = {"start": since, "duration": None, "stack": awaiting, "ongoing": True}
+            out.append((window_end - since, wait, task))
+
+
 def sched_delays(
     doc: dict[str, Any], r: Reading | None = None
 ) -> list[tuple[float, float | None, dict[str, Any]]]:
@@ -449,20 +527,13 @@ def sched_delays(
     With ``r``, flightdeck's own tasks and the server's machinery are left out: they wait
     for the loop like everyone else, and saying so names no cause.
     """
-    out = []
+    if r is not None and r.doc is doc:
+        return r.delays_and_waits()[0]
+    out: list[tuple[float, float | None, dict[str, Any]]] = []
     for task in dicts(doc.get("tasks")):
         if r is not None and r.owner(task.get("id")) != USER:
             continue
-        worst: tuple[float, float | None] | None = None
-        steps = task.get("steps")
-        for step in steps if isinstance(steps, list) else ():
-            if not isinstance(step, (list, tuple)) or len(step) < 4:
-                continue
-            ready = num(step[3])
-            if ready is not None and (worst is None or ready > worst[0]):
-                worst = (ready, num(step[0]))
-        if worst is not None:
-            out.append((worst[0], worst[1], task))
+        _task_delay(task, out)
     out.sort(key=lambda x: -x[0])
     return out
 
@@ -476,23 +547,14 @@ def long_waits(
     (``wait["ongoing"]`` is True, its stack is where it awaits). With ``r``, flightdeck's
     own tasks and the server's machinery are left out.
     """
-    out = []
+    if r is not None and r.doc is doc:
+        return r.delays_and_waits()[1]
+    out: list[tuple[float, dict[str, Any], dict[str, Any]]] = []
     window_end = num(section(doc, "window").get("end"))
     for task in dicts(doc.get("tasks")):
         if r is not None and r.owner(task.get("id")) != USER:
             continue
-        for wait in dicts(task.get("waits")):
-            dur = num(wait.get("duration"))
-            if dur is not None and dur >= LONG_WAIT:
-                out.append((dur, wait, task))
-        awaiting = dicts(task.get("awaiting"))
-        if awaiting and num(task.get("done")) is None and window_end is not None:
-            since = _last_step_end(task)
-            if since is None:
-                since = num(task.get("created"))
-            if since is not None and window_end - since >= LONG_WAIT:
-                wait = {"start": since, "duration": None, "stack": awaiting, "ongoing": True}
-                out.append((window_end - since, wait, task))
+        _task_waits(task, window_end, out)
     out.sort(key=lambda x: -x[0])
     return out
 
@@ -536,9 +598,10 @@ def wait_site(wait: dict[str, Any], folder: StackFolder | None = None) -> str:
 
 def _delays_and_waits(r: Reading, add: Any) -> None:
     delays = sched_delays(r.doc, r)
-    delays.sort(key=lambda x: r.is_earlier(x[1]))  # the worst of the trigger's time first
-    if delays and delays[0][0] >= SCHED_DELAY:
-        ready, start, task = delays[0]
+    # The worst of the trigger's time first (the first of the others if there is none).
+    first = next((d for d in delays if not r.is_earlier(d[1])), delays[0] if delays else None)
+    if first is not None and first[0] >= SCHED_DELAY:
+        ready, start, task = first
         add(
             Finding(
                 0.0,
@@ -552,9 +615,12 @@ def _delays_and_waits(r: Reading, add: Any) -> None:
         )
     own = r.trigger.task.get("id") if r.trigger is not None and r.trigger.task else None
     waits = [w for w in long_waits(r.doc, r) if w[2].get("id") != own]  # own: the "why"
-    waits.sort(key=lambda w: r.is_earlier(_wait_end(w[1], w[0])))  # the trigger's time first
-    if waits:
-        dur, wait, task = waits[0]
+    # The longest of the trigger's time first (the first of the others if there is none).
+    longest = next(
+        (w for w in waits if not r.is_earlier(_wait_end(w[1], w[0]))), waits[0] if waits else None
+    )
+    if longest is not None:
+        dur, wait, task = longest
         still = " (still waiting at capture)" if wait.get("ongoing") else ""
         start = num(wait.get("start"))
         add(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+from operator import itemgetter
 from typing import Any
 
 from .common import dicts, num, request_label, text
@@ -16,17 +17,8 @@ class LoopIndex:
         self.folder = folder
         self.tasks = {t.get("id"): t for t in dicts(doc.get("tasks"))}
         self.requests = {r.get("id"): r for r in dicts(doc.get("requests"))}
-        steps: list[tuple[float, float, Any]] = []
-        for task in self.tasks.values():
-            raw = task.get("steps")
-            for step in raw if isinstance(raw, list) else ():
-                if isinstance(step, (list, tuple)) and len(step) >= 2:
-                    s, d = num(step[0]), num(step[1])
-                    if s is not None and d is not None:
-                        steps.append((s, s + d, task.get("id")))
-        steps.sort(key=lambda x: x[0])
-        self.steps = steps
-        self.starts = [s[0] for s in steps]
+        self._steps: list[tuple[float, float, Any]] | None = None
+        self._starts: list[float] = []
         self.entries = [
             e
             for e in dicts(doc.get("loop"))
@@ -48,13 +40,47 @@ class LoopIndex:
                 longest,
             )
 
+    @property
+    def steps(self) -> list[tuple[float, float, Any]]:
+        """Every task step as ``(start, end, task id)``, by start; made when first asked
+        for (a window's steps are most of it, and many readings never ask)."""
+        if self._steps is None:
+            steps: list[tuple[float, float, Any]] = []
+            append = steps.append
+            for task in self.tasks.values():
+                raw = task.get("steps")
+                if not raw or not isinstance(raw, list):
+                    continue
+                tid = task.get("id")
+                for step in raw:
+                    if isinstance(step, (list, tuple)) and len(step) >= 2:
+                        s, d = step[0], step[1]
+                        # ``num`` of each, the finite floats the builder writes first
+                        if not (type(s) is float and s - s == 0.0):
+                            s = num(s)
+                        if not (type(d) is float and d - d == 0.0):
+                            d = num(d)
+                        if s is not None and d is not None:
+                            append((s, s + d, tid))
+            steps.sort(key=itemgetter(0))
+            self._starts = [s[0] for s in steps]
+            self._steps = steps
+        return self._steps
+
+    @property
+    def starts(self) -> list[float]:
+        """The start of each of :attr:`steps`."""
+        _ = self.steps
+        return self._starts
+
     def steps_between(self, a: float, b: float) -> list[tuple[float, float, Any]]:
         """Steps overlapping ``[a, b]`` (steps never overlap: one loop thread)."""
-        i = max(0, bisect.bisect_left(self.starts, a) - 1)
+        steps, starts = self.steps, self.starts
+        i = max(0, bisect.bisect_left(starts, a) - 1)
         out = []
-        while i < len(self.steps) and self.steps[i][0] < b:
-            if self.steps[i][1] > a:
-                out.append(self.steps[i])
+        while i < len(steps) and steps[i][0] < b:
+            if steps[i][1] > a:
+                out.append(steps[i])
             i += 1
         return out
 

@@ -6,6 +6,7 @@ any list may be empty, any value null or of an unexpected type.
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from .breakdown import breakdown, sentence, table
@@ -84,6 +85,18 @@ def summarize(doc: dict[str, Any], *, request: Any = None, full: bool = False) -
     ``request``: explain this request id instead of the trigger's (``UnknownRequest`` if the
     snapshot lacks it). ``full``: show library frames instead of folding them.
     """
+    # A whole window's document is millions of objects, and a reading makes many more that
+    # live as long: the cyclic GC's passes over them would cost more than the reading.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _summarize(doc, request=request, full=full)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _summarize(doc: dict[str, Any], *, request: Any, full: bool) -> str:
     lines: list[str] = []
     add = lines.append
     parts = split_processes(doc)
@@ -274,7 +287,7 @@ def summarize(doc: dict[str, Any], *, request: Any = None, full: bool = False) -
         still = "  (still waiting at capture)" if wait.get("ongoing") else ""
         add(f"  {fmt_duration(dur):>9}  task {task_label(task)}{_request_of(task, reqs)}{still}")
         add(f"             at {wait_site(wait, folder)}")
-    pending = [t for t in dicts(doc.get("tasks")) if dicts(t.get("awaiting"))]
+    pending = [t for t in dicts(doc.get("tasks")) if t.get("awaiting") and dicts(t.get("awaiting"))]
     # The app's own first; flightdeck's and the server's are said to be theirs.
     pending.sort(key=lambda t: r.owner(t.get("id")) != USER)
     if pending:

@@ -74,6 +74,10 @@ def _stack(frames: Any) -> list[dict[str, Any]] | None:
     return [{"function": f[0], "file": f[1], "line": f[2]} for f in frames]
 
 
+def _site(site: Any) -> dict[str, Any] | None:
+    return {"function": site[0], "file": site[1], "line": site[2]} if site else None
+
+
 class TaskTable:
     """Task records by raw id, telling apart tasks that reused an address (CPython does)."""
 
@@ -117,7 +121,7 @@ class TaskTable:
                 "parent": self.task(parent)["id"] if parent is not None else None,
                 "request": rid,
                 "created": self.ts(t),
-                "site": {"function": site[0], "file": site[1], "line": site[2]} if site else None,
+                "site": _site(site),
             }
             self.created_ns[uid] = t
         # Its first step's ``waited`` counts from creation; for a status record the previous
@@ -175,7 +179,7 @@ class TaskTable:
         if rec["request"] is None:
             rec["request"] = rid
         rec["created"] = self.ts(t)
-        rec["site"] = {"function": site[0], "file": site[1], "line": site[2]} if site else None
+        rec["site"] = _site(site)
         self.created_ns[uid] = t
 
 
@@ -476,6 +480,89 @@ class _Builder(TaskTable):
         return list(self.requests.values()), list(self.tasks.values())
 
 
+class _NativeBuilder(_Builder):
+    """``_Builder`` with its task table and its task kinds (create, step, done, wait) in C.
+
+    ``core/native/builder.h`` (``TaskFeed``) reads a native generation's records straight
+    into the very task records ``_Builder`` makes, steps already as their rows, and hands
+    every other kind back, in order, to ``_Builder.feed`` (the reference), which reaches
+    the table through the methods below. Only for stored native generations: see
+    :func:`_native_runs`. Any record it does not expect raises ValueError, and
+    :func:`assemble` then builds the document with ``_Builder`` alone.
+    """
+
+    def __init__(self, offset_ns: int, native: Any) -> None:
+        super().__init__(offset_ns)
+        self.native = native.TaskFeed(offset_ns, _stack, _site)
+        self.tasks = self.native.tasks
+
+    def task(self, raw: int) -> Doc:
+        rec: Doc = self.native.task(raw)
+        return rec
+
+    def task_at(self, raw: int, t: int) -> Doc:
+        rec: Doc = self.native.task_at(raw, t)
+        return rec
+
+    def _create(self, raw: int, e: Event) -> None:
+        self.native.create(raw, e)
+
+    def _new_task(self, raw: int, e: Event | None, *, status: bool = False) -> Doc:
+        rec: Doc = self.native.new_task(raw, e, status)
+        return rec
+
+    def feed_status(self, tasks: dict[int, Event], requests: dict[int, Event]) -> None:
+        self.native.status_tasks = tasks
+        super().feed_status(tasks, requests)
+
+    def feed_segment(self, segment: Any) -> None:
+        native = self.native
+        native.begin(segment)
+        feed = self.feed
+        while (e := native.next()) is not None:
+            feed([e])
+        t_min = native.t_min
+        if t_min is not None and (self.t_min is None or t_min < self.t_min):
+            self.t_min = t_min
+
+    def finish(
+        self, awaiting: dict[int, Any], names: dict[int, Any]
+    ) -> tuple[list[Doc], list[Doc]]:
+        self.uid = self.native.uids()
+        self.native.release()
+        return super().finish(awaiting, names)
+
+
+def _native_runs(frozen: Frozen) -> tuple[Any, list[Any]] | None:
+    """The native module and each run of ``frozen`` as a native ``Segment``, when the
+    native core runs and every run is a stored native generation (no tail); else None."""
+    from ..core.cores import native_module
+
+    native = native_module()
+    if native is None or frozen.tail or not hasattr(native, "TaskFeed"):
+        return None
+    runs = []
+    for seg in frozen.segments:
+        load = getattr(seg, "native_segment", None)
+        if load is None:
+            return None
+        try:
+            run = load()
+        except ValueError:
+            return None  # corrupt: the reference path says so
+        if run is None:
+            return None
+        runs.append(run)
+    return native, runs
+
+
+def _feed_native(b: _NativeBuilder, runs: list[Any]) -> int:
+    for run in runs:
+        b.feed_segment(run)
+    fed: int = b.native.fed
+    return fed
+
+
 def assemble(
     frozen: Frozen,
     *,
@@ -485,23 +572,40 @@ def assemble(
     process: dict[str, Any],
     trigger_time_ns: int | None = None,
     release: bool = False,
+    native: bool | None = None,
 ) -> Doc:
-    """The document, except that each task's ``steps`` is still compact (``steps.Steps``).
+    """The document, except that each task's ``steps`` may still be compact (``steps.Steps``).
 
     :func:`build_document` makes it plain; :func:`iter_json` writes it out task by task,
     so a capture never holds every step as Python objects at once. ``release``: let go of
     each segment of ``frozen`` once fed (``Frozen.iter_segments``; it is left empty).
+    ``native``: False builds with the Python ``_Builder`` only (the reference); otherwise
+    stored native generations go through ``_NativeBuilder`` when the native core runs
+    (the same document, its steps already plain rows).
     """
-    b = _Builder(offset_ns)
-    b.feed_status(frozen.tasks, frozen.requests)
+    b: _Builder | None = None
     count = 0
-    for events in frozen.iter_segments(release):
-        count += len(events)
-        b.feed(events)
-        # Let go of this segment's tuples before the next one is decoded: a native
-        # generation decodes to about 200 bytes an event, 20 MiB for a full default one.
-        del events
-        b.pack()
+    fast = _native_runs(frozen) if native is not False else None
+    if fast is not None:
+        module, runs = fast
+        b = _NativeBuilder(offset_ns, module)
+        try:
+            b.feed_status(frozen.tasks, frozen.requests)
+            count = _feed_native(b, runs)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError):
+            b = None  # a record it does not take: the reference builds the whole document
+        del runs
+    if b is None:
+        b = _Builder(offset_ns)
+        b.feed_status(frozen.tasks, frozen.requests)
+        count = 0
+        for events in frozen.iter_segments(release):
+            count += len(events)
+            b.feed(events)
+            # Let go of this segment's tuples before the next one is decoded: a native
+            # generation decodes to about 200 bytes an event, 20 MiB for a full default one.
+            del events
+            b.pack()
     # Only the feed needs these; they hold ints of the last segments decoded.
     b.last_end.clear()
     b.created_ns.clear()
@@ -545,8 +649,9 @@ def build_document(
     trigger: dict[str, Any],
     process: dict[str, Any],
     trigger_time_ns: int | None = None,
+    native: bool | None = None,
 ) -> Doc:
-    """Assemble the native document from a frozen window."""
+    """Assemble the native document from a frozen window (``native``: see :func:`assemble`)."""
     doc = assemble(
         frozen,
         snapshot_id=snapshot_id,
@@ -554,9 +659,11 @@ def build_document(
         trigger=trigger,
         process=process,
         trigger_time_ns=trigger_time_ns,
+        native=native,
     )
     for task in doc["tasks"]:
-        task["steps"] = plain_steps(task["steps"])
+        if type(task["steps"]) is Steps:  # the native feed's are plain already
+            task["steps"] = plain_steps(task["steps"])
     return doc
 
 

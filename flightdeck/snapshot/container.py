@@ -585,6 +585,16 @@ class _Stored:
         except (ValueError, TypeError, OverflowError, RecursionError) as exc:
             raise ContainerError(f"corrupt stored snapshot ({self.tag!r}: {exc})") from None
 
+    def native_segment(self) -> Any:
+        """This run as a native ``Segment`` (for the builder's ``TaskFeed``), or None: an
+        ``EVTS`` run, or no native core. Raises ValueError when the generation is corrupt."""
+        if self.tag != GENR:
+            return None
+        from ..core.cores import native_module
+
+        native = native_module()
+        return native.load_segment(self.payload) if native is not None else None
+
 
 def _generation(payload: bytes) -> Any:
     try:

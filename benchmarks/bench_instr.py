@@ -282,6 +282,10 @@ def run_one(job: dict[str, Any], tmp: Path) -> dict[str, Any]:
     if not files:
         raise RuntimeError(f"no callgrind output for {key}")
     per_thread = [read_totals(p) for p in files]
+    timers = {}
+    for line in proc.stderr.splitlines():
+        if line.startswith("instr_driver timers: "):
+            timers = json.loads(line.split(": ", 1)[1])
     own = parse_callgrind(files[0]) if job["variant"] in ("middleware", "full") else {}
     for p in [*files, out]:
         p.unlink(missing_ok=True)
@@ -292,6 +296,7 @@ def run_one(job: dict[str, Any], tmp: Path) -> dict[str, Any]:
         "threads": len(per_thread),
         "seconds": time.perf_counter() - t0,
         "native_own": own,
+        "timers": timers,
     }
 
 
@@ -332,6 +337,7 @@ def summarize(
             "ir": [r1["ir"], r2["ir"]],
             "ir_loop_thread": [r1["ir_loop"], r2["ir_loop"]],
             "seconds": [r1["seconds"], r2["seconds"]],
+            "timers": [r1.get("timers", {}), r2.get("timers", {})],
         }
     for core, loops in res.items():
         for loop, apps_ in loops.items():

@@ -29,9 +29,10 @@
  *   clock.h     the clock (shared with asgi/_casgi.c)
  *   codec.h     varints, value tags, the layouts of _kinds.h, small hash tables
  *   segment.h   Segment (one generation) and the encoder
+ *   capi.h      the C functions the request path (asgi/_casgi.c) calls through a capsule
  *   decoder.h   records back into event tuples, every length checked
  *   stored.h    the stored form of a generation (GENR), load_segment, the Segment type
- *   window.h    Window: the ring of generations, freeze, status
+ *   window.h    Window: the ring of generations, freeze, status; REQ_END from C values
  *   blockwatch.h  BlockWatch: a step holding the loop (and the GIL) noticed without the GIL
  *   runner.h    await chains and StepRunner (task steps and wakeups)
  *   schedule.h  CallSoon and CreateTask (the loop subclass's call_soon and create_task)
@@ -47,6 +48,7 @@
 #include "native/clock.h"
 #include "native/codec.h"
 #include "native/segment.h"
+#include "native/capi.h"
 #include "native/decoder.h"
 #include "native/stored.h"
 #include "native/window.h"
@@ -155,5 +157,12 @@ PyInit__native(void)
         Py_DECREF(m);
         return NULL;
     }
+    PyObject *capi = PyCapsule_New(&fd_capi, FD_CAPI_NAME, NULL);
+    if (!capi || PyModule_AddObjectRef(m, "_C_API", capi) < 0) {
+        Py_XDECREF(capi);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_DECREF(capi);
     return m;
 }

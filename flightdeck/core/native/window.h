@@ -385,6 +385,109 @@ Window_append(Window *w, PyObject *ev)
     Py_RETURN_NONE;
 }
 
+/* A request ended: its REQ_START leaves the status table (what win_status does for REQ_END). */
+static void
+win_req_forget(Window *w, PyObject *rid)
+{
+    if (!PyLong_CheckExact(rid)) return;
+    PyObject *old = PyDict_GetItemWithError(w->st_reqs, rid);
+    if (old == NULL) {
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            w->errors++;
+        }
+        return;
+    }
+    Py_ssize_t old_cost = PyTuple_CheckExact(old) ? req_status_bytes(old) : 0;
+    if (PyDict_DelItem(w->st_reqs, rid) < 0)
+        PyErr_Clear();
+    else
+        w->st_req_bytes -= old_cost;
+}
+
+/* REQ_END from C values: the record enc_event writes for the tuple of the same fields. */
+static int
+enc_req_end(Segment *g, const FdReqEnd *q, int64_t *t_end)
+{
+    Enc e = {g, g->buf + g->len, g->last_t, 0, 0, g->last_tid};
+    int r = put_u8(&e, K_REQ_END);
+    if (r == 0) r = enc_T(&e, q->t);
+    if (r == 0) r = put_varint(&e, zz(q->rid));
+    if (r == 0) r = q->has_status ? put_varint(&e, zz(q->status) + 1) : put_u8(&e, 0);
+    if (r == 0) r = enc_R(&e, q->ttfb);
+    if (r == 0) r = enc_value(&e, q->route, 1);
+    if (r == 0) r = enc_value(&e, q->disconnected, 1);
+    if (r == 0) r = enc_value(&e, q->error, 1);
+    if (r == 0) r = enc_R(&e, q->body_end);
+    if (r == 0) r = q->has_close_code ? put_varint(&e, zz(q->close_code) + 1) : put_u8(&e, 0);
+    if (r < 0) return r;
+    g->len = e.p - g->buf;
+    g->last_t = e.last_t;
+    g->last_tid = e.last_tid;
+    *t_end = e.t_first;
+    return 0;
+}
+
+/* The capsule's req_end (capi.h): win_append's steps for a REQ_END given as C values. */
+static int
+capi_req_end(PyObject *win, const FdReqEnd *q)
+{
+    Window *w = (Window *)win;
+    if (w->busy) {
+        w->dropped++;
+        w->overflows++;
+        return 0;
+    }
+    w->busy = 1;
+    int64_t t_end = 0;
+    int r = -1;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (!w->cur && win_open(w, win_now(w)) < 0) {
+            r = E_FULL;
+            break;
+        }
+        r = enc_req_end(w->cur, q, &t_end);
+        if (r != E_FULL) break;
+        if (w->cur->count == 0) break; /* does not fit a whole generation */
+        win_seal(w);
+    }
+    if (PyErr_Occurred()) PyErr_Clear();
+    if (r == E_BAD) {
+        w->busy = 0;
+        return 1; /* a field of an unusual type: the tuple's path writes the generic form */
+    }
+    if (r == 0) {
+        Segment *g = w->cur;
+        g->count++;
+        if (t_end > g->t_end) g->t_end = t_end;
+        w->recorded++;
+        w->last_time = t_end;
+        w->has_last = 1;
+        win_req_forget(w, q->rid_obj);
+    } else {
+        w->dropped++;
+        if (r == E_FULL)
+            w->overflows++;
+        else
+            w->seal_errors++;
+    }
+    w->busy = 0;
+    return 0;
+}
+
+static void
+capi_append(PyObject *win, PyObject *ev)
+{
+    win_append((Window *)win, ev);
+}
+
+static FdCAPI fd_capi = {
+    FD_CAPI_VERSION,
+    (PyCFunction)Window_append,
+    capi_append,
+    capi_req_end,
+};
+
 static PyObject *
 Window_emit_step(Window *w, PyObject *const *args, Py_ssize_t nargs)
 {

@@ -189,7 +189,8 @@ typedef struct {
     PyObject *current_tasks; /* 3.11: asyncio.tasks._current_tasks (loop -> task), or NULL */
     PyObject *running_loop;  /* 3.11: asyncio.get_running_loop (C) */
     PyObject *error_stack;   /* frames.error_stack(exc): where the app's exception was raised */
-    PyObject *contextvar;    /* instrument.context.current_request */
+    PyObject *contextvar;    /* instrument.context.current_request, or NULL: not set (nothing
+                              * of this recorder reads it: the loop is not instrumented) */
     PyObject *prefix;        /* endpoint path or NULL */
     long long slow_floor_ns; /* the pre-check, as the triggers state it (capture.py) */
     long long status_floor;
@@ -280,8 +281,8 @@ Middleware_setup(Middleware *m, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_TypeError, "prefix must be a str or None");
         return NULL;
     }
-    if (!PyContextVar_CheckExact(cv)) {
-        PyErr_SetString(PyExc_TypeError, "contextvar must be a ContextVar");
+    if (cv != Py_None && !PyContextVar_CheckExact(cv)) {
+        PyErr_SetString(PyExc_TypeError, "contextvar must be a ContextVar or None");
         return NULL;
     }
     Py_XSETREF(m->app, Py_NewRef(app));
@@ -300,7 +301,7 @@ Middleware_setup(Middleware *m, PyObject *args, PyObject *kw)
     }
     Py_XSETREF(m->current_tasks, tasks == Py_None ? NULL : Py_NewRef(tasks));
     Py_XSETREF(m->running_loop, tasks == Py_None ? NULL : Py_NewRef(running));
-    Py_XSETREF(m->contextvar, Py_NewRef(cv));
+    Py_XSETREF(m->contextvar, cv == Py_None ? NULL : Py_NewRef(cv));
     Py_XSETREF(m->error_stack, error_stack == Py_None ? NULL : Py_NewRef(error_stack));
     Py_XSETREF(m->prefix, prefix == Py_None ? NULL : Py_NewRef(prefix));
     m->slow_floor_ns = floor;
@@ -941,7 +942,7 @@ Call_finish(Call *c, PyObject *error)
     State *st = c->state;
     PyObject *exc = PyErr_GetRaisedException_compat();
     long long t1 = now_ns();
-    if (c->token != NULL) {
+    if (c->token != NULL && m->contextvar != NULL) {
         if (PyContextVar_Reset(m->contextvar, c->token) < 0) dropped(m);
         Py_CLEAR(c->token);
     }
@@ -1096,6 +1097,7 @@ Call_begin(Call *c)
 {
     if (c->started || c->finished) return;
     c->started = 1;
+    if (c->mw->contextvar == NULL) return;
     c->token = PyContextVar_Set(c->mw->contextvar, c->rid);
     if (c->token == NULL) dropped(c->mw);
 }

@@ -147,3 +147,33 @@ async def test_many_requests_through_the_c_writer_keep_the_window_consistent() -
         assert deck.native_errors == 0
     finally:
         deck.close()
+
+
+@pytest.mark.parametrize("instrument_loop", [True, False])
+async def test_the_request_id_is_in_context_only_for_the_loops_instrumentation(
+    instrument_loop: bool,
+) -> None:
+    # The request id in the context is read by the loop's instrumentation alone (task and
+    # executor records name their request): without it, the set and reset are skipped.
+    from flightdeck.instrument.context import current_request
+
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(current_request.get())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    deck = FlightDeck(app, endpoint=None, slow_request=None, instrument_loop=instrument_loop)
+    deck._start()
+    try:
+        for i in range(3):
+            await drive(deck, http_scope(f"/ctx/{i}"))
+        starts = window_events(deck, ev.REQ_START)
+        rids = [s[ev.REQ_START_RID] for s in starts]
+        assert seen == (rids if instrument_loop else [None, None, None])
+        assert len(window_events(deck, ev.REQ_END)) == 3
+        assert current_request.get() is None
+        assert deck.native_errors == 0 and deck.status()["errors"] == {}
+    finally:
+        deck.close()

@@ -428,15 +428,19 @@ enc_req_end(Segment *g, const FdReqEnd *q, int64_t *t_end)
     return 0;
 }
 
-/* The capsule's req_end (capi.h): win_append's steps for a REQ_END given as C values. */
+/* win_append's steps for an event its encoder ``enc`` writes from C values (no tuple): the
+ * generation opened or sealed as needed, the counters. Returns 0 (recorded), E_BAD (the
+ * encoder declined a value: nothing was written or counted, the caller appends the tuple)
+ * or another E_ code (counted as dropped). Never raises. */
+typedef int (*enc_fn)(Segment *g, const void *arg, int64_t *t_end);
+
 static int
-capi_req_end(PyObject *win, const FdReqEnd *q)
+win_write(Window *w, enc_fn enc, const void *arg)
 {
-    Window *w = (Window *)win;
     if (w->busy) {
         w->dropped++;
         w->overflows++;
-        return 0;
+        return E_FULL;
     }
     w->busy = 1;
     int64_t t_end = 0;
@@ -446,16 +450,12 @@ capi_req_end(PyObject *win, const FdReqEnd *q)
             r = E_FULL;
             break;
         }
-        r = enc_req_end(w->cur, q, &t_end);
+        r = enc(w->cur, arg, &t_end);
         if (r != E_FULL) break;
         if (w->cur->count == 0) break; /* does not fit a whole generation */
         win_seal(w);
     }
     if (PyErr_Occurred()) PyErr_Clear();
-    if (r == E_BAD) {
-        w->busy = 0;
-        return 1; /* a field of an unusual type: the tuple's path writes the generic form */
-    }
     if (r == 0) {
         Segment *g = w->cur;
         g->count++;
@@ -463,8 +463,7 @@ capi_req_end(PyObject *win, const FdReqEnd *q)
         w->recorded++;
         w->last_time = t_end;
         w->has_last = 1;
-        win_req_forget(w, q->rid_obj);
-    } else {
+    } else if (r != E_BAD) {
         w->dropped++;
         if (r == E_FULL)
             w->overflows++;
@@ -472,6 +471,72 @@ capi_req_end(PyObject *win, const FdReqEnd *q)
             w->seal_errors++;
     }
     w->busy = 0;
+    return r;
+}
+
+static int
+enc_req_end_fn(Segment *g, const void *arg, int64_t *t_end)
+{
+    return enc_req_end(g, (const FdReqEnd *)arg, t_end);
+}
+
+/* The capsule's req_end (capi.h). */
+static int
+capi_req_end(PyObject *win, const FdReqEnd *q)
+{
+    Window *w = (Window *)win;
+    int r = win_write(w, enc_req_end_fn, q);
+    if (r == E_BAD) return 1; /* a field of an unusual type: the tuple's generic form */
+    if (r == 0) {
+        w->busy = 1; /* the status table's dict calls can run a finalizer that emits */
+        win_req_forget(w, q->rid_obj);
+        if (PyErr_Occurred()) PyErr_Clear();
+        w->busy = 0;
+    }
+    return 0;
+}
+
+/* TASK_DONE's fields as C values (layout "TIVVV"). */
+typedef struct {
+    int64_t t, tid;
+    PyObject *state, *error, *name; /* borrowed: str, str or None, str */
+} TaskDone;
+
+static int
+enc_task_done(Segment *g, const void *arg, int64_t *t_end)
+{
+    const TaskDone *d = (const TaskDone *)arg;
+    Enc e = {g, g->buf + g->len, g->last_t, 0, 0, g->last_tid};
+    int r = put_u8(&e, K_TASK_DONE);
+    if (r == 0) r = enc_T(&e, d->t);
+    if (r == 0) {
+        r = put_varint(&e, tid_code(d->tid, e.last_tid) + 1);
+        if (r == 0) e.last_tid = d->tid;
+    }
+    if (r == 0) r = enc_value(&e, d->state, 1);
+    if (r == 0) r = enc_value(&e, d->error, 1);
+    if (r == 0) r = enc_value(&e, d->name, 1);
+    if (r < 0) return r;
+    g->len = e.p - g->buf;
+    g->last_t = e.last_t;
+    g->last_tid = e.last_tid;
+    *t_end = e.t_first;
+    return 0;
+}
+
+/* TASK_DONE recorded without a tuple, its task leaving the status table (``key``: its id as
+ * an int). Returns 1 when a value is not in the layout's types (the caller appends the tuple
+ * instead), else 0. Never raises. */
+static int
+win_task_done(Window *w, const TaskDone *d, PyObject *key)
+{
+    int r = win_write(w, enc_task_done, d);
+    if (r == E_BAD) return 1;
+    if (r == 0) {
+        w->busy = 1;
+        if (PyDict_DelItem(w->st_tasks, key) < 0) PyErr_Clear();
+        w->busy = 0;
+    }
     return 0;
 }
 

@@ -157,12 +157,13 @@ PyInit__native(void)
         Py_DECREF(m);
         return NULL;
     }
-    PyObject *capi = PyCapsule_New(&fd_capi, FD_CAPI_NAME, NULL);
+    /* The capsule is kept for the life of the process (its reference here): capi.h's
+     * functions are static, and _casgi keeps the pointer it found. */
+    static PyObject *capi;
+    if (!capi) capi = PyCapsule_New(&fd_capi, FD_CAPI_NAME, NULL);
     if (!capi || PyModule_AddObjectRef(m, "_C_API", capi) < 0) {
-        Py_XDECREF(capi);
         Py_DECREF(m);
         return NULL;
     }
-    Py_DECREF(capi);
     return m;
 }

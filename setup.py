@@ -73,6 +73,7 @@ NATIVE_PARTS = sorted(
     if name.endswith(".h")
 )
 CLOCK_H = "flightdeck/core/native/clock.h"
+CAPI_H = "flightdeck/core/native/capi.h"
 # Benchmark hooks (`_native.bench_step`) are compiled only on request, never in a shipped build:
 # FLIGHTDECK_BENCH_HOOKS=1 python setup.py build_ext --inplace (benchmarks/bench_native.py).
 BENCH_MACROS = (
@@ -94,7 +95,7 @@ if not _no_extensions() and sys.platform != "win32" and sys.implementation.name 
         Extension(
             "flightdeck.asgi._casgi",
             ["flightdeck/asgi/_casgi.c"],
-            depends=[KINDS_H, CLOCK_H],
+            depends=[KINDS_H, CLOCK_H, CAPI_H],
             extra_compile_args=FLAGS,
         )
     )

@@ -282,6 +282,10 @@ def run_one(job: dict[str, Any], tmp: Path) -> dict[str, Any]:
     if not files:
         raise RuntimeError(f"no callgrind output for {key}")
     per_thread = [read_totals(p) for p in files]
+    timers = {}
+    for line in proc.stderr.splitlines():
+        if line.startswith("instr_driver timers: "):
+            timers = json.loads(line.split(": ", 1)[1])
     own = parse_callgrind(files[0]) if job["variant"] in ("middleware", "full", "file") else {}
     for p in [*files, out]:
         p.unlink(missing_ok=True)
@@ -292,6 +296,7 @@ def run_one(job: dict[str, Any], tmp: Path) -> dict[str, Any]:
         "threads": len(per_thread),
         "seconds": time.perf_counter() - t0,
         "native_own": own,
+        "timers": timers,
     }
 
 
@@ -307,8 +312,14 @@ def count_events(job: dict[str, Any]) -> dict[str, float]:
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
-def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """results[core][loop][app][variant] = per-request instructions and ratios to bare."""
+def summarize(
+    runs: list[dict[str, Any]], bare_from: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """results[core][loop][app][variant] = per-request instructions and ratios to bare.
+
+    ``bare_from``: an earlier run's ``results``, whose bare entries stand in for bare runs not
+    made this time (bare runs no flightdeck code: its count does not change between commits).
+    """
     by: dict[tuple[str, ...], dict[int, dict[str, Any]]] = {}
     for r in runs:
         by.setdefault((r["core"], r["loop"], r["app"], r["variant"]), {})[r["n"]] = r
@@ -326,10 +337,15 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "ir": [r1["ir"], r2["ir"]],
             "ir_loop_thread": [r1["ir_loop"], r2["ir_loop"]],
             "seconds": [r1["seconds"], r2["seconds"]],
+            "timers": [r1.get("timers", {}), r2.get("timers", {})],
         }
-    for loops in res.values():
-        for apps_ in loops.values():
-            for variants in apps_.values():
+    for core, loops in res.items():
+        for loop, apps_ in loops.items():
+            for app, variants in apps_.items():
+                if "bare" not in variants and bare_from is not None:
+                    old = bare_from.get(core, {}).get(loop, {}).get(app, {}).get("bare")
+                    if old is not None:
+                        variants["bare"] = {**old, "from_file": True}
                 bare = variants.get("bare")
                 for e in variants.values() if bare is not None else ():
                     e["added_per_req"] = e["instr_per_req"] - bare["instr_per_req"]
@@ -479,6 +495,11 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="valgrind runs at a time (2)")
     parser.add_argument("--output", default="bench_instr.json", help="file name in results/")
     parser.add_argument(
+        "--bare-from",
+        metavar="JSON",
+        help="take the bare figures from this earlier results file instead of running bare",
+    )
+    parser.add_argument(
         "--time-scale",
         type=float,
         default=TIME_SCALE,
@@ -489,7 +510,15 @@ def main() -> None:
 
     if shutil.which("valgrind") is None:
         sys.exit("bench_instr: valgrind not found (Debian/Ubuntu: apt-get install valgrind)")
-    if "bare" not in args.variants:
+    bare_from = None
+    if args.bare_from:
+        path = Path(args.bare_from)
+        if not path.is_absolute() and not path.exists():
+            path = HERE / "results" / path
+        bare_from = json.loads(path.read_text())["results"]
+        if "bare" in args.variants:
+            args.variants.remove("bare")
+    elif "bare" not in args.variants:
         args.variants.insert(0, "bare")  # every ratio is to bare
     if args.otel and "otel" not in args.variants:
         args.variants.append("otel")
@@ -534,7 +563,7 @@ def main() -> None:
         runs = list(pool.map(lambda j: run_one(j, Path(tmp)), order))
     elapsed = time.perf_counter() - t0
 
-    res = summarize(runs)
+    res = summarize(runs, bare_from)
     events: dict[str, dict[str, float]] = {}
     for j in jobs:
         key = f"{j['loop']}/{j['app']}/{j['variant']}"
@@ -557,6 +586,7 @@ def main() -> None:
             "jobs": jobs_n,
             "requests": {a: counts(a, args.quick, args.n1, args.n2) for a in args.apps},
             "inflight": 32,
+            "bare_from": args.bare_from,
         },
         "targets": TARGETS,
         "results": res,

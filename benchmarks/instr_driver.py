@@ -12,12 +12,17 @@ triggers and endpoint off so no capture can fire, starts it as uvicorn would (li
 it. Exits non-zero if any response is not a 200. Meant to run under ``valgrind
 --tool=callgrind``: the per-request cost is the difference between two ``N``.
 
-``--time-scale S`` (``bench_instr.py`` passes it under valgrind, which runs Python about
-50 x slower): every wall-clock threshold and period of the recorder is multiplied by ``S`` --
+``--time-scale S`` (``bench_instr.py`` passes it under valgrind, which runs Python about 50
+x slower): every wall-clock threshold and period of the recorder is multiplied by ``S`` --
 the wait and slow-step thresholds, the window's age and its generations' age, the recorder
-thread's tick -- so that a run at 1/S of native speed records what a native run records
-(without it, every task of the 32 in flight "waited" past 50 ms under valgrind and none did
-natively, and generations turned S times as often per request).
+thread's tick, the watchdog's block threshold and notable lag, the loop's guard period -- so
+that a run at 1/S of native speed records what a native run records (without it, every task
+of the 32 in flight "waited" past 50 ms under valgrind and none did natively, and
+generations turned S times as often per request).
+
+At the end it prints to stderr, as ``instr_driver timers: {json}``, the timer-driven work of
+the measured requests (watchdog heartbeats and blocks, guard upkeeps on the loop): under
+valgrind it should be a few per run, else the per-request figures carry wall-clock work.
 
 ``--events`` (not under valgrind): prints, as JSON, the events of each kind recorded per
 measured request (from the window, by time), for the breakdown of ``bench_instr.py``.
@@ -61,6 +66,7 @@ def scale_time(scale: float) -> None:
     if scale == 1:
         return
     import flightdeck.asgi.middleware as middleware
+    import flightdeck.instrument.watchdog as watchdog
     import flightdeck.snapshot.recorder as recorder
     import flightdeck.snapshot.windowfile as windowfile
     from flightdeck.core import cores
@@ -78,6 +84,9 @@ def scale_time(scale: float) -> None:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["wait_threshold"] = kwargs.get("wait_threshold", 0.05) * scale
             kwargs["slow_callback"] = kwargs.get("slow_callback", 0.01) * scale
+            # The watchdog's threshold, which also bounds the recorder thread's tick.
+            if kwargs.get("loop_blocked") is not None:
+                kwargs["loop_blocked"] *= scale
             super().__init__(*args, **kwargs)
 
     windowfile.SCAN_INTERVAL *= scale  # the window file's scan of dead processes' files
@@ -91,6 +100,15 @@ def scale_time(scale: float) -> None:
     recorder.make_window = make_window  # type: ignore[assignment]
     windowfile.BlackBox = ScaledBox  # type: ignore[misc]  (recorder imports it when it starts)
     middleware.FlightRecorder = Scaled  # type: ignore[misc]
+    # The loop's periods and thresholds outside the recorder's arguments: the guard that does
+    # a starved recorder thread's upkeep on the loop, the lag worth recording, the refresh of
+    # a block in progress. Unscaled, the guard found the (scaled) recorder thread "starved" at
+    # every run and the watchdog saw blocks and lags no native run has, all at a rate set by
+    # the wall clock: their cost per request then followed the machine's load.
+    recorder.GUARD_INTERVAL *= scale  # type: ignore[attr-defined]
+    for name in ("LAG_NOTABLE_NS", "ONGOING_REFRESH_NS"):
+        if hasattr(watchdog, name):
+            setattr(watchdog, name, int(getattr(watchdog, name) * scale))
 
 
 def build(app_name: str, variant: str) -> tuple[Any, str]:
@@ -239,6 +257,21 @@ def count_events(app: Any, t0: int, t1: int, n: int) -> dict[str, float]:
     return {k: v / n for k, v in sorted(counts.items())}
 
 
+def timers(app: Any) -> dict[str, int]:
+    """Counters of the recorder's timer-driven work so far (best effort: private attributes)."""
+    rec = getattr(app, "recorder", None)
+    if rec is None:
+        return {}
+    wd = getattr(rec, "_watchdog", None)
+    out = {"guard_upkeeps": int(getattr(rec, "_starved", 0))}
+    if wd is not None:
+        out["heartbeats"] = int(getattr(wd, "_beats", 0))
+        out["blocks"] = int(getattr(wd, "blocks", 0))
+    return out
+
+
+#: The measured requests' timer-driven work (``timers`` after minus before).
+TIMERS: dict[str, int] = {}
 #: Filled by ``run`` with ``--events``.
 EVENTS: dict[str, float] = {}
 
@@ -254,8 +287,11 @@ async def run(app: Any, path: str, n: int, warmup: int, events: bool = False) ->
     else:
         raise SystemExit("instr_driver: the fleet did not connect to Redis")
     bad = warmup - await serve(app, path, warmup)
+    before = timers(app)
     t0 = time.perf_counter_ns()
     bad += n - await serve(app, path, n, first=warmup)
+    after = timers(app)
+    TIMERS.update({k: after[k] - before.get(k, 0) for k in after})
     if events and hasattr(app, "recorder"):
         EVENTS.update(count_events(app, t0, time.perf_counter_ns(), n))
     # Checked before the shutdown, which stops the recording.
@@ -297,6 +333,8 @@ def main() -> None:
         sys.exit(f"instr_driver: {bad} of {args.warmup + args.n} responses were not 200")
     if problems:
         sys.exit("instr_driver: " + "; ".join(problems))
+    if TIMERS:
+        print(f"instr_driver timers: {json.dumps(TIMERS)}", file=sys.stderr)
     if args.events:
         print(json.dumps(EVENTS))
 

@@ -68,12 +68,17 @@ PyObject_GetOptionalAttr(PyObject *o, PyObject *name, PyObject **result)
  * their layouts: see there. */
 #include "../core/_kinds.h"
 #include "../core/native/clock.h"
+#include "../core/native/capi.h"
+
+/* The native core's functions (capi.h), once a setup found the core loaded; NULL before. */
+static const FdCAPI *capi;
+static void find_capi(void);
 
 static PyObject *s_type, *s_http, *s_websocket, *s_flightdeck, *s_path, *s_root_path, *s_method,
     *s_query_string, *s_client, *s_headers, *s_status, *s_more_body, *s_code, *s_route,
     *s_path_format, *s_empty, *s_WS, *s_throw, *s_close, *s_send, *s_emit, *s_m_resp_start,
     *s_m_resp_body, *s_m_ws_resp_start, *s_m_ws_accept, *s_m_ws_close, *s_m_http_disconnect,
-    *s_m_ws_disconnect, *i_kind_start, *i_kind_end, *i_kind_error;
+    *s_m_ws_disconnect, *s_C_API, *i_kind_start, *i_kind_end, *i_kind_error;
 
 /* The recorder's clock (time.perf_counter_ns()'s), shared with the native core. */
 static inline long long
@@ -184,7 +189,8 @@ typedef struct {
     PyObject *current_tasks; /* 3.11: asyncio.tasks._current_tasks (loop -> task), or NULL */
     PyObject *running_loop;  /* 3.11: asyncio.get_running_loop (C) */
     PyObject *error_stack;   /* frames.error_stack(exc): where the app's exception was raised */
-    PyObject *contextvar;    /* instrument.context.current_request */
+    PyObject *contextvar;    /* instrument.context.current_request, or NULL: not set (nothing
+                              * of this recorder reads it: the loop is not instrumented) */
     PyObject *prefix;        /* endpoint path or NULL */
     long long slow_floor_ns; /* the pre-check, as the triggers state it (capture.py) */
     long long status_floor;
@@ -275,8 +281,8 @@ Middleware_setup(Middleware *m, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_TypeError, "prefix must be a str or None");
         return NULL;
     }
-    if (!PyContextVar_CheckExact(cv)) {
-        PyErr_SetString(PyExc_TypeError, "contextvar must be a ContextVar");
+    if (cv != Py_None && !PyContextVar_CheckExact(cv)) {
+        PyErr_SetString(PyExc_TypeError, "contextvar must be a ContextVar or None");
         return NULL;
     }
     Py_XSETREF(m->app, Py_NewRef(app));
@@ -295,7 +301,7 @@ Middleware_setup(Middleware *m, PyObject *args, PyObject *kw)
     }
     Py_XSETREF(m->current_tasks, tasks == Py_None ? NULL : Py_NewRef(tasks));
     Py_XSETREF(m->running_loop, tasks == Py_None ? NULL : Py_NewRef(running));
-    Py_XSETREF(m->contextvar, Py_NewRef(cv));
+    Py_XSETREF(m->contextvar, cv == Py_None ? NULL : Py_NewRef(cv));
     Py_XSETREF(m->error_stack, error_stack == Py_None ? NULL : Py_NewRef(error_stack));
     Py_XSETREF(m->prefix, prefix == Py_None ? NULL : Py_NewRef(prefix));
     m->slow_floor_ns = floor;
@@ -304,6 +310,7 @@ Middleware_setup(Middleware *m, PyObject *args, PyObject *kw)
     m->precheck = (char)precheck;
     m->error_fires = (char)error_fires;
     m->headers = (char)headers;
+    find_capi();
     Py_RETURN_NONE;
 }
 
@@ -325,12 +332,56 @@ dropped_as(Middleware *m, const char *kind)
 }
 #define dropped(m) dropped_as((m), "native")
 
+/* The native window whose own append ``fn`` is (borrowed), else NULL: then events go to it
+ * through capi, with no Python call. Anything else (the pure core's emit, one a test put in
+ * its place) is called as it is. */
+static inline PyObject *
+native_window_of(PyObject *fn)
+{
+    if (capi != NULL && PyCFunction_Check(fn) && PyCFunction_GET_FUNCTION(fn) == capi->append_meth
+        && !(PyCFunction_GET_FLAGS(fn) & METH_STATIC))
+        return PyCFunction_GET_SELF(fn);
+    return NULL;
+}
+
+/* Look for the native core's capsule once it is loaded (never imports it: the pure core may
+ * be the one recording). Failures leave capi NULL: every event then goes through emit. */
+static PyObject *capi_capsule; /* kept: capi points into the module that made it */
+
+static void
+find_capi(void)
+{
+    if (capi != NULL) return;
+    PyObject *name = PyUnicode_FromString("flightdeck.core._native");
+    PyObject *mod = name != NULL ? PyImport_GetModule(name) : NULL;
+    Py_XDECREF(name);
+    PyObject *cap = NULL;
+    if (mod != NULL && PyObject_GetOptionalAttr(mod, s_C_API, &cap) < 0) cap = NULL;
+    Py_XDECREF(mod);
+    const FdCAPI *api = cap != NULL && PyCapsule_IsValid(cap, FD_CAPI_NAME)
+                            ? (const FdCAPI *)PyCapsule_GetPointer(cap, FD_CAPI_NAME)
+                            : NULL;
+    if (api != NULL && api->version == FD_CAPI_VERSION) {
+        capi_capsule = cap;
+        cap = NULL;
+        capi = api;
+    }
+    Py_XDECREF(cap);
+    if (PyErr_Occurred()) PyErr_Clear();
+}
+
 /* recorder.emit(event); 0, or -1 with an exception set. */
 static int
 emit(Middleware *m, PyObject *event)
 {
     PyObject *fn = PyObject_GetAttr(m->recorder, s_emit);
     if (fn == NULL) return -1;
+    PyObject *win = native_window_of(fn);
+    if (win != NULL) {
+        capi->append(win, event);
+        Py_DECREF(fn);
+        return 0;
+    }
     PyObject *r = PyObject_CallOneArg(fn, event);
     Py_DECREF(fn);
     if (r == NULL) return -1;
@@ -891,7 +942,7 @@ Call_finish(Call *c, PyObject *error)
     State *st = c->state;
     PyObject *exc = PyErr_GetRaisedException_compat();
     long long t1 = now_ns();
-    if (c->token != NULL) {
+    if (c->token != NULL && m->contextvar != NULL) {
         if (PyContextVar_Reset(m->contextvar, c->token) < 0) dropped(m);
         Py_CLEAR(c->token);
     }
@@ -916,59 +967,99 @@ Call_finish(Call *c, PyObject *error)
     PyObject *close = st->close_code && PyLong_CheckExact(st->close_code)
                           ? clamp64(m, st->close_code, &unused)
                           : Py_NewRef(Py_None);
-    PyObject *t1o = PyLong_FromLongLong(t1);
-    if (t1o != NULL && error != NULL && error != Py_None && exc != NULL && m->error_stack != NULL)
-        emit_error(m, c->rid, t1o, exc);
-    PyObject *ev = PyTuple_New(10);
-    if (status_obj == NULL || close == NULL || t1o == NULL || ev == NULL) {
+    PyObject *t1o = NULL;
+    if (error != NULL && error != Py_None && exc != NULL && m->error_stack != NULL) {
+        t1o = PyLong_FromLongLong(t1);
+        if (t1o != NULL) emit_error(m, c->rid, t1o, exc);
+    }
+    if (status_obj == NULL || close == NULL) {
         dropped(m);
         Py_XDECREF(status_obj);
         Py_XDECREF(close);
         Py_XDECREF(t1o);
-        Py_XDECREF(ev);
         Py_DECREF(route);
         goto after_emit;
     }
-    PyTuple_SET_ITEM(ev, 0, Py_NewRef(i_kind_end));
-    PyTuple_SET_ITEM(ev, 1, t1o);
-    PyTuple_SET_ITEM(ev, 2, Py_NewRef(c->rid));
-    PyTuple_SET_ITEM(ev, 3, status_obj);
-    PyTuple_SET_ITEM(ev, 4, PyLong_FromLongLong(st->ttfb));
-    PyTuple_SET_ITEM(ev, 5, route);
-    PyTuple_SET_ITEM(ev, 6, PyBool_FromLong(st->disconnected));
-    PyTuple_SET_ITEM(ev, 7, Py_NewRef(error ? error : Py_None));
-    PyTuple_SET_ITEM(ev, 8, PyLong_FromLongLong(st->body_end));
-    PyTuple_SET_ITEM(ev, 9, close);
-    if (PyTuple_GET_ITEM(ev, 4) == NULL || PyTuple_GET_ITEM(ev, 8) == NULL) {
-        dropped_as(m, "request_end");
-    } else if (emit(m, ev) < 0) {
-        dropped_as(m, "request_end");
+    PyObject *rec = PyObject_GetAttr(m->recorder, s_emit);
+    PyObject *win = rec != NULL ? native_window_of(rec) : NULL;
+    int sent = 0;
+    if (win != NULL) {
+        /* to the native window with no tuple (the common case) */
+        int64_t rid;
+        FdReqEnd q = {.t = t1,
+                      .ttfb = st->ttfb,
+                      .body_end = st->body_end,
+                      .rid_obj = c->rid,
+                      .route = route,
+                      .disconnected = st->disconnected ? Py_True : Py_False,
+                      .error = error ? error : Py_None};
+        rid = PyLong_AsLongLong(c->rid);
+        q.rid = rid;
+        q.has_status = status_obj != Py_None;
+        q.status = q.has_status ? code : 0;
+        q.has_close_code = close != Py_None;
+        q.close_code = q.has_close_code ? PyLong_AsLongLong(close) : 0;
+        if (PyErr_Occurred())
+            PyErr_Clear(); /* not an int64 after all: the tuple's path */
+        else
+            sent = capi->req_end(win, &q) == 0;
     }
+    if (rec == NULL) {
+        dropped_as(m, "request_end");
+    } else if (!sent) {
+        PyObject *ev = PyTuple_New(10);
+        if (t1o == NULL) t1o = PyLong_FromLongLong(t1);
+        PyObject *ttfb = PyLong_FromLongLong(st->ttfb);
+        PyObject *body_end = PyLong_FromLongLong(st->body_end);
+        if (ev == NULL || t1o == NULL || ttfb == NULL || body_end == NULL) {
+            Py_XDECREF(ev);
+            Py_XDECREF(ttfb);
+            Py_XDECREF(body_end);
+            dropped_as(m, "request_end");
+        } else {
+            PyTuple_SET_ITEM(ev, 0, Py_NewRef(i_kind_end));
+            PyTuple_SET_ITEM(ev, 1, Py_NewRef(t1o));
+            PyTuple_SET_ITEM(ev, 2, Py_NewRef(c->rid));
+            PyTuple_SET_ITEM(ev, 3, Py_NewRef(status_obj));
+            PyTuple_SET_ITEM(ev, 4, ttfb);
+            PyTuple_SET_ITEM(ev, 5, Py_NewRef(route));
+            PyTuple_SET_ITEM(ev, 6, PyBool_FromLong(st->disconnected));
+            PyTuple_SET_ITEM(ev, 7, Py_NewRef(error ? error : Py_None));
+            PyTuple_SET_ITEM(ev, 8, body_end);
+            PyTuple_SET_ITEM(ev, 9, Py_NewRef(close));
+            if (win != NULL) {
+                capi->append(win, ev);
+            } else {
+                PyObject *x = PyObject_CallOneArg(rec, ev);
+                if (x == NULL) dropped_as(m, "request_end");
+                Py_XDECREF(x);
+            }
+            Py_DECREF(ev);
+        }
+    }
+    Py_XDECREF(rec);
+    Py_DECREF(close);
     if (PyDict_DelItem(m->inflight, c->rid) < 0) PyErr_Clear();
     /* The integer pre-check: nothing can fire in the common case. */
     if (m->triggers
         && !(m->precheck && (error == NULL || !m->error_fires) && code < m->status_floor
              && (st->fired || !is_http || t1 - c->t0 <= m->slow_floor_ns))) {
         PyObject *t0o = PyLong_FromLongLong(c->t0);
-        if (t0o == NULL) {
+        if (t0o != NULL && t1o == NULL) t1o = PyLong_FromLongLong(t1);
+        if (t0o == NULL || t1o == NULL) {
             dropped(m);
         } else {
-            PyObject *args[9] = {c->rid,
-                                 c->scope,
-                                 (PyObject *)st,
-                                 t0o,
-                                 t1o,
-                                 c->kind,
-                                 PyTuple_GET_ITEM(ev, 3),
-                                 PyTuple_GET_ITEM(ev, 5),
-                                 error ? error : Py_None};
+            PyObject *args[9] = {c->rid,     c->scope, (PyObject *)st,         t0o, t1o, c->kind,
+                                 status_obj, route,    error ? error : Py_None};
             PyObject *r = PyObject_Vectorcall(m->done, args, 9, NULL);
             if (r == NULL) dropped_as(m, "request_end");
             Py_XDECREF(r);
-            Py_DECREF(t0o);
         }
+        Py_XDECREF(t0o);
     }
-    Py_DECREF(ev);
+    Py_XDECREF(t1o);
+    Py_DECREF(status_obj);
+    Py_DECREF(route);
 after_emit:
     PyErr_SetRaisedException_compat(exc);
 }
@@ -1006,6 +1097,7 @@ Call_begin(Call *c)
 {
     if (c->started || c->finished) return;
     c->started = 1;
+    if (c->mw->contextvar == NULL) return;
     c->token = PyContextVar_Set(c->mw->contextvar, c->rid);
     if (c->token == NULL) dropped(c->mw);
 }
@@ -1647,6 +1739,7 @@ PyInit__casgi(void)
     INTERN(s_close, "close");
     INTERN(s_send, "send");
     INTERN(s_emit, "emit");
+    INTERN(s_C_API, "_C_API");
     INTERN(s_m_resp_start, "http.response.start");
     INTERN(s_m_resp_body, "http.response.body");
     INTERN(s_m_ws_resp_start, "websocket.http.response.start");

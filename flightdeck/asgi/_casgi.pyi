@@ -25,7 +25,7 @@ class Middleware:
         query: Callable[[bytes], str],
         trace_id: Callable[[object], str | None],
         current_task: Callable[[], Any],
-        contextvar: ContextVar[int | None],
+        contextvar: ContextVar[int | None] | None,
         prefix: str | None,
         slow_floor_ns: int,
         status_floor: int,

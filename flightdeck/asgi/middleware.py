@@ -162,6 +162,10 @@ class FlightDeck(_Base):
                 view_options=ViewOptions(config.convert_deadline, config.convert_memory),
             )
             self._prefix, self._prefix_slash = endpoint, endpoint + "/"
+        #: The request id is set in the context running each request for the loop's
+        #: instrumentation (task and executor records name their request); with the loop not
+        #: instrumented nothing reads it, and the set and reset are skipped.
+        self._request_in_context = bool(config.instrument_loop)
         self._native = native_asgi()
         if casgi is not None:
             self._native_setup(
@@ -175,7 +179,7 @@ class FlightDeck(_Base):
                 query=self.redactor.query,
                 trace_id=trace_id_from_headers,
                 current_task=_current_task,
-                contextvar=current_request,
+                contextvar=current_request if self._request_in_context else None,
                 prefix=endpoint if self._endpoint_app is not None else None,
                 slow_floor_ns=engine.slow_floor_ns,
                 status_floor=engine.status_floor,
@@ -302,7 +306,7 @@ class FlightDeck(_Base):
                     state.close_code = message.get("code", 1005)
             return message
 
-        token = current_request.set(rid)
+        token = current_request.set(rid) if self._request_in_context else None
         error: str | None = None
         raised_at: tuple[Any, ...] = ()
         try:
@@ -318,7 +322,8 @@ class FlightDeck(_Base):
             raise
         finally:
             try:
-                current_request.reset(token)
+                if token is not None:
+                    current_request.reset(token)
             except ValueError:
                 pass  # closed from another context (collected in a cycle): the id goes with it
             self._finish(rid, scope, state, t0, kind, error, raised_at)

@@ -29,10 +29,11 @@
  *   clock.h     the clock (shared with asgi/_casgi.c)
  *   codec.h     varints, value tags, the layouts of _kinds.h, small hash tables
  *   segment.h   Segment (one generation) and the encoder
+ *   capi.h      the C functions the request path (asgi/_casgi.c) calls through a capsule
  *   decoder.h   records back into event tuples, every length checked
  *   stored.h    the stored form of a generation (GENR), load_segment, the Segment type
  *   builder.h   TaskFeed: the snapshot builder's task table and task kinds (conversion)
- *   window.h    Window: the ring of generations, freeze, status
+ *   window.h    Window: the ring of generations, freeze, status; REQ_END from C values
  *   blockwatch.h  BlockWatch: a step holding the loop (and the GIL) noticed without the GIL
  *   runner.h    await chains and StepRunner (task steps and wakeups)
  *   schedule.h  CallSoon and CreateTask (the loop subclass's call_soon and create_task)
@@ -48,6 +49,7 @@
 #include "native/clock.h"
 #include "native/codec.h"
 #include "native/segment.h"
+#include "native/capi.h"
 #include "native/decoder.h"
 #include "native/stored.h"
 #include "native/builder.h"
@@ -156,6 +158,14 @@ PyInit__native(void)
         || PyModule_AddObjectRef(m, "BlockWatch", (PyObject *)&BlockWatch_Type) < 0
         || PyModule_AddObjectRef(m, "TaskFeed", (PyObject *)&TaskFeed_Type) < 0
         || PyModule_AddStringConstant(m, "SCHEMA", FD_SCHEMA_STRING) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    /* The capsule is kept for the life of the process (its reference here): capi.h's
+     * functions are static, and _casgi keeps the pointer it found. */
+    static PyObject *capi;
+    if (!capi) capi = PyCapsule_New(&fd_capi, FD_CAPI_NAME, NULL);
+    if (!capi || PyModule_AddObjectRef(m, "_C_API", capi) < 0) {
         Py_DECREF(m);
         return NULL;
     }

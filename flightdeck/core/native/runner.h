@@ -270,6 +270,9 @@ runner_done(Runner *r, PyObject *task, uint64_t raw, int64_t t)
     }
     name = task_method(r, task, 1);
     if (!name) goto fail;
+    /* written from these values, no tuple (the tuple only for a name that is not a str) */
+    TaskDone d = {t, (int64_t)raw, state, exc_name, name};
+    if (win_task_done(r->win, &d, key) == 0) goto out;
     PyObject *tv = PyLong_FromLongLong(t);
     PyObject *ev = tv ? PyTuple_New(6) : NULL;
     if (!ev) {

@@ -385,6 +385,174 @@ Window_append(Window *w, PyObject *ev)
     Py_RETURN_NONE;
 }
 
+/* A request ended: its REQ_START leaves the status table (what win_status does for REQ_END). */
+static void
+win_req_forget(Window *w, PyObject *rid)
+{
+    if (!PyLong_CheckExact(rid)) return;
+    PyObject *old = PyDict_GetItemWithError(w->st_reqs, rid);
+    if (old == NULL) {
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            w->errors++;
+        }
+        return;
+    }
+    Py_ssize_t old_cost = PyTuple_CheckExact(old) ? req_status_bytes(old) : 0;
+    if (PyDict_DelItem(w->st_reqs, rid) < 0)
+        PyErr_Clear();
+    else
+        w->st_req_bytes -= old_cost;
+}
+
+/* REQ_END from C values: the record enc_event writes for the tuple of the same fields. */
+static int
+enc_req_end(Segment *g, const FdReqEnd *q, int64_t *t_end)
+{
+    Enc e = {g, g->buf + g->len, g->last_t, 0, 0, g->last_tid};
+    int r = put_u8(&e, K_REQ_END);
+    if (r == 0) r = enc_T(&e, q->t);
+    if (r == 0) r = put_varint(&e, zz(q->rid));
+    if (r == 0) r = q->has_status ? put_varint(&e, zz(q->status) + 1) : put_u8(&e, 0);
+    if (r == 0) r = enc_R(&e, q->ttfb);
+    if (r == 0) r = enc_value(&e, q->route, 1);
+    if (r == 0) r = enc_value(&e, q->disconnected, 1);
+    if (r == 0) r = enc_value(&e, q->error, 1);
+    if (r == 0) r = enc_R(&e, q->body_end);
+    if (r == 0) r = q->has_close_code ? put_varint(&e, zz(q->close_code) + 1) : put_u8(&e, 0);
+    if (r < 0) return r;
+    g->len = e.p - g->buf;
+    g->last_t = e.last_t;
+    g->last_tid = e.last_tid;
+    *t_end = e.t_first;
+    return 0;
+}
+
+/* win_append's steps for an event its encoder ``enc`` writes from C values (no tuple): the
+ * generation opened or sealed as needed, the counters. Returns 0 (recorded), E_BAD (the
+ * encoder declined a value: nothing was written or counted, the caller appends the tuple)
+ * or another E_ code (counted as dropped). Never raises. */
+typedef int (*enc_fn)(Segment *g, const void *arg, int64_t *t_end);
+
+static int
+win_write(Window *w, enc_fn enc, const void *arg)
+{
+    if (w->busy) {
+        w->dropped++;
+        w->overflows++;
+        return E_FULL;
+    }
+    w->busy = 1;
+    int64_t t_end = 0;
+    int r = -1;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (!w->cur && win_open(w, win_now(w)) < 0) {
+            r = E_FULL;
+            break;
+        }
+        r = enc(w->cur, arg, &t_end);
+        if (r != E_FULL) break;
+        if (w->cur->count == 0) break; /* does not fit a whole generation */
+        win_seal(w);
+    }
+    if (PyErr_Occurred()) PyErr_Clear();
+    if (r == 0) {
+        Segment *g = w->cur;
+        g->count++;
+        if (t_end > g->t_end) g->t_end = t_end;
+        w->recorded++;
+        w->last_time = t_end;
+        w->has_last = 1;
+    } else if (r != E_BAD) {
+        w->dropped++;
+        if (r == E_FULL)
+            w->overflows++;
+        else
+            w->seal_errors++;
+    }
+    w->busy = 0;
+    return r;
+}
+
+static int
+enc_req_end_fn(Segment *g, const void *arg, int64_t *t_end)
+{
+    return enc_req_end(g, (const FdReqEnd *)arg, t_end);
+}
+
+/* The capsule's req_end (capi.h). */
+static int
+capi_req_end(PyObject *win, const FdReqEnd *q)
+{
+    Window *w = (Window *)win;
+    int r = win_write(w, enc_req_end_fn, q);
+    if (r == E_BAD) return 1; /* a field of an unusual type: the tuple's generic form */
+    if (r == 0) {
+        w->busy = 1; /* the status table's dict calls can run a finalizer that emits */
+        win_req_forget(w, q->rid_obj);
+        if (PyErr_Occurred()) PyErr_Clear();
+        w->busy = 0;
+    }
+    return 0;
+}
+
+/* TASK_DONE's fields as C values (layout "TIVVV"). */
+typedef struct {
+    int64_t t, tid;
+    PyObject *state, *error, *name; /* borrowed: str, str or None, str */
+} TaskDone;
+
+static int
+enc_task_done(Segment *g, const void *arg, int64_t *t_end)
+{
+    const TaskDone *d = (const TaskDone *)arg;
+    Enc e = {g, g->buf + g->len, g->last_t, 0, 0, g->last_tid};
+    int r = put_u8(&e, K_TASK_DONE);
+    if (r == 0) r = enc_T(&e, d->t);
+    if (r == 0) {
+        r = put_varint(&e, tid_code(d->tid, e.last_tid) + 1);
+        if (r == 0) e.last_tid = d->tid;
+    }
+    if (r == 0) r = enc_value(&e, d->state, 1);
+    if (r == 0) r = enc_value(&e, d->error, 1);
+    if (r == 0) r = enc_value(&e, d->name, 1);
+    if (r < 0) return r;
+    g->len = e.p - g->buf;
+    g->last_t = e.last_t;
+    g->last_tid = e.last_tid;
+    *t_end = e.t_first;
+    return 0;
+}
+
+/* TASK_DONE recorded without a tuple, its task leaving the status table (``key``: its id as
+ * an int). Returns 1 when a value is not in the layout's types (the caller appends the tuple
+ * instead), else 0. Never raises. */
+static int
+win_task_done(Window *w, const TaskDone *d, PyObject *key)
+{
+    int r = win_write(w, enc_task_done, d);
+    if (r == E_BAD) return 1;
+    if (r == 0) {
+        w->busy = 1;
+        if (PyDict_DelItem(w->st_tasks, key) < 0) PyErr_Clear();
+        w->busy = 0;
+    }
+    return 0;
+}
+
+static void
+capi_append(PyObject *win, PyObject *ev)
+{
+    win_append((Window *)win, ev);
+}
+
+static FdCAPI fd_capi = {
+    FD_CAPI_VERSION,
+    (PyCFunction)Window_append,
+    capi_append,
+    capi_req_end,
+};
+
 static PyObject *
 Window_emit_step(Window *w, PyObject *const *args, Py_ssize_t nargs)
 {

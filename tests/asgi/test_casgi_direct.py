@@ -1,0 +1,179 @@
+"""The native request path writes its events into the native window with no Python call.
+
+While the recorder's ``emit`` is the native window's own ``append``, ``_casgi.c`` hands
+REQ_START to it directly and writes REQ_END from C values, with no tuple (``capi.h``). These
+check that what lands in the window is what the tuple path writes, that the request leaves
+the window's status table, that a field of an unusual type still gets recorded (the tuple's
+generic form), and that an ``emit`` put in the window's place still sees every event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from support import drive, http_scope
+
+from flightdeck import FlightDeck
+from flightdeck.asgi import accel
+from flightdeck.core import cores
+from flightdeck.core import events as ev
+
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.skipif(
+        accel.casgi is None or cores.NativeWindow is None, reason="the extensions are not built"
+    ),
+]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Route:
+    """What a router leaves in ``scope["route"]`` (Starlette's routes have ``path_format``)."""
+
+    def __init__(self, path_format: Any) -> None:
+        self.path_format = path_format
+
+
+class Text(str):
+    """A str subclass: not a type the native layout takes as it is."""
+
+
+def deck_for(app: Any) -> FlightDeck:
+    deck = FlightDeck(app, endpoint=None, slow_request=None, server_errors=False)
+    deck._start()
+    assert deck.asgi_path == "native"
+    return deck
+
+
+def window_events(deck: FlightDeck, kind: int) -> list[tuple[Any, ...]]:
+    frozen = deck.recorder._window.freeze()
+    return [e for evs in frozen.iter_segments() for e in evs if e[0] == kind]
+
+
+def app_with(route: Any, status: int = 201, fail: bool = False) -> Any:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        scope["route"] = Route(route)
+        await receive()
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+        if fail:
+            raise KeyError("after the body")
+
+    return app
+
+
+async def test_req_end_written_from_c_values_reads_back_as_the_tuple() -> None:
+    deck = deck_for(app_with("/items/{item_id}"))
+    try:
+        await drive(deck, http_scope("/items/7"))
+        [start] = window_events(deck, ev.REQ_START)
+        [end] = window_events(deck, ev.REQ_END)
+        rid = start[ev.REQ_START_RID]
+        t, ttfb, body_end = end[1], end[4], end[8]
+        assert end == (
+            ev.REQ_END,
+            t,
+            rid,
+            201,
+            ttfb,
+            "/items/{item_id}",
+            False,
+            None,
+            body_end,
+            None,
+        )
+        assert start[1] <= ttfb <= body_end <= t
+        # the request left the status table that heads each new generation
+        assert deck.recorder._window.freeze().requests == {}
+        assert deck.native_errors == 0
+    finally:
+        deck.close()
+
+
+async def test_an_app_error_is_in_the_req_end_written_from_c() -> None:
+    deck = deck_for(app_with("/boom", status=200, fail=True))
+    try:
+        with pytest.raises(KeyError):
+            await drive(deck, http_scope("/boom"))
+        [end] = window_events(deck, ev.REQ_END)
+        assert end[3] == 200 and end[5] == "/boom" and end[7] == "KeyError"
+        assert deck.native_errors == 0
+    finally:
+        deck.close()
+
+
+async def test_a_field_outside_the_layout_goes_the_tuple_way() -> None:
+    # A route given as a str subclass: the C writer declines it, the tuple is recorded in
+    # the generic form and reads back with the same values.
+    deck = deck_for(app_with(Text("/odd/{x}")))
+    try:
+        await drive(deck, http_scope("/odd/1"))
+        [end] = window_events(deck, ev.REQ_END)
+        assert end[3] == 201 and end[5] == "/odd/{x}"
+        assert deck.recorder._window.freeze().requests == {}
+        assert deck.native_errors == 0
+    finally:
+        deck.close()
+
+
+async def test_an_emit_put_in_the_windows_place_sees_both_request_events() -> None:
+    deck = deck_for(app_with("/seen"))
+    seen: list[tuple[Any, ...]] = []
+    deck.recorder.emit = seen.append  # type: ignore[method-assign]
+    try:
+        await drive(deck, http_scope("/seen"))
+        assert [e[0] for e in seen] == [ev.REQ_START, ev.REQ_END]
+        assert seen[1][3] == 201 and seen[1][5] == "/seen"
+        assert window_events(deck, ev.REQ_END) == []
+    finally:
+        deck.close()
+
+
+async def test_many_requests_through_the_c_writer_keep_the_window_consistent() -> None:
+    deck = deck_for(app_with("/many"))
+    try:
+        await asyncio.gather(*(drive(deck, http_scope(f"/many/{i}")) for i in range(200)))
+        ends = window_events(deck, ev.REQ_END)
+        starts = window_events(deck, ev.REQ_START)
+        assert len(ends) == len(starts) == 200
+        assert {e[2] for e in ends} == {s[ev.REQ_START_RID] for s in starts}
+        assert deck.recorder._window.freeze().requests == {}
+        assert deck.native_errors == 0
+    finally:
+        deck.close()
+
+
+@pytest.mark.parametrize("instrument_loop", [True, False])
+async def test_the_request_id_is_in_context_only_for_the_loops_instrumentation(
+    instrument_loop: bool,
+) -> None:
+    # The request id in the context is read by the loop's instrumentation alone (task and
+    # executor records name their request): without it, the set and reset are skipped.
+    from flightdeck.instrument.context import current_request
+
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(current_request.get())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    deck = FlightDeck(app, endpoint=None, slow_request=None, instrument_loop=instrument_loop)
+    deck._start()
+    try:
+        for i in range(3):
+            await drive(deck, http_scope(f"/ctx/{i}"))
+        starts = window_events(deck, ev.REQ_START)
+        rids = [s[ev.REQ_START_RID] for s in starts]
+        assert seen == (rids if instrument_loop else [None, None, None])
+        assert len(window_events(deck, ev.REQ_END)) == 3
+        assert current_request.get() is None
+        assert deck.native_errors == 0 and deck.status()["errors"] == {}
+    finally:
+        deck.close()

@@ -622,6 +622,7 @@ def assemble(
         # A crash names the request its loop was blocked in by id: the window's record of it.
         found = b.requests.get(trig["request"].get("id"))
         trig["request"] = dict(found) if found is not None else None
+    _with_tasks(trig, b.requests)
     return {
         "format": FORMAT,
         "id": snapshot_id,
@@ -634,6 +635,21 @@ def assemble(
         "loop": b.loop,
         "events": b.events,
     }
+
+
+def _with_tasks(trig: dict[str, Any], requests: dict[int, Any]) -> None:
+    """Give each request the trigger names (its own and its ``also`` entries') its tasks.
+
+    The middleware names a request by what it saw of it; the document's request records
+    always carry ``tasks``, and so does the trigger's copy: the window's, or none.
+    """
+    entries = [trig, *(e for e in trig.get("also") or () if isinstance(e, dict))]
+    for entry in entries:
+        req = entry.get("request")
+        if isinstance(req, dict) and "tasks" not in req:
+            rid = req.get("id")
+            found = requests.get(rid) if isinstance(rid, int) else None
+            entry["request"] = {**req, "tasks": list(found["tasks"]) if found is not None else []}
 
 
 def _json_steps(steps: Any) -> Any:

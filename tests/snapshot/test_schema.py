@@ -196,10 +196,28 @@ def test_asgi_app_snapshot_is_valid(
             if any(e["kind"] == "block" for e in doc["loop"]):
                 break
             time.sleep(0.02)
+        # Triggered snapshots too: their trigger names a request (the 500 may have joined the
+        # block's pending capture, in its trigger.also), with the request's tasks.
+        triggered = [
+            client.get(f"/debug/flight/snapshots/{item['id']}").json()
+            for item in client.get("/debug/flight/snapshots").json()
+            if item["trigger"]["kind"] != "manual"
+        ]
     # The schema sees the frames of the request that raised, not only nulls.
     assert any(r["error_stack"] for r in doc["requests"] if r["path"] == "/error"), doc
     validator.validate(doc)
     check_integrity(doc)
+    for snap in triggered:
+        validator.validate(snap)
+        check_integrity(snap)
+    named = [
+        entry["request"]
+        for snap in triggered
+        for entry in (snap["trigger"], *snap["trigger"].get("also", ()))
+        if entry["kind"] in ("server_error", "exception")
+    ]
+    assert named, [s["trigger"] for s in triggered]
+    assert all(r["path"] == "/error" and isinstance(r["tasks"], list) for r in named)
     # The blocking call, the fan-out and the executor job, all three named.
     by_path = {r["path"]: r for r in doc["requests"]}
     assert {"/fanout", "/block", "/sync", "/error", "/stream"} <= set(by_path)

@@ -69,13 +69,18 @@ def _text(value: Any) -> Any:
 
 
 def _stack(frames: Any) -> list[dict[str, Any]] | None:
+    """Recorded ``(function, file, line)`` triples; a malformed one raises ValueError."""
     if not frames:
         return None
-    return [{"function": f[0], "file": f[1], "line": f[2]} for f in frames]
+    return [{"function": fn, "file": file, "line": line} for fn, file, line in frames]
 
 
 def _site(site: Any) -> dict[str, Any] | None:
-    return {"function": site[0], "file": site[1], "line": site[2]} if site else None
+    """A recorded ``(function, file, line)``; a malformed one (a damaged file) raises ValueError."""
+    if not site:
+        return None
+    fn, file, line = site
+    return {"function": fn, "file": file, "line": line}
 
 
 class TaskTable:

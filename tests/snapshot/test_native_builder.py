@@ -216,3 +216,18 @@ def test_the_task_feed_takes_only_a_segment() -> None:
         feed.task("not an id")
     with pytest.raises(TypeError):
         _native.TaskFeed(0, None, build._site)  # type: ignore[arg-type]
+
+
+def test_a_malformed_site_or_stack_from_a_damaged_file_is_a_value_error() -> None:
+    # A damaged generation can decode a site as a pair, or a frame as a bare string; the
+    # builder then refuses the generation (ValueError) rather than failing on an index.
+    with pytest.raises(ValueError):
+        build._site(("handler", "app.py"))
+    with pytest.raises(ValueError):
+        build._stack([("handler", "app.py", 3, 4)])
+    assert build._site(("handler", "app.py", 3)) == {
+        "function": "handler",
+        "file": "app.py",
+        "line": 3,
+    }
+    assert build._stack(None) is None

@@ -48,6 +48,8 @@ from .windowfile import (
     FRAME_HEADER,
     GDLT,
     LAYOUT,
+    LIVE,
+    LIVE_BODY,
     SSTA_PREFIX,
     NAME_PATTERN,
     OPEN_EXISTING,
@@ -341,6 +343,9 @@ def parse_ring(data: bytes, head: dict[str, Any]) -> Parsed:
     out.last_seq = run[-1][0] if run else 0
     live = out.state.get("live")
     live = live if isinstance(live, int) else 0
+    for _seq, kind, body in run:
+        if kind == LIVE and len(body) == LIVE_BODY.size:
+            live = max(live, LIVE_BODY.unpack(body)[0])
     if any(kind == container.EVTS for _, kind, _ in run):
         out.records, out.status = _pure_records(run, live)
     else:

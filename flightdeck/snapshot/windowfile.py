@@ -94,6 +94,8 @@ CLOS = b"CLOS"  #: the file was closed cleanly (the earlier layout)
 GONE = b"GONE"  #: a chunk the window evicted (the earlier layout)
 FRAM = b"FRAM"  #: a frame of the ring
 GDLT = b"GDLT"  #: the growth of a native generation (``Window._file_delta``)
+LIVE = b"LIVE"  #: the oldest generation the native window holds (i64 LE), when it changes
+LIVE_BODY = struct.Struct("<q")
 _ZERO = b"\0" * container._CHUNK.size
 #: The last bytes of the file: the native block watch's record (``core/native/blockwatch.h``)
 #: of a task step holding the loop and the GIL, read by the recovery.
@@ -339,9 +341,12 @@ class WindowFile:
         got = window._file_delta(*self.native)
         if got is None:
             return False
-        self.live, deltas, self.native = got
+        live, deltas, self.native = got
         for delta in deltas:
             self.put(GDLT, [delta])
+        if live != self.live:  # the window evicted: a reader leaves the older ones out
+            self.live = live
+            self.put(LIVE, [LIVE_BODY.pack(live)])
         self.writes += 1
         return True
 

@@ -446,7 +446,7 @@ class _PureFeed:
 
     def frames(self, frozen: Frozen) -> list[tuple[bytes, list[bytes], bool]]:
         out: list[tuple[bytes, list[bytes], bool]] = []
-        segments = list(frozen.segments)
+        segments: list[Any] = list(frozen.segments)
         tail = list(frozen.tail)
         new = [seg for seg in segments if _key(seg) not in self.known]
         if not new and self.tail0 is not None and (not tail or tail[0] is not self.tail0):

@@ -12,9 +12,11 @@ import errno
 import fcntl
 import os
 import stat
+import struct
 import subprocess
 import sys
 import textwrap
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -611,3 +613,75 @@ def test_two_recorders_in_one_process_each_see_the_other_alive(tmp_path: Path) -
 
     asyncio.run(main())
     assert _files(tmp_path) == [] and _store(tmp_path).list() == []
+
+
+_RECORDING = textwrap.dedent(
+    """
+    import asyncio, os, struct, sys, time
+    from flightdeck import FlightRecorder
+    from flightdeck.snapshot.store import SnapshotStore
+
+    async def main():
+        rec = FlightRecorder(window=5, max_bytes=4 << 20)
+        rec.keep_window_in(SnapshotStore(directory=sys.argv[1]))
+        rec.start()
+        fd = os.open(sys.argv[2], os.O_RDWR)
+        window = rec._window
+
+        async def work(i):
+            await asyncio.sleep(0)
+
+        print(rec.stats["window_file"]["path"], flush=True)
+        while True:  # recording flat out until killed
+            await asyncio.gather(*(work(i) for i in range(10)))
+            last = window.last_event_time()
+            if last is not None:  # what was recorded so far, where the killer can read it
+                os.pwrite(fd, struct.pack("<q", last), 0)
+            await asyncio.sleep(0.0005)
+
+    asyncio.run(main())
+    """
+)
+
+#: At most this much of what was recorded is lost at a SIGKILL (seconds): the native
+#: writer's period (50 ms) and the pure one's (250 ms), with room for a loaded machine.
+LOSS_BOUND = {"native": 0.25, "python": 1.0}
+
+
+@pytest.mark.parametrize("core", ["native", "python"])
+def test_a_kill9_loses_only_what_was_recorded_in_the_writers_last_period(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, core: str
+) -> None:
+    """A process recording flat out is killed with SIGKILL at an arbitrary moment: the crash
+    snapshot holds what it recorded up to within the writer's period of its last event
+    (its recorder clock, published by the process as it went)."""
+    if core == "python":
+        monkeypatch.setenv("FLIGHTDECK_NO_EXTENSIONS", "1")
+    elif not _native_built():
+        pytest.skip("the native core is not built")
+    marker = tmp_path / "last"
+    marker.write_bytes(bytes(8))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _RECORDING, str(tmp_path), str(marker)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        path = Path(proc.stdout.readline().strip())
+        assert path.exists()
+        time.sleep(1.0 + (os.getpid() % 7) / 20)  # recording a while, killed mid-period
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    (recorded,) = struct.unpack("<q", marker.read_bytes())
+    assert recorded > 0
+    parsed = recovery.parse(path.read_bytes())
+    written = recovery._last_time(parsed.records)
+    assert written is not None
+    loss = (recorded - written) / 1e9
+    assert -0.01 <= loss <= LOSS_BOUND[core], loss
+    made = recovery.recover(_store(tmp_path))
+    assert len(made) == 1

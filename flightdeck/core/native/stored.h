@@ -324,7 +324,7 @@ static PyMemberDef Segment_members[] = {
     {"strings", T_PYSSIZET, offsetof(Segment, nstrs), READONLY, "interned strings"},
     {"status_bytes", T_PYSSIZET, offsetof(Segment, status_len), READONLY, "status records"},
     {"serial", T_LONGLONG, offsetof(Segment, serial), READONLY,
-     "its window's count of generations opened, this one included (0: loaded or copied)"},
+     "its window's count of generations opened, this one included (0: loaded)"},
     {NULL}};
 
 static PyGetSetDef Segment_getset[] = {
@@ -355,6 +355,7 @@ seg_copy(Segment *src)
     g->count = src->count;
     g->t_start = src->t_start;
     g->t_end = src->t_end;
+    g->serial = src->serial;
     g->open = 0;
     if (src->nstrs) {
         g->strs = PyMem_Malloc((size_t)src->nstrs * sizeof(PyObject *));

@@ -3,8 +3,8 @@
 Capturing: every live recording process keeps its window in a file under
 ``DIR/windows/`` (``windowfile.py``). A host capture writes the capturing process's own
 stored form as any capture does, and after its records one ``PROC`` chunk per other live
-process: that process's window file as it stands, up to its last complete chunk (its
-evicted ``GONE`` chunks left out), copied without decoding an event. A file that cannot be
+process: that process's window file as it stands (its ring's frames up to the last whole
+one, as the earlier layout's chunks: ``_read_ring``), copied without decoding an event. A file that cannot be
 read is named in a ``PSKP`` chunk instead (JSON ``{pid, file, error}``) and never fails the
 capture. A process is live while it holds its file's ``flock``: the capture only probes it
 with a shared lock that it lets go of at once (a dead process's file is left to the
@@ -48,10 +48,10 @@ from .windowfile import (
 #: could not be read (JSON ``{pid, file, error}``).
 PROC, PSKP = container.PROC, container.PSKP
 #: At most this many bytes are read of one process's window file (each is bounded by its
-#: own ``max_bytes`` already: twice it and a margin).
+#: own ``max_bytes`` already, and ``windowfile.OVERHEAD``).
 MAX_PEER_BYTES = 512 << 20
 #: Reads of a window file torn by its writer's write at that moment, before giving up on
-#: the torn part (the writer writes every 0.25 s, each write takes milliseconds).
+#: the torn part (the writer writes every 50 ms or 0.25 s, each write takes milliseconds).
 TORN_RETRIES = 3
 _HEADER = container._CHUNK
 _OPEN_READ = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -183,12 +183,13 @@ def _process_of(fd: int) -> dict[str, Any]:
 
 
 def read_window(fd: int, limit: int = MAX_PEER_BYTES) -> tuple[list[memoryview], int, int]:
-    """A window file's chunks up to its last complete one, ``GONE`` chunks left out: the
-    pieces of a stored form ``iter_chunks(strict=False)`` reads (views of one read of the
-    file), their length and their crc32. A chunk the writer was writing at that moment
-    fails its checksum: read again, up to ``TORN_RETRIES`` times.
+    """A window file as the pieces of a stored form ``iter_chunks(strict=False)`` reads,
+    their length and their crc32. The ring layout: ``_read_ring``. The earlier layout: its
+    chunks up to the last complete one, ``GONE`` chunks left out (views of one read of the
+    file); a chunk the writer was writing at that moment fails its checksum: read again, up
+    to ``TORN_RETRIES`` times.
 
-    Only the last ``CHECKED`` chunks are checked here: the writer appends at the end and
+    There, only the last ``CHECKED`` chunks are checked here: the writer appends at the end and
     rewrites only what it wrote last (the open generation, its state), so nothing before
     them can be half written (an evicted chunk's tag becomes ``GONE`` in place; its payload
     and checksum stay). The reader checks every chunk again when it converts. Few calls

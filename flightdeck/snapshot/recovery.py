@@ -2,8 +2,9 @@
 
 A window file (``windowfile.py``) whose ``flock`` can be taken belongs to a process that is
 gone (the kernel dropped its lock at death, whatever killed it); unless it was closed
-cleanly (its state says ``closed``; ``CLOS`` in the earlier layout) it is converted to a stored snapshot of trigger kind ``"crash"``: its
-record chunks copied as they are (no event is decoded to write it), a header saying what is
+cleanly (its state says ``closed``; ``CLOS`` in the earlier layout) it is converted to a
+stored snapshot of trigger kind ``"crash"``: its records copied as they are (no event is
+decoded to write it; a native generation's deltas joined), a header saying what is
 known of the end ("process 4711 ended without shutdown while the loop was blocked for 9.8 s
 in ``fetch_legacy`` (app.py:41) during GET /report"), then the file is removed. Exactly
 once: the recoverer holds the lock while it converts, and checks that the path still names

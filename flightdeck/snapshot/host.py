@@ -1,14 +1,14 @@
 """One capture across every process sharing a snapshot directory (``scope="host"``).
 
-Capturing: every live recording process keeps its window in a file under
-``DIR/windows/`` (``windowfile.py``). A host capture writes the capturing process's own
-stored form as any capture does, and after its records one ``PROC`` chunk per other live
-process: that process's window file as it stands (its ring's frames up to the last whole
-one, as the earlier layout's chunks: ``_read_ring``), copied without decoding an event. A
-file that cannot be read is named in a ``PSKP`` chunk instead (JSON ``{pid, file,
-error}``) and never fails the capture. A process is live while it holds its file's ``flock``: the capture only probes it
-with a shared lock that it lets go of at once (a dead process's file is left to the
-recovery, which makes it a crash snapshot of its own), and never deletes anything.
+Capturing: every live recording process keeps its window in a file under ``DIR/windows/``
+(``windowfile.py``). A host capture writes the capturing process's own stored form as any
+capture does, and after its records one ``PROC`` chunk per other live process: that
+process's window file as it stands (its ring's frames up to the last whole one, as the
+earlier layout's chunks: ``_read_ring``), copied without decoding an event. A file that
+cannot be read is named in a ``PSKP`` chunk instead (JSON ``{pid, file, error}``) and never
+fails the capture. A process is live while it holds its file's ``flock``: the capture only
+probes it with a shared lock that it lets go of at once (a dead process's file is left to
+the recovery, which makes it a crash snapshot of its own), and never deletes anything.
 
 Reading (``container.read_document``, outside the app): each ``PROC`` chunk is built into
 that process's document as a crash recovery would build it (``recovery.parse``), then the

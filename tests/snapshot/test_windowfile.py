@@ -685,3 +685,30 @@ def test_a_kill9_loses_only_what_was_recorded_in_the_writers_last_period(
     assert -0.01 <= loss <= LOSS_BOUND[core], loss
     made = recovery.recover(_store(tmp_path))
     assert len(made) == 1
+
+
+def test_a_file_of_the_earlier_layout_is_still_recovered(tmp_path: Path) -> None:
+    """Chunks appended after HEAD (``window_file: 1``), an evicted one tagged GONE: what a
+    process of the earlier version left is made a crash snapshot of its live records."""
+    wdir = tmp_path / windowfile.WINDOWS
+    wdir.mkdir(mode=0o700)
+    head = {"process": {"pid": 4242}, "clock_offset_ns": 0, "core": "python", "window_file": 1}
+    gone = windowfile.GONE + container.chunk(container.EVTS, b'[[15, 1, "mark", "old"]]')[4:]
+    data = b"".join(
+        [
+            container.PREAMBLE,
+            container.chunk(container.HEAD, orjson.dumps(head)),
+            gone,
+            container.chunk(windowfile.SSTA, b'{"tasks": [], "requests": []}'),
+            container.chunk(container.EVTS, orjson.dumps([[15, 5, "mark", "kept"]])),
+            container.chunk(windowfile.WSTA, orjson.dumps({"t_now": 9, "dropped": 0})),
+            bytes(256),
+        ]
+    )
+    (wdir / "otherhost-4242-0123abcd.fdk").write_bytes(data)
+    parsed = recovery.parse(data)
+    assert [orjson.loads(p) for _t, p in parsed.records] == [[[15, 5, "mark", "kept"]]]
+    made = recovery.recover(_store(tmp_path))
+    assert len(made) == 1
+    (item,) = _store(tmp_path).list()
+    assert item["trigger"]["kind"] == "crash" and item["pid"] == 4242

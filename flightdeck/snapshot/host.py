@@ -1,14 +1,14 @@
 """One capture across every process sharing a snapshot directory (``scope="host"``).
 
-Capturing: every live recording process keeps its window in a file under
-``DIR/windows/`` (``windowfile.py``). A host capture writes the capturing process's own
-stored form as any capture does, and after its records one ``PROC`` chunk per other live
-process: that process's window file as it stands, up to its last complete chunk (its
-evicted ``GONE`` chunks left out), copied without decoding an event. A file that cannot be
-read is named in a ``PSKP`` chunk instead (JSON ``{pid, file, error}``) and never fails the
-capture. A process is live while it holds its file's ``flock``: the capture only probes it
-with a shared lock that it lets go of at once (a dead process's file is left to the
-recovery, which makes it a crash snapshot of its own), and never deletes anything.
+Capturing: every live recording process keeps its window in a file under ``DIR/windows/``
+(``windowfile.py``). A host capture writes the capturing process's own stored form as any
+capture does, and after its records one ``PROC`` chunk per other live process: that
+process's window file as it stands (its ring's frames up to the last whole one, as the
+earlier layout's chunks: ``_read_ring``), copied without decoding an event. A file that
+cannot be read is named in a ``PSKP`` chunk instead (JSON ``{pid, file, error}``) and never
+fails the capture. A process is live while it holds its file's ``flock``: the capture only
+probes it with a shared lock that it lets go of at once (a dead process's file is left to
+the recovery, which makes it a crash snapshot of its own), and never deletes anything.
 
 Reading (``container.read_document``, outside the app): each ``PROC`` chunk is built into
 that process's document as a crash recovery would build it (``recovery.parse``), then the
@@ -32,17 +32,26 @@ from typing import Any
 import orjson
 
 from . import container
-from .windowfile import GONE, NAME_PATTERN, STOP_TAG, TMP_PREFIX, windows_dir
+from .windowfile import (
+    GONE,
+    LAYOUT,
+    NAME_PATTERN,
+    SSTA,
+    STOP_TAG,
+    TMP_PREFIX,
+    WSTA,
+    windows_dir,
+)
 
 #: Chunk tags of a host snapshot, after the capturing process's own records: another
 #: process's window file up to its last complete chunk, and a process whose window file
 #: could not be read (JSON ``{pid, file, error}``).
 PROC, PSKP = container.PROC, container.PSKP
 #: At most this many bytes are read of one process's window file (each is bounded by its
-#: own ``max_bytes`` already: twice it and a margin).
+#: own ``max_bytes`` already, and ``windowfile.OVERHEAD``).
 MAX_PEER_BYTES = 512 << 20
 #: Reads of a window file torn by its writer's write at that moment, before giving up on
-#: the torn part (the writer writes every 0.25 s, each write takes milliseconds).
+#: the torn part (the writer writes every 50 ms or 0.25 s, each write takes milliseconds).
 TORN_RETRIES = 3
 _HEADER = container._CHUNK
 _OPEN_READ = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -152,8 +161,8 @@ def _held(fd: int) -> bool:
     return False
 
 
-def _process_of(fd: int) -> dict[str, Any]:
-    """The ``process`` object in a window file's ``HEAD``."""
+def _head_of(fd: int) -> dict[str, Any]:
+    """A window file's ``HEAD``."""
     first = os.pread(fd, len(container.PREAMBLE) + _HEADER.size, 0)
     if len(first) < len(container.PREAMBLE) + _HEADER.size:
         raise container.ContainerError("window file too short for its header")
@@ -161,7 +170,12 @@ def _process_of(fd: int) -> dict[str, Any]:
     if tag != container.HEAD or length > 1 << 20:
         raise container.ContainerError("window file does not start with its header")
     data = os.pread(fd, len(first) + length, 0)
-    head = container.read_header(data)
+    return container.read_header(data)
+
+
+def _process_of(fd: int) -> dict[str, Any]:
+    """The ``process`` object in a window file's ``HEAD``."""
+    head = _head_of(fd)
     process = head.get("process")
     if not isinstance(process, dict):
         raise container.ContainerError("window file's header names no process")
@@ -169,18 +183,22 @@ def _process_of(fd: int) -> dict[str, Any]:
 
 
 def read_window(fd: int, limit: int = MAX_PEER_BYTES) -> tuple[list[memoryview], int, int]:
-    """A window file's chunks up to its last complete one, ``GONE`` chunks left out: the
-    pieces of a stored form ``iter_chunks(strict=False)`` reads (views of one read of the
-    file), their length and their crc32. A chunk the writer was writing at that moment
-    fails its checksum: read again, up to ``TORN_RETRIES`` times.
+    """A window file as the pieces of a stored form ``iter_chunks(strict=False)`` reads,
+    their length and their crc32. The ring layout: ``_read_ring``. The earlier layout: its
+    chunks up to the last complete one, ``GONE`` chunks left out (views of one read of the
+    file); a chunk the writer was writing at that moment fails its checksum: read again, up
+    to ``TORN_RETRIES`` times.
 
-    Only the last ``CHECKED`` chunks are checked here: the writer appends at the end and
+    There, only the last ``CHECKED`` chunks are checked here: the writer appends at the end and
     rewrites only what it wrote last (the open generation, its state), so nothing before
     them can be half written (an evicted chunk's tag becomes ``GONE`` in place; its payload
     and checksum stay). The reader checks every chunk again when it converts. Few calls
     that let go of the GIL (a read per MiB, a checksum per run of chunks): a capture
     thread waits for the GIL after each, against a busy loop.
     """
+    head = _head_of(fd)
+    if head.get("window_file") == LAYOUT and "ring" in head:
+        return _read_ring(fd, head, limit)
     best: tuple[list[memoryview], int, int] = ([], 0, 0)
     for _ in range(TORN_RETRIES):
         pieces, length, crc, torn = _read_once(fd, limit)
@@ -252,6 +270,56 @@ def _read_once(fd: int, limit: int) -> tuple[list[memoryview], int, int, bool]:
     return pieces, total, crc, torn
 
 
+def _read_ring(fd: int, head: dict[str, Any], limit: int) -> tuple[list[memoryview], int, int]:
+    """A ring-layout window file (``windowfile.py``) as the chunks of the earlier layout
+    (what ``recovery.parse`` reads in a ``PROC`` chunk): its ``HEAD``, the status, each
+    generation's records (its deltas joined) and the writer's state, copied, never decoded.
+    The file is read whole with ``pread``; a read that missed frames the writer wrote
+    meanwhile (its run ends before the state it read says) is taken again, up to
+    ``TORN_RETRIES`` times."""
+    from . import recovery
+
+    size = os.fstat(fd).st_size
+    if size > limit:
+        raise container.ContainerError(f"window file of {size} bytes is past the limit")
+    best: recovery.Parsed | None = None
+    for _ in range(TORN_RETRIES):
+        data = _pread_all(fd, size)
+        parsed = recovery.parse_ring(data, head)
+        del data
+        if best is None or len(parsed.records) >= len(best.records):
+            best = parsed
+        seq = parsed.state.get("seq")
+        if not isinstance(seq, int) or parsed.last_seq >= seq:
+            break
+    assert best is not None
+    plain = {k: v for k, v in head.items() if k not in ("ring", "state")}
+    plain["window_file"] = 1
+    chunks = [container.PREAMBLE, container.chunk(container.HEAD, container.json_bytes(plain))]
+    if best.status is not None:
+        chunks.append(container.chunk(SSTA, container.json_bytes(best.status)))
+    chunks += [container.chunk(tag, payload) for tag, payload in best.records]
+    chunks.append(container.chunk(WSTA, container.json_bytes(best.state)))
+    crc = 0
+    total = 0
+    for piece in chunks:
+        crc = zlib.crc32(piece, crc)
+        total += len(piece)
+    return [memoryview(piece) for piece in chunks], total, crc
+
+
+def _pread_all(fd: int, size: int) -> bytes:
+    parts = []
+    pos = 0
+    while pos < size:
+        block = os.pread(fd, min(size - pos, _BLOCK), pos)
+        if not block:
+            break
+        parts.append(block)
+        pos += len(block)
+    return b"".join(parts)
+
+
 def host_chunks(
     peers: list[Peer], skipped: list[dict[str, Any]], budget: int | None = None
 ) -> Iterator[Iterable[bytes]]:
@@ -305,9 +373,7 @@ def process_document(
     offset = parsed.head.get("clock_offset_ns")
     offset = offset if isinstance(offset, int) else 0
     _, _, status = recovery._scan_records(parsed.records, parsed.status)
-    t_now = parsed.state.get("t_now")
-    if not isinstance(t_now, int):
-        t_now = recovery._last_time(parsed.records) or 0
+    t_now = recovery.end_time(parsed.state.get("t_now"), parsed.records)
     dropped = parsed.state.get("dropped")
     tasks: dict[Any, Any] = {}
     requests: dict[Any, Any] = {}

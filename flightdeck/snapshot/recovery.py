@@ -2,13 +2,14 @@
 
 A window file (``windowfile.py``) whose ``flock`` can be taken belongs to a process that is
 gone (the kernel dropped its lock at death, whatever killed it); unless it was closed
-cleanly (``CLOS``) it is converted to a stored snapshot of trigger kind ``"crash"``: its
-record chunks copied as they are (no event is decoded to write it), a header saying what is
+cleanly (its state says ``closed``; ``CLOS`` in the earlier layout) it is converted to a
+stored snapshot of trigger kind ``"crash"``: its records copied as they are (no event is
+decoded to write it; a native generation's deltas joined), a header saying what is
 known of the end ("process 4711 ended without shutdown while the loop was blocked for 9.8 s
 in ``fetch_legacy`` (app.py:41) during GET /report"), then the file is removed. Exactly
 once: the recoverer holds the lock while it converts, and checks that the path still names
-the inode it locked (the writer replaces its file when it rewrites it; another recoverer
-unlinks it when done) before it does anything.
+the inode it locked (another recoverer unlinks it when done; a writer of the earlier
+layout replaced its file when it rewrote it) before it does anything.
 
 Who: every live process sharing the directory (its black box's thread, every
 ``windowfile.SCAN_INTERVAL``), a process at start-up, and ``flightdeck recover DIR``.
@@ -21,6 +22,7 @@ import os
 import stat
 import struct
 import time
+import zlib
 from typing import Any
 
 import orjson
@@ -41,10 +43,19 @@ from . import container
 from .document import new_id, rfc3339
 from .windowfile import (
     CLOS,
+    EVTS_PREFIX,
+    FRAM,
+    FRAME,
+    FRAME_HEADER,
+    GDLT,
+    LAYOUT,
+    LIVE,
+    LIVE_BODY,
     NAME_PATTERN,
     OPEN_EXISTING,
     SLOT,
     SSTA,
+    SSTA_PREFIX,
     STALE_TMP,
     STOP_TAG,
     TMP_PREFIX,
@@ -150,6 +161,8 @@ class Parsed:
         self.closed = False
         #: The native block watch's record: (step start, last seen running, task), or None.
         self.watch: tuple[int, int, int] | None = None
+        #: The sequence number of the last frame read (ring layout; 0 otherwise).
+        self.last_seq = 0
 
     def snapshot(self) -> tuple[list[bytes], dict[str, Any]]:
         """The crash snapshot's stored form (pieces) and header."""
@@ -161,8 +174,7 @@ class Parsed:
         offset = self.head.get("clock_offset_ns")
         offset = offset if isinstance(offset, int) else 0
         events, trace_ids, status = _scan_records(self.records, self.status)
-        if not isinstance(t_now, int):
-            t_now = _last_time(self.records) or 0
+        t_now = end_time(t_now, self.records)
         records = self.records
         if self.watch is not None:
             state, t_now, extra = _watched(self.watch, state, t_now, records, status)
@@ -188,8 +200,30 @@ class Parsed:
         return container.assemble(head, status, records), head
 
 
+def end_time(t_now: object, records: list[tuple[bytes, bytes]]) -> int:
+    """The last time a window file knows of: its writer's clock at the last state written,
+    or its newest record's end when later (records are written more often than the state)."""
+    last = _last_time(records) or 0
+    return max(t_now, last) if isinstance(t_now, int) else last
+
+
 def parse(data: bytes) -> Parsed:
-    """Read a window file's chunks up to the last complete one. Raises ``ContainerError``."""
+    """Read a window file: its ring's frames (the longest run of consecutive sequence
+    numbers whose checksums hold), or, in the earlier layout (and in a host capture's
+    ``PROC`` chunk), its chunks up to the last complete one. Raises ``ContainerError``."""
+    head = _head(data)
+    if head.get("window_file") == LAYOUT and "ring" in head:
+        return parse_ring(data, head)
+    return _parse_chunks(data)
+
+
+def _head(data: bytes) -> dict[str, Any]:
+    for tag, raw in container.iter_chunks(data, strict=False):
+        return _obj(raw) if tag == container.HEAD else {}
+    return {}
+
+
+def _parse_chunks(data: bytes) -> Parsed:
     out = Parsed()
     pending_status: dict[str, Any] | None = None
     for tag, raw in container.iter_chunks(data, strict=False):
@@ -212,6 +246,254 @@ def parse(data: bytes) -> Parsed:
         out.status = pending_status
     out.watch = _watch_record(data)
     return out
+
+
+# -- the ring (windowfile.py's layout 2) ------------------------------------------------------
+_CHUNK = container._CHUNK
+
+
+def _frame_at(view: memoryview, pos: int, end: int) -> tuple[int, int, bytes, bytes] | None:
+    """(end, sequence number, kind, body decompressed) of the frame at ``pos``, or None
+    when there is no whole one with a checksum that holds."""
+    if end - pos < FRAME_HEADER:
+        return None
+    tag, flags, length, crc = _CHUNK.unpack_from(view, pos)
+    start = pos + _CHUNK.size
+    if tag != FRAM or length < FRAME.size or length > end - start:
+        return None
+    if zlib.crc32(view[start : start + length]) != crc:
+        return None
+    seq, kind = FRAME.unpack_from(view, start)
+    body = bytes(view[start + FRAME.size : start + length])
+    if flags & container.ZLIB:
+        prefix = {container.EVTS: EVTS_PREFIX.size, SSTA: SSTA_PREFIX.size}.get(kind, 0)
+        try:
+            inflater = zlib.decompressobj()
+            rest = inflater.decompress(body[prefix:], container.MAX_CHUNK)
+        except zlib.error:
+            return None
+        if inflater.unconsumed_tail or not inflater.eof:
+            return None
+        body = body[:prefix] + rest
+    return start + length, seq, kind, body
+
+
+def frames(data: bytes, start: int, size: int) -> list[tuple[int, bytes, bytes]]:
+    """(sequence number, kind, body) of the ring's frames that are whole, oldest first: the
+    longest run of consecutive sequence numbers (the newer one of two as long)."""
+    view = memoryview(data)
+    end = min(len(view), start + size)
+    found: dict[int, tuple[bytes, bytes]] = {}
+    pos = start
+    while pos < end:
+        got = _frame_at(view, pos, end)
+        if got is not None:
+            pos, seq, kind, body = got
+            found[seq] = (kind, body)
+            continue
+        # Not a whole frame here (the head's partial overwrite, a frame being written, the
+        # zeros not written yet): the next place that starts like one.
+        nxt = data.find(FRAM, pos + 1, end)
+        if nxt < 0:
+            break
+        pos = nxt
+    if not found:
+        return []
+    best: tuple[int, int] = (0, 0)  # (length, last seq)
+    run_start = prev = -2
+    for seq in sorted(found):
+        if seq != prev + 1:
+            run_start = seq
+        prev = seq
+        length = seq - run_start + 1
+        if length >= best[0]:
+            best = (length, seq)
+    length, last = best
+    return [(seq, *found[seq]) for seq in range(last - length + 1, last + 1)]
+
+
+def state_slots(data: bytes, at: int, slot: int) -> dict[str, Any]:
+    """The newer of the two state slots whose checksum holds ({} when neither does)."""
+    view = memoryview(data)
+    best: tuple[int, dict[str, Any]] = (-1, {})
+    for i in range(2):
+        pos = at + i * slot
+        got = _frame_at(view, pos, min(len(view), pos + slot))
+        if got is not None and got[2] == WSTA and got[1] > best[0]:
+            best = (got[1], _obj(got[3]))
+    return best[1]
+
+
+def parse_ring(data: bytes, head: dict[str, Any]) -> Parsed:
+    """A window file of the ring layout. Raises ``ContainerError`` when its header's layout
+    is malformed."""
+    ring, slots = head.get("ring"), head.get("state")
+    if not (
+        isinstance(ring, list)
+        and isinstance(slots, list)
+        and len(ring) == 2
+        and len(slots) == 2
+        and all(isinstance(v, int) and v >= 0 for v in (*ring, *slots))
+    ):
+        raise container.ContainerError("window file's header has a malformed layout")
+    out = Parsed()
+    out.head = head
+    out.state = state_slots(data, slots[0], slots[1])
+    out.closed = out.state.get("closed") is True
+    run = frames(data, ring[0], ring[1])
+    out.last_seq = run[-1][0] if run else 0
+    live = out.state.get("live")
+    live = live if isinstance(live, int) else 0
+    for _seq, kind, body in run:
+        if kind == LIVE and len(body) == LIVE_BODY.size:
+            live = max(live, LIVE_BODY.unpack(body)[0])
+    if any(kind == container.EVTS for _, kind, _ in run):
+        out.records, out.status = _pure_records(run, live)
+    else:
+        out.records = _native_records(run, live)
+    out.watch = _watch_record(data)
+    return out
+
+
+def _varints(data: bytes, pos: int, n: int) -> tuple[list[int], int]:
+    out = []
+    for _ in range(n):
+        value = shift = 0
+        while True:
+            if pos >= len(data) or shift > 63:
+                raise container.ContainerError("corrupt window file (a varint)")
+            byte = data[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        out.append(value)
+    return out, pos
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+class _Gen:
+    """A native generation put together from its deltas (``GDLT``)."""
+
+    __slots__ = ("fields", "nstrs", "records", "strings", "whole")
+
+    def __init__(self) -> None:
+        self.fields: list[int] = []
+        self.nstrs = 0
+        self.strings: list[bytes] = []
+        self.records: list[bytes] = []
+        self.whole = True
+
+    def length(self) -> int:
+        return sum(map(len, self.records))
+
+    def add(self, fields: list[int], strings: bytes, records: bytes) -> None:
+        _serial, base, _ts, _te, _count, _status, str_from, str_n, _sb, rec_from, _rn = fields
+        if str_from != self.nstrs or rec_from != self.length():
+            self.whole = False  # its start was overwritten, or a delta is missing
+        if self.fields and self.fields[1] != base:
+            self.whole = False
+        self.fields = fields
+        self.nstrs += str_n
+        if strings:
+            self.strings.append(strings)
+        if records:
+            self.records.append(records)
+
+    def dump(self) -> bytes:
+        """What ``Segment.dump()`` writes for it (``GENR``)."""
+        _serial, base, t_start, t_end, count, status_len = self.fields[:6]
+        head = b"".join(_varint(v) for v in (base, t_start, t_end, count, status_len, self.nstrs))
+        return b"".join([head, *self.strings, _varint(self.length()), *self.records])
+
+
+def _native_records(run: list[tuple[int, bytes, bytes]], live: int) -> list[tuple[bytes, bytes]]:
+    """The ``GENR`` payloads of the generations whose every delta is in the run, oldest
+    first, from the window's oldest (``live``) on."""
+    gens: dict[int, _Gen] = {}
+    whole: dict[int, bytes] = {}  # GENR frames (a native freeze written whole), by base time
+    for _seq, kind, body in run:
+        if kind == container.GENR:
+            try:
+                (base,), _ = _varints(body, 0, 1)
+            except container.ContainerError:
+                continue
+            whole.pop(base, None)
+            whole[base] = body  # the later frame of a generation holds more of it
+            continue
+        if kind != GDLT:
+            continue
+        try:
+            fields, pos = _varints(body, 0, 11)
+        except container.ContainerError:
+            continue
+        str_bytes, rec_n = fields[8], fields[10]
+        if pos + str_bytes + rec_n != len(body):
+            continue
+        gen = gens.setdefault(fields[0], _Gen())
+        gen.add(fields, body[pos : pos + str_bytes], body[pos + str_bytes :])
+    if whole:
+        return [
+            (container.GENR, payload)
+            for base, payload in sorted(whole.items())
+            if _unzz(base) >= live
+        ]
+    return [
+        (container.GENR, gen.dump())
+        for serial, gen in sorted(gens.items())
+        if gen.whole and serial >= live
+    ]
+
+
+def _unzz(v: int) -> int:
+    return (v >> 1) ^ -(v & 1)
+
+
+def _pure_records(
+    run: list[tuple[int, bytes, bytes]], live: int
+) -> tuple[list[tuple[bytes, bytes]], dict[str, Any] | None]:
+    """The ``EVTS`` payloads of the longest chain of consecutive event ordinals that ends
+    the run, from the oldest status at or after the window's oldest event (``live``) on,
+    and that status."""
+    chain: list[tuple[int, int, bytes]] = []  # (first ordinal, count, JSON)
+    statuses: dict[int, bytes] = {}
+    for _seq, kind, body in run:
+        if kind == container.EVTS and len(body) >= EVTS_PREFIX.size:
+            at, count = EVTS_PREFIX.unpack_from(body, 0)
+            if chain and at != chain[-1][0] + chain[-1][1]:
+                chain, statuses = [], {s: v for s, v in statuses.items() if s >= at}
+            chain.append((at, count, body[EVTS_PREFIX.size :]))
+        elif kind == SSTA and len(body) >= SSTA_PREFIX.size:
+            (at,) = SSTA_PREFIX.unpack_from(body, 0)
+            statuses[at] = body[SSTA_PREFIX.size :]
+    if not chain:
+        return [], None
+    first, end = chain[0][0], chain[-1][0] + chain[-1][1]
+    held = sorted(s for s in statuses if first <= s <= end)
+    later = [s for s in held if s >= live]
+    start = later[0] if later else (held[-1] if held else first)
+    status = _obj(statuses[start]) if start in statuses else None
+    records: list[tuple[bytes, bytes]] = []
+    for at, count, payload in chain:
+        if at + count <= start:
+            continue
+        if at < start:
+            try:
+                events = orjson.loads(payload)[start - at :]
+            except orjson.JSONDecodeError:
+                continue
+            payload = container.json_bytes(events)
+        records.append((container.EVTS, payload))
+    return records, status
 
 
 def _watch_record(data: bytes) -> tuple[int, int, int] | None:

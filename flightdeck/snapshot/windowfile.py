@@ -1,35 +1,53 @@
 """The window in a file: what a process recorded survives its death as a crash snapshot.
 
-With a snapshot directory, each recording process keeps a copy of its window in
+With a snapshot directory, each recording process keeps its window in
 ``<directory>/windows/<host>-<pid>-<nonce>.fdk``, written by a thread of its own (never the
-event loop). The file is a stored snapshot's container (``container.py``) laid out as::
+event loop). The file has a fixed size, reserved when it is created, laid out as::
 
-    MAGIC | version | HEAD (the process) | sealed record chunks ... | tail | WSTA | zero header
+    MAGIC | version | HEAD (the process, the layout) | zeros to HEAD_AREA
+    | state slot A | state slot B          (STATE_SLOT bytes each)
+    | ring                                 (max_bytes: frames written at a head that wraps)
+    | block watch slot                     (the last SLOT bytes)
 
-Each sealed generation (native: ``GENR``, ``Segment.dump()``; pure: ``SSTA`` + ``EVTS``, its
-status and the ``EVTS`` payload the window holds) is appended once, when sealed; a
-generation the window evicts has its chunks' tags overwritten with ``GONE`` (readers skip
-unknown tags). Every ``INTERVAL`` the open generation follows them (the tail: the native
-core's copy of it, overwritten in place at each write; the pure core's events appended as
-they come, ``_extend``), and its sealed form takes the tail's place once sealed; then
-``WSTA`` (the writer's clock, the drop count, the requests in flight, the block in
-progress) and a zero chunk header that ends the file for readers. A reader takes chunks
-up to the last complete one (``iter_chunks(strict=False)``): what a process killed
-mid-write leaves is ignored, never misread.
+so it never takes more than ``max_bytes`` and ``OVERHEAD`` bytes on disk. What was recorded
+goes into the ring as frames, each written once, in order, at the ring's head, which wraps
+to the ring's start when the next frame does not fit before its end (the window evicts
+oldest first, so the ring overwrites what it evicted, or would soon)::
+
+    frame = "FRAM" | flags (u8) | 3 zero bytes | length (u32 LE) | crc32 (u32 LE)
+            | sequence number (u64 LE) | kind (4 bytes) | body (length - 12 bytes)
+
+The checksum covers the sequence number, the kind and the body. A reader (``recovery.py``)
+takes the frames whose checksum holds and keeps the longest run of consecutive sequence
+numbers: a frame being written, or one the head has partly overwritten, fails its checksum
+and is skipped, never misread; frames left of an earlier lap stay consistent with the run.
+
+* Native core: ``GDLT`` frames, the growth of a generation since the last write (the
+  records it appended and the strings its table added: ``Window._file_delta``, only the
+  bytes added are copied); a generation's deltas, joined, are its stored form (``GENR``).
+  Written every ``INTERVAL / 5`` (50 ms): the open generation as it is recorded, give or
+  take that period.
+* Pure core: ``EVTS`` frames (the events from an ordinal on, JSON) and ``SSTA`` frames (the
+  status at an ordinal: at each sealed segment's first event), every ``INTERVAL``.
+
+The state slots hold the writer's state (``WSTA``, JSON: its clock, the drop count, the
+requests in flight, the block in progress, and ``live``: the oldest generation, or event
+ordinal, still in the window), written in turn, every ``INTERVAL``: the slot with the higher
+sequence number whose checksum holds is the one to read. ``closed`` in it marks a clean end.
 
 The file's space is reserved when it is created (``posix_fallocate``: a full disk fails
 the creation, which falls back to memory only, never a write later; no mapping, so no
-SIGBUS). It holds at most ``capacity`` bytes (twice ``max_bytes`` and a margin): when the
-next write would not fit, the live chunks are copied to a fresh file that replaces it
-(``rename``), the evicted ones left behind.
+SIGBUS), and it never grows: nothing is rewritten or renamed while the process records.
 
 Liveness is an exclusive ``flock`` on the open file, held for the process's life: the
 kernel drops it when the process dies, whatever kills it, so "the lock can be taken and the
 file was not closed" means the process died without stopping its recorder, and no pid reuse
 or pid namespace can fool it. A clean end (``stop()``, lifespan shutdown, ``close()``, or an
-interpreter exit that was not in the middle of a loop block) appends ``CLOS`` and removes
-the file. ``recovery.recover`` turns each dead process's file into a snapshot of trigger
-kind ``"crash"``. A child forked from a recording process keeps no file (``after_fork``).
+interpreter exit that was not in the middle of a loop block) writes a state that says
+``closed`` and removes the file. ``recovery.recover`` turns each dead process's file into a
+snapshot of trigger kind ``"crash"``. A child forked from a recording process keeps no file
+(``after_fork``). Files of the earlier layout (``window_file: 1`` in ``HEAD``: chunks appended,
+``GONE``, rewritten when full) are still recovered and read.
 """
 
 from __future__ import annotations
@@ -42,10 +60,12 @@ import os
 import re
 import secrets
 import socket
+import struct
 import sys
 import threading
 import time
 import weakref
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
@@ -57,25 +77,46 @@ from .directory import check_directory
 #: The subdirectory of the snapshot directory holding the processes' window files.
 WINDOWS = "windows"
 SUFFIX = ".fdk"
-#: How often the open generation is copied to the file (seconds): at most this much of the
-#: last events is lost when the process dies (plus what its core had not yet sealed).
+#: How often the writer's state is written, and the pure core's window (seconds); the
+#: native core's records are written five times as often (``BlackBox.flush``).
 INTERVAL = 0.25
 #: How often a live process looks for the files of dead ones (seconds).
 SCAN_INTERVAL = 1.0
-#: Temporary files (a file being created or rewritten) older than this are a dead writer's.
+#: Temporary files (a file being created) older than this are a dead writer's.
 STALE_TMP = 600.0
+#: The layout a file's ``HEAD`` names (``window_file``): 2, the ring; 1, chunks appended.
+LAYOUT = 2
 
 #: Chunk tags of a window file, beside ``container``'s.
-SSTA = b"SSTA"  #: the status at the start of the ``EVTS`` chunk that follows (pure core)
-WSTA = b"WSTA"  #: the writer's state at its last write (JSON)
-CLOS = b"CLOS"  #: the file was closed cleanly
-GONE = b"GONE"  #: a chunk the window evicted (its space is reclaimed at the next rewrite)
+SSTA = b"SSTA"  #: the status at an event ordinal (pure core)
+WSTA = b"WSTA"  #: the writer's state (JSON)
+CLOS = b"CLOS"  #: the file was closed cleanly (the earlier layout)
+GONE = b"GONE"  #: a chunk the window evicted (the earlier layout)
+FRAM = b"FRAM"  #: a frame of the ring
+GDLT = b"GDLT"  #: the growth of a native generation (``Window._file_delta``)
+LIVE = b"LIVE"  #: the oldest generation the native window holds (i64 LE), when it changes
+LIVE_BODY = struct.Struct("<q")
 _ZERO = b"\0" * container._CHUNK.size
 #: The last bytes of the file: the native block watch's record (``core/native/blockwatch.h``)
 #: of a task step holding the loop and the GIL, read by the recovery.
 SLOT = 64
 STOP_TAG = b"\0\0\0\0"
 TMP_PREFIX = ".tmp-"
+#: A frame's fixed part after its chunk header: sequence number and kind.
+FRAME = struct.Struct("<Q4s")
+FRAME_HEADER = container._CHUNK.size + FRAME.size
+#: Body prefixes: an ``EVTS`` frame's first event ordinal and count, an ``SSTA``'s ordinal.
+EVTS_PREFIX = struct.Struct("<QI")
+SSTA_PREFIX = struct.Struct("<Q")
+#: The bytes before the state slots hold the preamble and ``HEAD`` (rounded up to this).
+HEAD_ROUND = 4096
+#: Each state slot's size: a state that does not fit loses its request list first.
+STATE_SLOT = 8192
+#: The smallest ring (a ``max_bytes`` below it gets this much).
+MIN_RING = 64 << 10
+#: Bytes on disk beside the ring, at most: the header's area (its usual size), the two
+#: state slots and the block watch's slot.
+OVERHEAD = HEAD_ROUND + 2 * STATE_SLOT + SLOT
 
 _OPEN_NEW = (
     os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -117,12 +158,67 @@ def _key(seg: Any) -> tuple[int, int, int]:
     return (int(seg.t_start), int(seg.t_end), int(seg.count))
 
 
+def frame(seq: int, kind: bytes, pieces: Sequence[bytes], compressed: bool = False) -> bytes:
+    """One frame of ``pieces`` (its body, joined); ``compressed``: the last piece is zlib'd
+    (the body's prefix never is)."""
+    fixed = FRAME.pack(seq, kind)
+    crc = zlib.crc32(fixed)
+    length = len(fixed)
+    for piece in pieces:
+        crc = zlib.crc32(piece, crc)
+        length += len(piece)
+    if length > container.MAX_CHUNK:
+        raise ValueError(f"frame {kind!r} of {length} bytes is too large")
+    header = container.chunk_header(FRAM, compressed, length, crc)
+    return b"".join((header, fixed, *pieces))
+
+
+def _packed(data: bytes, level: int = container.CAPTURE_LEVEL) -> tuple[bytes, bool]:
+    """``data`` zlib'd when that makes it smaller: (bytes, compressed)."""
+    if len(data) > 64:
+        packed = zlib.compress(data, level)
+        if len(packed) < len(data):
+            return packed, True
+    return data, False
+
+
+def layout(head_len: int, ring: int) -> tuple[int, int, int]:
+    """(state slots' offset, ring's offset, file size) for a header of ``head_len`` bytes."""
+    state = -(-head_len // HEAD_ROUND) * HEAD_ROUND
+    start = state + 2 * STATE_SLOT
+    return state, start, start + ring + SLOT
+
+
+def fit_state(state: dict[str, Any]) -> bytes:
+    """The state as JSON within a slot: the request list, then the block's text, shortened
+    when it would not fit (paths and sites come from the app)."""
+    body = container.json_bytes(state)
+    limit = STATE_SLOT - FRAME_HEADER
+    if len(body) <= limit:
+        return body
+    state = dict(state, oldest=[])
+    body = container.json_bytes(state)
+    if len(body) > limit and isinstance(state.get("block"), dict):
+        block = dict(state["block"])
+        block["site"] = str(block.get("site"))[:200]
+        request = block.get("request")
+        if isinstance(request, dict):
+            block["request"] = {k: str(v)[:200] for k, v in request.items()}
+        state["block"] = block
+        body = container.json_bytes(state)
+    if len(body) > limit:
+        keep = ("t_now", "time", "dropped", "inflight", "live", "closed", "seq")
+        body = container.json_bytes({k: state[k] for k in keep if k in state})
+    return body
+
+
 class WindowFile:
     """One process's window file: created locked, written by one thread, closed clean or not.
 
-    ``head`` names the process (``process``, ``clock_offset_ns``, ``options``, ``core``).
-    Raises ``OSError`` (or ``ValueError`` for a bad directory) from :meth:`create` only;
-    later failures are counted in ``errors`` and give the file up (memory only).
+    ``head`` names the process (``process``, ``clock_offset_ns``, ``options``, ``core``);
+    ``capacity`` is the ring's size (``max_bytes``). Raises ``OSError`` (or ``ValueError``
+    for a bad directory) from :meth:`create` only; later failures are counted in ``errors``
+    and give the file up (memory only).
     """
 
     def __init__(
@@ -133,30 +229,43 @@ class WindowFile:
         on_fd: Callable[[int, int], None] | None = None,
     ) -> None:
         self.directory = directory
-        #: The file's size: its chunks, then the block watch's slot (its last ``SLOT`` bytes).
-        self.size = capacity
-        self.capacity = capacity - SLOT
-        #: Told ``(fd, slot offset)`` whenever the file's descriptor changes (-1: closed),
-        #: before the previous one is closed (``_native.BlockWatch.set_fd``).
+        self.ring = max(MIN_RING, capacity)
+        #: Told ``(fd, slot offset)`` when the file is created (-1: closed)
+        #: (``_native.BlockWatch.set_fd``).
         self.on_fd = on_fd
-        self.head_bytes = container.PREAMBLE + container.chunk(
-            container.HEAD, container.json_bytes({**head, "window_file": 1})
-        )
+        self.head_bytes = b""
+        self.state_at, self.ring_at, self.size = 0, 0, 0
+        for _ in range(3):  # the layout's offsets are in the header: until they agree
+            fields = {
+                **head,
+                "window_file": LAYOUT,
+                "ring": [self.ring_at, self.ring],
+                "state": [self.state_at, STATE_SLOT],
+            }
+            self.head_bytes = container.PREAMBLE + container.chunk(
+                container.HEAD, container.json_bytes(fields)
+            )
+            at = layout(len(self.head_bytes), self.ring)
+            if at == (self.state_at, self.ring_at, self.size):
+                break
+            self.state_at, self.ring_at, self.size = at
         self.path = ""
         self.fd = -1
-        #: key -> (offset, length, chunk offsets) of each sealed generation in the file.
-        self.written: dict[tuple[int, int, int], tuple[int, int, list[int]]] = {}
-        self.end = 0  # where the sealed chunks end (the tail goes here)
-        #: The pure core's open events written so far: the first one (identity), how many,
-        #: and where their chunks end (see ``_extend``).
-        self._delta_first: Any = None
-        self._delta_count = 0
-        self._delta_end = 0
+        #: Where the next frame goes, and its sequence number.
+        self.at = self.ring_at
+        self.seq = 1
+        self.state_seq = 0
+        self.laps = 0
+        self.frames = 0
+        self.bytes = 0  # written to the ring in all
         self.writes = 0
-        self.rewrites = 0
-        self.dropped = 0  # generations the file had no room for
+        self.dropped = 0  # frames larger than the ring
         self.errors = 0
         self.closed = False
+        #: The native core's progress: (generation serial, record bytes, strings) written.
+        self.native = (0, 0, 0)
+        self.live = 0
+        self._pure = _PureFeed()
 
     # -- creation -----------------------------------------------------------------------
     def create(self) -> None:
@@ -166,7 +275,7 @@ class WindowFile:
         for attempt in (1, 2):
             check_directory(wdir)
             try:
-                self.fd, self.end = self._new_file(self.head_bytes)
+                self.fd = self._new_file()
                 break
             except FileNotFoundError:
                 if attempt == 2:  # removed again: another process's clean end raced us
@@ -177,14 +286,11 @@ class WindowFile:
             self._discard(self.fd, self._tmp_path)
             self.fd = -1
             raise
-        self._tell(self.fd)
-
-    def _tell(self, fd: int) -> None:
         if self.on_fd is not None:
-            self.on_fd(fd, self.size - SLOT)
+            self.on_fd(self.fd, self.size - SLOT)
 
-    def _new_file(self, first: bytes) -> tuple[int, int]:
-        """A locked, reserved temporary file holding ``first``: (fd, bytes written)."""
+    def _new_file(self) -> int:
+        """A locked, reserved temporary file holding the header."""
         self._tmp_path = os.path.join(
             os.path.dirname(self.path),
             f"{TMP_PREFIX}{os.path.basename(self.path)}.{secrets.token_hex(4)}",
@@ -195,12 +301,13 @@ class WindowFile:
                 raise OSError(errno.EWOULDBLOCK, "cannot lock a new window file")
             if hasattr(os, "posix_fallocate"):
                 os.posix_fallocate(fd, 0, self.size)
-            _pwrite_all(fd, first, 0)
-            _pwrite_all(fd, _ZERO, len(first))
+            else:  # pragma: no cover - every supported platform has it
+                os.ftruncate(fd, self.size)
+            _pwrite_all(fd, self.head_bytes, 0)
         except BaseException:
             self._discard(fd, self._tmp_path)
             raise
-        return fd, len(first)
+        return fd
 
     @staticmethod
     def _discard(fd: int, path: str) -> None:
@@ -210,140 +317,101 @@ class WindowFile:
             os.close(fd)
 
     # -- writing (one thread) -------------------------------------------------------------
-    def update(self, frozen: Frozen, state: dict[str, Any]) -> None:
-        """Bring the file up to ``frozen``: new sealed generations, the tail, the state."""
-        if self.fd < 0 or self.closed:
+    def put(self, kind: bytes, pieces: Sequence[bytes], compressed: bool = False) -> None:
+        """One frame at the ring's head (wrapping to its start when it does not fit)."""
+        data = frame(self.seq, kind, pieces, compressed)
+        if len(data) > self.ring:
+            self.dropped += 1  # larger than the whole ring: never written, counted
             return
-        sealed, tail = _split(frozen)
-        keys = set()
-        new: list[tuple[tuple[int, int, int], list[bytes]]] = []
-        for seg in sealed:
-            key = _key(seg)
-            keys.add(key)
-            if key not in self.written:
-                new.append((key, _sealed_chunks(seg)))
-        for key in [k for k in self.written if k not in keys]:
-            _, _, chunks = self.written.pop(key)
-            for off in chunks:  # evicted from the window: no longer a record of it
-                os.pwrite(self.fd, GONE, off)
-        wsta = container.chunk(WSTA, container.json_bytes(state))
-        if not new and self._extend(tail, wsta):
-            self.writes += 1
-            return
-        last = tail if tail is not None else []
-        status = None if sealed else {"tasks": frozen.tasks, "requests": frozen.requests}
-        tail_only = b"".join(_tail_chunks(last, status))
-        tail_bytes = tail_only + wsta
-        need = sum(len(c) for _, pieces in new for c in pieces) + len(tail_bytes) + len(_ZERO)
-        tail_written = True
-        if self.end + need > self.capacity:
-            tail_written = self._rewrite(new, tail_bytes)
-        else:
-            for key, pieces in new:
-                self._append(key, pieces, self.fd)
-            _pwrite_all(self.fd, tail_bytes + _ZERO, self.end)
-        # The pure core's open events: later writes append only what was added to them.
-        self._delta_end = self.end + len(tail_only)
-        if isinstance(tail, list) and tail and tail_written:
-            self._delta_first, self._delta_count = tail[0], len(tail)
-        else:
-            self._delta_first, self._delta_count = None, 0
-        self.writes += 1
+        end = self.ring_at + self.ring
+        if self.at + len(data) > end:
+            self.at = self.ring_at
+            self.laps += 1
+        _pwrite_all(self.fd, data, self.at)
+        self.at += len(data)
+        self.seq += 1
+        self.frames += 1
+        self.bytes += len(data)
 
-    def _extend(self, tail: Any, wsta: bytes) -> bool:
-        """The pure core's open events when only more were added since the last write: just
-        those, as one more ``EVTS`` chunk after the ones written (JSON-encoding the whole
-        open segment every interval cost about 19 ms of CPU a write at 7k tasks/s). False
-        when the tail must be written whole (a seal, a native tail, no room)."""
-        if not (isinstance(tail, list) and tail and self._delta_first is not None):
+    def write_native(self, window: Any) -> bool:
+        """The native window's growth since the last write; False when it could not be
+        taken now (the window was being written to: the next call catches up)."""
+        if self.fd < 0 or self.closed:
+            return True
+        got = window._file_delta(*self.native)
+        if got is None:
             return False
-        if tail[0] is not self._delta_first or len(tail) < self._delta_count:
-            return False  # sealed meanwhile: that generation's chunks replace these
-        added = tail[self._delta_count :]
-        piece = (
-            container.chunk(container.EVTS, container.json_bytes(added), container.CAPTURE_LEVEL)
-            if added
-            else b""
-        )
-        if self._delta_end + len(piece) + len(wsta) + len(_ZERO) > self.capacity:
-            return False
-        _pwrite_all(self.fd, piece + wsta + _ZERO, self._delta_end)
-        self._delta_end += len(piece)
-        self._delta_count = len(tail)
+        live, deltas, self.native = got
+        for delta in deltas:
+            self.put(GDLT, [delta])
+        if live != self.live:  # the window evicted: a reader leaves the older ones out
+            self.live = live
+            self.put(LIVE, [LIVE_BODY.pack(live)])
+        self.writes += 1
         return True
 
-    def _append(self, key: tuple[int, int, int], pieces: list[bytes], fd: int) -> None:
-        offsets = []
-        at = self.end
-        for piece in pieces:
-            offsets.append(at)
-            at += len(piece)
-        _pwrite_all(fd, b"".join(pieces), self.end)
-        self.written[key] = (self.end, at - self.end, offsets)
-        self.end = at
+    def write_state(self, state: dict[str, Any], closed: bool = False) -> None:
+        """The writer's state into the slot not written last."""
+        if self.fd < 0:
+            return
+        self.state_seq += 1
+        state = {**state, "live": self.live, "seq": self.seq - 1}
+        if closed:
+            state["closed"] = True
+        data = frame(self.state_seq, WSTA, [fit_state(state)])
+        _pwrite_all(self.fd, data, self.state_at + (self.state_seq % 2) * STATE_SLOT)
 
-    def _rewrite(
-        self, new: list[tuple[tuple[int, int, int], list[bytes]]], tail_bytes: bytes
-    ) -> bool:
-        """Copy the live generations to a fresh file that replaces this one (the disk bound);
-        True when the tail fitted too."""
-        old_fd, old = self.fd, list(self.written.items())
-        room = self.capacity - len(self.head_bytes) - len(tail_bytes) - len(_ZERO)
-        sizes = [length for _, (_, length, _) in old] + [sum(map(len, p)) for _, p in new]
-        skip = 0
-        while skip < len(sizes) and sum(sizes[skip:]) > room:
-            skip += 1  # oldest first: the file holds less than the window rather than nothing
-        self.dropped += skip
-        fd, end = self._new_file(self.head_bytes)
-        try:
-            self.end = end
-            self.written = {}
-            for i, (key, (off, length, chunks)) in enumerate(old):
-                if i < skip:
-                    continue
-                data = os.pread(old_fd, length, off)
-                if len(data) != length:
-                    raise OSError(errno.EIO, "short read of the window file")
-                self.written[key] = (self.end, length, [c - off + self.end for c in chunks])
-                _pwrite_all(fd, data, self.end)
-                self.end += length
-            for i, (key, pieces) in enumerate(new):
-                if len(old) + i >= skip:
-                    self._append(key, pieces, fd)
-            fits = self.end + len(tail_bytes) + len(_ZERO) <= self.capacity
-            if fits:
-                _pwrite_all(fd, tail_bytes + _ZERO, self.end)
-            os.rename(self._tmp_path, self.path)
-        except BaseException:
-            self._discard(fd, self._tmp_path)
-            self.written = {}
-            raise
-        self.fd = fd
-        self._tell(fd)  # the watch writes to the new file before the old one is closed
-        os.close(old_fd)  # its inode is unlinked now; its lock goes with it
-        self.rewrites += 1
-        return fits
+    def update(self, frozen: Frozen, state: dict[str, Any]) -> None:
+        """Bring the file up to ``frozen`` (a pure window's, or a native one's without its
+        window at hand: whole generations, ``GENR``), then the state."""
+        if self.fd < 0 or self.closed:
+            return
+        segments = list(frozen.segments)
+        if segments and hasattr(segments[-1], "dump"):
+            self._update_generations(segments)
+        else:
+            for kind, pieces, compressed in self._pure.frames(frozen):
+                self.put(kind, pieces, compressed)
+            self.live = self._pure.live
+        self.write_state(state)
+        self.writes += 1
+
+    def _update_generations(self, segments: list[Any]) -> None:
+        """Native generations from a freeze: each one whole (``GENR``) when it is new or
+        grew; a reader keeps the last frame of each (by its base time)."""
+        seen = getattr(self, "_generations", {})
+        now = {}
+        for seg in segments:
+            base = int(seg.t_start)
+            key = _key(seg)
+            if seen.get(base) != key:
+                self.put(container.GENR, [seg.dump()])
+            now[base] = key
+        self._generations = now
+        self.live = int(segments[0].t_start)
 
     def close(self, clean: bool) -> None:
         """Clean: mark the file closed and remove it. Not clean: leave it to be recovered."""
         if self.closed:
             return
         self.closed = True
-        fd, self.fd = self.fd, -1
+        fd = self.fd
         if fd < 0:
             return
         with contextlib.suppress(Exception):
-            self._tell(-1)
+            if self.on_fd is not None:
+                self.on_fd(-1, 0)
         try:
             if clean:
                 with contextlib.suppress(OSError):
-                    _pwrite_all(fd, container.chunk(CLOS, b"{}") + _ZERO, self.end)
+                    self.write_state({}, closed=True)
                 with contextlib.suppress(OSError):
                     os.unlink(self.path)
                 # The last process to end cleanly leaves the directory as it found it.
                 with contextlib.suppress(OSError):
                     os.rmdir(os.path.dirname(self.path))
         finally:
+            self.fd = -1
             with contextlib.suppress(OSError):
                 os.close(fd)
 
@@ -356,52 +424,94 @@ class WindowFile:
                 os.close(fd)  # the parent's open description keeps its lock
 
 
-def _split(frozen: Frozen) -> tuple[Sequence[Any], list[Any] | Any | None]:
-    """(sealed generations, the open one): native freezes append a copy of the open one."""
-    segments = list(frozen.segments)
-    if segments and hasattr(segments[-1], "dump"):
-        # The last one may be the open generation's copy, or sealed: written as the tail
-        # until a younger one follows it, then as sealed (the tail is overwritten).
-        return segments[:-1], segments[-1]
-    return segments, frozen.tail
+class _PureFeed:
+    """The pure window's frames: every event once, by ordinal (its place in what the
+    window recorded since the file was made), and the status at each sealed segment's
+    first event.
+
+    The window seals its open events (the freeze's tail) into segments, the oldest first,
+    the whole tail at once: the sealed segments that are new since the last write are the
+    start of the tail that was written then. What of them was not written yet is written
+    from the segment (its stored bytes, or the events past those written).
+    """
+
+    def __init__(self) -> None:
+        #: The first ordinal of each sealed segment still in the window.
+        self.known: dict[tuple[int, int, int], int] = {}
+        self.tail_at = 0  # the ordinal of the tail's first event
+        self.tail0: Any = None  # that event (identity)
+        self.written = 0  # events of the tail written (from tail_at)
+        self.status_at = -1  # the ordinal of the last SSTA written
+        self.live = 0
+
+    def frames(self, frozen: Frozen) -> list[tuple[bytes, list[bytes], bool]]:
+        out: list[tuple[bytes, list[bytes], bool]] = []
+        segments: list[Any] = list(frozen.segments)
+        tail = list(frozen.tail)
+        new = [seg for seg in segments if _key(seg) not in self.known]
+        if not new and self.tail0 is not None and (not tail or tail[0] is not self.tail0):
+            # The tail written last was sealed and is gone already (evicted unseen, or its
+            # seal failed): a gap in the ordinals, after which a reader starts again.
+            self.tail_at += self.written + 1
+            self.written = 0
+        at = self.tail_at
+        for seg in new:
+            count = int(seg.count)
+            have = min(self.written, count)
+            if have == 0:
+                out.append(_stored_events(at, seg))
+            elif have < count:
+                out.append(_events_frame(at + have, seg.events()[have:]))
+            status = container.json_bytes(status_of(seg.tasks, seg.requests))
+            packed, compressed = _packed(status)
+            out.append((SSTA, [SSTA_PREFIX.pack(at), packed], compressed))
+            self.status_at = at
+            self.known[_key(seg)] = at
+            self.written = max(0, self.written - count)
+            at += count
+        self.tail_at = at
+        if tail:
+            if self.status_at < at and not segments:
+                status = container.json_bytes(status_of(frozen.tasks, frozen.requests))
+                packed, compressed = _packed(status)
+                out.append((SSTA, [SSTA_PREFIX.pack(at), packed], compressed))
+                self.status_at = at
+            if self.written < len(tail):
+                out.append(_events_frame(at + self.written, tail[self.written :]))
+                self.written = len(tail)
+            self.tail0 = tail[0]
+        else:
+            self.tail0 = None
+            self.written = 0
+        keys = {_key(seg) for seg in segments}
+        self.known = {k: v for k, v in self.known.items() if k in keys}
+        self.live = self.known[_key(segments[0])] if segments else at
+        return out
+
+
+def _events_frame(at: int, events: list[Any]) -> tuple[bytes, list[bytes], bool]:
+    packed, compressed = _packed(container.json_bytes(events))
+    return (EVTS_FRAME, [EVTS_PREFIX.pack(at, len(events)), packed], compressed)
+
+
+def _stored_events(at: int, seg: Any) -> tuple[bytes, list[bytes], bool]:
+    """A whole sealed segment's events: its ``EVTS`` payload as the window holds it
+    (compressed here when the window has not: the ring holds more of the window so)."""
+    count = int(seg.count)
+    if hasattr(seg, "stored"):
+        compressed, _crc, payload = seg.stored()
+        if not compressed:
+            payload, compressed = _packed(payload)
+        return (EVTS_FRAME, [EVTS_PREFIX.pack(at, count), payload], compressed)
+    return _events_frame(at, seg.events())
+
+
+#: The kind of a pure core's events frame.
+EVTS_FRAME = container.EVTS
 
 
 def status_of(tasks: Any, requests: Any) -> dict[str, Any]:
     return {"tasks": list(tasks.values()), "requests": list(requests.values())}
-
-
-def _sealed_chunks(seg: Any) -> list[bytes]:
-    if hasattr(seg, "dump"):
-        return [container.chunk(container.GENR, seg.dump(), container.RECORDS_LEVEL)]
-    status = container.chunk(
-        SSTA, container.json_bytes(status_of(seg.tasks, seg.requests)), container.CAPTURE_LEVEL
-    )
-    if hasattr(seg, "stored"):
-        # The pure segment holds its EVTS payload already (JSON, zlib'd by the window under
-        # pressure): written as held, nothing encoded. One the window has not compressed is
-        # compressed here (GIL released): the window compresses its older segments later,
-        # in memory only, and the file must hold the whole window within twice max_bytes.
-        compressed, crc, payload = seg.stored()
-        if not compressed:
-            return [status, container.chunk(container.EVTS, payload, container.CAPTURE_LEVEL)]
-        header = container.chunk_header(container.EVTS, True, len(payload), crc)
-        return [status, header + payload]  # one piece per chunk: GONE marks chunk starts
-    events = container.json_bytes(seg.events())
-    return [status, container.chunk(container.EVTS, events, container.CAPTURE_LEVEL)]
-
-
-def _tail_chunks(tail: Any, status: dict[str, Any] | None) -> list[bytes]:
-    if hasattr(tail, "dump"):
-        return [container.chunk(container.GENR, tail.dump(), container.RECORDS_LEVEL)]
-    out = []
-    if status is not None:
-        status = status_of(status["tasks"], status["requests"])
-        out.append(container.chunk(SSTA, container.json_bytes(status), container.CAPTURE_LEVEL))
-    if tail:
-        out.append(
-            container.chunk(container.EVTS, container.json_bytes(tail), container.CAPTURE_LEVEL)
-        )
-    return out
 
 
 def _block_watch(threshold: float | None) -> Any:
@@ -449,8 +559,14 @@ class BlackBox:
         self.head = head
         self.freeze = freeze
         self.state = state
-        self.capacity = 2 * max_bytes + (1 << 20)
+        #: The ring's size: the file takes this and at most ``OVERHEAD`` bytes on disk.
+        self.capacity = max_bytes
         self.interval = interval
+        #: The native window, whose records are written every ``flush`` seconds as they
+        #: grow (None: the pure core's, written from freezes every ``interval``).
+        window = getattr(freeze, "__self__", None)
+        self.window = window if hasattr(window, "_file_delta") else None
+        self.flush = interval / 5 if self.window is not None else interval
         self.file: WindowFile | None = None
         self.errors = 0
         self.recovered = 0
@@ -503,6 +619,7 @@ class BlackBox:
 
         stop = self._stop
         next_scan = 0.0
+        next_state = 0.0
         while True:
             now = time.monotonic()
             if now >= next_scan:
@@ -511,15 +628,34 @@ class BlackBox:
                     self.recovered += len(recovery.recover(self.store, skip=self._own_path()))
                 except Exception as exc:
                     self._failed("recover", exc)
-            self.sync()
-            if stop.wait(self.interval):
+            if now >= next_state:
+                next_state = now + self.interval
+                self.sync()
+            else:
+                self.sync_records()
+            if stop.wait(self.flush):
                 return
 
     def _own_path(self) -> str | None:
         return self.file.path if self.file is not None else None
 
+    def sync_records(self) -> None:
+        """The native window's records added since the last write (the writer's thread)."""
+        if self.window is None:
+            return
+        with self._lock:
+            wf = self.file
+            if wf is None or wf.closed:
+                return
+            try:
+                wf.write_native(self.window)
+            except Exception as exc:
+                self._failed("write", exc)
+                wf.close(clean=True)
+                self.file = None
+
     def sync(self) -> None:
-        """One write of the window to the file (the writer's thread; atexit)."""
+        """One write of the window and the state to the file (the writer's thread; atexit)."""
         with self._lock:
             wf = self.file
             if wf is None or wf.closed:
@@ -528,7 +664,11 @@ class BlackBox:
                 state = self.state()
                 if state.get("block") is None and self.exit_block is not None:
                     state["block"] = self.exit_block
-                wf.update(self.freeze(), state)
+                if self.window is not None:
+                    wf.write_native(self.window)
+                    wf.write_state(state)
+                else:
+                    wf.update(self.freeze(), state)
             except Exception as exc:
                 # A file that cannot be written is given up (removed: it would otherwise be
                 # recovered as a crash): the window stays in memory.
@@ -592,9 +732,10 @@ class BlackBox:
         return {
             "path": wf.path if wf is not None else None,
             "writes": wf.writes if wf is not None else 0,
-            "rewrites": wf.rewrites if wf is not None else 0,
-            "bytes": wf.end if wf is not None else 0,
-            "capacity": self.capacity,
+            "frames": wf.frames if wf is not None else 0,
+            "laps": wf.laps if wf is not None else 0,
+            "bytes": wf.bytes if wf is not None else 0,
+            "capacity": wf.size if wf is not None else 0,
             "dropped": wf.dropped if wf is not None else 0,
             "errors": self.errors,
             "recovered": self.recovered,

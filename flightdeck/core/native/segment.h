@@ -17,7 +17,9 @@ typedef struct {
     Py_ssize_t extra; /* accounted bytes besides buf: strings, ids, tables */
     Py_ssize_t count; /* events (status records excluded) */
     int64_t t_base, t_start, t_end;
-    int open; /* still written to (the tables below exist) */
+    int64_t serial; /* its window's count of generations opened, this one included (0: not
+                     * a window's): the window file names a generation by it */
+    int open;       /* still written to (the tables below exist) */
     StrTab strtab;
     int64_t last_t;
     int64_t last_tid;

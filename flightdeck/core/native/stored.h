@@ -47,6 +47,25 @@ buf_put(Buf *o, const void *p, Py_ssize_t n)
     return 0;
 }
 
+/* The strings of g from index `from` on, as the stored form holds them. */
+static int
+seg_put_strings(Buf *o, Segment *g, Py_ssize_t from)
+{
+    for (Py_ssize_t i = from; i < g->nstrs; i++) {
+        PyObject *s = g->strs[i];
+        if (PyUnicode_IS_COMPACT_ASCII(s)) {
+            if (buf_put(o, PyUnicode_DATA(s), PyUnicode_GET_LENGTH(s)) < 0) return -1;
+            continue;
+        }
+        PyObject *b = PyUnicode_AsEncodedString(s, "utf-8", "surrogatepass");
+        if (!b) return -1;
+        int r = buf_put(o, PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b));
+        Py_DECREF(b);
+        if (r < 0) return -1;
+    }
+    return 0;
+}
+
 static PyObject *
 Segment_dump(Segment *g, PyObject *Py_UNUSED(ignored))
 {
@@ -56,18 +75,7 @@ Segment_dump(Segment *g, PyObject *Py_UNUSED(ignored))
         || buf_varint(&o, zz(g->t_end)) < 0 || buf_varint(&o, (uint64_t)g->count) < 0
         || buf_varint(&o, (uint64_t)g->status_len) < 0 || buf_varint(&o, (uint64_t)g->nstrs) < 0)
         goto fail;
-    for (Py_ssize_t i = 0; i < g->nstrs; i++) {
-        PyObject *s = g->strs[i];
-        if (PyUnicode_IS_COMPACT_ASCII(s)) {
-            if (buf_put(&o, PyUnicode_DATA(s), PyUnicode_GET_LENGTH(s)) < 0) goto fail;
-            continue;
-        }
-        PyObject *b = PyUnicode_AsEncodedString(s, "utf-8", "surrogatepass");
-        if (!b) goto fail;
-        int r = buf_put(&o, PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b));
-        Py_DECREF(b);
-        if (r < 0) goto fail;
-    }
+    if (seg_put_strings(&o, g, 0) < 0) goto fail;
     if (buf_varint(&o, (uint64_t)g->len) < 0 || buf_room(&o, g->len) < 0) goto fail;
     if (g->len) memcpy(o.b + o.n, g->buf, (size_t)g->len);
     o.n += g->len;
@@ -77,6 +85,39 @@ Segment_dump(Segment *g, PyObject *Py_UNUSED(ignored))
 fail:
     PyMem_Free(o.b);
     return NULL;
+}
+
+/* The window file's record of a generation's growth (docs/snapshot-format.md, "GDLT"):
+ * varints serial, zz(t_base), zz(t_start), zz(t_end), count, status_len, str_from, str_n,
+ * str_bytes, rec_from, rec_n; then the strings from index str_from on (as dump() writes
+ * them) and the record bytes from rec_from on. A generation's deltas, joined in order from
+ * (0, 0), are its stored form: the file holds what was recorded, each byte written once.
+ * Only the bytes added since (str_from, rec_from) are copied. */
+static PyObject *
+seg_delta(Segment *g, Py_ssize_t str_from, Py_ssize_t rec_from)
+{
+    Buf strs = {NULL, 0, 0}, o = {NULL, 0, 0};
+    PyObject *out = NULL;
+    Py_ssize_t rec_n = g->len - rec_from;
+    if (seg_put_strings(&strs, g, str_from) < 0) goto done;
+    if (buf_room(&o, 120 + strs.n + rec_n) < 0) goto done;
+    if (buf_varint(&o, (uint64_t)g->serial) < 0 || buf_varint(&o, zz(g->t_base)) < 0
+        || buf_varint(&o, zz(g->t_start)) < 0 || buf_varint(&o, zz(g->t_end)) < 0
+        || buf_varint(&o, (uint64_t)g->count) < 0 || buf_varint(&o, (uint64_t)g->status_len) < 0
+        || buf_varint(&o, (uint64_t)str_from) < 0
+        || buf_varint(&o, (uint64_t)(g->nstrs - str_from)) < 0
+        || buf_varint(&o, (uint64_t)strs.n) < 0 || buf_varint(&o, (uint64_t)rec_from) < 0
+        || buf_varint(&o, (uint64_t)rec_n) < 0 || buf_room(&o, strs.n + rec_n) < 0)
+        goto done;
+    if (strs.n) memcpy(o.b + o.n, strs.b, (size_t)strs.n);
+    o.n += strs.n;
+    if (rec_n) memcpy(o.b + o.n, g->buf + rec_from, (size_t)rec_n);
+    o.n += rec_n;
+    out = PyBytes_FromStringAndSize((const char *)o.b, o.n);
+done:
+    PyMem_Free(strs.b);
+    PyMem_Free(o.b);
+    return out;
 }
 
 static int
@@ -282,6 +323,8 @@ static PyMemberDef Segment_members[] = {
     {"t_end", T_LONGLONG, offsetof(Segment, t_end), READONLY, "when its last event ended"},
     {"strings", T_PYSSIZET, offsetof(Segment, nstrs), READONLY, "interned strings"},
     {"status_bytes", T_PYSSIZET, offsetof(Segment, status_len), READONLY, "status records"},
+    {"serial", T_LONGLONG, offsetof(Segment, serial), READONLY,
+     "its window's count of generations opened, this one included (0: loaded)"},
     {NULL}};
 
 static PyGetSetDef Segment_getset[] = {
@@ -312,6 +355,7 @@ seg_copy(Segment *src)
     g->count = src->count;
     g->t_start = src->t_start;
     g->t_end = src->t_end;
+    g->serial = src->serial;
     g->open = 0;
     if (src->nstrs) {
         g->strs = PyMem_Malloc((size_t)src->nstrs * sizeof(PyObject *));

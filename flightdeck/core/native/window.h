@@ -24,6 +24,7 @@ typedef struct {
     Py_ssize_t st_req_bytes; /* the requests' entries by req_status_bytes */
     long long recorded, evicted, dropped, overflows, seal_errors, sealed_n, errors;
     long long status_truncated;
+    int64_t opened; /* generations opened: the serial of the newest (Segment.serial) */
     int64_t last_time;
     int has_last;
     int busy;
@@ -284,6 +285,7 @@ win_open(Window *w, int64_t now)
     g->status_len = g->len;
     g->last_t = g->t_base; /* events decode from the base again */
     g->last_tid = 0;
+    g->serial = ++w->opened;
     w->cur = g;
     return 0;
 }
@@ -625,6 +627,47 @@ Window_freeze_parts(Window *w, PyObject *Py_UNUSED(ignored))
     return out;
 }
 
+/* _file_delta(serial, rec_len, nstrs): what the window file lacks, given that it holds
+ * generation `serial` up to rec_len record bytes and nstrs strings, and every older one
+ * whole: (the oldest generation's serial, [seg_delta payloads], (serial, rec_len, nstrs) of
+ * the file once they are written). None while the window is being written to (a finalizer
+ * run mid-append let this thread in): the next call catches up. */
+static PyObject *
+Window_file_delta(Window *w, PyObject *args)
+{
+    long long serial;
+    Py_ssize_t rec_len, nstrs;
+    if (!PyArg_ParseTuple(args, "Lnn:_file_delta", &serial, &rec_len, &nstrs)) return NULL;
+    if (w->busy) Py_RETURN_NONE;
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    Py_ssize_t nsealed = PyList_GET_SIZE(w->sealed);
+    int64_t oldest = w->opened + 1;
+    for (Py_ssize_t i = 0; i <= nsealed; i++) {
+        Segment *g = i < nsealed ? (Segment *)PyList_GET_ITEM(w->sealed, i) : w->cur;
+        if (!g || g->count == 0) continue;
+        if (g->serial < oldest) oldest = g->serial;
+        if (g->serial < serial) continue;
+        Py_ssize_t str_from = 0, rec_from = 0;
+        if (g->serial == serial && nstrs <= g->nstrs && rec_len <= g->len) {
+            if (nstrs == g->nstrs && rec_len == g->len) continue;
+            str_from = nstrs;
+            rec_from = rec_len;
+        }
+        PyObject *d = seg_delta(g, str_from, rec_from);
+        if (!d || PyList_Append(out, d) < 0) {
+            Py_XDECREF(d);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(d);
+        serial = g->serial;
+        rec_len = g->len;
+        nstrs = g->nstrs;
+    }
+    return Py_BuildValue("(LN(Lnn))", (long long)oldest, out, serial, rec_len, nstrs);
+}
+
 static void
 win_clear(Window *w)
 {
@@ -705,6 +748,9 @@ static PyMethodDef Window_methods[] = {
      "Seal the open generation when due and evict the ones older than the window."},
     {"_freeze_parts", (PyCFunction)Window_freeze_parts, METH_NOARGS,
      "(segments, tasks, requests, dropped, t_now) for Frozen."},
+    {"_file_delta", (PyCFunction)Window_file_delta, METH_VARARGS,
+     "(oldest serial, [delta], progress): the generations' growth since progress"
+     " (serial, record bytes, strings), for the window file."},
     {"clear", (PyCFunction)Window_clear, METH_NOARGS, "Forget every event."},
     {"after_fork", (PyCFunction)Window_after_fork, METH_NOARGS, "Reset in a forked child."},
     {"last_event_time", (PyCFunction)Window_last_event_time, METH_NOARGS,

@@ -94,6 +94,9 @@ def cmd_summary(args: argparse.Namespace) -> int:
     gc.disable()
     try:
         snap = _load(args.snapshot, args.max_size)
+        keep = getattr(args, "keep", None)
+        if keep is not None:
+            keep.append(snap)
         try:
             text = summarize(snap.to_dict(), request=args.request, full=args.full)
         except UnknownRequest as exc:
@@ -487,12 +490,38 @@ def cmd_recover(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the ``flightdeck`` command; returns the exit status (2 on any error)."""
+#: The commands whose only work is their output: once it is written, the process may end
+#: without freeing what it read (see ``main``).
+_EXIT_WHEN_DONE = ("convert", "summary")
+
+
+def _exit_now(status: int) -> None:
+    """End the process with ``status`` at once, its output flushed first; returns (and lets
+    the caller end it the ordinary way) when the output cannot be flushed."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return
+    os._exit(status)
+
+
+def main(argv: list[str] | None = None, *, exit_when_done: bool = False) -> int:
+    """Run the ``flightdeck`` command; returns the exit status (2 on any error).
+
+    ``exit_when_done`` (``python -m flightdeck``, the ``flightdeck`` script): ``convert``
+    and ``summary`` end the process as soon as their output is written, rather than free
+    the whole window's document first (millions of objects: a tenth of a second or more
+    of a conversion the endpoint waits for).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
+    if exit_when_done and args.command in _EXIT_WHEN_DONE:
+        args.keep = []
     try:
         status: int = args.func(args)
+        if exit_when_done and args.command in _EXIT_WHEN_DONE:
+            _exit_now(status)
     except CLIError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

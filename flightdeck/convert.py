@@ -248,11 +248,19 @@ def gzipped(pieces: Iterator[bytes], level: int = GZIP_LEVEL) -> Iterator[bytes]
 
 
 def convert(
-    data: bytes, format: str, out: BinaryIO, *, gzip: bool = False, where: str = "input"
+    data: bytes,
+    format: str,
+    out: BinaryIO,
+    *,
+    gzip: bool = False,
+    where: str = "input",
+    keep: list[object] | None = None,
 ) -> int:
     """Write stored snapshot ``data`` as ``format`` to ``out``; returns the bytes written.
 
     ``raw`` copies ``data`` unchanged; ``gzip`` compresses the output as one gzip member.
+    ``keep``: the document is appended to it, so that it outlives the call (a process
+    about to exit need not spend a tenth of a second freeing millions of objects).
     Raises :class:`SnapshotError` when ``data`` is not a readable snapshot.
     """
     fmt = export_format(format)
@@ -269,9 +277,17 @@ def convert(
             pieces = chunks(data)
         elif fmt.name == "json":
             # Written as it is made, so that its compression (in threads) overlaps it.
-            pieces = json_pieces(read_document(data, where))
+            doc = read_document(data, where)
+            if keep is not None:
+                keep.append(doc)
+            pieces = json_pieces(doc)
+            del doc
         else:
-            pieces = chunks(load(data, where).dumps(fmt.name))
+            snap = load(data, where)
+            if keep is not None:
+                keep.append(snap)
+            pieces = chunks(snap.dumps(fmt.name))
+            del snap
         if gzip:
             pieces = gzipped(pieces)
         written = 0
@@ -377,16 +393,17 @@ def run(args: argparse.Namespace) -> int:
     if args.background:
         lower_priority()
     where = "stdin" if args.input == "-" else args.input
+    keep = getattr(args, "keep", None)
     try:
         if args.input == "-":
             data = sys.stdin.buffer.read()
         else:
             data = read_bytes(args.input, DEFAULT_MAX_SIZE)
         if args.output == "-":
-            convert(data, args.format, sys.stdout.buffer, gzip=args.gzip, where=where)
+            convert(data, args.format, sys.stdout.buffer, gzip=args.gzip, where=where, keep=keep)
         else:
             with open(args.output, "wb") as handle:
-                convert(data, args.format, handle, gzip=args.gzip, where=where)
+                convert(data, args.format, handle, gzip=args.gzip, where=where, keep=keep)
     except (SnapshotError, FetchError) as exc:
         print(f"flightdeck: error: {exc}", file=sys.stderr)
         return 2

@@ -36,8 +36,7 @@ frame_site(PyFrameObject *f, PyCodeObject *code)
     int lasti = PyFrame_GetLasti(f);
     LineEntry *set = line_cache[line_set(code, lasti)];
     for (int w = 0; w < 2; w++)
-        if (set[w].code == (PyObject *)code && set[w].lasti == lasti)
-            return Py_NewRef(set[w].site);
+        if (set[w].code == (PyObject *)code && set[w].lasti == lasti) return Py_NewRef(set[w].site);
     int line = PyFrame_GetLineNumber(f);
     PyObject *site = line < 0
                          ? Py_BuildValue("(OOO)", code->co_qualname, code->co_filename, Py_None)

@@ -396,3 +396,33 @@ def test_handle_run_reports_exceptions_as_asyncio_does() -> None:
             native.HandleRun(int, print)
     finally:
         loop.close()
+
+
+def test_native_await_chain_lines_stay_right_past_the_site_cache() -> None:
+    """More distinct suspension sites than the native line cache holds (it keeps 512): every
+    walk, the first and the ones after entries were evicted and replaced, names the same
+    lines as the Python walk."""
+    import types
+
+    from flightdeck.instrument import frames
+
+    @types.coroutine
+    def park() -> Any:
+        yield
+
+    n = 700
+    source = "\n".join(
+        f"async def f{i}():\n    x = {i}\n    await {'f' + str(i + 1) if i + 1 < n else 'park'}()"
+        for i in range(n)
+    )
+    space: dict[str, Any] = {"park": park}
+    exec(compile(source, "<many-sites>", "exec"), space)
+    coro = space["f0"]()
+    coro.send(None)
+    try:
+        expected = frames._py_await_chain(coro, 10**9)
+        assert len(expected) == n + 1 and expected[-2][2] == 3 * n  # the last f, then park
+        for _ in range(3):
+            assert native.await_chain(coro, 10**9) == expected
+    finally:
+        coro.close()

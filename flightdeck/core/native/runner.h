@@ -8,23 +8,35 @@
 /* await chains                                                                          */
 
 /* (code, instruction offset) -> (function, file, line): computing a frame's line walks its
- * line table, and tasks are created and wait at the same few places. Holds its code
- * objects and tuples (64 entries at most). */
-#define LINE_CACHE 64
-static struct {
+ * line table, and tasks are created and wait at the same few places. Two ways per set, the
+ * newest first, under a multiplicative hash: an await chain of a dozen frames (a streamed
+ * response's, walked at each cancellation) used to evict its own entries from a small
+ * direct-mapped table and paid for every line again. Holds its code objects and tuples
+ * (LINE_SETS * 2 entries at most). */
+#define LINE_SETS 256
+typedef struct {
     PyObject *code;
     int lasti;
     PyObject *site;
-} line_cache[LINE_CACHE];
+} LineEntry;
+static LineEntry line_cache[LINE_SETS][2];
+
+static inline uint32_t
+line_set(PyCodeObject *code, int lasti)
+{
+    uint64_t h = ((uint64_t)(uintptr_t)code >> 4) ^ ((uint64_t)(uint32_t)lasti << 32);
+    h *= 0x9E3779B97F4A7C15ull;
+    return (uint32_t)(h >> 56) & (LINE_SETS - 1);
+}
 
 /* The frame's (co_qualname, co_filename, line or None); new reference, NULL on error. */
 static PyObject *
 frame_site(PyFrameObject *f, PyCodeObject *code)
 {
     int lasti = PyFrame_GetLasti(f);
-    uint32_t i = (uint32_t)(((uintptr_t)code >> 4) ^ (uint32_t)lasti) & (LINE_CACHE - 1);
-    if (line_cache[i].code == (PyObject *)code && line_cache[i].lasti == lasti)
-        return Py_NewRef(line_cache[i].site);
+    LineEntry *set = line_cache[line_set(code, lasti)];
+    for (int w = 0; w < 2; w++)
+        if (set[w].code == (PyObject *)code && set[w].lasti == lasti) return Py_NewRef(set[w].site);
     int line = PyFrame_GetLineNumber(f);
     PyObject *site = line < 0
                          ? Py_BuildValue("(OOO)", code->co_qualname, code->co_filename, Py_None)
@@ -32,9 +44,14 @@ frame_site(PyFrameObject *f, PyCodeObject *code)
     if (!site) return NULL;
     /* strs and an int: no cycle is possible, keep it out of the collector's work */
     PyObject_GC_UnTrack(site);
-    Py_XSETREF(line_cache[i].code, Py_NewRef((PyObject *)code));
-    Py_XSETREF(line_cache[i].site, Py_NewRef(site));
-    line_cache[i].lasti = lasti;
+    /* the older way goes; the newer moves over */
+    PyObject *old_code = set[1].code, *old_site = set[1].site;
+    set[1] = set[0];
+    set[0].code = Py_NewRef((PyObject *)code);
+    set[0].site = Py_NewRef(site);
+    set[0].lasti = lasti;
+    Py_XDECREF(old_code);
+    Py_XDECREF(old_site);
     return site;
 }
 

@@ -184,6 +184,8 @@ typedef struct {
     PyObject *py_call;       /* FlightDeck._py_call bound: the pure path */
     PyObject *start_event;   /* FlightDeck._start_event bound: the unusual REQ_START */
     PyObject *query;         /* redactor.query(bytes) -> str */
+    PyObject *query_cache;   /* dict raw query bytes -> recorded str, shared with the Python
+                              * path (FlightDeck._redacted_query), or NULL: no cache */
     PyObject *trace_id;      /* tracecontext.trace_id_from_headers (unusual headers) */
     PyObject *current_task;  /* asyncio.current_task (C on 3.12+) */
     PyObject *current_tasks; /* 3.11: asyncio.tasks._current_tasks (loop -> task), or NULL */
@@ -197,11 +199,13 @@ typedef struct {
     long long rid;
     long long errors;
     long long requests;
-    char fast;        /* take the native path (enabled and started) */
-    char triggers;    /* any on_request trigger */
-    char precheck;    /* every request trigger states its RequestChecks */
-    char error_fires; /* an exception escaping the app can fire one */
-    char headers;     /* capture_headers configured: REQ_START from Python */
+    Py_ssize_t cache_entries; /* the query cache is emptied when it holds this many */
+    Py_ssize_t cache_bytes;   /* it keeps queries of at most this many bytes */
+    char fast;                /* take the native path (enabled and started) */
+    char triggers;            /* any on_request trigger */
+    char precheck;            /* every request trigger states its RequestChecks */
+    char error_fires;         /* an exception escaping the app can fire one */
+    char headers;             /* capture_headers configured: REQ_START from Python */
 } Middleware;
 
 static PyTypeObject MiddlewareType, CallType, SendType, ReceiveType, RecvAwaitType, AsyncCallType;
@@ -218,6 +222,7 @@ Middleware_traverse(Middleware *m, visitproc visit, void *arg)
     Py_VISIT(m->py_call);
     Py_VISIT(m->start_event);
     Py_VISIT(m->query);
+    Py_VISIT(m->query_cache);
     Py_VISIT(m->trace_id);
     Py_VISIT(m->current_task);
     Py_VISIT(m->current_tasks);
@@ -239,6 +244,7 @@ Middleware_clear(Middleware *m)
     Py_CLEAR(m->py_call);
     Py_CLEAR(m->start_event);
     Py_CLEAR(m->query);
+    Py_CLEAR(m->query_cache);
     Py_CLEAR(m->trace_id);
     Py_CLEAR(m->current_task);
     Py_CLEAR(m->current_tasks);
@@ -266,16 +272,18 @@ Middleware_setup(Middleware *m, PyObject *args, PyObject *kw)
         "py_call",     "start_event", "query",         "trace_id",      "current_task",
         "contextvar",  "prefix",      "slow_floor_ns", "status_floor",  "triggers",
         "precheck",    "error_fires", "headers",       "current_tasks", "running_loop",
-        "error_stack", NULL};
+        "error_stack", "query_cache", "cache_entries", "cache_bytes",   NULL};
     PyObject *app, *recorder, *report, *inflight, *done, *py_call, *start_event, *query, *trace_id,
         *ct, *cv, *prefix, *tasks = Py_None, *running = Py_None, *error_stack = Py_None;
+    PyObject *query_cache = NULL;
+    Py_ssize_t cache_entries = 0, cache_bytes = 0;
     long long floor, status_floor;
     int triggers, precheck, error_fires, headers;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO!OOOOOOOOLLpppp|OOO", kwlist, &app, &recorder,
-                                     &report, &PyDict_Type, &inflight, &done, &py_call,
-                                     &start_event, &query, &trace_id, &ct, &cv, &prefix, &floor,
-                                     &status_floor, &triggers, &precheck, &error_fires, &headers,
-                                     &tasks, &running, &error_stack))
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kw, "OOOO!OOOOOOOOLLpppp|OOOO!nn", kwlist, &app, &recorder, &report, &PyDict_Type,
+            &inflight, &done, &py_call, &start_event, &query, &trace_id, &ct, &cv, &prefix, &floor,
+            &status_floor, &triggers, &precheck, &error_fires, &headers, &tasks, &running,
+            &error_stack, &PyDict_Type, &query_cache, &cache_entries, &cache_bytes))
         return NULL;
     if (prefix != Py_None && !PyUnicode_CheckExact(prefix)) {
         PyErr_SetString(PyExc_TypeError, "prefix must be a str or None");
@@ -304,6 +312,11 @@ Middleware_setup(Middleware *m, PyObject *args, PyObject *kw)
     Py_XSETREF(m->contextvar, cv == Py_None ? NULL : Py_NewRef(cv));
     Py_XSETREF(m->error_stack, error_stack == Py_None ? NULL : Py_NewRef(error_stack));
     Py_XSETREF(m->prefix, prefix == Py_None ? NULL : Py_NewRef(prefix));
+    /* No cache unless both bounds are given: it must never grow past them. */
+    int cached = query_cache != NULL && cache_entries > 0 && cache_bytes > 0;
+    Py_XSETREF(m->query_cache, cached ? Py_NewRef(query_cache) : NULL);
+    m->cache_entries = cache_entries;
+    m->cache_bytes = cache_bytes;
     m->slow_floor_ns = floor;
     m->status_floor = status_floor;
     m->triggers = (char)triggers;
@@ -529,6 +542,26 @@ live_start(PyObject *ev)
     return copy;
 }
 
+/* New reference to the recorded (redacted) form of the non-empty query string ``qs``, or NULL
+ * with an exception. Redaction is Python (redact.Redactor.query) and costs tens of thousands of
+ * instructions; a pure function of the raw bytes, so the forms of short queries are kept in a
+ * bounded dict (emptied when full), as FlightDeck._redacted_query keeps them in the same dict. */
+static PyObject *
+redacted_query(Middleware *m, PyObject *qs)
+{
+    PyObject *cache = m->query_cache;
+    if (cache == NULL || !PyBytes_CheckExact(qs) || PyBytes_GET_SIZE(qs) > m->cache_bytes)
+        return PyObject_CallOneArg(m->query, qs);
+    PyObject *text = PyDict_GetItemWithError(cache, qs); /* borrowed */
+    if (text != NULL) return Py_NewRef(text);
+    if (PyErr_Occurred()) return NULL;
+    text = PyObject_CallOneArg(m->query, qs);
+    if (text == NULL || !PyUnicode_CheckExact(text)) return text;
+    if (PyDict_GET_SIZE(cache) >= m->cache_entries) PyDict_Clear(cache);
+    if (PyDict_SetItem(cache, qs, text) < 0) PyErr_Clear(); /* not kept: still recorded */
+    return text;
+}
+
 /* New reference to the REQ_START tuple, or NULL with an exception. */
 static PyObject *
 start_event(Middleware *m, PyObject *scope, PyObject *kind, PyObject *rid, PyObject *t0)
@@ -562,7 +595,7 @@ start_event(Middleware *m, PyObject *scope, PyObject *kind, PyObject *rid, PyObj
     } else {
         int truth = PyObject_IsTrue(qs);
         if (truth < 0) return NULL;
-        query = truth ? PyObject_CallOneArg(m->query, qs) : Py_NewRef(s_empty);
+        query = truth ? redacted_query(m, qs) : Py_NewRef(s_empty);
         if (query == NULL) return NULL;
     }
     PyObject *trace = headers ? scan_trace_id(m, headers) : Py_NewRef(Py_None);

@@ -36,6 +36,9 @@ class Middleware:
         current_tasks: dict[Any, Any] | None = None,
         running_loop: Callable[[], Any] | None = None,
         error_stack: Callable[[BaseException], tuple[Any, ...]] | None = None,
+        query_cache: dict[bytes, str] | None = None,
+        cache_entries: int = 0,
+        cache_bytes: int = 0,
     ) -> None: ...
 
 class RequestState:

@@ -50,6 +50,11 @@ _current_task = asyncio.current_task
 _SCOPE_KEY = "flightdeck"
 #: What the app sends when the lifespan's shutdown is over (recording stops then).
 _SHUTDOWN = frozenset({"lifespan.shutdown.complete", "lifespan.shutdown.failed"})
+#: The recorded forms of query strings of at most QUERY_CACHE_BYTES bytes are kept, up to
+#: QUERY_CACHE_ENTRIES of them (then all are dropped): redacting a query costs tens of
+#: microseconds of Python, and a service sees the same few queries again and again.
+QUERY_CACHE_ENTRIES = 256
+QUERY_CACHE_BYTES = 256
 
 
 if TYPE_CHECKING:
@@ -149,6 +154,8 @@ class FlightDeck(_Base):
         self._inflight = engine.inflight
         self._capture_headers = config.capture_headers
         self.redactor = config.redactor
+        #: Raw query bytes -> their redacted form, for both request paths (``_redacted_query``).
+        self._query_cache: dict[bytes, str] = {}
         self._endpoint_app: ASGIApp | None = None
         endpoint = config.endpoint
         if self.enabled and endpoint is not None:
@@ -189,6 +196,9 @@ class FlightDeck(_Base):
                 headers=bool(self._capture_headers),
                 **_current_task_lookup(),
                 error_stack=error_stack,
+                query_cache=self._query_cache,
+                cache_entries=QUERY_CACHE_ENTRIES,
+                cache_bytes=QUERY_CACHE_BYTES,
             )
 
     @property
@@ -408,12 +418,27 @@ class FlightDeck(_Base):
             kind,
             method,
             path,
-            self.redactor.query(qs) if qs else "",
+            self._redacted_query(qs) if qs else "",
             client,
             headers,
             None if task is None else id(task),
             trace_id_from_headers(raw_headers) if raw_headers else None,
         )
+
+    def _redacted_query(self, qs: Any) -> str:
+        """The recorded form of a non-empty query string; short ones from the bounded cache."""
+        redactor = self.redactor
+        if type(qs) is not bytes or len(qs) > QUERY_CACHE_BYTES:
+            return redactor.query(qs)
+        cache = self._query_cache
+        text = cache.get(qs)
+        if text is None:
+            text = redactor.query(qs)
+            if type(text) is str:
+                if len(cache) >= QUERY_CACHE_ENTRIES:
+                    cache.clear()
+                cache[qs] = text
+        return text
 
     def _finish(
         self,

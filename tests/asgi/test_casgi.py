@@ -18,7 +18,7 @@ import pytest
 from support import drive, http_scope
 
 from flightdeck import FlightDeck
-from flightdeck.asgi import accel
+from flightdeck.asgi import accel, middleware
 from flightdeck.asgi.redact import Redactor
 from flightdeck.asgi.tracecontext import trace_id_of
 
@@ -470,3 +470,52 @@ async def test_a_status_beyond_64_bits_is_clamped_and_captures_keep_working(
     assert deck.status()["errors"].get("status_clamped") == 2
     if path == "native":
         assert deck.native_errors == 0
+
+
+async def test_a_repeated_query_is_redacted_once_and_recorded_each_time(
+    path: str, decks: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Redaction is a pure function of the raw bytes: a query seen again takes the kept form.
+    redacted: list[Any] = []
+    query = Redactor.query
+
+    def counted(self: Redactor, raw: Any) -> str:
+        redacted.append(raw)
+        return query(self, raw)
+
+    monkeypatch.setattr(Redactor, "query", counted)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    deck = await started(make(app, decks))
+    for raw in (b"token=abc&page=2", b"token=abc&page=2", b"page=3", b"token=abc&page=2"):
+        await drive(deck, http_scope("/q", query_string=raw))
+    assert redacted == [b"token=abc&page=2", b"page=3"]
+    queries = [r["query"] for r in requests_of(deck)]
+    secret = "token=REDACTED&page=2"
+    assert queries == [secret, secret, "page=3", secret]
+
+
+async def test_the_query_cache_keeps_to_its_bounds(
+    path: str, decks: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(middleware, "QUERY_CACHE_ENTRIES", 3)
+    monkeypatch.setattr(middleware, "QUERY_CACHE_BYTES", 16)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    deck = await started(make(app, decks))
+    cache = deck._query_cache
+    sizes = []
+    for i in range(8):
+        await drive(deck, http_scope("/q", query_string=f"page={i}".encode()))
+        sizes.append(len(cache))
+    assert sizes == [1, 2, 3, 1, 2, 3, 1, 2]  # emptied when full, never past the bound
+    long = b"secret=" + b"x" * 20  # past QUERY_CACHE_BYTES: redacted, not kept
+    await drive(deck, http_scope("/q", query_string=long))
+    assert long not in cache and len(cache) == 2
+    assert requests_of(deck)[-1]["query"] == "secret=REDACTED"

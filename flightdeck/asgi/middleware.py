@@ -51,8 +51,9 @@ _SCOPE_KEY = "flightdeck"
 #: What the app sends when the lifespan's shutdown is over (recording stops then).
 _SHUTDOWN = frozenset({"lifespan.shutdown.complete", "lifespan.shutdown.failed"})
 #: The recorded forms of query strings of at most QUERY_CACHE_BYTES bytes are kept, up to
-#: QUERY_CACHE_ENTRIES of them (then all are dropped): redacting a query costs tens of
-#: microseconds of Python, and a service sees the same few queries again and again.
+#: QUERY_CACHE_ENTRIES of them (then all are dropped): redacting a query is pure Python (25k
+#: instructions for "token=abc"), and a service sees the same few queries again and again.
+#: The raw bytes are the keys: held in memory as the server's buffers hold them, never recorded.
 QUERY_CACHE_ENTRIES = 256
 QUERY_CACHE_BYTES = 256
 

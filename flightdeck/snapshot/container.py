@@ -84,12 +84,19 @@ def is_container(data: bytes | bytearray | memoryview) -> bool:
 
 
 # -- writing ----------------------------------------------------------------------------------
-def _chunk(tag: bytes, payload: bytes, level: int = 0) -> bytes:
-    flags = 0
+def packed(payload: bytes, level: int) -> tuple[bytes, bool]:
+    """``payload`` zlib'd at ``level`` when that makes it smaller (level 0: never):
+    (bytes, compressed)."""
     if level and len(payload) > 64:
-        packed = zlib.compress(payload, level)
-        if len(packed) < len(payload):
-            payload, flags = packed, ZLIB
+        smaller = zlib.compress(payload, level)
+        if len(smaller) < len(payload):
+            return smaller, True
+    return payload, False
+
+
+def _chunk(tag: bytes, payload: bytes, level: int = 0) -> bytes:
+    payload, compressed = packed(payload, level)
+    flags = ZLIB if compressed else 0
     if len(payload) > MAX_CHUNK:
         raise ValueError(f"chunk {tag!r} of {len(payload)} bytes is too large to store")
     return _CHUNK.pack(tag, flags, len(payload), zlib.crc32(payload)) + payload

@@ -284,7 +284,7 @@ def _read_ring(fd: int, head: dict[str, Any], limit: int) -> tuple[list[memoryvi
         raise container.ContainerError(f"window file of {size} bytes is past the limit")
     best: recovery.Parsed | None = None
     for _ in range(TORN_RETRIES):
-        data = _pread_all(fd, size)
+        data = recovery.read_all(fd, size)
         parsed = recovery.parse_ring(data, head)
         del data
         if best is None or len(parsed.records) >= len(best.records):
@@ -306,18 +306,6 @@ def _read_ring(fd: int, head: dict[str, Any], limit: int) -> tuple[list[memoryvi
         crc = zlib.crc32(piece, crc)
         total += len(piece)
     return [memoryview(piece) for piece in chunks], total, crc
-
-
-def _pread_all(fd: int, size: int) -> bytes:
-    parts = []
-    pos = 0
-    while pos < size:
-        block = os.pread(fd, min(size - pos, _BLOCK), pos)
-        if not block:
-            break
-        parts.append(block)
-        pos += len(block)
-    return b"".join(parts)
 
 
 def host_chunks(

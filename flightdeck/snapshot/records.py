@@ -30,8 +30,16 @@ def _signed(v: int) -> int:
     return v - (1 << 64) if v >> 63 else v
 
 
-def _unzz(u: int) -> int:
+def unzz(u: int) -> int:
+    """A zigzag-encoded varint's value (``unzz`` in ``core/native/codec.h``)."""
     return (u >> 1) ^ -(u & 1)
+
+
+def read_varints(data: bytes, pos: int, n: int) -> tuple[list[int], int]:
+    """``n`` varints of the stored form from ``pos``, and the position after them; raises
+    ``ValueError`` when they run past the end or are too long."""
+    r = _Reader(data, pos, len(data))
+    return [r.varint() for _ in range(n)], r.p
 
 
 class Generation:
@@ -41,9 +49,9 @@ class Generation:
 
     def __init__(self, data: bytes) -> None:
         r = _Reader(data, 0, len(data))
-        self.t_base = _unzz(r.varint())
-        self.t_start = _unzz(r.varint())
-        self.t_end = _unzz(r.varint())
+        self.t_base = unzz(r.varint())
+        self.t_start = unzz(r.varint())
+        self.t_end = unzz(r.varint())
         self.count = r.varint()
         self.status_len = r.varint()
         nstrs = r.varint()
@@ -126,7 +134,7 @@ class _Reader:
         if tag == V_TRUE:
             return True
         if tag == V_INT:
-            return _signed(_unzz(self.varint()))
+            return _signed(unzz(self.varint()))
         if tag in (V_STR, V_BIGINT):
             u = self.varint()
             if u >= len(self.strs):
@@ -191,21 +199,21 @@ class _Reader:
                 continue
             u = self.varint()
             if c == "T":
-                self.last_t = _signed(self.last_t + _unzz(u))
+                self.last_t = _signed(self.last_t + unzz(u))
                 self.t_first = self.last_t
                 out.append(self.last_t)
             elif c == "R":
-                out.append(0 if u == 0 else _signed(self.t_first + _unzz(u - 1)))
+                out.append(0 if u == 0 else _signed(self.t_first + unzz(u - 1)))
             elif c == "N":
-                out.append(_signed(_unzz(u)))
+                out.append(_signed(unzz(u)))
             elif c == "n":
-                out.append(None if u == 0 else _signed(_unzz(u - 1)))
+                out.append(None if u == 0 else _signed(unzz(u - 1)))
             else:  # "I": a task id
                 if u == 0:
                     out.append(None)
                     continue
                 u -= 1
-                d = _unzz(u >> 1)
+                d = unzz(u >> 1)
                 if not u & 1:
                     d *= 16
                 self.last_tid = _signed(self.last_tid + d)

@@ -41,6 +41,7 @@ from ..core.events import (
 )
 from . import container
 from .document import new_id, rfc3339
+from .records import read_varints, unzz
 from .windowfile import (
     CLOS,
     EVTS_PREFIX,
@@ -122,7 +123,7 @@ def recover_file(store: Any, path: str) -> str | None:
             return None  # removed meanwhile (closed, or recovered by another process)
         if (now_st.st_dev, now_st.st_ino) != (st.st_dev, st.st_ino):
             return None  # replaced by its writer's rewrite meanwhile: the writer is alive
-        data = _read_all(fd, st.st_size)
+        data = read_all(fd, st.st_size)
         ident = None
         try:
             parsed = parse(data)
@@ -138,7 +139,8 @@ def recover_file(store: Any, path: str) -> str | None:
         os.close(fd)
 
 
-def _read_all(fd: int, size: int) -> bytes:
+def read_all(fd: int, size: int) -> bytes:
+    """The first ``size`` bytes of ``fd`` (fewer at its end), by ``pread``, a MiB at a time."""
     parts = []
     pos = 0
     while pos < size:
@@ -355,23 +357,6 @@ def parse_ring(data: bytes, head: dict[str, Any]) -> Parsed:
     return out
 
 
-def _varints(data: bytes, pos: int, n: int) -> tuple[list[int], int]:
-    out = []
-    for _ in range(n):
-        value = shift = 0
-        while True:
-            if pos >= len(data) or shift > 63:
-                raise container.ContainerError("corrupt window file (a varint)")
-            byte = data[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                break
-        out.append(value)
-    return out, pos
-
-
 def _varint(value: int) -> bytes:
     out = bytearray()
     while value >= 0x80:
@@ -424,8 +409,8 @@ def _native_records(run: list[tuple[int, bytes, bytes]], live: int) -> list[tupl
     for _seq, kind, body in run:
         if kind == container.GENR:
             try:
-                (base,), _ = _varints(body, 0, 1)
-            except container.ContainerError:
+                (base,), _ = read_varints(body, 0, 1)
+            except ValueError:
                 continue
             whole.pop(base, None)
             whole[base] = body  # the later frame of a generation holds more of it
@@ -433,8 +418,8 @@ def _native_records(run: list[tuple[int, bytes, bytes]], live: int) -> list[tupl
         if kind != GDLT:
             continue
         try:
-            fields, pos = _varints(body, 0, 11)
-        except container.ContainerError:
+            fields, pos = read_varints(body, 0, 11)
+        except ValueError:
             continue
         str_bytes, rec_n = fields[8], fields[10]
         if pos + str_bytes + rec_n != len(body):
@@ -445,17 +430,13 @@ def _native_records(run: list[tuple[int, bytes, bytes]], live: int) -> list[tupl
         return [
             (container.GENR, payload)
             for base, payload in sorted(whole.items())
-            if _unzz(base) >= live
+            if unzz(base) >= live
         ]
     return [
         (container.GENR, gen.dump())
         for serial, gen in sorted(gens.items())
         if gen.whole and serial >= live
     ]
-
-
-def _unzz(v: int) -> int:
-    return (v >> 1) ^ -(v & 1)
 
 
 def _pure_records(

@@ -173,13 +173,8 @@ def frame(seq: int, kind: bytes, pieces: Sequence[bytes], compressed: bool = Fal
     return b"".join((header, fixed, *pieces))
 
 
-def _packed(data: bytes, level: int = container.CAPTURE_LEVEL) -> tuple[bytes, bool]:
-    """``data`` zlib'd when that makes it smaller: (bytes, compressed)."""
-    if len(data) > 64:
-        packed = zlib.compress(data, level)
-        if len(packed) < len(data):
-            return packed, True
-    return data, False
+def _packed(data: bytes) -> tuple[bytes, bool]:
+    return container.packed(data, container.CAPTURE_LEVEL)
 
 
 def layout(head_len: int, ring: int) -> tuple[int, int, int]:

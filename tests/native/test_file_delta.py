@@ -7,6 +7,7 @@ import pytest
 
 from flightdeck.core.events import MARK, TASK_CREATE
 from flightdeck.snapshot import recovery
+from flightdeck.snapshot.records import read_varints
 
 # A pure install has no extension to test; FLIGHTDECK_EXPECT_NATIVE=1 fails this skip.
 native = pytest.importorskip("flightdeck.core._native", reason="native core not built")
@@ -27,7 +28,7 @@ def _joined(deltas: list[bytes]) -> dict[int, bytes]:
     """Each generation's stored form (``Segment.dump()``) from its deltas, by serial."""
     gens: dict[int, recovery._Gen] = {}
     for body in deltas:
-        fields, pos = recovery._varints(body, 0, 11)
+        fields, pos = read_varints(body, 0, 11)
         gens.setdefault(fields[0], recovery._Gen()).add(
             fields, body[pos : pos + fields[8]], body[pos + fields[8] :]
         )

@@ -504,7 +504,10 @@ def _watched(
 
     The watch saw a task step running past the threshold, last at ``seen``. Later than the
     writer's last write, it is the newest thing known. The watchdog's block in the state is
-    the same block when the step began before it: then only the end moves. Without one, the
+    the same block when the step began before it, or when the state was written after the
+    step began (the loop runs one step at a time, and this one ran on past the write; the
+    watchdog's start is a guess, earlier than the step's when its heartbeat was queued
+    behind it): then only the end moves. Without one, the
     step held the GIL (the watchdog and the writer could not run): the block is made of the
     watch's record, named after its task and request from the window's records, and added
     to the window as a block in progress (``LOOP_BLOCK_ONGOING``, with no stack).
@@ -513,7 +516,9 @@ def _watched(
     if seen <= t_now:
         return state, t_now, None
     block = state.get("block")
-    if isinstance(block, dict) and isinstance(block.get("start"), int) and t0 <= block["start"]:
+    written = state.get("t_now")
+    start = block.get("start") if isinstance(block, dict) else None
+    if isinstance(start, int) and (t0 <= start or (isinstance(written, int) and t0 <= written)):
         return state, seen, None
     coro, rid, method, path = _task_info(records, status, task)
     request = None

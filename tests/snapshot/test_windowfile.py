@@ -191,6 +191,24 @@ def test_sys_exit_inside_a_blocked_step_is_a_crash_with_the_block_in_its_reason(
     assert blocks[0]["duration"] >= 0.5 and blocks[0]["stack"][-1]["function"] == "main"
 
 
+def test_the_watchdogs_block_is_the_running_step_when_written_after_the_step_began() -> None:
+    # The watchdog's start is a guess: when its heartbeat was queued behind the step that
+    # blocks, it is the previous heartbeat, before the step began. A state written after the
+    # step began, while blocked, still describes that step (its stack was taken then), so the
+    # native watch's record only moves the end; a block of the state written before the step
+    # began is an earlier one, and the watch's record makes the block.
+    site = "fetch_legacy (app.py:12)"
+    t0, seen = 2_000, 9_000
+    block = {"start": 1_500, "site": site, "request": None}
+    later = {"t_now": 2_500, "block": block}
+    state, end, extra = recovery._watched((t0, seen, 7), later, 2_500, [], {})
+    assert state["block"]["site"] == site and end == seen and extra is None
+    earlier = {"t_now": 1_900, "block": block}
+    state, end, extra = recovery._watched((t0, seen, 7), earlier, 1_900, [], {})
+    assert state["block"]["start"] == t0 and "no stack could be taken" in state["block"]["site"]
+    assert end == seen and extra is not None
+
+
 def test_two_processes_racing_to_recover_make_one_snapshot_per_file(tmp_path: Path) -> None:
     # One process dies leaving four window files (each new process would recover the last).
     many = (

@@ -218,12 +218,26 @@ def test_native_await_chain_walks_as_the_python_one() -> None:
         else:
             await park()
 
+    async def on_future(fut: Any) -> None:
+        await fut
+
+    class Late:
+        """A class that gains ``cr_await`` after the walk has seen it: never resolved once."""
+
     coros = [top(), deep(60), leaf()]
     gen = gen_based()
     for c in coros:
         c.send(None)
     next(gen)
-    for c in [*coros, gen, Frameless(coros[0]), None, 42, Frameless(None)]:
+    loop = asyncio.new_event_loop()
+    fut = loop.create_future()
+    waiting = on_future(fut)
+    waiting.send(None)  # its chain ends in the future's iterator (a C type with no frame)
+    late = Late()
+    assert native.await_chain(late) == frames._py_await_chain(late) == ()
+    Late.cr_await = coros[2]  # type: ignore[attr-defined]
+    assert native.await_chain(late) == frames._py_await_chain(late) != ()
+    for c in [*coros, gen, waiting, fut, Frameless(coros[0]), None, 42, Frameless(None)]:
         # 100 and 10**9: past the sites the walk gathers on the stack (64), and a limit no
         # chain reaches (nothing is allocated for it)
         for limit in (48, 2, 0, 100, 10**9):
@@ -235,6 +249,8 @@ def test_native_await_chain_walks_as_the_python_one() -> None:
     for c in coros:
         c.close()
     gen.close()
+    waiting.close()
+    loop.close()
     assert native.await_chain(coros[0]) == ()  # finished: no frame
     with pytest.raises(TypeError):
         native.await_chain()

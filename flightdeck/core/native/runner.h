@@ -61,14 +61,91 @@ frame_site(PyFrameObject *f, PyCodeObject *code)
 
 static PyObject *s_cr_frame, *s_gi_frame, *s_cr_await, *s_gi_yieldfrom, *s_get_coro;
 
+/* The chain walk reads four attributes of each object: by name, through the generic
+ * lookup, a dozen frames cost ~10k instructions a walk. For an immutable type whose
+ * attribute lookup is the generic one, what each name resolves to is fixed: a getset
+ * descriptor (coroutines', generators', whose getters are data descriptors and so win over
+ * an instance dict), nothing at all (no such attribute and no instance dict), or something
+ * else (looked up by name, as before). Resolved once per type, in a small direct-mapped
+ * table that holds its types. */
+enum { A_CR_FRAME, A_GI_FRAME, A_CR_AWAIT, A_GI_YIELDFROM, N_CHAIN_ATTRS };
+enum { HOW_NAME, HOW_ABSENT, HOW_GETTER };
+#define CHAIN_TYPES 32
+typedef struct {
+    PyTypeObject *type;
+    char how[N_CHAIN_ATTRS];
+    getter get[N_CHAIN_ATTRS];
+    void *closure[N_CHAIN_ATTRS];
+} ChainType;
+static ChainType chain_types[CHAIN_TYPES];
+
+static PyObject **
+chain_names(void)
+{
+    static PyObject *names[N_CHAIN_ATTRS];
+    names[A_CR_FRAME] = s_cr_frame;
+    names[A_GI_FRAME] = s_gi_frame;
+    names[A_CR_AWAIT] = s_cr_await;
+    names[A_GI_YIELDFROM] = s_gi_yieldfrom;
+    return names;
+}
+
+/* How ``t`` resolves each name (an entry of chain_types, or NULL: by name, not cached). */
+static ChainType *
+chain_type(PyTypeObject *t)
+{
+    uint64_t h = ((uint64_t)(uintptr_t)t >> 4) * 0x9E3779B97F4A7C15ull;
+    ChainType *e = &chain_types[(h >> 59) & (CHAIN_TYPES - 1)];
+    if (e->type == t) return e;
+    if (!PyType_HasFeature(t, Py_TPFLAGS_IMMUTABLETYPE)
+        || t->tp_getattro != PyObject_GenericGetAttr)
+        return NULL;
+    ChainType fresh = {.type = t};
+    PyObject **names = chain_names();
+    for (int i = 0; i < N_CHAIN_ATTRS; i++) {
+        PyObject *d = NULL;
+        fresh.how[i] = HOW_NAME;
+        if (PyObject_GetOptionalAttr((PyObject *)t, names[i], &d) < 0) {
+            PyErr_Clear();
+            continue;
+        }
+        if (!d) {
+            if (t->tp_dictoffset == 0) fresh.how[i] = HOW_ABSENT;
+        } else if (Py_IS_TYPE(d, &PyGetSetDescr_Type)
+                   && ((PyGetSetDescrObject *)d)->d_common.d_type == t
+                   && ((PyGetSetDescrObject *)d)->d_getset->get) {
+            fresh.how[i] = HOW_GETTER;
+            fresh.get[i] = ((PyGetSetDescrObject *)d)->d_getset->get;
+            fresh.closure[i] = ((PyGetSetDescrObject *)d)->d_getset->closure;
+        }
+        Py_XDECREF(d);
+    }
+    Py_INCREF(t);
+    PyTypeObject *old = e->type;
+    *e = fresh;
+    Py_XDECREF(old);
+    return e;
+}
+
 /* ``getattr(o, a, None) or getattr(o, b, None)``: a new reference, or NULL for none (an
  * error reading either is taken as none: this only describes, it never raises). */
 static PyObject *
-attr_or(PyObject *o, PyObject *a, PyObject *b)
+attr_or(PyObject *o, int a, int b)
 {
+    ChainType *ct = chain_type(Py_TYPE(o));
+    if (!ct && PyErr_Occurred()) PyErr_Clear();
     for (int i = 0; i < 2; i++) {
+        int which = i ? b : a;
         PyObject *v = NULL;
-        if (PyObject_GetOptionalAttr(o, i ? b : a, &v) < 0) {
+        int how = ct ? ct->how[which] : HOW_NAME;
+        if (how == HOW_ABSENT) continue;
+        if (how == HOW_GETTER) {
+            v = ct->get[which](o, ct->closure[which]);
+            if (!v) {
+                PyErr_Clear();
+                continue;
+            }
+        } else if (PyObject_GetOptionalAttr(o, chain_names()[which], &v) < 0) {
             PyErr_Clear();
             continue;
         }
@@ -98,7 +175,7 @@ chain_of(PyObject *coro, Py_ssize_t limit)
     Py_XINCREF(coro);
     while (coro && coro != Py_None && n < limit && hops < 4 * limit) {
         hops++;
-        PyObject *frame = attr_or(coro, s_cr_frame, s_gi_frame);
+        PyObject *frame = attr_or(coro, A_CR_FRAME, A_GI_FRAME);
         if (frame && PyFrame_Check(frame)) {
             PyCodeObject *code = PyFrame_GetCode((PyFrameObject *)frame);
             PyObject *item = frame_site((PyFrameObject *)frame, code);
@@ -110,7 +187,7 @@ chain_of(PyObject *coro, Py_ssize_t limit)
             }
             items[n++] = item;
         }
-        PyObject *following = attr_or(coro, s_cr_await, s_gi_yieldfrom);
+        PyObject *following = attr_or(coro, A_CR_AWAIT, A_GI_YIELDFROM);
         Py_DECREF(coro);
         coro = following;
         if (!frame && !following) break;

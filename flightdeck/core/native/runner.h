@@ -79,16 +79,9 @@ typedef struct {
 } ChainType;
 static ChainType chain_types[CHAIN_TYPES];
 
-static PyObject **
-chain_names(void)
-{
-    static PyObject *names[N_CHAIN_ATTRS];
-    names[A_CR_FRAME] = s_cr_frame;
-    names[A_GI_FRAME] = s_gi_frame;
-    names[A_CR_AWAIT] = s_cr_await;
-    names[A_GI_YIELDFROM] = s_gi_yieldfrom;
-    return names;
-}
+/* The names, by A_*: the interned strings themselves (set at module init). */
+static PyObject **const chain_name[N_CHAIN_ATTRS] = {&s_cr_frame, &s_gi_frame, &s_cr_await,
+                                                     &s_gi_yieldfrom};
 
 /* How ``t`` resolves each name (an entry of chain_types, or NULL: by name, not cached). */
 static ChainType *
@@ -101,11 +94,10 @@ chain_type(PyTypeObject *t)
         || t->tp_getattro != PyObject_GenericGetAttr)
         return NULL;
     ChainType fresh = {.type = t};
-    PyObject **names = chain_names();
     for (int i = 0; i < N_CHAIN_ATTRS; i++) {
         PyObject *d = NULL;
         fresh.how[i] = HOW_NAME;
-        if (PyObject_GetOptionalAttr((PyObject *)t, names[i], &d) < 0) {
+        if (PyObject_GetOptionalAttr((PyObject *)t, *chain_name[i], &d) < 0) {
             PyErr_Clear();
             continue;
         }
@@ -132,8 +124,7 @@ chain_type(PyTypeObject *t)
 static PyObject *
 attr_or(PyObject *o, int a, int b)
 {
-    ChainType *ct = chain_type(Py_TYPE(o));
-    if (!ct && PyErr_Occurred()) PyErr_Clear();
+    ChainType *ct = chain_type(Py_TYPE(o)); /* never leaves an error set */
     for (int i = 0; i < 2; i++) {
         int which = i ? b : a;
         PyObject *v = NULL;
@@ -145,7 +136,7 @@ attr_or(PyObject *o, int a, int b)
                 PyErr_Clear();
                 continue;
             }
-        } else if (PyObject_GetOptionalAttr(o, chain_names()[which], &v) < 0) {
+        } else if (PyObject_GetOptionalAttr(o, *chain_name[which], &v) < 0) {
             PyErr_Clear();
             continue;
         }

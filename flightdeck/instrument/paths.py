@@ -82,15 +82,30 @@ def app_module(frame: types.FrameType | None) -> str | None:
     return None
 
 
+_library: tuple[str | None, tuple[str, ...]] | None = None
+
+
+def library_paths() -> tuple[str | None, tuple[str, ...]]:
+    """The standard library's directory and the site-packages ones: fixed for the life of
+    the interpreter, so found once. Finding them stats directories, and each system call
+    lets go of the GIL: on a thread racing a busy event loop for it, a few hundred of those
+    took seconds (a capture calls :func:`process_paths`; the recorder finds these at start)."""
+    global _library
+    if _library is None:
+        _library = (sysconfig.get_paths().get("stdlib"), tuple(_site_packages()))
+    return _library
+
+
 def process_paths(app: str | None = None) -> dict[str, Any]:
     """``{stdlib, site_packages, cwd, app}`` for this process."""
     try:
         cwd: str | None = os.getcwd()
     except OSError:  # the working directory was removed
         cwd = None
+    stdlib, site_packages = library_paths()
     return {
-        "stdlib": sysconfig.get_paths().get("stdlib"),
-        "site_packages": _site_packages(),
+        "stdlib": stdlib,
+        "site_packages": list(site_packages),
         "cwd": cwd,
         "app": app,
     }

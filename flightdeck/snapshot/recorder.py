@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import io
 import os
 import sys
@@ -33,7 +32,7 @@ from ..core.sink import Sink
 from ..core.window import Frozen
 from ..instrument.gc import GcMonitor
 from ..instrument.loop import LoopInstrumentation, describe_loop
-from ..instrument.paths import app_module, process_paths
+from ..instrument.paths import app_module, library_paths, process_paths
 from ..instrument.watchdog import Watchdog
 from . import container
 from .document import Snapshot, SnapshotInProgress, new_id
@@ -42,6 +41,20 @@ from .switching import prompt_switching
 
 #: How often the loop checks that the recorder thread still runs (``FlightRecorder._guard``).
 GUARD_INTERVAL = 0.1
+
+
+_host: tuple[str, str] | None = None
+
+
+def _host_facts() -> tuple[str, str]:
+    """The host's name and Python's version, found once (see ``library_paths``)."""
+    global _host
+    if _host is None:
+        import platform
+        import socket
+
+        _host = (socket.gethostname(), platform.python_version())
+    return _host
 
 
 def _held_lock() -> threading.Lock:
@@ -175,6 +188,10 @@ class FlightRecorder:
                 self.coverage[key] = False
             raise
         registry.active.append(self)
+        # What a capture's header says of the process, found now rather than on the
+        # capture's thread (see library_paths).
+        library_paths()
+        _host_facts()
         self._start_thread()
         if loop is not None:
             self._arm_guard(loop)
@@ -388,15 +405,6 @@ class FlightRecorder:
             "core": CORE,
         }
 
-    def _write(
-        self,
-        frozen: Frozen,
-        head: dict[str, Any],
-        annotate: Callable[[dict[str, Any]], None] | None = None,
-    ) -> list[bytes]:
-        with self._building():
-            return container.write(frozen, head, annotate=annotate)
-
     def build(
         self,
         frozen: Frozen,
@@ -413,9 +421,11 @@ class FlightRecorder:
         Only one build runs at a time per recorder: a concurrent one raises
         :class:`SnapshotInProgress` rather than queueing.
         """
-        head = self._head(kind, reason, request, trigger_time_ns)
-        # The pieces as written, never joined here: a store keeps these very bytes.
-        return Snapshot.from_stored(self._write(frozen, head), head)
+        with self._building():
+            head = self._head(kind, reason, request, trigger_time_ns)
+            # The pieces as written, never joined here: a store keeps these very bytes.
+            pieces = container.write(frozen, head)
+        return Snapshot.from_stored(pieces, head)
 
     def build_into(
         self,
@@ -440,8 +450,9 @@ class FlightRecorder:
         ``scope="host"``: the windows of every other live process recording under
         ``store``'s directory too (``host.py``).
         """
-        head = self._head(kind, reason, request, trigger_time_ns, extra)
-        return self._store(store, frozen, head, annotate, scope)
+        with self._building():
+            head = self._head(kind, reason, request, trigger_time_ns, extra)
+            return self._store(store, frozen, head, annotate, scope)
 
     def _store(
         self,
@@ -451,18 +462,18 @@ class FlightRecorder:
         annotate: Callable[[dict[str, Any]], None] | None = None,
         scope: str = "process",
     ) -> StoredInfo:
-        with self._building():
-            others: Iterable[Iterable[bytes]] = ()
-            peers: list[Any] = []
-            if scope == "host":
-                peers, others = self._host_part(store, head)
-            try:
-                # Made as the store writes them: to a directory, one generation at a time.
-                pieces = container.stream(frozen, head, annotate=annotate, extra=others)
-                return store.put_stored(pieces, head)
-            finally:
-                for peer in peers:  # those not read (the capture failed first)
-                    peer.close()
+        """Inside ``_building()``."""
+        others: Iterable[Iterable[bytes]] = ()
+        peers: list[Any] = []
+        if scope == "host":
+            peers, others = self._host_part(store, head)
+        try:
+            # Made as the store writes them: to a directory, one generation at a time.
+            pieces = container.stream(frozen, head, annotate=annotate, extra=others)
+            return store.put_stored(pieces, head)
+        finally:
+            for peer in peers:  # those not read (the capture failed first)
+                peer.close()
 
     def _host_part(
         self, store: SnapshotStore, head: dict[str, Any]
@@ -491,32 +502,30 @@ class FlightRecorder:
     ) -> Snapshot:
         """Like :meth:`build_into`, returning a :class:`Snapshot` that reads its stored form
         back from ``store`` only when asked for (a manual capture's answer needs the header)."""
-        head = self._head(kind, reason, None, None)
-        info = self._store(store, frozen, head, scope=scope)
+        with self._building():
+            head = self._head(kind, reason, None, None)
+            info = self._store(store, frozen, head, scope=scope)
         return Snapshot.from_header(head, lambda: store.get_stored(info.id))
 
     @contextlib.contextmanager
     def _building(self) -> Iterator[None]:
-        """One build at a time per recorder (a concurrent one raises), with the GC off.
+        """One build at a time per recorder (a concurrent one raises), with a shorter switch
+        interval meanwhile, so that a saturated loop cannot starve it (``switching.py``).
+        Counts builds that finish.
 
-        A build allocates hundreds of thousands of containers that all survive it: left on,
-        the cyclic GC would run full collections over the whole heap, with the GIL, stalling
-        the event loop (and halving the build's throughput). A shorter switch interval
-        meanwhile, so that a saturated loop cannot starve it (``switching.py``). Counts
-        builds that finish.
+        The cyclic GC stays on: a build copies the window's records and allocates little,
+        while the app goes on allocating; a collector switched off for the build would leave
+        the app's garbage of those moments to one long collection after it, on whichever
+        thread allocates next (the event loop's, most likely).
         """
         if not self._build_lock.acquire(blocking=False):
             self.snapshots_refused += 1
             raise SnapshotInProgress("a snapshot of this recorder is already being built")
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
         try:
             with prompt_switching():
                 yield
             self.snapshots_taken += 1
         finally:
-            if gc_was_enabled:
-                gc.enable()
             self._build_lock.release()
 
     def snapshot(self, reason: str = "", *, kind: str = "manual") -> Snapshot:
@@ -544,10 +553,10 @@ class FlightRecorder:
         """
         if isinstance(fileobj, io.TextIOBase):
             raise TypeError("write_to() writes the stored form: open the file in binary mode")
-        head = self._head("manual", "", None, None)
         frozen = self.freeze()
         written = 0
         with self._building():
+            head = self._head("manual", "", None, None)
             for piece in container.stream(frozen, head):
                 fileobj.write(piece)
                 written += len(piece)
@@ -558,13 +567,11 @@ class FlightRecorder:
         return (t_ns + self._clock_offset_ns) / 1e9
 
     def _process_info(self) -> dict[str, Any]:
-        import platform
-        import socket
-
+        hostname, python = _host_facts()
         info: dict[str, Any] = {
             "pid": os.getpid(),
-            "hostname": socket.gethostname(),
-            "python": platform.python_version(),
+            "hostname": hostname,
+            "python": python,
             "loop": self.loop_kind,
             "core": CORE,
             "flightdeck": __version__,

@@ -8,6 +8,7 @@ default switch interval a building thread could wait tens of seconds for its tur
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import sys
 import threading
@@ -223,3 +224,43 @@ def test_the_guard_leaves_a_running_recorder_thread_alone(run: Runner) -> None:
             rec.stop()
 
     assert run(main()) <= 3
+
+
+def test_a_capture_runs_whole_under_the_lowered_interval_with_the_gc_on(
+    interval: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its header included: finding the process's library paths stats directories, and on
+    a thread racing a busy loop each system call is a wait for the GIL (seconds, at the
+    default interval). The recorder finds them at start; a capture only reads them. And the
+    GC stays on: switched off for a capture, the app's garbage of those moments would be
+    left to one long collection after it."""
+    from flightdeck.instrument import paths
+
+    sys.setswitchinterval(0.005)
+    monkeypatch.setattr(paths, "_library", None)
+    rec = FlightRecorder(loop_blocked=None)
+    rec.start()
+    try:
+
+        def refuse(*args: Any) -> Any:
+            raise AssertionError("library paths looked for again during a capture")
+
+        monkeypatch.setattr(paths.sysconfig, "get_paths", refuse)
+        monkeypatch.setattr(paths.site, "getsitepackages", refuse)
+        seen: dict[str, Any] = {}
+        info = rec._process_info
+
+        def spy() -> dict[str, Any]:
+            seen.update(interval=sys.getswitchinterval(), gc=gc.isenabled())
+            return info()
+
+        monkeypatch.setattr(rec, "_process_info", spy)
+        store = SnapshotStore()
+        stored = rec.build_into(store, rec.freeze(), kind="test")
+    finally:
+        rec.stop()
+    assert seen == {"interval": pytest.approx(switching.BUILD_SWITCH_INTERVAL), "gc": True}
+    data = store.get_stored(stored.id)
+    assert data is not None
+    paths_recorded = container.read_header(data)["process"]["paths"]
+    assert paths_recorded["stdlib"] and paths_recorded["site_packages"]

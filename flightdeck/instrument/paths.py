@@ -7,6 +7,7 @@ module so that its frames are never folded, even when it is installed into site-
 
 from __future__ import annotations
 
+import functools
 import os
 import site
 import sys
@@ -82,18 +83,13 @@ def app_module(frame: types.FrameType | None) -> str | None:
     return None
 
 
-_library: tuple[str | None, tuple[str, ...]] | None = None
-
-
+@functools.cache
 def library_paths() -> tuple[str | None, tuple[str, ...]]:
     """The standard library's directory and the site-packages ones: fixed for the life of
     the interpreter, so found once. Finding them stats directories, and each system call
     lets go of the GIL: on a thread racing a busy event loop for it, a few hundred of those
     took seconds (a capture calls :func:`process_paths`; the recorder finds these at start)."""
-    global _library
-    if _library is None:
-        _library = (sysconfig.get_paths().get("stdlib"), tuple(_site_packages()))
-    return _library
+    return sysconfig.get_paths().get("stdlib"), tuple(_site_packages())
 
 
 def process_paths(app: str | None = None) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import os
 import sys
@@ -43,18 +44,13 @@ from .switching import prompt_switching
 GUARD_INTERVAL = 0.1
 
 
-_host: tuple[str, str] | None = None
-
-
+@functools.cache
 def _host_facts() -> tuple[str, str]:
     """The host's name and Python's version, found once (see ``library_paths``)."""
-    global _host
-    if _host is None:
-        import platform
-        import socket
+    import platform
+    import socket
 
-        _host = (socket.gethostname(), platform.python_version())
-    return _host
+    return socket.gethostname(), platform.python_version()
 
 
 def _held_lock() -> threading.Lock:
@@ -421,8 +417,7 @@ class FlightRecorder:
         Only one build runs at a time per recorder: a concurrent one raises
         :class:`SnapshotInProgress` rather than queueing.
         """
-        with self._building():
-            head = self._head(kind, reason, request, trigger_time_ns)
+        with self._building(kind, reason, request, trigger_time_ns) as head:
             # The pieces as written, never joined here: a store keeps these very bytes.
             pieces = container.write(frozen, head)
         return Snapshot.from_stored(pieces, head)
@@ -450,8 +445,7 @@ class FlightRecorder:
         ``scope="host"``: the windows of every other live process recording under
         ``store``'s directory too (``host.py``).
         """
-        with self._building():
-            head = self._head(kind, reason, request, trigger_time_ns, extra)
+        with self._building(kind, reason, request, trigger_time_ns, extra) as head:
             return self._store(store, frozen, head, annotate, scope)
 
     def _store(
@@ -502,16 +496,23 @@ class FlightRecorder:
     ) -> Snapshot:
         """Like :meth:`build_into`, returning a :class:`Snapshot` that reads its stored form
         back from ``store`` only when asked for (a manual capture's answer needs the header)."""
-        with self._building():
-            head = self._head(kind, reason, None, None)
+        with self._building(kind, reason) as head:
             info = self._store(store, frozen, head, scope=scope)
         return Snapshot.from_header(head, lambda: store.get_stored(info.id))
 
     @contextlib.contextmanager
-    def _building(self) -> Iterator[None]:
+    def _building(
+        self,
+        kind: str,
+        reason: str,
+        request: dict[str, Any] | None = None,
+        trigger_time_ns: int | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Iterator[dict[str, Any]]:
         """One build at a time per recorder (a concurrent one raises), with a shorter switch
-        interval meanwhile, so that a saturated loop cannot starve it (``switching.py``).
-        Counts builds that finish.
+        interval meanwhile, so that a saturated loop cannot starve it (``switching.py``);
+        yields the build's header (``_head``), made inside, at that interval too. Counts
+        builds that finish.
 
         The cyclic GC stays on: a build copies the window's records and allocates little,
         while the app goes on allocating; a collector switched off for the build would leave
@@ -523,7 +524,7 @@ class FlightRecorder:
             raise SnapshotInProgress("a snapshot of this recorder is already being built")
         try:
             with prompt_switching():
-                yield
+                yield self._head(kind, reason, request, trigger_time_ns, extra)
             self.snapshots_taken += 1
         finally:
             self._build_lock.release()
@@ -555,8 +556,7 @@ class FlightRecorder:
             raise TypeError("write_to() writes the stored form: open the file in binary mode")
         frozen = self.freeze()
         written = 0
-        with self._building():
-            head = self._head("manual", "", None, None)
+        with self._building("manual", "") as head:
             for piece in container.stream(frozen, head):
                 fileobj.write(piece)
                 written += len(piece)

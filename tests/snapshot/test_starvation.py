@@ -237,7 +237,7 @@ def test_a_capture_runs_whole_under_the_lowered_interval_with_the_gc_on(
     from flightdeck.instrument import paths
 
     sys.setswitchinterval(0.005)
-    monkeypatch.setattr(paths, "_library", None)
+    paths.library_paths.cache_clear()  # found again, by start()
     rec = FlightRecorder(loop_blocked=None)
     rec.start()
     try:

@@ -178,6 +178,8 @@ typedef struct {
     PyObject *weakreflist;
     PyObject *app;
     PyObject *recorder;      /* its emit(tuple) is looked up per event: it may be replaced */
+    PyObject *rec_dict;      /* the recorder's instance __dict__, where emit is looked up first
+                              * (a dict lookup instead of getattr), or NULL: getattr */
     PyObject *report;        /* ErrorLog: report(kind, exc), counted and logged once */
     PyObject *inflight;      /* dict rid -> (start, scope, state) */
     PyObject *done;          /* engine.request_done(...) */
@@ -216,6 +218,7 @@ Middleware_traverse(Middleware *m, visitproc visit, void *arg)
     Py_VISIT(m->dict);
     Py_VISIT(m->app);
     Py_VISIT(m->recorder);
+    Py_VISIT(m->rec_dict);
     Py_VISIT(m->report);
     Py_VISIT(m->inflight);
     Py_VISIT(m->done);
@@ -238,6 +241,7 @@ Middleware_clear(Middleware *m)
     Py_CLEAR(m->dict);
     Py_CLEAR(m->app);
     Py_CLEAR(m->recorder);
+    Py_CLEAR(m->rec_dict);
     Py_CLEAR(m->report);
     Py_CLEAR(m->inflight);
     Py_CLEAR(m->done);
@@ -295,6 +299,21 @@ Middleware_setup(Middleware *m, PyObject *args, PyObject *kw)
     }
     Py_XSETREF(m->app, Py_NewRef(app));
     Py_XSETREF(m->recorder, Py_NewRef(recorder));
+    Py_CLEAR(m->rec_dict);
+    {
+        /* getattr(recorder, "emit") finds the instance's own attribute first unless its class
+         * has a data descriptor of that name: then the instance dict can be read directly */
+        PyObject *cls_attr = _PyType_Lookup(Py_TYPE(recorder), s_emit); /* borrowed */
+        int data_descr = cls_attr != NULL && Py_TYPE(cls_attr)->tp_descr_set != NULL;
+        PyObject *d = !data_descr && Py_TYPE(recorder)->tp_dictoffset != 0
+                          ? PyObject_GenericGetDict(recorder, NULL)
+                          : NULL;
+        if (d != NULL && PyDict_CheckExact(d))
+            m->rec_dict = d;
+        else
+            Py_XDECREF(d);
+        PyErr_Clear();
+    }
     Py_XSETREF(m->report, Py_NewRef(report));
     Py_XSETREF(m->inflight, Py_NewRef(inflight));
     Py_XSETREF(m->done, Py_NewRef(done));
@@ -383,11 +402,23 @@ find_capi(void)
     if (PyErr_Occurred()) PyErr_Clear();
 }
 
+/* New reference to recorder.emit, or NULL with an exception set. */
+static inline PyObject *
+recorder_emit(Middleware *m)
+{
+    if (m->rec_dict != NULL) {
+        PyObject *fn = PyDict_GetItemWithError(m->rec_dict, s_emit); /* borrowed; str key */
+        if (fn != NULL) return Py_NewRef(fn);
+        if (PyErr_Occurred()) return NULL;
+    }
+    return PyObject_GetAttr(m->recorder, s_emit);
+}
+
 /* recorder.emit(event); 0, or -1 with an exception set. */
 static int
 emit(Middleware *m, PyObject *event)
 {
-    PyObject *fn = PyObject_GetAttr(m->recorder, s_emit);
+    PyObject *fn = recorder_emit(m);
     if (fn == NULL) return -1;
     PyObject *win = native_window_of(fn);
     if (win != NULL) {
@@ -645,6 +676,11 @@ start_event(Middleware *m, PyObject *scope, PyObject *kind, PyObject *rid, PyObj
     PyTuple_SET_ITEM(ev, 8, Py_NewRef(Py_None));
     PyTuple_SET_ITEM(ev, 9, tid);
     PyTuple_SET_ITEM(ev, 10, trace);
+    /* strs, ints, None and the (host, port) pair checked above: never part of a cycle, and it
+     * lives as long as its request (the live tables): kept out of the collector's work (the
+     * query and the trace id come from Python: only when they are a str or None) */
+    if (PyUnicode_CheckExact(query) && (trace == Py_None || PyUnicode_CheckExact(trace)))
+        PyObject_GC_UnTrack(ev);
     return ev;
 python:
     {
@@ -1013,7 +1049,7 @@ Call_finish(Call *c, PyObject *error)
         Py_DECREF(route);
         goto after_emit;
     }
-    PyObject *rec = PyObject_GetAttr(m->recorder, s_emit);
+    PyObject *rec = recorder_emit(m);
     PyObject *win = rec != NULL ? native_window_of(rec) : NULL;
     int sent = 0;
     if (win != NULL) {

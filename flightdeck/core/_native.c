@@ -34,6 +34,7 @@
  *   stored.h    the stored form of a generation (GENR), load_segment, the Segment type
  *   builder.h   TaskFeed: the snapshot builder's task table and task kinds (conversion)
  *   window.h    Window: the ring of generations, freeze, status; REQ_END from C values
+ *   livetasks.h   LiveTasks: the window's table of live tasks as a mapping (window.h has it)
  *   blockwatch.h  BlockWatch: a step holding the loop (and the GIL) noticed without the GIL
  *   runner.h    await chains and StepRunner (task steps and wakeups)
  *   schedule.h  CallSoon and CreateTask (the loop subclass's call_soon and create_task)
@@ -143,6 +144,7 @@ PyInit__native(void)
     INTERN(s_get_coro, "get_coro");
     if (PyType_Ready(&Segment_Type) < 0 || PyType_Ready(&Window_Type) < 0
         || PyType_Ready(&Runner_Type) < 0 || PyType_Ready(&CallSoon_Type) < 0
+        || PyType_Ready(&BoundCallSoon_Type) < 0 || PyType_Ready(&LiveTasks_Type) < 0
         || PyType_Ready(&CreateTask_Type) < 0 || PyType_Ready(&HandleRun_Type) < 0
         || PyType_Ready(&BlockWatch_Type) < 0 || PyType_Ready(&TaskFeed_Type) < 0
         || builder_init_strings() < 0)

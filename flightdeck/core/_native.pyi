@@ -1,6 +1,6 @@
 """Type stub of the native core (``_native.c``)."""
 
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 def clock() -> int:
@@ -74,6 +74,8 @@ class Window:
     def segments(self) -> int: ...
     @property
     def open_bytes(self) -> int: ...
+    @property
+    def live_tasks(self) -> MutableMapping[int, tuple[Any, ...]]: ...
     def append(self, event: tuple[Any, ...], /) -> None: ...
     def emit_step(self, t0: int, t1: int, tid: int, t_queued: int, /) -> None: ...
     def maintain(self, force_seal: bool = ...) -> None: ...
@@ -98,7 +100,7 @@ class StepRunner:
     def __init__(
         self,
         window: Window,
-        live_tasks: dict[int, Any],
+        live_tasks: MutableMapping[int, Any],
         wait_cb: Callable[[Any, int, int, int], object] | None,
         wait_ns: int,
         step_type: type,
@@ -119,6 +121,7 @@ class CallSoon:
     def __init__(self, runner: StepRunner, base: Any, handle_type: Any = ...) -> None: ...
     def __call__(self, loop: Any, callback: Any, /, *args: Any, context: Any = ...) -> Any: ...
     def __get__(self, obj: Any, objtype: Any = ...) -> Any: ...
+    def forget(self) -> None: ...
 
 class HandleRun:
     def __init__(

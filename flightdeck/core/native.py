@@ -13,7 +13,7 @@ from time import perf_counter_ns
 from typing import Any
 
 from . import _native
-from .window import Event, Frozen
+from .window import Frozen
 
 #: Generation size from which a window is cut into ``MAX_GENERATIONS`` (below, the C default:
 #: at most 16, at least 64 KiB each).
@@ -49,8 +49,6 @@ class NativeWindow(_native.Window):
         super().__init__(
             window_ns, max_bytes, segment_events, segment_ns, clock, generations(max_bytes)
         )
-        #: What the instrumentation knows is alive now (for labels; mutated by the loop).
-        self.live_tasks: dict[int, Event] = {}
         #: Requests in flight: ``rid -> (REQ_START event, scope, state)`` (the middleware's).
         self.live_requests: dict[int, tuple[Any, ...]] = {}
 

@@ -6,7 +6,7 @@ say what it covers and hook into freezes and loop blocks, and nothing else.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from .window import Event, Frozen
@@ -31,7 +31,7 @@ class Sink:
     def __init__(
         self,
         emit: Callable[[Event], None],
-        live_tasks: dict[int, Event],
+        live_tasks: MutableMapping[int, Event],
         live_requests: dict[int, tuple[Any, ...]],
         last_event_time: Callable[[], int | None],
         to_epoch: Callable[[int], float],
@@ -42,7 +42,8 @@ class Sink:
     ) -> None:
         #: The hot path: append one event tuple (see ``events``). Thread-safe, never raises.
         self.emit = emit
-        #: Tasks alive now, ``tid -> TASK_CREATE event`` (for labels; mutated by the loop).
+        #: Tasks alive now, ``tid -> TASK_CREATE event`` (for labels): a dict the loop hook
+        #: keeps, or the native window's own table, kept from the events it records.
         self.live_tasks = live_tasks
         #: Requests in flight, ``rid -> (REQ_START event, scope, state)`` (the middleware's;
         #: the event bounded by ``window.live_start``).

@@ -181,6 +181,8 @@ class LoopInstrumentation:
         self._last_end: dict[int, int] = {}
         #: The native step runner (``core._native.StepRunner``) when the native core runs.
         self._runner: Any = None
+        #: Its ``call_soon`` (``core._native.CallSoon``), which keeps the loop it last bound.
+        self._call_soon: Any = None
         self.steps_hooked = False
         self.errors = 0
 
@@ -239,6 +241,9 @@ class LoopInstrumentation:
         self._last_end.clear()
         if self._runner is not None:
             self._runner.forget()
+        if self._call_soon is not None:
+            self._call_soon.forget()  # the loop is no longer kept by its hooked class
+            self._call_soon = None
         unpatch_anyio()
         with _instrumented_lock:
             entry = _instrumented.get(id(loop))
@@ -590,6 +595,7 @@ class LoopInstrumentation:
             one_frame = base.call_soon is _BASE_CALL_SOON and hasattr(loop, "_ready")
             handle = _step_handle_type() if one_frame else None
             call_soon = _native.CallSoon(runner, base_call_soon, handle)  # type: ignore[assignment]
+            self._call_soon = call_soon
             create_task = _native.CreateTask(  # type: ignore[assignment]
                 runner,
                 base_create_task,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import sys
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -442,3 +444,76 @@ def test_native_await_chain_lines_stay_right_past_the_site_cache() -> None:
             assert native.await_chain(coro, 10**9) == expected
     finally:
         coro.close()
+
+
+@pytest.mark.parametrize(("make", "fast"), PARAMS)
+def test_call_soon_is_bound_once_per_loop_and_forget_lets_the_loop_go(
+    make: Any, fast: bool
+) -> None:
+    # A task looks call_soon up on the loop for every step it schedules: the hook hands out
+    # one bound callable per loop instead of a new method object each time, and keeps it (and
+    # so the loop) only until forget().
+    h = Hooked(make, fast)
+    bound = h.loop.call_soon
+    assert h.loop.call_soon is bound and bound.__self__ is h.loop and bound.__name__ == "call_soon"
+    seen: list[Any] = []
+    many = tuple(range(20))  # past the bound call's small argument buffer
+    try:
+        bound(lambda *a: seen.append(a), *many)
+        h.loop.call_soon(h.loop.stop)
+        h.loop.run_forever()
+
+        async def main() -> int:
+            await asyncio.sleep(0)
+            return 3
+
+        assert h.loop.run_until_complete(main()) == 3
+    finally:
+        h.close()
+    assert seen == [many]
+    cs, loop = bound.__func__, h.loop
+    del bound
+    before = sys.getrefcount(loop)
+    cs.forget()  # what uninstall() does: the loop is no longer held by its hooked class
+    assert sys.getrefcount(loop) == before - 1
+    # Without forget() the reference is a cycle (loop -> hooked class -> call_soon -> loop)
+    # that the collector sees through: a dropped loop is freed.
+    h2 = Hooked(make, fast)
+    h2.loop.call_soon(print)
+    ref = weakref.ref(h2.loop)
+    h2.close()
+    del h2, loop, cs, h
+    gc.collect()
+    assert ref() is None
+
+
+def test_a_runner_given_the_windows_live_tasks_keeps_them_there() -> None:
+    # With the native window's own table, the hook keeps no second one: the window adds a task
+    # when it records its TASK_CREATE and takes it out at its TASK_DONE.
+    loop = asyncio.new_event_loop()
+    base = type(loop)
+    window = native.Window(10**10, 1 << 22)
+    runner = native.StepRunner(window, window.live_tasks, lambda *a: None, 10**9, STEP_TYPE)
+    cs = native.CallSoon(runner, base.call_soon, None)
+    rid: contextvars.ContextVar[int] = contextvars.ContextVar("rid")
+    ct = native.CreateTask(
+        runner, base.create_task, asyncio.current_task, rid, lambda t: None, "/nonexistent/", 100
+    )
+    ns = {"__slots__": (), "call_soon": cs, "create_task": ct}
+    loop.__class__ = type(base.__name__, (base,), ns)
+    seen: dict[str, int] = {}
+
+    async def child() -> None:
+        seen["during"] = len(window.live_tasks)
+        await asyncio.sleep(0)
+
+    async def main() -> None:
+        await loop.create_task(child())
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.__class__ = base
+        loop.close()
+    assert seen["during"] == 2 and len(window.live_tasks) == 0  # main and child, then none
+    assert runner.errors == 0

@@ -399,9 +399,25 @@ def test_a_subclass_keeps_attributes() -> None:
         pass
 
     w = W(10 * S, 1 << 20)
-    w.live_tasks = {1: 2}
+    w.live_requests = {1: 2}
+    w.append((TASK_CREATE, 5, 0x1000, "Task-1", "main", None, None, None))
+    assert list(w.live_tasks) == [0x1000]
     w.clear()
+    assert w.live_requests == {}
     assert w.live_tasks == {}
+
+
+def test_live_tasks_is_the_status_table_kept_by_create_and_done() -> None:
+    # The hook and the window share one table of live tasks: the window keeps it from the
+    # events it records, including a TASK_DONE written without a tuple.
+    w = native.Window(10 * S, 1 << 20)
+    create = (TASK_CREATE, 5, 0x1000, "Task-1", "main", None, 7, None)
+    w.append(create)
+    live = w.live_tasks
+    assert live == {0x1000: create}
+    assert live.get(0x1000) is create and 0x1000 in live and len(live) == 1
+    w.append((TASK_DONE, 9, 0x1000, "done", None, "Task-1"))
+    assert live == {} and live.get(0x1000) is None and len(live) == 0
 
 
 def test_repeated_one_off_strings_round_trip() -> None:
@@ -461,3 +477,43 @@ def test_byte_bound_holds_with_more_live_tasks_and_requests_than_it_can_describe
             assert w.nbytes <= max_bytes, (j, w.nbytes)
     w.maintain()
     assert w.nbytes <= max_bytes
+
+
+def test_live_tasks_reads_and_writes_as_a_mapping() -> None:
+    # The pure-Python hook and the watchdog use it as they use the pure window's dict.
+    w = native.Window(10 * S, 1 << 20)
+    live = w.live_tasks
+    a = (TASK_CREATE, 5, 16, "Task-1", "main", None, None, None)
+    b = (TASK_CREATE, 6, 0, "Task-0", "main", None, None, None)
+    live[16] = a
+    live[0] = b  # 0 and 1 are ids too (the table keeps them shifted)
+    assert sorted(live) == [0, 16] and sorted(live.keys()) == [0, 16]
+    assert sorted(live.items()) == [(0, b), (16, a)]
+    assert live.copy() == {0: b, 16: a} and live == {16: a, 0: b} and live != {}
+    assert live[16] is a and live.get(17, "none") == "none"
+    assert live.pop(16) is a and live.pop(16, None) is None
+    with pytest.raises(KeyError):
+        live.pop(16)
+    with pytest.raises(KeyError):
+        del live[16]
+    with pytest.raises(KeyError):
+        live[-1]
+    with pytest.raises(TypeError):
+        live["x"] = a
+    assert "x" not in live and -1 not in live and 2**70 not in live
+    del live[0]
+    assert len(live) == 0 and repr(live) == "LiveTasks({})"
+
+
+def test_the_live_tasks_head_each_new_generation() -> None:
+    # A generation opened while tasks are alive starts with their TASK_CREATE (its status),
+    # read from the native table.
+    w = native.Window(10 * S, 1 << 20)
+    create = (TASK_CREATE, T0, 0x2000, "Task-7", "main", None, 3, None)
+    w.append(create)
+    w.maintain(True)  # seal: the next event opens a generation headed by the status
+    w.append((TASK_STEP, T0 + 10, T0 + 20, 0x2000, T0 + 5))
+    segments, tasks, _reqs, _dropped, _now = w._freeze_parts()
+    assert len(segments) == 2
+    assert tasks == {}  # the status at the window's start: before the task was made
+    assert segments[-1].status()[0] == {0x2000: create}

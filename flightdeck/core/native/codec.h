@@ -223,4 +223,117 @@ u64tab_del(U64Tab *t, uint64_t key)
     }
 }
 
+/* ObjTab: uint64 -> owned object reference (the status table of live tasks: tid + 2 ->
+ * TASK_CREATE), open addressing as U64Tab (key 0 empty, 1 deleted). */
+typedef struct {
+    uint64_t key;
+    PyObject *val;
+} ObjSlot;
+typedef struct {
+    ObjSlot *slots;
+    uint32_t cap, n, used;
+} ObjTab;
+
+static PyObject *
+objtab_get(const ObjTab *t, uint64_t key)
+{
+    if (!t->cap) return NULL;
+    uint32_t mask = t->cap - 1, i = u64hash(key) & mask;
+    for (;;) {
+        ObjSlot *sl = &t->slots[i];
+        if (sl->key == key) return sl->val;
+        if (sl->key == 0) return NULL;
+        i = (i + 1) & mask;
+    }
+}
+
+static int
+objtab_rehash(ObjTab *t, uint32_t ncap)
+{
+    ObjSlot *ns = PyMem_Calloc(ncap, sizeof(ObjSlot));
+    if (!ns) return -1;
+    for (uint32_t j = 0; j < t->cap; j++) {
+        ObjSlot *o = &t->slots[j];
+        if (o->key <= 1) continue;
+        uint32_t i = u64hash(o->key) & (ncap - 1);
+        while (ns[i].key) i = (i + 1) & (ncap - 1);
+        ns[i] = *o;
+    }
+    PyMem_Free(t->slots);
+    t->slots = ns;
+    t->cap = ncap;
+    t->used = t->n;
+    return 0;
+}
+
+/* Insert or replace, taking a new reference to val; -1 on memory errors (no exception set).
+ * The value replaced is returned (the caller releases it once the table is consistent). */
+static int
+objtab_put(ObjTab *t, uint64_t key, PyObject *val, PyObject **old)
+{
+    *old = NULL;
+    if (key <= 1) return -1;
+    if ((t->used + 1) * 2 > t->cap) {
+        uint32_t ncap = t->cap ? t->cap : 64;
+        while ((t->n + 1) * 2 > ncap) ncap *= 2;
+        if (objtab_rehash(t, ncap < 64 ? 64 : ncap) < 0) return -1;
+    }
+    uint32_t mask = t->cap - 1, i = u64hash(key) & mask;
+    ObjSlot *tomb = NULL;
+    for (;;) {
+        ObjSlot *sl = &t->slots[i];
+        if (sl->key == key) {
+            *old = sl->val;
+            sl->val = Py_NewRef(val);
+            return 0;
+        }
+        if (sl->key == 1 && !tomb) tomb = sl;
+        if (sl->key == 0) {
+            if (tomb)
+                sl = tomb;
+            else
+                t->used++;
+            sl->key = key;
+            sl->val = Py_NewRef(val);
+            t->n++;
+            return 0;
+        }
+        i = (i + 1) & mask;
+    }
+}
+
+/* Remove key; its value (a reference the caller now owns) or NULL when absent. */
+static PyObject *
+objtab_take(ObjTab *t, uint64_t key)
+{
+    if (!t->cap) return NULL;
+    uint32_t mask = t->cap - 1, i = u64hash(key) & mask;
+    for (;;) {
+        ObjSlot *sl = &t->slots[i];
+        if (sl->key == key) {
+            PyObject *v = sl->val;
+            sl->key = 1;
+            sl->val = NULL;
+            t->n--;
+            return v;
+        }
+        if (sl->key == 0) return NULL;
+        i = (i + 1) & mask;
+    }
+}
+
+/* Empty it; the values are released after the table is detached (their release may run
+ * code that looks at it). */
+static void
+objtab_clear(ObjTab *t)
+{
+    ObjSlot *slots = t->slots;
+    uint32_t cap = t->cap;
+    t->slots = NULL;
+    t->cap = t->n = t->used = 0;
+    for (uint32_t j = 0; j < cap; j++)
+        if (slots[j].key > 1) Py_XDECREF(slots[j].val);
+    PyMem_Free(slots);
+}
+
 #endif /* FD_NATIVE_CODEC_H */

@@ -222,7 +222,8 @@ typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
     Window *win;
-    PyObject *live;      /* live_tasks dict: popped when a task finishes */
+    PyObject *live;      /* a live_tasks dict, popped when a task finishes, or NULL: the
+                          * window's own table (it keeps it from the events) */
     PyObject *wait_cb;   /* wait_cb(task, tid, prev_end, t_queued): a long suspension */
     PyObject *step_type; /* TaskStepMethWrapper */
     int64_t wait_ns;
@@ -336,7 +337,8 @@ runner_done(Runner *r, PyObject *task, uint64_t raw, int64_t t)
         r->errors++;
         return;
     }
-    if (PyDict_GET_SIZE(r->live) && PyDict_DelItem(r->live, key) < 0) PyErr_Clear();
+    /* the window's own table (r->live NULL) is kept by win_task_done, below */
+    if (r->live && PyDict_GET_SIZE(r->live) && PyDict_DelItem(r->live, key) < 0) PyErr_Clear();
     PyObject *state = NULL, *exc_name = Py_None, *name = NULL, *exc = NULL;
     PyObject *c = task_method(r, task, 0);
     if (!c) goto fail;
@@ -591,18 +593,22 @@ Runner_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     PyObject *slow_cb = Py_None, *cancel_begin = Py_None, *cancel_end = Py_None;
     long long wait_ns, slow_ns = 0;
     int native_wait = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!OLO!|$OLOOp:StepRunner", kwlist, &Window_Type,
-                                     &win, &PyDict_Type, &live, &wait_cb, &wait_ns, &PyType_Type,
-                                     &step_type, &slow_cb, &slow_ns, &cancel_begin, &cancel_end,
-                                     &native_wait))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!OOLO!|$OLOOp:StepRunner", kwlist, &Window_Type,
+                                     &win, &live, &wait_cb, &wait_ns, &PyType_Type, &step_type,
+                                     &slow_cb, &slow_ns, &cancel_begin, &cancel_end, &native_wait))
         return NULL;
+    /* the window's own live tasks: it keeps them from the events (no table here) */
+    int shared = Py_IS_TYPE(live, &LiveTasks_Type) && ((LiveTasks *)live)->win == (Window *)win;
+    if (!shared && !PyDict_Check(live)) {
+        PyErr_SetString(PyExc_TypeError, "live_tasks must be a dict or the window's live_tasks");
+        return NULL;
+    }
     Runner *r = (Runner *)type->tp_alloc(type, 0);
     if (!r) return NULL;
     r->vectorcall = (vectorcallfunc)Runner_vectorcall;
     Py_INCREF(win);
     r->win = (Window *)win;
-    Py_INCREF(live);
-    r->live = live;
+    r->live = shared ? NULL : Py_NewRef(live);
     Py_INCREF(wait_cb);
     r->wait_cb = wait_cb;
     Py_INCREF(step_type);

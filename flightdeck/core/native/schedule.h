@@ -196,51 +196,175 @@ typedef struct {
     PyObject *ready_append; /* its _ready.append, bound */
     int fill;               /* handle_type is laid out as Handle: fill its slots (no __init__) */
     HandleLayout lay;
+    PyObject *bound; /* a BoundCallSoon for the loop it last bound to, or NULL */
 } CallSoon;
 
 static PyTypeObject CallSoon_Type;
 
 #define SMALL_ARGS 12
 
+/* BoundCallSoon: ``loop.call_soon`` as the loop subclass hands it out. A Task looks the
+ * method up on every step and wakeup it schedules (with a context: an attribute lookup, then
+ * a call), so binding allocates a method object each time; this one is made once per loop
+ * and handed out again, and prepends the loop without a method object's extra call. */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *cs;   /* the CallSoon */
+    PyObject *self; /* the loop */
+} BoundCallSoon;
+
+static PyTypeObject BoundCallSoon_Type;
+static PyObject *CallSoon_vectorcall(PyObject *cs, PyObject *const *args, size_t nargsf,
+                                     PyObject *kwnames);
+static PyObject *call_base_wrapped(CallSoon *cs, PyObject *loop, PyObject *const *args,
+                                   Py_ssize_t nargs, PyObject *kwnames, PyObject *tqobj);
+static inline int queued_at(Runner *r, PyObject *cb, int64_t *tq);
+
 static PyObject *
-call_base_wrapped(CallSoon *cs, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-                  PyObject *tqobj)
+BoundCallSoon_vectorcall(BoundCallSoon *b, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
-    /* base(loop, runner, callback, t_queued, *rest, **kw) */
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t total = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
+    CallSoon *cs = (CallSoon *)b->cs;
+    int64_t tq;
+    if (cs->handle_type == Py_None && nargs >= 1 && queued_at(cs->runner, args[0], &tq)) {
+        /* a loop of its own (uvloop): the base's call_soon with the runner in front, the
+         * arguments copied once */
+        PyObject *tqobj = PyLong_FromLongLong(tq);
+        if (tqobj) {
+            PyObject *res = call_base_wrapped(cs, b->self, args, nargs, kwnames, tqobj);
+            Py_DECREF(tqobj);
+            return res;
+        }
+        PyErr_Clear(); /* untimed, as CallSoon does */
+    }
+    if (nargsf & PY_VECTORCALL_ARGUMENTS_OFFSET) {
+        /* the caller lets us use the slot before args (the protocol's promise) */
+        PyObject **a = (PyObject **)args - 1;
+        PyObject *saved = a[0];
+        a[0] = b->self;
+        PyObject *res = CallSoon_vectorcall(b->cs, a, (size_t)(nargs + 1), kwnames);
+        a[0] = saved;
+        return res;
+    }
+    PyObject *small[SMALL_ARGS];
+    PyObject **a =
+        total + 1 <= SMALL_ARGS ? small : PyMem_Malloc((size_t)(total + 1) * sizeof(PyObject *));
+    if (!a) return PyErr_NoMemory();
+    a[0] = b->self;
+    for (Py_ssize_t i = 0; i < total; i++) a[i + 1] = args[i];
+    PyObject *res = CallSoon_vectorcall(b->cs, a, (size_t)(nargs + 1), kwnames);
+    if (a != small) PyMem_Free(a);
+    return res;
+}
+
+static int
+BoundCallSoon_traverse(BoundCallSoon *b, visitproc visit, void *arg)
+{
+    Py_VISIT(b->cs);
+    Py_VISIT(b->self);
+    return 0;
+}
+
+static int
+BoundCallSoon_clear(BoundCallSoon *b)
+{
+    Py_CLEAR(b->cs);
+    Py_CLEAR(b->self);
+    return 0;
+}
+
+static void
+BoundCallSoon_dealloc(BoundCallSoon *b)
+{
+    PyObject_GC_UnTrack(b);
+    BoundCallSoon_clear(b);
+    Py_TYPE(b)->tp_free((PyObject *)b);
+}
+
+static PyObject *
+BoundCallSoon_get_name(BoundCallSoon *b, void *c)
+{
+    return PyUnicode_FromString("call_soon");
+}
+
+static PyMemberDef BoundCallSoon_members[] = {
+    {"__self__", T_OBJECT, offsetof(BoundCallSoon, self), READONLY, NULL},
+    {"__func__", T_OBJECT, offsetof(BoundCallSoon, cs), READONLY, NULL},
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(BoundCallSoon, vectorcall), READONLY, NULL},
+    {NULL}};
+
+static PyGetSetDef BoundCallSoon_getset[] = {
+    {"__name__", (getter)BoundCallSoon_get_name, NULL, NULL, NULL}, {NULL}};
+
+static PyTypeObject BoundCallSoon_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "flightdeck.core._native.BoundCallSoon",
+    .tp_basicsize = sizeof(BoundCallSoon),
+    .tp_dealloc = (destructor)BoundCallSoon_dealloc,
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "A loop's call_soon, bound to it (made once per loop).",
+    .tp_traverse = (traverseproc)BoundCallSoon_traverse,
+    .tp_clear = (inquiry)BoundCallSoon_clear,
+    .tp_members = BoundCallSoon_members,
+    .tp_getset = BoundCallSoon_getset,
+    .tp_vectorcall_offset = offsetof(BoundCallSoon, vectorcall),
+};
+
+#define SMALL_ARGS 12
+
+static PyObject *
+call_base_wrapped(CallSoon *cs, PyObject *loop, PyObject *const *args, Py_ssize_t nargs,
+                  PyObject *kwnames, PyObject *tqobj)
+{
+    /* base(loop, runner, callback, t_queued, *rest, **kw), from args = (callback, *rest, *kw
+     * values): the loop comes apart, so that a bound call needs no copy of its own */
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    Py_ssize_t total = nargs + 2 + nkw;
+    Py_ssize_t total = nargs + 3 + nkw;
     PyObject *small[SMALL_ARGS + 1];
     PyObject **buf = total + 1 <= SMALL_ARGS + 1
                          ? small
                          : PyMem_Malloc((size_t)(total + 1) * sizeof(PyObject *));
     if (!buf) return PyErr_NoMemory();
     PyObject **a = buf + 1;
-    a[0] = args[0];
+    a[0] = loop;
     a[1] = (PyObject *)cs->runner;
-    a[2] = args[1];
+    a[2] = args[0];
     a[3] = tqobj;
-    for (Py_ssize_t i = 2; i < nargs + nkw; i++) a[i + 2] = args[i];
+    for (Py_ssize_t i = 1; i < nargs + nkw; i++) a[i + 3] = args[i];
     PyObject *res = PyObject_Vectorcall(
-        cs->base, a, (size_t)(nargs + 2) | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames);
+        cs->base, a, (size_t)(nargs + 3) | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames);
     if (buf != small) PyMem_Free(buf);
     return res;
 }
 
-static PyObject *
-CallSoon_vectorcall(CallSoon *cs, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+/* 1 and when the callback was queued when it is a task's step or wakeup, else 0. */
+static inline int
+queued_at(Runner *r, PyObject *cb, int64_t *tq)
 {
+    if (Py_TYPE(cb) == (PyTypeObject *)r->step_type) {
+        *tq = fd_clock();
+        return 1;
+    }
+    if (Py_IS_TYPE(cb, &PyCFunction_Type) && PyCFunction_GET_SELF(cb)
+        && strcmp(((PyCFunctionObject *)cb)->m_ml->ml_name, "task_wakeup") == 0) {
+        *tq = runner_woken(r);
+        return 1;
+    }
+    return 0;
+}
+
+static PyObject *
+CallSoon_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    CallSoon *cs = (CallSoon *)self;
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     if (nargs < 2) return PyObject_Vectorcall(cs->base, args, nargsf, kwnames);
     PyObject *cb = args[1];
     Runner *r = cs->runner;
     int64_t tq;
-    if (Py_TYPE(cb) == (PyTypeObject *)r->step_type)
-        tq = fd_clock();
-    else if (Py_IS_TYPE(cb, &PyCFunction_Type) && PyCFunction_GET_SELF(cb)
-             && strcmp(((PyCFunctionObject *)cb)->m_ml->ml_name, "task_wakeup") == 0)
-        tq = runner_woken(r);
-    else
-        return PyObject_Vectorcall(cs->base, args, nargsf, kwnames);
+    if (!queued_at(r, cb, &tq)) return PyObject_Vectorcall(cs->base, args, nargsf, kwnames);
     PyObject *tqobj = PyLong_FromLongLong(tq);
     if (!tqobj) {
         PyErr_Clear();
@@ -325,7 +449,7 @@ CallSoon_vectorcall(CallSoon *cs, PyObject *const *args, size_t nargsf, PyObject
             return handle;
         }
     }
-    res = call_base_wrapped(cs, args, nargs, kwnames, tqobj);
+    res = call_base_wrapped(cs, loop, args + 1, nargs - 1, kwnames, tqobj);
     Py_DECREF(tqobj);
     return res;
 }
@@ -337,8 +461,30 @@ CallSoon_descr_get(PyObject *self, PyObject *obj, PyObject *type)
         Py_INCREF(self);
         return self;
     }
-    return PyMethod_New(self, obj);
+    CallSoon *cs = (CallSoon *)self;
+    BoundCallSoon *b = (BoundCallSoon *)cs->bound;
+    if (b && b->self == obj) return Py_NewRef((PyObject *)b);
+    b = PyObject_GC_New(BoundCallSoon, &BoundCallSoon_Type);
+    if (!b) return NULL;
+    b->vectorcall = (vectorcallfunc)BoundCallSoon_vectorcall;
+    b->cs = Py_NewRef(self);
+    b->self = Py_NewRef(obj);
+    PyObject_GC_Track(b);
+    /* kept for the next lookup: a cycle (loop -> its class -> this -> loop) the collector
+     * breaks, and that forget() breaks at once when the hook is taken off */
+    Py_XSETREF(cs->bound, Py_NewRef((PyObject *)b));
+    return (PyObject *)b;
 }
+
+static PyObject *
+CallSoon_forget(CallSoon *cs, PyObject *Py_UNUSED(ignored))
+{
+    Py_CLEAR(cs->bound);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef CallSoon_methods[] = {
+    {"forget", (PyCFunction)CallSoon_forget, METH_NOARGS, "Drop the loop it is bound to."}, {NULL}};
 
 static int
 CallSoon_traverse(CallSoon *cs, visitproc visit, void *arg)
@@ -348,12 +494,14 @@ CallSoon_traverse(CallSoon *cs, visitproc visit, void *arg)
     Py_VISIT(cs->handle_type);
     Py_VISIT(cs->loop_dict);
     Py_VISIT(cs->ready_append);
+    Py_VISIT(cs->bound);
     return 0;
 }
 
 static int
 CallSoon_clear(CallSoon *cs)
 {
+    Py_CLEAR(cs->bound);
     Py_CLEAR(cs->runner);
     Py_CLEAR(cs->base);
     Py_CLEAR(cs->handle_type);
@@ -381,7 +529,7 @@ CallSoon_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         return NULL;
     CallSoon *cs = (CallSoon *)type->tp_alloc(type, 0);
     if (!cs) return NULL;
-    cs->vectorcall = (vectorcallfunc)CallSoon_vectorcall;
+    cs->vectorcall = CallSoon_vectorcall;
     Py_INCREF(runner);
     cs->runner = (Runner *)runner;
     Py_INCREF(base);
@@ -417,6 +565,7 @@ static PyTypeObject CallSoon_Type = {
     .tp_traverse = (traverseproc)CallSoon_traverse,
     .tp_clear = (inquiry)CallSoon_clear,
     .tp_members = CallSoon_members,
+    .tp_methods = CallSoon_methods,
     .tp_descr_get = CallSoon_descr_get,
     .tp_vectorcall_offset = offsetof(CallSoon, vectorcall),
     .tp_new = CallSoon_new,
@@ -424,6 +573,8 @@ static PyTypeObject CallSoon_Type = {
 
 /* ------------------------------------------------------------------------------------ */
 /* CreateTask: the loop subclass's create_task, recording TASK_CREATE                    */
+
+#define SITE_CACHE 64
 
 typedef struct {
     PyObject_HEAD
@@ -437,6 +588,12 @@ typedef struct {
     PyObject *current_tasks; /* 3.11: asyncio.tasks._current_tasks (loop -> task), or NULL:
                              * current_task() is a Python function there */
     Py_ssize_t max_live;
+    /* Whether a code object is asyncio's (its file under skip_prefix), by the code object:
+     * the walk to the creation site passes the same few frames each time (create_task,
+     * ensure_future, gather). Direct-mapped; each entry holds its code object, so that an
+     * address is never taken for another code object's. */
+    PyObject *site_code[SITE_CACHE];
+    char site_inside[SITE_CACHE];
 } CreateTask;
 
 static PyTypeObject CreateTask_Type;
@@ -451,7 +608,15 @@ creation_site(CreateTask *ct)
     Py_ssize_t plen = PyUnicode_GET_LENGTH(ct->skip_prefix);
     while (f) {
         PyCodeObject *code = PyFrame_GetCode(f);
-        int inside = PyUnicode_Tailmatch(code->co_filename, ct->skip_prefix, 0, plen, -1) == 1;
+        size_t slot = ((uintptr_t)code >> 4) % SITE_CACHE;
+        int inside;
+        if (ct->site_code[slot] == (PyObject *)code)
+            inside = ct->site_inside[slot];
+        else {
+            inside = PyUnicode_Tailmatch(code->co_filename, ct->skip_prefix, 0, plen, -1) == 1;
+            Py_XSETREF(ct->site_code[slot], Py_NewRef((PyObject *)code));
+            ct->site_inside[slot] = (char)inside;
+        }
         if (!inside) {
             PyObject *site = frame_site(f, code);
             Py_DECREF(code);
@@ -540,7 +705,9 @@ create_record(CreateTask *ct, PyObject *loop, PyObject *coro, PyObject *context,
         if (!res) goto out;
         Py_DECREF(res);
     } else {
-        if (PyDict_GET_SIZE(r->live) < ct->max_live) {
+        /* the window's own table took it in win_append (r->live NULL: the runner was
+         * given the window's live_tasks); a separate dict only when one was given */
+        if (r->live && PyDict_GET_SIZE(r->live) < ct->max_live) {
             PyObject *key = PyTuple_GET_ITEM(ev, 2);
             if (PyDict_SetItem(r->live, key, ev) < 0) goto out;
         }
@@ -594,6 +761,7 @@ CreateTask_traverse(CreateTask *ct, visitproc visit, void *arg)
     Py_VISIT(ct->done_cb);
     Py_VISIT(ct->skip_prefix);
     Py_VISIT(ct->current_tasks);
+    for (int i = 0; i < SITE_CACHE; i++) Py_VISIT(ct->site_code[i]);
     return 0;
 }
 
@@ -607,6 +775,7 @@ CreateTask_clear(CreateTask *ct)
     Py_CLEAR(ct->done_cb);
     Py_CLEAR(ct->skip_prefix);
     Py_CLEAR(ct->current_tasks);
+    for (int i = 0; i < SITE_CACHE; i++) Py_CLEAR(ct->site_code[i]);
     return 0;
 }
 

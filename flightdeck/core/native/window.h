@@ -19,7 +19,9 @@ typedef struct {
     PyObject *sealed; /* list of Segment, oldest first */
     Py_ssize_t sealed_bytes;
     Py_ssize_t sealed_events;
-    PyObject *st_tasks, *st_reqs; /* status: tid -> TASK_CREATE, rid -> REQ_START */
+    ObjTab st_tasks; /* status: tid + 2 -> TASK_CREATE (the live tasks; no Python dict: one
+                       * insert and one removal a task, by address, no int objects) */
+    ObjTab st_reqs;  /* status: rid + 2 -> REQ_START (the requests in flight), the same way */
     Py_ssize_t st_limit;
     Py_ssize_t st_req_bytes; /* the requests' entries by req_status_bytes */
     long long recorded, evicted, dropped, overflows, seal_errors, sealed_n, errors;
@@ -58,8 +60,10 @@ Window_traverse(Window *w, visitproc visit, void *arg)
     Py_VISIT(w->dict);
     Py_VISIT(w->clock);
     Py_VISIT(w->sealed);
-    Py_VISIT(w->st_tasks);
-    Py_VISIT(w->st_reqs);
+    for (uint32_t j = 0; j < w->st_tasks.cap; j++)
+        if (w->st_tasks.slots[j].key > 1) Py_VISIT(w->st_tasks.slots[j].val);
+    for (uint32_t j = 0; j < w->st_reqs.cap; j++)
+        if (w->st_reqs.slots[j].key > 1) Py_VISIT(w->st_reqs.slots[j].val);
     return 0;
 }
 
@@ -70,8 +74,8 @@ Window_clear_refs(Window *w)
     Py_CLEAR(w->clock);
     Py_CLEAR(w->sealed);
     Py_CLEAR(w->cur);
-    Py_CLEAR(w->st_tasks);
-    Py_CLEAR(w->st_reqs);
+    objtab_clear(&w->st_tasks);
+    objtab_clear(&w->st_reqs);
     return 0;
 }
 
@@ -90,9 +94,7 @@ Window_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     Window *w = (Window *)type->tp_alloc(type, 0);
     if (!w) return NULL;
     w->sealed = PyList_New(0);
-    w->st_tasks = PyDict_New();
-    w->st_reqs = PyDict_New();
-    if (!w->sealed || !w->st_tasks || !w->st_reqs) {
+    if (!w->sealed) {
         Py_DECREF(w);
         return NULL;
     }
@@ -174,43 +176,74 @@ req_status_bytes(PyObject *ev)
     return n;
 }
 
+/* The key of a task id in the status table: 0 and the key set, or -1 (an id that is not a
+ * non-negative int below 2**64 - 2 is not kept). */
+static inline int
+tid_key(PyObject *tid, uint64_t *key)
+{
+    if (!PyLong_CheckExact(tid)) return -1;
+    unsigned long long v = PyLong_AsUnsignedLongLong(tid);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return -1;
+    }
+    if (v >= UINT64_MAX - 2) return -1;
+    *key = (uint64_t)v + 2;
+    return 0;
+}
+
+/* The live tasks: TASK_CREATE in, TASK_DONE out; within the status share (win_status). */
+static void
+win_task_status(Window *w, int64_t kind, PyObject *ev)
+{
+    uint64_t key;
+    if (tid_key(PyTuple_GET_ITEM(ev, 2), &key) < 0) return;
+    PyObject *old = NULL;
+    if (kind == K_TASK_CREATE) {
+        if (((Py_ssize_t)w->st_tasks.n + (Py_ssize_t)w->st_reqs.n >= w->st_limit
+             || (Py_ssize_t)w->st_tasks.n * EST_STATUS_BYTES + w->st_req_bytes
+                    > w->st_limit * EST_STATUS_BYTES)
+            && !objtab_get(&w->st_tasks, key))
+            return;
+        if (objtab_put(&w->st_tasks, key, ev, &old) < 0) w->errors++;
+    } else
+        old = objtab_take(&w->st_tasks, key);
+    Py_XDECREF(old);
+}
+
 /* The status tables follow the events (the GIL orders them). */
 static void
 win_status(Window *w, int64_t kind, PyObject *ev)
 {
-    PyObject *d = kind == K_TASK_CREATE || kind == K_TASK_DONE ? w->st_tasks : w->st_reqs;
     if (PyTuple_GET_SIZE(ev) < 3) return;
-    PyObject *key = PyTuple_GET_ITEM(ev, 2);
-    /* only keys whose hash and equality run no Python code */
-    if (!PyLong_CheckExact(key) && !PyUnicode_CheckExact(key)) return;
-    PyObject *old =
-        kind == K_REQ_START || kind == K_REQ_END ? PyDict_GetItemWithError(d, key) : NULL;
-    if (old == NULL && PyErr_Occurred()) {
-        PyErr_Clear();
-        w->errors++;
+    if (kind == K_TASK_CREATE || kind == K_TASK_DONE) {
+        win_task_status(w, kind, ev);
         return;
     }
+    uint64_t key; /* request ids are ints from 1 (the middleware's) */
+    if (tid_key(PyTuple_GET_ITEM(ev, 2), &key) < 0) return;
+    PyObject *old = objtab_get(&w->st_reqs, key);
     Py_ssize_t old_cost = old && PyTuple_CheckExact(old) ? req_status_bytes(old) : 0;
-    if (kind == K_TASK_CREATE || kind == K_REQ_START) {
+    if (kind == K_REQ_START) {
         /* One limit for both tables together: the ring was sized around their one share;
          * requests are costed by what they hold against that share in bytes. */
-        Py_ssize_t cost = kind == K_REQ_START ? req_status_bytes(ev) : 0;
-        if (PyDict_GET_SIZE(w->st_tasks) + PyDict_GET_SIZE(w->st_reqs) >= w->st_limit
-            || PyDict_GET_SIZE(w->st_tasks) * EST_STATUS_BYTES + w->st_req_bytes - old_cost + cost
+        Py_ssize_t cost = req_status_bytes(ev);
+        if ((Py_ssize_t)w->st_tasks.n + (Py_ssize_t)w->st_reqs.n >= w->st_limit
+            || (Py_ssize_t)w->st_tasks.n * EST_STATUS_BYTES + w->st_req_bytes - old_cost + cost
                    > w->st_limit * EST_STATUS_BYTES) {
-            if (kind == K_REQ_START ? old == NULL : !PyDict_Contains(d, key)) return;
+            if (old == NULL) return;
         }
-        if (PyDict_SetItem(d, key, ev) < 0) {
-            PyErr_Clear();
+        PyObject *replaced = NULL;
+        if (objtab_put(&w->st_reqs, key, ev, &replaced) < 0) {
             w->errors++;
             return;
         }
         w->st_req_bytes += cost - old_cost;
+        Py_XDECREF(replaced);
     } else {
-        if (PyDict_DelItem(d, key) < 0)
-            PyErr_Clear();
-        else
-            w->st_req_bytes -= old_cost;
+        PyObject *gone = objtab_take(&w->st_reqs, key);
+        if (gone) w->st_req_bytes -= old_cost;
+        Py_XDECREF(gone);
     }
 }
 
@@ -269,16 +302,20 @@ win_open(Window *w, int64_t now)
      * events (else each event would open a new generation). What does not fit is counted. */
     Py_ssize_t cap = g->cap;
     g->cap = cap / 2;
-    PyObject *tables[2] = {w->st_tasks, w->st_reqs};
-    for (int k = 0; k < 2; k++) {
-        Py_ssize_t pos = 0;
-        PyObject *key, *ev;
-        while (PyDict_Next(tables[k], &pos, &key, &ev)) {
-            int64_t t_end;
-            if (!PyTuple_CheckExact(ev) || enc_event(g, ev, &t_end) < 0) {
-                w->status_truncated++;
-                if (PyErr_Occurred()) PyErr_Clear();
-            }
+    for (uint32_t j = 0; j < w->st_tasks.cap; j++) {
+        PyObject *ev = w->st_tasks.slots[j].key > 1 ? w->st_tasks.slots[j].val : NULL;
+        int64_t t_end;
+        if (ev && (!PyTuple_CheckExact(ev) || enc_event(g, ev, &t_end) < 0)) {
+            w->status_truncated++;
+            if (PyErr_Occurred()) PyErr_Clear();
+        }
+    }
+    for (uint32_t j = 0; j < w->st_reqs.cap; j++) {
+        PyObject *ev = w->st_reqs.slots[j].key > 1 ? w->st_reqs.slots[j].val : NULL;
+        int64_t t_end;
+        if (ev && (!PyTuple_CheckExact(ev) || enc_event(g, ev, &t_end) < 0)) {
+            w->status_truncated++;
+            if (PyErr_Occurred()) PyErr_Clear();
         }
     }
     g->cap = cap;
@@ -391,20 +428,12 @@ Window_append(Window *w, PyObject *ev)
 static void
 win_req_forget(Window *w, PyObject *rid)
 {
-    if (!PyLong_CheckExact(rid)) return;
-    PyObject *old = PyDict_GetItemWithError(w->st_reqs, rid);
-    if (old == NULL) {
-        if (PyErr_Occurred()) {
-            PyErr_Clear();
-            w->errors++;
-        }
-        return;
-    }
-    Py_ssize_t old_cost = PyTuple_CheckExact(old) ? req_status_bytes(old) : 0;
-    if (PyDict_DelItem(w->st_reqs, rid) < 0)
-        PyErr_Clear();
-    else
-        w->st_req_bytes -= old_cost;
+    uint64_t key;
+    if (tid_key(rid, &key) < 0) return;
+    PyObject *old = objtab_take(&w->st_reqs, key);
+    if (old == NULL) return;
+    w->st_req_bytes -= PyTuple_CheckExact(old) ? req_status_bytes(old) : 0;
+    Py_DECREF(old);
 }
 
 /* REQ_END from C values: the record enc_event writes for the tuple of the same fields. */
@@ -534,10 +563,14 @@ win_task_done(Window *w, const TaskDone *d, PyObject *key)
 {
     int r = win_write(w, enc_task_done, d);
     if (r == E_BAD) return 1;
-    if (r == 0) {
-        w->busy = 1;
-        if (PyDict_DelItem(w->st_tasks, key) < 0) PyErr_Clear();
-        w->busy = 0;
+    /* the task is over whether or not its event found room: it leaves the table */
+    if (!w->busy && d->tid >= 0 && (uint64_t)d->tid < UINT64_MAX - 2) {
+        PyObject *old = objtab_take(&w->st_tasks, (uint64_t)d->tid + 2);
+        if (old) {
+            w->busy = 1; /* its release runs no code of ours, but nothing may re-enter */
+            Py_DECREF(old);
+            w->busy = 0;
+        }
     }
     return 0;
 }
@@ -596,6 +629,33 @@ Window_maintain(Window *w, PyObject *args, PyObject *kw)
 
 /* (segments, tasks, requests, dropped, t_now): the sealed generations (immutable, shared)
  * and a copy of the open one; the status of the oldest one held. */
+/* A new dict of a status table (id -> event), or NULL with an exception. The window is
+ * marked busy meanwhile: an allocation may run a finalizer, and what it records is then
+ * dropped and counted rather than changing the table under the loop. */
+static PyObject *
+win_table_dict(Window *w, ObjTab *t)
+{
+    PyObject *d = PyDict_New();
+    if (!d) return NULL;
+    int busy = w->busy;
+    w->busy = 1;
+    for (uint32_t j = 0; j < t->cap; j++) {
+        ObjSlot *sl = &t->slots[j];
+        if (sl->key <= 1) continue;
+        PyObject *k = PyLong_FromUnsignedLongLong(sl->key - 2);
+        if (!k || PyDict_SetItem(d, k, sl->val) < 0) {
+            Py_XDECREF(k);
+            Py_CLEAR(d);
+            break;
+        }
+        Py_DECREF(k);
+    }
+    w->busy = busy;
+    return d;
+}
+
+#include "livetasks.h"
+
 static PyObject *
 Window_freeze_parts(Window *w, PyObject *Py_UNUSED(ignored))
 {
@@ -615,7 +675,8 @@ Window_freeze_parts(Window *w, PyObject *Py_UNUSED(ignored))
     if (PyList_GET_SIZE(segs)) {
         status = Segment_status((Segment *)PyList_GET_ITEM(segs, 0), NULL);
     } else {
-        status = Py_BuildValue("(NN)", PyDict_Copy(w->st_tasks), PyDict_Copy(w->st_reqs));
+        status =
+            Py_BuildValue("(NN)", win_table_dict(w, &w->st_tasks), win_table_dict(w, &w->st_reqs));
     }
     if (!status) {
         Py_DECREF(segs);
@@ -675,8 +736,8 @@ win_clear(Window *w)
     if (PyList_SetSlice(w->sealed, 0, PyList_GET_SIZE(w->sealed), NULL) < 0) PyErr_Clear();
     w->sealed_bytes = 0;
     w->sealed_events = 0;
-    PyDict_Clear(w->st_tasks);
-    PyDict_Clear(w->st_reqs);
+    objtab_clear(&w->st_tasks);
+    objtab_clear(&w->st_reqs);
     w->st_req_bytes = 0;
     w->has_last = 0;
 }
@@ -717,8 +778,14 @@ static PyObject *
 Window_get_nbytes(Window *w, void *c)
 {
     Py_ssize_t n = w->sealed_bytes + (w->cur ? seg_bytes(w->cur) : 0)
-                   + PyDict_GET_SIZE(w->st_tasks) * EST_STATUS_BYTES + w->st_req_bytes;
+                   + (Py_ssize_t)w->st_tasks.n * EST_STATUS_BYTES + w->st_req_bytes;
     return PyLong_FromSsize_t(n);
+}
+
+static PyObject *
+Window_get_live_tasks(Window *w, void *c)
+{
+    return live_tasks_new(w);
 }
 
 static PyObject *
@@ -778,6 +845,8 @@ static PyMemberDef Window_members[] = {
 static PyGetSetDef Window_getset[] = {
     {"nbytes", (getter)Window_get_nbytes, NULL, "accounted bytes held", NULL},
     {"events", (getter)Window_get_events, NULL, "events held", NULL},
+    {"live_tasks", (getter)Window_get_live_tasks, NULL,
+     "tasks alive now, tid -> TASK_CREATE (the status table; shared with the hook)", NULL},
     {"segments", (getter)Window_get_segments, NULL, "sealed generations held", NULL},
     {"open_bytes", (getter)Window_get_open_bytes, NULL, "record bytes in the open generation",
      NULL},

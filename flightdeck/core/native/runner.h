@@ -243,9 +243,45 @@ typedef struct {
     int native_wait;     /* record TASK_WAIT here (its await chain natively), not wait_cb */
     PyObject *meth_type; /* the task type whose cancelled and get_name are cached below */
     PyObject *meth[3];   /* cancelled, get_name, get_coro */
+    PyObject *exc_type, *exc_descr; /* the task type whose _exception getter is kept */
 } Runner;
 
 static PyTypeObject Runner_Type;
+
+/* meth(self) for a method of self's type without arguments: a C method (METH_NOARGS, a
+ * method descriptor of a type self is an instance of) is called directly, without the
+ * descriptor's vectorcall and its checks; anything else through vectorcall. */
+static inline PyObject *
+call_noargs(PyObject *meth, PyObject *self)
+{
+    if (Py_IS_TYPE(meth, &PyMethodDescr_Type)) {
+        PyMethodDescrObject *d = (PyMethodDescrObject *)meth;
+        if ((d->d_method->ml_flags & ~METH_COEXIST) == METH_NOARGS
+            && (Py_TYPE(self) == d->d_common.d_type
+                || PyType_IsSubtype(Py_TYPE(self), d->d_common.d_type)))
+            return d->d_method->ml_meth(self, NULL);
+    }
+    return PyObject_Vectorcall(meth, &self, 1, NULL);
+}
+
+/* obj.<name> where type(obj) is immutable and the name is one of its getset descriptors
+ * (``_exception`` of a C Task, ``__qualname__`` of a coroutine): the getter, called
+ * directly; the lookup is kept per type in *type and *descr. Anything else: getattr. */
+static PyObject *
+getset_attr(PyObject *obj, PyObject *name, PyObject **type, PyObject **descr)
+{
+    PyTypeObject *tp = Py_TYPE(obj);
+    if ((PyObject *)tp != *type) {
+        PyObject *d = (tp->tp_flags & Py_TPFLAGS_IMMUTABLETYPE) ? _PyType_Lookup(tp, name) : NULL;
+        Py_XSETREF(*descr, d && Py_IS_TYPE(d, &PyGetSetDescr_Type) ? Py_NewRef(d) : NULL);
+        Py_XSETREF(*type, Py_NewRef((PyObject *)tp));
+    }
+    if (*descr) {
+        PyGetSetDef *gs = ((PyGetSetDescrObject *)*descr)->d_getset;
+        if (gs->get) return gs->get(obj, gs->closure);
+    }
+    return PyObject_GetAttr(obj, name);
+}
 static PyObject *s_done, *s_cancelled, *s_get_name, *s__exception, *s___self__, *s__debug,
     *s__closed, *s__ready, *s_append, *s_context, *s_state_done, *s_state_cancelled, *s_state_error,
     *s___qualname__;
@@ -288,7 +324,7 @@ task_done(Runner *r, PyObject *task)
         Py_INCREF(Py_TYPE(task));
         Py_XSETREF(r->done_type, (PyObject *)Py_TYPE(task));
     }
-    return PyObject_Vectorcall(r->done_meth, &task, 1, NULL);
+    return call_noargs(r->done_meth, task);
 }
 
 /* fut.cancelled() (looked up once per future type); new reference, NULL if it has none. */
@@ -324,7 +360,7 @@ task_method(Runner *r, PyObject *task, int which)
         Py_XSETREF(r->meth[2], g);
         Py_XSETREF(r->meth_type, Py_NewRef((PyObject *)Py_TYPE(task)));
     }
-    return PyObject_Vectorcall(r->meth[which], &task, 1, NULL);
+    return call_noargs(r->meth[which], task);
 }
 
 FD_NOINLINE static void
@@ -345,7 +381,7 @@ runner_done(Runner *r, PyObject *task, uint64_t raw, int64_t t)
     if (c == Py_True)
         state = s_state_cancelled;
     else {
-        exc = PyObject_GetAttr(task, s__exception);
+        exc = getset_attr(task, s__exception, &r->exc_type, &r->exc_descr);
         if (!exc) goto fail;
         if (exc == Py_None)
             state = s_state_done;
@@ -550,6 +586,8 @@ Runner_traverse(Runner *r, visitproc visit, void *arg)
     Py_VISIT(r->meth[0]);
     Py_VISIT(r->meth[1]);
     Py_VISIT(r->meth[2]);
+    Py_VISIT(r->exc_type);
+    Py_VISIT(r->exc_descr);
     return 0;
 }
 
@@ -571,6 +609,8 @@ Runner_clear(Runner *r)
     Py_CLEAR(r->meth[0]);
     Py_CLEAR(r->meth[1]);
     Py_CLEAR(r->meth[2]);
+    Py_CLEAR(r->exc_type);
+    Py_CLEAR(r->exc_descr);
     return 0;
 }
 

@@ -594,6 +594,7 @@ typedef struct {
      * address is never taken for another code object's. */
     PyObject *site_code[SITE_CACHE];
     char site_inside[SITE_CACHE];
+    PyObject *coro_type, *coro_descr; /* the coroutine type whose __qualname__ getter is kept */
 } CreateTask;
 
 static PyTypeObject CreateTask_Type;
@@ -649,7 +650,7 @@ create_record(CreateTask *ct, PyObject *loop, PyObject *coro, PyObject *context,
     int64_t t = fd_clock();
     name = task_method(r, task, 1);
     if (!name) goto out;
-    coro_name = coro ? PyObject_GetAttr(coro, s___qualname__) : NULL;
+    coro_name = coro ? getset_attr(coro, s___qualname__, &ct->coro_type, &ct->coro_descr) : NULL;
     if (!coro_name || !PyUnicode_Check(coro_name)) {
         PyErr_Clear();
         Py_XDECREF(coro_name);
@@ -762,6 +763,8 @@ CreateTask_traverse(CreateTask *ct, visitproc visit, void *arg)
     Py_VISIT(ct->skip_prefix);
     Py_VISIT(ct->current_tasks);
     for (int i = 0; i < SITE_CACHE; i++) Py_VISIT(ct->site_code[i]);
+    Py_VISIT(ct->coro_type);
+    Py_VISIT(ct->coro_descr);
     return 0;
 }
 
@@ -776,6 +779,8 @@ CreateTask_clear(CreateTask *ct)
     Py_CLEAR(ct->skip_prefix);
     Py_CLEAR(ct->current_tasks);
     for (int i = 0; i < SITE_CACHE; i++) Py_CLEAR(ct->site_code[i]);
+    Py_CLEAR(ct->coro_type);
+    Py_CLEAR(ct->coro_descr);
     return 0;
 }
 

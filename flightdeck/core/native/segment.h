@@ -42,6 +42,27 @@ typedef struct {
     } *byaddr;
 } Segment;
 #define BYADDR_N 256
+
+/* A quick hash of a short ASCII string's bytes (the seen table's). */
+static inline Py_hash_t
+ascii_hash(const void *data, Py_ssize_t n)
+{
+    const unsigned char *p = (const unsigned char *)data;
+    uint64_t h = 0x9e3779b97f4a7c15ULL ^ (uint64_t)n;
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        h = (h ^ w) * 0xff51afd7ed558ccdULL;
+        h ^= h >> 32;
+        p += 8;
+        n -= 8;
+    }
+    uint64_t w = 0;
+    memcpy(&w, p, (size_t)n);
+    h = (h ^ w) * 0xff51afd7ed558ccdULL;
+    h ^= h >> 29;
+    return (Py_hash_t)h;
+}
 static inline uint32_t
 byaddr_slot(PyObject *s)
 {
@@ -302,7 +323,9 @@ enc_value(Enc *e, PyObject *v, int depth)
         Segment *g = e->g;
         uint32_t i = 0;
         if (inline_it && g->seen) {
-            Py_hash_t h = PyObject_Hash(v); /* exact str: cached, no Python code */
+            /* a hash of its bytes, not str's: most of these are one-offs (task names) whose
+             * str hash nobody else needs; a collision only costs a string in the table */
+            Py_hash_t h = ascii_hash(PyUnicode_DATA(v), n);
             i = (uint32_t)h & g->seen_mask;
             if (g->seen[i].h == h) {
                 uint32_t pos = g->seen[i].pos;

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import gc
+import operator
 import sys
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -517,3 +519,26 @@ def test_a_runner_given_the_windows_live_tasks_keeps_them_there() -> None:
         loop.close()
     assert seen["during"] == 2 and len(window.live_tasks) == 0  # main and child, then none
     assert runner.errors == 0
+
+
+def test_a_step_handle_carries_when_it_was_queued_as_a_number() -> None:
+    # The hook passes the queued-at time to the runner among the handle's arguments, as a
+    # small object of its own (from a free list): it still reads as the int it is.
+    h = Hooked(asyncio.new_event_loop, True)
+
+    async def noop() -> None:
+        pass
+
+    try:
+        before = time.perf_counter_ns()
+        task = h.loop.create_task(noop())
+        handle = h.loop._ready[-1]  # type: ignore[attr-defined]
+        stamp = handle._args[1]
+        after = time.perf_counter_ns()
+        assert before <= int(stamp) <= after and repr(stamp) == str(int(stamp))
+        assert int(stamp) == operator.index(stamp)
+        h.loop.run_until_complete(task)
+    finally:
+        h.close()
+    step = next(e for e in h.events() if e[0] == TASK_STEP)
+    assert step[4] == int(stamp)  # the runner read it back

@@ -248,6 +248,79 @@ typedef struct {
 
 static PyTypeObject Runner_Type;
 
+/* Stamp: when a step or wakeup was queued, as call_soon passes it to the runner among the
+ * handle's arguments (every step: an int object each would be allocated and freed through
+ * the object allocator; these come from a free list). int(stamp) and repr are the time. */
+typedef struct {
+    PyObject_HEAD
+    int64_t t;
+} Stamp;
+
+static PyTypeObject Stamp_Type;
+#define STAMP_FREE_MAX 256
+static Stamp *stamp_free[STAMP_FREE_MAX];
+static int stamp_nfree;
+
+static PyObject *
+stamp_new(int64_t t)
+{
+    Stamp *st;
+    if (stamp_nfree > 0) {
+        st = stamp_free[--stamp_nfree];
+        _Py_NewReference((PyObject *)st);
+    } else {
+        st = PyObject_New(Stamp, &Stamp_Type);
+        if (!st) return NULL;
+    }
+    st->t = t;
+    return (PyObject *)st;
+}
+
+static void
+Stamp_dealloc(Stamp *st)
+{
+    if (stamp_nfree < STAMP_FREE_MAX)
+        stamp_free[stamp_nfree++] = st;
+    else
+        PyObject_Free(st);
+}
+
+static PyObject *
+Stamp_int(Stamp *st)
+{
+    return PyLong_FromLongLong(st->t);
+}
+
+static PyObject *
+Stamp_repr(Stamp *st)
+{
+    return PyUnicode_FromFormat("%lld", (long long)st->t);
+}
+
+static PyNumberMethods Stamp_as_number = {.nb_int = (unaryfunc)Stamp_int,
+                                          .nb_index = (unaryfunc)Stamp_int};
+
+static PyTypeObject Stamp_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "flightdeck.core._native.Stamp",
+    .tp_basicsize = sizeof(Stamp),
+    .tp_dealloc = (destructor)Stamp_dealloc,
+    .tp_repr = (reprfunc)Stamp_repr,
+    .tp_as_number = &Stamp_as_number,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "When a task's step or wakeup was queued (perf_counter_ns), for its runner.",
+};
+
+/* A time the runner was given: a Stamp, or an int (the Python hook's). */
+static inline int
+stamp_value(PyObject *v, int64_t *t)
+{
+    if (Py_IS_TYPE(v, &Stamp_Type)) {
+        *t = ((Stamp *)v)->t;
+        return 0;
+    }
+    return exact_i64(v, t);
+}
+
 /* meth(self) for a method of self's type without arguments: a C method (METH_NOARGS, a
  * method descriptor of a type self is an instance of) is called directly, without the
  * descriptor's vectorcall and its checks; anything else through vectorcall. */
@@ -367,14 +440,17 @@ FD_NOINLINE static void
 runner_done(Runner *r, PyObject *task, uint64_t raw, int64_t t)
 {
     u64tab_del(&r->last_end, raw + 2);
-    PyObject *key = PyLong_FromUnsignedLongLong(raw);
-    if (!key) {
-        PyErr_Clear();
-        r->errors++;
-        return;
+    PyObject *key = NULL; /* its id as an int: only for a dict of live tasks or a tuple */
+    if (r->live && PyDict_GET_SIZE(r->live)) {
+        /* the window's own table (r->live NULL) is kept by win_task_done, below */
+        key = PyLong_FromUnsignedLongLong(raw);
+        if (!key) {
+            PyErr_Clear();
+            r->errors++;
+            return;
+        }
+        if (PyDict_DelItem(r->live, key) < 0) PyErr_Clear();
     }
-    /* the window's own table (r->live NULL) is kept by win_task_done, below */
-    if (r->live && PyDict_GET_SIZE(r->live) && PyDict_DelItem(r->live, key) < 0) PyErr_Clear();
     PyObject *state = NULL, *exc_name = Py_None, *name = NULL, *exc = NULL;
     PyObject *c = task_method(r, task, 0);
     if (!c) goto fail;
@@ -395,7 +471,8 @@ runner_done(Runner *r, PyObject *task, uint64_t raw, int64_t t)
     if (!name) goto fail;
     /* written from these values, no tuple (the tuple only for a name that is not a str) */
     TaskDone d = {t, (int64_t)raw, state, exc_name, name};
-    if (win_task_done(r->win, &d, key) == 0) goto out;
+    if (win_task_done(r->win, &d) == 0) goto out;
+    if (!key && !(key = PyLong_FromUnsignedLongLong(raw))) goto fail;
     PyObject *tv = PyLong_FromLongLong(t);
     PyObject *ev = tv ? PyTuple_New(6) : NULL;
     if (!ev) {
@@ -418,7 +495,7 @@ out:
     Py_XDECREF(exc);
     if (exc_name != Py_None) Py_XDECREF(exc_name);
     Py_XDECREF(name);
-    Py_DECREF(key);
+    Py_XDECREF(key);
 }
 
 /* TASK_WAIT (t_prev_end, t_queued, tid, await chain): a suspension past wait_ns, described
@@ -462,7 +539,7 @@ Runner_vectorcall(Runner *r, PyObject *const *args, size_t nargsf, PyObject *kwn
     }
     PyObject *cb = args[0];
     int64_t tq;
-    if (exact_i64(args[1], &tq) < 0) tq = 0;
+    if (stamp_value(args[1], &tq) < 0) tq = 0;
     PyObject *task = NULL;
     int wakeup = 0;
     if (Py_TYPE(cb) == (PyTypeObject *)r->step_type)

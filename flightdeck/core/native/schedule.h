@@ -231,7 +231,7 @@ BoundCallSoon_vectorcall(BoundCallSoon *b, PyObject *const *args, size_t nargsf,
     if (cs->handle_type == Py_None && nargs >= 1 && queued_at(cs->runner, args[0], &tq)) {
         /* a loop of its own (uvloop): the base's call_soon with the runner in front, the
          * arguments copied once */
-        PyObject *tqobj = PyLong_FromLongLong(tq);
+        PyObject *tqobj = stamp_new(tq);
         if (tqobj) {
             PyObject *res = call_base_wrapped(cs, b->self, args, nargs, kwnames, tqobj);
             Py_DECREF(tqobj);
@@ -365,7 +365,7 @@ CallSoon_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObje
     Runner *r = cs->runner;
     int64_t tq;
     if (!queued_at(r, cb, &tq)) return PyObject_Vectorcall(cs->base, args, nargsf, kwnames);
-    PyObject *tqobj = PyLong_FromLongLong(tq);
+    PyObject *tqobj = stamp_new(tq);
     if (!tqobj) {
         PyErr_Clear();
         return PyObject_Vectorcall(cs->base, args, nargsf, kwnames);

@@ -555,11 +555,11 @@ enc_task_done(Segment *g, const void *arg, int64_t *t_end)
     return 0;
 }
 
-/* TASK_DONE recorded without a tuple, its task leaving the status table (``key``: its id as
- * an int). Returns 1 when a value is not in the layout's types (the caller appends the tuple
- * instead), else 0. Never raises. */
+/* TASK_DONE recorded without a tuple, its task leaving the status table. Returns 1 when a
+ * value is not in the layout's types (the caller appends the tuple instead), else 0. Never
+ * raises. */
 static int
-win_task_done(Window *w, const TaskDone *d, PyObject *key)
+win_task_done(Window *w, const TaskDone *d)
 {
     int r = win_write(w, enc_task_done, d);
     if (r == E_BAD) return 1;

@@ -145,9 +145,10 @@ PyInit__native(void)
     if (PyType_Ready(&Segment_Type) < 0 || PyType_Ready(&Window_Type) < 0
         || PyType_Ready(&Runner_Type) < 0 || PyType_Ready(&CallSoon_Type) < 0
         || PyType_Ready(&BoundCallSoon_Type) < 0 || PyType_Ready(&LiveTasks_Type) < 0
-        || PyType_Ready(&Stamp_Type) < 0 || PyType_Ready(&CreateTask_Type) < 0
-        || PyType_Ready(&HandleRun_Type) < 0 || PyType_Ready(&BlockWatch_Type) < 0
-        || PyType_Ready(&TaskFeed_Type) < 0 || builder_init_strings() < 0)
+        || PyType_Ready(&Stamp_Type) < 0 || PyType_Ready(&StepCall_Type) < 0
+        || PyType_Ready(&CreateTask_Type) < 0 || PyType_Ready(&HandleRun_Type) < 0
+        || PyType_Ready(&BlockWatch_Type) < 0 || PyType_Ready(&TaskFeed_Type) < 0
+        || builder_init_strings() < 0)
         return NULL;
     PyObject *m = PyModule_Create(&native_module);
     if (!m) return NULL;

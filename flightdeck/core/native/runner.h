@@ -528,18 +528,10 @@ runner_wait(Runner *r, PyObject *task, uint64_t raw, int64_t prev, int64_t tq)
     Py_DECREF(ev);
 }
 
-/* runner(callback, t_queued, *args): run a step or a wakeup and record it. */
+/* Run callback(*rest), a task's step or wakeup queued at tq, and record it. */
 static PyObject *
-Runner_vectorcall(Runner *r, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+runner_run(Runner *r, PyObject *cb, int64_t tq, PyObject *const *rest, Py_ssize_t nrest)
 {
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (nargs < 2 || kwnames) {
-        PyErr_SetString(PyExc_TypeError, "StepRunner(callback, t_queued, *args)");
-        return NULL;
-    }
-    PyObject *cb = args[0];
-    int64_t tq;
-    if (stamp_value(args[1], &tq) < 0) tq = 0;
     PyObject *task = NULL;
     int wakeup = 0;
     if (Py_TYPE(cb) == (PyTypeObject *)r->step_type)
@@ -555,7 +547,7 @@ Runner_vectorcall(Runner *r, PyObject *const *args, size_t nargsf, PyObject *kwn
             PyErr_Clear();
             r->errors++;
         }
-        return PyObject_Vectorcall(cb, args + 2, nargs - 2, NULL);
+        return PyObject_Vectorcall(cb, rest, nrest, NULL);
     }
     uint64_t raw = (uint64_t)(uintptr_t)task;
     if (wakeup && r->wait_cb != Py_None) {
@@ -573,9 +565,9 @@ Runner_vectorcall(Runner *r, PyObject *const *args, size_t nargsf, PyObject *kwn
         }
     }
     PyObject *cstate = NULL;
-    if (wakeup && nargs >= 3 && r->cancel_begin != Py_None) {
+    if (wakeup && nrest >= 1 && r->cancel_begin != Py_None) {
         /* what it awaited was cancelled: where it was delivered (Python, rare) */
-        PyObject *c = fut_is_cancelled(r, args[2]);
+        PyObject *c = fut_is_cancelled(r, rest[0]);
         if (!c)
             PyErr_Clear(); /* a foreign future without cancelled(): an ordinary wakeup */
         else {
@@ -593,7 +585,7 @@ Runner_vectorcall(Runner *r, PyObject *const *args, size_t nargsf, PyObject *kwn
     }
     int64_t t0 = fd_clock();
     fd_step_begin(t0, raw); /* for BlockWatch, which cannot take the GIL */
-    PyObject *res = PyObject_Vectorcall(cb, args + 2, nargs - 2, NULL);
+    PyObject *res = PyObject_Vectorcall(cb, rest, nrest, NULL);
     fd_step_end();
     int64_t t1 = fd_clock();
     r->steps++;
@@ -644,6 +636,130 @@ Runner_vectorcall(Runner *r, PyObject *const *args, size_t nargsf, PyObject *kwn
 #endif
     return res;
 }
+
+/* runner(callback, t_queued, *args): run a step or a wakeup and record it. */
+static PyObject *
+Runner_vectorcall(Runner *r, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs < 2 || kwnames) {
+        PyErr_SetString(PyExc_TypeError, "StepRunner(callback, t_queued, *args)");
+        return NULL;
+    }
+    int64_t tq;
+    if (stamp_value(args[1], &tq) < 0) tq = 0;
+    return runner_run(r, args[0], tq, args + 2, nargs - 2);
+}
+
+/* StepCall: one step or wakeup as the loop's handle runs it, called without arguments: the
+ * runner, the task's callback, its argument (a wakeup's future) and when it was queued. For
+ * a loop whose call_soon is its own (uvloop): its handle then holds no argument tuple and
+ * calls this without one. */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    Runner *runner;
+    PyObject *cb;
+    PyObject *arg; /* or NULL */
+    int64_t tq;
+} StepCall;
+
+static PyTypeObject StepCall_Type;
+static PyObject *StepCall_vectorcall(StepCall *sc, PyObject *const *args, size_t nargsf,
+                                     PyObject *kwnames);
+
+/* Freed calls kept for reuse (untracked, cleared): one is made and freed for every step. */
+#define STEPCALL_FREE_MAX 256
+static StepCall *stepcall_free[STEPCALL_FREE_MAX];
+static int stepcall_nfree;
+
+static PyObject *
+stepcall_new(Runner *r, PyObject *cb, PyObject *arg, int64_t tq)
+{
+    StepCall *sc;
+    if (stepcall_nfree > 0) {
+        sc = stepcall_free[--stepcall_nfree];
+        _Py_NewReference((PyObject *)sc);
+    } else {
+        sc = PyObject_GC_New(StepCall, &StepCall_Type);
+        if (!sc) return NULL;
+    }
+    sc->vectorcall = (vectorcallfunc)StepCall_vectorcall;
+    sc->runner = (Runner *)Py_NewRef((PyObject *)r);
+    sc->cb = Py_NewRef(cb);
+    sc->arg = Py_XNewRef(arg);
+    sc->tq = tq;
+    PyObject_GC_Track(sc);
+    return (PyObject *)sc;
+}
+
+static PyObject *
+StepCall_vectorcall(StepCall *sc, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 0 || (kwnames && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "a task's step takes no arguments");
+        return NULL;
+    }
+    if (!sc->runner || !sc->cb) {
+        PyErr_SetString(PyExc_RuntimeError, "step already cleared");
+        return NULL;
+    }
+    /* held across the step: the handle may be the last owner of this call */
+    Py_INCREF(sc);
+    PyObject *rest[1] = {sc->arg};
+    PyObject *res = runner_run(sc->runner, sc->cb, sc->tq, rest, sc->arg ? 1 : 0);
+    Py_DECREF(sc);
+    return res;
+}
+
+static int
+StepCall_traverse(StepCall *sc, visitproc visit, void *arg)
+{
+    Py_VISIT(sc->runner);
+    Py_VISIT(sc->cb);
+    Py_VISIT(sc->arg);
+    return 0;
+}
+
+static int
+StepCall_clear(StepCall *sc)
+{
+    Py_CLEAR(sc->runner);
+    Py_CLEAR(sc->cb);
+    Py_CLEAR(sc->arg);
+    return 0;
+}
+
+static void
+StepCall_dealloc(StepCall *sc)
+{
+    PyObject_GC_UnTrack(sc);
+    StepCall_clear(sc);
+    if (stepcall_nfree < STEPCALL_FREE_MAX)
+        stepcall_free[stepcall_nfree++] = sc;
+    else
+        PyObject_GC_Del(sc);
+}
+
+static PyObject *
+StepCall_repr(StepCall *sc)
+{
+    return PyUnicode_FromFormat("<step of %R queued at %lld>", sc->cb ? sc->cb : Py_None,
+                                (long long)sc->tq);
+}
+
+static PyTypeObject StepCall_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "flightdeck.core._native.StepCall",
+    .tp_basicsize = sizeof(StepCall),
+    .tp_dealloc = (destructor)StepCall_dealloc,
+    .tp_repr = (reprfunc)StepCall_repr,
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "A task's step or wakeup, timed and recorded by its runner when called.",
+    .tp_traverse = (traverseproc)StepCall_traverse,
+    .tp_clear = (inquiry)StepCall_clear,
+    .tp_vectorcall_offset = offsetof(StepCall, vectorcall),
+};
 
 static int
 Runner_traverse(Runner *r, visitproc visit, void *arg)

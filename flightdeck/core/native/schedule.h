@@ -217,8 +217,8 @@ typedef struct {
 static PyTypeObject BoundCallSoon_Type;
 static PyObject *CallSoon_vectorcall(PyObject *cs, PyObject *const *args, size_t nargsf,
                                      PyObject *kwnames);
-static PyObject *call_base_wrapped(CallSoon *cs, PyObject *loop, PyObject *const *args,
-                                   Py_ssize_t nargs, PyObject *kwnames, PyObject *tqobj);
+static PyObject *call_base_step(CallSoon *cs, PyObject *loop, PyObject *const *args,
+                                Py_ssize_t nargs, PyObject *kwnames, int64_t tq);
 static inline int queued_at(Runner *r, PyObject *cb, int64_t *tq);
 
 static PyObject *
@@ -228,23 +228,20 @@ BoundCallSoon_vectorcall(BoundCallSoon *b, PyObject *const *args, size_t nargsf,
     Py_ssize_t total = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
     CallSoon *cs = (CallSoon *)b->cs;
     int64_t tq;
-    if (cs->handle_type == Py_None && nargs >= 1 && queued_at(cs->runner, args[0], &tq)) {
-        /* a loop of its own (uvloop): the base's call_soon with the runner in front, the
-         * arguments copied once */
-        PyObject *tqobj = stamp_new(tq);
-        if (tqobj) {
-            PyObject *res = call_base_wrapped(cs, b->self, args, nargs, kwnames, tqobj);
-            Py_DECREF(tqobj);
-            return res;
-        }
-        PyErr_Clear(); /* untimed, as CallSoon does */
-    }
+    /* a loop of its own (uvloop): a step goes to the base's call_soon as a StepCall, anything
+     * else to it as it is (CallSoon would only look at it again) */
+    int direct = cs->handle_type == Py_None;
+    if (direct && nargs >= 1 && queued_at(cs->runner, args[0], &tq))
+        return call_base_step(cs, b->self, args, nargs, kwnames, tq);
+    PyObject *(*call)(PyObject *, PyObject *const *, size_t, PyObject *) =
+        direct ? PyObject_Vectorcall : CallSoon_vectorcall;
+    PyObject *target = direct ? cs->base : b->cs;
     if (nargsf & PY_VECTORCALL_ARGUMENTS_OFFSET) {
         /* the caller lets us use the slot before args (the protocol's promise) */
         PyObject **a = (PyObject **)args - 1;
         PyObject *saved = a[0];
         a[0] = b->self;
-        PyObject *res = CallSoon_vectorcall(b->cs, a, (size_t)(nargs + 1), kwnames);
+        PyObject *res = call(target, a, (size_t)(nargs + 1), kwnames);
         a[0] = saved;
         return res;
     }
@@ -254,7 +251,7 @@ BoundCallSoon_vectorcall(BoundCallSoon *b, PyObject *const *args, size_t nargsf,
     if (!a) return PyErr_NoMemory();
     a[0] = b->self;
     for (Py_ssize_t i = 0; i < total; i++) a[i + 1] = args[i];
-    PyObject *res = CallSoon_vectorcall(b->cs, a, (size_t)(nargs + 1), kwnames);
+    PyObject *res = call(target, a, (size_t)(nargs + 1), kwnames);
     if (a != small) PyMem_Free(a);
     return res;
 }
@@ -339,6 +336,42 @@ call_base_wrapped(CallSoon *cs, PyObject *loop, PyObject *const *args, Py_ssize_
     return res;
 }
 
+/* The base's call_soon for a task's step or wakeup, args = (callback, *rest, *kw values):
+ * base(loop, StepCall(callback, rest[0]), **kw) when there is at most one argument (a step
+ * has none, a wakeup its future), else base(loop, runner, callback, t_queued, *rest, **kw). */
+static PyObject *
+call_base_step(CallSoon *cs, PyObject *loop, PyObject *const *args, Py_ssize_t nargs,
+               PyObject *kwnames, int64_t tq)
+{
+    if (nargs <= 2) {
+        PyObject *sc = stepcall_new(cs->runner, args[0], nargs == 2 ? args[1] : NULL, tq);
+        if (!sc) return NULL;
+        Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+        PyObject *small[SMALL_ARGS + 1];
+        PyObject **buf = nkw + 3 <= SMALL_ARGS + 1
+                             ? small
+                             : PyMem_Malloc((size_t)(nkw + 3) * sizeof(PyObject *));
+        if (!buf) {
+            Py_DECREF(sc);
+            return PyErr_NoMemory();
+        }
+        PyObject **a = buf + 1;
+        a[0] = loop;
+        a[1] = sc;
+        for (Py_ssize_t i = 0; i < nkw; i++) a[2 + i] = args[nargs + i];
+        PyObject *res =
+            PyObject_Vectorcall(cs->base, a, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames);
+        if (buf != small) PyMem_Free(buf);
+        Py_DECREF(sc);
+        return res;
+    }
+    PyObject *tqobj = stamp_new(tq);
+    if (!tqobj) return NULL;
+    PyObject *res = call_base_wrapped(cs, loop, args, nargs, kwnames, tqobj);
+    Py_DECREF(tqobj);
+    return res;
+}
+
 /* 1 and when the callback was queued when it is a task's step or wakeup, else 0. */
 static inline int
 queued_at(Runner *r, PyObject *cb, int64_t *tq)
@@ -365,6 +398,8 @@ CallSoon_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObje
     Runner *r = cs->runner;
     int64_t tq;
     if (!queued_at(r, cb, &tq)) return PyObject_Vectorcall(cs->base, args, nargsf, kwnames);
+    if (cs->handle_type == Py_None)
+        return call_base_step(cs, args[0], args + 1, nargs - 1, kwnames, tq);
     PyObject *tqobj = stamp_new(tq);
     if (!tqobj) {
         PyErr_Clear();
@@ -449,8 +484,8 @@ CallSoon_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObje
             return handle;
         }
     }
-    res = call_base_wrapped(cs, loop, args + 1, nargs - 1, kwnames, tqobj);
     Py_DECREF(tqobj);
+    res = call_base_step(cs, loop, args + 1, nargs - 1, kwnames, tq);
     return res;
 }
 

@@ -121,6 +121,8 @@ PyInit__native(void)
         SCHEMA_LEN[k] = (Py_ssize_t)strlen(SCHEMA[k]);
         if (!(KIND_OBJ[k] = PyLong_FromLong(k))) return NULL;
     }
+    /* enc_task_create writes this layout by hand: off (tuples) if events.py changes it */
+    task_record_layout_ok = strcmp(SCHEMA[K_TASK_CREATE], "TIVVInV") == 0;
     INTERN(s_done, "done");
     INTERN(s_cancelled, "cancelled");
     INTERN(s_get_name, "get_name");
@@ -146,9 +148,9 @@ PyInit__native(void)
         || PyType_Ready(&Runner_Type) < 0 || PyType_Ready(&CallSoon_Type) < 0
         || PyType_Ready(&BoundCallSoon_Type) < 0 || PyType_Ready(&LiveTasks_Type) < 0
         || PyType_Ready(&Stamp_Type) < 0 || PyType_Ready(&StepCall_Type) < 0
-        || PyType_Ready(&CreateTask_Type) < 0 || PyType_Ready(&HandleRun_Type) < 0
-        || PyType_Ready(&BlockWatch_Type) < 0 || PyType_Ready(&TaskFeed_Type) < 0
-        || builder_init_strings() < 0)
+        || PyType_Ready(&TaskRecord_Type) < 0 || PyType_Ready(&CreateTask_Type) < 0
+        || PyType_Ready(&HandleRun_Type) < 0 || PyType_Ready(&BlockWatch_Type) < 0
+        || PyType_Ready(&TaskFeed_Type) < 0 || builder_init_strings() < 0)
         return NULL;
     PyObject *m = PyModule_Create(&native_module);
     if (!m) return NULL;

@@ -542,3 +542,59 @@ def test_a_step_handle_carries_when_it_was_queued_as_a_number() -> None:
         h.close()
     step = next(e for e in h.events() if e[0] == TASK_STEP)
     assert step[4] == int(stamp)  # the runner read it back
+
+
+def test_a_task_recorded_from_c_values_is_stored_as_its_tuple_would_be() -> None:
+    # With the window's own live tasks the hook writes TASK_CREATE from C values (no tuple):
+    # the generation holds the bytes the tuple would have made, and the live table answers
+    # with the tuple.
+    import os
+
+    def clock() -> int:  # the same generation bases in both windows
+        return 10**15
+
+    a = native.Window(10**10, 1 << 22, 0, 10**9, clock)
+    loop = asyncio.new_event_loop()
+    base = type(loop)
+    runner = native.StepRunner(a, a.live_tasks, lambda *x: None, 10**9, STEP_TYPE)
+    rid: contextvars.ContextVar[int | None] = contextvars.ContextVar("rid", default=None)
+    ct = native.CreateTask(
+        runner,
+        base.create_task,
+        asyncio.current_task,
+        rid,
+        lambda t: None,
+        os.path.dirname(asyncio.__file__),
+        100,
+    )
+    ns = {"__slots__": (), "call_soon": native.CallSoon(runner, base.call_soon), "create_task": ct}
+    loop.__class__ = type(base.__name__, (base,), ns)
+    seen: list[Any] = []
+
+    async def child(i: int) -> None:
+        await asyncio.sleep(0)
+
+    async def main() -> None:
+        rid.set(42)
+        t = loop.create_task(child(0), name="first")
+        seen.append(a.live_tasks.get(id(t)))
+        await asyncio.gather(child(1), child(2))
+        await t
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.__class__ = base
+        loop.close()
+    assert runner.errors == 0
+    created = seen[0]
+    assert created[0] == TASK_CREATE and created[3] == "first" and created[4].endswith("child")
+    assert created[6] == 42 and created[7][0].endswith("main") and created[5] is not None
+    segments = a._freeze_parts()[0]
+    events = [e for s in segments for e in s.events()]
+    assert created in events
+    assert sum(1 for e in events if e[0] == TASK_CREATE) == 4  # main and three children
+    b = native.Window(10**10, 1 << 22, 0, 10**9, clock)
+    for e in events:
+        b.append(e)
+    assert [s.dump() for s in b._freeze_parts()[0]] == [s.dump() for s in segments]

@@ -85,7 +85,7 @@ LiveTasks_subscript(LiveTasks *v, PyObject *k)
         PyErr_SetObject(PyExc_KeyError, k);
         return NULL;
     }
-    return Py_NewRef(val);
+    return status_event(val);
 }
 
 static int
@@ -141,7 +141,8 @@ LiveTasks_get(LiveTasks *v, PyObject *const *args, Py_ssize_t nargs)
     int r = live_key(v, args[0], &key);
     if (r < 0) return NULL;
     PyObject *val = r == 0 ? objtab_get(&v->win->st_tasks, key) : NULL;
-    return Py_NewRef(val ? val : nargs == 2 ? args[1] : Py_None);
+    if (val) return status_event(val);
+    return Py_NewRef(nargs == 2 ? args[1] : Py_None);
 }
 
 static PyObject *
@@ -155,7 +156,11 @@ LiveTasks_pop(LiveTasks *v, PyObject *const *args, Py_ssize_t nargs)
     int r = live_key(v, args[0], &key);
     if (r < 0) return NULL;
     PyObject *val = r == 0 && !v->win->busy ? objtab_take(&v->win->st_tasks, key) : NULL;
-    if (val) return val;
+    if (val) {
+        PyObject *ev = status_event(val);
+        Py_DECREF(val);
+        return ev;
+    }
     if (nargs == 2) return Py_NewRef(args[1]);
     PyErr_SetObject(PyExc_KeyError, args[0]);
     return NULL;

@@ -701,6 +701,23 @@ create_record(CreateTask *ct, PyObject *loop, PyObject *coro, PyObject *context,
     }
     site = creation_site(ct);
     if (!site) goto out;
+    if (!r->live && task_record_layout_ok && (rid == Py_None || PyLong_CheckExact(rid))
+        && PyUnicode_CheckExact(name) && PyUnicode_CheckExact(coro_name)
+        && (site == Py_None || PyTuple_CheckExact(site))) {
+        /* the common case: recorded from C values, kept as the window's live task */
+        int64_t parent_raw = (parent == Py_None || parent == task) ? 0 : (int64_t)(uintptr_t)parent;
+        ev = task_record_new(t, (int64_t)raw, parent_raw, name, coro_name, rid, site);
+        if (!ev) goto out;
+        Window *w = r->win;
+        int wr = win_write(w, enc_task_create, ev);
+        if (wr == 0 && !w->busy) {
+            w->busy = 1;
+            win_task_live(w, raw + 2, ev);
+            w->busy = 0;
+        }
+        if (wr != E_BAD) goto recorded;
+        Py_CLEAR(ev); /* a value out of its layout: the tuple's generic form, below */
+    }
     PyObject *parent_id =
         (parent == Py_None || parent == task) ? Py_None : PyLong_FromVoidPtr(parent);
     if (!parent_id) goto out;
@@ -731,6 +748,7 @@ create_record(CreateTask *ct, PyObject *loop, PyObject *coro, PyObject *context,
      * out of the cyclic GC's work. */
     if (PyLong_CheckExact(rid) || rid == Py_None) PyObject_GC_UnTrack(ev);
     win_append(r->win, ev);
+recorded:
     done = task_done(r, task);
     if (!done) goto out;
     if (done == Py_True) {
@@ -743,7 +761,7 @@ create_record(CreateTask *ct, PyObject *loop, PyObject *coro, PyObject *context,
     } else {
         /* the window's own table took it in win_append (r->live NULL: the runner was
          * given the window's live_tasks); a separate dict only when one was given */
-        if (r->live && PyDict_GET_SIZE(r->live) < ct->max_live) {
+        if (r->live && PyDict_GET_SIZE(r->live) < ct->max_live) { /* ev: the tuple */
             PyObject *key = PyTuple_GET_ITEM(ev, 2);
             if (PyDict_SetItem(r->live, key, ev) < 0) goto out;
         }

@@ -192,23 +192,147 @@ tid_key(PyObject *tid, uint64_t *key)
     return 0;
 }
 
-/* The live tasks: TASK_CREATE in, TASK_DONE out; within the status share (win_status). */
+/* TaskRecord: a TASK_CREATE the hook made, as C values (no tuple, no int objects): encoded
+ * straight into the generation and kept as the live task's status; a tuple is made of it only
+ * when Python asks (live_tasks, a freeze). Layout "TIVVInV" (checked at import against
+ * _kinds.h: the record path is off when it differs). */
+typedef struct {
+    PyObject_HEAD
+    int64_t t, tid, parent; /* parent: 0 none (ids are addresses) */
+    PyObject *name, *coro;  /* str */
+    PyObject *rid;          /* int or None */
+    PyObject *site;         /* (function, file, line) or None */
+} TaskRecord;
+
+static PyTypeObject TaskRecord_Type;
+static int task_record_layout_ok; /* set at import */
+
+static void
+TaskRecord_dealloc(TaskRecord *rec)
+{
+    Py_XDECREF(rec->name);
+    Py_XDECREF(rec->coro);
+    Py_XDECREF(rec->rid);
+    Py_XDECREF(rec->site);
+    PyObject_Free(rec);
+}
+
+static PyTypeObject TaskRecord_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "flightdeck.core._native.TaskRecord",
+    .tp_basicsize = sizeof(TaskRecord),
+    .tp_dealloc = (destructor)TaskRecord_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A live task's TASK_CREATE, as the native hook recorded it.",
+};
+
+/* New reference, or NULL with an exception. rid must be an int or None, which, with strs and
+ * a site tuple, keeps it out of any reference cycle (the type is not tracked by the GC). */
+static PyObject *
+task_record_new(int64_t t, int64_t tid, int64_t parent, PyObject *name, PyObject *coro,
+                PyObject *rid, PyObject *site)
+{
+    TaskRecord *rec = PyObject_New(TaskRecord, &TaskRecord_Type);
+    if (!rec) return NULL;
+    rec->t = t;
+    rec->tid = tid;
+    rec->parent = parent;
+    rec->name = Py_NewRef(name);
+    rec->coro = Py_NewRef(coro);
+    rec->rid = Py_NewRef(rid);
+    rec->site = Py_NewRef(site);
+    return (PyObject *)rec;
+}
+
+/* The event tuple of a status value: a TaskRecord's, or the value itself; new reference. */
+static PyObject *
+status_event(PyObject *v)
+{
+    if (!Py_IS_TYPE(v, &TaskRecord_Type)) return Py_NewRef(v);
+    TaskRecord *rec = (TaskRecord *)v;
+    PyObject *t = PyLong_FromLongLong(rec->t);
+    PyObject *tid = t ? PyLong_FromLongLong(rec->tid) : NULL;
+    PyObject *parent = !tid               ? NULL
+                       : rec->parent == 0 ? Py_NewRef(Py_None)
+                                          : PyLong_FromLongLong(rec->parent);
+    PyObject *ev = parent ? PyTuple_New(8) : NULL;
+    if (!ev) {
+        Py_XDECREF(t);
+        Py_XDECREF(tid);
+        Py_XDECREF(parent);
+        return NULL;
+    }
+    PyObject *items[8] = {Py_NewRef(KIND_OBJ[K_TASK_CREATE]),
+                          t,
+                          tid,
+                          Py_NewRef(rec->name),
+                          Py_NewRef(rec->coro),
+                          parent,
+                          Py_NewRef(rec->rid),
+                          Py_NewRef(rec->site)};
+    for (int i = 0; i < 8; i++) PyTuple_SET_ITEM(ev, i, items[i]);
+    PyObject_GC_UnTrack(ev); /* as the hook's tuple: ints, strs, None, the site */
+    return ev;
+}
+
+/* TASK_CREATE from a TaskRecord: the bytes enc_event writes for its tuple. */
+static int
+enc_task_create(Segment *g, const void *arg, int64_t *t_end)
+{
+    const TaskRecord *rec = (const TaskRecord *)arg;
+    Enc e = {g, g->buf + g->len, g->last_t, 0, 0, g->last_tid};
+    int r = put_u8(&e, K_TASK_CREATE);
+    if (r == 0) r = enc_T(&e, rec->t);
+    if (r == 0 && (r = put_varint(&e, tid_code(rec->tid, e.last_tid) + 1)) == 0)
+        e.last_tid = rec->tid;
+    if (r == 0) r = enc_value(&e, rec->name, 1);
+    if (r == 0) r = enc_value(&e, rec->coro, 1);
+    if (r == 0) {
+        if (rec->parent == 0)
+            r = put_u8(&e, 0);
+        else if ((r = put_varint(&e, tid_code(rec->parent, e.last_tid) + 1)) == 0)
+            e.last_tid = rec->parent;
+    }
+    if (r == 0) {
+        int64_t rid;
+        if (rec->rid == Py_None)
+            r = put_u8(&e, 0);
+        else
+            r = exact_i64(rec->rid, &rid) < 0 ? E_BAD : put_varint(&e, zz(rid) + 1);
+    }
+    if (r == 0) r = enc_value(&e, rec->site, 1);
+    if (r < 0) return r;
+    g->len = e.p - g->buf;
+    g->last_t = e.last_t;
+    g->last_tid = e.last_tid;
+    *t_end = e.t_first;
+    return 0;
+}
+
+/* A task made alive (key: its id + 2, val: its TASK_CREATE, a tuple or a TaskRecord), within
+ * the status share: one limit for both tables (win_status). */
+static void
+win_task_live(Window *w, uint64_t key, PyObject *val)
+{
+    if (((Py_ssize_t)w->st_tasks.n + (Py_ssize_t)w->st_reqs.n >= w->st_limit
+         || (Py_ssize_t)w->st_tasks.n * EST_STATUS_BYTES + w->st_req_bytes
+                > w->st_limit * EST_STATUS_BYTES)
+        && !objtab_get(&w->st_tasks, key))
+        return;
+    PyObject *old = NULL;
+    if (objtab_put(&w->st_tasks, key, val, &old) < 0) w->errors++;
+    Py_XDECREF(old);
+}
+
+/* The live tasks: TASK_CREATE in, TASK_DONE out (tuples appended). */
 static void
 win_task_status(Window *w, int64_t kind, PyObject *ev)
 {
     uint64_t key;
     if (tid_key(PyTuple_GET_ITEM(ev, 2), &key) < 0) return;
-    PyObject *old = NULL;
-    if (kind == K_TASK_CREATE) {
-        if (((Py_ssize_t)w->st_tasks.n + (Py_ssize_t)w->st_reqs.n >= w->st_limit
-             || (Py_ssize_t)w->st_tasks.n * EST_STATUS_BYTES + w->st_req_bytes
-                    > w->st_limit * EST_STATUS_BYTES)
-            && !objtab_get(&w->st_tasks, key))
-            return;
-        if (objtab_put(&w->st_tasks, key, ev, &old) < 0) w->errors++;
-    } else
-        old = objtab_take(&w->st_tasks, key);
-    Py_XDECREF(old);
+    if (kind == K_TASK_CREATE)
+        win_task_live(w, key, ev);
+    else
+        Py_XDECREF(objtab_take(&w->st_tasks, key));
 }
 
 /* The status tables follow the events (the GIL orders them). */
@@ -305,7 +429,11 @@ win_open(Window *w, int64_t now)
     for (uint32_t j = 0; j < w->st_tasks.cap; j++) {
         PyObject *ev = w->st_tasks.slots[j].key > 1 ? w->st_tasks.slots[j].val : NULL;
         int64_t t_end;
-        if (ev && (!PyTuple_CheckExact(ev) || enc_event(g, ev, &t_end) < 0)) {
+        if (!ev) continue;
+        int r = Py_IS_TYPE(ev, &TaskRecord_Type) ? enc_task_create(g, ev, &t_end)
+                : PyTuple_CheckExact(ev)         ? enc_event(g, ev, &t_end)
+                                                 : E_BAD;
+        if (r < 0) {
             w->status_truncated++;
             if (PyErr_Occurred()) PyErr_Clear();
         }
@@ -643,12 +771,15 @@ win_table_dict(Window *w, ObjTab *t)
         ObjSlot *sl = &t->slots[j];
         if (sl->key <= 1) continue;
         PyObject *k = PyLong_FromUnsignedLongLong(sl->key - 2);
-        if (!k || PyDict_SetItem(d, k, sl->val) < 0) {
+        PyObject *v = k ? status_event(sl->val) : NULL;
+        if (!v || PyDict_SetItem(d, k, v) < 0) {
             Py_XDECREF(k);
+            Py_XDECREF(v);
             Py_CLEAR(d);
             break;
         }
         Py_DECREF(k);
+        Py_DECREF(v);
     }
     w->busy = busy;
     return d;

@@ -233,15 +233,13 @@ BoundCallSoon_vectorcall(BoundCallSoon *b, PyObject *const *args, size_t nargsf,
     int direct = cs->handle_type == Py_None;
     if (direct && nargs >= 1 && queued_at(cs->runner, args[0], &tq))
         return call_base_step(cs, b->self, args, nargs, kwnames, tq);
-    PyObject *(*call)(PyObject *, PyObject *const *, size_t, PyObject *) =
-        direct ? PyObject_Vectorcall : CallSoon_vectorcall;
-    PyObject *target = direct ? cs->base : b->cs;
     if (nargsf & PY_VECTORCALL_ARGUMENTS_OFFSET) {
         /* the caller lets us use the slot before args (the protocol's promise) */
         PyObject **a = (PyObject **)args - 1;
         PyObject *saved = a[0];
         a[0] = b->self;
-        PyObject *res = call(target, a, (size_t)(nargs + 1), kwnames);
+        PyObject *res = direct ? PyObject_Vectorcall(cs->base, a, (size_t)(nargs + 1), kwnames)
+                               : CallSoon_vectorcall(b->cs, a, (size_t)(nargs + 1), kwnames);
         a[0] = saved;
         return res;
     }
@@ -251,7 +249,8 @@ BoundCallSoon_vectorcall(BoundCallSoon *b, PyObject *const *args, size_t nargsf,
     if (!a) return PyErr_NoMemory();
     a[0] = b->self;
     for (Py_ssize_t i = 0; i < total; i++) a[i + 1] = args[i];
-    PyObject *res = call(target, a, (size_t)(nargs + 1), kwnames);
+    PyObject *res = direct ? PyObject_Vectorcall(cs->base, a, (size_t)(nargs + 1), kwnames)
+                           : CallSoon_vectorcall(b->cs, a, (size_t)(nargs + 1), kwnames);
     if (a != small) PyMem_Free(a);
     return res;
 }

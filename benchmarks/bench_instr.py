@@ -425,7 +425,12 @@ def table(res: dict[str, Any]) -> str:
 
                 added = [get(v, "added_per_req") for v in ("middleware", "full")]
                 otel = get("otel", "added_per_req")
-                times = "-" if otel is None or not added[1] else f"{otel / added[1]:.1f} x"
+                if otel is None or added[1] is None:
+                    times = "-"
+                elif added[1] <= 0:  # full flightdeck costs less than bare: no ratio to take
+                    times = "full adds none"
+                else:
+                    times = f"{otel / added[1]:.1f} x"
                 rows.append(
                     f"| {core} | {loop} | {app} | {_k(get('bare', 'instr_per_req'))} "
                     f"| {_k(get('middleware', 'instr_per_req'))} "

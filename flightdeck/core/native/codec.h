@@ -78,7 +78,10 @@ typedef struct {
 } StrTab;
 typedef struct {
     uint64_t key;
-    int64_t val;
+    union {
+        int64_t val;   /* U64Tab: a number */
+        PyObject *obj; /* ObjTab: an owned reference */
+    };
 } U64Slot; /* key 0: empty; key 1: deleted */
 typedef struct {
     U64Slot *slots;
@@ -180,24 +183,23 @@ u64tab_rehash(U64Tab *t, uint32_t ncap)
     return 0;
 }
 
-/* Insert or update; keys 0 and 1 are reserved (never an object's address). */
-static int
-u64tab_put(U64Tab *t, uint64_t key, int64_t val)
+/* The slot of key, made when absent (*fresh then 1), growing the table first; NULL when the
+ * key is reserved (0 and 1: never an object's address, nor an id + 2) or memory runs out. */
+static U64Slot *
+u64tab_slot(U64Tab *t, uint64_t key, int *fresh)
 {
-    if (key <= 1) return 0;
+    *fresh = 0;
+    if (key <= 1) return NULL;
     if ((t->used + 1) * 2 > t->cap) {
         uint32_t ncap = t->cap ? t->cap : 64;
         while ((t->n + 1) * 2 > ncap) ncap *= 2;
-        if (u64tab_rehash(t, ncap < 64 ? 64 : ncap) < 0) return -1;
+        if (u64tab_rehash(t, ncap < 64 ? 64 : ncap) < 0) return NULL;
     }
     uint32_t mask = t->cap - 1, i = u64hash(key) & mask;
     U64Slot *tomb = NULL;
     for (;;) {
         U64Slot *sl = &t->slots[i];
-        if (sl->key == key) {
-            sl->val = val;
-            return 0;
-        }
+        if (sl->key == key) return sl;
         if (sl->key == 1 && !tomb) tomb = sl;
         if (sl->key == 0) {
             if (tomb)
@@ -205,12 +207,24 @@ u64tab_put(U64Tab *t, uint64_t key, int64_t val)
             else
                 t->used++;
             sl->key = key;
-            sl->val = val;
             t->n++;
-            return 0;
+            *fresh = 1;
+            return sl;
         }
         i = (i + 1) & mask;
     }
+}
+
+/* Insert or update; -1 on memory errors (no exception set). Reserved keys are ignored. */
+static int
+u64tab_put(U64Tab *t, uint64_t key, int64_t val)
+{
+    if (key <= 1) return 0;
+    int fresh;
+    U64Slot *sl = u64tab_slot(t, key, &fresh);
+    if (!sl) return -1;
+    sl->val = val;
+    return 0;
 }
 
 static void
@@ -223,103 +237,43 @@ u64tab_del(U64Tab *t, uint64_t key)
     }
 }
 
-/* ObjTab: uint64 -> owned object reference (the status table of live tasks: tid + 2 ->
- * TASK_CREATE), open addressing as U64Tab (key 0 empty, 1 deleted). */
-typedef struct {
-    uint64_t key;
-    PyObject *val;
-} ObjSlot;
-typedef struct {
-    ObjSlot *slots;
-    uint32_t cap, n, used;
-} ObjTab;
+/* ObjTab: a U64Tab whose values are owned object references (the status tables of live
+ * tasks and requests: id + 2 -> event). */
+typedef U64Tab ObjTab;
 
-static PyObject *
-objtab_get(const ObjTab *t, uint64_t key)
+static inline PyObject *
+objtab_get(ObjTab *t, uint64_t key)
 {
-    if (!t->cap) return NULL;
-    uint32_t mask = t->cap - 1, i = u64hash(key) & mask;
-    for (;;) {
-        ObjSlot *sl = &t->slots[i];
-        if (sl->key == key) return sl->val;
-        if (sl->key == 0) return NULL;
-        i = (i + 1) & mask;
-    }
-}
-
-static int
-objtab_rehash(ObjTab *t, uint32_t ncap)
-{
-    ObjSlot *ns = PyMem_Calloc(ncap, sizeof(ObjSlot));
-    if (!ns) return -1;
-    for (uint32_t j = 0; j < t->cap; j++) {
-        ObjSlot *o = &t->slots[j];
-        if (o->key <= 1) continue;
-        uint32_t i = u64hash(o->key) & (ncap - 1);
-        while (ns[i].key) i = (i + 1) & (ncap - 1);
-        ns[i] = *o;
-    }
-    PyMem_Free(t->slots);
-    t->slots = ns;
-    t->cap = ncap;
-    t->used = t->n;
-    return 0;
+    U64Slot *sl = u64tab_get(t, key);
+    return sl ? sl->obj : NULL;
 }
 
 /* Insert or replace, taking a new reference to val; -1 on memory errors (no exception set).
- * The value replaced is returned (the caller releases it once the table is consistent). */
+ * The value replaced is returned in *old (the caller releases it once the table is
+ * consistent). */
 static int
 objtab_put(ObjTab *t, uint64_t key, PyObject *val, PyObject **old)
 {
+    int fresh;
+    U64Slot *sl = u64tab_slot(t, key, &fresh);
     *old = NULL;
-    if (key <= 1) return -1;
-    if ((t->used + 1) * 2 > t->cap) {
-        uint32_t ncap = t->cap ? t->cap : 64;
-        while ((t->n + 1) * 2 > ncap) ncap *= 2;
-        if (objtab_rehash(t, ncap < 64 ? 64 : ncap) < 0) return -1;
-    }
-    uint32_t mask = t->cap - 1, i = u64hash(key) & mask;
-    ObjSlot *tomb = NULL;
-    for (;;) {
-        ObjSlot *sl = &t->slots[i];
-        if (sl->key == key) {
-            *old = sl->val;
-            sl->val = Py_NewRef(val);
-            return 0;
-        }
-        if (sl->key == 1 && !tomb) tomb = sl;
-        if (sl->key == 0) {
-            if (tomb)
-                sl = tomb;
-            else
-                t->used++;
-            sl->key = key;
-            sl->val = Py_NewRef(val);
-            t->n++;
-            return 0;
-        }
-        i = (i + 1) & mask;
-    }
+    if (!sl) return -1;
+    if (!fresh) *old = sl->obj;
+    sl->obj = Py_NewRef(val);
+    return 0;
 }
 
 /* Remove key; its value (a reference the caller now owns) or NULL when absent. */
 static PyObject *
 objtab_take(ObjTab *t, uint64_t key)
 {
-    if (!t->cap) return NULL;
-    uint32_t mask = t->cap - 1, i = u64hash(key) & mask;
-    for (;;) {
-        ObjSlot *sl = &t->slots[i];
-        if (sl->key == key) {
-            PyObject *v = sl->val;
-            sl->key = 1;
-            sl->val = NULL;
-            t->n--;
-            return v;
-        }
-        if (sl->key == 0) return NULL;
-        i = (i + 1) & mask;
-    }
+    U64Slot *sl = u64tab_get(t, key);
+    if (!sl) return NULL;
+    PyObject *v = sl->obj;
+    sl->key = 1;
+    sl->obj = NULL;
+    t->n--;
+    return v;
 }
 
 /* Empty it; the values are released after the table is detached (their release may run
@@ -327,12 +281,12 @@ objtab_take(ObjTab *t, uint64_t key)
 static void
 objtab_clear(ObjTab *t)
 {
-    ObjSlot *slots = t->slots;
+    U64Slot *slots = t->slots;
     uint32_t cap = t->cap;
     t->slots = NULL;
     t->cap = t->n = t->used = 0;
     for (uint32_t j = 0; j < cap; j++)
-        if (slots[j].key > 1) Py_XDECREF(slots[j].val);
+        if (slots[j].key > 1) Py_XDECREF(slots[j].obj);
     PyMem_Free(slots);
 }
 

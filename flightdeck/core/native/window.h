@@ -61,9 +61,9 @@ Window_traverse(Window *w, visitproc visit, void *arg)
     Py_VISIT(w->clock);
     Py_VISIT(w->sealed);
     for (uint32_t j = 0; j < w->st_tasks.cap; j++)
-        if (w->st_tasks.slots[j].key > 1) Py_VISIT(w->st_tasks.slots[j].val);
+        if (w->st_tasks.slots[j].key > 1) Py_VISIT(w->st_tasks.slots[j].obj);
     for (uint32_t j = 0; j < w->st_reqs.cap; j++)
-        if (w->st_reqs.slots[j].key > 1) Py_VISIT(w->st_reqs.slots[j].val);
+        if (w->st_reqs.slots[j].key > 1) Py_VISIT(w->st_reqs.slots[j].obj);
     return 0;
 }
 
@@ -427,7 +427,7 @@ win_open(Window *w, int64_t now)
     Py_ssize_t cap = g->cap;
     g->cap = cap / 2;
     for (uint32_t j = 0; j < w->st_tasks.cap; j++) {
-        PyObject *ev = w->st_tasks.slots[j].key > 1 ? w->st_tasks.slots[j].val : NULL;
+        PyObject *ev = w->st_tasks.slots[j].key > 1 ? w->st_tasks.slots[j].obj : NULL;
         int64_t t_end;
         if (!ev) continue;
         int r = Py_IS_TYPE(ev, &TaskRecord_Type) ? enc_task_create(g, ev, &t_end)
@@ -439,7 +439,7 @@ win_open(Window *w, int64_t now)
         }
     }
     for (uint32_t j = 0; j < w->st_reqs.cap; j++) {
-        PyObject *ev = w->st_reqs.slots[j].key > 1 ? w->st_reqs.slots[j].val : NULL;
+        PyObject *ev = w->st_reqs.slots[j].key > 1 ? w->st_reqs.slots[j].obj : NULL;
         int64_t t_end;
         if (ev && (!PyTuple_CheckExact(ev) || enc_event(g, ev, &t_end) < 0)) {
             w->status_truncated++;
@@ -768,10 +768,10 @@ win_table_dict(Window *w, ObjTab *t)
     int busy = w->busy;
     w->busy = 1;
     for (uint32_t j = 0; j < t->cap; j++) {
-        ObjSlot *sl = &t->slots[j];
+        U64Slot *sl = &t->slots[j];
         if (sl->key <= 1) continue;
         PyObject *k = PyLong_FromUnsignedLongLong(sl->key - 2);
-        PyObject *v = k ? status_event(sl->val) : NULL;
+        PyObject *v = k ? status_event(sl->obj) : NULL;
         if (!v || PyDict_SetItem(d, k, v) < 0) {
             Py_XDECREF(k);
             Py_XDECREF(v);

@@ -68,6 +68,18 @@ live_dict(LiveTasks *v)
     return win_table_dict(v->win, &v->win->st_tasks);
 }
 
+/* status_event of a value borrowed from the table, held meanwhile: making the tuple allocates,
+ * an allocation may run a finalizer, and one that records this task's end (from any thread)
+ * would free the value under us. */
+static PyObject *
+held_status_event(PyObject *val)
+{
+    Py_INCREF(val);
+    PyObject *ev = status_event(val);
+    Py_DECREF(val);
+    return ev;
+}
+
 static Py_ssize_t
 LiveTasks_len(LiveTasks *v)
 {
@@ -85,7 +97,7 @@ LiveTasks_subscript(LiveTasks *v, PyObject *k)
         PyErr_SetObject(PyExc_KeyError, k);
         return NULL;
     }
-    return status_event(val);
+    return held_status_event(val);
 }
 
 static int
@@ -141,7 +153,7 @@ LiveTasks_get(LiveTasks *v, PyObject *const *args, Py_ssize_t nargs)
     int r = live_key(v, args[0], &key);
     if (r < 0) return NULL;
     PyObject *val = r == 0 ? objtab_get(&v->win->st_tasks, key) : NULL;
-    if (val) return status_event(val);
+    if (val) return held_status_event(val);
     return Py_NewRef(nargs == 2 ? args[1] : Py_None);
 }
 

@@ -24,6 +24,8 @@ import pytest
 from browser import ARGS, CHROMIUM, browser_only
 from support import ROOT, ServerProcess, get_json, http_get, wait_until
 
+from flightdeck.snapshot import recovery
+
 PREFIX = "/debug/flight"
 CORES = ["native", "python"]
 WORKERS = 4
@@ -70,9 +72,40 @@ def _four_workers(
         return set(answered) == pids and min(answered.values()) >= 2
 
     wait_until(every_worker_answered, timeout=60, interval=0.005)
-    # The requests are in each window file after its writer's next write (0.25 s).
-    time.sleep(0.6)
+    _written_since(directory, time.perf_counter_ns())
     return srv, pids
+
+
+def _state_time(path: Path) -> int | None:
+    """The writer's clock (perf_counter_ns, one clock for every process) at the last state a
+    window file holds, or None."""
+    try:
+        t = recovery.parse(path.read_bytes()).state.get("t_now")
+    except (OSError, ValueError):
+        return None
+    return t if isinstance(t, int) else None
+
+
+def _written_since(directory: Path, t0: int) -> None:
+    """Wait until every window file under ``directory`` has what its process recorded before
+    ``t0``: a write that began after t0 (a state written at or after t0, then a later one:
+    the second write's events were frozen after the first had ended)."""
+    first: dict[Path, int] = {}
+
+    def written() -> bool:
+        done = True
+        for path in (directory / "windows").glob("*.fdk"):
+            t = _state_time(path)
+            if t is None or t < t0:
+                done = False
+            elif path not in first:
+                first[path] = t
+                done = False
+            elif t == first[path]:
+                done = False
+        return done
+
+    wait_until(written, timeout=60, interval=0.02)
 
 
 def _document(srv: ServerProcess, ident: str) -> dict[str, Any]:
@@ -344,7 +377,7 @@ def test_gunicorn_preload_workers_are_captured_together(
         timeout=60,
         interval=0.005,
     )
-    time.sleep(0.6)
+    _written_since(directory, time.perf_counter_ns())
     status, body = _post(f"{srv.url}{PREFIX}/snapshots?scope=host")
     assert status == 201, body
     doc = _document(srv, body["id"])

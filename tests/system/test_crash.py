@@ -25,6 +25,7 @@ import pytest
 from support import ROOT, ServerProcess, get_json, http_get, wait_until
 
 from flightdeck.snapshot import windowfile
+from flightdeck.snapshot.recovery import _watch_record
 from flightdeck.snapshot.store import SnapshotStore
 
 PREFIX = "/debug/flight"
@@ -322,7 +323,10 @@ def test_a_step_holding_the_gil_is_named_by_the_native_block_watch(
     http_get(srv.url + "/fast")
     hung = threading.Thread(target=lambda: _swallow(f"{srv.url}/backtrack"), daemon=True)
     hung.start()
-    time.sleep(2.0)  # the watch writes every 0.05 s once the step passed loop_blocked
+    # The server cannot answer while the step holds the GIL; the watch's record in the
+    # window file's last bytes, rewritten every 0.05 s while the step runs, says how long
+    # it has held the loop.
+    wait_until(lambda: _watched_for(directory) >= 1.5, timeout=30, interval=0.05)
     os.kill(srv.pid, signal.SIGKILL)
     _dead(srv)
     again = server(env=env)
@@ -331,11 +335,22 @@ def test_a_step_holding_the_gil_is_named_by_the_native_block_watch(
     assert "while the loop was blocked for" in reason, reason
     assert "never released the GIL" in reason and "during GET /backtrack" in reason, reason
     seconds = float(reason.split("blocked for ")[1].split(" s")[0])
-    assert seconds >= 1.0, reason  # 2 s, less the 0.6 s it awaited first
+    assert seconds >= 1.5, reason  # the watch had seen the step hold the loop that long
     doc = _document(directory, crash["id"], "native")
     blocks = [e for e in doc["loop"] if e["kind"] == "block" and e.get("ongoing")]
     assert len(blocks) == 1 and "GET /backtrack" in blocks[0]["callback"], blocks
     assert doc["trigger"]["request"]["path"] == "/backtrack"
+
+
+def _watched_for(directory: Path) -> float:
+    """Seconds the native block watch has seen one step hold the loop (0 if none)."""
+    files = _window_files(directory)
+    if not files:
+        return 0.0
+    with open(files[0], "rb") as f:
+        f.seek(-windowfile.SLOT, os.SEEK_END)
+        record = _watch_record(f.read())
+    return (record[1] - record[0]) / 1e9 if record is not None else 0.0
 
 
 def _swallow(url: str) -> None:

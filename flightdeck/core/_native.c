@@ -149,8 +149,9 @@ PyInit__native(void)
         || PyType_Ready(&BoundCallSoon_Type) < 0 || PyType_Ready(&LiveTasks_Type) < 0
         || PyType_Ready(&Stamp_Type) < 0 || PyType_Ready(&StepCall_Type) < 0
         || PyType_Ready(&TaskRecord_Type) < 0 || PyType_Ready(&CreateTask_Type) < 0
-        || PyType_Ready(&HandleRun_Type) < 0 || PyType_Ready(&BlockWatch_Type) < 0
-        || PyType_Ready(&TaskFeed_Type) < 0 || builder_init_strings() < 0)
+        || PyType_Ready(&CallLater_Type) < 0 || PyType_Ready(&HandleRun_Type) < 0
+        || PyType_Ready(&BlockWatch_Type) < 0 || PyType_Ready(&TaskFeed_Type) < 0
+        || builder_init_strings() < 0)
         return NULL;
     PyObject *m = PyModule_Create(&native_module);
     if (!m) return NULL;
@@ -159,6 +160,7 @@ PyInit__native(void)
         || PyModule_AddObjectRef(m, "StepRunner", (PyObject *)&Runner_Type) < 0
         || PyModule_AddObjectRef(m, "CallSoon", (PyObject *)&CallSoon_Type) < 0
         || PyModule_AddObjectRef(m, "CreateTask", (PyObject *)&CreateTask_Type) < 0
+        || PyModule_AddObjectRef(m, "CallLater", (PyObject *)&CallLater_Type) < 0
         || PyModule_AddObjectRef(m, "HandleRun", (PyObject *)&HandleRun_Type) < 0
         || PyModule_AddObjectRef(m, "BlockWatch", (PyObject *)&BlockWatch_Type) < 0
         || PyModule_AddObjectRef(m, "TaskFeed", (PyObject *)&TaskFeed_Type) < 0

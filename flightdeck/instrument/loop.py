@@ -596,6 +596,9 @@ class LoopInstrumentation:
             handle = _step_handle_type() if one_frame else None
             call_soon = _native.CallSoon(runner, base_call_soon, handle)  # type: ignore[assignment]
             self._call_soon = call_soon
+            # A server schedules a timer on every response (uvicorn: the keep-alive
+            # timeout); in C it costs no Python frame.
+            call_later = _native.CallLater(base_call_later, sleep_done, timer_fired)
             create_task = _native.CreateTask(  # type: ignore[assignment]
                 runner,
                 base_create_task,

@@ -598,3 +598,69 @@ def test_a_task_recorded_from_c_values_is_stored_as_its_tuple_would_be() -> None
     for e in events:
         b.append(e)
     assert [s.dump() for s in b._freeze_parts()[0]] == [s.dump() for s in segments]
+
+
+def _with_call_later(make: Callable[[], asyncio.AbstractEventLoop]) -> tuple[Any, list[Any]]:
+    """A loop whose class takes the native call_later, and the calls of its timer_fired."""
+    from flightdeck.instrument.loop import _SLEEP_CALLBACK
+
+    loop = make()
+    base = type(loop)
+    fired: list[Any] = []
+
+    def timer_fired(t_due: int, *args: Any) -> None:
+        fired.append((t_due, time.perf_counter_ns()))
+        _SLEEP_CALLBACK(*args)
+
+    cl = native.CallLater(base.call_later, _SLEEP_CALLBACK, timer_fired)
+    ns = {"__slots__": (), "call_later": cl, "__module__": base.__module__}
+    loop.__class__ = type(base.__name__, (base,), ns)
+    return loop, fired
+
+
+@pytest.mark.parametrize(
+    "make", [m for _, m, fast in loops() if not fast], ids=[n for n, _, f in loops() if not f]
+)
+def test_native_call_later_stamps_sleeps_and_passes_other_timers_through(make: Any) -> None:
+    loop, fired = _with_call_later(make)
+    seen: list[Any] = []
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="outer")
+
+    async def main() -> None:
+        before = time.perf_counter_ns()
+        await asyncio.sleep(0.01)  # asyncio.sleep's timer: through timer_fired, due time first
+        assert len(fired) == 1
+        t_due, t_ran = fired[0]
+        assert before + 10_000_000 <= t_due <= t_ran
+        # Any other timer reaches the base unchanged: arguments, context, cancel.
+        ctx = contextvars.copy_context()
+        ctx.run(var.set, "inner")
+        done = loop.create_future()
+        h = loop.call_later(
+            0.001, lambda *a: (seen.append((a, var.get())), done.set_result(1)), 1, 2, context=ctx
+        )
+        assert h.when() >= loop.time()  # the base's own timer handle
+        gone = loop.call_later(0.001, seen.append, "cancelled")
+        gone.cancel()
+        await done
+        await asyncio.sleep(0.005)
+        # A sleep with an enormous delay is stamped without overflow; cancelled at once.
+        waiter = asyncio.ensure_future(asyncio.sleep(1e12))
+        await asyncio.sleep(0)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+
+    try:
+        loop.run_until_complete(main())
+        assert seen == [((1, 2), "inner")]
+        assert len(fired) == 2  # the two short sleeps; the cancelled one never fired
+        # What the base refuses, it still refuses: the delay is not looked at first.
+        with pytest.raises(TypeError):
+            loop.call_later("soon", print)
+        with pytest.raises(TypeError):
+            loop.call_later()
+        assert type(loop).call_later is type(loop).__dict__["call_later"]
+        assert loop.call_later.__self__ is loop  # bound like a method when looked up
+    finally:
+        loop.close()

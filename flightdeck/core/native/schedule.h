@@ -901,4 +901,130 @@ static PyTypeObject CreateTask_Type = {
     .tp_new = CreateTask_new,
 };
 
+/* ------------------------------------------------------------------------------------ */
+/* CallLater: the loop subclass's call_later                                             */
+
+/* asyncio.sleep()'s timer (``call_later(delay, sleep_done, future, result)``) is scheduled as
+ * ``timer_fired(t_due, future, result)``, so that the task it wakes counts as woken when the
+ * timer fell due, not when an overdue timer finally ran. Every other timer (a server's
+ * keep-alive timeout on each response, say) goes to the base's call_later unchanged, without
+ * a Python frame. */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *base;        /* the base class's call_later (unbound) */
+    PyObject *sleep_done;  /* the callback asyncio.sleep() schedules, or None */
+    PyObject *timer_fired; /* timer_fired(t_due, *args) */
+} CallLater;
+
+static PyObject *
+CallLater_vectorcall(CallLater *cl, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    /* (loop, delay, callback, *args) */
+    if (nargs < 3 || args[2] != cl->sleep_done || cl->sleep_done == Py_None)
+        return PyObject_Vectorcall(cl->base, args, nargsf, kwnames);
+    double delay = PyFloat_AsDouble(args[1]);
+    if (delay == -1.0 && PyErr_Occurred()) {
+        /* not a number: let the base refuse it as it would have */
+        PyErr_Clear();
+        return PyObject_Vectorcall(cl->base, args, nargsf, kwnames);
+    }
+    if (!(delay > 0)) delay = 0;  /* negative and NaN: due now */
+    if (delay > 1e9) delay = 1e9; /* about 31 years: no overflow */
+    PyObject *due = PyLong_FromLongLong(fd_clock() + (int64_t)(delay * 1e9));
+    if (!due) return NULL;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    Py_ssize_t total = nargs + 1 + nkw;
+    PyObject *small[SMALL_ARGS];
+    PyObject **a = total <= SMALL_ARGS ? small : PyMem_Malloc((size_t)total * sizeof(PyObject *));
+    if (!a) {
+        Py_DECREF(due);
+        return PyErr_NoMemory();
+    }
+    a[0] = args[0];
+    a[1] = args[1];
+    a[2] = cl->timer_fired;
+    a[3] = due;
+    for (Py_ssize_t i = 3; i < nargs + nkw; i++) a[i + 1] = args[i];
+    PyObject *res = PyObject_Vectorcall(cl->base, a, (size_t)(nargs + 1), kwnames);
+    if (a != small) PyMem_Free(a);
+    Py_DECREF(due);
+    return res;
+}
+
+static PyObject *
+CallLater_descr_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+    if (obj == NULL || obj == Py_None) return Py_NewRef(self);
+    return PyMethod_New(self, obj);
+}
+
+static int
+CallLater_traverse(CallLater *cl, visitproc visit, void *arg)
+{
+    Py_VISIT(cl->base);
+    Py_VISIT(cl->sleep_done);
+    Py_VISIT(cl->timer_fired);
+    return 0;
+}
+
+static int
+CallLater_clear(CallLater *cl)
+{
+    Py_CLEAR(cl->base);
+    Py_CLEAR(cl->sleep_done);
+    Py_CLEAR(cl->timer_fired);
+    return 0;
+}
+
+static void
+CallLater_dealloc(CallLater *cl)
+{
+    PyObject_GC_UnTrack(cl);
+    CallLater_clear(cl);
+    Py_TYPE(cl)->tp_free((PyObject *)cl);
+}
+
+static PyObject *
+CallLater_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"base", "sleep_done", "timer_fired", NULL};
+    PyObject *base, *sleep_done, *timer_fired;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO:CallLater", kwlist, &base, &sleep_done,
+                                     &timer_fired))
+        return NULL;
+    if (!PyCallable_Check(base) || !PyCallable_Check(timer_fired)) {
+        PyErr_SetString(PyExc_TypeError, "CallLater: base and timer_fired must be callable");
+        return NULL;
+    }
+    CallLater *cl = (CallLater *)type->tp_alloc(type, 0);
+    if (!cl) return NULL;
+    cl->vectorcall = (vectorcallfunc)CallLater_vectorcall;
+    cl->base = Py_NewRef(base);
+    cl->sleep_done = Py_NewRef(sleep_done);
+    cl->timer_fired = Py_NewRef(timer_fired);
+    return (PyObject *)cl;
+}
+
+static PyMemberDef CallLater_members[] = {
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(CallLater, vectorcall), READONLY, NULL}, {NULL}};
+
+static PyTypeObject CallLater_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "flightdeck.core._native.CallLater",
+    .tp_basicsize = sizeof(CallLater),
+    .tp_dealloc = (destructor)CallLater_dealloc,
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL
+                | Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_doc = "A loop's call_later that stamps asyncio.sleep()'s timer with its due time "
+              "(binds like a method).",
+    .tp_traverse = (traverseproc)CallLater_traverse,
+    .tp_clear = (inquiry)CallLater_clear,
+    .tp_members = CallLater_members,
+    .tp_descr_get = CallLater_descr_get,
+    .tp_vectorcall_offset = offsetof(CallLater, vectorcall),
+    .tp_new = CallLater_new,
+};
+
 #endif /* FD_NATIVE_SCHEDULE_H */

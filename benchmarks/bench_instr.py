@@ -133,7 +133,10 @@ def target(variant: str, loop: str, app: str = "steps") -> float:
 
 def counts(app: str, quick: bool, n1: int | None, n2: int | None) -> tuple[int, int, int]:
     """(N1, N2, warm-up requests) for ``app``."""
-    a, b, warm = (100, 300, 100) if quick else (100, 600, 100)
+    # 1,000 requests apart by default: by then every variant of every route has made a full
+    # collection of the cyclic GC (one costs ~25k instructions for each of 1,000 requests;
+    # at 300 apart, where one falls decided a ratio: benchmarks/README.md, 2026-12-06).
+    a, b, warm = (100, 300, 100) if quick else (200, 1200, 100)
     a, b = n1 or a, n2 or b
     if app == "fastapi":
         return max(1, a // FASTAPI_DIVISOR), max(2, b // FASTAPI_DIVISOR), 50
@@ -506,8 +509,8 @@ def main() -> None:
     global TIME_SCALE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="N2=300 (fastapi /5)")
-    parser.add_argument("--n1", type=int, help="requests of the short run (default 100)")
-    parser.add_argument("--n2", type=int, help="requests of the long run (default 600)")
+    parser.add_argument("--n1", type=int, help="requests of the short run (default 200)")
+    parser.add_argument("--n2", type=int, help="requests of the long run (default 1200)")
     parser.add_argument("--apps", nargs="+", default=list(DEFAULT_APPS), choices=APPS)
     parser.add_argument("--loops", nargs="+", default=list(LOOPS), choices=LOOPS)
     parser.add_argument(

@@ -593,13 +593,15 @@ redacted_query(Middleware *m, PyObject *qs)
     return text;
 }
 
-/* New reference to the REQ_START tuple, or NULL with an exception. */
+/* New reference to the REQ_START tuple, or NULL with an exception. ``path``: the scope's
+ * path when the caller has it (a reference it holds), else NULL. */
 static PyObject *
-start_event(Middleware *m, PyObject *scope, PyObject *kind, PyObject *rid, PyObject *t0)
+start_event(Middleware *m, PyObject *scope, PyObject *kind, PyObject *rid, PyObject *t0,
+            PyObject *path)
 {
     if (m->headers) goto python;
     PyObject *method = scope_get(scope, s_method);
-    PyObject *path = scope_get(scope, s_path);
+    if (path == NULL) path = scope_get(scope, s_path);
     PyObject *client = scope_get(scope, s_client);
     PyObject *qs = scope_get(scope, s_query_string);
     PyObject *headers = scope_get(scope, s_headers);
@@ -719,12 +721,19 @@ Send_dealloc(Send *s)
     PyObject_GC_Del(s);
 }
 
+/* ``a`` (any object) equals ``b`` (an ASCII str of ours). Message types such as
+ * "http.response.start" are not identifiers, so an app's literal is rarely our object: an
+ * ASCII one is compared byte for byte, without PyUnicode_Compare's dispatch. */
 static inline int
 same(PyObject *a, PyObject *b)
 {
-    return a == b
-           || (PyUnicode_CheckExact(a) && PyUnicode_GET_LENGTH(a) == PyUnicode_GET_LENGTH(b)
-               && PyUnicode_Compare(a, b) == 0);
+    if (a == b) return 1;
+    if (!PyUnicode_CheckExact(a)) return 0;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(a);
+    if (n != PyUnicode_GET_LENGTH(b)) return 0;
+    if (PyUnicode_IS_COMPACT_ASCII(a) && PyUnicode_IS_COMPACT_ASCII(b))
+        return memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)n) == 0;
+    return PyUnicode_Compare(a, b) == 0;
 }
 
 /* Note what a sent message says; never fails (a lookup error is dropped). */
@@ -1482,10 +1491,11 @@ static PyTypeObject ReceiveType = {
 
 /* --- Middleware.__call__ -------------------------------------------------------------- */
 static int
-is_endpoint(Middleware *m, PyObject *scope)
+is_endpoint(Middleware *m, PyObject *scope, PyObject **found)
 {
     PyObject *path = PyDict_GetItemWithError(scope, s_path);
     if (path == NULL || !PyUnicode_CheckExact(path)) return PyErr_Occurred() ? -1 : 0;
+    *found = path; /* borrowed: the caller takes a reference (start_event reads it again) */
     Py_ssize_t start = 0, n = PyUnicode_GET_LENGTH(path);
     PyObject *root = PyDict_GetItemWithError(scope, s_root_path);
     if (root == NULL && PyErr_Occurred()) return -1;
@@ -1521,13 +1531,18 @@ asgi_call(Middleware *m, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
         kind = s_websocket;
     else
         goto python;
-    int has = PyDict_Contains(scope, s_flightdeck);
-    if (has != 0) goto python_clear;
+    PyObject *path = NULL; /* the scope's path, when the endpoint check read it */
     if (m->prefix != NULL && kind == s_http) {
-        int ep = is_endpoint(m, scope);
+        int ep = is_endpoint(m, scope, &path);
         if (ep != 0) goto python_clear;
     }
-    if (PyDict_SetItem(scope, s_flightdeck, (PyObject *)m) < 0) PyErr_Clear();
+    /* Mark the scope as ours, in one lookup: a scope already marked (a second FlightDeck on
+     * the same app, or a scope passed on again) leaves it to the Python path, which passes
+     * it through. */
+    Py_ssize_t keys = PyDict_GET_SIZE(scope);
+    PyObject *mark = PyDict_SetDefault(scope, s_flightdeck, (PyObject *)m); /* borrowed */
+    if (mark == NULL || PyDict_GET_SIZE(scope) == keys) goto python_clear;
+    Py_XINCREF(path);
 
     long long t0 = now_ns();
     m->requests++;
@@ -1537,6 +1552,7 @@ asgi_call(Middleware *m, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
     Receive *rw = PyObject_GC_New(Receive, &ReceiveType);
     Call *c = PyObject_GC_New(Call, &CallType);
     if (rid == NULL || st == NULL || sw == NULL || rw == NULL || c == NULL) {
+        Py_XDECREF(path);
         Py_XDECREF(rid);
         Py_XDECREF(st);
         if (sw) {
@@ -1578,8 +1594,9 @@ asgi_call(Middleware *m, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
     PyObject_GC_Track(c);
 
     PyObject *t0o = PyLong_FromLongLong(t0);
-    PyObject *ev = t0o ? start_event(m, scope, kind, rid, t0o) : NULL;
+    PyObject *ev = t0o ? start_event(m, scope, kind, rid, t0o, path) : NULL;
     Py_XDECREF(t0o);
+    Py_XDECREF(path);
     if (ev == NULL) {
         dropped_as(m, "request_start");
     } else {

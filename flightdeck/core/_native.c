@@ -37,7 +37,8 @@
  *   livetasks.h   LiveTasks: the window's table of live tasks as a mapping (window.h has it)
  *   blockwatch.h  BlockWatch: a step holding the loop (and the GIL) noticed without the GIL
  *   runner.h    await chains and StepRunner (task steps and wakeups)
- *   schedule.h  CallSoon and CreateTask (the loop subclass's call_soon and create_task)
+ *   schedule.h  CallSoon, CreateTask and CallLater (the loop subclass's scheduling methods)
+ *   gcwatch.h   GcWatch: the gc.callbacks entry that records long collections
  * and, below, the module.
  */
 #define PY_SSIZE_T_CLEAN
@@ -58,6 +59,7 @@
 #include "native/blockwatch.h"
 #include "native/runner.h"
 #include "native/schedule.h"
+#include "native/gcwatch.h"
 
 /* ------------------------------------------------------------------------------------ */
 /* module                                                                                */
@@ -151,7 +153,7 @@ PyInit__native(void)
         || PyType_Ready(&TaskRecord_Type) < 0 || PyType_Ready(&CreateTask_Type) < 0
         || PyType_Ready(&CallLater_Type) < 0 || PyType_Ready(&HandleRun_Type) < 0
         || PyType_Ready(&BlockWatch_Type) < 0 || PyType_Ready(&TaskFeed_Type) < 0
-        || builder_init_strings() < 0)
+        || PyType_Ready(&GcWatch_Type) < 0 || builder_init_strings() < 0)
         return NULL;
     PyObject *m = PyModule_Create(&native_module);
     if (!m) return NULL;
@@ -164,6 +166,7 @@ PyInit__native(void)
         || PyModule_AddObjectRef(m, "HandleRun", (PyObject *)&HandleRun_Type) < 0
         || PyModule_AddObjectRef(m, "BlockWatch", (PyObject *)&BlockWatch_Type) < 0
         || PyModule_AddObjectRef(m, "TaskFeed", (PyObject *)&TaskFeed_Type) < 0
+        || PyModule_AddObjectRef(m, "GcWatch", (PyObject *)&GcWatch_Type) < 0
         || PyModule_AddStringConstant(m, "SCHEMA", FD_SCHEMA_STRING) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -8,6 +8,7 @@ import gc
 import operator
 import sys
 import time
+import types
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -664,3 +665,38 @@ def test_native_call_later_stamps_sleeps_and_passes_other_timers_through(make: A
         assert loop.call_later.__self__ is loop  # bound like a method when looked up
     finally:
         loop.close()
+
+
+@pytest.mark.parametrize("make", [m for _, m, _ in loops()][1:], ids=[n for n, _, _ in loops()][1:])
+def test_create_task_read_as_an_attribute_binds_to_the_loop_and_records_the_task(
+    make: Any,
+) -> None:
+    # ``f = loop.create_task`` (not a call) goes through the descriptor: it must bind like a
+    # method, not as call_soon binds (a call_soon's layout read from a create_task).
+    from flightdeck import FlightRecorder
+
+    loop = make()
+
+    async def child() -> int:
+        await asyncio.sleep(0)
+        return 7
+
+    async def main() -> tuple[Any, int, list[dict[str, Any]]]:
+        rec = FlightRecorder(loop_blocked=None)
+        rec.start()
+        try:
+            create = loop.create_task
+            result = await create(child())
+            tasks = rec.snapshot().to_dict()["tasks"]
+            return create, result, tasks
+        finally:
+            rec.stop()
+
+    try:
+        create, result, tasks = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert type(create) is types.MethodType
+    assert isinstance(create.__func__, native.CreateTask) and create.__self__ is loop
+    assert result == 7
+    assert any(t.get("coro", "").endswith("child") for t in tasks), tasks

@@ -111,13 +111,13 @@ HandleRun_vectorcall(HandleRun *hr, PyObject *const *args, size_t nargsf, PyObje
     Py_RETURN_NONE;
 }
 
+/* tp_descr_get of the callables that bind like a plain method (HandleRun, CreateTask,
+ * CallLater): itself from the class, a method object from an instance. CallSoon binds its
+ * own way (one BoundCallSoon per loop), which only a CallSoon's layout can hold. */
 static PyObject *
-HandleRun_descr_get(PyObject *self, PyObject *obj, PyObject *type)
+bind_as_method(PyObject *self, PyObject *obj, PyObject *type)
 {
-    if (obj == NULL || obj == Py_None) {
-        Py_INCREF(self);
-        return self;
-    }
+    if (obj == NULL || obj == Py_None) return Py_NewRef(self);
     return PyMethod_New(self, obj);
 }
 
@@ -177,7 +177,7 @@ static PyTypeObject HandleRun_Type = {
     .tp_traverse = (traverseproc)HandleRun_traverse,
     .tp_clear = (inquiry)HandleRun_clear,
     .tp_members = HandleRun_members,
-    .tp_descr_get = HandleRun_descr_get,
+    .tp_descr_get = bind_as_method,
     .tp_vectorcall_offset = offsetof(HandleRun, vectorcall),
     .tp_new = HandleRun_new,
 };
@@ -495,6 +495,7 @@ CallSoon_descr_get(PyObject *self, PyObject *obj, PyObject *type)
         Py_INCREF(self);
         return self;
     }
+    if (!Py_IS_TYPE(self, &CallSoon_Type)) return PyMethod_New(self, obj); /* not our layout */
     CallSoon *cs = (CallSoon *)self;
     BoundCallSoon *b = (BoundCallSoon *)cs->bound;
     if (b && b->self == obj) return Py_NewRef((PyObject *)b);
@@ -896,7 +897,7 @@ static PyTypeObject CreateTask_Type = {
     .tp_traverse = (traverseproc)CreateTask_traverse,
     .tp_clear = (inquiry)CreateTask_clear,
     .tp_members = CreateTask_members,
-    .tp_descr_get = CallSoon_descr_get,
+    .tp_descr_get = bind_as_method,
     .tp_vectorcall_offset = offsetof(CreateTask, vectorcall),
     .tp_new = CreateTask_new,
 };
@@ -951,13 +952,6 @@ CallLater_vectorcall(CallLater *cl, PyObject *const *args, size_t nargsf, PyObje
     if (a != small) PyMem_Free(a);
     Py_DECREF(due);
     return res;
-}
-
-static PyObject *
-CallLater_descr_get(PyObject *self, PyObject *obj, PyObject *type)
-{
-    if (obj == NULL || obj == Py_None) return Py_NewRef(self);
-    return PyMethod_New(self, obj);
 }
 
 static int
@@ -1022,7 +1016,7 @@ static PyTypeObject CallLater_Type = {
     .tp_traverse = (traverseproc)CallLater_traverse,
     .tp_clear = (inquiry)CallLater_clear,
     .tp_members = CallLater_members,
-    .tp_descr_get = CallLater_descr_get,
+    .tp_descr_get = bind_as_method,
     .tp_vectorcall_offset = offsetof(CallLater, vectorcall),
     .tp_new = CallLater_new,
 };

@@ -248,6 +248,9 @@ def test_the_html_timeline_draws_a_group_of_rows_per_worker(
     srv, pids = _four_workers(server, directory, core)
     status, body = _post(f"{srv.url}{PREFIX}/snapshots?scope=host")
     assert status == 201, body
+    # The document first: a worker missing from the page is then the page's fault, not the
+    # capture's.
+    _check_document(_document(srv, body["id"]), pids)
     status, _, page = http_get(f"{srv.url}{PREFIX}/snapshots/{body['id']}?format=html")
     assert status == 200
     path = tmp_path / "host.html"
@@ -255,7 +258,7 @@ def test_the_html_timeline_draws_a_group_of_rows_per_worker(
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         try:
-            # Tall enough for every worker's rows at once: drawn() reports what is on screen.
+            # A tall page to start with; made taller below when the rows need it.
             tab = browser.new_page(viewport={"width": 1400, "height": 2400})
             errors: list[str] = []
             tab.on("pageerror", lambda e: errors.append(str(e)))
@@ -272,10 +275,18 @@ def test_the_html_timeline_draws_a_group_of_rows_per_worker(
                 mine = [r for r, p in zip(rows, owners, strict=True) if p == pid]
                 assert f"pid {pid} · event loop" in mine, mine
                 assert f"pid {pid} · requests" in mine, mine
-            tab.evaluate(f"{fd}.fit()")
+            # drawn() reports the rows on screen: make the page tall enough for all of them
+            # (a worker that answered many requests has many task rows), then draw again.
+            # The page's resize listener runs inside dispatchEvent, before fit() draws.
+            visible = len(tab.evaluate(f"{fd}.visibleRows()"))
+            height = max(2400, 22 + 20 * (visible + 2))
+            tab.set_viewport_size({"width": 1400, "height": height})
+            tab.evaluate(f"window.dispatchEvent(new Event('resize')); {fd}.fit()")
             drawn = tab.evaluate(f"{fd}.drawn()")
             drawn_pids = {int(d["row"].split(" ")[1]) for d in drawn if d["row"].startswith("pid ")}
-            assert drawn_pids == pids
+            assert drawn_pids == pids, tab.evaluate(
+                f"{fd}.doc.processes.map(p => [p.pid, p.error || null])"
+            )
             assert "processes" in tab.inner_text("#process")
             assert errors == []
         finally:

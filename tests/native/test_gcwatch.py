@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from flightdeck.core import events as ev
+from flightdeck.core.cores import CORE
 from flightdeck.instrument.gc import GcMonitor
 
 native = pytest.importorskip("flightdeck.core._native", reason="native core not built")
@@ -62,6 +63,9 @@ def test_a_failing_sink_or_odd_arguments_are_counted_never_raised() -> None:
     assert watch() is None and watch(1, 2) is None and watch("stop", None) is None
 
 
+@pytest.mark.skipif(
+    CORE != "native", reason="the pure core (FLIGHTDECK_NO_EXTENSIONS) watches in Python"
+)
 def test_the_monitor_uses_it_on_the_native_core_and_records_a_real_collection() -> None:
     sink = Sink()
     monitor = GcMonitor(sink, threshold_ns=0)  # type: ignore[arg-type]

@@ -674,6 +674,10 @@ def test_create_task_read_as_an_attribute_binds_to_the_loop_and_records_the_task
     # ``f = loop.create_task`` (not a call) goes through the descriptor: it must bind like a
     # method, not as call_soon binds (a call_soon's layout read from a create_task).
     from flightdeck import FlightRecorder
+    from flightdeck.core.cores import CORE
+
+    if CORE != "native":
+        pytest.skip("the native core is disabled (FLIGHTDECK_NO_EXTENSIONS): no native hook")
 
     loop = make()
 

@@ -275,9 +275,11 @@ def test_the_html_timeline_draws_a_group_of_rows_per_worker(
                 mine = [r for r, p in zip(rows, owners, strict=True) if p == pid]
                 assert f"pid {pid} · event loop" in mine, mine
                 assert f"pid {pid} · requests" in mine, mine
-            # drawn() reports the rows on screen: make the page tall enough for all of them
-            # (a worker that answered many requests has many task rows), then draw again.
-            # The page's resize listener runs inside dispatchEvent, before fit() draws.
+            # drawn() reports the rows on screen: make the page tall enough for all the rows
+            # of the whole window (a worker that answered many requests has many task rows,
+            # and rows without anything in view fold away: counted after fit()), then draw
+            # again. The page's resize listener runs inside dispatchEvent, before fit() draws.
+            tab.evaluate(f"{fd}.fit()")
             visible = len(tab.evaluate(f"{fd}.visibleRows()"))
             height = max(2400, 22 + 20 * (visible + 2))
             tab.set_viewport_size({"width": 1400, "height": height})

@@ -70,6 +70,43 @@ PyObject_GetOptionalAttr(PyObject *o, PyObject *name, PyObject **result)
 #include "../core/native/clock.h"
 #include "../core/native/capi.h"
 
+/* A free list of one GC type's objects, each untracked and cleared. A request makes a call,
+ * a send and a receive object (and one for each receive()); taken from the list they are not
+ * counted as new allocations by the cyclic GC, whose young collections are triggered by that
+ * count. Counted, 32 requests in flight raised uvicorn's young collections per request by half
+ * on uvloop (the count drifts upward by what each request holds when a collection resets it).
+ * The objects are still tracked while alive: a cycle through them is collected as before. */
+#define FREE_MAX 128
+typedef struct {
+    PyObject *items[FREE_MAX];
+    int n;
+} FreeList;
+
+/* An object of ``tp`` (untracked, fields unset), from the list or new; NULL on error. */
+static inline void *
+free_pop(FreeList *fl, PyTypeObject *tp)
+{
+    if (fl->n > 0) {
+        PyObject *o = fl->items[--fl->n];
+        _Py_NewReference(o);
+        return o;
+    }
+    return _PyObject_GC_New(tp);
+}
+
+/* Free ``o`` (untracked, cleared): onto the list, or to the allocator when it is full or the
+ * object was finalized (the GC remembers that in the object's header: a reused one would
+ * never be finalized again). */
+static inline void
+free_push(FreeList *fl, PyObject *o)
+{
+    if (fl->n < FREE_MAX && !PyObject_GC_IsFinalized(o))
+        fl->items[fl->n++] = o;
+    else
+        PyObject_GC_Del(o);
+}
+static FreeList free_send, free_receive, free_recv_await, free_call;
+
 /* The native core's functions (capi.h), once a setup found the core loaded; NULL before. */
 static const FdCAPI *capi;
 static void find_capi(void);
@@ -718,7 +755,7 @@ Send_dealloc(Send *s)
 {
     PyObject_GC_UnTrack(s);
     Send_clear(s);
-    PyObject_GC_Del(s);
+    free_push(&free_send, (PyObject *)s);
 }
 
 /* ``a`` (any object) equals ``b`` (an ASCII str of ours). Message types such as
@@ -1266,10 +1303,12 @@ Call_finalize(Call *c)
 static void
 Call_dealloc(Call *c)
 {
-    if (PyObject_CallFinalizerFromDealloc((PyObject *)c) < 0) return; /* resurrected */
+    /* A finished call has nothing to finalize: skipped, it stays reusable (free_push). */
+    if (!c->finished && PyObject_CallFinalizerFromDealloc((PyObject *)c) < 0)
+        return; /* resurrected */
     PyObject_GC_UnTrack(c);
     Call_clear(c);
-    PyObject_GC_Del(c);
+    free_push(&free_call, (PyObject *)c);
 }
 
 static PyMethodDef Call_methods[] = {
@@ -1329,7 +1368,7 @@ RecvAwait_dealloc(RecvAwait *r)
 {
     PyObject_GC_UnTrack(r);
     RecvAwait_clear(r);
-    PyObject_GC_Del(r);
+    free_push(&free_recv_await, (PyObject *)r);
 }
 
 static void
@@ -1458,14 +1497,14 @@ Receive_dealloc(Receive *s)
 {
     PyObject_GC_UnTrack(s);
     Receive_clear(s);
-    PyObject_GC_Del(s);
+    free_push(&free_receive, (PyObject *)s);
 }
 static PyObject *
 Receive_vectorcall(Receive *s, PyObject *const *args, size_t nargsf, PyObject *kw)
 {
     PyObject *aw = PyObject_Vectorcall(s->receive, args, nargsf, kw);
     if (aw == NULL) return NULL; /* the server's own error */
-    RecvAwait *r = PyObject_GC_New(RecvAwait, &RecvAwaitType);
+    RecvAwait *r = free_pop(&free_recv_await, &RecvAwaitType);
     if (r == NULL) {
         PyErr_Clear();
         return aw; /* could not watch it: hand over the server's awaitable as is */
@@ -1548,9 +1587,9 @@ asgi_call(Middleware *m, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
     m->requests++;
     PyObject *rid = PyLong_FromLongLong(++m->rid);
     State *st = state_new();
-    Send *sw = PyObject_GC_New(Send, &SendType);
-    Receive *rw = PyObject_GC_New(Receive, &ReceiveType);
-    Call *c = PyObject_GC_New(Call, &CallType);
+    Send *sw = free_pop(&free_send, &SendType);
+    Receive *rw = free_pop(&free_receive, &ReceiveType);
+    Call *c = free_pop(&free_call, &CallType);
     if (rid == NULL || st == NULL || sw == NULL || rw == NULL || c == NULL) {
         Py_XDECREF(path);
         Py_XDECREF(rid);

@@ -433,6 +433,53 @@ async def test_requests_dropped_inside_reference_cycles_end(path: str, decks: li
         assert deck.native_errors == 0
 
 
+async def test_requests_dropped_after_others_were_collected_in_cycles_end(
+    path: str, decks: list[Any]
+) -> None:
+    # The native path reuses the objects of finished requests. One the cycle collector
+    # finalized carries a mark that it was; reused, a later request dropped the same way
+    # would never be finalized, so never ended: each of these must end all the same.
+    import contextvars
+
+    class Pending:
+        held: Any = None
+
+        def __await__(self) -> Any:
+            while True:
+                yield
+
+    made: list[Pending] = []
+
+    def app(scope: Any, receive: Any, send: Any) -> Pending:
+        made.append(Pending())
+        return made[-1]
+
+    deck = await started(make(app, decks))
+
+    def dropped(n: int, cycle: bool) -> None:
+        for _ in range(n):
+            awaitable = deck(http_scope("/dropped"), _receive_nothing, _ignore)
+            assert contextvars.copy_context().run(awaitable.send, None) is None
+            if cycle:
+                made[-1].held = awaitable
+            made.pop()
+            del awaitable
+
+    gc.collect()
+    gc.disable()
+    try:
+        dropped(50, cycle=True)
+        gc.collect()  # finalized by the collector
+        assert not deck.recorder.live_requests
+        dropped(50, cycle=False)  # finalized as each is freed
+    finally:
+        gc.enable()
+    assert not deck.recorder.live_requests
+    ended = requests_of(deck)
+    assert len(ended) == 100
+    assert all(r["end"] is not None and r["error"] == "GeneratorExit" for r in ended)
+
+
 @pytest.mark.parametrize("huge", [2**64, -(2**63), -(2**70), 10**400])
 async def test_a_status_beyond_64_bits_is_clamped_and_captures_keep_working(
     path: str, decks: list[Any], huge: int

@@ -8,6 +8,7 @@ provider, a span processor that discards), ``sentry`` (Sentry ASGI middleware,
 ``traces_sample_rate=1.0``, a transport that discards).
 
 For uvicorn: ``BENCH_APP=steps BENCH_VARIANT=fd_full uvicorn --factory apps:create_app``.
+``BENCH_GC=1`` puts :class:`GcCount` outside the variant (``bench_gc.py``).
 """
 
 from __future__ import annotations
@@ -245,6 +246,34 @@ def make_app(name: str) -> Any:
     }[name]()
 
 
+class GcCount:
+    """Counts HTTP requests and answers ``GET /__gc`` with the requests so far and the
+    cyclic GC's collections of each generation (``gc.get_stats()``), as JSON."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.requests = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] != "/__gc":
+            self.requests += 1
+            await self.app(scope, receive, send)
+            return
+        import gc
+        import json
+
+        body = json.dumps(
+            {"requests": self.requests, "collections": [g["collections"] for g in gc.get_stats()]}
+        ).encode()
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
 def create_app() -> Any:
     """uvicorn ``--factory`` entry point: the app and variant named by the environment."""
-    return wrap(make_app(os.environ["BENCH_APP"]), os.environ["BENCH_VARIANT"])
+    app = wrap(make_app(os.environ["BENCH_APP"]), os.environ["BENCH_VARIANT"])
+    return GcCount(app) if os.environ.get("BENCH_GC") == "1" else app

@@ -461,7 +461,9 @@ function fmtT(t, step) {
   return (t * 1e3).toFixed(Math.min(6, Math.max(0, -Math.floor(Math.log10(step * 1e3))))) + ' ms';
 }
 
-var drawn = [];
+// What the last draw() painted, for tests: its items (the first 20,000) and, uncapped, how
+// many items each row painted (a page of many workers paints more than the cap).
+var drawn = [], drawnRows = {};
 function drawLayer(layer, y, row) {
   var items = layer.items, n = items.length; if (!n) return;
   var i = firstVisible(layer, view.s), lastPx = -1, lastColor = '', tw = cssW;
@@ -500,6 +502,7 @@ function drawLayer(layer, y, row) {
         box = {text: lab, x0: x0 + 3, x1: x0 + 3 + ctx.measureText(lab).width};
       }
     }
+    drawnRows[row.label] = (drawnRows[row.label] || 0) + 1;
     if (drawn.length < 20000) drawn.push({row: row.label, kind: it.kind, cls: it.cls || it.kind, color: it.color, tick: !!it.tick, x0: x0, x1: x0 + w, y0: yy, y1: yy + h, label: box});
     if (it === selected) { ctx.save(); ctx.strokeStyle = '#111'; ctx.lineWidth = 2; ctx.strokeRect(x0 - 1, yy - 1, w + 2, h + 2); ctx.restore(); }
   }
@@ -510,6 +513,7 @@ function drawLayer(layer, y, row) {
     var lab = text.length > nch ? text.slice(0, nch - 1) + '…' : text, lw = ctx.measureText(lab).width;
     ctx.fillStyle = r.color; ctx.fillRect(r.x0, r.yy, Math.min(rw, lw + 6), r.h);
     ctx.fillStyle = '#fff'; ctx.fillText(lab, r.x0 + 3, y + ROW_H / 2 + 1);
+    drawnRows[row.label] = (drawnRows[row.label] || 0) + 1;
     if (drawn.length < 20000) drawn.push({row: row.label, kind: 'step', cls: 'step', color: r.color, tick: false, x0: r.x0, x1: r.x0 + Math.min(rw, lw + 6), y0: r.yy, y1: r.yy + r.h, label: {text: lab, x0: r.x0 + 3, x1: r.x0 + 3 + lw}, run: r.n});
   });
 }
@@ -519,7 +523,7 @@ function draw() {
   ctx.fillStyle = '#fff'; ctx.fillRect(0, 0, cssW, cssH);
   ctx.font = '11px ui-monospace, Menlo, Consolas, "DejaVu Sans Mono", monospace';
   ctx.textBaseline = 'middle';
-  layout(); clampY(); drawn = [];
+  layout(); clampY(); drawn = []; drawnRows = {};
   var rows = vis;
   var first = Math.max(0, Math.floor(view.y / ROW_H)), last = Math.min(rows.length, Math.ceil((view.y + cssH - AXIS_H) / ROW_H) + 1);
   // Grid.
@@ -787,6 +791,7 @@ window.flightdeck = {
   axisBoxes: function () { return axisBoxes; },
   visibleRows: function () { return vis.map(function (r) { return r.label; }); },
   drawn: function () { return drawn; },
+  drawnRows: function () { return drawnRows; },
   legend: function () { var o = {}; CLASSES.forEach(function (c) { if (usedClasses[c[0]]) o[c[0]] = c[1]; }); return o; },
   full: function (on) { FULL = !!on; showDetails(selected); return FULL; },
   parts: PARTS,

@@ -10,7 +10,7 @@ generation between them. Variants are hit in shuffled order, round after round; 
 are medians of the rounds.
 
 Run: ``.venv/bin/python benchmarks/bench_gc.py [--loops asyncio uvloop] [--apps steps]
-[--variants bare fd_mw fd_full] [--rounds 5] [--duration 6]`` (~3 min as given).
+[--variants bare fd_mw fd_full] [--rounds 5] [--duration 6]`` (~4 min as given).
 Writes ``results/bench_gc.json``.
 """
 

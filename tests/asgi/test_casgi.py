@@ -388,38 +388,52 @@ async def test_the_request_id_lives_in_the_context_that_runs_the_request(
         assert deck.native_errors == 0
 
 
-async def test_requests_dropped_inside_reference_cycles_end(path: str, decks: list[Any]) -> None:
-    # A request that started, then was dropped while its awaitable is part of a reference
-    # cycle (here: the app's awaitable holds the request's, as an abandoned task's futures
-    # hold the task) is ended by the cycle collector, as it closes a coroutine: nothing
-    # stays "in flight". No coroutine finalizer breaks this cycle first.
-    import contextvars
+class Pending:
+    """What the app returns: awaits forever, and holds what awaits it."""
 
-    class Pending:
-        """What the app returns: awaits forever, and holds what awaits it."""
+    held: Any = None
 
-        held: Any = None
+    def __await__(self) -> Any:
+        while True:
+            yield
 
-        def __await__(self) -> Any:
-            while True:
-                yield
 
+def pending_app() -> tuple[Any, list[Pending]]:
+    """An app whose every request waits forever, and the list of what it returned."""
     made: list[Pending] = []
 
     def app(scope: Any, receive: Any, send: Any) -> Pending:
         made.append(Pending())
         return made[-1]
 
+    return app, made
+
+
+def drop_requests(deck: FlightDeck, made: list[Pending], n: int, cycle: bool) -> None:
+    """``n`` requests, each stepped once in a context of its own (as a task would run it),
+    leaving the app waiting, then dropped: inside a reference cycle (the app's awaitable
+    holds the request's, as an abandoned task's futures hold the task) or not."""
+    import contextvars
+
+    for _ in range(n):
+        awaitable = deck(http_scope("/dropped"), _receive_nothing, _ignore)
+        assert contextvars.copy_context().run(awaitable.send, None) is None
+        if cycle:
+            made[-1].held = awaitable
+        made.pop()
+        del awaitable
+
+
+async def test_requests_dropped_inside_reference_cycles_end(path: str, decks: list[Any]) -> None:
+    # A request that started, then was dropped while its awaitable is part of a reference
+    # cycle is ended by the cycle collector, as it closes a coroutine: nothing stays "in
+    # flight". No coroutine finalizer breaks this cycle first.
+    app, made = pending_app()
     deck = await started(make(app, decks))
     gc.collect()
     gc.disable()  # the collection below is the one that finds the cycles
     try:
-        for _ in range(200):
-            awaitable = deck(http_scope("/cycle"), _receive_nothing, _ignore)
-            # One step, in a context of its own (as a task would), leaves the app waiting.
-            assert contextvars.copy_context().run(awaitable.send, None) is None
-            made.pop().held = awaitable  # the cycle: awaitable -> app's -> awaitable
-            del awaitable
+        drop_requests(deck, made, 200, cycle=True)
         assert len(deck.recorder.live_requests) == 200
         gc.collect()
     finally:
@@ -439,39 +453,15 @@ async def test_requests_dropped_after_others_were_collected_in_cycles_end(
     # The native path reuses the objects of finished requests. One the cycle collector
     # finalized carries a mark that it was; reused, a later request dropped the same way
     # would never be finalized, so never ended: each of these must end all the same.
-    import contextvars
-
-    class Pending:
-        held: Any = None
-
-        def __await__(self) -> Any:
-            while True:
-                yield
-
-    made: list[Pending] = []
-
-    def app(scope: Any, receive: Any, send: Any) -> Pending:
-        made.append(Pending())
-        return made[-1]
-
+    app, made = pending_app()
     deck = await started(make(app, decks))
-
-    def dropped(n: int, cycle: bool) -> None:
-        for _ in range(n):
-            awaitable = deck(http_scope("/dropped"), _receive_nothing, _ignore)
-            assert contextvars.copy_context().run(awaitable.send, None) is None
-            if cycle:
-                made[-1].held = awaitable
-            made.pop()
-            del awaitable
-
     gc.collect()
     gc.disable()
     try:
-        dropped(50, cycle=True)
+        drop_requests(deck, made, 50, cycle=True)
         gc.collect()  # finalized by the collector
         assert not deck.recorder.live_requests
-        dropped(50, cycle=False)  # finalized as each is freed
+        drop_requests(deck, made, 50, cycle=False)  # finalized as each is freed
     finally:
         gc.enable()
     assert not deck.recorder.live_requests

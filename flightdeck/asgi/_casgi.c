@@ -234,6 +234,9 @@ typedef struct {
     PyObject *contextvar;    /* instrument.context.current_request, or NULL: not set (nothing
                               * of this recorder reads it: the loop is not instrumented) */
     PyObject *prefix;        /* endpoint path or NULL */
+    PyObject *route_obj;     /* the last request's scope["route"], or NULL */
+    PyObject *route_text;    /* what route_of recorded for it (a router's routes are made once:
+                              * the next request of that route reuses it, with no getattr) */
     long long slow_floor_ns; /* the pre-check, as the triggers state it (capture.py) */
     long long status_floor;
     long long rid;
@@ -271,6 +274,8 @@ Middleware_traverse(Middleware *m, visitproc visit, void *arg)
     Py_VISIT(m->error_stack);
     Py_VISIT(m->contextvar);
     Py_VISIT(m->prefix);
+    Py_VISIT(m->route_obj);
+    Py_VISIT(m->route_text);
     return 0;
 }
 static int
@@ -294,6 +299,8 @@ Middleware_clear(Middleware *m)
     Py_CLEAR(m->error_stack);
     Py_CLEAR(m->contextvar);
     Py_CLEAR(m->prefix);
+    Py_CLEAR(m->route_obj);
+    Py_CLEAR(m->route_text);
     return 0;
 }
 static void
@@ -450,6 +457,23 @@ recorder_emit(Middleware *m)
         if (PyErr_Occurred()) return NULL;
     }
     return PyObject_GetAttr(m->recorder, s_emit);
+}
+
+static int emit(Middleware *m, PyObject *event);
+
+/* REQ_START: to the native window without its tuple read back field by field (capi's
+ * req_start) when q->ev is this event and the recorder's emit is that window's own append;
+ * else as emit does. 0, or -1 with an exception set. */
+static int
+emit_start(Middleware *m, PyObject *event, const FdReqStart *q)
+{
+    if (q->ev != event) return emit(m, event);
+    PyObject *fn = recorder_emit(m);
+    if (fn == NULL) return -1;
+    PyObject *win = native_window_of(fn);
+    int done = win != NULL && capi->req_start(win, q) == 0;
+    Py_DECREF(fn);
+    return done ? 0 : emit(m, event);
 }
 
 /* recorder.emit(event); 0, or -1 with an exception set. */
@@ -632,10 +656,12 @@ redacted_query(Middleware *m, PyObject *qs)
 }
 
 /* New reference to the REQ_START tuple, or NULL with an exception. ``path``: the scope's
- * path when the caller has it (a reference it holds), else NULL. */
+ * path when the caller has it (a reference it holds), else NULL. ``q``: its task id filled in
+ * when the tuple is built here (the caller has filled in the rest), for capi's req_start;
+ * q->ev stays NULL when it came from Python. */
 static PyObject *
 start_event(Middleware *m, PyObject *scope, PyObject *kind, PyObject *rid, PyObject *t0,
-            PyObject *path)
+            PyObject *path, FdReqStart *q)
 {
     if (m->headers) goto python;
     PyObject *method = scope_get(scope, s_method);
@@ -692,6 +718,9 @@ start_event(Middleware *m, PyObject *scope, PyObject *kind, PyObject *rid, PyObj
         task = Py_NewRef(Py_None);
     }
     PyObject *tid = task == Py_None ? Py_NewRef(Py_None) : PyLong_FromVoidPtr(task);
+    q->has_tid = task != Py_None;
+    q->tid = (int64_t)(uintptr_t)task;
+    int tid_fits = task == Py_None || (uintptr_t)task <= (uintptr_t)INT64_MAX;
     Py_DECREF(task);
     if (tid == NULL) {
         Py_DECREF(query);
@@ -721,6 +750,7 @@ start_event(Middleware *m, PyObject *scope, PyObject *kind, PyObject *rid, PyObj
      * query and the trace id come from Python: only when they are a str or None) */
     if (PyUnicode_CheckExact(query) && (trace == Py_None || PyUnicode_CheckExact(trace)))
         PyObject_GC_UnTrack(ev);
+    if (tid_fits) q->ev = ev; /* borrowed: the caller holds it */
     return ev;
 python:
     {
@@ -994,20 +1024,31 @@ Call_clear(Call *c)
     return 0;
 }
 
+/* New reference to the route template of the request (the router's scope["route"]: its
+ * path_format, else its path), None without one, or NULL with an exception. */
 static PyObject *
-route_of(PyObject *scope)
+route_of(Middleware *m, PyObject *scope)
 {
     PyObject *route = PyDict_GetItemWithError(scope, s_route);
     if (route == NULL || route == Py_None) return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    if (route == m->route_obj) return Py_NewRef(m->route_text);
     PyObject *p = NULL;
     if (PyObject_GetOptionalAttr(route, s_path_format, &p) < 0) return NULL;
     if (p == NULL || !PyObject_IsTrue(p)) {
         Py_XDECREF(p);
         if (PyObject_GetOptionalAttr(route, s_path, &p) < 0) return NULL;
     }
-    if (p != NULL && PyUnicode_Check(p)) return p;
-    Py_XDECREF(p);
-    return Py_NewRef(Py_None);
+    if (p == NULL || !PyUnicode_Check(p)) {
+        Py_XDECREF(p);
+        p = Py_NewRef(Py_None);
+    }
+    /* a reference each (the getattrs above may have run code that called us) */
+    PyObject *old_obj = m->route_obj, *old_text = m->route_text;
+    m->route_obj = Py_NewRef(route);
+    m->route_text = Py_NewRef(p);
+    Py_XDECREF(old_obj);
+    Py_XDECREF(old_text);
+    return p;
 }
 
 /* An int the snapshot formats can hold (new reference, NULL on error): one past
@@ -1074,7 +1115,7 @@ Call_finish(Call *c, PyObject *error)
     } else {
         status_obj = Py_NewRef(Py_None); /* not an HTTP status: the server refuses it */
     }
-    PyObject *route = route_of(c->scope);
+    PyObject *route = route_of(m, c->scope);
     if (route == NULL) {
         dropped(m);
         route = Py_NewRef(Py_None);
@@ -1634,7 +1675,8 @@ asgi_call(Middleware *m, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
     PyObject_GC_Track(c);
 
     PyObject *t0o = PyLong_FromLongLong(t0);
-    PyObject *ev = t0o ? start_event(m, scope, kind, rid, t0o, path) : NULL;
+    FdReqStart q = {.ev = NULL, .t = t0, .rid = m->rid};
+    PyObject *ev = t0o ? start_event(m, scope, kind, rid, t0o, path, &q) : NULL;
     Py_XDECREF(t0o);
     Py_XDECREF(path);
     if (ev == NULL) {
@@ -1644,7 +1686,8 @@ asgi_call(Middleware *m, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
             PyTuple_CheckExact(ev) && PyTuple_GET_SIZE(ev) > 6 ? live_start(ev) : Py_NewRef(ev);
         PyObject *entry = live ? PyTuple_Pack(3, live, scope, (PyObject *)st) : NULL;
         Py_XDECREF(live);
-        if (entry == NULL || PyDict_SetItem(m->inflight, rid, entry) < 0 || emit(m, ev) < 0)
+        if (entry == NULL || PyDict_SetItem(m->inflight, rid, entry) < 0
+            || emit_start(m, ev, &q) < 0)
             dropped_as(m, "request_start");
         Py_XDECREF(entry);
         Py_DECREF(ev);

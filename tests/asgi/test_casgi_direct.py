@@ -1,10 +1,12 @@
 """The native request path writes its events into the native window with no Python call.
 
-While the recorder's ``emit`` is the native window's own ``append``, ``_casgi.c`` hands
-REQ_START to it directly and writes REQ_END from C values, with no tuple (``capi.h``). These
-check that what lands in the window is what the tuple path writes, that the request leaves
-the window's status table, that a field of an unusual type still gets recorded (the tuple's
-generic form), and that an ``emit`` put in the window's place still sees every event.
+While the recorder's ``emit`` is the native window's own ``append``, ``_casgi.c`` writes
+REQ_START from its tuple with its ints as C values, and REQ_END from C values with no tuple
+(``capi.h``). These check that what lands in the window is what the tuple path writes, that
+the request is in the window's status table while it runs and leaves it after, that a field
+of an unusual type still gets recorded (the tuple's generic form), that an ``emit`` put in the
+window's place still sees every event, and that the route template kept for a route object
+is that route's.
 """
 
 from __future__ import annotations
@@ -91,6 +93,80 @@ async def test_req_end_written_from_c_values_reads_back_as_the_tuple() -> None:
         assert start[1] <= ttfb <= body_end <= t
         # the request left the status table that heads each new generation
         assert deck.recorder._window.freeze().requests == {}
+        assert deck.native_errors == 0
+    finally:
+        deck.close()
+
+
+async def test_req_start_written_from_c_values_is_the_tuple_and_the_live_status() -> None:
+    # REQ_START goes to the window with its ints as C values and its other fields read from
+    # the tuple: what reads back is the tuple the middleware keeps for the request, and while
+    # the request runs it is the request's entry in the window's status table (which heads
+    # the next generation: sealed after the first start, the second start opens one).
+    started, release = asyncio.Semaphore(0), asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        started.release()
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    deck = deck_for(app)
+    window = deck.recorder._window
+    try:
+        scope = http_scope("/live/1", query_string=b"a=1", client=("10.0.0.9", 4321))
+        first = asyncio.ensure_future(drive(deck, scope))
+        await started.acquire()
+        [(rid, (kept, _, _))] = deck.recorder.live_requests.items()
+        assert kept[ev.REQ_START_CLIENT] == ("10.0.0.9", 4321)
+        assert kept[ev.REQ_START_TID] is not None  # the request's task: the I field's value
+        [start] = window_events(deck, ev.REQ_START)
+        assert start == kept
+        window.maintain(force_seal=True)
+        second = asyncio.ensure_future(drive(deck, http_scope("/live/2")))
+        await started.acquire()
+        heads = [seg.status()[1] for seg in window.freeze().segments]
+        assert heads == [{}, {rid: kept}]
+        release.set()
+        await asyncio.gather(first, second)
+        assert window.freeze().requests == {}
+        assert deck.native_errors == 0
+    finally:
+        deck.close()
+
+
+async def test_requests_alternating_between_routes_each_record_their_own() -> None:
+    # The route's template is kept for the next request of the same route object: another
+    # object (or none, or one with no template) records its own.
+    class Bare:
+        """A route with neither path_format nor path."""
+
+    current: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        scope["route"] = current[0]
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    a, b, empty = Route("/a/{x}"), Route("/b/{y}"), Route("")
+    empty.path = "/plain"  # type: ignore[attr-defined]  (path_format empty: the path)
+    order = [a, b, a, a, Bare(), a, empty, b]
+    deck = deck_for(app)
+    try:
+        for route in order:
+            current[:] = [route]
+            await drive(deck, http_scope("/r"))
+        ends = window_events(deck, ev.REQ_END)
+        assert [e[ev.REQ_END_ROUTE] for e in ends] == [
+            "/a/{x}",
+            "/b/{y}",
+            "/a/{x}",
+            "/a/{x}",
+            None,
+            "/a/{x}",
+            "/plain",
+            "/b/{y}",
+        ]
         assert deck.native_errors == 0
     finally:
         deck.close()

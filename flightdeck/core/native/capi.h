@@ -9,7 +9,7 @@
 #include <stdint.h>
 
 #define FD_CAPI_NAME "flightdeck.core._native._C_API"
-#define FD_CAPI_VERSION 1
+#define FD_CAPI_VERSION 2
 
 /* REQ_END's fields as C values (layout "TNnRVVVRn" of core/events.py). */
 typedef struct {
@@ -18,6 +18,15 @@ typedef struct {
     PyObject *rid_obj;                      /* borrowed: the request id (the status table's key) */
     PyObject *route, *disconnected, *error; /* borrowed: str or None, bool, str or None */
 } FdReqEnd;
+
+/* REQ_START (layout "TNVVVVVVIV"): the tuple the middleware built, which stays the status
+ * table's entry, with the fields the encoder would otherwise read back from it as C values. */
+typedef struct {
+    PyObject *ev;   /* borrowed: the event tuple, its other fields as the layout has them */
+    int64_t t, rid; /* its time and request id */
+    int64_t tid;    /* the task id, when has_tid (0: None) */
+    int has_tid;
+} FdReqStart;
 
 typedef struct {
     int version;
@@ -30,6 +39,9 @@ typedef struct {
      * 1 when a field is not in the layout's types (the caller appends the tuple instead).
      * Never raises. */
     int (*req_end)(PyObject *win, const FdReqEnd *q);
+    /* REQ_START recorded from ``q`` (its tuple kept as the request's status), the same
+     * contract as req_end. */
+    int (*req_start)(PyObject *win, const FdReqStart *q);
 } FdCAPI;
 
 #endif /* FD_NATIVE_CAPI_H */

@@ -335,6 +335,30 @@ win_task_status(Window *w, int64_t kind, PyObject *ev)
         Py_XDECREF(objtab_take(&w->st_tasks, key));
 }
 
+/* A request started: its REQ_START ``ev`` is its entry in the status table under ``key``
+ * (its id + 2) while the table has room. */
+static void
+win_req_live(Window *w, uint64_t key, PyObject *ev)
+{
+    PyObject *old = objtab_get(&w->st_reqs, key);
+    Py_ssize_t old_cost = old && PyTuple_CheckExact(old) ? req_status_bytes(old) : 0;
+    /* One limit for both tables together: the ring was sized around their one share;
+     * requests are costed by what they hold against that share in bytes. */
+    Py_ssize_t cost = req_status_bytes(ev);
+    if ((Py_ssize_t)w->st_tasks.n + (Py_ssize_t)w->st_reqs.n >= w->st_limit
+        || (Py_ssize_t)w->st_tasks.n * EST_STATUS_BYTES + w->st_req_bytes - old_cost + cost
+               > w->st_limit * EST_STATUS_BYTES) {
+        if (old == NULL) return;
+    }
+    PyObject *replaced = NULL;
+    if (objtab_put(&w->st_reqs, key, ev, &replaced) < 0) {
+        w->errors++;
+        return;
+    }
+    w->st_req_bytes += cost - old_cost;
+    Py_XDECREF(replaced);
+}
+
 /* The status tables follow the events (the GIL orders them). */
 static void
 win_status(Window *w, int64_t kind, PyObject *ev)
@@ -346,29 +370,13 @@ win_status(Window *w, int64_t kind, PyObject *ev)
     }
     uint64_t key; /* request ids are ints from 1 (the middleware's) */
     if (tid_key(PyTuple_GET_ITEM(ev, 2), &key) < 0) return;
-    PyObject *old = objtab_get(&w->st_reqs, key);
-    Py_ssize_t old_cost = old && PyTuple_CheckExact(old) ? req_status_bytes(old) : 0;
     if (kind == K_REQ_START) {
-        /* One limit for both tables together: the ring was sized around their one share;
-         * requests are costed by what they hold against that share in bytes. */
-        Py_ssize_t cost = req_status_bytes(ev);
-        if ((Py_ssize_t)w->st_tasks.n + (Py_ssize_t)w->st_reqs.n >= w->st_limit
-            || (Py_ssize_t)w->st_tasks.n * EST_STATUS_BYTES + w->st_req_bytes - old_cost + cost
-                   > w->st_limit * EST_STATUS_BYTES) {
-            if (old == NULL) return;
-        }
-        PyObject *replaced = NULL;
-        if (objtab_put(&w->st_reqs, key, ev, &replaced) < 0) {
-            w->errors++;
-            return;
-        }
-        w->st_req_bytes += cost - old_cost;
-        Py_XDECREF(replaced);
-    } else {
-        PyObject *gone = objtab_take(&w->st_reqs, key);
-        if (gone) w->st_req_bytes -= old_cost;
-        Py_XDECREF(gone);
+        win_req_live(w, key, ev);
+        return;
     }
+    PyObject *gone = objtab_take(&w->st_reqs, key);
+    if (gone) w->st_req_bytes -= PyTuple_CheckExact(gone) ? req_status_bytes(gone) : 0;
+    Py_XDECREF(gone);
 }
 
 static void
@@ -639,6 +647,52 @@ enc_req_end_fn(Segment *g, const void *arg, int64_t *t_end)
     return enc_req_end(g, (const FdReqEnd *)arg, t_end);
 }
 
+/* REQ_START from its tuple, the fields the layout reads as ints taken from ``q``: the record
+ * enc_event writes for the tuple. The others are the tuple's own (scope type, method, path,
+ * query, client, headers, trace id), each in its value form. */
+static int
+enc_req_start(Segment *g, const void *arg, int64_t *t_end)
+{
+    const FdReqStart *q = (const FdReqStart *)arg;
+    PyObject *const *it = ((PyTupleObject *)q->ev)->ob_item;
+    Enc e = {g, g->buf + g->len, g->last_t, 0, 0, g->last_tid};
+    int r = put_u8(&e, K_REQ_START);
+    if (r == 0) r = enc_T(&e, q->t);
+    if (r == 0) r = put_varint(&e, zz(q->rid));
+    for (int i = 3; i <= 8 && r == 0; i++) r = enc_value(&e, it[i], 1);
+    if (r == 0 && !q->has_tid) r = put_u8(&e, 0);
+    if (r == 0 && q->has_tid) {
+        r = put_varint(&e, tid_code(q->tid, e.last_tid) + 1);
+        if (r == 0) e.last_tid = q->tid;
+    }
+    if (r == 0) r = enc_value(&e, it[10], 1);
+    if (r < 0) return r;
+    g->len = e.p - g->buf;
+    g->last_t = e.last_t;
+    g->last_tid = e.last_tid;
+    *t_end = e.t_first;
+    return 0;
+}
+
+/* The capsule's req_start (capi.h). */
+static int
+capi_req_start(PyObject *win, const FdReqStart *q)
+{
+    Window *w = (Window *)win;
+    if (!PyTuple_CheckExact(q->ev) || PyTuple_GET_SIZE(q->ev) != 11 || q->rid < 0
+        || (uint64_t)q->rid >= UINT64_MAX - 2)
+        return 1;
+    int r = win_write(w, enc_req_start, q);
+    if (r == E_BAD) return 1; /* a field of an unusual type: the tuple's generic form */
+    if (r == 0) {
+        w->busy = 1; /* as win_append: nothing may re-enter while the table changes */
+        win_req_live(w, (uint64_t)q->rid + 2, q->ev);
+        if (PyErr_Occurred()) PyErr_Clear();
+        w->busy = 0;
+    }
+    return 0;
+}
+
 /* The capsule's req_end (capi.h). */
 static int
 capi_req_end(PyObject *win, const FdReqEnd *q)
@@ -710,10 +764,11 @@ capi_append(PyObject *win, PyObject *ev)
 }
 
 static FdCAPI fd_capi = {
-    FD_CAPI_VERSION,
-    (PyCFunction)Window_append,
-    capi_append,
-    capi_req_end,
+    .version = FD_CAPI_VERSION,
+    .append_meth = (PyCFunction)Window_append,
+    .append = capi_append,
+    .req_end = capi_req_end,
+    .req_start = capi_req_start,
 };
 
 static PyObject *

@@ -215,9 +215,11 @@ typedef struct {
     PyObject *dict;
     PyObject *weakreflist;
     PyObject *app;
-    PyObject *recorder;      /* its emit(tuple) is looked up per event: it may be replaced */
-    PyObject *rec_dict;      /* the recorder's instance __dict__, where emit is looked up first
+    PyObject *recorder; /* its emit(tuple) is looked up per event: it may be replaced */
+    PyObject *rec_dict; /* the recorder's instance __dict__, where emit is looked up first
                               * (a dict lookup instead of getattr), or NULL: getattr */
+    PyObject *emit_fn;  /* what rec_dict held as emit when its version was emit_tag */
+    uint64_t emit_tag;
     PyObject *report;        /* ErrorLog: report(kind, exc), counted and logged once */
     PyObject *inflight;      /* dict rid -> (start, scope, state) */
     PyObject *done;          /* engine.request_done(...) */
@@ -260,6 +262,7 @@ Middleware_traverse(Middleware *m, visitproc visit, void *arg)
     Py_VISIT(m->app);
     Py_VISIT(m->recorder);
     Py_VISIT(m->rec_dict);
+    Py_VISIT(m->emit_fn);
     Py_VISIT(m->report);
     Py_VISIT(m->inflight);
     Py_VISIT(m->done);
@@ -285,6 +288,7 @@ Middleware_clear(Middleware *m)
     Py_CLEAR(m->app);
     Py_CLEAR(m->recorder);
     Py_CLEAR(m->rec_dict);
+    Py_CLEAR(m->emit_fn);
     Py_CLEAR(m->report);
     Py_CLEAR(m->inflight);
     Py_CLEAR(m->done);
@@ -345,6 +349,7 @@ Middleware_setup(Middleware *m, PyObject *args, PyObject *kw)
     Py_XSETREF(m->app, Py_NewRef(app));
     Py_XSETREF(m->recorder, Py_NewRef(recorder));
     Py_CLEAR(m->rec_dict);
+    Py_CLEAR(m->emit_fn);
     {
         /* getattr(recorder, "emit") finds the instance's own attribute first unless its class
          * has a data descriptor of that name: then the instance dict can be read directly */
@@ -447,13 +452,40 @@ find_capi(void)
     if (PyErr_Occurred()) PyErr_Clear();
 }
 
-/* New reference to recorder.emit, or NULL with an exception set. */
+/* The version of a dict: CPython gives it a new one whenever the dict changes (deprecated
+ * as an API from 3.12 for the dict watchers, which need a callback; the field is kept and
+ * maintained through 3.13). */
+static inline uint64_t
+dict_version(PyObject *d)
+{
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+#endif
+    return ((PyDictObject *)d)->ma_version_tag;
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+}
+
+/* New reference to recorder.emit, or NULL with an exception set. Twice a request: what the
+ * recorder's __dict__ held is reused while the dict has not changed since (a replaced emit
+ * changes it). */
 static inline PyObject *
 recorder_emit(Middleware *m)
 {
     if (m->rec_dict != NULL) {
+        uint64_t tag = dict_version(m->rec_dict);
+        if (m->emit_fn != NULL && tag == m->emit_tag) return Py_NewRef(m->emit_fn);
         PyObject *fn = PyDict_GetItemWithError(m->rec_dict, s_emit); /* borrowed; str key */
-        if (fn != NULL) return Py_NewRef(fn);
+        if (fn != NULL) {
+            /* the lookup runs no code (a str key): the tag still describes what it found */
+            PyObject *old = m->emit_fn;
+            m->emit_fn = Py_NewRef(fn);
+            m->emit_tag = tag;
+            Py_XDECREF(old);
+            return Py_NewRef(fn);
+        }
         if (PyErr_Occurred()) return NULL;
     }
     return PyObject_GetAttr(m->recorder, s_emit);

@@ -211,6 +211,45 @@ async def test_an_emit_put_in_the_windows_place_sees_both_request_events() -> No
         deck.close()
 
 
+async def test_an_emit_replaced_while_a_request_runs_sees_its_end_and_then_gives_way() -> None:
+    # The request path keeps what it found as the recorder's emit while the recorder's
+    # attributes stay as they were: replacing emit mid-request sends that request's end to
+    # the replacement, and putting the window's append back sends the next request there.
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        started.set()
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    deck = deck_for(app)
+    original = deck.recorder.emit
+    seen: list[tuple[Any, ...]] = []
+    try:
+        await asyncio.gather(drive(deck, http_scope("/before")), release_after(started, release))
+        started.clear()
+        release.clear()
+        request = asyncio.ensure_future(drive(deck, http_scope("/during")))
+        await started.wait()
+        deck.recorder.emit = seen.append  # type: ignore[method-assign]
+        release.set()
+        await request
+        assert [e[0] for e in seen] == [ev.REQ_END]
+        deck.recorder.emit = original  # type: ignore[method-assign]
+        await drive(deck, http_scope("/after"))
+        assert len(seen) == 1
+        assert len(window_events(deck, ev.REQ_START)) == 3  # before, during, after
+        assert len(window_events(deck, ev.REQ_END)) == 2  # before, after
+    finally:
+        deck.close()
+
+
+async def release_after(started: asyncio.Event, release: asyncio.Event) -> None:
+    await started.wait()
+    release.set()
+
+
 async def test_many_requests_through_the_c_writer_keep_the_window_consistent() -> None:
     deck = deck_for(app_with("/many"))
     try:

@@ -454,10 +454,11 @@ find_capi(void)
 
 /* The version of a dict: CPython gives it a new one whenever the dict changes (deprecated
  * as an API from 3.12 for the dict watchers, which need a callback; the field is kept and
- * maintained through 3.13). */
+ * maintained through 3.13). 0 where it is gone: nothing is then reused. */
 static inline uint64_t
 dict_version(PyObject *d)
 {
+#if PY_VERSION_HEX < 0x030E0000
 #if defined(__GNUC__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
@@ -465,6 +466,10 @@ dict_version(PyObject *d)
     return ((PyDictObject *)d)->ma_version_tag;
 #if defined(__GNUC__)
 #pragma GCC diagnostic pop
+#endif
+#else
+    (void)d;
+    return 0;
 #endif
 }
 
@@ -476,7 +481,7 @@ recorder_emit(Middleware *m)
 {
     if (m->rec_dict != NULL) {
         uint64_t tag = dict_version(m->rec_dict);
-        if (m->emit_fn != NULL && tag == m->emit_tag) return Py_NewRef(m->emit_fn);
+        if (m->emit_fn != NULL && tag != 0 && tag == m->emit_tag) return Py_NewRef(m->emit_fn);
         PyObject *fn = PyDict_GetItemWithError(m->rec_dict, s_emit); /* borrowed; str key */
         if (fn != NULL) {
             /* the lookup runs no code (a str key): the tag still describes what it found */

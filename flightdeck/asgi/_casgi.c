@@ -215,11 +215,11 @@ typedef struct {
     PyObject *dict;
     PyObject *weakreflist;
     PyObject *app;
-    PyObject *recorder; /* its emit(tuple) is looked up per event: it may be replaced */
-    PyObject *rec_dict; /* the recorder's instance __dict__, where emit is looked up first
+    PyObject *recorder;      /* its emit(tuple), read per event (recorder_emit): it may change */
+    PyObject *rec_dict;      /* the recorder's instance __dict__, where emit is looked up first
                               * (a dict lookup instead of getattr), or NULL: getattr */
-    PyObject *emit_fn;  /* what rec_dict held as emit when its version was emit_tag */
-    uint64_t emit_tag;
+    PyObject *emit_fn;       /* what rec_dict held as emit when its version was emit_tag */
+    uint64_t emit_tag;       /* dict_version(rec_dict) then (0: emit_fn is not reused) */
     PyObject *report;        /* ErrorLog: report(kind, exc), counted and logged once */
     PyObject *inflight;      /* dict rid -> (start, scope, state) */
     PyObject *done;          /* engine.request_done(...) */

@@ -48,11 +48,15 @@ LABELS = {
     "otel": "OpenTelemetry ASGI",
     "sentry": "Sentry ASGI",
 }
-TARGETS = {
-    "inprocess_added_us_steps": 3.0,
-    "full_ratio_steps": 0.92,
+#: What the checks compare against (the overhead targets in benchmarks/README.md): the
+#: three-await route's added in-process CPU per loop, wrk's full / bare on it and on FastAPI,
+#: the middleware alone under wrk, full's p99 against bare's, OpenTelemetry's added CPU
+#: against full flightdeck's.
+TARGETS: dict[str, Any] = {
+    "inprocess_added_us_steps": {"asyncio": 4.0, "uvloop": 5.0},
+    "full_ratio_steps": 0.90,
     "full_ratio_fastapi": 0.98,
-    "mw_ratio": 0.97,
+    "mw_ratio": 0.95,
     "p99_factor": 1.15,
     "otel_factor": 30.0,
 }
@@ -521,38 +525,43 @@ def verdicts(load: dict[str, Any], inproc: dict[str, Any]) -> list[dict[str, Any
     def add(name: str, value: float, target: str, ok: bool) -> None:
         checks.append({"check": name, "value": value, "target": target, "ok": bool(ok)})
 
+    added_max: dict[str, float] = TARGETS["inprocess_added_us_steps"]
+    otel = float(TARGETS["otel_factor"])
     for lp, apps_ in inproc.items():
         s = apps_.get("steps", {})
         if "fd_full" in s:
+            limit = added_max.get(lp, min(added_max.values()))
             add(
                 f"{lp} in-process full added us/req (steps)",
                 s["fd_full"]["added_us"],
-                "<= 3",
-                s["fd_full"]["added_us"] <= 3.0,
+                f"<= {limit:g}",
+                s["fd_full"]["added_us"] <= limit,
             )
             if "otel" in s and s["fd_full"]["added_us"] > 0:
                 f = s["otel"]["added_us"] / s["fd_full"]["added_us"]
-                add(f"{lp} OTel added / full added (steps)", f, ">= 30x", f >= 30)
+                add(f"{lp} OTel added / full added (steps)", f, f">= {otel:g}x", f >= otel)
+    p99_max = float(TARGETS["p99_factor"])
+    mw_min = float(TARGETS["mw_ratio"])
     for lp, apps_ in load.items():
         for a, e in apps_.items():
             bare_p99 = e["bare"]["p99_ms"]
             if "fd_full" in e:
-                tgt = 0.98 if a == "fastapi" else 0.92
                 if a in ("steps", "fastapi"):
+                    tgt = float(TARGETS[f"full_ratio_{a}"])
                     add(
                         f"{lp} load full ratio ({a})",
                         e["fd_full"]["ratio"],
-                        f">= {tgt}",
+                        f">= {tgt:g}",
                         e["fd_full"]["ratio"] >= tgt,
                     )
                 p99f = e["fd_full"]["p99_ms"] / bare_p99
-                add(f"{lp} load full p99/bare ({a})", p99f, "<= 1.15", p99f <= 1.15)
+                add(f"{lp} load full p99/bare ({a})", p99f, f"<= {p99_max:g}", p99f <= p99_max)
             if "fd_mw" in e:
                 add(
                     f"{lp} load middleware ratio ({a})",
                     e["fd_mw"]["ratio"],
-                    ">= 0.97",
-                    e["fd_mw"]["ratio"] >= 0.97,
+                    f">= {mw_min:g}",
+                    e["fd_mw"]["ratio"] >= mw_min,
                 )
     return checks
 
@@ -583,7 +592,7 @@ def chart(load: dict[str, Any], inproc: dict[str, Any], variants: list[str], pat
             xs = [j + (i - (len(others) - 1) / 2) * width for j in range(len(app_names))]
             ax.bar(xs, vals, width, label=LABELS[v])
         ax.axhline(1.0, color="black", linewidth=0.8)
-        ax.axhline(0.92, color="grey", linewidth=0.8, linestyle="--")
+        ax.axhline(float(TARGETS["full_ratio_steps"]), color="grey", linewidth=0.8, linestyle="--")
         ax.set_xticks(range(len(app_names)), app_names)
         ax.set_ylim(0, 1.1)
         what = (

@@ -1071,7 +1071,9 @@ route_of(Middleware *m, PyObject *scope)
     if (route == m->route_obj) return Py_NewRef(m->route_text);
     PyObject *p = NULL;
     if (PyObject_GetOptionalAttr(route, s_path_format, &p) < 0) return NULL;
-    if (p == NULL || !PyObject_IsTrue(p)) {
+    int truth = p == NULL ? 0 : PyObject_IsTrue(p);
+    if (truth < 0) PyErr_Clear(); /* a template that cannot say if it is empty: the path */
+    if (truth <= 0) {
         Py_XDECREF(p);
         if (PyObject_GetOptionalAttr(route, s_path, &p) < 0) return NULL;
     }

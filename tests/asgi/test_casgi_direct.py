@@ -172,6 +172,32 @@ async def test_requests_alternating_between_routes_each_record_their_own() -> No
         deck.close()
 
 
+async def test_a_route_template_whose_truth_raises_records_the_routes_path() -> None:
+    # The Python path reads ``path_format or path``: a template whose truth cannot be told is
+    # passed over for the path, and its error goes no further (the app sees nothing).
+    class Unsure:
+        def __bool__(self) -> bool:
+            raise ValueError("no truth")
+
+    route = Route(Unsure())
+    route.path = "/fallback"  # type: ignore[attr-defined]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        scope["route"] = route
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    deck = deck_for(app)
+    try:
+        sent = await drive(deck, http_scope("/r"))
+        assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+        [end] = window_events(deck, ev.REQ_END)
+        assert end[ev.REQ_END_ROUTE] == "/fallback"
+        assert deck.native_errors == 0
+    finally:
+        deck.close()
+
+
 async def test_an_app_error_is_in_the_req_end_written_from_c() -> None:
     deck = deck_for(app_with("/boom", status=200, fail=True))
     try:

@@ -1185,7 +1185,6 @@ Call_finish(Call *c, PyObject *error)
         FdReqEnd q = {.t = t1,
                       .ttfb = st->ttfb,
                       .body_end = st->body_end,
-                      .rid_obj = c->rid,
                       .route = route,
                       .disconnected = st->disconnected ? Py_True : Py_False,
                       .error = error ? error : Py_None};

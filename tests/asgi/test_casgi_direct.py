@@ -58,6 +58,20 @@ def window_events(deck: FlightDeck, kind: int) -> list[tuple[Any, ...]]:
     return [e for evs in frozen.iter_segments() for e in evs if e[0] == kind]
 
 
+class Held:
+    """An app whose requests each say they started, then wait for ``release`` to answer."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Semaphore(0)
+        self.release = asyncio.Event()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.started.release()
+        await self.release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
 def app_with(route: Any, status: int = 201, fail: bool = False) -> Any:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         scope["route"] = Route(route)
@@ -103,20 +117,13 @@ async def test_req_start_written_from_c_values_is_the_tuple_and_the_live_status(
     # the tuple: what reads back is the tuple the middleware keeps for the request, and while
     # the request runs it is the request's entry in the window's status table (which heads
     # the next generation: sealed after the first start, the second start opens one).
-    started, release = asyncio.Semaphore(0), asyncio.Event()
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        started.release()
-        await release.wait()
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-
+    app = Held()
     deck = deck_for(app)
     window = deck.recorder._window
     try:
         scope = http_scope("/live/1", query_string=b"a=1", client=("10.0.0.9", 4321))
         first = asyncio.ensure_future(drive(deck, scope))
-        await started.acquire()
+        await app.started.acquire()
         [(rid, (kept, _, _))] = deck.recorder.live_requests.items()
         assert kept[ev.REQ_START_CLIENT] == ("10.0.0.9", 4321)
         assert kept[ev.REQ_START_TID] is not None  # the request's task: the I field's value
@@ -124,10 +131,10 @@ async def test_req_start_written_from_c_values_is_the_tuple_and_the_live_status(
         assert start == kept
         window.maintain(force_seal=True)
         second = asyncio.ensure_future(drive(deck, http_scope("/live/2")))
-        await started.acquire()
+        await app.started.acquire()
         heads = [seg.status()[1] for seg in window.freeze().segments]
         assert heads == [{}, {rid: kept}]
-        release.set()
+        app.release.set()
         await asyncio.gather(first, second)
         assert window.freeze().requests == {}
         assert deck.native_errors == 0
@@ -241,25 +248,19 @@ async def test_an_emit_replaced_while_a_request_runs_sees_its_end_and_then_gives
     # The request path keeps what it found as the recorder's emit while the recorder's
     # attributes stay as they were: replacing emit mid-request sends that request's end to
     # the replacement, and putting the window's append back sends the next request there.
-    started, release = asyncio.Event(), asyncio.Event()
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        started.set()
-        await release.wait()
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-
+    app = Held()
     deck = deck_for(app)
     original = deck.recorder.emit
     seen: list[tuple[Any, ...]] = []
     try:
-        await asyncio.gather(drive(deck, http_scope("/before")), release_after(started, release))
-        started.clear()
-        release.clear()
+        app.release.set()
+        await drive(deck, http_scope("/before"))
+        app.release.clear()
         request = asyncio.ensure_future(drive(deck, http_scope("/during")))
-        await started.wait()
+        await app.started.acquire()  # the one of /before
+        await app.started.acquire()
         deck.recorder.emit = seen.append  # type: ignore[method-assign]
-        release.set()
+        app.release.set()
         await request
         assert [e[0] for e in seen] == [ev.REQ_END]
         deck.recorder.emit = original  # type: ignore[method-assign]
@@ -269,11 +270,6 @@ async def test_an_emit_replaced_while_a_request_runs_sees_its_end_and_then_gives
         assert len(window_events(deck, ev.REQ_END)) == 2  # before, after
     finally:
         deck.close()
-
-
-async def release_after(started: asyncio.Event, release: asyncio.Event) -> None:
-    await started.wait()
-    release.set()
 
 
 async def test_many_requests_through_the_c_writer_keep_the_window_consistent() -> None:

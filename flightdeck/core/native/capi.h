@@ -15,7 +15,6 @@
 typedef struct {
     int64_t t, rid, status, ttfb, body_end, close_code;
     int has_status, has_close_code;         /* 0: None */
-    PyObject *rid_obj;                      /* borrowed: the request id (the status table's key) */
     PyObject *route, *disconnected, *error; /* borrowed: str or None, bool, str or None */
 } FdReqEnd;
 

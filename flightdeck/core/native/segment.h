@@ -460,22 +460,46 @@ enc_R(Enc *e, int64_t t)
     return put_varint(e, t == 0 ? 0 : zz(t - e->t_first) + 1);
 }
 
+/* A task id of layout 'I' that is not None, coded against the previous one. */
+static inline int
+enc_tid(Enc *e, int64_t tid)
+{
+    int r = put_varint(e, tid_code(tid, e->last_tid) + 1);
+    if (r == 0) e->last_tid = tid;
+    return r;
+}
+
 static inline int
 enc_I(Enc *e, PyObject *v)
 {
     if (v == Py_None) return put_u8(e, 0);
     int64_t tid;
     if (exact_i64(v, &tid) < 0) return E_BAD;
-    int r = put_varint(e, tid_code(tid, e->last_tid) + 1);
-    if (r == 0) e->last_tid = tid;
-    return r;
+    return enc_tid(e, tid);
+}
+
+/* An encoder at the end of g, where its next event goes. */
+static inline Enc
+enc_at(Segment *g)
+{
+    Enc e = {g, g->buf + g->len, g->last_t, 0, 0, g->last_tid};
+    return e;
+}
+
+/* What e wrote becomes g's: its length, last time and last task id. */
+static inline void
+enc_commit(Segment *g, const Enc *e)
+{
+    g->len = e->p - g->buf;
+    g->last_t = e->last_t;
+    g->last_tid = e->last_tid;
 }
 
 /* Encode one event tuple at the end of g; on failure nothing is written. */
 static int
 enc_event(Segment *g, PyObject *ev, int64_t *t_end)
 {
-    Enc e = {g, g->buf + g->len, g->last_t, 0, 0, g->last_tid};
+    Enc e = enc_at(g);
     Py_ssize_t n = PyTuple_GET_SIZE(ev);
     PyObject **it = ((PyTupleObject *)ev)->ob_item;
     int r = E_BAD;
@@ -524,9 +548,7 @@ enc_event(Segment *g, PyObject *ev, int64_t *t_end)
         }
     }
     if (r < 0) return r;
-    g->len = e.p - g->buf;
-    g->last_t = e.last_t;
-    g->last_tid = e.last_tid;
+    enc_commit(g, &e);
     *t_end = e.t_last;
     return 0;
 }
@@ -548,16 +570,14 @@ enc_step(Segment *g, int64_t t0, int64_t t1, uint64_t tid, int64_t tq)
 {
     if (g->len + 41 + g->extra > g->cap) {
         /* near the end of the generation: the checked path */
-        Enc e = {g, g->buf + g->len, g->last_t, 0, 0, g->last_tid};
+        Enc e = enc_at(g);
         int r = put_u8(&e, K_TASK_STEP);
         if (r == 0) r = enc_T(&e, t0);
         if (r == 0) r = enc_R(&e, t1);
-        if (r == 0) r = put_varint(&e, tid_code((int64_t)tid, e.last_tid) + 1);
+        if (r == 0) r = enc_tid(&e, (int64_t)tid);
         if (r == 0) r = enc_R(&e, tq);
         if (r < 0) return r;
-        g->len = e.p - g->buf;
-        g->last_t = e.last_t;
-        g->last_tid = (int64_t)tid;
+        enc_commit(g, &e);
         return 0;
     }
     uint8_t *p = g->buf + g->len;

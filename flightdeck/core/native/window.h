@@ -279,19 +279,13 @@ static int
 enc_task_create(Segment *g, const void *arg, int64_t *t_end)
 {
     const TaskRecord *rec = (const TaskRecord *)arg;
-    Enc e = {g, g->buf + g->len, g->last_t, 0, 0, g->last_tid};
+    Enc e = enc_at(g);
     int r = put_u8(&e, K_TASK_CREATE);
     if (r == 0) r = enc_T(&e, rec->t);
-    if (r == 0 && (r = put_varint(&e, tid_code(rec->tid, e.last_tid) + 1)) == 0)
-        e.last_tid = rec->tid;
+    if (r == 0) r = enc_tid(&e, rec->tid);
     if (r == 0) r = enc_value(&e, rec->name, 1);
     if (r == 0) r = enc_value(&e, rec->coro, 1);
-    if (r == 0) {
-        if (rec->parent == 0)
-            r = put_u8(&e, 0);
-        else if ((r = put_varint(&e, tid_code(rec->parent, e.last_tid) + 1)) == 0)
-            e.last_tid = rec->parent;
-    }
+    if (r == 0) r = rec->parent == 0 ? put_u8(&e, 0) : enc_tid(&e, rec->parent);
     if (r == 0) {
         int64_t rid;
         if (rec->rid == Py_None)
@@ -301,9 +295,7 @@ enc_task_create(Segment *g, const void *arg, int64_t *t_end)
     }
     if (r == 0) r = enc_value(&e, rec->site, 1);
     if (r < 0) return r;
-    g->len = e.p - g->buf;
-    g->last_t = e.last_t;
-    g->last_tid = e.last_tid;
+    enc_commit(g, &e);
     *t_end = e.t_first;
     return 0;
 }
@@ -359,6 +351,16 @@ win_req_live(Window *w, uint64_t key, PyObject *ev)
     Py_XDECREF(replaced);
 }
 
+/* A request ended: its REQ_START leaves the status table under ``key`` (its id + 2). */
+static void
+win_req_forget(Window *w, uint64_t key)
+{
+    PyObject *old = objtab_take(&w->st_reqs, key);
+    if (old == NULL) return;
+    w->st_req_bytes -= PyTuple_CheckExact(old) ? req_status_bytes(old) : 0;
+    Py_DECREF(old);
+}
+
 /* The status tables follow the events (the GIL orders them). */
 static void
 win_status(Window *w, int64_t kind, PyObject *ev)
@@ -374,9 +376,7 @@ win_status(Window *w, int64_t kind, PyObject *ev)
         win_req_live(w, key, ev);
         return;
     }
-    PyObject *gone = objtab_take(&w->st_reqs, key);
-    if (gone) w->st_req_bytes -= PyTuple_CheckExact(gone) ? req_status_bytes(gone) : 0;
-    Py_XDECREF(gone);
+    win_req_forget(w, key);
 }
 
 static void
@@ -560,23 +560,12 @@ Window_append(Window *w, PyObject *ev)
     Py_RETURN_NONE;
 }
 
-/* A request ended: its REQ_START leaves the status table (what win_status does for REQ_END). */
-static void
-win_req_forget(Window *w, PyObject *rid)
-{
-    uint64_t key;
-    if (tid_key(rid, &key) < 0) return;
-    PyObject *old = objtab_take(&w->st_reqs, key);
-    if (old == NULL) return;
-    w->st_req_bytes -= PyTuple_CheckExact(old) ? req_status_bytes(old) : 0;
-    Py_DECREF(old);
-}
-
 /* REQ_END from C values: the record enc_event writes for the tuple of the same fields. */
 static int
-enc_req_end(Segment *g, const FdReqEnd *q, int64_t *t_end)
+enc_req_end(Segment *g, const void *arg, int64_t *t_end)
 {
-    Enc e = {g, g->buf + g->len, g->last_t, 0, 0, g->last_tid};
+    const FdReqEnd *q = (const FdReqEnd *)arg;
+    Enc e = enc_at(g);
     int r = put_u8(&e, K_REQ_END);
     if (r == 0) r = enc_T(&e, q->t);
     if (r == 0) r = put_varint(&e, zz(q->rid));
@@ -588,9 +577,7 @@ enc_req_end(Segment *g, const FdReqEnd *q, int64_t *t_end)
     if (r == 0) r = enc_R(&e, q->body_end);
     if (r == 0) r = q->has_close_code ? put_varint(&e, zz(q->close_code) + 1) : put_u8(&e, 0);
     if (r < 0) return r;
-    g->len = e.p - g->buf;
-    g->last_t = e.last_t;
-    g->last_tid = e.last_tid;
+    enc_commit(g, &e);
     *t_end = e.t_first;
     return 0;
 }
@@ -641,12 +628,6 @@ win_write(Window *w, enc_fn enc, const void *arg)
     return r;
 }
 
-static int
-enc_req_end_fn(Segment *g, const void *arg, int64_t *t_end)
-{
-    return enc_req_end(g, (const FdReqEnd *)arg, t_end);
-}
-
 /* REQ_START from its tuple, the fields the layout reads as ints taken from ``q``: the record
  * enc_event writes for the tuple. The others are the tuple's own (scope type, method, path,
  * query, client, headers, trace id), each in its value form. */
@@ -655,23 +636,33 @@ enc_req_start(Segment *g, const void *arg, int64_t *t_end)
 {
     const FdReqStart *q = (const FdReqStart *)arg;
     PyObject *const *it = ((PyTupleObject *)q->ev)->ob_item;
-    Enc e = {g, g->buf + g->len, g->last_t, 0, 0, g->last_tid};
+    Enc e = enc_at(g);
     int r = put_u8(&e, K_REQ_START);
     if (r == 0) r = enc_T(&e, q->t);
     if (r == 0) r = put_varint(&e, zz(q->rid));
     for (int i = 3; i <= 8 && r == 0; i++) r = enc_value(&e, it[i], 1);
-    if (r == 0 && !q->has_tid) r = put_u8(&e, 0);
-    if (r == 0 && q->has_tid) {
-        r = put_varint(&e, tid_code(q->tid, e.last_tid) + 1);
-        if (r == 0) e.last_tid = q->tid;
-    }
+    if (r == 0) r = q->has_tid ? enc_tid(&e, q->tid) : put_u8(&e, 0);
     if (r == 0) r = enc_value(&e, it[10], 1);
     if (r < 0) return r;
-    g->len = e.p - g->buf;
-    g->last_t = e.last_t;
-    g->last_tid = e.last_tid;
+    enc_commit(g, &e);
     *t_end = e.t_first;
     return 0;
+}
+
+/* After a request event written from C values: the request's entry in the status table set
+ * to ``start`` (its REQ_START), or removed (NULL), as win_status does for the tuple. Nothing
+ * may re-enter meanwhile: a release can run a finalizer that emits. */
+static void
+win_req_change(Window *w, int64_t rid, PyObject *start)
+{
+    if (rid < 0 || (uint64_t)rid >= UINT64_MAX - 2) return; /* not kept (tid_key) */
+    w->busy = 1;
+    if (start != NULL)
+        win_req_live(w, (uint64_t)rid + 2, start);
+    else
+        win_req_forget(w, (uint64_t)rid + 2);
+    if (PyErr_Occurred()) PyErr_Clear();
+    w->busy = 0;
 }
 
 /* The capsule's req_start (capi.h). */
@@ -679,17 +670,10 @@ static int
 capi_req_start(PyObject *win, const FdReqStart *q)
 {
     Window *w = (Window *)win;
-    if (!PyTuple_CheckExact(q->ev) || PyTuple_GET_SIZE(q->ev) != 11 || q->rid < 0
-        || (uint64_t)q->rid >= UINT64_MAX - 2)
-        return 1;
+    if (!PyTuple_CheckExact(q->ev) || PyTuple_GET_SIZE(q->ev) != 11) return 1;
     int r = win_write(w, enc_req_start, q);
     if (r == E_BAD) return 1; /* a field of an unusual type: the tuple's generic form */
-    if (r == 0) {
-        w->busy = 1; /* as win_append: nothing may re-enter while the table changes */
-        win_req_live(w, (uint64_t)q->rid + 2, q->ev);
-        if (PyErr_Occurred()) PyErr_Clear();
-        w->busy = 0;
-    }
+    if (r == 0) win_req_change(w, q->rid, q->ev);
     return 0;
 }
 
@@ -698,14 +682,9 @@ static int
 capi_req_end(PyObject *win, const FdReqEnd *q)
 {
     Window *w = (Window *)win;
-    int r = win_write(w, enc_req_end_fn, q);
+    int r = win_write(w, enc_req_end, q);
     if (r == E_BAD) return 1; /* a field of an unusual type: the tuple's generic form */
-    if (r == 0) {
-        w->busy = 1; /* the status table's dict calls can run a finalizer that emits */
-        win_req_forget(w, q->rid_obj);
-        if (PyErr_Occurred()) PyErr_Clear();
-        w->busy = 0;
-    }
+    if (r == 0) win_req_change(w, q->rid, NULL);
     return 0;
 }
 
@@ -719,20 +698,15 @@ static int
 enc_task_done(Segment *g, const void *arg, int64_t *t_end)
 {
     const TaskDone *d = (const TaskDone *)arg;
-    Enc e = {g, g->buf + g->len, g->last_t, 0, 0, g->last_tid};
+    Enc e = enc_at(g);
     int r = put_u8(&e, K_TASK_DONE);
     if (r == 0) r = enc_T(&e, d->t);
-    if (r == 0) {
-        r = put_varint(&e, tid_code(d->tid, e.last_tid) + 1);
-        if (r == 0) e.last_tid = d->tid;
-    }
+    if (r == 0) r = enc_tid(&e, d->tid);
     if (r == 0) r = enc_value(&e, d->state, 1);
     if (r == 0) r = enc_value(&e, d->error, 1);
     if (r == 0) r = enc_value(&e, d->name, 1);
     if (r < 0) return r;
-    g->len = e.p - g->buf;
-    g->last_t = e.last_t;
-    g->last_tid = e.last_tid;
+    enc_commit(g, &e);
     *t_end = e.t_first;
     return 0;
 }

@@ -168,6 +168,21 @@ def test_the_same_str_object_again_round_trips_across_generations() -> None:
     assert w._freeze_parts()[0][0] is not w._freeze_parts()[0][-1]  # several generations
 
 
+@pytest.mark.parametrize("distinct", [60, 160, 300])
+def test_strings_taking_turns_in_the_address_cache_each_keep_their_own_index(
+    distinct: int,
+) -> None:
+    # A short cycle of held strings: about one, two or more per set of the encoder's address
+    # cache, so a string pushed to its set's second entry is found there on its next turn
+    # (a second entry answering with the first's index would decode as another string).
+    w = native.Window(10 * S, 64 << 20)
+    names = [f"handler.route_{i}/" * 4 for i in range(distinct)]
+    evs = [(LOOP_CALLBACK, T0 + i, T0 + i + 1, names[i % distinct]) for i in range(20 * distinct)]
+    for e in evs:
+        w.append(e)
+    assert held(w) == evs
+
+
 def test_typed_step_matches_the_tuple_path() -> None:
     w = native.Window(10 * S, 1 << 20)
     w.emit_step(T0 + 10, T0 + 20, 140_000_000_123, T0 + 5)

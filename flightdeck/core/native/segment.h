@@ -32,16 +32,17 @@ typedef struct {
         uint32_t pos;
     } *seen;
     uint32_t seen_mask;
-    /* The strings already in the table, by address (direct-mapped): the same str object
-     * again (a code object's name, a route template) skips hashing and probing. An entry
-     * is only ever a string the table holds a reference to, so its address is not reused
-     * while the entry stands. Allocated with `seen`, dropped at seal. */
+    /* The strings already in the table, by address (BYADDR_N / 2 sets of two): the same
+     * str object again (a code object's name, a route template) skips hashing and probing.
+     * An entry is only ever a string the table holds a reference to, so its address is not
+     * reused while the entry stands. Allocated with `seen`, dropped at seal. */
     struct {
         PyObject *key;
         uint32_t idx;
     } *byaddr;
 } Segment;
-#define BYADDR_N 256
+#define BYADDR_BITS 7               /* 128 sets */
+#define BYADDR_N (2 << BYADDR_BITS) /* entries */
 
 /* A quick hash of a short ASCII string's bytes (the seen table's). */
 static inline Py_hash_t
@@ -63,16 +64,21 @@ ascii_hash(const void *data, Py_ssize_t n)
     h ^= h >> 29;
     return (Py_hash_t)h;
 }
+/* The first of the two entries of the set of ``s``. The address is hashed (Fibonacci):
+ * pymalloc puts objects of one size at the same offsets of every pool, so the low address
+ * bits alone would use a fraction of the sets, and whether a request's hot strings collided
+ * would depend on where they happened to be allocated. */
 static inline uint32_t
-byaddr_slot(PyObject *s)
+byaddr_set(PyObject *s)
 {
-    return (uint32_t)(((uintptr_t)s >> 4) & (BYADDR_N - 1));
+    return (uint32_t)(((uint64_t)(uintptr_t)s * 0x9e3779b97f4a7c15ULL) >> (64 - BYADDR_BITS)) * 2;
 }
 static inline void
 byaddr_put(Segment *g, PyObject *s, uint32_t idx)
 {
     if (!g->byaddr) return;
-    uint32_t b = byaddr_slot(s);
+    uint32_t b = byaddr_set(s);
+    if (g->byaddr[b].key != s) g->byaddr[b + 1] = g->byaddr[b]; /* the newest first */
     g->byaddr[b].key = s;
     g->byaddr[b].idx = idx;
 }
@@ -312,8 +318,8 @@ enc_value(Enc *e, PyObject *v, int depth)
     if (tp == &PyUnicode_Type) {
         uint64_t idx;
         if (e->g->byaddr) {
-            uint32_t b = byaddr_slot(v);
-            if (e->g->byaddr[b].key == v) {
+            uint32_t b = byaddr_set(v);
+            if (e->g->byaddr[b].key == v || e->g->byaddr[++b].key == v) {
                 if ((r = put_u8(e, V_STR)) < 0) return r;
                 return put_varint(e, e->g->byaddr[b].idx);
             }

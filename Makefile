@@ -111,7 +111,7 @@ bench-http: $(STAMP)
 # Instructions per request under callgrind (load-independent): flightdeck vs bare.
 bench-instr: $(STAMP)
 	@command -v valgrind >/dev/null 2>&1 || { echo "valgrind not found: apt-get install valgrind"; exit 1; }
-	$(PY) benchmarks/bench_instr.py
+	$(PY) benchmarks/bench_instr.py --layouts 3
 
 clean:
 	rm -rf .venv .venv-3.12 .venv-3.13 .mypy_cache .ruff_cache .pytest_cache

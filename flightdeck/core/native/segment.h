@@ -7,6 +7,12 @@
 /* ------------------------------------------------------------------------------------ */
 /* Segment: one generation                                                               */
 
+/* An entry of a generation's strings-by-address cache (Segment.byaddr). */
+typedef struct {
+    PyObject *key;
+    uint32_t idx;
+} ByAddr;
+
 typedef struct {
     PyObject_HEAD
     uint8_t *buf;
@@ -36,10 +42,7 @@ typedef struct {
      * str object again (a code object's name, a route template) skips hashing and probing.
      * An entry is only ever a string the table holds a reference to, so its address is not
      * reused while the entry stands. Allocated with `seen`, dropped at seal. */
-    struct {
-        PyObject *key;
-        uint32_t idx;
-    } *byaddr;
+    ByAddr *byaddr;
 } Segment;
 #define BYADDR_BITS 7               /* 128 sets */
 #define BYADDR_N (2 << BYADDR_BITS) /* entries */
@@ -72,6 +75,14 @@ static inline uint32_t
 byaddr_set(PyObject *s)
 {
     return (uint32_t)(((uint64_t)(uintptr_t)s * 0x9e3779b97f4a7c15ULL) >> (64 - BYADDR_BITS)) * 2;
+}
+/* The entry holding ``s``, or NULL. */
+static inline const ByAddr *
+byaddr_find(const Segment *g, PyObject *s)
+{
+    if (!g->byaddr) return NULL;
+    const ByAddr *a = &g->byaddr[byaddr_set(s)];
+    return a[0].key == s ? &a[0] : a[1].key == s ? &a[1] : NULL;
 }
 static inline void
 byaddr_put(Segment *g, PyObject *s, uint32_t idx)
@@ -317,12 +328,10 @@ enc_value(Enc *e, PyObject *v, int depth)
     if (v == Py_None) return put_u8(e, V_NONE);
     if (tp == &PyUnicode_Type) {
         uint64_t idx;
-        if (e->g->byaddr) {
-            uint32_t b = byaddr_set(v);
-            if (e->g->byaddr[b].key == v || e->g->byaddr[++b].key == v) {
-                if ((r = put_u8(e, V_STR)) < 0) return r;
-                return put_varint(e, e->g->byaddr[b].idx);
-            }
+        const ByAddr *known = byaddr_find(e->g, v);
+        if (known != NULL) {
+            if ((r = put_u8(e, V_STR)) < 0) return r;
+            return put_varint(e, known->idx);
         }
         Py_ssize_t n = PyUnicode_GET_LENGTH(v);
         int inline_it = n <= INLINE_MAX && PyUnicode_IS_COMPACT_ASCII(v);
